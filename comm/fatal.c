@@ -1,0 +1,51 @@
+/* Fatal errors and start-up allocation helpers (see fatal.h). */
+#include "fatal.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void (*abort_hook)(int exit_code);
+
+void fatal_set_abort_hook(void (*abort_all)(int exit_code)) { abort_hook = abort_all; }
+
+static __attribute__((noreturn)) void fatal_vexit(int code, const char *fmt, va_list args) {
+    fputs("ldm: error: ", stderr);
+    vfprintf(stderr, fmt, args);
+    fputc('\n', stderr);
+    fflush(stderr);
+    if (abort_hook) abort_hook(code);
+    exit(code);
+}
+
+void fatal_input(const char *fmt, ...) {
+    va_list args;
+    va_start(args, fmt);
+    fatal_vexit(LDM_EXIT_BAD_INPUT, fmt, args);
+}
+
+void fatal_internal(const char *fmt, ...) {
+    va_list args;
+    va_start(args, fmt);
+    fatal_vexit(LDM_EXIT_INTERNAL, fmt, args);
+}
+
+void *xmalloc(size_t bytes) {
+    void *p = malloc(bytes ? bytes : 1);
+    if (!p) fatal_internal("out of memory allocating %zu bytes", bytes);
+    return p;
+}
+
+void *xcalloc(size_t count, size_t size) {
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) fatal_internal("out of memory allocating %zu x %zu bytes", count, size);
+    return p;
+}
+
+char *xstrdup(const char *text) {
+    size_t n = strlen(text) + 1;
+    char *p = xmalloc(n);
+    memcpy(p, text, n);
+    return p;
+}

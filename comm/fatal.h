@@ -1,0 +1,26 @@
+/* Fatal errors: the one way a failure ends the program.
+ * fatal_input() is for bad user input (configs, flags, data files, checkpoints):
+ * one line "ldm: error: ..." on stderr and exit status 2 on every rank.
+ * fatal_internal() is for failures that are not the user's fault (out of memory,
+ * I/O errors, library errors): exit status 1.
+ * Once MPI is up, both end every rank (MPI_Abort), never leaving a rank hanging. */
+#ifndef LDM_FATAL_H
+#define LDM_FATAL_H
+
+#include <stddef.h>
+
+#define LDM_EXIT_BAD_INPUT 2
+#define LDM_EXIT_INTERNAL 1
+
+__attribute__((noreturn, format(printf, 1, 2))) void fatal_input(const char *fmt, ...);
+__attribute__((noreturn, format(printf, 1, 2))) void fatal_internal(const char *fmt, ...);
+
+/* Called by comm once MPI is initialised, so that fatal errors abort every rank. */
+void fatal_set_abort_hook(void (*abort_all)(int exit_code));
+
+/* Allocation at start-up (layout of arenas, tables); exits on failure. */
+void *xmalloc(size_t bytes);
+void *xcalloc(size_t count, size_t size);
+char *xstrdup(const char *text);
+
+#endif

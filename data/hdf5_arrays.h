@@ -1,0 +1,28 @@
+/* Whole-array reads and writes of HDF5 datasets on one rank, for commands that
+ * exchange plain arrays (ldm forward's /x, /t, /y and /out). Every failure on user
+ * files is a fatal_input naming the file and the dataset. The sharded, parallel
+ * data-set loader lives beside this in its own files. */
+#ifndef LDM_HDF5_ARRAYS_H
+#define LDM_HDF5_ARRAYS_H
+
+#include <stdint.h>
+
+#define HDF5_ARRAY_MAX_DIMS 8
+
+typedef struct {
+    int ndim;
+    int64_t dims[HDF5_ARRAY_MAX_DIMS];
+    int64_t count; /* product of dims */
+} hdf5_array_shape;
+
+/* Reads a numeric dataset converted to float32 / int32; the caller frees the result. */
+float *hdf5_read_floats(const char *path, const char *dataset, hdf5_array_shape *shape);
+int *hdf5_read_ints(const char *path, const char *dataset, hdf5_array_shape *shape);
+
+/* Creates (or with overwrite, replaces) PATH holding nothing yet; returns an HDF5 file id. */
+int64_t hdf5_create_file(const char *path);
+void hdf5_write_floats(int64_t file, const char *path, const char *dataset, const float *data,
+                       int ndim, const int64_t *dims);
+void hdf5_close_file(int64_t file, const char *path);
+
+#endif

@@ -1,0 +1,32 @@
+#!/bin/sh
+# Installs the Debian 12 packages ldm needs to build, test and run on the CPU.
+# Idempotent: packages already present are skipped, so a second run is quick.
+# Runs as root (CI, containers) or through sudo for a normal user.
+# Set LDM_WITH_TORCH=1 to also install Debian's PyTorch, which only the fixture
+# generator in tests/ needs (the committed fixtures keep CI free of it).
+set -eu
+
+packages="build-essential cmake pkg-config git
+  libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
+  libcjson-dev libopenblas-dev libpng-dev zlib1g-dev libomp-dev
+  dataset-fashion-mnist python3 python3-numpy"
+if [ "${LDM_WITH_TORCH:-0}" = 1 ]; then
+  packages="$packages python3-torch"
+fi
+
+missing=""
+for p in $packages; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+    missing="$missing $p"
+  fi
+done
+if [ -z "$missing" ]; then
+  echo "install-deps: all packages present"
+  exit 0
+fi
+
+if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+echo "install-deps: installing$missing"
+$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
+# shellcheck disable=SC2086
+$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing

@@ -1,0 +1,26 @@
+/* Which compute devices this build and machine have. The CPU is always there;
+ * CUDA devices only in a CUDA build on a machine with an NVIDIA GPU. The CUDA
+ * implementations of the op set arrive with the GPU issue; until then the CUDA
+ * side holds the device query and one kernel (SiLU) that its test checks against
+ * the CPU op, so the toolchain and the runtime are exercised from the start. */
+#ifndef LDM_DEVICE_H
+#define LDM_DEVICE_H
+
+#include <stddef.h>
+
+/* 1 when compiled with CUDA. */
+int device_cuda_compiled(void);
+/* Number of usable CUDA devices (0 in a CPU build or without a GPU). */
+int device_cuda_count(void);
+/* One line describing the devices, e.g. "cpu (2 threads); cuda: NVIDIA H100 80GB HBM3". */
+void device_describe(char *out, size_t size);
+
+#ifdef LDM_HAVE_CUDA
+/* Implemented in device_cuda.cu. */
+int device_cuda_count_impl(void);
+void device_cuda_name(int device, char *out, size_t size);
+/* out (n) = silu(in (n)), host buffers, computed by a CUDA kernel. Returns 0 or -1. */
+int device_cuda_silu(float *out, const float *in, size_t n);
+#endif
+
+#endif

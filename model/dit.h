@@ -1,0 +1,63 @@
+/* The DiT denoiser with adaLN-Zero (Peebles & Xie 2023), with the parameter
+ * names and shapes of the public DiT code, on the CPU in fp32.
+ *
+ * All memory (parameters, gradients, fixed buffers, the activations of a batch of
+ * up to max_batch samples, backward scratch) is laid out once by dit_create; forward
+ * and backward allocate nothing. Output channels equal input channels (EDM
+ * predicts the denoised sample; no learned sigma). */
+#ifndef LDM_DIT_H
+#define LDM_DIT_H
+
+#include <stdint.h>
+
+#include "params.h"
+
+#define DIT_FREQUENCY_EMBEDDING_SIZE 256
+#define DIT_LAYERNORM_EPS 1e-6f
+
+typedef struct {
+    int input_size;  /* H = W of the input */
+    int in_channels; /* = out channels */
+    int patch_size;
+    int hidden_size;
+    int depth;
+    int num_heads;
+    int mlp_hidden;  /* int(hidden_size * mlp_ratio) */
+    int num_classes; /* label table has num_classes + 1 rows; row num_classes is the null class */
+} dit_shape;
+
+typedef struct dit_activations dit_activations;
+
+typedef struct {
+    dit_shape shape;
+    int max_batch;
+    int tokens;    /* (input_size / patch_size)^2 */
+    param_table table;
+    float *params; /* (table.trainable_numel) */
+    float *grads;  /* (table.trainable_numel) */
+    float *fixed;  /* (table.fixed_numel): pos_embed */
+    dit_activations *act;
+    void *memory;  /* the one allocation behind everything above */
+    size_t memory_bytes;
+} dit_model;
+
+/* Checks the shape (fatal_input on an impossible one), builds the table and lays out
+ * all memory for batches of up to max_batch. Parameters start zero; pos_embed is set. */
+void dit_create(dit_model *model, const dit_shape *shape, int max_batch);
+void dit_destroy(dit_model *model);
+
+/* DiT's initialisation (Xavier uniform linears, zero adaLN and final layer, N(0, 0.02)
+ * label table and timestep MLP), deterministic in seed. */
+void dit_init_weights(dit_model *model, uint64_t seed);
+
+/* x (batch, C, H, W); t (batch) the timestep as the embedder sees it; y (batch) labels in
+ * [0, num_classes]; out (batch, C, H, W). Keeps the activations for dit_backward. */
+void dit_forward(dit_model *model, const float *x, const float *t, const int *y, int batch, float *out);
+/* d_out (batch, C, H, W): accumulates into model->grads. d_x (batch, C, H, W) or NULL. */
+void dit_backward(dit_model *model, const float *d_out, float *d_x, int batch);
+void dit_zero_grad(dit_model *model);
+
+/* Multiply-add counts of one forward pass of one sample, for FLOP reporting. */
+double dit_forward_flops_per_sample(const dit_shape *shape);
+
+#endif

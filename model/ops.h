@@ -1,0 +1,116 @@
+/* The op set of the DiT denoiser on the CPU, fp32, forward and backward.
+ *
+ * Conventions, shared by every op:
+ * - Tensors are dense row-major float buffers; shapes are written next to each
+ *   argument. "rows" is the flattened leading dimension (batch * tokens).
+ * - Backward functions ACCUMULATE (+=) into parameter gradients (d_weight,
+ *   d_bias, d_table, d_shift, d_scale, d_gate) and OVERWRITE activation
+ *   gradients (d_in, d_x, ...) unless the comment says otherwise. A NULL
+ *   gradient pointer means "not needed" and is skipped.
+ * - Nothing here allocates: scratch space, where needed, is passed in.
+ * - Loops over rows are threaded with OpenMP; reductions over rows are split
+ *   by column so that results do not depend on the thread count or schedule. */
+#ifndef LDM_OPS_H
+#define LDM_OPS_H
+
+#include <stddef.h>
+
+/* ---- linear: out = in @ weight^T + bias (GEMM through BLAS) ---- */
+/* out (rows, out_features); in (rows, in_features); weight (out_features, in_features);
+ * bias (out_features) or NULL. */
+void linear_forward(float *out, const float *in, const float *weight, const float *bias,
+                    int rows, int in_features, int out_features);
+/* d_in (rows, in_features) = d_in_beta * d_in + d_out @ weight  (beta 0 overwrites, 1 accumulates);
+ * d_weight (out_features, in_features) += d_out^T @ in; d_bias (out_features) += sum over rows. */
+void linear_backward(float *d_in, float d_in_beta, float *d_weight, float *d_bias,
+                     const float *d_out, const float *in, const float *weight,
+                     int rows, int in_features, int out_features);
+
+/* ---- LayerNorm without affine parameters, eps given (DiT uses 1e-6) ---- */
+/* out, in (rows, dim); mean, rstd (rows) saved for backward. */
+void layernorm_forward(float *out, float *mean, float *rstd, const float *in,
+                       int rows, int dim, float eps);
+/* d_in (rows, dim) = d_in_beta * d_in + dL/din. */
+void layernorm_backward(float *d_in, float d_in_beta, const float *d_out, const float *in,
+                        const float *mean, const float *rstd, int rows, int dim);
+
+/* ---- adaLN modulate: out = in * (1 + scale) + shift, per sample ----
+ * in, out (batch, tokens, dim); shift and scale are rows of a per-sample modulation
+ * buffer: shift[b * mod_stride + j], scale[b * mod_stride + j], j < dim. */
+void modulate_forward(float *out, const float *in, const float *shift, const float *scale,
+                      int mod_stride, int batch, int tokens, int dim);
+/* d_in (batch, tokens, dim) overwritten; d_shift, d_scale accumulate (same strided layout). */
+void modulate_backward(float *d_in, float *d_shift, float *d_scale, const float *d_out,
+                       const float *in, const float *scale, int mod_stride,
+                       int batch, int tokens, int dim);
+
+/* ---- gated residual: x += gate * y, gate per sample (strided like modulate) ----
+ * x, y (batch, tokens, dim). */
+void gated_residual_forward(float *x, const float *y, const float *gate, int mod_stride,
+                            int batch, int tokens, int dim);
+/* Given d_x (the gradient flowing through the residual, unchanged by this op):
+ * d_y (batch, tokens, dim) overwritten = gate * d_x; d_gate accumulates sum_t d_x * y. */
+void gated_residual_backward(float *d_y, float *d_gate, const float *d_x, const float *y,
+                             const float *gate, int mod_stride, int batch, int tokens, int dim);
+
+/* ---- activations, elementwise over n values ---- */
+/* tanh-approximated GELU, as torch.nn.GELU(approximate="tanh"). */
+void gelu_tanh_forward(float *out, const float *in, size_t n);
+void gelu_tanh_backward(float *d_in, const float *d_out, const float *in, size_t n);
+void silu_forward(float *out, const float *in, size_t n);
+void silu_backward(float *d_in, const float *d_out, const float *in, size_t n);
+
+/* ---- multi-head self-attention core: softmax(q k^T / sqrt(head_dim)) v ----
+ * qkv (batch, tokens, 3, heads, head_dim) as timm's fused qkv linear produces it;
+ * out (batch, tokens, heads, head_dim) = (batch, tokens, dim) ready for the proj linear;
+ * probs (batch, heads, tokens, tokens) saved for backward. */
+void attention_forward(float *out, float *probs, const float *qkv,
+                       int batch, int tokens, int heads, int head_dim);
+/* d_qkv (batch, tokens, 3 * heads * head_dim) overwritten.
+ * scratch: attention_scratch_floats(tokens) floats (tokens * tokens for each OpenMP thread). */
+void attention_backward(float *d_qkv, const float *d_out, const float *qkv, const float *probs,
+                        float *scratch, int batch, int tokens, int heads, int head_dim);
+size_t attention_scratch_floats(int tokens);
+
+/* ---- patchify / unpatchify (a conv with stride = kernel = patch is patchify + linear) ----
+ * image (batch, channels, size, size); patches (batch, grid*grid, channels*patch*patch)
+ * with grid = size / patch, tokens in row-major grid order and each patch vector in
+ * (channel, py, px) order, matching a Conv2d weight (hidden, channels, patch, patch). */
+void patchify_forward(float *patches, const float *image, int batch, int channels, int size, int patch);
+void patchify_backward(float *d_image, const float *d_patches, int batch, int channels, int size, int patch);
+/* tokens (batch, grid*grid, patch*patch*channels), each token vector in (py, px, channel)
+ * order as DiT's final linear produces it; image (batch, channels, size, size). */
+void unpatchify_forward(float *image, const float *tokens, int batch, int channels, int size, int patch);
+void unpatchify_backward(float *d_tokens, const float *d_image, int batch, int channels, int size, int patch);
+
+/* ---- embeddings ---- */
+/* Fixed 2-D sin-cos position embedding of DiT/MAE: out (grid*grid, dim), dim % 4 == 0. */
+void pos_embed_2d_sincos(float *out, int dim, int grid);
+/* Sinusoidal timestep embedding of DiT: out (batch, dim) = [cos(t f), sin(t f)],
+ * f_i = exp(-ln(max_period) i / half), half = dim / 2, max_period 10000; t (batch). */
+void timestep_embedding_forward(float *out, const float *t, int batch, int dim);
+/* d_t (batch) overwritten. */
+void timestep_embedding_backward(float *d_t, const float *d_out, const float *t, int batch, int dim);
+/* Class embedding lookup: out (batch, dim) = table[labels[b]]; table (rows, dim);
+ * labels in [0, rows) (the null class is row num_classes). */
+void embedding_forward(float *out, const float *table, const int *labels, int batch, int dim);
+/* d_table accumulates; labels may repeat. */
+void embedding_backward(float *d_table, const float *d_out, const int *labels, int batch, int dim);
+
+/* ---- loss: weighted mean squared error ----
+ * loss = (1 / batch) * sum_b weight[b] * mean_j (pred[b, j] - target[b, j])^2,
+ * pred, target (batch, per_sample); weight (batch) or NULL for all ones.
+ * per_sample_loss (batch) or NULL: weight[b] * mean_j (...)^2. */
+float weighted_mse_forward(float *per_sample_loss, const float *pred, const float *target,
+                           const float *weight, int batch, int per_sample);
+/* d_pred (batch, per_sample) overwritten = d_loss * dloss/dpred. */
+void weighted_mse_backward(float *d_pred, float d_loss, const float *pred, const float *target,
+                           const float *weight, int batch, int per_sample);
+
+/* ---- small elementwise helpers ---- */
+/* out (n) = a + b; a or out may alias. */
+void add_forward(float *out, const float *a, const float *b, size_t n);
+/* out (rows, dim) += row (dim) for every row. */
+void add_row_broadcast(float *out, const float *row, int rows, int dim);
+
+#endif

@@ -1,0 +1,110 @@
+/* The linear op (fully connected layer) forward and backward, as GEMMs through
+ * OpenBLAS's cblas_sgemm.
+ *
+ * Threading: OpenBLAS runs single-threaded and the GEMMs are split over the
+ * OpenMP threads here, by rows or columns of the result. Two thread pools (OpenMP
+ * for the elementwise ops, OpenBLAS's own for GEMMs) spin against each other on
+ * few cores and made training steps ten times slower; one pool does not, and each
+ * element of a result is then computed by one sequential sgemm, in an order that
+ * does not depend on the thread schedule. The bias gradient is a column sum over
+ * rows, split by column blocks so each column is summed in row order by one thread. */
+#include <cblas.h>
+#include <omp.h>
+#include <string.h>
+
+#include "ops.h"
+
+/* From OpenBLAS (declared in its cblas.h as well in recent versions). */
+void openblas_set_num_threads(int num_threads);
+
+/* Results are cut into tiles of this many rows or columns, a number that does not
+ * depend on the thread count, so that every element is computed by the same
+ * sequential sgemm call shape, and results are bit-identical whatever the number
+ * of threads. 128 keeps the repacking of the shared operand per tile under ~1%. */
+#define GEMM_TILE 128
+
+/* C (m, n) = A' B' + beta C with A' = A or A^T and B' = B or B^T, row-major;
+ * tiled along the longer side of C, tiles spread over the threads. */
+static void gemm_threaded(int transpose_a, int transpose_b, int m, int n, int k, const float *a, int lda,
+                          const float *b, int ldb, float beta, float *c, int ldc) {
+    static int blas_is_single_threaded;
+    if (!blas_is_single_threaded) { /* always reached first outside parallel regions */
+        openblas_set_num_threads(1);
+        blas_is_single_threaded = 1;
+    }
+    const int split_rows = m >= n;
+    const int extent = split_rows ? m : n;
+    const int tiles = (extent + GEMM_TILE - 1) / GEMM_TILE;
+#pragma omp parallel for schedule(static) if (tiles > 1)
+    for (int tile = 0; tile < tiles; tile++) {
+        int lo = tile * GEMM_TILE, hi = lo + GEMM_TILE < extent ? lo + GEMM_TILE : extent;
+        const float *a_part = a, *b_part = b;
+        float *c_part = c;
+        if (split_rows) {
+            a_part = transpose_a ? a + lo : a + (size_t)lo * lda;
+            c_part = c + (size_t)lo * ldc;
+        } else {
+            b_part = transpose_b ? b + (size_t)lo * ldb : b + lo;
+            c_part = c + lo;
+        }
+        cblas_sgemm(CblasRowMajor, transpose_a ? CblasTrans : CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans,
+                    split_rows ? hi - lo : m, split_rows ? n : hi - lo, k, 1.0f, a_part, lda, b_part, ldb, beta,
+                    c_part, ldc);
+    }
+}
+
+void add_row_broadcast(float *out, const float *row, int rows, int dim) {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) {
+        float *o = out + (size_t)r * dim;
+        for (int j = 0; j < dim; j++) o[j] += row[j];
+    }
+}
+
+void add_forward(float *out, const float *a, const float *b, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+void linear_forward(float *out, const float *in, const float *weight, const float *bias,
+                    int rows, int in_features, int out_features) {
+    float beta = 0.0f;
+    if (bias) {
+#pragma omp parallel for schedule(static)
+        for (int r = 0; r < rows; r++)
+            memcpy(out + (size_t)r * out_features, bias, sizeof(float) * (size_t)out_features);
+        beta = 1.0f;
+    }
+    gemm_threaded(0, 1, rows, out_features, in_features, in, in_features, weight, in_features, beta, out,
+                  out_features);
+}
+
+/* d_bias[j] += sum_r d_out[r, j], column blocks of 64 per thread. */
+static void column_sum_accumulate(float *d_bias, const float *d_out, int rows, int cols) {
+    enum { BLOCK = 64 };
+    int blocks = (cols + BLOCK - 1) / BLOCK;
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < blocks; blk++) {
+        int j0 = blk * BLOCK;
+        int j1 = j0 + BLOCK < cols ? j0 + BLOCK : cols;
+        float acc[BLOCK];
+        for (int j = j0; j < j1; j++) acc[j - j0] = 0.0f;
+        for (int r = 0; r < rows; r++) {
+            const float *row = d_out + (size_t)r * cols;
+            for (int j = j0; j < j1; j++) acc[j - j0] += row[j];
+        }
+        for (int j = j0; j < j1; j++) d_bias[j] += acc[j - j0];
+    }
+}
+
+void linear_backward(float *d_in, float d_in_beta, float *d_weight, float *d_bias,
+                     const float *d_out, const float *in, const float *weight,
+                     int rows, int in_features, int out_features) {
+    if (d_in)
+        gemm_threaded(0, 0, rows, in_features, out_features, d_out, out_features, weight, in_features, d_in_beta,
+                      d_in, in_features);
+    if (d_weight)
+        gemm_threaded(1, 0, out_features, in_features, rows, d_out, out_features, in, in_features, 1.0f, d_weight,
+                      in_features);
+    if (d_bias) column_sum_accumulate(d_bias, d_out, rows, out_features);
+}

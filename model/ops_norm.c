@@ -1,0 +1,138 @@
+/* LayerNorm without affine parameters (DiT's norm1, norm2, norm_final), and the
+ * adaLN pieces that act on its output: modulate (x * (1 + scale) + shift) and the
+ * gated residual (x += gate * y), with shift, scale and gate per sample. Row
+ * statistics are accumulated in double so that rows with a large mean lose nothing. */
+#include <math.h>
+
+#include "ops.h"
+
+void layernorm_forward(float *out, float *mean, float *rstd, const float *in,
+                       int rows, int dim, float eps) {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) {
+        const float *x = in + (size_t)r * dim;
+        float *y = out + (size_t)r * dim;
+        double sum = 0.0;
+        for (int j = 0; j < dim; j++) sum += x[j];
+        float mu = (float)(sum / dim);
+        double var = 0.0;
+        for (int j = 0; j < dim; j++) {
+            float d = x[j] - mu;
+            var += (double)d * d;
+        }
+        float rs = (float)(1.0 / sqrt(var / dim + eps));
+        for (int j = 0; j < dim; j++) y[j] = (x[j] - mu) * rs;
+        mean[r] = mu;
+        rstd[r] = rs;
+    }
+}
+
+void layernorm_backward(float *d_in, float d_in_beta, const float *d_out, const float *in,
+                        const float *mean, const float *rstd, int rows, int dim) {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) {
+        const float *x = in + (size_t)r * dim;
+        const float *g = d_out + (size_t)r * dim;
+        float *dx = d_in + (size_t)r * dim;
+        float mu = mean[r], rs = rstd[r];
+        /* dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) */
+        float sum_g = 0.0f, sum_gx = 0.0f;
+        for (int j = 0; j < dim; j++) {
+            float xhat = (x[j] - mu) * rs;
+            sum_g += g[j];
+            sum_gx += g[j] * xhat;
+        }
+        float mean_g = sum_g / dim, mean_gx = sum_gx / dim;
+        if (d_in_beta == 0.0f) {
+            for (int j = 0; j < dim; j++) dx[j] = rs * (g[j] - mean_g - (x[j] - mu) * rs * mean_gx);
+        } else {
+            for (int j = 0; j < dim; j++)
+                dx[j] = d_in_beta * dx[j] + rs * (g[j] - mean_g - (x[j] - mu) * rs * mean_gx);
+        }
+    }
+}
+
+void modulate_forward(float *out, const float *in, const float *shift, const float *scale,
+                      int mod_stride, int batch, int tokens, int dim) {
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < batch; b++)
+        for (int t = 0; t < tokens; t++) {
+            const float *sh = shift + (size_t)b * mod_stride, *sc = scale + (size_t)b * mod_stride;
+            size_t base = ((size_t)b * tokens + t) * dim;
+            for (int j = 0; j < dim; j++) out[base + j] = in[base + j] * (1.0f + sc[j]) + sh[j];
+        }
+}
+
+/* The per-sample reductions over tokens run with one thread per (sample, column
+ * block), summing tokens in order, so they are deterministic. */
+void modulate_backward(float *d_in, float *d_shift, float *d_scale, const float *d_out,
+                       const float *in, const float *scale, int mod_stride,
+                       int batch, int tokens, int dim) {
+    if (d_in) {
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int b = 0; b < batch; b++)
+            for (int t = 0; t < tokens; t++) {
+                const float *sc = scale + (size_t)b * mod_stride;
+                size_t base = ((size_t)b * tokens + t) * dim;
+                for (int j = 0; j < dim; j++) d_in[base + j] = d_out[base + j] * (1.0f + sc[j]);
+            }
+    }
+    if (!d_shift && !d_scale) return;
+    enum { BLOCK = 64 };
+    int blocks = (dim + BLOCK - 1) / BLOCK;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < batch; b++)
+        for (int blk = 0; blk < blocks; blk++) {
+            int j0 = blk * BLOCK, j1 = j0 + BLOCK < dim ? j0 + BLOCK : dim;
+            float acc_shift[BLOCK] = {0}, acc_scale[BLOCK] = {0};
+            for (int t = 0; t < tokens; t++) {
+                size_t base = ((size_t)b * tokens + t) * dim;
+                for (int j = j0; j < j1; j++) {
+                    acc_shift[j - j0] += d_out[base + j];
+                    acc_scale[j - j0] += d_out[base + j] * in[base + j];
+                }
+            }
+            for (int j = j0; j < j1; j++) {
+                if (d_shift) d_shift[(size_t)b * mod_stride + j] += acc_shift[j - j0];
+                if (d_scale) d_scale[(size_t)b * mod_stride + j] += acc_scale[j - j0];
+            }
+        }
+}
+
+void gated_residual_forward(float *x, const float *y, const float *gate, int mod_stride,
+                            int batch, int tokens, int dim) {
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < batch; b++)
+        for (int t = 0; t < tokens; t++) {
+            const float *g = gate + (size_t)b * mod_stride;
+            size_t base = ((size_t)b * tokens + t) * dim;
+            for (int j = 0; j < dim; j++) x[base + j] += g[j] * y[base + j];
+        }
+}
+
+void gated_residual_backward(float *d_y, float *d_gate, const float *d_x, const float *y,
+                             const float *gate, int mod_stride, int batch, int tokens, int dim) {
+    if (d_y) {
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int b = 0; b < batch; b++)
+            for (int t = 0; t < tokens; t++) {
+                const float *g = gate + (size_t)b * mod_stride;
+                size_t base = ((size_t)b * tokens + t) * dim;
+                for (int j = 0; j < dim; j++) d_y[base + j] = g[j] * d_x[base + j];
+            }
+    }
+    if (!d_gate) return;
+    enum { BLOCK = 64 };
+    int blocks = (dim + BLOCK - 1) / BLOCK;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < batch; b++)
+        for (int blk = 0; blk < blocks; blk++) {
+            int j0 = blk * BLOCK, j1 = j0 + BLOCK < dim ? j0 + BLOCK : dim;
+            float acc[BLOCK] = {0};
+            for (int t = 0; t < tokens; t++) {
+                size_t base = ((size_t)b * tokens + t) * dim;
+                for (int j = j0; j < j1; j++) acc[j - j0] += d_x[base + j] * y[base + j];
+            }
+            for (int j = j0; j < j1; j++) d_gate[(size_t)b * mod_stride + j] += acc[j - j0];
+        }
+}

@@ -1,0 +1,45 @@
+# Command-line tests of config errors: a bad config (or --set) must end `ldm bench`
+# with exit status 2 and one line "ldm: error: FILE: section.key: ..." on stderr,
+# before any work is done. Included from tests/CMakeLists.txt; the bad files are
+# tests/data/bad-*.json. Regexes use [.] and [(] rather than backslashes, which
+# CMake would take as its own escapes.
+
+if(TARGET ldm)
+  set(LDM_BAD_CONFIGS ${CMAKE_CURRENT_SOURCE_DIR}/data)
+
+  # ldm_cli_config_test(NAME REGEX ARGS...): runs `ldm bench ARGS... --steps 1`.
+  function(ldm_cli_config_test name regex)
+    add_test(NAME cli_config_${name}
+      COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/expect_error.sh 2 "${regex}" --
+              $<TARGET_FILE:ldm> bench ${ARGN} --steps 1
+      WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  endfunction()
+
+  ldm_cli_config_test(unknown_key
+    "^ldm: error: .*bad-unknown-key[.]json: train[.]lr_schedul: unknown key [(]known keys in train: steps, "
+    --config ${LDM_BAD_CONFIGS}/bad-unknown-key.json)
+  ldm_cli_config_test(wrong_type
+    "^ldm: error: .*bad-wrong-type[.]json: model[.]depth: expected an integer >= 1, got \"twelve\"$"
+    --config ${LDM_BAD_CONFIGS}/bad-wrong-type.json)
+  ldm_cli_config_test(out_of_range
+    "^ldm: error: .*bad-out-of-range[.]json: model[.]depth: expected an integer >= 1, got -3$"
+    --config ${LDM_BAD_CONFIGS}/bad-out-of-range.json)
+  ldm_cli_config_test(cross_field
+    "^ldm: error: .*bad-heads[.]json: model[.]hidden_size: expected a multiple of model[.]num_heads [(]5[)], got 64$"
+    --config ${LDM_BAD_CONFIGS}/bad-heads.json)
+  ldm_cli_config_test(missing_file
+    "^ldm: error: .*does-not-exist[.]json: cannot read: No such file or directory$"
+    --config ${LDM_BAD_CONFIGS}/does-not-exist.json)
+  ldm_cli_config_test(invalid_json
+    "^ldm: error: .*bad-invalid-json[.]json: not valid JSON near line 3$"
+    --config ${LDM_BAD_CONFIGS}/bad-invalid-json.json)
+  ldm_cli_config_test(bad_set
+    "^ldm: error: --set model[.]depth: expected section[.]key=value$"
+    --config ${CMAKE_SOURCE_DIR}/configs/tiny.json --set model.depth)
+  ldm_cli_config_test(bad_set_value
+    "^ldm: error: --set model[.]depth=-3: model[.]depth: expected an integer >= 1, got -3$"
+    --config ${CMAKE_SOURCE_DIR}/configs/tiny.json --set model.depth=-3)
+  ldm_cli_config_test(bad_set_key
+    "^ldm: error: --set train[.]lr_schedul=cosine: train[.]lr_schedul: unknown key"
+    --config ${CMAKE_SOURCE_DIR}/configs/tiny.json --set train.lr_schedul=cosine)
+endif()

@@ -1,0 +1,19 @@
+#!/bin/sh
+# The whole test suite, from a fresh Debian 12 machine: installs the packages,
+# builds (with CUDA when nvcc is there), runs every test with ctest, then builds
+# again with AddressSanitizer + UndefinedBehaviorSanitizer and runs the tests
+# there too. `.ci/run` runs exactly this.
+set -eu
+cd "$(dirname "$0")/.."
+./launch/install-deps.sh
+jobs=$(nproc)
+
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
+cmake --build build -j "$jobs"
+(cd build && ctest --output-on-failure)
+
+# The sanitizer build leaves CUDA out: the release build above already compiles it.
+cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=Debug -DLDM_SANITIZE=ON -DLDM_CUDA=OFF
+cmake --build build-sanitize -j "$jobs"
+(cd build-sanitize && ctest --output-on-failure)
+echo "tests: all passed (release and sanitizer builds)"

@@ -1,0 +1,72 @@
+/* Command-line parsing shared by the subcommands (see cli.h). */
+#include "cli.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fatal.h"
+
+void cli_parse(const char *command, int argc, char **argv, int first, cli_option *options) {
+    for (int i = first; i < argc; i++) {
+        const char *arg = argv[i];
+        cli_option *found = NULL;
+        for (cli_option *o = options; o->name; o++)
+            if (strcmp(o->name, arg) == 0) found = o;
+        if (!found) fatal_input("ldm %s: unknown option '%s' (see ldm %s --help)", command, arg, command);
+        if (found->is_flag) {
+            found->value = "1";
+            continue;
+        }
+        if (i + 1 >= argc) fatal_input("ldm %s: option %s needs a value", command, arg);
+        const char *value = argv[++i];
+        if (found->repeatable) {
+            if (found->repeat_count == CLI_MAX_REPEATS)
+                fatal_input("ldm %s: option %s given more than %d times", command, arg, CLI_MAX_REPEATS);
+            found->repeated[found->repeat_count++] = value;
+        } else {
+            found->value = value;
+        }
+    }
+    for (cli_option *o = options; o->name; o++)
+        if (o->required && !o->value) fatal_input("ldm %s: option %s is required", command, o->name);
+}
+
+void cli_print_usage(const char *command, const char *summary, const cli_option *options) {
+    printf("usage: ldm %s [options]\n%s\n\noptions:\n", command, summary);
+    for (const cli_option *o = options; o->name; o++)
+        printf("  %-14s %s%s\n", o->name, o->help, o->required ? " (required)" : "");
+}
+
+long long cli_int(const char *command, const cli_option *option, long long min, long long max) {
+    char *end = NULL;
+    errno = 0;
+    long long v = strtoll(option->value, &end, 10);
+    if (errno || end == option->value || *end || v < min || v > max)
+        fatal_input("ldm %s: option %s: expected an integer in [%lld, %lld], got '%s'", command, option->name,
+                    min, max, option->value);
+    return v;
+}
+
+void cli_load_config(ldm_config *config, const cli_option *config_option, const cli_option *set_option) {
+    char err[1024];
+    if (config_load(config, config_option->value, set_option->repeated, set_option->repeat_count, err,
+                    sizeof(err)) != 0)
+        fatal_input("%s", err);
+}
+
+dit_shape cli_dit_shape(const ldm_config *config) {
+    const model_config *m = &config->model;
+    dit_shape s = {
+        .input_size = m->input_size,
+        .in_channels = m->in_channels,
+        .patch_size = m->patch_size,
+        .hidden_size = m->hidden_size,
+        .depth = m->depth,
+        .num_heads = m->num_heads,
+        .mlp_hidden = (int)(m->hidden_size * m->mlp_ratio),
+        .num_classes = m->num_classes,
+    };
+    return s;
+}

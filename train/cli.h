@@ -1,0 +1,35 @@
+/* Command-line parsing shared by every ldm subcommand: "--name value" options,
+ * repeatable ones (--set), and flags. Unknown options, missing values and missing
+ * required options end the program with one line naming the option (exit 2). */
+#ifndef LDM_CLI_H
+#define LDM_CLI_H
+
+#include "config.h"
+#include "dit.h"
+
+#define CLI_MAX_REPEATS 64
+
+typedef struct {
+    const char *name;      /* "--config" */
+    const char *value;     /* filled in, or the default given */
+    int is_flag;           /* takes no value; value becomes "1" when present */
+    int required;
+    int repeatable;        /* values collected into repeated[] */
+    const char *repeated[CLI_MAX_REPEATS];
+    int repeat_count;
+    const char *help;
+} cli_option;
+
+/* Parses argv[first..argc) of `command` into options (terminated by a NULL name). */
+void cli_parse(const char *command, int argc, char **argv, int first, cli_option *options);
+/* Prints "usage: ldm COMMAND" and the options' help. */
+void cli_print_usage(const char *command, const char *summary, const cli_option *options);
+/* Parses an option value as an integer in [min, max]; fatal_input otherwise. */
+long long cli_int(const char *command, const cli_option *option, long long min, long long max);
+
+/* Loads the config named by --config with the --set overrides; fatal_input on any error. */
+void cli_load_config(ldm_config *config, const cli_option *config_option, const cli_option *set_option);
+/* The DiT shape a config describes. */
+dit_shape cli_dit_shape(const ldm_config *config);
+
+#endif

@@ -1,0 +1,8 @@
+/* The ldm subcommands; each parses its own options and returns an exit status. */
+#ifndef LDM_COMMANDS_H
+#define LDM_COMMANDS_H
+
+int command_bench(int argc, char **argv);
+int command_forward(int argc, char **argv);
+
+#endif

@@ -1,0 +1,717 @@
+/* The job configuration (see config.h): the schema table of every key with its
+ * type, default and range; reading the JSON file; applying "--set" overrides;
+ * validating each key and the cross-field rules; writing the resolved config back
+ * out as JSON. Every failure is user input, so nothing here exits or asserts on
+ * it: config_load returns -1 with one line naming the file (or the override) and
+ * the key, "configs/x.json: model.depth: expected an integer >= 1, got -3". */
+#include "config.h"
+
+#include "fatal.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- the schema ---- */
+
+typedef enum { KEY_INT, KEY_INT64, KEY_UINT64, KEY_DOUBLE, KEY_ENUM, KEY_BOOL } key_type;
+
+typedef struct {
+    const char *section;
+    const char *key;
+    key_type type;
+    size_t offset; /* into ldm_config */
+    size_t size;   /* of the field: the capacity of an enum's char array */
+    /* Range, also for the integer types (whose own limits are applied on top).
+     * -INFINITY / INFINITY: unbounded; *_open: the bound itself is excluded. */
+    double min, max;
+    bool min_open, max_open;
+    double def;                 /* default of a number or bool */
+    const char *def_str;        /* default of an enum */
+    const char *const *allowed; /* enum: the allowed strings, NULL-terminated */
+} key_spec;
+
+/* The field's C type is checked against the table's type at compile time: a
+ * _Generic with no matching association does not compile, so a key declared
+ * "int" in the table but int64_t in config.h is caught by the build. */
+#define MEMBER(sec, name) (((ldm_config *)0)->sec.name)
+#define FIELD(sec, name, ctype)                                                                  \
+    .section = #sec, .key = #name,                                                               \
+    .offset = offsetof(ldm_config, sec.name) + 0 * sizeof(_Generic(MEMBER(sec, name), ctype: 1)), \
+    .size = sizeof MEMBER(sec, name)
+
+#define NONE_BELOW (-INFINITY)
+#define NONE_ABOVE INFINITY
+
+/* Integers: closed range [lo, hi]. */
+#define INT_KEY(sec, name, d, lo, hi) \
+    {FIELD(sec, name, int), .type = KEY_INT, .def = (d), .min = (lo), .max = (hi)}
+#define INT64_KEY(sec, name, d, lo, hi) \
+    {FIELD(sec, name, int64_t), .type = KEY_INT64, .def = (d), .min = (lo), .max = (hi)}
+#define UINT64_KEY(sec, name, d, lo, hi) \
+    {FIELD(sec, name, uint64_t), .type = KEY_UINT64, .def = (d), .min = (lo), .max = (hi)}
+/* Doubles: lo_open / hi_open say whether the bound is excluded ("> 0", "< 1"). */
+#define DOUBLE_KEY(sec, name, d, lo, lo_open, hi, hi_open)                                    \
+    {FIELD(sec, name, double), .type = KEY_DOUBLE, .def = (d), .min = (lo), .min_open = (lo_open), \
+     .max = (hi), .max_open = (hi_open)}
+#define ENUM_KEY(sec, name, d, ...)                                                                \
+    {FIELD(sec, name, char *), .type = KEY_ENUM, .def_str = (d), .min = NONE_BELOW, .max = NONE_ABOVE, \
+     .allowed = (const char *const[]){__VA_ARGS__, NULL}}
+#define BOOL_KEY(sec, name, d) \
+    {FIELD(sec, name, bool), .type = KEY_BOOL, .def = (d), .min = NONE_BELOW, .max = NONE_ABOVE}
+
+/* Every key of every section, in the order config_to_json writes them. Adding a
+ * key: one field in config.h, one line here. The defaults are those of config.h
+ * and ../DESIGN.md. */
+static const key_spec keys[] = {
+    ENUM_KEY(model, type, "dit", "dit"),
+    INT_KEY(model, input_size, 8, 1, NONE_ABOVE),
+    INT_KEY(model, in_channels, 4, 1, NONE_ABOVE),
+    INT_KEY(model, patch_size, 1, 1, NONE_ABOVE),
+    INT_KEY(model, hidden_size, 384, 1, NONE_ABOVE),
+    INT_KEY(model, depth, 12, 1, NONE_ABOVE),
+    INT_KEY(model, num_heads, 6, 1, NONE_ABOVE),
+    DOUBLE_KEY(model, mlp_ratio, 4.0, 0, true, NONE_ABOVE, false),
+    INT_KEY(model, num_classes, 10, 1, NONE_ABOVE),
+    DOUBLE_KEY(model, class_dropout, 0.1, 0, false, 1, true),
+
+    DOUBLE_KEY(diffusion, sigma_data, 0.5, 0, true, NONE_ABOVE, false),
+    DOUBLE_KEY(diffusion, p_mean, -1.2, NONE_BELOW, false, NONE_ABOVE, false),
+    DOUBLE_KEY(diffusion, p_std, 1.2, 0, true, NONE_ABOVE, false),
+
+    INT64_KEY(train, steps, 100000, 1, NONE_ABOVE),
+    INT_KEY(train, batch_size, 256, 1, NONE_ABOVE),
+    INT_KEY(train, micro_batch, 0, 0, NONE_ABOVE),
+    DOUBLE_KEY(train, lr, 1e-4, 0, true, NONE_ABOVE, false),
+    INT64_KEY(train, warmup_steps, 1000, 0, NONE_ABOVE),
+    ENUM_KEY(train, lr_schedule, "constant", "constant", "cosine"),
+    DOUBLE_KEY(train, weight_decay, 0.0, 0, false, NONE_ABOVE, false),
+    DOUBLE_KEY(train, grad_clip, 1.0, 0, false, NONE_ABOVE, false),
+    DOUBLE_KEY(train, ema_decay, 0.9999, 0, false, 1, true),
+    DOUBLE_KEY(train, adam_beta1, 0.9, 0, false, 1, true),
+    DOUBLE_KEY(train, adam_beta2, 0.999, 0, false, 1, true),
+    DOUBLE_KEY(train, adam_eps, 1e-8, 0, true, NONE_ABOVE, false),
+    ENUM_KEY(train, precision, "fp32", "fp32", "bf16", "fp16"),
+    UINT64_KEY(train, seed, 0, 0, NONE_ABOVE),
+    INT64_KEY(train, log_every, 10, 1, NONE_ABOVE),
+    INT64_KEY(train, ckpt_every, 1000, 1, NONE_ABOVE),
+    /* keep-last-K needs K >= 2: the previous checkpoint is deleted only after the
+     * new one is published, so there must be room for both. */
+    INT_KEY(train, ckpt_keep, 3, 2, NONE_ABOVE),
+    INT64_KEY(train, sample_every, 5000, 0, NONE_ABOVE),
+};
+
+#define KEY_COUNT (sizeof keys / sizeof keys[0])
+
+/* cJSON holds every number as a double, so a 64-bit integer above 2^53 could not
+ * be read (or written back by config_to_json) exactly: it is refused rather than
+ * silently rounded. */
+#define JSON_EXACT_INT 9007199254740992.0 /* 2^53 */
+
+/* ---- small helpers ---- */
+
+/* The place a value came from, for the start of an error line: the file's path,
+ * or "--set " and the override's text. */
+typedef struct {
+    const char *prefix;
+    const char *text;
+} source;
+
+static void set_err(char *err, size_t err_size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void set_err(char *err, size_t err_size, const char *fmt, ...) {
+    if (!err || err_size == 0) return;
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(err, err_size, fmt, args);
+    va_end(args);
+}
+
+/* User text (unknown key names, string values) goes into a one-line message:
+ * control characters become '?', and long text is cut with "...". */
+static void put_text(char *buf, size_t n, const char *text, size_t text_len) {
+    const size_t limit = 48;
+    size_t shown = text_len < limit ? text_len : limit, j = 0;
+    for (size_t i = 0; i < shown && j + 1 < n; i++) {
+        unsigned char c = (unsigned char)text[i];
+        buf[j++] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
+    }
+    if (shown < text_len)
+        for (int d = 0; d < 3 && j + 1 < n; d++) buf[j++] = '.';
+    if (n) buf[j] = '\0';
+}
+
+/* A double as the shortest text that reads back to it (what cJSON writes). */
+static void format_number(char *buf, size_t n, double v) {
+    snprintf(buf, n, "%1.15g", v);
+    if (strtod(buf, NULL) != v) snprintf(buf, n, "%1.17g", v);
+}
+
+/* What a JSON value is, for "got ...": the value itself for scalars. */
+static void describe_value(char *buf, size_t n, const cJSON *item) {
+    if (cJSON_IsNumber(item)) {
+        if (isfinite(item->valuedouble))
+            format_number(buf, n, item->valuedouble);
+        else
+            snprintf(buf, n, "a number too large to represent");
+    } else if (cJSON_IsString(item)) {
+        char text[64];
+        put_text(text, sizeof text, item->valuestring, strlen(item->valuestring));
+        snprintf(buf, n, "\"%s\"", text);
+    } else if (cJSON_IsTrue(item)) {
+        snprintf(buf, n, "true");
+    } else if (cJSON_IsFalse(item)) {
+        snprintf(buf, n, "false");
+    } else if (cJSON_IsNull(item)) {
+        snprintf(buf, n, "null");
+    } else if (cJSON_IsArray(item)) {
+        snprintf(buf, n, "an array");
+    } else if (cJSON_IsObject(item)) {
+        snprintf(buf, n, "an object");
+    } else {
+        snprintf(buf, n, "an invalid value");
+    }
+}
+
+static bool is_integer_type(key_type t) { return t == KEY_INT || t == KEY_INT64 || t == KEY_UINT64; }
+
+/* The range an integer key accepts: the table's, narrowed to what the C type
+ * (and, for 64-bit types, a JSON double) holds exactly. */
+static void integer_limits(const key_spec *s, double *lo, double *hi) {
+    double type_lo = s->type == KEY_INT ? (double)INT_MIN : s->type == KEY_UINT64 ? 0.0 : -JSON_EXACT_INT;
+    double type_hi = s->type == KEY_INT ? (double)INT_MAX : JSON_EXACT_INT;
+    *lo = s->min > type_lo ? s->min : type_lo;
+    *hi = s->max < type_hi ? s->max : type_hi;
+}
+
+/* "an integer >= 1", "a number in [0, 1)", "one of "constant", "cosine"". The
+ * implicit upper limit of an integer type is named only when it was the bound
+ * the value broke (show_type_max), so that the usual message stays short. */
+static void describe_expected(char *buf, size_t n, const key_spec *s, bool show_type_max) {
+    char lo[40], hi[40];
+    size_t used = 0;
+#define APPEND(...)                                                                         \
+    do {                                                                                    \
+        if (used < n) {                                                                     \
+            int w_ = snprintf(buf + used, n - used, __VA_ARGS__);                           \
+            used += w_ > 0 ? (size_t)w_ : 0;                                                \
+        }                                                                                   \
+    } while (0)
+    buf[0] = '\0';
+    if (s->type == KEY_ENUM) {
+        APPEND("one of ");
+        for (int i = 0; s->allowed[i]; i++) APPEND("%s\"%s\"", i ? ", " : "", s->allowed[i]);
+        return;
+    }
+    if (s->type == KEY_BOOL) {
+        APPEND("true or false");
+        return;
+    }
+    double min = s->min, max = s->max;
+    if (is_integer_type(s->type)) {
+        double type_lo, type_hi;
+        integer_limits(s, &type_lo, &type_hi);
+        min = type_lo > min ? type_lo : min;
+        if (show_type_max) max = type_hi;
+        APPEND("an integer");
+    } else {
+        APPEND("a number");
+    }
+    format_number(lo, sizeof lo, min);
+    format_number(hi, sizeof hi, max);
+    bool has_lo = isfinite(min), has_hi = isfinite(max);
+    if (has_lo && has_hi)
+        APPEND(" in %c%s, %s%c", s->min_open ? '(' : '[', lo, hi, s->max_open ? ')' : ']');
+    else if (has_lo)
+        APPEND(" %s %s", s->min_open ? ">" : ">=", lo);
+    else if (has_hi)
+        APPEND(" %s %s", s->max_open ? "<" : "<=", hi);
+#undef APPEND
+}
+
+static bool is_first_of_section(size_t i) {
+    for (size_t j = 0; j < i; j++)
+        if (strcmp(keys[j].section, keys[i].section) == 0) return false;
+    return true;
+}
+
+static bool section_known(const char *name, size_t len) {
+    for (size_t i = 0; i < KEY_COUNT; i++)
+        if (strlen(keys[i].section) == len && memcmp(keys[i].section, name, len) == 0) return true;
+    return false;
+}
+
+/* The table index of section.key (lengths given: override text is not split
+ * into NUL-terminated pieces), or -1. */
+static int find_key(const char *section, size_t section_len, const char *key, size_t key_len) {
+    for (size_t i = 0; i < KEY_COUNT; i++)
+        if (strlen(keys[i].section) == section_len && memcmp(keys[i].section, section, section_len) == 0 &&
+            strlen(keys[i].key) == key_len && memcmp(keys[i].key, key, key_len) == 0)
+            return (int)i;
+    return -1;
+}
+
+static void list_sections(char *buf, size_t n) {
+    size_t used = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < KEY_COUNT && used < n; i++) {
+        if (!is_first_of_section(i)) continue;
+        int w = snprintf(buf + used, n - used, "%s%s", used ? ", " : "", keys[i].section);
+        used += w > 0 ? (size_t)w : 0;
+    }
+}
+
+static void list_keys(char *buf, size_t n, const char *section) {
+    size_t used = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < KEY_COUNT && used < n; i++) {
+        if (strcmp(keys[i].section, section) != 0) continue;
+        int w = snprintf(buf + used, n - used, "%s%s", used ? ", " : "", keys[i].key);
+        used += w > 0 ? (size_t)w : 0;
+    }
+}
+
+static void unknown_section_err(char *err, size_t err_size, source src, const char *name, size_t len) {
+    char shown[64], known[256];
+    put_text(shown, sizeof shown, name, len);
+    list_sections(known, sizeof known);
+    set_err(err, err_size, "%s%s: %s: unknown section (known sections: %s)", src.prefix, src.text, shown, known);
+}
+
+static void unknown_key_err(char *err, size_t err_size, source src, const char *section, const char *name,
+                            size_t len) {
+    char shown[64], known[512];
+    put_text(shown, sizeof shown, name, len);
+    list_keys(known, sizeof known, section);
+    set_err(err, err_size, "%s%s: %s.%s: unknown key (known keys in %s: %s)", src.prefix, src.text, section, shown,
+            section, known);
+}
+
+/* Copies an enum string (already one of the allowed ones) into its char array,
+ * zero-filling the rest so that two equal configs are equal byte for byte. */
+static void store_string(char *field, size_t size, const char *value) {
+    size_t len = strlen(value);
+    if (len >= size) fatal_internal("config schema: \"%s\" does not fit in a %zu-byte field", value, size);
+    memset(field, 0, size);
+    memcpy(field, value, len);
+}
+
+/* ---- reading the file ---- */
+
+/* Reads the whole file; NULL with err on failure. */
+static char *read_file(const char *path, size_t *length, char *err, size_t err_size) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        set_err(err, err_size, "%s: cannot read: %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        len += fread(buf + len, 1, cap - len - 1, f);
+        if (len < cap - 1) break; /* end of file or an error, told apart below */
+        char *grown = realloc(buf, cap * 2);
+        if (!grown) {
+            free(buf);
+            buf = NULL;
+            break;
+        }
+        buf = grown;
+        cap *= 2;
+    }
+    if (!buf) {
+        fclose(f);
+        set_err(err, err_size, "%s: cannot read: out of memory", path);
+        return NULL;
+    }
+    if (ferror(f)) {
+        /* e.g. EISDIR: fopen succeeds on a directory, the read fails. */
+        int e = errno;
+        fclose(f);
+        free(buf);
+        set_err(err, err_size, "%s: cannot read: %s", path, strerror(e ? e : EIO));
+        return NULL;
+    }
+    fclose(f);
+    buf[len] = '\0';
+    *length = len;
+    return buf;
+}
+
+static int line_of(const char *text, size_t offset) {
+    int line = 1;
+    for (size_t i = 0; i < offset; i++)
+        if (text[i] == '\n') line++;
+    return line;
+}
+
+/* Parses PATH into *root (an object); -1 with err otherwise. */
+static int parse_file(const char *path, cJSON **root, char *err, size_t err_size) {
+    size_t len = 0;
+    char *text = read_file(path, &len, err, err_size);
+    if (!text) return -1;
+    /* cJSON stops at a NUL byte, which would silently cut the file short. */
+    const char *nul = memchr(text, '\0', len);
+    if (nul) {
+        set_err(err, err_size, "%s: not valid JSON near line %d (a NUL byte)", path, line_of(text, (size_t)(nul - text)));
+        free(text);
+        return -1;
+    }
+    /* require_null_terminated: trailing text after the top-level value is an
+     * error too. The error position is the one cJSON_GetErrorPtr reports, taken
+     * from return_parse_end, which unlike the global is safe across threads. */
+    const char *end = NULL;
+    cJSON *json = cJSON_ParseWithLengthOpts(text, len + 1, &end, 1);
+    if (!json) {
+        size_t offset = end && end >= text && end <= text + len ? (size_t)(end - text) : len;
+        set_err(err, err_size, "%s: not valid JSON near line %d", path, line_of(text, offset));
+        free(text);
+        return -1;
+    }
+    free(text);
+    if (!cJSON_IsObject(json)) {
+        char got[80];
+        describe_value(got, sizeof got, json);
+        set_err(err, err_size, "%s: expected a JSON object at the top level, got %s", path, got);
+        cJSON_Delete(json);
+        return -1;
+    }
+    *root = json;
+    return 0;
+}
+
+/* Checks the file's shape before overrides are merged in, so that an unknown or
+ * duplicated name is blamed on the file: known sections, each an object, known
+ * keys, no name twice (cJSON keeps both copies and would read only the first). */
+static int check_structure(const cJSON *root, const char *path, char *err, size_t err_size) {
+    source src = {"", path};
+    for (const cJSON *sec = root->child; sec; sec = sec->next) {
+        const char *name = sec->string;
+        if (!section_known(name, strlen(name))) {
+            unknown_section_err(err, err_size, src, name, strlen(name));
+            return -1;
+        }
+        for (const cJSON *prev = root->child; prev != sec; prev = prev->next)
+            if (strcmp(prev->string, name) == 0) {
+                set_err(err, err_size, "%s: %s: section given twice", path, name);
+                return -1;
+            }
+        if (!cJSON_IsObject(sec)) {
+            char got[80];
+            describe_value(got, sizeof got, sec);
+            set_err(err, err_size, "%s: %s: expected an object, got %s", path, name, got);
+            return -1;
+        }
+        for (const cJSON *item = sec->child; item; item = item->next) {
+            const char *key = item->string;
+            if (find_key(name, strlen(name), key, strlen(key)) < 0) {
+                unknown_key_err(err, err_size, src, name, key, strlen(key));
+                return -1;
+            }
+            for (const cJSON *prev = sec->child; prev != item; prev = prev->next)
+                if (strcmp(prev->string, key) == 0) {
+                    set_err(err, err_size, "%s: %s.%s: key given twice", path, name, key);
+                    return -1;
+                }
+        }
+    }
+    return 0;
+}
+
+/* ---- overrides ---- */
+
+/* Merges "section.key=value" into the tree, replacing what the file said.
+ * Records in origin[] which override set the key, for the error messages. */
+static int apply_override(cJSON *root, const char *text, int index, int *origin, char *err, size_t err_size) {
+    source src = {"--set ", text ? text : "(null)"};
+    const char *eq = text ? strchr(text, '=') : NULL;
+    const char *dot = eq ? memchr(text, '.', (size_t)(eq - text)) : NULL;
+    if (!eq || !dot || dot == text || dot + 1 == eq) {
+        set_err(err, err_size, "--set %s: expected section.key=value", src.text);
+        return -1;
+    }
+    size_t section_len = (size_t)(dot - text), key_len = (size_t)(eq - dot - 1);
+    if (!section_known(text, section_len)) {
+        unknown_section_err(err, err_size, src, text, section_len);
+        return -1;
+    }
+    int k = find_key(text, section_len, dot + 1, key_len);
+    if (k < 0) {
+        /* The section name, NUL-terminated, is the table's own string. */
+        const char *section = NULL;
+        for (size_t i = 0; i < KEY_COUNT && !section; i++)
+            if (strlen(keys[i].section) == section_len && memcmp(keys[i].section, text, section_len) == 0)
+                section = keys[i].section;
+        unknown_key_err(err, err_size, src, section, dot + 1, key_len);
+        return -1;
+    }
+    const key_spec *s = &keys[k];
+
+    /* JSON when the value parses as JSON (numbers, true/false, "quoted"), else
+     * the bare text as a string, so that lr_schedule=cosine needs no quotes. */
+    const char *value = eq + 1;
+    cJSON *item = cJSON_ParseWithOpts(value, NULL, 1);
+    if (!item) item = cJSON_CreateString(value);
+    cJSON *sec = cJSON_GetObjectItemCaseSensitive(root, s->section);
+    if (!sec) sec = cJSON_AddObjectToObject(root, s->section);
+    if (!item || !sec) {
+        cJSON_Delete(item);
+        set_err(err, err_size, "--set %s: out of memory", src.text);
+        return -1;
+    }
+    bool ok = cJSON_GetObjectItemCaseSensitive(sec, s->key) ? cJSON_ReplaceItemInObjectCaseSensitive(sec, s->key, item)
+                                               : cJSON_AddItemToObject(sec, s->key, item);
+    if (!ok) {
+        cJSON_Delete(item);
+        set_err(err, err_size, "--set %s: out of memory", src.text);
+        return -1;
+    }
+    origin[k] = index;
+    return 0;
+}
+
+/* ---- one key ---- */
+
+/* Validates ITEM against spec S and stores it into CONFIG. */
+static int read_key(ldm_config *config, const key_spec *s, const cJSON *item, source src, char *err,
+                    size_t err_size) {
+    char *field = (char *)config + s->offset;
+    char expected[160], got[80];
+    bool ok = false, type_max = false;
+    if (s->type == KEY_ENUM) {
+        if (cJSON_IsString(item))
+            for (int i = 0; s->allowed[i] && !ok; i++)
+                if (strcmp(item->valuestring, s->allowed[i]) == 0) {
+                    store_string(field, s->size, s->allowed[i]);
+                    ok = true;
+                }
+    } else if (s->type == KEY_BOOL) {
+        if (cJSON_IsBool(item)) {
+            *(bool *)field = cJSON_IsTrue(item);
+            ok = true;
+        }
+    } else if (cJSON_IsNumber(item) && isfinite(item->valuedouble)) {
+        double v = item->valuedouble;
+        bool in_range = (s->min_open ? v > s->min : v >= s->min) && (s->max_open ? v < s->max : v <= s->max);
+        if (s->type == KEY_DOUBLE) {
+            if (in_range) {
+                *(double *)field = v;
+                ok = true;
+            }
+        } else if (v == floor(v) && in_range) {
+            double lo, hi;
+            integer_limits(s, &lo, &hi);
+            type_max = v > hi;
+            if (v >= lo && v <= hi) {
+                /* Exact: v is integral and within the type's range. */
+                if (s->type == KEY_INT)
+                    *(int *)field = (int)v;
+                else if (s->type == KEY_INT64)
+                    *(int64_t *)field = (int64_t)v;
+                else
+                    *(uint64_t *)field = (uint64_t)v;
+                ok = true;
+            }
+        }
+    }
+    if (ok) return 0;
+    describe_expected(expected, sizeof expected, s, type_max);
+    describe_value(got, sizeof got, item);
+    set_err(err, err_size, "%s%s: %s.%s: expected %s, got %s", src.prefix, src.text, s->section, s->key, expected,
+            got);
+    return -1;
+}
+
+/* ---- cross-field rules ---- */
+
+/* The source to blame for a rule over several keys: the last override among
+ * them (the likely cause), else the file. */
+static source rule_source(const char *path, const char *const *overrides, const int *origin, int n, ...) {
+    source src = {"", path ? path : "(defaults)"};
+    int latest = -1;
+    va_list args;
+    va_start(args, n);
+    for (int i = 0; i < n; i++) {
+        const char *name = va_arg(args, const char *); /* "section.key" */
+        const char *dot = strchr(name, '.');
+        int k = find_key(name, (size_t)(dot - name), dot + 1, strlen(dot + 1));
+        if (k >= 0 && origin[k] > latest) latest = origin[k];
+    }
+    va_end(args);
+    if (latest >= 0) {
+        src.prefix = "--set ";
+        src.text = overrides[latest];
+    }
+    return src;
+}
+
+static int check_rules(const ldm_config *c, const char *path, const char *const *overrides, const int *origin,
+                       char *err, size_t err_size) {
+    const model_config *m = &c->model;
+    const train_config *t = &c->train;
+    source src;
+#define RULE_SOURCE(...) \
+    rule_source(path, overrides, origin, (int)(sizeof((const char *[]){__VA_ARGS__}) / sizeof(const char *)), __VA_ARGS__)
+#define FAIL(...)                                                                                        \
+    do {                                                                                                 \
+        char msg_[512];                                                                                  \
+        snprintf(msg_, sizeof msg_, __VA_ARGS__);                                                        \
+        set_err(err, err_size, "%s%s: %s", src.prefix, src.text, msg_);                                  \
+        return -1;                                                                                       \
+    } while (0)
+
+    if (m->hidden_size < m->num_heads) {
+        /* Each head needs at least one dimension: hidden_size / num_heads >= 1. */
+        src = RULE_SOURCE("model.num_heads", "model.hidden_size");
+        FAIL("model.num_heads: expected at most model.hidden_size (%d) so that each head has at least one "
+             "dimension, got %d",
+             m->hidden_size, m->num_heads);
+    }
+    if (m->hidden_size % m->num_heads != 0) {
+        src = RULE_SOURCE("model.hidden_size", "model.num_heads");
+        FAIL("model.hidden_size: expected a multiple of model.num_heads (%d), got %d", m->num_heads, m->hidden_size);
+    }
+    if (m->hidden_size % 4 != 0) {
+        /* The 2-D sin-cos position embedding splits the width into 4 equal parts
+         * (sin and cos of each of the two axes). */
+        src = RULE_SOURCE("model.hidden_size");
+        FAIL("model.hidden_size: expected a multiple of 4 (2-D sin-cos position embedding), got %d", m->hidden_size);
+    }
+    if (m->input_size % m->patch_size != 0) {
+        src = RULE_SOURCE("model.input_size", "model.patch_size");
+        FAIL("model.input_size: expected a multiple of model.patch_size (%d), got %d", m->patch_size, m->input_size);
+    }
+    double mlp_width = (double)m->hidden_size * m->mlp_ratio;
+    if (!(mlp_width >= 1.0 && mlp_width < (double)INT_MAX + 1.0)) {
+        /* The MLP width is (int)(hidden_size * mlp_ratio), as cli_dit_shape computes it. */
+        src = RULE_SOURCE("model.mlp_ratio", "model.hidden_size");
+        char ratio[40];
+        format_number(ratio, sizeof ratio, m->mlp_ratio);
+        FAIL("model.mlp_ratio: expected an MLP width (int)(model.hidden_size * model.mlp_ratio) in [1, %d] "
+             "with model.hidden_size %d, got %s",
+             INT_MAX, m->hidden_size, ratio);
+    }
+    if (t->micro_batch != 0 && t->micro_batch > t->batch_size) {
+        src = RULE_SOURCE("train.micro_batch", "train.batch_size");
+        FAIL("train.micro_batch: expected 0 or at most train.batch_size (%d), got %d", t->batch_size,
+             t->micro_batch);
+    }
+    if (t->micro_batch != 0 && t->batch_size % t->micro_batch != 0) {
+        src = RULE_SOURCE("train.micro_batch", "train.batch_size");
+        FAIL("train.micro_batch: expected 0 or a divisor of train.batch_size (%d), got %d", t->batch_size,
+             t->micro_batch);
+    }
+#undef FAIL
+#undef RULE_SOURCE
+    return 0;
+}
+
+/* ---- the API ---- */
+
+void config_defaults(ldm_config *config) {
+    /* Zero first: padding and the tails of the char arrays are then zero too, so
+     * that equal configs compare equal with memcmp. */
+    memset(config, 0, sizeof *config);
+    for (size_t i = 0; i < KEY_COUNT; i++) {
+        const key_spec *s = &keys[i];
+        char *field = (char *)config + s->offset;
+        switch (s->type) {
+        case KEY_INT: *(int *)field = (int)s->def; break;
+        case KEY_INT64: *(int64_t *)field = (int64_t)s->def; break;
+        case KEY_UINT64: *(uint64_t *)field = (uint64_t)s->def; break;
+        case KEY_DOUBLE: *(double *)field = s->def; break;
+        case KEY_ENUM: store_string(field, s->size, s->def_str); break;
+        case KEY_BOOL: *(bool *)field = s->def != 0; break;
+        }
+    }
+}
+
+int config_load(ldm_config *config, const char *path, const char *const *overrides, int override_count, char *err,
+                size_t err_size) {
+    /* Work on a copy: *config changes only when the whole config is valid. */
+    ldm_config out;
+    config_defaults(&out);
+    set_err(err, err_size, "%s", "");
+
+    cJSON *root = NULL;
+    if (path) {
+        if (parse_file(path, &root, err, err_size) != 0) return -1;
+        if (check_structure(root, path, err, err_size) != 0) goto fail;
+    } else {
+        root = cJSON_CreateObject();
+        if (!root) {
+            set_err(err, err_size, "config: out of memory");
+            return -1;
+        }
+    }
+
+    int origin[KEY_COUNT]; /* which override last set each key; -1: the file */
+    for (size_t i = 0; i < KEY_COUNT; i++) origin[i] = -1;
+    for (int i = 0; overrides && i < override_count; i++)
+        if (apply_override(root, overrides[i], i, origin, err, err_size) != 0) goto fail;
+
+    for (size_t i = 0; i < KEY_COUNT; i++) {
+        const cJSON *sec = cJSON_GetObjectItemCaseSensitive(root, keys[i].section);
+        const cJSON *item = sec ? cJSON_GetObjectItemCaseSensitive(sec, keys[i].key) : NULL;
+        if (!item) continue; /* left out: the default */
+        source src = origin[i] >= 0 ? (source){"--set ", overrides[origin[i]]} : (source){"", path};
+        if (read_key(&out, &keys[i], item, src, err, err_size) != 0) goto fail;
+    }
+    if (check_rules(&out, path, overrides, origin, err, err_size) != 0) goto fail;
+
+    cJSON_Delete(root);
+    memcpy(config, &out, sizeof out);
+    return 0;
+fail:
+    cJSON_Delete(root);
+    return -1;
+}
+
+char *config_to_json(const ldm_config *config) {
+    cJSON *root = cJSON_CreateObject();
+    if (!root) fatal_internal("out of memory writing the config as JSON");
+    for (size_t i = 0; i < KEY_COUNT; i++) {
+        const key_spec *s = &keys[i];
+        const char *field = (const char *)config + s->offset;
+        cJSON *sec = cJSON_GetObjectItemCaseSensitive(root, s->section);
+        if (!sec) sec = cJSON_AddObjectToObject(root, s->section);
+        /* Numbers go in as raw text of our own: cJSON prints a double with 15
+         * digits whenever that reads back within an epsilon, which is not exact
+         * (0.30000000000000004 would come back as 0.3); format_number is. */
+        char number[48];
+        switch (s->type) {
+        case KEY_INT: snprintf(number, sizeof number, "%d", *(const int *)field); break;
+        case KEY_INT64: snprintf(number, sizeof number, "%" PRId64, *(const int64_t *)field); break;
+        case KEY_UINT64: snprintf(number, sizeof number, "%" PRIu64, *(const uint64_t *)field); break;
+        case KEY_DOUBLE: format_number(number, sizeof number, *(const double *)field); break;
+        default: break;
+        }
+        cJSON *item = NULL;
+        if (sec) {
+            if (s->type == KEY_ENUM)
+                item = cJSON_AddStringToObject(sec, s->key, field);
+            else if (s->type == KEY_BOOL)
+                item = cJSON_AddBoolToObject(sec, s->key, *(const bool *)field);
+            else
+                item = cJSON_AddRawToObject(sec, s->key, number);
+        }
+        if (!item) {
+            cJSON_Delete(root);
+            fatal_internal("out of memory writing the config as JSON");
+        }
+    }
+    char *printed = cJSON_Print(root);
+    cJSON_Delete(root);
+    if (!printed) fatal_internal("out of memory writing the config as JSON");
+    /* Our own copy, so that the caller frees it with free() whatever allocator
+     * hooks cJSON was given. */
+    char *copy = xstrdup(printed);
+    cJSON_free(printed);
+    return copy;
+}

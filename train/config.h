@@ -1,0 +1,71 @@
+/* The job configuration: one JSON file with sections "model", "diffusion" and
+ * "train" (later issues add sections in the same style), every key validated
+ * against a schema table, any key overridable with "--set section.key=value".
+ * Keys left out take the defaults below (the values in ../DESIGN.md). */
+#ifndef LDM_CONFIG_H
+#define LDM_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    char type[16];        /* "dit" */
+    int input_size;       /* spatial size of the (latent) input, H = W; default 8 */
+    int in_channels;      /* default 4 */
+    int patch_size;       /* default 1; input_size % patch_size == 0 */
+    int hidden_size;      /* default 384; multiple of 4 and of num_heads */
+    int depth;            /* default 12 */
+    int num_heads;        /* default 6 */
+    double mlp_ratio;     /* default 4.0 */
+    int num_classes;      /* default 10; the label table has num_classes + 1 rows (null class) */
+    double class_dropout; /* default 0.1, in [0, 1) */
+} model_config;
+
+typedef struct {
+    double sigma_data; /* default 0.5, > 0 */
+    double p_mean;     /* default -1.2 */
+    double p_std;      /* default 1.2, > 0 */
+} diffusion_config;
+
+typedef struct {
+    int64_t steps;        /* default 100000, >= 1 */
+    int batch_size;       /* global batch, default 256, >= 1 */
+    int micro_batch;      /* 0 = batch_size / world size */
+    double lr;            /* default 1e-4, > 0 */
+    int64_t warmup_steps; /* default 1000, >= 0 */
+    char lr_schedule[16]; /* "constant" | "cosine" */
+    double weight_decay;  /* default 0, >= 0 */
+    double grad_clip;     /* default 1.0, >= 0 (0 = off) */
+    double ema_decay;     /* default 0.9999, in [0, 1) */
+    double adam_beta1;    /* default 0.9, in [0, 1) */
+    double adam_beta2;    /* default 0.999, in [0, 1) */
+    double adam_eps;      /* default 1e-8, > 0 */
+    char precision[8];    /* "fp32" | "bf16" | "fp16" */
+    uint64_t seed;        /* default 0, >= 0 */
+    int64_t log_every;    /* default 10, >= 1 */
+    int64_t ckpt_every;   /* default 1000, >= 1 */
+    int ckpt_keep;        /* default 3, >= 2 */
+    int64_t sample_every; /* default 5000, >= 0 (0 = off) */
+} train_config;
+
+typedef struct {
+    model_config model;
+    diffusion_config diffusion;
+    train_config train;
+} ldm_config;
+
+/* Fills every field with its default. */
+void config_defaults(ldm_config *config);
+
+/* Loads PATH (NULL: defaults only), applies the overrides ("section.key=value",
+ * value parsed as JSON when it parses, else taken as a string), validates every
+ * key and the cross-field rules. Returns 0, or -1 with one line in err naming the
+ * file and the key: "configs/x.json: model.depth: expected an integer >= 1, got -3".
+ * Errors in an override name "--set model.depth=-3" instead of the file. */
+int config_load(ldm_config *config, const char *path, const char *const *overrides,
+                int override_count, char *err, size_t err_size);
+
+/* The resolved config as pretty-printed JSON (caller frees), every key present. */
+char *config_to_json(const ldm_config *config);
+
+#endif

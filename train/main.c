@@ -1,0 +1,64 @@
+/* The `ldm` program: dispatches to the subcommands. MPI is initialised for
+ * every command (a single rank without mpirun), so that a fatal error on any
+ * rank ends every rank. */
+#include <stdio.h>
+#include <string.h>
+
+#include "comm.h"
+#include "commands.h"
+#include "device.h"
+#include "fatal.h"
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} command_entry;
+
+static int command_help(int argc, char **argv);
+static int command_version(int argc, char **argv);
+
+static const command_entry commands[] = {
+    {"bench", command_bench, "time DiT training steps on random inputs: ldm bench --config F [--set k=v]"},
+    {"forward", command_forward,
+     "run the DiT on an HDF5 file: ldm forward --config F --weights W --input IN.h5 --output OUT.h5"},
+    {"version", command_version, "print the version and the devices this build can use"},
+    {"help", command_help, "list the commands"},
+};
+static const int command_count = sizeof(commands) / sizeof(commands[0]);
+
+static int command_help(int argc, char **argv) {
+    (void)argc;
+    (void)argv;
+    printf("ldm %s: distributed training of latent diffusion models\n\nusage: ldm COMMAND [options]"
+           " (ldm COMMAND --help for its options)\n\ncommands:\n", LDM_VERSION);
+    for (int i = 0; i < command_count; i++) printf("  %-10s %s\n", commands[i].name, commands[i].summary);
+    return 0;
+}
+
+static int command_version(int argc, char **argv) {
+    (void)argc;
+    (void)argv;
+    char devices[512];
+    device_describe(devices, sizeof(devices));
+    printf("ldm %s\ndevices: %s\n", LDM_VERSION, devices);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    comm_init(&argc, &argv);
+    int status;
+    if (argc < 2) {
+        command_help(argc, argv);
+        comm_finalize();
+        return LDM_EXIT_BAD_INPUT;
+    }
+    const command_entry *found = NULL;
+    for (int i = 0; i < command_count; i++)
+        if (strcmp(argv[1], commands[i].name) == 0) found = &commands[i];
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) found = &commands[command_count - 1];
+    if (!found) fatal_input("unknown command '%s' (ldm help lists the commands)", argv[1]);
+    status = found->run(argc, argv);
+    comm_finalize();
+    return status;
+}

@@ -4,6 +4,7 @@
 
 #include <hdf5.h>
 #include <stdlib.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include "fatal.h"
@@ -61,22 +62,26 @@ int *hdf5_read_ints(const char *path, const char *dataset, hdf5_array_shape *sha
 int64_t hdf5_create_file(const char *path) {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (file < 0) fatal_input("%s: cannot create the file", path);
-    return (int64_t)file;
+    return file < 0 ? -1 : (int64_t)file;
 }
 
-void hdf5_write_floats(int64_t file, const char *path, const char *dataset, const float *data,
-                       int ndim, const int64_t *dims) {
+int hdf5_write_floats(int64_t file, const char *dataset, const float *data, int ndim, const int64_t *dims) {
     hsize_t hdims[HDF5_ARRAY_MAX_DIMS];
     for (int d = 0; d < ndim; d++) hdims[d] = (hsize_t)dims[d];
     hid_t space = H5Screate_simple(ndim, hdims, NULL);
     hid_t ds = H5Dcreate2((hid_t)file, dataset, H5T_IEEE_F32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    if (ds < 0 || H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0)
-        fatal_internal("%s: cannot write dataset %s", path, dataset);
-    H5Dclose(ds);
+    int ok = ds >= 0 && H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0;
+    if (ds >= 0) H5Dclose(ds);
     H5Sclose(space);
+    return ok ? 0 : -1;
 }
 
-void hdf5_close_file(int64_t file, const char *path) {
-    if (H5Fclose((hid_t)file) < 0) fatal_internal("%s: cannot close the file", path);
+int hdf5_close_file(int64_t file, const char *path) {
+    if (H5Fclose((hid_t)file) < 0) return -1;
+    /* HDF5 does not fsync; without it a crash after the rename could leave an empty file. */
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
 }

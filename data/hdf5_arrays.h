@@ -19,10 +19,11 @@ typedef struct {
 float *hdf5_read_floats(const char *path, const char *dataset, hdf5_array_shape *shape);
 int *hdf5_read_ints(const char *path, const char *dataset, hdf5_array_shape *shape);
 
-/* Creates (or with overwrite, replaces) PATH holding nothing yet; returns an HDF5 file id. */
+/* Creates (truncating) PATH; returns an HDF5 file id, or -1 (nothing is printed). */
 int64_t hdf5_create_file(const char *path);
-void hdf5_write_floats(int64_t file, const char *path, const char *dataset, const float *data,
-                       int ndim, const int64_t *dims);
-void hdf5_close_file(int64_t file, const char *path);
+/* Writes a float32 dataset; returns 0 or -1. */
+int hdf5_write_floats(int64_t file, const char *dataset, const float *data, int ndim, const int64_t *dims);
+/* Closes the file and fsyncs it to disk; returns 0 or -1. */
+int hdf5_close_file(int64_t file, const char *path);
 
 #endif

@@ -8,6 +8,7 @@
 #include <omp.h>
 #include <string.h>
 
+#include "fast_math.h"
 #include "ops.h"
 
 size_t attention_scratch_floats(int tokens) {
@@ -51,7 +52,7 @@ void attention_forward(float *out, float *probs, const float *qkv,
                 }
                 float sum = 0.0f;
                 for (int j = 0; j < tokens; j++) {
-                    row[j] = expf(row[j] - max);
+                    row[j] = fast_expf(row[j] - max);
                     sum += row[j];
                 }
                 float inv = 1.0f / sum;

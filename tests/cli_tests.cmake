@@ -43,3 +43,25 @@ if(TARGET ldm)
     "^ldm: error: --set train[.]lr_schedul=cosine: train[.]lr_schedul: unknown key"
     --config ${CMAKE_SOURCE_DIR}/configs/tiny.json --set train.lr_schedul=cosine)
 endif()
+
+# The program's own surface: the demo's bench run, help, and bad commands and flags.
+if(TARGET ldm)
+  add_test(NAME cli_bench_tiny COMMAND $<TARGET_FILE:ldm> bench --config configs/tiny.json --steps 2 --warmup 1
+    WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(cli_bench_tiny PROPERTIES
+    PASS_REGULAR_EXPRESSION "bench: images_per_s=[0-9.]+ ms_per_step=[0-9.]+ gflops=[0-9.]+")
+  add_test(NAME cli_help COMMAND $<TARGET_FILE:ldm> help)
+  set_tests_properties(cli_help PROPERTIES PASS_REGULAR_EXPRESSION "bench.*forward.*version")
+  add_test(NAME cli_unknown_command
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/expect_error.sh 2 "^ldm: error: unknown command 'trian'" --
+            $<TARGET_FILE:ldm> trian)
+  add_test(NAME cli_unknown_option
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/expect_error.sh 2 "^ldm: error: ldm bench: unknown option '--stpes'" --
+            $<TARGET_FILE:ldm> bench --config ${CMAKE_SOURCE_DIR}/configs/tiny.json --stpes 3)
+  add_test(NAME cli_bad_steps
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/expect_error.sh 2 "^ldm: error: ldm bench: option --steps: expected an integer" --
+            $<TARGET_FILE:ldm> bench --config ${CMAKE_SOURCE_DIR}/configs/tiny.json --steps ten)
+  add_test(NAME cli_missing_value
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/expect_error.sh 2 "^ldm: error: ldm bench: option --config needs a value" --
+            $<TARGET_FILE:ldm> bench --config)
+endif()

@@ -14,6 +14,12 @@
 #include "fatal.h"
 #include "hdf5_arrays.h"
 
+static const char *output_temporary; /* removed at exit unless renamed into place */
+
+static void remove_output_temporary(void) {
+    if (output_temporary) unlink(output_temporary);
+}
+
 int command_forward(int argc, char **argv) {
     cli_option options[] = {
         {.name = "--config", .required = 1, .help = "config file giving the model shape"},
@@ -52,6 +58,15 @@ int command_forward(int argc, char **argv) {
             fatal_input("%s: /y[%lld] = %d is outside [0, %d] (%d is the null class)", input, (long long)i, y[i],
                         shape.num_classes, shape.num_classes);
 
+    /* The output's temporary file is created first, so that an unwritable output
+     * is reported before the work, and removed on any failure. */
+    char temporary[4096];
+    snprintf(temporary, sizeof(temporary), "%s.tmp-%d", output, (int)getpid());
+    int64_t file = hdf5_create_file(temporary);
+    if (file < 0) fatal_input("%s: cannot create the output file (does its directory exist?)", output);
+    output_temporary = temporary;
+    atexit(remove_output_temporary);
+
     int batch = n < max_batch ? (int)(n > 0 ? n : 1) : max_batch;
     dit_model model;
     dit_create(&model, &shape, batch);
@@ -64,15 +79,10 @@ int command_forward(int argc, char **argv) {
         dit_forward(&model, x + start * sample, t + start, y + start, count, out + start * sample);
     }
 
-    char temporary[4096];
-    snprintf(temporary, sizeof(temporary), "%s.tmp-%d", output, (int)getpid());
-    int64_t file = hdf5_create_file(temporary);
-    hdf5_write_floats(file, temporary, "/out", out, 4, xs.dims);
-    hdf5_close_file(file, temporary);
-    if (rename(temporary, output) != 0) {
-        unlink(temporary);
-        fatal_input("%s: cannot write the output", output);
-    }
+    if (hdf5_write_floats(file, "/out", out, 4, xs.dims) != 0 || hdf5_close_file(file, temporary) != 0 ||
+        rename(temporary, output) != 0)
+        fatal_internal("%s: cannot write the output", output);
+    output_temporary = NULL;
     printf("forward: %lld samples -> %s:/out\n", (long long)n, output);
     free(out);
     free(x);

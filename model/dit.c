@@ -57,6 +57,7 @@ struct dit_activations {
     float *d_residual;      /* (B*T, D) */
     float *d_a, *d_b;       /* (B*T, D) each */
     float *d_qkv;           /* (B*T, 3D) */
+    float *d_scores;        /* (B, H, T, T) attention backward scratch */
     float *d_hidden;        /* (B*T, F) */
     float *d_ada;           /* (B, 6D) */
     float *d_cond_act;      /* (B, D) */
@@ -64,7 +65,6 @@ struct dit_activations {
     float *d_t_hidden;      /* (B, D) */
     float *d_tokens;        /* (B*T, P*P*C) */
     float *d_patches;       /* (B*T, C*P*P) */
-    float *attn_scratch;    /* attention_scratch_floats(T) */
     /* parameter indices */
     int x_weight, x_bias, t0_weight, t0_bias, t2_weight, t2_bias, y_table, pos_embed;
     int final_weight, final_bias, final_ada_weight, final_ada_bias;
@@ -174,6 +174,7 @@ static void layout(dit_model *m, arena *ar) {
     a->d_a = arena_floats(ar, BT * D);
     a->d_b = arena_floats(ar, BT * D);
     a->d_qkv = arena_floats(ar, BT * 3 * D);
+    a->d_scores = arena_floats(ar, B * H * T * T);
     a->d_hidden = arena_floats(ar, BT * F);
     a->d_ada = arena_floats(ar, B * 6 * D);
     a->d_cond_act = arena_floats(ar, B * D);
@@ -181,7 +182,6 @@ static void layout(dit_model *m, arena *ar) {
     a->d_t_hidden = arena_floats(ar, B * D);
     a->d_tokens = arena_floats(ar, BT * PPC);
     a->d_patches = arena_floats(ar, BT * PPC);
-    a->attn_scratch = arena_floats(ar, attention_scratch_floats((int)T));
 }
 
 void dit_create(dit_model *m, const dit_shape *shape, int max_batch) {
@@ -346,7 +346,7 @@ void dit_backward(dit_model *m, const float *d_out, float *d_x, int batch) {
         gated_residual_backward(a->d_a, a->d_ada + 2 * D, a->d_residual, k->attn_proj, k->ada + 2 * D, S6, B, T, D);
         linear_backward(a->d_b, 0.0f, G(m, bp->proj_weight), G(m, bp->proj_bias), a->d_a, k->attn,
                         P(m, bp->proj_weight), BT, D, D);
-        attention_backward(a->d_qkv, a->d_b, k->qkv, k->probs, a->attn_scratch, B, T, H, D / H);
+        attention_backward(a->d_qkv, a->d_scores, a->d_b, k->qkv, k->probs, B, T, H, D / H);
         linear_backward(a->d_a, 0.0f, G(m, bp->qkv_weight), G(m, bp->qkv_bias), a->d_qkv, k->mod1,
                         P(m, bp->qkv_weight), BT, D, 3 * D);
         modulate_backward(a->d_b, a->d_ada + 0 * D, a->d_ada + 1 * D, a->d_a, k->ln1, k->ada + 1 * D, S6, B, T, D);

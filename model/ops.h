@@ -66,11 +66,10 @@ void silu_backward(float *d_in, const float *d_out, const float *in, size_t n);
  * probs (batch, heads, tokens, tokens) saved for backward. */
 void attention_forward(float *out, float *probs, const float *qkv,
                        int batch, int tokens, int heads, int head_dim);
-/* d_qkv (batch, tokens, 3 * heads * head_dim) overwritten.
- * scratch: attention_scratch_floats(tokens) floats (tokens * tokens for each OpenMP thread). */
-void attention_backward(float *d_qkv, const float *d_out, const float *qkv, const float *probs,
-                        float *scratch, int batch, int tokens, int heads, int head_dim);
-size_t attention_scratch_floats(int tokens);
+/* d_qkv (batch, tokens, 3 * heads * head_dim) overwritten;
+ * d_scores (batch, heads, tokens, tokens) is scratch (its contents do not matter). */
+void attention_backward(float *d_qkv, float *d_scores, const float *d_out, const float *qkv, const float *probs,
+                        int batch, int tokens, int heads, int head_dim);
 
 /* ---- patchify / unpatchify (a conv with stride = kernel = patch is patchify + linear) ----
  * image (batch, channels, size, size); patches (batch, grid*grid, channels*patch*patch)
@@ -106,6 +105,11 @@ float weighted_mse_forward(float *per_sample_loss, const float *pred, const floa
 /* d_pred (batch, per_sample) overwritten = d_loss * dloss/dpred. */
 void weighted_mse_backward(float *d_pred, float d_loss, const float *pred, const float *target,
                            const float *weight, int batch, int per_sample);
+
+/* Makes OpenBLAS run each call on the calling thread: the ops split their work
+ * over OpenMP threads themselves (see ops_linear.c). Called by the ops before
+ * their first BLAS call; idempotent. */
+void ops_blas_single_threaded(void);
 
 /* ---- small elementwise helpers ---- */
 /* out (n) = a + b; a or out may alias. */

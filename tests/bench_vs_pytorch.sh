@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Compare ldm's CPU fp32 DiT-S training step with PyTorch's, on 2 threads.
+#
+#   tests/bench_vs_pytorch.sh [--steps N] [--warmup W] [--torch pypi|debian]
+#
+# Run from the repository root. Builds build/ldm if it is missing, runs
+#   build/ldm bench --config configs/dit-s.json --set train.batch_size=32 --steps N --warmup W
+# and tests/bench_dit_pytorch.py (same model, batch 32, forward + weighted MSE + backward +
+# AdamW), then prints both result lines and "ratio (ldm / pytorch): R" of images/s.
+#
+# PyTorch: by default PyPI's current torch in the virtual environment .venv-bench
+# (created here on first use; PyPI's torch is a large CUDA build, several GB, only its
+# CPU side is used); --torch debian uses Debian's python3-torch (1.13) in /usr/bin/python3.
+# Not part of ctest: it takes minutes and its result depends on the machine.
+set -euo pipefail
+
+steps=10
+warmup=2
+which_torch=pypi
+threads=2
+batch=32
+
+usage() { echo "usage: $0 [--steps N] [--warmup W] [--torch pypi|debian]" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --steps)  [ $# -ge 2 ] || usage; steps=$2; shift 2 ;;
+        --warmup) [ $# -ge 2 ] || usage; warmup=$2; shift 2 ;;
+        --torch)  [ $# -ge 2 ] || usage; which_torch=$2; shift 2 ;;
+        -h|--help) usage ;;
+        *) echo "$0: unknown argument '$1'" >&2; usage ;;
+    esac
+done
+case "$steps$warmup" in *[!0-9]*|'') echo "$0: --steps and --warmup take integers" >&2; exit 2 ;; esac
+case "$which_torch" in pypi|debian) ;; *) echo "$0: --torch takes pypi or debian" >&2; exit 2 ;; esac
+
+if [ ! -f CMakeLists.txt ] || [ ! -f tests/bench_dit_pytorch.py ]; then
+    echo "$0: run from the repository root" >&2
+    exit 2
+fi
+
+# Both sides on the same 2 threads. The test guide pins OPENBLAS_CORETYPE (for
+# reproducible numerics across machines) but allows benchmarks to unset it, so that
+# OpenBLAS (ldm's, and Debian torch's) picks the kernels of the real CPU; a timing taken
+# with a pinned older core type would understate the machine.
+unset OPENBLAS_CORETYPE
+export OMP_NUM_THREADS=$threads
+export OPENBLAS_NUM_THREADS=$threads
+export MKL_NUM_THREADS=$threads
+
+if [ ! -x build/ldm ]; then
+    echo "== building ldm (Release)"
+    cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
+    cmake --build build -j2
+fi
+
+if [ "$which_torch" = pypi ]; then
+    py=.venv-bench/bin/python
+    if [ ! -x "$py" ] || ! "$py" -c 'import torch, numpy' 2>/dev/null; then
+        echo "== creating .venv-bench with PyPI's torch (large download)"
+        python3 -m venv .venv-bench
+        .venv-bench/bin/pip install torch numpy
+    fi
+else
+    py=/usr/bin/python3
+    if ! "$py" -c 'import torch, numpy' 2>/dev/null; then
+        echo "$0: $py has no torch/numpy (apt-get install python3-torch python3-numpy)" >&2
+        exit 2
+    fi
+fi
+
+echo "== ldm bench (steps=$steps warmup=$warmup batch=$batch threads=$threads)"
+ldm_out=$(build/ldm bench --config configs/dit-s.json --set train.batch_size=$batch \
+          --steps "$steps" --warmup "$warmup")
+ldm_line=$(printf '%s\n' "$ldm_out" | grep '^bench:' | tail -n 1 || true)
+if [ -z "$ldm_line" ]; then
+    printf '%s\n' "$ldm_out" >&2
+    echo "$0: no 'bench:' line from ldm" >&2
+    exit 1
+fi
+
+echo "== pytorch ($which_torch)"
+pt_line=$("$py" tests/bench_dit_pytorch.py --steps "$steps" --warmup "$warmup" \
+          --batch "$batch" --threads "$threads" | grep '^pytorch:' | tail -n 1)
+
+ips() { printf '%s\n' "$1" | sed -n 's/.*images_per_s=\([0-9.eE+-]*\).*/\1/p'; }
+ldm_ips=$(ips "$ldm_line")
+pt_ips=$(ips "$pt_line")
+if [ -z "$ldm_ips" ] || [ -z "$pt_ips" ]; then
+    echo "$0: could not parse images_per_s from:" >&2
+    printf '  %s\n  %s\n' "$ldm_line" "$pt_line" >&2
+    exit 1
+fi
+
+echo "$ldm_line"
+echo "$pt_line"
+awk -v a="$ldm_ips" -v b="$pt_ips" 'BEGIN { printf "ratio (ldm / pytorch): %.2f\n", a / b }'

@@ -63,8 +63,30 @@ void modulate_forward(float *out, const float *in, const float *shift, const flo
         }
 }
 
-/* The per-sample reductions over tokens run with one thread per (sample, column
- * block), summing tokens in order, so they are deterministic. */
+/* dst[b * mod_stride + j] += sum over tokens t of a[b, t, j] * (b_factor ? b_factor[b, t, j] : 1).
+ * One thread per (sample, column block) sums the tokens in order, so the result
+ * does not depend on the thread count. */
+static void accumulate_token_sums(float *dst, int mod_stride, const float *a, const float *b_factor,
+                                  int batch, int tokens, int dim) {
+    enum { BLOCK = 64 };
+    int blocks = (dim + BLOCK - 1) / BLOCK;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < batch; b++)
+        for (int blk = 0; blk < blocks; blk++) {
+            int j0 = blk * BLOCK, j1 = j0 + BLOCK < dim ? j0 + BLOCK : dim;
+            float acc[BLOCK] = {0};
+            for (int t = 0; t < tokens; t++) {
+                size_t base = ((size_t)b * tokens + t) * dim;
+                if (b_factor) {
+                    for (int j = j0; j < j1; j++) acc[j - j0] += a[base + j] * b_factor[base + j];
+                } else {
+                    for (int j = j0; j < j1; j++) acc[j - j0] += a[base + j];
+                }
+            }
+            for (int j = j0; j < j1; j++) dst[(size_t)b * mod_stride + j] += acc[j - j0];
+        }
+}
+
 void modulate_backward(float *d_in, float *d_shift, float *d_scale, const float *d_out,
                        const float *in, const float *scale, int mod_stride,
                        int batch, int tokens, int dim) {
@@ -77,26 +99,8 @@ void modulate_backward(float *d_in, float *d_shift, float *d_scale, const float 
                 for (int j = 0; j < dim; j++) d_in[base + j] = d_out[base + j] * (1.0f + sc[j]);
             }
     }
-    if (!d_shift && !d_scale) return;
-    enum { BLOCK = 64 };
-    int blocks = (dim + BLOCK - 1) / BLOCK;
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int b = 0; b < batch; b++)
-        for (int blk = 0; blk < blocks; blk++) {
-            int j0 = blk * BLOCK, j1 = j0 + BLOCK < dim ? j0 + BLOCK : dim;
-            float acc_shift[BLOCK] = {0}, acc_scale[BLOCK] = {0};
-            for (int t = 0; t < tokens; t++) {
-                size_t base = ((size_t)b * tokens + t) * dim;
-                for (int j = j0; j < j1; j++) {
-                    acc_shift[j - j0] += d_out[base + j];
-                    acc_scale[j - j0] += d_out[base + j] * in[base + j];
-                }
-            }
-            for (int j = j0; j < j1; j++) {
-                if (d_shift) d_shift[(size_t)b * mod_stride + j] += acc_shift[j - j0];
-                if (d_scale) d_scale[(size_t)b * mod_stride + j] += acc_scale[j - j0];
-            }
-        }
+    if (d_shift) accumulate_token_sums(d_shift, mod_stride, d_out, NULL, batch, tokens, dim);
+    if (d_scale) accumulate_token_sums(d_scale, mod_stride, d_out, in, batch, tokens, dim);
 }
 
 void gated_residual_forward(float *x, const float *y, const float *gate, int mod_stride,
@@ -121,18 +125,5 @@ void gated_residual_backward(float *d_y, float *d_gate, const float *d_x, const 
                 for (int j = 0; j < dim; j++) d_y[base + j] = g[j] * d_x[base + j];
             }
     }
-    if (!d_gate) return;
-    enum { BLOCK = 64 };
-    int blocks = (dim + BLOCK - 1) / BLOCK;
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int b = 0; b < batch; b++)
-        for (int blk = 0; blk < blocks; blk++) {
-            int j0 = blk * BLOCK, j1 = j0 + BLOCK < dim ? j0 + BLOCK : dim;
-            float acc[BLOCK] = {0};
-            for (int t = 0; t < tokens; t++) {
-                size_t base = ((size_t)b * tokens + t) * dim;
-                for (int j = j0; j < j1; j++) acc[j - j0] += d_x[base + j] * y[base + j];
-            }
-            for (int j = j0; j < j1; j++) d_gate[(size_t)b * mod_stride + j] += acc[j - j0];
-        }
+    if (d_gate) accumulate_token_sums(d_gate, mod_stride, d_x, y, batch, tokens, dim);
 }

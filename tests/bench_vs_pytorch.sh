@@ -1,26 +1,28 @@
 #!/usr/bin/env bash
 # Compare ldm's CPU fp32 DiT-S training step with PyTorch's, on 2 threads.
 #
-#   tests/bench_vs_pytorch.sh [--steps N] [--warmup W] [--torch pypi|debian]
+#   tests/bench_vs_pytorch.sh [--steps N] [--warmup W] [--torch both|pypi|debian]
 #
 # Run from the repository root. Builds build/ldm if it is missing, runs
 #   build/ldm bench --config configs/dit-s.json --set train.batch_size=32 --steps N --warmup W
 # and tests/bench_dit_pytorch.py (same model, batch 32, forward + weighted MSE + backward +
-# AdamW), then prints both result lines and "ratio (ldm / pytorch): R" of images/s.
+# AdamW), then prints the result lines and "ratio (ldm / pytorch T): R" of images/s for each
+# PyTorch T measured.
 #
-# PyTorch: by default PyPI's current torch in the virtual environment .venv-bench
+# PyTorch: by default both PyPI's current torch, in the virtual environment .venv-bench
 # (created here on first use; PyPI's torch is a large CUDA build, several GB, only its
-# CPU side is used); --torch debian uses Debian's python3-torch (1.13) in /usr/bin/python3.
+# CPU side is used), and Debian's python3-torch (1.13) in /usr/bin/python3; --torch pypi or
+# --torch debian measures one.
 # Not part of ctest: it takes minutes and its result depends on the machine.
 set -euo pipefail
 
 steps=10
 warmup=2
-which_torch=pypi
+which_torch=both
 threads=2
 batch=32
 
-usage() { echo "usage: $0 [--steps N] [--warmup W] [--torch pypi|debian]" >&2; exit 2; }
+usage() { echo "usage: $0 [--steps N] [--warmup W] [--torch both|pypi|debian]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --steps)  [ $# -ge 2 ] || usage; steps=$2; shift 2 ;;
@@ -31,7 +33,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 case "$steps$warmup" in *[!0-9]*|'') echo "$0: --steps and --warmup take integers" >&2; exit 2 ;; esac
-case "$which_torch" in pypi|debian) ;; *) echo "$0: --torch takes pypi or debian" >&2; exit 2 ;; esac
+case "$which_torch" in both|pypi|debian) ;; *) echo "$0: --torch takes both, pypi or debian" >&2; exit 2 ;; esac
 
 if [ ! -f CMakeLists.txt ] || [ ! -f tests/bench_dit_pytorch.py ]; then
     echo "$0: run from the repository root" >&2
@@ -53,20 +55,23 @@ if [ ! -x build/ldm ]; then
     cmake --build build -j2
 fi
 
-if [ "$which_torch" = pypi ]; then
-    py=.venv-bench/bin/python
-    if [ ! -x "$py" ] || ! "$py" -c 'import torch, numpy' 2>/dev/null; then
-        echo "== creating .venv-bench with PyPI's torch (large download)"
-        python3 -m venv .venv-bench
-        .venv-bench/bin/pip install torch numpy
+# python_for pypi|debian: prints the interpreter with that torch, creating the venv if needed.
+python_for() {
+    if [ "$1" = pypi ]; then
+        if [ ! -x .venv-bench/bin/python ] || ! .venv-bench/bin/python -c 'import torch, numpy' 2>/dev/null; then
+            echo "== creating .venv-bench with PyPI's torch (large download)" >&2
+            python3 -m venv .venv-bench >&2
+            .venv-bench/bin/pip install torch numpy >&2
+        fi
+        echo .venv-bench/bin/python
+    else
+        if ! /usr/bin/python3 -c 'import torch, numpy' 2>/dev/null; then
+            echo "$0: /usr/bin/python3 has no torch/numpy (apt-get install python3-torch python3-numpy)" >&2
+            exit 2
+        fi
+        echo /usr/bin/python3
     fi
-else
-    py=/usr/bin/python3
-    if ! "$py" -c 'import torch, numpy' 2>/dev/null; then
-        echo "$0: $py has no torch/numpy (apt-get install python3-torch python3-numpy)" >&2
-        exit 2
-    fi
-fi
+}
 
 echo "== ldm bench (steps=$steps warmup=$warmup batch=$batch threads=$threads)"
 ldm_out=$(build/ldm bench --config configs/dit-s.json --set train.batch_size=$batch \
@@ -78,19 +83,24 @@ if [ -z "$ldm_line" ]; then
     exit 1
 fi
 
-echo "== pytorch ($which_torch)"
-pt_line=$("$py" tests/bench_dit_pytorch.py --steps "$steps" --warmup "$warmup" \
-          --batch "$batch" --threads "$threads" | grep '^pytorch:' | tail -n 1)
-
 ips() { printf '%s\n' "$1" | sed -n 's/.*images_per_s=\([0-9.eE+-]*\).*/\1/p'; }
 ldm_ips=$(ips "$ldm_line")
-pt_ips=$(ips "$pt_line")
-if [ -z "$ldm_ips" ] || [ -z "$pt_ips" ]; then
-    echo "$0: could not parse images_per_s from:" >&2
-    printf '  %s\n  %s\n' "$ldm_line" "$pt_line" >&2
-    exit 1
-fi
-
+case "$which_torch" in both) torches="pypi debian" ;; *) torches=$which_torch ;; esac
+results=""
+for torch in $torches; do
+    py=$(python_for "$torch")
+    echo "== pytorch ($torch)"
+    pt_line=$("$py" tests/bench_dit_pytorch.py --steps "$steps" --warmup "$warmup" \
+              --batch "$batch" --threads "$threads" | grep '^pytorch:' | tail -n 1)
+    pt_ips=$(ips "$pt_line")
+    if [ -z "$ldm_ips" ] || [ -z "$pt_ips" ]; then
+        echo "$0: could not parse images_per_s from:" >&2
+        printf '  %s\n  %s\n' "$ldm_line" "$pt_line" >&2
+        exit 1
+    fi
+    results="$results$pt_line
+$(awk -v a="$ldm_ips" -v b="$pt_ips" -v t="$torch" 'BEGIN { printf "ratio (ldm / pytorch %s): %.2f", t, a / b }')
+"
+done
 echo "$ldm_line"
-echo "$pt_line"
-awk -v a="$ldm_ips" -v b="$pt_ips" 'BEGIN { printf "ratio (ldm / pytorch): %.2f\n", a / b }'
+printf '%s' "$results"

@@ -9,9 +9,9 @@
 #include "fast_math.h"
 #include "ops.h"
 
-#define ROW_MAJOR CblasRowMajor
-#define N CblasNoTrans
-#define T CblasTrans
+/* Short names for the sgemm arguments, so each call fits on one line. */
+static const enum CBLAS_ORDER ROW_MAJOR = CblasRowMajor;
+static const enum CBLAS_TRANSPOSE NO_TRANS = CblasNoTrans, TRANS = CblasTrans;
 
 void attention_forward(float *out, float *probs, const float *qkv,
                        int batch, int tokens, int heads, int head_dim) {
@@ -25,7 +25,7 @@ void attention_forward(float *out, float *probs, const float *qkv,
             const float *k = q + dim, *v = q + 2 * dim;
             float *p = probs + ((size_t)b * heads + h) * tokens * tokens; /* (tokens, tokens) */
             float *o = out + (size_t)b * tokens * dim + (size_t)h * head_dim; /* (tokens, head_dim), ld dim */
-            cblas_sgemm(ROW_MAJOR, N, T, tokens, tokens, head_dim, scale, q, ld, k, ld, 0.0f, p, tokens);
+            cblas_sgemm(ROW_MAJOR, NO_TRANS, TRANS, tokens, tokens, head_dim, scale, q, ld, k, ld, 0.0f, p, tokens);
             for (int i = 0; i < tokens; i++) {
                 float *row = p + (size_t)i * tokens;
                 float max = -INFINITY;
@@ -38,7 +38,7 @@ void attention_forward(float *out, float *probs, const float *qkv,
                 float inv = 1.0f / sum;
                 for (int j = 0; j < tokens; j++) row[j] *= inv;
             }
-            cblas_sgemm(ROW_MAJOR, N, N, tokens, head_dim, tokens, 1.0f, p, tokens, v, ld, 0.0f, o, dim);
+            cblas_sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, tokens, head_dim, tokens, 1.0f, p, tokens, v, ld, 0.0f, o, dim);
         }
 }
 
@@ -57,8 +57,8 @@ void attention_backward(float *d_qkv, float *d_scores, const float *d_out, const
             float *ds = d_scores + ((size_t)b * heads + h) * tokens * tokens; /* (tokens, tokens) */
             const float *d_o = d_out + (size_t)b * tokens * dim + (size_t)h * head_dim;
             /* dv = p^T d_o; d_probs = d_o v^T */
-            cblas_sgemm(ROW_MAJOR, T, N, tokens, head_dim, tokens, 1.0f, p, tokens, d_o, dim, 0.0f, dv, ld);
-            cblas_sgemm(ROW_MAJOR, N, T, tokens, tokens, head_dim, 1.0f, d_o, dim, v, ld, 0.0f, ds, tokens);
+            cblas_sgemm(ROW_MAJOR, TRANS, NO_TRANS, tokens, head_dim, tokens, 1.0f, p, tokens, d_o, dim, 0.0f, dv, ld);
+            cblas_sgemm(ROW_MAJOR, NO_TRANS, TRANS, tokens, tokens, head_dim, 1.0f, d_o, dim, v, ld, 0.0f, ds, tokens);
             /* softmax backward: d_score = p * (d_probs - sum_j p d_probs), scale folded in */
             for (int i = 0; i < tokens; i++) {
                 const float *prow = p + (size_t)i * tokens;
@@ -68,7 +68,7 @@ void attention_backward(float *d_qkv, float *d_scores, const float *d_out, const
                 for (int j = 0; j < tokens; j++) srow[j] = scale * prow[j] * (srow[j] - weighted);
             }
             /* dq = d_score k; dk = d_score^T q */
-            cblas_sgemm(ROW_MAJOR, N, N, tokens, head_dim, tokens, 1.0f, ds, tokens, k, ld, 0.0f, dq, ld);
-            cblas_sgemm(ROW_MAJOR, T, N, tokens, head_dim, tokens, 1.0f, ds, tokens, q, ld, 0.0f, dk, ld);
+            cblas_sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, tokens, head_dim, tokens, 1.0f, ds, tokens, k, ld, 0.0f, dq, ld);
+            cblas_sgemm(ROW_MAJOR, TRANS, NO_TRANS, tokens, head_dim, tokens, 1.0f, ds, tokens, q, ld, 0.0f, dk, ld);
         }
 }

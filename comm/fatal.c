@@ -5,8 +5,29 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void (*abort_hook)(int exit_code);
+
+#define FATAL_MAX_TEMPORARIES 8
+static char *temporaries[FATAL_MAX_TEMPORARIES];
+
+void fatal_remove_on_failure(const char *path) {
+    for (int i = 0; i < FATAL_MAX_TEMPORARIES; i++)
+        if (!temporaries[i]) {
+            temporaries[i] = xstrdup(path);
+            return;
+        }
+    fatal_internal("more than %d temporary files registered at once", FATAL_MAX_TEMPORARIES);
+}
+
+void fatal_forget_removal(const char *path) {
+    for (int i = 0; i < FATAL_MAX_TEMPORARIES; i++)
+        if (temporaries[i] && strcmp(temporaries[i], path) == 0) {
+            free(temporaries[i]);
+            temporaries[i] = NULL;
+        }
+}
 
 void fatal_set_abort_hook(void (*abort_all)(int exit_code)) { abort_hook = abort_all; }
 
@@ -15,6 +36,8 @@ static __attribute__((noreturn)) void fatal_vexit(int code, const char *fmt, va_
     vfprintf(stderr, fmt, args);
     fputc('\n', stderr);
     fflush(stderr);
+    for (int i = 0; i < FATAL_MAX_TEMPORARIES; i++)
+        if (temporaries[i]) unlink(temporaries[i]);
     if (abort_hook) abort_hook(code);
     exit(code);
 }

@@ -18,6 +18,13 @@ __attribute__((noreturn, format(printf, 1, 2))) void fatal_internal(const char *
 /* Called by comm once MPI is initialised, so that fatal errors abort every rank. */
 void fatal_set_abort_hook(void (*abort_all)(int exit_code));
 
+/* Files being written under a temporary name: removed by this rank if it ends
+ * through fatal_input/fatal_internal before they are renamed into place, so a
+ * failed run leaves no partial file behind (a rank killed from outside may
+ * still leave one, always under its temporary name). */
+void fatal_remove_on_failure(const char *path);
+void fatal_forget_removal(const char *path);
+
 /* Allocation at start-up (layout of arenas, tables); exits on failure. */
 void *xmalloc(size_t bytes);
 void *xcalloc(size_t count, size_t size);

@@ -106,6 +106,9 @@ static const key_spec keys[] = {
      * new one is published, so there must be room for both. */
     INT_KEY(train, ckpt_keep, 3, 2, NONE_ABOVE),
     INT64_KEY(train, sample_every, 5000, 0, NONE_ABOVE),
+    BOOL_KEY(data, flip, false),
+    INT_KEY(data, memory_budget_mb, 4096, 0, NONE_ABOVE),
+    INT_KEY(data, prefetch_batches, 2, 1, 64),
 };
 
 #define KEY_COUNT (sizeof keys / sizeof keys[0])

@@ -1,10 +1,11 @@
-/* The job configuration: one JSON file with sections "model", "diffusion" and
- * "train" (later issues add sections in the same style), every key validated
+/* The job configuration: one JSON file with sections "model", "diffusion",
+ * "train" and "data" (later issues add sections in the same style), every key validated
  * against a schema table, any key overridable with "--set section.key=value".
  * Keys left out take the defaults below (the values in ../DESIGN.md). */
 #ifndef LDM_CONFIG_H
 #define LDM_CONFIG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -49,9 +50,16 @@ typedef struct {
 } train_config;
 
 typedef struct {
+    bool flip;            /* random horizontal flips, default false */
+    int memory_budget_mb; /* a rank's shard is held in memory when it fits, else streamed; default 4096 */
+    int prefetch_batches; /* batches assembled ahead of training, default 2, in [1, 64] */
+} data_config;
+
+typedef struct {
     model_config model;
     diffusion_config diffusion;
     train_config train;
+    data_config data;
 } ldm_config;
 
 /* Fills every field with its default. */

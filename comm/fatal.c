@@ -8,6 +8,15 @@
 #include <unistd.h>
 
 static void (*abort_hook)(int exit_code);
+static int fatal_rank, fatal_world_size = 1;
+
+/* Long enough for rank 0's abort to reach the other ranks of a job. */
+#define FATAL_OTHER_RANK_DELAY_US 1500000
+
+void fatal_set_rank(int rank, int world_size) {
+    fatal_rank = rank;
+    fatal_world_size = world_size;
+}
 
 #define FATAL_MAX_TEMPORARIES 8
 static char *temporaries[FATAL_MAX_TEMPORARIES];
@@ -32,7 +41,11 @@ void fatal_forget_removal(const char *path) {
 void fatal_set_abort_hook(void (*abort_all)(int exit_code)) { abort_hook = abort_all; }
 
 static __attribute__((noreturn)) void fatal_vexit(int code, const char *fmt, va_list args) {
-    fputs("ldm: error: ", stderr);
+    if (fatal_world_size > 1 && fatal_rank != 0) usleep(FATAL_OTHER_RANK_DELAY_US);
+    if (fatal_world_size > 1 && fatal_rank != 0)
+        fprintf(stderr, "ldm: error: rank %d: ", fatal_rank);
+    else
+        fputs("ldm: error: ", stderr);
     vfprintf(stderr, fmt, args);
     fputc('\n', stderr);
     fflush(stderr);

@@ -17,6 +17,11 @@ __attribute__((noreturn, format(printf, 1, 2))) void fatal_internal(const char *
 
 /* Called by comm once MPI is initialised, so that fatal errors abort every rank. */
 void fatal_set_abort_hook(void (*abort_all)(int exit_code));
+/* Called by comm with this rank's place. A failing rank other than 0 waits a
+ * moment before it reports: when every rank meets the same bad input, rank 0's
+ * line is the only one printed (its abort ends the others first), and a rank
+ * that fails alone is named in its line. */
+void fatal_set_rank(int rank, int world_size);
 
 /* Files being written under a temporary name: removed by this rank if it ends
  * through fatal_input/fatal_internal before they are renamed into place, so a

@@ -3,6 +3,7 @@
 #include "hdf5_arrays.h"
 
 #include <hdf5.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -85,3 +86,29 @@ int hdf5_close_file(int64_t file, const char *path) {
     close(fd);
     return rc;
 }
+
+static pthread_once_t library_lock_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t library_lock;
+
+/* At exit HDF5 shuts itself down (an atexit handler it registers when it
+ * starts), which would pull the library from under a loader thread still
+ * reading. This handler, registered after HDF5's and so run before it, takes
+ * the lock for good: a thread mid-call finishes first, and none starts again. */
+static void hold_library_lock_at_exit(void) { pthread_mutex_lock(&library_lock); }
+
+static void library_lock_init(void) {
+    H5open();
+    atexit(hold_library_lock_at_exit);
+    pthread_mutexattr_t attributes;
+    pthread_mutexattr_init(&attributes);
+    pthread_mutexattr_settype(&attributes, PTHREAD_MUTEX_RECURSIVE);
+    if (pthread_mutex_init(&library_lock, &attributes) != 0) fatal_internal("cannot create the HDF5 library lock");
+    pthread_mutexattr_destroy(&attributes);
+}
+
+void hdf5_library_lock(void) {
+    pthread_once(&library_lock_once, library_lock_init);
+    pthread_mutex_lock(&library_lock);
+}
+
+void hdf5_library_unlock(void) { pthread_mutex_unlock(&library_lock); }

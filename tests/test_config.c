@@ -213,13 +213,13 @@ static void test_file_errors(void) {
 static void test_structure_errors(void) {
     const char *unknown_section = temp_file("unknown-section.json", "{\"modle\": {\"depth\": 2}}");
     char expected[1024];
-    snprintf(expected, sizeof expected, "%s: modle: unknown section (known sections: model, diffusion, train)",
+    snprintf(expected, sizeof expected, "%s: modle: unknown section (known sections: model, diffusion, train, data)",
              unknown_section);
     EXPECT_ERR_EQ(unknown_section, NULL, 0, expected);
 
     const char *unknown_key = one_key_file("unknown-key.json", "train", "\"lr_schedul\": \"cosine\"");
     EXPECT_FAIL(unknown_key, NULL, 0, unknown_key, ": train.lr_schedul: unknown key",
-                "(known keys in train: steps, batch_size, micro_batch, lr, ", "sample_every)");
+                "(known keys in train: steps, batch_size, micro_batch, lr, ", "sample_every, max_nonfinite_steps)");
     /* Keys are case-sensitive. */
     const char *upper = one_key_file("upper.json", "train", "\"Steps\": 5");
     EXPECT_FAIL(upper, NULL, 0, upper, "train.Steps: unknown key");
@@ -409,7 +409,7 @@ static void test_overrides(void) {
                     "--set train.lr_schedul=cosine: train.lr_schedul: unknown key (known keys in train: steps, ");
         const char *sets2[] = {"trian.steps=5"};
         EXPECT_FAIL("configs/tiny.json", sets2, 1,
-                    "--set trian.steps=5: trian: unknown section (known sections: model, diffusion, train)");
+                    "--set trian.steps=5: trian: unknown section (known sections: model, diffusion, train, data)");
         const char *sets3[] = {"model.depth.x=5"};
         EXPECT_FAIL(NULL, sets3, 1, "--set model.depth.x=5: model.depth.x: unknown key");
     }
@@ -469,10 +469,10 @@ static void check_round_trip(const ldm_config *c, const char *name) {
     /* Every key of every section is present. */
     cJSON *root = cJSON_Parse(json);
     CHECK(root != NULL);
-    CHECK(count_children(root) == 3);
+    CHECK(count_children(root) == 4);
     CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "model")) == 10);
     CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "diffusion")) == 3);
-    CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "train")) == 18);
+    CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "train")) == 21);
     CHECK(strstr(json, "\n") != NULL); /* pretty-printed */
     cJSON_Delete(root);
     free(json);

@@ -1,7 +1,10 @@
 /* `ldm bench`: times DiT training steps (forward, weighted MSE, backward, AdamW)
  * on random inputs after warm-up steps, and prints images/s, ms per step, the
  * time of each phase and the achieved GFLOP/s (FLOPs counted from the shapes:
- * backward = 2x forward). Everything is laid out before the first step. */
+ * backward = 2x forward). Everything is laid out before the first step.
+ * With --data it first times the data loader alone on that file, at the
+ * config's micro-batch, and reports how many times faster than training it
+ * delivers samples (loader_ratio). Numbers are rank 0's. */
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -9,18 +12,67 @@
 #include <time.h>
 
 #include "cli.h"
+#include "comm.h"
 #include "commands.h"
 #include "device.h"
 #include "dit.h"
 #include "fatal.h"
+#include "loader.h"
 #include "ops.h"
 #include "optimizer.h"
 #include "rng.h"
+#include "training_loop.h"
+
+/* How long the loader is timed: long enough for a steady rate, short enough for tests. */
+#define LOADER_BENCH_SECONDS 2.0
 
 static double now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Times loader_next alone (opening, and the first batch, which waits for the
+ * shard read and the first prefetch, reported apart); returns samples/s. The
+ * loader is closed again so that its thread cannot disturb the training steps. */
+static double bench_loader(const char *path, const ldm_config *config, int batch, int print) {
+    loader_options options = training_loader_options(config, path, batch);
+    double t0 = now_seconds();
+    loader *l = loader_open(&options);
+    double open_s = now_seconds() - t0;
+    const dataset_info *info = loader_info(l);
+    float *samples = xmalloc(sizeof(float) * (size_t)batch * (size_t)info->sample_elements); /* (B, C, H, W) */
+    int32_t *labels = xmalloc(sizeof(int32_t) * (size_t)batch);                               /* (B) */
+    int64_t *indices = xmalloc(sizeof(int64_t) * (size_t)batch);                              /* (B) */
+    t0 = now_seconds();
+    loader_next(l, samples, labels, indices);
+    double first_s = now_seconds() - t0;
+
+    int64_t batches = 0;
+    double elapsed = 0;
+    t0 = now_seconds();
+    do {
+        loader_next(l, samples, labels, indices);
+        batches++;
+        elapsed = now_seconds() - t0;
+    } while (elapsed < LOADER_BENCH_SECONDS);
+    double samples_per_s = (double)batches * batch / elapsed;
+    int64_t shard_start, shard_count;
+    loader_shard(l, &shard_start, &shard_count);
+    loader_state state = loader_get_state(l);
+    if (print) {
+        printf("bench: data %s: %s %lld x %dx%dx%d, shard of %lld samples %s; open %.3f s, first batch %.3f s\n",
+               info->path, info->kind == DATASET_IMAGES ? "images" : "latents", (long long)info->count,
+               info->channels, info->height, info->width, (long long)shard_count,
+               loader_streams(l) ? "streamed" : "in memory", open_s, first_s);
+        printf("bench: loader_samples_per_s=%.0f batch=%d epochs=%.2f seconds=%.2f\n", samples_per_s, batch,
+               (double)state.epoch + (double)state.position / (double)shard_count, elapsed);
+    }
+    free(samples);
+    free(labels);
+    free(indices);
+    loader_close(l);
+    return samples_per_s;
 }
 
 int command_bench(int argc, char **argv) {
@@ -29,12 +81,16 @@ int command_bench(int argc, char **argv) {
         {.name = "--set", .repeatable = 1, .help = "override a config key: section.key=value (repeatable)"},
         {.name = "--steps", .value = "10", .help = "timed steps (default 10)"},
         {.name = "--warmup", .value = "2", .help = "untimed warm-up steps (default 2)"},
+        {.name = "--data", .help = "an ldm data set: first time the data loader alone on it"},
         {.name = "--help", .is_flag = 1, .help = "this help"},
         {0},
     };
     cli_parse("bench", argc, argv, 2, options);
-    if (options[4].value) {
-        cli_print_usage("bench", "Times DiT training steps (forward + backward + AdamW) on random inputs.", options);
+    if (options[5].value) {
+        cli_print_usage("bench",
+                        "Times DiT training steps (forward + backward + AdamW) on random inputs, and with --data\n"
+                        "the data loader on a data set file first.",
+                        options);
         return 0;
     }
     ldm_config config;
@@ -42,7 +98,11 @@ int command_bench(int argc, char **argv) {
     int steps = (int)cli_int("bench", &options[2], 1, 1000000);
     int warmup = (int)cli_int("bench", &options[3], 0, 1000000);
     const train_config *tc = &config.train;
-    int batch = tc->micro_batch ? tc->micro_batch : tc->batch_size;
+    /* The rank's micro-batch, as training splits the global batch. */
+    int batch, accumulation_steps;
+    training_batch_split(&config, options[0].value, comm_world_size(), &batch, &accumulation_steps);
+    int print = comm_rank() == 0;
+    double loader_samples_per_s = options[4].value ? bench_loader(options[4].value, &config, batch, print) : 0;
 
     dit_shape shape = cli_dit_shape(&config);
     dit_model model;
@@ -72,7 +132,8 @@ int command_bench(int argc, char **argv) {
 
     char devices[512];
     device_describe(devices, sizeof(devices));
-    printf("bench: DiT input %dx%dx%d patch %d hidden %d depth %d heads %d, batch %d, %zu parameters, "
+    if (print)
+        printf("bench: DiT input %dx%dx%d patch %d hidden %d depth %d heads %d, batch %d, %zu parameters, "
            "%.1f MiB laid out; %s\n",
            shape.input_size, shape.input_size, shape.in_channels, shape.patch_size, shape.hidden_size,
            shape.depth, shape.num_heads, batch, model.table.trainable_numel, model.memory_bytes / 1048576.0,
@@ -97,10 +158,15 @@ int command_bench(int argc, char **argv) {
     }
     double step_s = (forward_s + backward_s + optimizer_s) / steps;
     double flops = 3.0 * dit_forward_flops_per_sample(&shape) * batch;
-    printf("bench: forward %.2f ms, backward %.2f ms, adamw %.2f ms per step; final loss %.5f\n",
-           1e3 * forward_s / steps, 1e3 * backward_s / steps, 1e3 * optimizer_s / steps, loss);
-    printf("bench: images_per_s=%.2f ms_per_step=%.2f gflops=%.1f batch=%d threads=%d steps=%d\n",
-           batch / step_s, 1e3 * step_s, flops / step_s / 1e9, batch, omp_get_max_threads(), steps);
+    if (print) {
+        printf("bench: forward %.2f ms, backward %.2f ms, adamw %.2f ms per step; final loss %.5f\n",
+               1e3 * forward_s / steps, 1e3 * backward_s / steps, 1e3 * optimizer_s / steps, loss);
+        printf("bench: images_per_s=%.2f ms_per_step=%.2f gflops=%.1f batch=%d threads=%d steps=%d",
+               batch / step_s, 1e3 * step_s, flops / step_s / 1e9, batch, omp_get_max_threads(), steps);
+        /* loader samples/s over training images/s: how far ahead of training the loader is */
+        if (options[4].value) printf(" loader_ratio=%.1f", loader_samples_per_s / (batch / step_s));
+        printf("\n");
+    }
     if (!isfinite(loss)) fatal_internal("bench: the loss is not finite");
     free(x);
     free(target);

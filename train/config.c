@@ -95,6 +95,8 @@ static const key_spec keys[] = {
     DOUBLE_KEY(train, weight_decay, 0.0, 0, false, NONE_ABOVE, false),
     DOUBLE_KEY(train, grad_clip, 1.0, 0, false, NONE_ABOVE, false),
     DOUBLE_KEY(train, ema_decay, 0.9999, 0, false, 1, true),
+    INT64_KEY(train, ema_halflife_images, 0, 0, NONE_ABOVE),
+    DOUBLE_KEY(train, ema_rampup, 0.05, 0, false, NONE_ABOVE, false),
     DOUBLE_KEY(train, adam_beta1, 0.9, 0, false, 1, true),
     DOUBLE_KEY(train, adam_beta2, 0.999, 0, false, 1, true),
     DOUBLE_KEY(train, adam_eps, 1e-8, 0, true, NONE_ABOVE, false),
@@ -106,6 +108,7 @@ static const key_spec keys[] = {
      * new one is published, so there must be room for both. */
     INT_KEY(train, ckpt_keep, 3, 2, NONE_ABOVE),
     INT64_KEY(train, sample_every, 5000, 0, NONE_ABOVE),
+    INT_KEY(train, max_nonfinite_steps, 5, 1, NONE_ABOVE),
     BOOL_KEY(data, flip, false),
     INT_KEY(data, memory_budget_mb, 4096, 0, NONE_ABOVE),
     INT_KEY(data, prefetch_batches, 2, 1, 64),

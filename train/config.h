@@ -38,6 +38,8 @@ typedef struct {
     double weight_decay;  /* default 0, >= 0 */
     double grad_clip;     /* default 1.0, >= 0 (0 = off) */
     double ema_decay;     /* default 0.9999, in [0, 1) */
+    int64_t ema_halflife_images; /* EMA half-life in images (EDM), default 0 = ema_decay with warmup */
+    double ema_rampup;    /* half-life at most images_seen * ema_rampup, default 0.05, >= 0 (0 = off) */
     double adam_beta1;    /* default 0.9, in [0, 1) */
     double adam_beta2;    /* default 0.999, in [0, 1) */
     double adam_eps;      /* default 1e-8, > 0 */
@@ -47,6 +49,7 @@ typedef struct {
     int64_t ckpt_every;   /* default 1000, >= 1 */
     int ckpt_keep;        /* default 3, >= 2 */
     int64_t sample_every; /* default 5000, >= 0 (0 = off) */
+    int max_nonfinite_steps; /* this many skipped (non-finite) steps in a row end the run; default 5 */
 } train_config;
 
 typedef struct {

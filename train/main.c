@@ -19,6 +19,9 @@ static int command_help(int argc, char **argv);
 static int command_version(int argc, char **argv);
 
 static const command_entry commands[] = {
+    {"prepare", command_prepare,
+     "make a data set file: ldm prepare fashion-mnist|images DIR|synthetic --out F.h5 (ldm prepare --help)"},
+    {"train", command_train, "train the DiT on a data set: [mpirun -np N] ldm train --config F --data D --run DIR"},
     {"bench", command_bench, "time DiT training steps on random inputs: ldm bench --config F [--set k=v]"},
     {"forward", command_forward,
      "run the DiT on an HDF5 file: ldm forward --config F --weights W --input IN.h5 --output OUT.h5"},

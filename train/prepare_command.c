@@ -1,1 +1,400 @@
-/* placeholder: being written */
+/* `ldm prepare KIND`: converts a source of images into one ldm data set file
+ * (data/dataset_file.h): Fashion-MNIST idx files, a folder of PNGs in class
+ * subfolders, or procedural synthetic images (optionally as float latents).
+ * Every rank produces the rows of its shard (dataset_shard_range) and all ranks
+ * write the one file collectively; every row is a pure function of its index,
+ * so the file does not depend on the number of ranks. This file owns the
+ * command line and the row loop; the converters live in data/. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "comm.h"
+#include "commands.h"
+#include "dataset_file.h"
+#include "fashion_mnist.h"
+#include "fatal.h"
+#include "image_folder.h"
+#include "png_image.h"
+#include "progress_bar.h"
+#include "synthetic_images.h"
+
+/* Rows are produced and written in batches of about this many bytes. */
+#define PREPARE_BATCH_BYTES (2 << 20)
+#define PREPARE_MAX_SIZE 4096
+#define PREPARE_MAX_COUNT 1000000000LL
+
+static const char prepare_kinds[] = "fashion-mnist, images, synthetic";
+
+/* Fills one sample (H x W x C uint8) and its label (ignored when the file has
+ * none) for global row `index`. */
+typedef void (*fill_row_fn)(void *context, int64_t index, uint8_t *image, int32_t *label);
+
+/* Per-channel sums of pixel values and of their squares over this rank's rows:
+ * integers, so that the totals, and the latent statistics made from them, are
+ * exact whatever the number of ranks. */
+typedef struct {
+    uint64_t *sum, *sum_squares;
+} channel_sums;
+
+/* Latent value of a pixel: [0, 255] mapped to [-1, 1]. */
+static float pixel_to_latent(uint8_t p) { return (float)p / 127.5f - 1.0f; }
+
+/* Converts rows of (H, W, C) pixels to (C, H, W) latents and adds to the sums. */
+static void pixels_to_latents(const uint8_t *pixels, int64_t rows, int channels, int height, int width,
+                              float *latents, channel_sums *sums) {
+    const int64_t plane = (int64_t)height * width;
+    for (int64_t r = 0; r < rows; r++)
+        for (int c = 0; c < channels; c++) {
+            const uint8_t *src = pixels + r * plane * channels + c;
+            float *dst = latents + (r * channels + c) * plane;
+            uint64_t sum = 0, sum_squares = 0;
+            for (int64_t i = 0; i < plane; i++) {
+                uint8_t p = src[i * channels];
+                dst[i] = pixel_to_latent(p);
+                sum += p;
+                sum_squares += (uint64_t)p * p;
+            }
+            sums->sum[c] += sum;
+            sums->sum_squares[c] += sum_squares;
+        }
+}
+
+/* Adds integer totals over all ranks exactly, through the double all-reduce:
+ * each total is split into 32-bit halves, whose sums over up to 2^20 ranks are
+ * exact in double. */
+static void allreduce_exact_u64(uint64_t *values, int count) {
+    double *halves = xmalloc(sizeof(double) * 2 * (size_t)count);
+    for (int i = 0; i < count; i++) {
+        halves[2 * i] = (double)(values[i] >> 32);
+        halves[2 * i + 1] = (double)(values[i] & 0xffffffffu);
+    }
+    comm_allreduce_sum_double(halves, 2 * (int64_t)count);
+    for (int i = 0; i < count; i++) values[i] = ((uint64_t)halves[2 * i] << 32) + (uint64_t)halves[2 * i + 1];
+    free(halves);
+}
+
+/* Produces this rank's shard of the rows with `fill` and writes it, in batches;
+ * every rank makes the same number of (collective) write calls, with 0 rows
+ * once its shard is done. For latents, also sets the per-channel statistics
+ * over the whole set. Ends with dataset_writer_finish. */
+static void write_all_rows(const dataset_writer_options *options, fill_row_fn fill, void *context,
+                           const char *progress_label) {
+    const int rank = comm_rank(), world = comm_world_size();
+    const int channels = options->channels, height = options->height, width = options->width;
+    const int latents = options->kind == DATASET_LATENTS;
+    const size_t sample_bytes = (size_t)channels * height * width;
+    int64_t start, rows;
+    dataset_shard_range(options->count, rank, world, &start, &rows);
+    const int64_t largest_shard = (options->count + world - 1) / world;
+    /* A latent row also takes 4 bytes per value in float. */
+    int64_t batch = (int64_t)(PREPARE_BATCH_BYTES / (sample_bytes * (latents ? 1 + sizeof(float) : 1)));
+    if (batch < 1) batch = 1;
+    if (batch > largest_shard) batch = largest_shard;
+    const int64_t batches = (largest_shard + batch - 1) / batch;
+
+    dataset_writer *writer = dataset_writer_create(options);
+    uint8_t *pixels = xmalloc(sample_bytes * (size_t)batch);
+    int32_t *labels = xmalloc(sizeof(int32_t) * (size_t)batch);
+    float *latent_rows = latents ? xmalloc(sizeof(float) * sample_bytes * (size_t)batch) : NULL;
+    channel_sums sums = {xcalloc((size_t)channels, sizeof(uint64_t)), xcalloc((size_t)channels, sizeof(uint64_t))};
+
+    /* Rank 0 reports its own shard, scaled to the whole set: the shards differ
+     * by at most one row, so its fraction is everyone's. */
+    progress_bar bar;
+    progress_bar_start(&bar, progress_label, options->count, rank == 0 && rows > 0);
+    for (int64_t b = 0; b < batches; b++) {
+        int64_t first = b * batch, count = rows - first;
+        if (count < 0) count = 0;
+        if (count > batch) count = batch;
+        for (int64_t r = 0; r < count; r++) {
+            labels[r] = 0;
+            fill(context, start + first + r, pixels + (size_t)r * sample_bytes, &labels[r]);
+            progress_bar_update(&bar, (first + r + 1) * options->count / (rows > 0 ? rows : 1));
+        }
+        if (latents) {
+            pixels_to_latents(pixels, count, channels, height, width, latent_rows, &sums);
+            dataset_writer_write_latents(writer, start + first, count, latent_rows);
+        } else {
+            dataset_writer_write_images(writer, start + first, count, pixels);
+        }
+        if (options->has_labels) dataset_writer_write_labels(writer, start + first, count, labels);
+    }
+    progress_bar_finish(&bar);
+
+    if (latents) {
+        allreduce_exact_u64(sums.sum, channels);
+        allreduce_exact_u64(sums.sum_squares, channels);
+        double *mean = xmalloc(sizeof(double) * channels), *std = xmalloc(sizeof(double) * channels);
+        const double values = (double)options->count * height * width;
+        for (int c = 0; c < channels; c++) {
+            /* Pixel statistics (population variance), then the affine map to latents. */
+            double pixel_mean = (double)sums.sum[c] / values;
+            double pixel_variance = (double)sums.sum_squares[c] / values - pixel_mean * pixel_mean;
+            if (pixel_variance < 0) pixel_variance = 0;
+            mean[c] = pixel_mean / 127.5 - 1.0;
+            std[c] = sqrt(pixel_variance) / 127.5;
+        }
+        dataset_writer_set_latent_stats(writer, mean, std);
+        free(mean);
+        free(std);
+    }
+    dataset_writer_finish(writer);
+    free(sums.sum);
+    free(sums.sum_squares);
+    free(latent_rows);
+    free(labels);
+    free(pixels);
+}
+
+/* The one result line on stdout (rank 0). */
+static void print_result(const dataset_writer_options *o) {
+    if (comm_rank() != 0) return;
+    static const char *const element_names[] = {"uint8", "float16", "float32"};
+    char classes[64];
+    if (o->has_labels)
+        snprintf(classes, sizeof(classes), "%d classes", o->num_classes);
+    else
+        snprintf(classes, sizeof(classes), "no labels");
+    if (o->kind == DATASET_IMAGES)
+        printf("prepare: wrote %s: %lld images of %dx%dx%d (H, W, C) uint8, %s\n", o->path, (long long)o->count,
+               o->height, o->width, o->channels, classes);
+    else
+        printf("prepare: wrote %s: %lld latents of %dx%dx%d (C, H, W) %s with per-channel mean and std, %s\n",
+               o->path, (long long)o->count, o->channels, o->height, o->width, element_names[o->element], classes);
+    fflush(stdout);
+}
+
+/* Whether argv[first..argc) asks for help. */
+static int wants_help(int argc, char **argv, int first) {
+    for (int i = first; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return 1;
+    return 0;
+}
+
+/* ---- fashion-mnist ---- */
+
+typedef struct {
+    fashion_mnist_split split;
+    int pad; /* output side, or 0 for the original 28 */
+} fashion_mnist_context;
+
+static void fill_fashion_mnist_row(void *context, int64_t index, uint8_t *image, int32_t *label) {
+    const fashion_mnist_context *f = context;
+    const uint8_t *source = f->split.images + (size_t)index * FASHION_MNIST_SIDE * FASHION_MNIST_SIDE;
+    if (f->pad)
+        fashion_mnist_pad(source, f->pad, image);
+    else
+        memcpy(image, source, FASHION_MNIST_SIDE * FASHION_MNIST_SIDE);
+    *label = f->split.labels[index];
+}
+
+static int prepare_fashion_mnist(int argc, char **argv) {
+    const char *command = "prepare fashion-mnist";
+    cli_option options[] = {
+        {.name = "--out", .required = 1, .help = "the data set file to write"},
+        {.name = "--split", .value = "train", .help = "train (60000 images) or test (10000); default train"},
+        {.name = "--dir", .value = FASHION_MNIST_DEFAULT_DIR,
+         .help = "folder of the gzip idx files (default " FASHION_MNIST_DEFAULT_DIR ")"},
+        {.name = "--pad", .help = "pad the 28x28 images with black, centred, to PxP (P >= 28; default none)"},
+        {.name = "--force", .is_flag = 1, .help = "overwrite an existing output file"},
+        {0},
+    };
+    if (wants_help(argc, argv, 3)) {
+        cli_print_usage(command, "Converts Fashion-MNIST (Debian's dataset-fashion-mnist) to an ldm data set.",
+                        options);
+        return 0;
+    }
+    cli_parse(command, argc, argv, 3, options);
+    const char *split = options[1].value;
+    if (strcmp(split, "train") != 0 && strcmp(split, "test") != 0)
+        fatal_input("ldm %s: option --split: expected train or test, got '%s'", command, split);
+    fashion_mnist_context context = {.pad = 0};
+    if (options[3].value) context.pad = (int)cli_int(command, &options[3], FASHION_MNIST_SIDE, PREPARE_MAX_SIZE);
+
+    fashion_mnist_read(options[2].value, split, &context.split);
+    const int side = context.pad ? context.pad : FASHION_MNIST_SIDE;
+    dataset_writer_options out = {
+        .path = options[0].value,
+        .force = options[4].value != NULL,
+        .kind = DATASET_IMAGES,
+        .element = DATASET_UINT8,
+        .count = context.split.count,
+        .channels = 1,
+        .height = side,
+        .width = side,
+        .has_labels = 1,
+        .num_classes = FASHION_MNIST_CLASSES,
+        .class_names = fashion_mnist_class_names,
+    };
+    write_all_rows(&out, fill_fashion_mnist_row, &context, "prepare fashion-mnist");
+    print_result(&out);
+    fashion_mnist_free(&context.split);
+    return 0;
+}
+
+/* ---- images ---- */
+
+typedef struct {
+    image_folder_listing listing;
+    int size, channels;
+} image_folder_context;
+
+static void fill_image_folder_row(void *context, int64_t index, uint8_t *image, int32_t *label) {
+    const image_folder_context *f = context;
+    int height, width;
+    uint8_t *decoded = png_read_file(f->listing.paths[index], f->channels, &height, &width);
+    image_square_resize(decoded, height, width, f->channels, f->size, image);
+    free(decoded);
+    if (f->listing.labels) *label = f->listing.labels[index];
+}
+
+static int prepare_images(int argc, char **argv) {
+    const char *command = "prepare images";
+    cli_option options[] = {
+        {.name = "--out", .required = 1, .help = "the data set file to write"},
+        {.name = "--size", .required = 1, .help = "side S of the square SxS output images"},
+        {.name = "--channels", .value = "3", .help = "1 (gray) or 3 (RGB); default 3"},
+        {.name = "--force", .is_flag = 1, .help = "overwrite an existing output file"},
+        {0},
+    };
+    const char *summary =
+        "       ldm prepare images DIR --size S --out F.h5 [--channels 1|3] [--force]\n"
+        "Converts every *.png under DIR (recursively) to an ldm data set: centre-cropped to a square, resized to\n"
+        "SxS. The class of an image is its first-level subfolder of DIR (class names: those folders, sorted);\n"
+        "without subfolders the file has no labels.";
+    if (wants_help(argc, argv, 3)) {
+        cli_print_usage(command, summary, options);
+        return 0;
+    }
+    if (argc < 4 || argv[3][0] == '-')
+        fatal_input("ldm %s: expected the image folder first: ldm prepare images DIR --size S --out F.h5", command);
+    const char *dir = argv[3];
+    cli_parse(command, argc, argv, 4, options);
+    image_folder_context context;
+    context.size = (int)cli_int(command, &options[1], 1, PREPARE_MAX_SIZE);
+    context.channels = (int)cli_int(command, &options[2], 1, 3);
+    if (context.channels == 2)
+        fatal_input("ldm %s: option --channels: expected 1 or 3, got '%s'", command, options[2].value);
+
+    image_folder_list(dir, &context.listing);
+    if (context.listing.num_classes > DATASET_MAX_CLASSES)
+        fatal_input("%s: %d class subfolders; at most %d are supported", dir, context.listing.num_classes,
+                    DATASET_MAX_CLASSES);
+    dataset_writer_options out = {
+        .path = options[0].value,
+        .force = options[3].value != NULL,
+        .kind = DATASET_IMAGES,
+        .element = DATASET_UINT8,
+        .count = context.listing.count,
+        .channels = context.channels,
+        .height = context.size,
+        .width = context.size,
+        .has_labels = context.listing.labels != NULL,
+        .num_classes = context.listing.num_classes,
+        .class_names = (const char *const *)context.listing.class_names,
+    };
+    write_all_rows(&out, fill_image_folder_row, &context, "prepare images");
+    print_result(&out);
+    image_folder_free(&context.listing);
+    return 0;
+}
+
+/* ---- synthetic ---- */
+
+typedef struct {
+    uint64_t seed;
+    int num_classes, size, channels;
+} synthetic_context;
+
+static void fill_synthetic_row(void *context, int64_t index, uint8_t *image, int32_t *label) {
+    const synthetic_context *s = context;
+    synthetic_image(s->seed, index, s->num_classes, s->size, s->channels, image);
+    *label = synthetic_class(index, s->num_classes);
+}
+
+static int prepare_synthetic(int argc, char **argv) {
+    const char *command = "prepare synthetic";
+    cli_option options[] = {
+        {.name = "--out", .required = 1, .help = "the data set file to write"},
+        {.name = "--n", .required = 1, .help = "number of samples"},
+        {.name = "--size", .required = 1, .help = "side S of the SxS images"},
+        {.name = "--classes", .required = 1, .help = "number of classes K (the class of sample i is i % K)"},
+        {.name = "--channels", .required = 1, .help = "channels C (1 is gray, 3 RGB; up to 64)"},
+        {.name = "--seed", .value = "0", .help = "seed of the positions, sizes and colours (default 0)"},
+        {.name = "--latents", .help = "float32 or float16: write /latents (N, C, S, S) in [-1, 1] instead of /images"},
+        {.name = "--force", .is_flag = 1, .help = "overwrite an existing output file"},
+        {0},
+    };
+    if (wants_help(argc, argv, 3)) {
+        cli_print_usage(command,
+                        "Writes procedural images (one shape per class, position, size and colour varying per "
+                        "sample);\nsample i is a pure function of (seed, i).",
+                        options);
+        return 0;
+    }
+    cli_parse(command, argc, argv, 3, options);
+    synthetic_context context;
+    int64_t count = cli_int(command, &options[1], 1, PREPARE_MAX_COUNT);
+    context.size = (int)cli_int(command, &options[2], 4, PREPARE_MAX_SIZE);
+    context.num_classes = (int)cli_int(command, &options[3], 1, DATASET_MAX_CLASSES);
+    context.channels = (int)cli_int(command, &options[4], 1, SYNTHETIC_MAX_CHANNELS);
+    context.seed = (uint64_t)cli_int(command, &options[5], 0, INT64_MAX);
+    dataset_element element = DATASET_UINT8;
+    if (options[6].value) {
+        if (!strcmp(options[6].value, "float32"))
+            element = DATASET_FLOAT32;
+        else if (!strcmp(options[6].value, "float16"))
+            element = DATASET_FLOAT16;
+        else
+            fatal_input("ldm %s: option --latents: expected float32 or float16, got '%s'", command, options[6].value);
+    }
+
+    char **class_names = xmalloc(sizeof(char *) * (size_t)context.num_classes);
+    for (int k = 0; k < context.num_classes; k++) {
+        char name[64];
+        synthetic_class_name(k, name, sizeof(name));
+        class_names[k] = xstrdup(name);
+    }
+    dataset_writer_options out = {
+        .path = options[0].value,
+        .force = options[7].value != NULL,
+        .kind = element == DATASET_UINT8 ? DATASET_IMAGES : DATASET_LATENTS,
+        .element = element,
+        .count = count,
+        .channels = context.channels,
+        .height = context.size,
+        .width = context.size,
+        .has_labels = 1,
+        .num_classes = context.num_classes,
+        .class_names = (const char *const *)class_names,
+        .autoencoder = element == DATASET_UINT8 ? NULL : "none (synthetic)",
+    };
+    write_all_rows(&out, fill_synthetic_row, &context, "prepare synthetic");
+    print_result(&out);
+    for (int k = 0; k < context.num_classes; k++) free(class_names[k]);
+    free(class_names);
+    return 0;
+}
+
+int command_prepare(int argc, char **argv) {
+    if (argc < 3)
+        fatal_input("ldm prepare: expected a kind: %s (ldm prepare KIND --help for its options)", prepare_kinds);
+    const char *kind = argv[2];
+    if (!strcmp(kind, "fashion-mnist")) return prepare_fashion_mnist(argc, argv);
+    if (!strcmp(kind, "images")) return prepare_images(argc, argv);
+    if (!strcmp(kind, "synthetic")) return prepare_synthetic(argc, argv);
+    if (!strcmp(kind, "--help") || !strcmp(kind, "-h")) {
+        printf("usage: ldm prepare KIND [options]\nConverts images into an ldm data set file (HDF5).\n\nkinds:\n"
+               "  fashion-mnist  --out F.h5 [--split train|test] [--dir D] [--pad P] [--force]\n"
+               "  images DIR     --size S --out F.h5 [--channels 1|3] [--force]\n"
+               "  synthetic      --n N --size S --classes K --channels C --out F.h5 [--seed S]\n"
+               "                 [--latents float32|float16] [--force]\n"
+               "(ldm prepare KIND --help for details)\n");
+        return 0;
+    }
+    fatal_input("ldm prepare: unknown kind '%s'; expected one of: %s", kind, prepare_kinds);
+}

@@ -1,0 +1,52 @@
+/* Atomic file publishing (see atomic_file.h). */
+#include "atomic_file.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fatal.h"
+
+int fsync_folder_of(const char *path, int is_folder) {
+    char *copy = xstrdup(path);
+    const char *folder = is_folder ? copy : dirname(copy);
+    int fd = open(folder, O_RDONLY | O_DIRECTORY);
+    int status = fd >= 0 && fsync(fd) == 0 ? 0 : -1;
+    if (fd >= 0) close(fd);
+    free(copy);
+    return status;
+}
+
+int atomic_write_file(const char *path, const void *bytes, size_t size, char *err, size_t err_size) {
+    size_t n = strlen(path) + 32;
+    char *temporary = xmalloc(n);
+    snprintf(temporary, n, "%s.tmp-%d", path, (int)getpid());
+    int status = -1;
+    FILE *f = fopen(temporary, "wb");
+    if (!f) {
+        snprintf(err, err_size, "%s: cannot create: %s", temporary, strerror(errno));
+        goto done;
+    }
+    int ok = fwrite(bytes, 1, size, f) == size && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    int saved_errno = errno;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok) {
+        snprintf(err, err_size, "%s: cannot write: %s", temporary, strerror(saved_errno));
+        unlink(temporary);
+        goto done;
+    }
+    if (rename(temporary, path) != 0) {
+        snprintf(err, err_size, "%s: cannot rename into place: %s", path, strerror(errno));
+        unlink(temporary);
+        goto done;
+    }
+    fsync_folder_of(path, 0);
+    status = 0;
+done:
+    free(temporary);
+    return status;
+}

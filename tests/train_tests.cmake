@@ -1,0 +1,40 @@
+# Tests of `ldm train` (tests/train_scenarios.sh): the same global batch gives the
+# same losses and weights on 1 rank, 2 ranks and with gradient accumulation;
+# reruns are bit-identical; the tiny config learns; a non-finite gradient on one
+# rank is skipped by all; the run directory is protected; bad batch splits and
+# bad flags are refused. Included from tests/CMakeLists.txt (LDM_MPIRUN,
+# LDM_SYSTEM_PYTHON and LDM_EXPECT_ERROR come from there and prepare_tests.cmake).
+
+if(TARGET ldm)
+  set(LDM_TRAIN_WORK ${CMAKE_CURRENT_BINARY_DIR}/train)
+  string(REPLACE ";" " " ldm_train_mpirun "${LDM_MPIRUN}")
+  foreach(scenario equivalence determinism learns nonfinite run-directory)
+    string(REPLACE "-" "_" test_name "cli_train_${scenario}")
+    add_test(NAME ${test_name}
+      COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/train_scenarios.sh ${scenario} ${LDM_TRAIN_WORK}/${scenario})
+    set_tests_properties(${test_name} PROPERTIES TIMEOUT 300
+      ENVIRONMENT "LDM=$<TARGET_FILE:ldm>;LDM_MPIRUN=${ldm_train_mpirun};LDM_PYTHON=${LDM_SYSTEM_PYTHON};\
+LDM_TESTS=${CMAKE_CURRENT_SOURCE_DIR};LDM_CONFIGS=${CMAKE_SOURCE_DIR}/configs")
+  endforeach()
+
+  # Bad input, refused before anything is written: exit 2, one line.
+  add_test(NAME cli_train_batch_split
+    COMMAND ${LDM_EXPECT_ERROR} 2
+      "^ldm: error: .*tiny[.]json: train[.]batch_size: expected a multiple of the world size [(]3 ranks[)], got 8$" --
+      ${LDM_MPIRUN} -np 3 $<TARGET_FILE:ldm> train --config ${CMAKE_SOURCE_DIR}/configs/tiny.json
+      --data /nonexistent.h5 --run ${LDM_TRAIN_WORK}/never)
+  add_test(NAME cli_train_micro_batch_split
+    COMMAND ${LDM_EXPECT_ERROR} 2
+      "^ldm: error: .*tiny[.]json: train[.]batch_size: expected a multiple of world size x train[.]micro_batch [(]3 x 2 = 6[)], got 8$" --
+      ${LDM_MPIRUN} -np 3 $<TARGET_FILE:ldm> train --config ${CMAKE_SOURCE_DIR}/configs/tiny.json --set train.micro_batch=2
+      --data /nonexistent.h5 --run ${LDM_TRAIN_WORK}/never)
+  add_test(NAME cli_train_missing_data
+    COMMAND ${LDM_EXPECT_ERROR} 2 "^ldm: error: /nonexistent[.]h5: cannot read the data set file" --
+      $<TARGET_FILE:ldm> train --config ${CMAKE_SOURCE_DIR}/configs/tiny.json
+      --data /nonexistent.h5 --run ${LDM_TRAIN_WORK}/missing-data)
+  add_test(NAME cli_train_missing_run
+    COMMAND ${LDM_EXPECT_ERROR} 2 "^ldm: error: ldm train: option --run is required$" --
+      $<TARGET_FILE:ldm> train --data x.h5)
+  set_tests_properties(cli_train_batch_split cli_train_micro_batch_split cli_train_missing_data
+    cli_train_missing_run PROPERTIES TIMEOUT 60)
+endif()

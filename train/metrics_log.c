@@ -1,0 +1,94 @@
+/* Progress lines and metrics.jsonl (see metrics_log.h). Non-finite numbers are
+ * written as null in JSON, which has no NaN or Infinity. */
+#include "metrics_log.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fatal.h"
+
+static const double sigma_bin_edges[METRICS_SIGMA_BINS - 1] = {0.1, 0.3, 1.0, 3.0, 10.0};
+
+int metrics_sigma_bin(double sigma) {
+    int bin = 0;
+    while (bin < METRICS_SIGMA_BINS - 1 && sigma >= sigma_bin_edges[bin]) bin++;
+    return bin;
+}
+
+void metrics_log_open(metrics_log *log, const char *run_dir, int64_t log_every, int64_t global_batch, int append) {
+    memset(log, 0, sizeof *log);
+    size_t n = strlen(run_dir) + sizeof "/metrics.jsonl";
+    log->path = xmalloc(n);
+    snprintf(log->path, n, "%s/metrics.jsonl", run_dir);
+    log->jsonl = fopen(log->path, append ? "a" : "w");
+    if (!log->jsonl) fatal_internal("%s: cannot open for writing: %s", log->path, strerror(errno));
+    log->log_every = log_every;
+    log->global_batch = global_batch;
+}
+
+static void write_number(FILE *f, double value) {
+    if (isfinite(value))
+        fprintf(f, "%.9g", value);
+    else
+        fputs("null", f);
+}
+
+static void format_duration(char *out, size_t size, double seconds) {
+    if (!isfinite(seconds) || seconds < 0) seconds = 0;
+    long long s = (long long)(seconds + 0.5);
+    snprintf(out, size, "%lld:%02lld:%02lld", s / 3600, s / 60 % 60, s % 60);
+}
+
+void metrics_log_step(metrics_log *log, const metrics_step *m) {
+    FILE *f = log->jsonl;
+    fprintf(f, "{\"step\": %lld, \"images_seen\": %lld, \"loss\": ", (long long)m->step, (long long)m->images_seen);
+    write_number(f, m->loss);
+    fputs(", \"grad_norm\": ", f);
+    write_number(f, m->grad_norm);
+    fputs(", \"lr\": ", f);
+    write_number(f, m->lr);
+    fputs(", \"images_per_s\": ", f);
+    write_number(f, m->step_seconds > 0 ? (double)log->global_batch / m->step_seconds : NAN);
+    fprintf(f, ", \"skipped\": %s, \"skipped_total\": %lld, \"sigma_bins\": [0", m->skipped ? "true" : "false",
+            (long long)m->skipped_total);
+    for (int b = 0; b < METRICS_SIGMA_BINS - 1; b++) fprintf(f, ", %g", sigma_bin_edges[b]);
+    fputs("], \"loss_by_sigma\": [", f);
+    for (int b = 0; b < METRICS_SIGMA_BINS; b++) {
+        if (b) fputs(", ", f);
+        write_number(f, m->count_by_sigma[b] > 0 ? m->loss_by_sigma[b] : NAN);
+    }
+    fputs("], \"count_by_sigma\": [", f);
+    for (int b = 0; b < METRICS_SIGMA_BINS; b++) fprintf(f, "%s%lld", b ? ", " : "", (long long)m->count_by_sigma[b]);
+    fputs("]}\n", f);
+    if (fflush(f) != 0) fatal_internal("%s: cannot write: %s", log->path, strerror(errno));
+
+    log->window_seconds += m->step_seconds;
+    log->window_steps++;
+    log->total_seconds += m->step_seconds;
+    log->total_logged_steps++;
+    if (m->step % log->log_every != 0 && m->step != m->total_steps) return;
+    double images_per_s = log->window_seconds > 0 ? (double)(log->window_steps * log->global_batch) / log->window_seconds : 0;
+    double seconds_per_step = log->total_seconds / (double)log->total_logged_steps;
+    char eta[32];
+    format_duration(eta, sizeof eta, seconds_per_step * (double)(m->total_steps - m->step));
+    int width = snprintf(NULL, 0, "%lld", (long long)m->total_steps);
+    printf("step %*lld/%lld  loss %.4f  grad_norm %.3g  lr %.2e  %.1f img/s  eta %s", width, (long long)m->step,
+           (long long)m->total_steps, m->loss, m->grad_norm, m->lr, images_per_s, eta);
+    if (m->skipped_total) printf("  skipped %lld", (long long)m->skipped_total);
+    putchar('\n');
+    fflush(stdout);
+    log->window_seconds = 0;
+    log->window_steps = 0;
+}
+
+void metrics_log_close(metrics_log *log) {
+    if (!log->jsonl) return;
+    fflush(log->jsonl);
+    fsync(fileno(log->jsonl));
+    fclose(log->jsonl);
+    free(log->path);
+    log->jsonl = NULL;
+}

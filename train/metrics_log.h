@@ -1,0 +1,51 @@
+/* What a training run tells its user: rank 0's progress line every log_every
+ * steps (step/total, loss, gradient norm, lr, images/s, ETA) on stdout, and one
+ * JSON line per step in RUN/metrics.jsonl with the same numbers and the loss
+ * binned by noise level. Other ranks call nothing here. */
+#ifndef LDM_METRICS_LOG_H
+#define LDM_METRICS_LOG_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+/* Loss bins by sigma: [0, 0.1), [0.1, 0.3), [0.3, 1), [1, 3), [3, 10), [10, inf). */
+#define METRICS_SIGMA_BINS 6
+
+typedef struct {
+    int64_t step;          /* 1-based: steps completed after this one */
+    int64_t total_steps;
+    int64_t images_seen;
+    double loss;           /* the global batch's mean weighted loss */
+    double grad_norm;      /* before clipping */
+    double lr;
+    double step_seconds;   /* wall time of this step */
+    int skipped;           /* this step was skipped (non-finite) */
+    int64_t skipped_total;
+    double loss_by_sigma[METRICS_SIGMA_BINS]; /* mean loss per bin */
+    int64_t count_by_sigma[METRICS_SIGMA_BINS];
+} metrics_step;
+
+typedef struct {
+    FILE *jsonl;
+    char *path;
+    int64_t log_every;
+    int64_t global_batch;
+    /* for images/s and ETA: time and step at the last progress line */
+    double window_seconds;
+    int64_t window_steps;
+    double total_seconds;
+    int64_t total_logged_steps;
+} metrics_log;
+
+/* The bin of a noise level. */
+int metrics_sigma_bin(double sigma);
+
+/* Opens RUN/metrics.jsonl (truncating, or appending when append is set). */
+void metrics_log_open(metrics_log *log, const char *run_dir, int64_t log_every, int64_t global_batch, int append);
+/* Writes the JSON line (flushed) and, every log_every steps and at the last, the
+ * progress line. */
+void metrics_log_step(metrics_log *log, const metrics_step *m);
+/* Flushes, fsyncs and closes. */
+void metrics_log_close(metrics_log *log);
+
+#endif

@@ -1,0 +1,41 @@
+/* `ldm train --config F --data D --run DIR [--set k=v ...] [--force]`: the
+ * command line of data-parallel training, the same with or without mpirun. It
+ * loads and validates the config, prepares the run directory (refusing one that
+ * holds another run unless --force) and hands over to the training loop. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "comm.h"
+#include "commands.h"
+#include "training_loop.h"
+
+int command_train(int argc, char **argv) {
+    cli_option options[] = {
+        {.name = "--config", .help = "config file (defaults only when left out)"},
+        {.name = "--data", .required = 1, .help = "the data set: an ldm HDF5 file (ldm prepare, ldm encode)"},
+        {.name = "--run", .required = 1, .help = "the run directory: config.json, metrics.jsonl, weights"},
+        {.name = "--set", .repeatable = 1, .help = "override a config key: section.key=value (repeatable)"},
+        {.name = "--force", .is_flag = 1, .help = "start over in a run directory that holds another run"},
+        {.name = "--help", .is_flag = 1, .help = "this help"},
+        {0},
+    };
+    for (int i = 2; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            cli_print_usage("train",
+                            "Trains the DiT denoiser (EDM) on a data set, data-parallel over the ranks of mpirun.",
+                            options);
+            return 0;
+        }
+    cli_parse("train", argc, argv, 2, options);
+    ldm_config config;
+    cli_load_config(&config, &options[0], &options[3]);
+    int micro, accumulation;
+    /* Checked before anything is written. */
+    training_batch_split(&config, options[0].value, comm_world_size(), &micro, &accumulation);
+    training_job job = {.config = &config, .config_path = options[0].value, .data_path = options[1].value,
+                        .run_dir = options[2].value, .force = options[4].value != NULL};
+    training_run(&job);
+    return 0;
+}

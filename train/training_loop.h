@@ -1,0 +1,37 @@
+/* The data-parallel training loop of `ldm train`: every rank holds the whole
+ * DiT, reads its shard through the loader, computes the EDM loss and gradients
+ * on its micro-batches (accumulating over accumulation steps), and the ranks
+ * average gradients (comm_allreduce_mean) before one AdamW step, clipping, and
+ * the EMA update, identical on every rank. Global batch = world size x
+ * micro-batch x accumulation steps, and the same global batch gives the same
+ * updates (to rounding) whatever the world size. */
+#ifndef LDM_TRAINING_LOOP_H
+#define LDM_TRAINING_LOOP_H
+
+#include "config.h"
+#include "loader.h"
+
+typedef struct {
+    const ldm_config *config;
+    const char *config_path; /* for error lines: the --config file (or NULL) */
+    const char *data_path;
+    const char *run_dir;
+    int force;               /* start over in a run directory holding another run */
+} training_job;
+
+/* Micro-batch and accumulation steps for a world size: micro_batch 0 means
+ * batch_size / world_size. fatal_input naming the keys when the global batch
+ * does not split evenly. */
+void training_batch_split(const ldm_config *config, const char *config_path, int world_size, int *micro_batch,
+                          int *accumulation_steps);
+
+/* The loader settings a config gives (data section, the model's expected
+ * sample shape and classes, the rank's micro-batch). */
+loader_options training_loader_options(const ldm_config *config, const char *data_path, int micro_batch);
+
+/* Runs the whole job (collective): opens the data set and lays out the model
+ * (so that bad input is refused before anything is written), prepares the run
+ * directory, trains, and returns when the weights are written. */
+void training_run(const training_job *job);
+
+#endif

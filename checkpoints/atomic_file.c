@@ -11,6 +11,15 @@
 
 #include "fatal.h"
 
+char *path_join(const char *folder, const char *name) {
+    size_t length = strlen(folder);
+    while (length > 1 && folder[length - 1] == '/') length--;
+    size_t size = length + strlen(name) + 2;
+    char *path = xmalloc(size);
+    snprintf(path, size, "%.*s/%s", (int)length, folder, name);
+    return path;
+}
+
 int fsync_folder_of(const char *path, int is_folder) {
     char *copy = xstrdup(path);
     const char *folder = is_folder ? copy : dirname(copy);

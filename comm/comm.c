@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <mpi.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "fatal.h"
 
@@ -167,6 +168,18 @@ void comm_broadcast(void *data, size_t bytes, int root) {
         size_t n = bytes - done < BROADCAST_PIECE ? bytes - done : BROADCAST_PIECE;
         mpi_check(MPI_Bcast((char *)data + done, (int)n, MPI_BYTE, root, MPI_COMM_WORLD), "MPI_Bcast");
     }
+}
+
+void comm_gather(const void *data, size_t bytes, void *gathered, int root) {
+    if (root < 0 || root >= world_size)
+        fatal_internal("gather to rank %d, but there are %d ranks", root, world_size);
+    if (bytes > INT_MAX) fatal_internal("gather of %zu bytes per rank", bytes);
+    if (world_size == 1) {
+        memmove(gathered, data, bytes);
+        return;
+    }
+    mpi_check(MPI_Gather(data, (int)bytes, MPI_BYTE, gathered, (int)bytes, MPI_BYTE, root, MPI_COMM_WORLD),
+              "MPI_Gather");
 }
 
 void comm_barrier(void) {

@@ -47,6 +47,9 @@ void comm_allreduce_mean(float *buffer, int64_t count);
 void comm_allreduce_sum_double(double *buffer, int64_t count);
 /* Copies `bytes` bytes at data on rank root to data on every rank (any size). */
 void comm_broadcast(void *data, size_t bytes, int root);
+/* Rank root receives every rank's `bytes` bytes, in rank order, at gathered
+ * (world size x bytes; ignored on other ranks). bytes must fit an int. */
+void comm_gather(const void *data, size_t bytes, void *gathered, int root);
 void comm_barrier(void);
 /* Agreement on flags (stop, skip a step): 1 when flag is non-zero on any rank /
  * on every rank, else 0; every rank gets the same answer. */

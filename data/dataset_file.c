@@ -34,7 +34,15 @@ static void describe_type(hid_t type, char *out, size_t size) {
         snprintf(out, size, "a non-numeric type");
 }
 
-static int is_float16(hid_t type) { return H5Tget_class(type) == H5T_FLOAT && H5Tget_size(type) == 2; }
+/* IEEE binary16 exactly (sign, 5 exponent bits with bias 15, 10 mantissa bits):
+ * other 2-byte float layouts, such as bfloat16, are not what the loader reads. */
+static int is_float16(hid_t type) {
+    if (H5Tget_class(type) != H5T_FLOAT || H5Tget_size(type) != 2) return 0;
+    size_t sign, exponent_position, exponent_size, mantissa_position, mantissa_size;
+    if (H5Tget_fields(type, &sign, &exponent_position, &exponent_size, &mantissa_position, &mantissa_size) < 0)
+        return 0;
+    return exponent_size == 5 && mantissa_size == 10 && H5Tget_ebias(type) == 15;
+}
 
 /* The dims of a data set; fatal unless it has `want_rank` dimensions. */
 static void dataset_dims(const char *path, hid_t ds, const char *name, int want_rank, const char *layout,
@@ -183,7 +191,7 @@ void dataset_info_open(const char *path, dataset_info *info) {
         else if (H5Tget_class(type) == H5T_FLOAT && H5Tget_size(type) == 4)
             info->element = DATASET_FLOAT32;
         else
-            fatal_input("%s: /latents: expected float16 or float32 elements, found %s", path, found);
+            fatal_input("%s: /latents: expected float16 (IEEE) or float32 elements, found %s", path, found);
         dataset_dims(path, ds, name, 4, "(N, C, H, W)", dims);
         info->channels = (int)dims[1];
         info->height = (int)dims[2];
@@ -336,7 +344,7 @@ static uint16_t float_to_half_bits(float value) {
     return (uint16_t)(sign | (magnitude >> 13));
 }
 
-static hid_t float16_file_type(void) {
+hid_t dataset_float16_type(void) {
     hid_t type = H5Tcopy(H5T_IEEE_F32LE);
     H5Tset_fields(type, 15, 10, 5, 0, 10);
     H5Tset_size(type, 2);
@@ -449,7 +457,7 @@ dataset_writer *dataset_writer_create(const dataset_writer_options *options) {
         row_bytes = (int64_t)o->height * o->width * o->channels;
     } else {
         dims[1] = (hsize_t)o->channels, dims[2] = (hsize_t)o->height, dims[3] = (hsize_t)o->width;
-        w->sample_file_type = o->element == DATASET_FLOAT16 ? float16_file_type() : H5Tcopy(H5T_IEEE_F32LE);
+        w->sample_file_type = o->element == DATASET_FLOAT16 ? dataset_float16_type() : H5Tcopy(H5T_IEEE_F32LE);
         row_bytes = (int64_t)o->height * o->width * o->channels * (o->element == DATASET_FLOAT16 ? 2 : 4);
     }
     w->samples = create_chunked(w, o->kind == DATASET_IMAGES ? "images" : "latents", w->sample_file_type, 4, dims,

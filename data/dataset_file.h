@@ -7,6 +7,7 @@
 #ifndef LDM_DATASET_FILE_H
 #define LDM_DATASET_FILE_H
 
+#include <hdf5.h>
 #include <stdint.h>
 
 #define DATASET_FORMAT_NAME "ldm-dataset"
@@ -87,6 +88,10 @@ void dataset_writer_set_latent_stats(dataset_writer *writer, const double *mean,
 /* Collective: closes, fsyncs, renames PATH.partial to PATH (rank 0) and waits
  * for it; the writer is freed. */
 void dataset_writer_finish(dataset_writer *writer);
+
+/* IEEE binary16, little-endian, as an HDF5 type (HDF5 1.10 has none
+ * predefined), built the way h5py builds it; the caller closes it. */
+hid_t dataset_float16_type(void);
 
 /* The contiguous range of rows [*start, *start + *rows) that rank r of w owns
  * among n: sizes differ by at most one, the first n % w ranks hold one more. */

@@ -124,20 +124,10 @@ static int flip_drawn(const loader *l, loader_state at) {
 
 /* ---- reading rows of the sample data set ---- */
 
-/* The stored float16 layout (IEEE binary16, little-endian), built the way h5py
- * builds it; reading with it copies the bits without conversion. */
-static hid_t float16_memory_type(void) {
-    hid_t type = H5Tcopy(H5T_IEEE_F32LE);
-    H5Tset_fields(type, 15, 10, 5, 0, 10);
-    H5Tset_size(type, 2);
-    H5Tset_ebias(type, 15);
-    return type;
-}
-
 static hid_t stored_memory_type(const dataset_info *info) {
     switch (info->element) {
     case DATASET_UINT8: return H5Tcopy(H5T_NATIVE_UINT8);
-    case DATASET_FLOAT16: return float16_memory_type();
+    case DATASET_FLOAT16: return dataset_float16_type(); /* copies the stored bits as they are */
     case DATASET_FLOAT32: return H5Tcopy(H5T_NATIVE_FLOAT);
     }
     return -1;

@@ -10,13 +10,6 @@
 ldm_c_test(test_prepare_units)
 
 if(TARGET ldm)
-  if(NOT LDM_SYSTEM_PYTHON)
-    if(EXISTS /usr/bin/python3)
-      set(LDM_SYSTEM_PYTHON /usr/bin/python3)
-    else()
-      find_program(LDM_SYSTEM_PYTHON python3 REQUIRED)
-    endif()
-  endif()
   set(LDM_PREPARE_WORK ${CMAKE_CURRENT_BINARY_DIR}/prepare)
   set(LDM_PREPARE_INPUTS ${LDM_PREPARE_WORK}/inputs)
   set(LDM_EXPECT_ERROR ${CMAKE_CURRENT_SOURCE_DIR}/expect_error.sh)

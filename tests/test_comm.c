@@ -217,6 +217,24 @@ static void test_barrier(void) {
     if (rank == 0) rmdir(dir);
 }
 
+/* Each rank's three ints land at root in rank order; other ranks' buffers are untouched. */
+static void test_gather(void) {
+    for (int root = 0; root < world; root++) {
+        int mine[3] = {rank * 10 + 1, rank * 10 + 2, -rank};
+        int *all = malloc(sizeof(int) * 3 * (size_t)world);
+        for (int i = 0; i < 3 * world; i++) all[i] = 12345;
+        comm_gather(mine, sizeof mine, all, root);
+        for (int r = 0; r < world; r++) {
+            if (rank == root) {
+                CHECK(all[3 * r] == r * 10 + 1 && all[3 * r + 1] == r * 10 + 2 && all[3 * r + 2] == -r);
+            } else {
+                CHECK(all[3 * r] == 12345);
+            }
+        }
+        free(all);
+    }
+}
+
 int main(int argc, char **argv) {
     test_before_init();
     comm_init(&argc, &argv);
@@ -232,6 +250,7 @@ int main(int argc, char **argv) {
     for (size_t c = 0; c < sizeof double_counts / sizeof double_counts[0]; c++) test_sum_double(double_counts[c]);
     test_broadcast();
     test_flags();
+    test_gather();
     test_barrier();
 
     char name[32];

@@ -472,7 +472,7 @@ static void check_round_trip(const ldm_config *c, const char *name) {
     CHECK(count_children(root) == 4);
     CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "model")) == 10);
     CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "diffusion")) == 3);
-    CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "train")) == 21);
+    CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "train")) == 22);
     CHECK(strstr(json, "\n") != NULL); /* pretty-printed */
     cJSON_Delete(root);
     free(json);

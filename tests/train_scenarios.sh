@@ -96,6 +96,115 @@ run-directory)
   run "$LDM" train --data data.h5 $tiny --set train.steps=3 --run run --force >/dev/null
   [ "$(wc -l < run/metrics.jsonl)" = 3 ] || fail "--force did not start over"
   ;;
+resume-1rank|resume-2ranks)
+  # 40 steps straight against 20, stop, resume to 40 (checkpoint every 10):
+  # identical losses at every step and identical bytes in every tensor.
+  if [ "$scenario" = resume-2ranks ]; then launch="$LDM_MPIRUN -np 2"; else launch=""; fi
+  make_data data.h5 32
+  common="train --data data.h5 $tiny --set train.ckpt_every=10"
+  run $launch "$LDM" $common --set train.steps=40 --run straight >/dev/null
+  run $launch "$LDM" $common --set train.steps=20 --run stopped >/dev/null
+  run $launch "$LDM" train --data data.h5 --run stopped --resume auto --set train.steps=40 > out.txt
+  grep -q "resuming from stopped/checkpoints/step-00000020 at step 20" out.txt || fail "did not resume at step 20"
+  run "$LDM_PYTHON" "$LDM_TESTS/train_compare_runs.py" straight stopped --steps 40 --exact
+  run "$LDM_PYTHON" "$LDM_TESTS/train_compare_runs.py" straight stopped --steps 40 --exact --weights ema.safetensors
+  for f in model ema optimizer; do
+    cmp straight/checkpoints/step-00000040/$f.safetensors stopped/checkpoints/step-00000040/$f.safetensors ||
+      fail "$f.safetensors of step 40 differs"
+  done
+  [ "$(wc -l < stopped/metrics.jsonl)" = 40 ] || fail "metrics.jsonl does not hold each of the 40 steps once"
+  ls straight/checkpoints > kept.txt
+  [ "$(cat kept.txt | tr '\n' ' ')" = "latest step-00000030 step-00000040 " ] || fail "retention kept: $(cat kept.txt)"
+  ;;
+signal)
+  # SIGUSR1 to one rank: a checkpoint at the next step boundary, every rank exits
+  # 0; resuming gives what an uninterrupted run of the same length gives.
+  make_data data.h5 32
+  common="train --data data.h5 $tiny --set train.ckpt_every=100000"
+  $LDM_MPIRUN -np 2 "$LDM" $common --set train.steps=100000 --run stopped > out.txt 2>&1 &
+  launcher=$!
+  for _ in $(seq 100); do grep -q "^step *20/" out.txt 2>/dev/null && break; sleep 0.2; done
+  rank=$(pgrep -f "$LDM train --data data.h5" | head -1)
+  [ -n "$rank" ] || fail "no rank process found"
+  kill -USR1 "$rank"
+  wait $launcher || fail "the stopped run exited $?"
+  cat out.txt
+  stopped_at=$(sed -n 's/^train: stopped by a signal at step \([0-9]*\);.*/\1/p' out.txt)
+  [ -n "$stopped_at" ] || fail "no stop message"
+  total=$((stopped_at + 10))
+  run $LDM_MPIRUN -np 2 "$LDM" train --data data.h5 --run stopped --resume auto --set train.steps=$total >/dev/null
+  run $LDM_MPIRUN -np 2 "$LDM" $common --set train.steps=$total --run straight >/dev/null
+  run "$LDM_PYTHON" "$LDM_TESTS/train_compare_runs.py" straight stopped --steps $total --exact
+  ;;
+resume-world-size)
+  # Saved by 2 ranks, resumed on 1 (same global batch): the loss goes on smoothly.
+  make_data data.h5 64
+  common="train --data data.h5 $tiny --set train.ckpt_every=50"
+  run $LDM_MPIRUN -np 2 "$LDM" $common --set train.steps=100 --run run >/dev/null
+  run "$LDM" train --data data.h5 --run run --resume auto --set train.steps=150 > out.txt
+  grep -q "saved by 2 ranks; another world size" out.txt || fail "the change of world size was not reported"
+  run "$LDM_PYTHON" - <<'PY'
+import json
+rows = [json.loads(l) for l in open("run/metrics.jsonl")]
+assert [r["step"] for r in rows] == list(range(1, 151)), "steps missing or repeated"
+before = sum(r["loss"] for r in rows[80:100]) / 20
+after = sum(r["loss"] for r in rows[100:120]) / 20
+print(f"mean loss: steps 81-100 {before:.4f}, 101-120 {after:.4f}")
+assert after < 1.5 * before, "the loss jumped after resuming on another world size"
+PY
+  ;;
+resume-mismatch)
+  make_data data.h5 32
+  run "$LDM" train --data data.h5 $tiny --set train.steps=10 --set train.ckpt_every=5 --run run >/dev/null
+  run sh "$LDM_TESTS/expect_error.sh" 2 \
+    "^ldm: error: run/checkpoints/step-00000010: model[.]depth is 2 in the checkpoint but 3 in this run's config" -- \
+    "$LDM" train --data data.h5 --run run --resume auto --set model.depth=3
+  make_data other.h5 16
+  run sh "$LDM_TESTS/expect_error.sh" 2 \
+    "^ldm: error: run/checkpoints/step-00000010: trained on a data set of 32 images 4x8x8 with 4 classes, but other[.]h5 holds 16" -- \
+    "$LDM" train --data other.h5 --run run --resume auto
+  run sh "$LDM_TESTS/expect_error.sh" 2 "^ldm: error: nowhere: no checkpoint that passes verification" -- \
+    "$LDM" train --data data.h5 --run run --resume nowhere
+  run sh "$LDM_TESTS/expect_error.sh" 2 \
+    "^ldm: error: run: holds a newer checkpoint [(]run/checkpoints/step-00000010[)] than run/checkpoints/step-00000005" -- \
+    "$LDM" train --data data.h5 --run run --resume run/checkpoints/step-00000005
+  # --resume auto on a fresh directory starts from step 0.
+  run "$LDM" train --data data.h5 $tiny --set train.steps=3 --run fresh --resume auto > out.txt
+  grep -q "no checkpoint in fresh: starting from step 0" out.txt || fail "auto on a fresh run did not start over"
+  ;;
+crash)
+  # kill -9 of one rank while a checkpoint is being written (slowed down), then
+  # --resume auto: it resumes from a whole checkpoint, never the partial one.
+  make_data data.h5 32
+  common="train --data data.h5 $tiny --set train.ckpt_every=5 --set train.steps=100000"
+  LDM_TEST_SLOW_CHECKPOINT_MS=400 $LDM_MPIRUN -x LDM_TEST_SLOW_CHECKPOINT_MS -np 2 "$LDM" $common --run run \
+    > out.txt 2>&1 &
+  launcher=$!
+  # Wait for the second checkpoint's partial directory, then kill a rank in it.
+  for _ in $(seq 200); do
+    ls -d run/checkpoints/.partial-step-00000010 >/dev/null 2>&1 && break
+    sleep 0.05
+  done
+  [ -d run/checkpoints/.partial-step-00000010 ] || fail "no checkpoint was being written"
+  sleep 0.5
+  kill -9 $(pgrep -f "$LDM train --data data.h5" | head -1)
+  wait $launcher && fail "the job survived a killed rank"
+  sleep 1
+  pgrep -f "$LDM train --data data.h5" && fail "ranks left running"
+  ls -la run/checkpoints
+  run "$LDM" train --data data.h5 --run run --resume auto --set train.steps=12 > out2.txt
+  cat out2.txt
+  grep -q "resuming from run/checkpoints/step-00000005 at step 5" out2.txt || fail "did not resume from the whole checkpoint"
+  run "$LDM" inspect run > inspect.txt
+  ;;
+export)
+  # A checkpoint of ldm train loads in PyTorch under the DiT names and gives
+  # ldm forward's output (exit 77, skipped, without PyTorch).
+  make_data data.h5 16
+  run "$LDM" train --data data.h5 $tiny --set train.steps=20 --set train.ckpt_every=10 --run run >/dev/null
+  "$LDM_PYTHON" "$LDM_TESTS/check_export_torch.py" "$LDM" run/checkpoints/latest check
+  exit $?
+  ;;
 *)
   fail "unknown scenario $scenario"
   ;;

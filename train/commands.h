@@ -4,6 +4,7 @@
 
 int command_bench(int argc, char **argv);
 int command_forward(int argc, char **argv);
+int command_inspect(int argc, char **argv);
 int command_prepare(int argc, char **argv);
 int command_train(int argc, char **argv);
 

@@ -107,6 +107,7 @@ static const key_spec keys[] = {
     /* keep-last-K needs K >= 2: the previous checkpoint is deleted only after the
      * new one is published, so there must be room for both. */
     INT_KEY(train, ckpt_keep, 3, 2, NONE_ABOVE),
+    INT64_KEY(train, ckpt_keep_every, 0, 0, NONE_ABOVE),
     INT64_KEY(train, sample_every, 5000, 0, NONE_ABOVE),
     INT_KEY(train, max_nonfinite_steps, 5, 1, NONE_ABOVE),
     BOOL_KEY(data, flip, false),

@@ -48,6 +48,7 @@ typedef struct {
     int64_t log_every;    /* default 10, >= 1 */
     int64_t ckpt_every;   /* default 1000, >= 1 */
     int ckpt_keep;        /* default 3, >= 2 */
+    int64_t ckpt_keep_every; /* also keep checkpoints at multiples of this step, default 0 (off) */
     int64_t sample_every; /* default 5000, >= 0 (0 = off) */
     int max_nonfinite_steps; /* this many skipped (non-finite) steps in a row end the run; default 5 */
 } train_config;

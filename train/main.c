@@ -22,9 +22,11 @@ static const command_entry commands[] = {
     {"prepare", command_prepare,
      "make a data set file: ldm prepare fashion-mnist|images DIR|synthetic --out F.h5 (ldm prepare --help)"},
     {"train", command_train, "train the DiT on a data set: [mpirun -np N] ldm train --config F --data D --run DIR"},
-    {"bench", command_bench, "time DiT training steps on random inputs: ldm bench --config F [--set k=v]"},
+    {"bench", command_bench, "time training steps (and with --data the loader): ldm bench --config F [--data D.h5]"},
     {"forward", command_forward,
      "run the DiT on an HDF5 file: ldm forward --config F --weights W --input IN.h5 --output OUT.h5"},
+    {"inspect", command_inspect,
+     "show a checkpoint's step, config, tensors and checksums: ldm inspect CKPT_OR_RUN"},
     {"version", command_version, "print the version and the devices this build can use"},
     {"help", command_help, "list the commands"},
 };

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "atomic_file.h"
 #include "fatal.h"
 
 static const double sigma_bin_edges[METRICS_SIGMA_BINS - 1] = {0.1, 0.3, 1.0, 3.0, 10.0};
@@ -18,12 +19,42 @@ int metrics_sigma_bin(double sigma) {
     return bin;
 }
 
-void metrics_log_open(metrics_log *log, const char *run_dir, int64_t log_every, int64_t global_batch, int append) {
+/* Rewrites the file with only the lines of steps <= last_step. */
+static void keep_steps_through(const char *path, int64_t last_step) {
+    FILE *in = fopen(path, "r");
+    if (!in) return; /* nothing logged yet */
+    size_t capacity = 1 << 16, used = 0;
+    char *kept = xmalloc(capacity);
+    char *line = NULL;
+    size_t line_capacity = 0;
+    ssize_t length;
+    while ((length = getline(&line, &line_capacity, in)) > 0) {
+        long long step = -1;
+        if (sscanf(line, "{\"step\": %lld", &step) != 1 || step > last_step || line[length - 1] != '\n') continue;
+        if (used + (size_t)length > capacity) {
+            while (used + (size_t)length > capacity) capacity *= 2;
+            char *grown = realloc(kept, capacity);
+            if (!grown) fatal_internal("out of memory reading %s", path);
+            kept = grown;
+        }
+        memcpy(kept + used, line, (size_t)length);
+        used += (size_t)length;
+    }
+    free(line);
+    fclose(in);
+    char err[512];
+    if (atomic_write_file(path, kept, used, err, sizeof err) != 0) fatal_internal("%s", err);
+    free(kept);
+}
+
+void metrics_log_open(metrics_log *log, const char *run_dir, int64_t log_every, int64_t global_batch,
+                      int64_t resumed_step) {
     memset(log, 0, sizeof *log);
     size_t n = strlen(run_dir) + sizeof "/metrics.jsonl";
     log->path = xmalloc(n);
     snprintf(log->path, n, "%s/metrics.jsonl", run_dir);
-    log->jsonl = fopen(log->path, append ? "a" : "w");
+    if (resumed_step > 0) keep_steps_through(log->path, resumed_step);
+    log->jsonl = fopen(log->path, resumed_step > 0 ? "a" : "w");
     if (!log->jsonl) fatal_internal("%s: cannot open for writing: %s", log->path, strerror(errno));
     log->log_every = log_every;
     log->global_batch = global_batch;

@@ -40,8 +40,12 @@ typedef struct {
 /* The bin of a noise level. */
 int metrics_sigma_bin(double sigma);
 
-/* Opens RUN/metrics.jsonl (truncating, or appending when append is set). */
-void metrics_log_open(metrics_log *log, const char *run_dir, int64_t log_every, int64_t global_batch, int append);
+/* Opens RUN/metrics.jsonl. resumed_step 0: a new run, the file starts empty.
+ * resumed_step > 0: a resumed run; the lines of steps up to resumed_step are
+ * kept and later ones (written after that checkpoint by the run that stopped)
+ * dropped, so the file holds each step once. */
+void metrics_log_open(metrics_log *log, const char *run_dir, int64_t log_every, int64_t global_batch,
+                      int64_t resumed_step);
 /* Writes the JSON line (flushed) and, every log_every steps and at the last, the
  * progress line. */
 void metrics_log_step(metrics_log *log, const metrics_step *m);

@@ -15,12 +15,7 @@
 /* What marks a folder as holding a run. */
 static const char *const run_markers[] = {"config.json", "metrics.jsonl", "checkpoints", "model.safetensors"};
 
-char *run_directory_path(const char *run_dir, const char *name) {
-    size_t n = strlen(run_dir) + strlen(name) + 2;
-    char *path = xmalloc(n);
-    snprintf(path, n, "%s/%s", run_dir, name);
-    return path;
-}
+char *run_directory_path(const char *run_dir, const char *name) { return path_join(run_dir, name); }
 
 /* mkdir -p */
 static void make_folders(const char *path) {

@@ -1,14 +1,17 @@
-/* `ldm train --config F --data D --run DIR [--set k=v ...] [--force]`: the
+/* `ldm train --config F --data D --run DIR [--set k=v ...] [--force | --resume auto|PATH]`: the
  * command line of data-parallel training, the same with or without mpirun. It
  * loads and validates the config, prepares the run directory (refusing one that
  * holds another run unless --force) and hands over to the training loop. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "comm.h"
 #include "commands.h"
+#include "fatal.h"
+#include "run_directory.h"
 #include "training_loop.h"
 
 int command_train(int argc, char **argv) {
@@ -18,6 +21,8 @@ int command_train(int argc, char **argv) {
         {.name = "--run", .required = 1, .help = "the run directory: config.json, metrics.jsonl, weights"},
         {.name = "--set", .repeatable = 1, .help = "override a config key: section.key=value (repeatable)"},
         {.name = "--force", .is_flag = 1, .help = "start over in a run directory that holds another run"},
+        {.name = "--resume", .help = "auto (the run's newest good checkpoint; from scratch if none) or a checkpoint "
+                                     "directory; without --config the run's config.json is used"},
         {.name = "--help", .is_flag = 1, .help = "this help"},
         {0},
     };
@@ -29,13 +34,23 @@ int command_train(int argc, char **argv) {
             return 0;
         }
     cli_parse("train", argc, argv, 2, options);
+    const char *resume = options[5].value;
+    if (resume && options[4].value) fatal_input("ldm train: --resume and --force exclude each other");
+    /* A resumed run keeps its config unless told otherwise: the run's own
+     * config.json, with --set on top (steps, lr, intervals may change). */
+    char *run_config = NULL;
+    if (resume && !options[0].value) {
+        run_config = run_directory_path(options[2].value, "config.json");
+        if (access(run_config, R_OK) == 0) options[0].value = run_config;
+    }
     ldm_config config;
     cli_load_config(&config, &options[0], &options[3]);
     int micro, accumulation;
     /* Checked before anything is written. */
     training_batch_split(&config, options[0].value, comm_world_size(), &micro, &accumulation);
     training_job job = {.config = &config, .config_path = options[0].value, .data_path = options[1].value,
-                        .run_dir = options[2].value, .force = options[4].value != NULL};
+                        .run_dir = options[2].value, .force = options[4].value != NULL, .resume = resume};
     training_run(&job);
+    free(run_config);
     return 0;
 }

@@ -6,6 +6,7 @@
 #include "training_loop.h"
 
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,7 @@
 
 #include "comm.h"
 #include "dit.h"
+#include "checkpoint.h"
 #include "cli.h"
 #include "edm.h"
 #include "ema.h"
@@ -24,6 +26,7 @@
 #include "optimizer.h"
 #include "rng.h"
 #include "run_directory.h"
+#include "training_state.h"
 #include "config.h"
 
 /* Keys that separate the random streams of different purposes. */
@@ -126,45 +129,186 @@ static void draw_step_randomness(micro_batch_buffers *b, int batch, int64_t per_
     }
 }
 
-void training_run(const training_job *job) {
+/* Set by SIGTERM / SIGUSR1 (what Slurm sends before preemption or the time
+ * limit); acted on at the next step boundary, agreed by every rank. */
+static volatile sig_atomic_t stop_requested;
+
+static void request_stop(int signal_number) {
+    (void)signal_number;
+    stop_requested = 1;
+}
+
+static void install_stop_handlers(void) {
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = request_stop;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGTERM, &action, NULL);
+    sigaction(SIGUSR1, &action, NULL);
+}
+
+/* Everything a step changes, and what a checkpoint saves. */
+typedef struct {
+    const training_job *job;
+    int rank, world;
+    loader *data;
+    dit_model model;
+    adamw_state optimizer;
+    float *ema; /* (trainable count) */
+    training_state progress; /* step, images seen, skipped counts; loader filled in when saving */
+} trainer;
+
+static void save_checkpoint(trainer *t) {
+    double start = now_seconds();
+    loader_state mine = loader_get_state(t->data);
+    comm_gather(&mine, sizeof mine, t->progress.loader, 0);
+    if (t->rank != 0) return;
+    const ldm_config *config = t->job->config;
+    char *state_json = training_state_to_json(&t->progress, config, t->job->data_path, loader_info(t->data));
+    checkpoint_contents contents = {.table = &t->model.table, .params = t->model.params, .ema = t->ema,
+                                    .fixed = t->model.fixed, .adam_m = t->optimizer.m, .adam_v = t->optimizer.v,
+                                    .adam_step = t->optimizer.step, .state_json = state_json};
+    char *dir = checkpoint_publish(t->job->run_dir, t->progress.step, &contents, config->train.ckpt_keep,
+                                   config->train.ckpt_keep_every);
+    printf("checkpoint: %s (%.2f s)\n", dir, now_seconds() - start);
+    fflush(stdout);
+    free(dir);
+    free(state_json);
+}
+
+/* Resuming this run from an older checkpoint than its newest would fork it:
+ * the newer checkpoints would be mixed with the new ones, and a later --resume
+ * auto would pick the wrong branch. Refused, naming what is in the way. */
+static void refuse_newer_checkpoints(const char *run_dir, const char *chosen) {
+    const char *chosen_name = strrchr(chosen, '/') ? strrchr(chosen, '/') + 1 : chosen;
+    long long chosen_step = -1;
+    if (sscanf(chosen_name, "step-%lld", &chosen_step) != 1) return; /* a checkpoint from elsewhere */
+    char **dirs = NULL;
+    int n = checkpoint_list(run_dir, &dirs);
+    for (int i = 0; i < n; i++) {
+        const char *name = strrchr(dirs[i], '/') ? strrchr(dirs[i], '/') + 1 : dirs[i];
+        long long step = -1;
+        if (sscanf(name, "step-%lld", &step) == 1 && step > chosen_step)
+            fatal_input("%s: holds a newer checkpoint (%s) than %s; move the newer ones away to branch from an older "
+                        "step, or use --resume auto", run_dir, dirs[i], chosen);
+    }
+    checkpoint_list_free(dirs, n);
+}
+
+/* Where a resume starts: rank 0 finds and loads the checkpoint, checks it fits
+ * this run, and sends weights, EMA, moments and state to every rank. Returns 0
+ * when there is nothing to resume from (--resume auto on a run without a
+ * checkpoint), else 1. */
+static int resume_from_checkpoint(trainer *t) {
+    const training_job *job = t->job;
+    const char *where = strcmp(job->resume, "auto") == 0 ? job->run_dir : job->resume;
+    size_t count = t->model.table.trainable_numel;
+    char *found = NULL;
+    checkpoint_loaded loaded;
+    int64_t state_length = 0;
+    char *state_json = NULL;
+    if (t->rank == 0) {
+        found = checkpoint_find(where);
+        if (!found && strcmp(job->resume, "auto") != 0)
+            fatal_input("%s: no checkpoint that passes verification (expected a checkpoint directory or a run "
+                        "directory with checkpoints/)", where);
+        if (found && strcmp(job->resume, "auto") != 0) refuse_newer_checkpoints(job->run_dir, found);
+        if (found) {
+            checkpoint_load(found, &loaded);
+            training_state_check_compatible(loaded.state_json, found, job->config, loader_info(t->data));
+            checkpoint_copy_weights(&loaded, &loaded.model, &t->model.table, t->model.params, NULL);
+            checkpoint_copy_weights(&loaded, &loaded.ema, &t->model.table, t->ema, NULL);
+            checkpoint_copy_moments(&loaded, &t->model.table, t->optimizer.m, t->optimizer.v);
+            t->optimizer.step = loaded.adam_step;
+            state_length = (int64_t)strlen(loaded.state_json) + 1;
+            state_json = loaded.state_json;
+        }
+    }
+    comm_broadcast(&state_length, sizeof state_length, 0);
+    if (state_length == 0) {
+        if (t->rank == 0) printf("train: no checkpoint in %s: starting from step 0\n", where);
+        return 0;
+    }
+    if (t->rank != 0) state_json = xmalloc((size_t)state_length);
+    comm_broadcast(state_json, (size_t)state_length, 0);
+    comm_broadcast(t->model.params, count * sizeof(float), 0);
+    comm_broadcast(t->ema, count * sizeof(float), 0);
+    comm_broadcast(t->optimizer.m, count * sizeof(float), 0);
+    comm_broadcast(t->optimizer.v, count * sizeof(float), 0);
+    comm_broadcast(&t->optimizer.step, sizeof t->optimizer.step, 0);
+
+    training_state saved;
+    training_state_parse(state_json, found ? found : "state.json", &saved);
+    loader_set_state(t->data, training_state_loader_for_rank(&saved, loader_info(t->data)->count, t->rank, t->world));
+    t->progress.step = saved.step;
+    t->progress.images_seen = saved.images_seen;
+    t->progress.skipped_total = saved.skipped_total;
+    t->progress.skipped_in_a_row = saved.skipped_in_a_row;
+    t->progress.loss_scale = saved.loss_scale;
+    t->progress.loss_scale_good_steps = saved.loss_scale_good_steps;
+    if (t->rank == 0) {
+        printf("train: resuming from %s at step %lld (saved by %d rank%s%s)\n", found, (long long)saved.step,
+               saved.world_size, saved.world_size == 1 ? "" : "s",
+               saved.world_size == t->world ? "" : "; another world size: each rank starts its new shard at the "
+                                                   "saved point of the epoch");
+        fflush(stdout);
+        checkpoint_loaded_free(&loaded);
+        free(found);
+    } else {
+        free(state_json);
+    }
+    training_state_free(&saved);
+    return 1;
+}
+
+int training_run(const training_job *job) {
     const ldm_config *config = job->config;
-    int rank = comm_rank(), world = comm_world_size();
+    trainer t = {.job = job, .rank = comm_rank(), .world = comm_world_size()};
+    int rank = t.rank, world = t.world;
     int micro, accumulation;
     training_batch_split(config, job->config_path, world, &micro, &accumulation);
 
     loader_options loader_config = training_loader_options(config, job->data_path, micro);
-    loader *data = loader_open(&loader_config);
-    const dataset_info *info = loader_info(data);
+    t.data = loader_open(&loader_config);
+    const dataset_info *info = loader_info(t.data);
     int64_t per_sample = info->sample_elements;
 
     dit_shape shape = cli_dit_shape(config);
-    dit_model model;
-    dit_create(&model, &shape, micro);
-    dit_init_weights(&model, config->train.seed);
-    size_t count = model.table.trainable_numel;
-    char *config_json = config_to_json(config);
-    run_directory_prepare(job->run_dir, job->force, config_json);
-    free(config_json);
-    /* Every rank starts from rank 0's weights. */
-    comm_broadcast(model.params, count * sizeof(float), 0);
-
-    adamw_state optimizer;
-    adamw_create(&optimizer, count,
+    dit_model *model = &t.model;
+    dit_create(model, &shape, micro);
+    dit_init_weights(model, config->train.seed);
+    size_t count = model->table.trainable_numel;
+    adamw_create(&t.optimizer, count,
                  (adamw_hyper){.beta1 = (float)config->train.adam_beta1, .beta2 = (float)config->train.adam_beta2,
                                .eps = (float)config->train.adam_eps, .weight_decay = (float)config->train.weight_decay});
-    float *ema = xmalloc(count * sizeof(float)); /* (count) the EMA of the trainable parameters */
-    memcpy(ema, model.params, count * sizeof(float));
+    t.ema = xmalloc(count * sizeof(float));
+    t.progress = (training_state){.world_size = world, .loss_scale = 1.0};
+    t.progress.loader = xcalloc((size_t)world, sizeof(loader_state));
+
+    int resumed = job->resume ? resume_from_checkpoint(&t) : 0;
+    char *config_json = config_to_json(config);
+    /* A resumed run continues in its own directory; --resume auto without a
+     * checkpoint starts over there. */
+    run_directory_prepare(job->run_dir, job->force || job->resume != NULL, config_json);
+    free(config_json);
+    if (!resumed) {
+        /* Every rank starts from rank 0's weights. */
+        comm_broadcast(model->params, count * sizeof(float), 0);
+        memcpy(t.ema, model->params, count * sizeof(float));
+    }
+
     micro_batch_buffers b;
     micro_batch_buffers_create(&b, micro, per_sample);
     lr_schedule schedule = lr_schedule_from_config(&config->train);
     ema_schedule ema_rule = ema_schedule_from_config(&config->train);
     int64_t poison_first, poison_last;
     poisoned_steps(&poison_first, &poison_last);
+    install_stop_handlers();
 
     int64_t global_batch = config->train.batch_size, total_steps = config->train.steps;
     metrics_log log;
     if (rank == 0) {
-        metrics_log_open(&log, job->run_dir, config->train.log_every, global_batch, 0);
+        metrics_log_open(&log, job->run_dir, config->train.log_every, global_batch, t.progress.step);
         printf("train: %s: %lld %s %dx%dx%d%s; %d rank%s x micro-batch %d x %d accumulation = global batch %lld; "
                "DiT %.2fM parameters; run %s\n",
                job->data_path, (long long)info->count, info->kind == DATASET_IMAGES ? "images" : "latents",
@@ -174,23 +318,23 @@ void training_run(const training_job *job) {
         fflush(stdout);
     }
 
-    int64_t images_seen = 0, skipped_total = 0;
-    int skipped_in_a_row = 0;
-    for (int64_t step = 0; step < total_steps; step++) {
+    int stopped = 0;
+    int64_t last_saved = resumed ? t.progress.step : -1;
+    for (int64_t step = t.progress.step; step < total_steps; step++) {
         double step_start = now_seconds();
         double stats[STAT_COUNT] = {0};
-        dit_zero_grad(&model);
+        dit_zero_grad(model);
         for (int a = 0; a < accumulation; a++) {
-            loader_next(data, b.x, b.labels, b.index);
+            loader_next(t.data, b.x, b.labels, b.index);
             draw_step_randomness(&b, micro, per_sample, config, step);
             edm_training_input(b.net_in, b.t, b.x, b.sigma, b.noise, micro, (int)per_sample,
                                config->diffusion.sigma_data);
-            dit_forward(&model, b.net_in, b.t, b.y, micro, b.F);
+            dit_forward(model, b.net_in, b.t, b.y, micro, b.F);
             /* Each micro-batch's mean loss enters with weight 1 / accumulation, so
              * the gradient is that of the mean over the rank's samples. */
             double loss = edm_training_loss(b.sample_loss, b.d_F, 1.0f / (float)accumulation, b.x, b.sigma, b.noise,
                                             b.F, micro, (int)per_sample, config->diffusion.sigma_data);
-            dit_backward(&model, b.d_F, NULL, micro);
+            dit_backward(model, b.d_F, NULL, micro);
             stats[STAT_LOSS] += loss;
             for (int i = 0; i < micro; i++) {
                 int bin = metrics_sigma_bin(b.sigma[i]);
@@ -198,32 +342,33 @@ void training_run(const training_job *job) {
                 stats[STAT_BIN_COUNT + bin] += 1;
             }
         }
-        if (step + 1 >= poison_first && step + 1 <= poison_last && rank == world - 1) model.grads[0] = INFINITY;
-        comm_allreduce_mean(model.grads, (int64_t)count);
+        if (step + 1 >= poison_first && step + 1 <= poison_last && rank == world - 1) model->grads[0] = INFINITY;
+        comm_allreduce_mean(model->grads, (int64_t)count);
         comm_allreduce_sum_double(stats, STAT_COUNT);
         double loss = stats[STAT_LOSS] / (double)(world * accumulation);
 
-        int skip = comm_any(!isfinite(loss) || !grad_all_finite(model.grads, count));
-        double grad_norm = skip ? NAN : grad_clip_global_norm(model.grads, count, config->train.grad_clip);
+        int skip = comm_any(!isfinite(loss) || !grad_all_finite(model->grads, count));
+        double grad_norm = skip ? NAN : grad_clip_global_norm(model->grads, count, config->train.grad_clip);
         double lr = lr_at_step(&schedule, step);
         if (skip) {
-            skipped_total++;
-            if (++skipped_in_a_row >= config->train.max_nonfinite_steps)
+            t.progress.skipped_total++;
+            if (++t.progress.skipped_in_a_row >= config->train.max_nonfinite_steps)
                 fatal_internal("training diverged: %d steps in a row with a non-finite loss or gradient, the last at "
                                "step %lld (train.max_nonfinite_steps); lower train.lr or raise train.grad_clip",
-                               skipped_in_a_row, (long long)step + 1);
+                               t.progress.skipped_in_a_row, (long long)step + 1);
         } else {
-            skipped_in_a_row = 0;
-            adamw_step(&optimizer, model.params, model.grads, (float)lr);
-            ema_update(ema, model.params, count, ema_decay_at(&ema_rule, step, images_seen, global_batch));
+            t.progress.skipped_in_a_row = 0;
+            adamw_step(&t.optimizer, model->params, model->grads, (float)lr);
+            ema_update(t.ema, model->params, count, ema_decay_at(&ema_rule, step, t.progress.images_seen, global_batch));
         }
-        images_seen += global_batch;
+        t.progress.images_seen += global_batch;
+        t.progress.step = step + 1;
 
         if (rank == 0) {
-            metrics_step m = {.step = step + 1, .total_steps = total_steps, .images_seen = images_seen,
+            metrics_step m = {.step = step + 1, .total_steps = total_steps, .images_seen = t.progress.images_seen,
                               .loss = loss, .grad_norm = grad_norm, .lr = lr,
                               .step_seconds = now_seconds() - step_start, .skipped = skip,
-                              .skipped_total = skipped_total};
+                              .skipped_total = t.progress.skipped_total};
             for (int bin = 0; bin < METRICS_SIGMA_BINS; bin++) {
                 m.count_by_sigma[bin] = (int64_t)stats[STAT_BIN_COUNT + bin];
                 m.loss_by_sigma[bin] = m.count_by_sigma[bin] ? stats[STAT_BIN_LOSS + bin] / stats[STAT_BIN_COUNT + bin] : 0;
@@ -231,33 +376,50 @@ void training_run(const training_job *job) {
             metrics_log_step(&log, &m);
             if (skip) {
                 printf("step %lld: non-finite loss or gradient, step skipped (%lld skipped so far)\n",
-                       (long long)step + 1, (long long)skipped_total);
+                       (long long)step + 1, (long long)t.progress.skipped_total);
                 fflush(stdout);
             }
         }
+        stopped = comm_any(stop_requested);
+        if (stopped || (step + 1) % config->train.ckpt_every == 0 || step + 1 == total_steps) {
+            save_checkpoint(&t);
+            last_saved = step + 1;
+        }
+        if (stopped) break;
     }
+    if (!stopped && last_saved != t.progress.step && total_steps > 0) save_checkpoint(&t);
 
     if (rank == 0) {
         metrics_log_close(&log);
-        char err[512];
-        char *model_path = run_directory_path(job->run_dir, "model.safetensors");
-        char *ema_path = run_directory_path(job->run_dir, "ema.safetensors");
-        if (param_table_save_safetensors(&model.table, model_path, 0, err, sizeof err) != 0) fatal_internal("%s", err);
-        param_table_bind(&model.table, ema, model.grads, model.fixed);
-        if (param_table_save_safetensors(&model.table, ema_path, 0, err, sizeof err) != 0) fatal_internal("%s", err);
-        param_table_bind(&model.table, model.params, model.grads, model.fixed);
-        printf("train: done: %lld steps, %lld images; weights in %s, EMA in %s\n", (long long)total_steps,
-               (long long)images_seen, model_path, ema_path);
+        if (stopped) {
+            printf("train: stopped by a signal at step %lld; continue with --resume auto\n",
+                   (long long)t.progress.step);
+        } else {
+            char err[512];
+            char *model_path = run_directory_path(job->run_dir, "model.safetensors");
+            char *ema_path = run_directory_path(job->run_dir, "ema.safetensors");
+            if (param_table_save_safetensors(&model->table, model_path, 0, err, sizeof err) != 0)
+                fatal_internal("%s", err);
+            param_table_bind(&model->table, t.ema, model->grads, model->fixed);
+            if (param_table_save_safetensors(&model->table, ema_path, 0, err, sizeof err) != 0)
+                fatal_internal("%s", err);
+            param_table_bind(&model->table, model->params, model->grads, model->fixed);
+            printf("train: done: %lld steps, %lld images; weights in %s, EMA in %s\n", (long long)t.progress.step,
+                   (long long)t.progress.images_seen, model_path, ema_path);
+            free(model_path);
+            free(ema_path);
+        }
         fflush(stdout);
-        free(model_path);
-        free(ema_path);
     }
+    /* Nobody leaves before rank 0 has written everything. */
     comm_barrier();
     micro_batch_buffers_destroy(&b);
-    free(ema);
-    adamw_destroy(&optimizer);
-    dit_destroy(&model);
-    loader_close(data);
+    free(t.ema);
+    free(t.progress.loader);
+    adamw_destroy(&t.optimizer);
+    dit_destroy(model);
+    loader_close(t.data);
+    return stopped;
 }
 
 loader_options training_loader_options(const ldm_config *config, const char *data_path, int micro_batch) {

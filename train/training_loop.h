@@ -17,6 +17,7 @@ typedef struct {
     const char *data_path;
     const char *run_dir;
     int force;               /* start over in a run directory holding another run */
+    const char *resume;      /* NULL, "auto" (the run's newest good checkpoint, if any) or a checkpoint/run path */
 } training_job;
 
 /* Micro-batch and accumulation steps for a world size: micro_batch 0 means
@@ -30,8 +31,11 @@ void training_batch_split(const ldm_config *config, const char *config_path, int
 loader_options training_loader_options(const ldm_config *config, const char *data_path, int micro_batch);
 
 /* Runs the whole job (collective): opens the data set and lays out the model
- * (so that bad input is refused before anything is written), prepares the run
- * directory, trains, and returns when the weights are written. */
-void training_run(const training_job *job);
+ * (so that bad input is refused before anything is written), resumes from a
+ * checkpoint when asked, prepares the run directory, trains with a checkpoint
+ * every train.ckpt_every steps and at the end, and writes RUN/model.safetensors
+ * and RUN/ema.safetensors. SIGTERM or SIGUSR1 on any rank: a checkpoint at the
+ * next step boundary, and it returns 1 (stopped) on every rank; else 0. */
+int training_run(const training_job *job);
 
 #endif

@@ -1,0 +1,52 @@
+/* The training state that a checkpoint's state.json holds beside the tensors:
+ * where training stands (step, images seen, skipped steps), every rank's loader
+ * state, the loss scale, the world size, the data set it trained on and the
+ * resolved config. Written by rank 0, read on resume and by `ldm inspect`.
+ * Everything else a step depends on is a function of these (randomness is keyed
+ * by seed, step and sample), which is what makes resume exact. */
+#ifndef LDM_TRAINING_STATE_H
+#define LDM_TRAINING_STATE_H
+
+#include <stdint.h>
+
+#include "config.h"
+#include "dataset_file.h"
+#include "loader.h"
+
+#define TRAINING_STATE_FORMAT "ldm-train-state"
+#define TRAINING_STATE_VERSION 1
+
+typedef struct {
+    int64_t step;          /* steps completed */
+    int64_t images_seen;
+    int64_t skipped_total;
+    int skipped_in_a_row;
+    double loss_scale;     /* 1 in fp32 and bf16 */
+    int64_t loss_scale_good_steps;
+    int world_size;
+    loader_state *loader;  /* (world_size) one per rank, in rank order */
+} training_state;
+
+/* state.json's text (caller frees). */
+char *training_state_to_json(const training_state *state, const ldm_config *config, const char *data_path,
+                             const dataset_info *data);
+
+/* Parses state.json's text (source names it in errors); fatal_input on any
+ * missing or malformed field. The loader array is allocated (training_state_free). */
+void training_state_parse(const char *json, const char *source, training_state *state);
+void training_state_free(training_state *state);
+
+/* Refuses (fatal_input naming the checkpoint) a resume whose model shape or data
+ * set differs from the checkpoint's: every model.* key, and the data set's sample
+ * count, kind, sample shape and classes. */
+void training_state_check_compatible(const char *json, const char *source, const ldm_config *config,
+                                     const dataset_info *data);
+
+/* This rank's loader state on resume. The same world size: its own saved state.
+ * Another world size: the shards are different, so every rank starts its new
+ * shard in rank 0's saved epoch at the same fraction of the epoch that rank 0
+ * had reached. */
+loader_state training_state_loader_for_rank(const training_state *state, int64_t data_count, int rank,
+                                            int world_size);
+
+#endif

@@ -117,6 +117,19 @@ static void test_defaults(void) {
     CHECK(c.train.ckpt_every == 1000);
     CHECK(c.train.ckpt_keep == 3);
     CHECK(c.train.sample_every == 5000);
+    CHECK(c.autoencoder.in_channels == 3);
+    CHECK(c.autoencoder.input_size == 32);
+    CHECK(c.autoencoder.block_out_channels.count == 3);
+    CHECK(c.autoencoder.block_out_channels.values[0] == 64);
+    CHECK(c.autoencoder.block_out_channels.values[1] == 128);
+    CHECK(c.autoencoder.block_out_channels.values[2] == 128);
+    for (int i = 3; i < CONFIG_INT_LIST_MAX; i++) CHECK(c.autoencoder.block_out_channels.values[i] == 0);
+    CHECK(c.autoencoder.layers_per_block == 1);
+    CHECK(c.autoencoder.latent_channels == 4);
+    CHECK(c.autoencoder.norm_groups == 32);
+    CHECK(c.autoencoder.kl_beta == 1e-6);
+    CHECK(strcmp(c.autoencoder.reconstruction_loss, "l1") == 0);
+    CHECK(c.autoencoder.sample_posterior == false);
 
     /* No file, no overrides: the defaults, and they pass their own validation. */
     ldm_config loaded, defaults;
@@ -213,7 +226,7 @@ static void test_file_errors(void) {
 static void test_structure_errors(void) {
     const char *unknown_section = temp_file("unknown-section.json", "{\"modle\": {\"depth\": 2}}");
     char expected[1024];
-    snprintf(expected, sizeof expected, "%s: modle: unknown section (known sections: model, diffusion, train, data)",
+    snprintf(expected, sizeof expected, "%s: modle: unknown section (known sections: model, diffusion, train, data, autoencoder)",
              unknown_section);
     EXPECT_ERR_EQ(unknown_section, NULL, 0, expected);
 
@@ -345,6 +358,92 @@ static void test_cross_field_rules(void) {
     if (load_ok(&c, f, NULL, 0) == 0) CHECK(c.model.hidden_size == 4 && c.train.micro_batch == 8);
 }
 
+/* autoencoder.block_out_channels, the one integer-list key. */
+static void test_int_list(void) {
+    char expected[1024];
+    const char *f = one_key_file("list-zero.json", "autoencoder", "\"block_out_channels\": [64, 0]");
+    snprintf(expected, sizeof expected,
+             "%s: autoencoder.block_out_channels: expected a list of 1 to 8 integers >= 1, got [64,0]", f);
+    EXPECT_ERR_EQ(f, NULL, 0, expected);
+    const char *want = "autoencoder.block_out_channels: expected a list of 1 to 8 integers >= 1, got ";
+    f = one_key_file("list-number.json", "autoencoder", "\"block_out_channels\": 64");
+    EXPECT_FAIL(f, NULL, 0, f, want, "got 64");
+    f = one_key_file("list-empty.json", "autoencoder", "\"block_out_channels\": []");
+    EXPECT_FAIL(f, NULL, 0, f, want, "got []");
+    f = one_key_file("list-long.json", "autoencoder", "\"block_out_channels\": [1, 1, 1, 1, 1, 1, 1, 1, 1]");
+    EXPECT_FAIL(f, NULL, 0, f, want, "got [1,1,1,1,1,1,1,1,1]");
+    f = one_key_file("list-fraction.json", "autoencoder", "\"block_out_channels\": [64, 1.5]");
+    EXPECT_FAIL(f, NULL, 0, f, want, "got [64,1.5]");
+    f = one_key_file("list-string.json", "autoencoder", "\"block_out_channels\": [\"64\"]");
+    EXPECT_FAIL(f, NULL, 0, f, want, "got [\"64\"]");
+    f = one_key_file("list-nested.json", "autoencoder", "\"block_out_channels\": [[64]]");
+    EXPECT_FAIL(f, NULL, 0, f, want, "got [[64]]");
+    f = one_key_file("list-null.json", "autoencoder", "\"block_out_channels\": [64, null]");
+    EXPECT_FAIL(f, NULL, 0, f, want, "got [64,null]");
+    f = one_key_file("list-object.json", "autoencoder", "\"block_out_channels\": {\"a\": 1}");
+    EXPECT_FAIL(f, NULL, 0, f, want, "got an object");
+    /* An element beyond int names the type's limit, as for a plain int key. */
+    f = one_key_file("list-overflow.json", "autoencoder", "\"block_out_channels\": [3e9]");
+    EXPECT_FAIL(f, NULL, 0, f, "autoencoder.block_out_channels: expected a list of 1 to 8 integers in [1, 2147483647]",
+                "got [3000000000]");
+    /* A long list value is cut short in the message. */
+    f = one_key_file("list-long-text.json", "autoencoder",
+                     "\"block_out_channels\": [1000000, 1000000, 1000000, 1000000, 1000000, 1000000, 1000000, 0]");
+    EXPECT_FAIL(f, NULL, 0, f, want, "got [1000000,1000000,", "...");
+
+    /* The other autoencoder keys. */
+    f = one_key_file("ae-loss.json", "autoencoder", "\"reconstruction_loss\": \"l3\"");
+    EXPECT_FAIL(f, NULL, 0, f, "autoencoder.reconstruction_loss: expected one of \"l1\", \"l2\", got \"l3\"");
+    f = one_key_file("ae-beta.json", "autoencoder", "\"kl_beta\": -1e-6");
+    EXPECT_FAIL(f, NULL, 0, f, "autoencoder.kl_beta: expected a number >= 0, got -1e-06");
+    f = one_key_file("ae-layers.json", "autoencoder", "\"layers_per_block\": 0");
+    EXPECT_FAIL(f, NULL, 0, f, "autoencoder.layers_per_block: expected an integer >= 1, got 0");
+    f = one_key_file("ae-sample.json", "autoencoder", "\"sample_posterior\": 1");
+    EXPECT_FAIL(f, NULL, 0, f, "autoencoder.sample_posterior: expected true or false, got 1");
+
+    /* Cross-field: every width a multiple of norm_groups; input_size a multiple of
+     * 2^(levels - 1). */
+    f = temp_file("ae-groups.json", "{\"autoencoder\": {\"block_out_channels\": [64, 100], \"norm_groups\": 32}}");
+    snprintf(expected, sizeof expected,
+             "%s: autoencoder.block_out_channels: expected multiples of autoencoder.norm_groups (32), got [64, 100]", f);
+    EXPECT_ERR_EQ(f, NULL, 0, expected);
+    f = temp_file("ae-size.json", "{\"autoencoder\": {\"input_size\": 28, \"block_out_channels\": [32, 64, 64, 64]}}");
+    EXPECT_FAIL(f, NULL, 0, f, "autoencoder.input_size: expected a multiple of 8 (2^(levels - 1) with 4 levels",
+                "got 28");
+    {
+        const char *sets[] = {"autoencoder.norm_groups=48"};
+        EXPECT_FAIL(NULL, sets, 1, "--set autoencoder.norm_groups=48: autoencoder.block_out_channels: expected "
+                                   "multiples of autoencoder.norm_groups (48), got [64, 128, 128]");
+        const char *sets2[] = {"autoencoder.norm_groups=8", "autoencoder.block_out_channels=[8,8,8,8,8,8,8]"};
+        EXPECT_FAIL(NULL, sets2, 2, "--set autoencoder.block_out_channels=[8,8,8,8,8,8,8]: autoencoder.input_size: "
+                                    "expected a multiple of 64");
+        const char *sets3[] = {"autoencoder.block_out_channels=[8, x]"};
+        EXPECT_FAIL(NULL, sets3, 1, "--set autoencoder.block_out_channels=[8, x]: autoencoder.block_out_channels: "
+                                    "expected a list of 1 to 8 integers >= 1, got \"[8, x]\"");
+    }
+
+    /* Accepted: an override as a JSON list, a single level (no downsampling, any
+     * input size), and the SD VAE shape. */
+    ldm_config c;
+    {
+        const char *sets[] = {"autoencoder.block_out_channels=[8]", "autoencoder.norm_groups=8",
+                              "autoencoder.input_size=7"};
+        if (load_ok(&c, NULL, sets, 3) == 0) {
+            CHECK(c.autoencoder.block_out_channels.count == 1 && c.autoencoder.block_out_channels.values[0] == 8);
+            for (int i = 1; i < CONFIG_INT_LIST_MAX; i++) CHECK(c.autoencoder.block_out_channels.values[i] == 0);
+        }
+    }
+    f = temp_file("ae-sd.json", "{\"autoencoder\": {\"input_size\": 512, \"block_out_channels\": [128, 256, 512, 512], "
+                                "\"layers_per_block\": 2, \"latent_channels\": 4, \"norm_groups\": 32}}");
+    if (load_ok(&c, f, NULL, 0) == 0) {
+        CHECK(c.autoencoder.block_out_channels.count == 4 && c.autoencoder.block_out_channels.values[3] == 512);
+        CHECK(c.autoencoder.layers_per_block == 2 && c.autoencoder.input_size == 512);
+    }
+    /* A failed list load leaves an earlier list untouched (config_load works on a copy). */
+    f = one_key_file("list-late-bad.json", "autoencoder", "\"block_out_channels\": [16, 16, -1]");
+    EXPECT_FAIL(f, NULL, 0, f, want, "got [16,16,-1]");
+}
+
 static void test_overrides(void) {
     ldm_config c;
     {
@@ -409,7 +508,7 @@ static void test_overrides(void) {
                     "--set train.lr_schedul=cosine: train.lr_schedul: unknown key (known keys in train: steps, ");
         const char *sets2[] = {"trian.steps=5"};
         EXPECT_FAIL("configs/tiny.json", sets2, 1,
-                    "--set trian.steps=5: trian: unknown section (known sections: model, diffusion, train, data)");
+                    "--set trian.steps=5: trian: unknown section (known sections: model, diffusion, train, data, autoencoder)");
         const char *sets3[] = {"model.depth.x=5"};
         EXPECT_FAIL(NULL, sets3, 1, "--set model.depth.x=5: model.depth.x: unknown key");
     }
@@ -469,10 +568,14 @@ static void check_round_trip(const ldm_config *c, const char *name) {
     /* Every key of every section is present. */
     cJSON *root = cJSON_Parse(json);
     CHECK(root != NULL);
-    CHECK(count_children(root) == 4);
+    CHECK(count_children(root) == 5);
     CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "model")) == 10);
     CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "diffusion")) == 3);
     CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "train")) == 22);
+    CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "data")) == 3);
+    CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "autoencoder")) == 9);
+    CHECK(cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "autoencoder"),
+                                                         "block_out_channels")));
     CHECK(strstr(json, "\n") != NULL); /* pretty-printed */
     cJSON_Delete(root);
     free(json);
@@ -491,6 +594,23 @@ static void test_round_trip(void) {
         CHECK(c.train.seed == UINT64_C(9007199254740992));
         CHECK(c.train.lr == 0.1 + 0.2);
         check_round_trip(&c, "round-trip-tiny.json");
+    }
+    /* A list shorter than the default (the tail must read back as zeros), and the
+     * longest one. */
+    const char *ae_sets[] = {"autoencoder.block_out_channels=[8, 16]", "autoencoder.norm_groups=4",
+                             "autoencoder.input_size=16", "autoencoder.reconstruction_loss=l2",
+                             "autoencoder.sample_posterior=true", "autoencoder.kl_beta=0.25"};
+    ldm_config ae;
+    if (load_ok(&ae, NULL, ae_sets, (int)(sizeof ae_sets / sizeof ae_sets[0])) == 0) {
+        CHECK(ae.autoencoder.block_out_channels.count == 2);
+        check_round_trip(&ae, "round-trip-ae-short.json");
+    }
+    const char *long_sets[] = {"autoencoder.block_out_channels=[1,2,3,4,5,6,7,2147483647]",
+                               "autoencoder.norm_groups=1", "autoencoder.input_size=128"};
+    if (load_ok(&ae, NULL, long_sets, 3) == 0) {
+        CHECK(ae.autoencoder.block_out_channels.count == 8);
+        CHECK(ae.autoencoder.block_out_channels.values[7] == 2147483647);
+        check_round_trip(&ae, "round-trip-ae-long.json");
     }
 
     /* The JSON itself reads as expected. */
@@ -515,6 +635,7 @@ int main(void) {
     test_structure_errors();
     test_value_errors();
     test_cross_field_rules();
+    test_int_list();
     test_overrides();
     test_round_trip();
     for (int i = 0; i < temp_count; i++) {

@@ -21,7 +21,7 @@
 
 /* ---- the schema ---- */
 
-typedef enum { KEY_INT, KEY_INT64, KEY_UINT64, KEY_DOUBLE, KEY_ENUM, KEY_BOOL } key_type;
+typedef enum { KEY_INT, KEY_INT64, KEY_UINT64, KEY_DOUBLE, KEY_ENUM, KEY_BOOL, KEY_INT_LIST } key_type;
 
 typedef struct {
     const char *section;
@@ -29,13 +29,16 @@ typedef struct {
     key_type type;
     size_t offset; /* into ldm_config */
     size_t size;   /* of the field: the capacity of an enum's char array */
-    /* Range, also for the integer types (whose own limits are applied on top).
+    /* Range, also for the integer types (whose own limits are applied on top) and
+     * for each element of an integer list.
      * -INFINITY / INFINITY: unbounded; *_open: the bound itself is excluded. */
     double min, max;
     bool min_open, max_open;
     double def;                 /* default of a number or bool */
     const char *def_str;        /* default of an enum */
     const char *const *allowed; /* enum: the allowed strings, NULL-terminated */
+    const int *def_list;        /* default of an integer list, def_count values */
+    int def_count;
 } key_spec;
 
 /* The field's C type is checked against the table's type at compile time: a
@@ -66,6 +69,12 @@ typedef struct {
      .allowed = (const char *const[]){__VA_ARGS__, NULL}}
 #define BOOL_KEY(sec, name, d) \
     {FIELD(sec, name, bool), .type = KEY_BOOL, .def = (d), .min = NONE_BELOW, .max = NONE_ABOVE}
+/* A list of 1 to CONFIG_INT_LIST_MAX integers, each in [lo, hi]; the default is
+ * the values after hi. */
+#define INT_LIST_KEY(sec, name, lo, hi, ...)                                                     \
+    {FIELD(sec, name, config_int_list), .type = KEY_INT_LIST, .min = (lo), .max = (hi),          \
+     .def_list = (const int[]){__VA_ARGS__},                                                      \
+     .def_count = (int)(sizeof((const int[]){__VA_ARGS__}) / sizeof(int))}
 
 /* Every key of every section, in the order config_to_json writes them. Adding a
  * key: one field in config.h, one line here. The defaults are those of config.h
@@ -113,6 +122,16 @@ static const key_spec keys[] = {
     BOOL_KEY(data, flip, false),
     INT_KEY(data, memory_budget_mb, 4096, 0, NONE_ABOVE),
     INT_KEY(data, prefetch_batches, 2, 1, 64),
+
+    INT_KEY(autoencoder, in_channels, 3, 1, NONE_ABOVE),
+    INT_KEY(autoencoder, input_size, 32, 1, NONE_ABOVE),
+    INT_LIST_KEY(autoencoder, block_out_channels, 1, NONE_ABOVE, 64, 128, 128),
+    INT_KEY(autoencoder, layers_per_block, 1, 1, NONE_ABOVE),
+    INT_KEY(autoencoder, latent_channels, 4, 1, NONE_ABOVE),
+    INT_KEY(autoencoder, norm_groups, 32, 1, NONE_ABOVE),
+    DOUBLE_KEY(autoencoder, kl_beta, 1e-6, 0, false, NONE_ABOVE, false),
+    ENUM_KEY(autoencoder, reconstruction_loss, "l1", "l1", "l2"),
+    BOOL_KEY(autoencoder, sample_posterior, false),
 };
 
 #define KEY_COUNT (sizeof keys / sizeof keys[0])
@@ -186,13 +205,26 @@ static void describe_value(char *buf, size_t n, const cJSON *item) {
     }
 }
 
+/* What a value given for an integer list is: the list itself (cut short when
+ * long), so that the bad element can be seen; other values as describe_value. */
+static void describe_list_value(char *buf, size_t n, const cJSON *item) {
+    char *printed = cJSON_IsArray(item) ? cJSON_PrintUnformatted(item) : NULL;
+    if (!printed) {
+        describe_value(buf, n, item);
+        return;
+    }
+    put_text(buf, n, printed, strlen(printed));
+    cJSON_free(printed);
+}
+
 static bool is_integer_type(key_type t) { return t == KEY_INT || t == KEY_INT64 || t == KEY_UINT64; }
 
 /* The range an integer key accepts: the table's, narrowed to what the C type
  * (and, for 64-bit types, a JSON double) holds exactly. */
 static void integer_limits(const key_spec *s, double *lo, double *hi) {
-    double type_lo = s->type == KEY_INT ? (double)INT_MIN : s->type == KEY_UINT64 ? 0.0 : -JSON_EXACT_INT;
-    double type_hi = s->type == KEY_INT ? (double)INT_MAX : JSON_EXACT_INT;
+    bool is_int = s->type == KEY_INT || s->type == KEY_INT_LIST; /* a list holds ints */
+    double type_lo = is_int ? (double)INT_MIN : s->type == KEY_UINT64 ? 0.0 : -JSON_EXACT_INT;
+    double type_hi = is_int ? (double)INT_MAX : JSON_EXACT_INT;
     *lo = s->min > type_lo ? s->min : type_lo;
     *hi = s->max < type_hi ? s->max : type_hi;
 }
@@ -221,7 +253,13 @@ static void describe_expected(char *buf, size_t n, const key_spec *s, bool show_
         return;
     }
     double min = s->min, max = s->max;
-    if (is_integer_type(s->type)) {
+    if (s->type == KEY_INT_LIST) {
+        double type_lo, type_hi;
+        integer_limits(s, &type_lo, &type_hi);
+        min = type_lo > min ? type_lo : min;
+        if (show_type_max) max = type_hi;
+        APPEND("a list of 1 to %d integers", CONFIG_INT_LIST_MAX);
+    } else if (is_integer_type(s->type)) {
         double type_lo, type_hi;
         integer_limits(s, &type_lo, &type_hi);
         min = type_lo > min ? type_lo : min;
@@ -503,6 +541,28 @@ static int read_key(ldm_config *config, const key_spec *s, const cJSON *item, so
             *(bool *)field = cJSON_IsTrue(item);
             ok = true;
         }
+    } else if (s->type == KEY_INT_LIST) {
+        int count = cJSON_IsArray(item) ? cJSON_GetArraySize(item) : 0;
+        if (count >= 1 && count <= CONFIG_INT_LIST_MAX) {
+            /* Zeroed first: entries past count stay zero (memcmp-equal configs). */
+            config_int_list list;
+            memset(&list, 0, sizeof list);
+            double lo, hi;
+            integer_limits(s, &lo, &hi);
+            ok = true;
+            const cJSON *element;
+            cJSON_ArrayForEach(element, item) {
+                double v = cJSON_IsNumber(element) ? element->valuedouble : NAN;
+                bool in_range = (s->min_open ? v > s->min : v >= s->min) && (s->max_open ? v < s->max : v <= s->max);
+                if (!(isfinite(v) && v == floor(v) && in_range && v >= lo && v <= hi)) {
+                    type_max = isfinite(v) && v == floor(v) && in_range && v > hi;
+                    ok = false;
+                    break;
+                }
+                list.values[list.count++] = (int)v;
+            }
+            if (ok) memcpy(field, &list, sizeof list);
+        }
     } else if (cJSON_IsNumber(item) && isfinite(item->valuedouble)) {
         double v = item->valuedouble;
         bool in_range = (s->min_open ? v > s->min : v >= s->min) && (s->max_open ? v < s->max : v <= s->max);
@@ -529,7 +589,10 @@ static int read_key(ldm_config *config, const key_spec *s, const cJSON *item, so
     }
     if (ok) return 0;
     describe_expected(expected, sizeof expected, s, type_max);
-    describe_value(got, sizeof got, item);
+    if (s->type == KEY_INT_LIST)
+        describe_list_value(got, sizeof got, item);
+    else
+        describe_value(got, sizeof got, item);
     set_err(err, err_size, "%s%s: %s.%s: expected %s, got %s", src.prefix, src.text, s->section, s->key, expected,
             got);
     return -1;
@@ -558,10 +621,22 @@ static source rule_source(const char *path, const char *const *overrides, const 
     return src;
 }
 
+/* "[64, 128, 128]" */
+static void format_int_list(char *buf, size_t n, const config_int_list *list) {
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < list->count && used < n; i++) {
+        int w = snprintf(buf + used, n - used, "%s%d", i ? ", " : "[", list->values[i]);
+        used += w > 0 ? (size_t)w : 0;
+    }
+    if (used < n) snprintf(buf + used, n - used, "]");
+}
+
 static int check_rules(const ldm_config *c, const char *path, const char *const *overrides, const int *origin,
                        char *err, size_t err_size) {
     const model_config *m = &c->model;
     const train_config *t = &c->train;
+    const autoencoder_config *ae = &c->autoencoder;
     source src;
 #define RULE_SOURCE(...) \
     rule_source(path, overrides, origin, (int)(sizeof((const char *[]){__VA_ARGS__}) / sizeof(const char *)), __VA_ARGS__)
@@ -614,6 +689,23 @@ static int check_rules(const ldm_config *c, const char *path, const char *const 
         FAIL("train.micro_batch: expected 0 or a divisor of train.batch_size (%d), got %d", t->batch_size,
              t->micro_batch);
     }
+    for (int i = 0; i < ae->block_out_channels.count; i++)
+        if (ae->block_out_channels.values[i] % ae->norm_groups != 0) {
+            /* GroupNorm splits every level's channels into norm_groups equal groups. */
+            char widths[160];
+            format_int_list(widths, sizeof widths, &ae->block_out_channels);
+            src = RULE_SOURCE("autoencoder.block_out_channels", "autoencoder.norm_groups");
+            FAIL("autoencoder.block_out_channels: expected multiples of autoencoder.norm_groups (%d), got %s",
+                 ae->norm_groups, widths);
+        }
+    /* Every level but the last halves the image (stride-2 downsampling). */
+    int reduction = 1 << (ae->block_out_channels.count - 1);
+    if (ae->input_size % reduction != 0) {
+        src = RULE_SOURCE("autoencoder.input_size", "autoencoder.block_out_channels");
+        FAIL("autoencoder.input_size: expected a multiple of %d (2^(levels - 1) with %d levels in "
+             "autoencoder.block_out_channels), got %d",
+             reduction, ae->block_out_channels.count, ae->input_size);
+    }
 #undef FAIL
 #undef RULE_SOURCE
     return 0;
@@ -635,6 +727,14 @@ void config_defaults(ldm_config *config) {
         case KEY_DOUBLE: *(double *)field = s->def; break;
         case KEY_ENUM: store_string(field, s->size, s->def_str); break;
         case KEY_BOOL: *(bool *)field = s->def != 0; break;
+        case KEY_INT_LIST: {
+            config_int_list *list = (config_int_list *)field;
+            if (s->def_count < 1 || s->def_count > CONFIG_INT_LIST_MAX)
+                fatal_internal("config schema: %s.%s has %d default values", s->section, s->key, s->def_count);
+            list->count = s->def_count;
+            memcpy(list->values, s->def_list, sizeof(int) * (size_t)s->def_count);
+            break;
+        }
         }
     }
 }
@@ -705,7 +805,14 @@ char *config_to_json(const ldm_config *config) {
                 item = cJSON_AddStringToObject(sec, s->key, field);
             else if (s->type == KEY_BOOL)
                 item = cJSON_AddBoolToObject(sec, s->key, *(const bool *)field);
-            else
+            else if (s->type == KEY_INT_LIST) {
+                const config_int_list *list = (const config_int_list *)field;
+                item = cJSON_CreateIntArray(list->values, list->count);
+                if (item && !cJSON_AddItemToObject(sec, s->key, item)) {
+                    cJSON_Delete(item);
+                    item = NULL;
+                }
+            } else
                 item = cJSON_AddRawToObject(sec, s->key, number);
         }
         if (!item) {

@@ -1,5 +1,5 @@
 /* The job configuration: one JSON file with sections "model", "diffusion",
- * "train" and "data" (later issues add sections in the same style), every key validated
+ * "train", "data" and "autoencoder" (later issues add sections in the same style), every key validated
  * against a schema table, any key overridable with "--set section.key=value".
  * Keys left out take the defaults below (the values in ../DESIGN.md). */
 #ifndef LDM_CONFIG_H
@@ -59,11 +59,34 @@ typedef struct {
     int prefetch_batches; /* batches assembled ahead of training, default 2, in [1, 64] */
 } data_config;
 
+/* A list of integers as a config value, e.g. autoencoder.block_out_channels.
+ * Entries past count are zero, so that equal configs compare equal with memcmp. */
+#define CONFIG_INT_LIST_MAX 8
+typedef struct {
+    int count;
+    int values[CONFIG_INT_LIST_MAX];
+} config_int_list;
+
+/* The KL autoencoder (LDM first stage, diffusers AutoencoderKL names). */
+typedef struct {
+    int in_channels;                    /* image channels, default 3 */
+    int input_size;                     /* image H = W, default 32; a multiple of 2^(levels - 1) */
+    config_int_list block_out_channels; /* width of each level, default [64, 128, 128]; each a multiple of norm_groups */
+    int layers_per_block;               /* ResNet blocks per encoder level (decoder: one more), default 1 */
+    int latent_channels;                /* default 4 */
+    int norm_groups;                    /* GroupNorm groups, default 32 */
+    double kl_beta;                     /* weight of the KL term, default 1e-6, >= 0 */
+    char reconstruction_loss[8];        /* "l1" | "l2", default "l1" */
+    bool sample_posterior;              /* decode z = mean + std * noise (true) or z = mean (false), as diffusers'
+                                         * AutoencoderKL.forward(sample_posterior); default false */
+} autoencoder_config;
+
 typedef struct {
     model_config model;
     diffusion_config diffusion;
     train_config train;
     data_config data;
+    autoencoder_config autoencoder;
 } ldm_config;
 
 /* Fills every field with its default. */

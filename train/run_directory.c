@@ -44,6 +44,14 @@ void run_directory_prepare(const char *run_dir, int force, const char *config_js
             free(marker);
         }
         make_folders(run_dir);
+        /* The exports mark a finished run (launch/slurm.sbatch requeues a job
+         * until they exist); this run writes them again when it completes. */
+        const char *const exports[] = {"model.safetensors", "ema.safetensors"};
+        for (int i = 0; i < 2; i++) {
+            char *path = run_directory_path(run_dir, exports[i]);
+            unlink(path);
+            free(path);
+        }
         char *config_path = run_directory_path(run_dir, "config.json");
         char err[512];
         if (atomic_write_file(config_path, config_json, strlen(config_json), err, sizeof err) != 0)

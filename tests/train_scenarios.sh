@@ -120,11 +120,11 @@ signal)
   # SIGUSR1 to one rank: a checkpoint at the next step boundary, every rank exits
   # 0; resuming gives what an uninterrupted run of the same length gives.
   make_data data.h5 32
-  common="train --data data.h5 $tiny --set train.ckpt_every=100000"
+  common="train --data $PWD/data.h5 $tiny --set train.ckpt_every=100000"
   $LDM_MPIRUN -np 2 "$LDM" $common --set train.steps=100000 --run stopped > out.txt 2>&1 &
   launcher=$!
   for _ in $(seq 100); do grep -q "^step *20/" out.txt 2>/dev/null && break; sleep 0.2; done
-  rank=$(pgrep -f "$LDM train --data data.h5" | head -1)
+  rank=$(pgrep -f "$LDM train --data $PWD/data.h5" | head -1)
   [ -n "$rank" ] || fail "no rank process found"
   kill -USR1 "$rank"
   wait $launcher || fail "the stopped run exited $?"
@@ -176,7 +176,7 @@ crash)
   # kill -9 of one rank while a checkpoint is being written (slowed down), then
   # --resume auto: it resumes from a whole checkpoint, never the partial one.
   make_data data.h5 32
-  common="train --data data.h5 $tiny --set train.ckpt_every=5 --set train.steps=100000"
+  common="train --data $PWD/data.h5 $tiny --set train.ckpt_every=5 --set train.steps=100000"
   LDM_TEST_SLOW_CHECKPOINT_MS=400 $LDM_MPIRUN -x LDM_TEST_SLOW_CHECKPOINT_MS -np 2 "$LDM" $common --run run \
     > out.txt 2>&1 &
   launcher=$!
@@ -187,10 +187,10 @@ crash)
   done
   [ -d run/checkpoints/.partial-step-00000010 ] || fail "no checkpoint was being written"
   sleep 0.5
-  kill -9 $(pgrep -f "$LDM train --data data.h5" | head -1)
+  kill -9 $(pgrep -f "$LDM train --data $PWD/data.h5" | head -1)
   wait $launcher && fail "the job survived a killed rank"
   sleep 1
-  pgrep -f "$LDM train --data data.h5" && fail "ranks left running"
+  pgrep -f "$LDM train --data $PWD/data.h5" && fail "ranks left running"
   ls -la run/checkpoints
   run "$LDM" train --data data.h5 --run run --resume auto --set train.steps=12 > out2.txt
   cat out2.txt

@@ -168,7 +168,13 @@ static size_t compare_grad(const char *label, const double *num, const float *an
 
 static void check_grad(const char *label, float *x, size_t n, const float *ana, loss_fn f, void *ctx, float h) {
     double *num = dalloc(n);
+    /* Thousands of tiny forwards: on one thread, as a parallel region per call costs
+     * milliseconds on a loaded machine (results do not depend on the thread count,
+     * which test_determinism checks; the analytic side ran on all threads). */
+    const int max_threads = omp_get_max_threads();
+    set_threads(1);
     numeric_grad(num, x, n, h, f, ctx);
+    set_threads(max_threads);
     double max_err = 0.0, nnorm = 0.0;
     size_t bad = compare_grad(label, num, ana, n, 1.0, 1, &max_err);
     CHECK_MSG(bad == 0, "%s: gradient does not match finite differences (%zu bad, max err %.3g)", label, bad,
@@ -386,6 +392,7 @@ static void test_conv_small_scratch(void) {
     fill_normal(in, nin, 0.0, 1.0);
     fill_normal(w, nw, 0.0, 0.1);
     fill_normal(r, nout, 0.0, 1.0);
+    const int max_threads = omp_get_max_threads();
     set_threads(3);
     size_t full = conv2d_scratch_floats(&s, 3), one = conv2d_scratch_floats(&s, 1);
     float *scratch = falloc(full);
@@ -402,6 +409,7 @@ static void test_conv_small_scratch(void) {
     expect_identical("conv d_weight, scratch for 1 of 3 threads", d_w[1], d_w[0], nw);
     for (int k = 0; k < 2; k++) free(out[k]), free(d_in[k]), free(d_w[k]);
     free(in), free(w), free(r), free(scratch);
+    set_threads(max_threads);
 }
 
 /* ========================================================= GroupNorm ==== */

@@ -36,7 +36,11 @@ static double now_seconds(void) {
  * shard read and the first prefetch, reported apart); returns samples/s. The
  * loader is closed again so that its thread cannot disturb the training steps. */
 static double bench_loader(const char *path, const ldm_config *config, int batch, int print) {
-    loader_options options = training_loader_options(config, path, batch);
+    /* The data the DiT of this config accepts, as training would check it. */
+    const trainable dit_expectations = {.expect_channels = config->model.in_channels,
+                                        .expect_size = config->model.input_size,
+                                        .expect_num_classes = config->model.num_classes};
+    loader_options options = training_loader_options(config, &dit_expectations, path, batch);
     double t0 = now_seconds();
     loader *l = loader_open(&options);
     double open_s = now_seconds() - t0;

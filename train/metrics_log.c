@@ -11,14 +11,6 @@
 #include "atomic_file.h"
 #include "fatal.h"
 
-static const double sigma_bin_edges[METRICS_SIGMA_BINS - 1] = {0.1, 0.3, 1.0, 3.0, 10.0};
-
-int metrics_sigma_bin(double sigma) {
-    int bin = 0;
-    while (bin < METRICS_SIGMA_BINS - 1 && sigma >= sigma_bin_edges[bin]) bin++;
-    return bin;
-}
-
 /* Rewrites the file with only the lines of steps <= last_step. */
 static void keep_steps_through(const char *path, int64_t last_step) {
     FILE *in = fopen(path, "r");
@@ -83,17 +75,10 @@ void metrics_log_step(metrics_log *log, const metrics_step *m) {
     write_number(f, m->lr);
     fputs(", \"images_per_s\": ", f);
     write_number(f, m->step_seconds > 0 ? (double)log->global_batch / m->step_seconds : NAN);
-    fprintf(f, ", \"skipped\": %s, \"skipped_total\": %lld, \"sigma_bins\": [0", m->skipped ? "true" : "false",
+    fprintf(f, ", \"skipped\": %s, \"skipped_total\": %lld", m->skipped ? "true" : "false",
             (long long)m->skipped_total);
-    for (int b = 0; b < METRICS_SIGMA_BINS - 1; b++) fprintf(f, ", %g", sigma_bin_edges[b]);
-    fputs("], \"loss_by_sigma\": [", f);
-    for (int b = 0; b < METRICS_SIGMA_BINS; b++) {
-        if (b) fputs(", ", f);
-        write_number(f, m->count_by_sigma[b] > 0 ? m->loss_by_sigma[b] : NAN);
-    }
-    fputs("], \"count_by_sigma\": [", f);
-    for (int b = 0; b < METRICS_SIGMA_BINS; b++) fprintf(f, "%s%lld", b ? ", " : "", (long long)m->count_by_sigma[b]);
-    fputs("]}\n", f);
+    if (m->extra_json && *m->extra_json) fprintf(f, ", %s", m->extra_json);
+    fputs("}\n", f);
     if (fflush(f) != 0) fatal_internal("%s: cannot write: %s", log->path, strerror(errno));
 
     log->window_seconds += m->step_seconds;

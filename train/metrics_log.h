@@ -1,15 +1,13 @@
 /* What a training run tells its user: rank 0's progress line every log_every
  * steps (step/total, loss, gradient norm, lr, images/s, ETA) on stdout, and one
- * JSON line per step in RUN/metrics.jsonl with the same numbers and the loss
- * binned by noise level. Other ranks call nothing here. */
+ * JSON line per step in RUN/metrics.jsonl with the same numbers and the
+ * model's own statistics (the DiT's loss binned by noise level, ...). Other
+ * ranks call nothing here. */
 #ifndef LDM_METRICS_LOG_H
 #define LDM_METRICS_LOG_H
 
 #include <stdint.h>
 #include <stdio.h>
-
-/* Loss bins by sigma: [0, 0.1), [0.1, 0.3), [0.3, 1), [1, 3), [3, 10), [10, inf). */
-#define METRICS_SIGMA_BINS 6
 
 typedef struct {
     int64_t step;          /* 1-based: steps completed after this one */
@@ -21,8 +19,7 @@ typedef struct {
     double step_seconds;   /* wall time of this step */
     int skipped;           /* this step was skipped (non-finite) */
     int64_t skipped_total;
-    double loss_by_sigma[METRICS_SIGMA_BINS]; /* mean loss per bin */
-    int64_t count_by_sigma[METRICS_SIGMA_BINS];
+    const char *extra_json; /* more members for the JSON line ("\"name\": value, ..."), or NULL */
 } metrics_step;
 
 typedef struct {
@@ -36,9 +33,6 @@ typedef struct {
     double total_seconds;
     int64_t total_logged_steps;
 } metrics_log;
-
-/* The bin of a noise level. */
-int metrics_sigma_bin(double sigma);
 
 /* Opens RUN/metrics.jsonl. resumed_step 0: a new run, the file starts empty.
  * resumed_step > 0: a resumed run; the lines of steps up to resumed_step are

@@ -49,7 +49,8 @@ int command_train(int argc, char **argv) {
     /* Checked before anything is written. */
     training_batch_split(&config, options[0].value, comm_world_size(), &micro, &accumulation);
     training_job job = {.config = &config, .config_path = options[0].value, .data_path = options[1].value,
-                        .run_dir = options[2].value, .force = options[4].value != NULL, .resume = resume};
+                        .run_dir = options[2].value, .force = options[4].value != NULL, .resume = resume,
+                        .create_model = dit_trainable_create};
     training_run(&job);
     free(run_config);
     return 0;

@@ -13,10 +13,7 @@
 #include <time.h>
 
 #include "comm.h"
-#include "dit.h"
 #include "checkpoint.h"
-#include "cli.h"
-#include "edm.h"
 #include "ema.h"
 #include "fatal.h"
 #include "grad_clip.h"
@@ -24,20 +21,16 @@
 #include "lr_schedule.h"
 #include "metrics_log.h"
 #include "optimizer.h"
-#include "rng.h"
 #include "run_directory.h"
+#include "trainable.h"
 #include "training_state.h"
 #include "config.h"
 
-/* Keys that separate the random streams of different purposes. */
-#define PURPOSE_TRAINING_NOISE 0x747261696e6e6f69ull /* "trainnoi" */
-
-/* The summed statistics of a step, reduced over ranks in one call:
- * [0] the sum of micro-batch mean losses, then per sigma bin the loss sum and the count. */
+/* The summed statistics of a step, reduced over ranks in one call: [0] the sum
+ * of micro-batch mean losses, then the trainable's own statistics. */
 #define STAT_LOSS 0
-#define STAT_BIN_LOSS 1
-#define STAT_BIN_COUNT (1 + METRICS_SIGMA_BINS)
-#define STAT_COUNT (1 + 2 * METRICS_SIGMA_BINS)
+#define STAT_MODEL 1
+#define STAT_COUNT (1 + TRAINABLE_MAX_STATISTICS)
 
 static double now_seconds(void) {
     struct timespec ts;
@@ -78,56 +71,12 @@ static void poisoned_steps(int64_t *first, int64_t *last) {
     *last = n == 2 ? b : a;
 }
 
+/* One micro-batch from the loader, P = C * H * W. */
 typedef struct {
-    /* one micro-batch, P = C * H * W */
-    float *x;        /* (B, P) clean samples */
-    int32_t *labels; /* (B) from the loader, -1 without labels */
-    int64_t *index;  /* (B) the samples' indices in the data set */
-    int *y;          /* (B) labels given to the DiT, num_classes = the null class */
-    float *sigma;    /* (B) */
-    float *noise;    /* (B, P) */
-    float *net_in;   /* (B, P) */
-    float *t;        /* (B) */
-    float *F;        /* (B, P) network output */
-    float *d_F;      /* (B, P) */
-    float *sample_loss; /* (B) */
+    float *x;        /* (B, P) samples */
+    int32_t *labels; /* (B) -1 without labels */
+    int64_t *index;  /* (B) the samples' rows in the data set */
 } micro_batch_buffers;
-
-static void micro_batch_buffers_create(micro_batch_buffers *b, int batch, int64_t per_sample) {
-    size_t n = (size_t)batch * (size_t)per_sample;
-    b->x = xmalloc(n * sizeof(float));
-    b->labels = xmalloc((size_t)batch * sizeof(int32_t));
-    b->index = xmalloc((size_t)batch * sizeof(int64_t));
-    b->y = xmalloc((size_t)batch * sizeof(int));
-    b->sigma = xmalloc((size_t)batch * sizeof(float));
-    b->noise = xmalloc(n * sizeof(float));
-    b->net_in = xmalloc(n * sizeof(float));
-    b->t = xmalloc((size_t)batch * sizeof(float));
-    b->F = xmalloc(n * sizeof(float));
-    b->d_F = xmalloc(n * sizeof(float));
-    b->sample_loss = xmalloc((size_t)batch * sizeof(float));
-}
-
-static void micro_batch_buffers_destroy(micro_batch_buffers *b) {
-    free(b->x), free(b->labels), free(b->index), free(b->y), free(b->sigma), free(b->noise);
-    free(b->net_in), free(b->t), free(b->F), free(b->d_F), free(b->sample_loss);
-}
-
-/* Each sample's noise level, noise and label from its own stream: (seed, step, index). */
-static void draw_step_randomness(micro_batch_buffers *b, int batch, int64_t per_sample, const ldm_config *config,
-                                 int64_t step) {
-    uint64_t base = rng_hash(config->train.seed, PURPOSE_TRAINING_NOISE);
-    int null_class = config->model.num_classes;
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < batch; i++) {
-        rng_stream rng = rng_stream_for(base, (uint64_t)step, (uint64_t)b->index[i]);
-        b->sigma[i] = edm_draw_sigma(&rng, config->diffusion.p_mean, config->diffusion.p_std);
-        int dropped = rng_uniform(&rng) < (float)config->model.class_dropout;
-        b->y[i] = (b->labels[i] < 0 || dropped) ? null_class : b->labels[i];
-        float *noise = b->noise + (size_t)i * (size_t)per_sample;
-        for (int64_t j = 0; j < per_sample; j++) noise[j] = rng_normal(&rng);
-    }
-}
 
 /* Set by SIGTERM / SIGUSR1 (what Slurm sends before preemption or the time
  * limit); acted on at the next step boundary, agreed by every rank. */
@@ -152,7 +101,7 @@ typedef struct {
     const training_job *job;
     int rank, world;
     loader *data;
-    dit_model model;
+    trainable *model;
     adamw_state optimizer;
     float *ema; /* (trainable count) */
     training_state progress; /* step, images seen, skipped counts; loader filled in when saving */
@@ -164,9 +113,10 @@ static void save_checkpoint(trainer *t) {
     comm_gather(&mine, sizeof mine, t->progress.loader, 0);
     if (t->rank != 0) return;
     const ldm_config *config = t->job->config;
-    char *state_json = training_state_to_json(&t->progress, config, t->job->data_path, loader_info(t->data));
-    checkpoint_contents contents = {.table = &t->model.table, .params = t->model.params, .ema = t->ema,
-                                    .fixed = t->model.fixed, .adam_m = t->optimizer.m, .adam_v = t->optimizer.v,
+    char *state_json = training_state_to_json(&t->progress, t->model->kind, config, t->job->data_path,
+                                              loader_info(t->data));
+    checkpoint_contents contents = {.table = t->model->table, .params = t->model->params, .ema = t->ema,
+                                    .fixed = t->model->fixed, .adam_m = t->optimizer.m, .adam_v = t->optimizer.v,
                                     .adam_step = t->optimizer.step, .state_json = state_json};
     char *dir = checkpoint_publish(t->job->run_dir, t->progress.step, &contents, config->train.ckpt_keep,
                                    config->train.ckpt_keep_every);
@@ -202,7 +152,7 @@ static void refuse_newer_checkpoints(const char *run_dir, const char *chosen) {
 static int resume_from_checkpoint(trainer *t) {
     const training_job *job = t->job;
     const char *where = strcmp(job->resume, "auto") == 0 ? job->run_dir : job->resume;
-    size_t count = t->model.table.trainable_numel;
+    size_t count = t->model->count;
     char *found = NULL;
     checkpoint_loaded loaded;
     int64_t state_length = 0;
@@ -215,10 +165,10 @@ static int resume_from_checkpoint(trainer *t) {
         if (found && strcmp(job->resume, "auto") != 0) refuse_newer_checkpoints(job->run_dir, found);
         if (found) {
             checkpoint_load(found, &loaded);
-            training_state_check_compatible(loaded.state_json, found, job->config, loader_info(t->data));
-            checkpoint_copy_weights(&loaded, &loaded.model, &t->model.table, t->model.params, NULL);
-            checkpoint_copy_weights(&loaded, &loaded.ema, &t->model.table, t->ema, NULL);
-            checkpoint_copy_moments(&loaded, &t->model.table, t->optimizer.m, t->optimizer.v);
+            training_state_check_compatible(loaded.state_json, found, t->model, job->config, loader_info(t->data));
+            checkpoint_copy_weights(&loaded, &loaded.model, t->model->table, t->model->params, NULL);
+            checkpoint_copy_weights(&loaded, &loaded.ema, t->model->table, t->ema, NULL);
+            checkpoint_copy_moments(&loaded, t->model->table, t->optimizer.m, t->optimizer.v);
             t->optimizer.step = loaded.adam_step;
             state_length = (int64_t)strlen(loaded.state_json) + 1;
             state_json = loaded.state_json;
@@ -231,7 +181,7 @@ static int resume_from_checkpoint(trainer *t) {
     }
     if (t->rank != 0) state_json = xmalloc((size_t)state_length);
     comm_broadcast(state_json, (size_t)state_length, 0);
-    comm_broadcast(t->model.params, count * sizeof(float), 0);
+    comm_broadcast(t->model->params, count * sizeof(float), 0);
     comm_broadcast(t->ema, count * sizeof(float), 0);
     comm_broadcast(t->optimizer.m, count * sizeof(float), 0);
     comm_broadcast(t->optimizer.v, count * sizeof(float), 0);
@@ -268,16 +218,14 @@ int training_run(const training_job *job) {
     int micro, accumulation;
     training_batch_split(config, job->config_path, world, &micro, &accumulation);
 
-    loader_options loader_config = training_loader_options(config, job->data_path, micro);
+    /* The model first: its shape decides what data it accepts. */
+    trainable *model = job->create_model(config, micro);
+    t.model = model;
+    loader_options loader_config = training_loader_options(config, model, job->data_path, micro);
     t.data = loader_open(&loader_config);
     const dataset_info *info = loader_info(t.data);
     int64_t per_sample = info->sample_elements;
-
-    dit_shape shape = cli_dit_shape(config);
-    dit_model *model = &t.model;
-    dit_create(model, &shape, micro);
-    dit_init_weights(model, config->train.seed);
-    size_t count = model->table.trainable_numel;
+    size_t count = model->count;
     adamw_create(&t.optimizer, count,
                  (adamw_hyper){.beta1 = (float)config->train.adam_beta1, .beta2 = (float)config->train.adam_beta2,
                                .eps = (float)config->train.adam_eps, .weight_decay = (float)config->train.weight_decay});
@@ -297,8 +245,12 @@ int training_run(const training_job *job) {
         memcpy(t.ema, model->params, count * sizeof(float));
     }
 
-    micro_batch_buffers b;
-    micro_batch_buffers_create(&b, micro, per_sample);
+    micro_batch_buffers b = {
+        .x = xmalloc((size_t)micro * (size_t)per_sample * sizeof(float)),
+        .labels = xmalloc((size_t)micro * sizeof(int32_t)),
+        .index = xmalloc((size_t)micro * sizeof(int64_t)),
+    };
+    char statistics_json[4096];
     lr_schedule schedule = lr_schedule_from_config(&config->train);
     ema_schedule ema_rule = ema_schedule_from_config(&config->train);
     int64_t poison_first, poison_last;
@@ -310,10 +262,10 @@ int training_run(const training_job *job) {
     if (rank == 0) {
         metrics_log_open(&log, job->run_dir, config->train.log_every, global_batch, t.progress.step);
         printf("train: %s: %lld %s %dx%dx%d%s; %d rank%s x micro-batch %d x %d accumulation = global batch %lld; "
-               "DiT %.2fM parameters; run %s\n",
+               "%s %.2fM parameters; run %s\n",
                job->data_path, (long long)info->count, info->kind == DATASET_IMAGES ? "images" : "latents",
                info->channels, info->height, info->width, info->has_labels ? "" : " (no labels: unconditional)",
-               world, world == 1 ? "" : "s", micro, accumulation, (long long)global_batch, (double)count / 1e6,
+               world, world == 1 ? "" : "s", micro, accumulation, (long long)global_batch, model->kind, (double)count / 1e6,
                job->run_dir);
         fflush(stdout);
     }
@@ -323,28 +275,17 @@ int training_run(const training_job *job) {
     for (int64_t step = t.progress.step; step < total_steps; step++) {
         double step_start = now_seconds();
         double stats[STAT_COUNT] = {0};
-        dit_zero_grad(model);
+        model->zero_grad(model);
         for (int a = 0; a < accumulation; a++) {
             loader_next(t.data, b.x, b.labels, b.index);
-            draw_step_randomness(&b, micro, per_sample, config, step);
-            edm_training_input(b.net_in, b.t, b.x, b.sigma, b.noise, micro, (int)per_sample,
-                               config->diffusion.sigma_data);
-            dit_forward(model, b.net_in, b.t, b.y, micro, b.F);
             /* Each micro-batch's mean loss enters with weight 1 / accumulation, so
              * the gradient is that of the mean over the rank's samples. */
-            double loss = edm_training_loss(b.sample_loss, b.d_F, 1.0f / (float)accumulation, b.x, b.sigma, b.noise,
-                                            b.F, micro, (int)per_sample, config->diffusion.sigma_data);
-            dit_backward(model, b.d_F, NULL, micro);
-            stats[STAT_LOSS] += loss;
-            for (int i = 0; i < micro; i++) {
-                int bin = metrics_sigma_bin(b.sigma[i]);
-                stats[STAT_BIN_LOSS + bin] += b.sample_loss[i];
-                stats[STAT_BIN_COUNT + bin] += 1;
-            }
+            stats[STAT_LOSS] += model->micro_batch(model, b.x, b.labels, b.index, micro, step,
+                                                   1.0f / (float)accumulation, stats + STAT_MODEL);
         }
         if (step + 1 >= poison_first && step + 1 <= poison_last && rank == world - 1) model->grads[0] = INFINITY;
         comm_allreduce_mean(model->grads, (int64_t)count);
-        comm_allreduce_sum_double(stats, STAT_COUNT);
+        comm_allreduce_sum_double(stats, 1 + model->statistic_count);
         double loss = stats[STAT_LOSS] / (double)(world * accumulation);
 
         int skip = comm_any(!isfinite(loss) || !grad_all_finite(model->grads, count));
@@ -368,11 +309,10 @@ int training_run(const training_job *job) {
             metrics_step m = {.step = step + 1, .total_steps = total_steps, .images_seen = t.progress.images_seen,
                               .loss = loss, .grad_norm = grad_norm, .lr = lr,
                               .step_seconds = now_seconds() - step_start, .skipped = skip,
-                              .skipped_total = t.progress.skipped_total};
-            for (int bin = 0; bin < METRICS_SIGMA_BINS; bin++) {
-                m.count_by_sigma[bin] = (int64_t)stats[STAT_BIN_COUNT + bin];
-                m.loss_by_sigma[bin] = m.count_by_sigma[bin] ? stats[STAT_BIN_LOSS + bin] / stats[STAT_BIN_COUNT + bin] : 0;
-            }
+                              .skipped_total = t.progress.skipped_total, .extra_json = statistics_json};
+            statistics_json[0] = 0;
+            if (model->statistics_json)
+                model->statistics_json(model, stats + STAT_MODEL, statistics_json, sizeof statistics_json);
             metrics_log_step(&log, &m);
             if (skip) {
                 printf("step %lld: non-finite loss or gradient, step skipped (%lld skipped so far)\n",
@@ -398,12 +338,12 @@ int training_run(const training_job *job) {
             char err[512];
             char *model_path = run_directory_path(job->run_dir, "model.safetensors");
             char *ema_path = run_directory_path(job->run_dir, "ema.safetensors");
-            if (param_table_save_safetensors(&model->table, model_path, 0, err, sizeof err) != 0)
+            if (param_table_save_safetensors(model->table, model_path, 0, err, sizeof err) != 0)
                 fatal_internal("%s", err);
-            param_table_bind(&model->table, t.ema, model->grads, model->fixed);
-            if (param_table_save_safetensors(&model->table, ema_path, 0, err, sizeof err) != 0)
+            param_table_bind(model->table, t.ema, model->grads, model->fixed);
+            if (param_table_save_safetensors(model->table, ema_path, 0, err, sizeof err) != 0)
                 fatal_internal("%s", err);
-            param_table_bind(&model->table, model->params, model->grads, model->fixed);
+            param_table_bind(model->table, model->params, model->grads, model->fixed);
             printf("train: done: %lld steps, %lld images; weights in %s, EMA in %s\n", (long long)t.progress.step,
                    (long long)t.progress.images_seen, model_path, ema_path);
             free(model_path);
@@ -413,16 +353,17 @@ int training_run(const training_job *job) {
     }
     /* Nobody leaves before rank 0 has written everything. */
     comm_barrier();
-    micro_batch_buffers_destroy(&b);
+    free(b.x), free(b.labels), free(b.index);
     free(t.ema);
     free(t.progress.loader);
     adamw_destroy(&t.optimizer);
-    dit_destroy(model);
+    model->destroy(model);
     loader_close(t.data);
     return stopped;
 }
 
-loader_options training_loader_options(const ldm_config *config, const char *data_path, int micro_batch) {
+loader_options training_loader_options(const ldm_config *config, const trainable *model, const char *data_path,
+                                       int micro_batch) {
     return (loader_options){
         .path = data_path,
         .batch_size = micro_batch,
@@ -430,10 +371,10 @@ loader_options training_loader_options(const ldm_config *config, const char *dat
         .flip = config->data.flip,
         .memory_budget_bytes = (int64_t)config->data.memory_budget_mb << 20,
         .prefetch_batches = config->data.prefetch_batches,
-        .expect_channels = config->model.in_channels,
-        .expect_height = config->model.input_size,
-        .expect_width = config->model.input_size,
-        .expect_num_classes = config->model.num_classes,
+        .expect_channels = model->expect_channels,
+        .expect_height = model->expect_size,
+        .expect_width = model->expect_size,
+        .expect_num_classes = model->expect_num_classes,
         .sigma_data = config->diffusion.sigma_data,
     };
 }

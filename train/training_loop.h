@@ -10,6 +10,7 @@
 
 #include "config.h"
 #include "loader.h"
+#include "trainable.h"
 
 typedef struct {
     const ldm_config *config;
@@ -17,7 +18,9 @@ typedef struct {
     const char *data_path;
     const char *run_dir;
     int force;               /* start over in a run directory holding another run */
-    const char *resume;      /* NULL, "auto" (the run's newest good checkpoint, if any) or a checkpoint/run path */
+    const char *resume;
+    /* Builds the model to train for a micro-batch size (dit_trainable_create, ...). */
+    trainable *(*create_model)(const ldm_config *config, int micro_batch);      /* NULL, "auto" (the run's newest good checkpoint, if any) or a checkpoint/run path */
 } training_job;
 
 /* Micro-batch and accumulation steps for a world size: micro_batch 0 means
@@ -28,7 +31,8 @@ void training_batch_split(const ldm_config *config, const char *config_path, int
 
 /* The loader settings a config gives (data section, the model's expected
  * sample shape and classes, the rank's micro-batch). */
-loader_options training_loader_options(const ldm_config *config, const char *data_path, int micro_batch);
+loader_options training_loader_options(const ldm_config *config, const trainable *model, const char *data_path,
+                                       int micro_batch);
 
 /* Runs the whole job (collective): opens the data set and lays out the model
  * (so that bad input is refused before anything is written), resumes from a

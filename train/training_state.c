@@ -11,13 +11,13 @@
 
 static const char *kind_name(const dataset_info *data) { return data->kind == DATASET_IMAGES ? "images" : "latents"; }
 
-char *training_state_to_json(const training_state *state, const ldm_config *config, const char *data_path,
-                             const dataset_info *data) {
+char *training_state_to_json(const training_state *state, const char *kind, const ldm_config *config,
+                             const char *data_path, const dataset_info *data) {
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "format", TRAINING_STATE_FORMAT);
     cJSON_AddNumberToObject(root, "version", TRAINING_STATE_VERSION);
     cJSON_AddStringToObject(root, "program_version", LDM_VERSION);
-    cJSON_AddStringToObject(root, "kind", config->model.type);
+    cJSON_AddStringToObject(root, "kind", kind);
     cJSON_AddNumberToObject(root, "step", (double)state->step);
     cJSON_AddNumberToObject(root, "images_seen", (double)state->images_seen);
     cJSON_AddNumberToObject(root, "skipped_total", (double)state->skipped_total);
@@ -105,30 +105,40 @@ void training_state_free(training_state *state) {
     state->loader = NULL;
 }
 
-void training_state_check_compatible(const char *json, const char *source, const ldm_config *config,
-                                     const dataset_info *data) {
+static int is_setting(const trainable *model, const char *key) {
+    for (const char *const *k = model->settings_keys; k && *k; k++)
+        if (strcmp(*k, key) == 0) return 1;
+    return 0;
+}
+
+void training_state_check_compatible(const char *json, const char *source, const trainable *model,
+                                     const ldm_config *config, const dataset_info *data) {
     cJSON *root = parse_state(json, source);
-    const cJSON *saved_model = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "config"), "model");
-    if (!cJSON_IsObject(saved_model)) fatal_input("%s: config.model: missing", source);
+    const cJSON *kind = cJSON_GetObjectItemCaseSensitive(root, "kind");
+    if (!cJSON_IsString(kind) || strcmp(kind->valuestring, model->kind) != 0)
+        fatal_input("%s: a checkpoint of a %s model, not of a %s", source,
+                    cJSON_IsString(kind) ? kind->valuestring : "unknown", model->kind);
+    const char *section = model->shape_section;
+    const cJSON *saved_model = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "config"), section);
+    if (!cJSON_IsObject(saved_model)) fatal_input("%s: config.%s: missing", source, section);
     char *current_json = config_to_json(config);
     cJSON *current = cJSON_Parse(current_json);
     free(current_json);
-    const cJSON *current_model = cJSON_GetObjectItemCaseSensitive(current, "model");
-    /* class_dropout is a training setting, not part of the model's shape. */
+    const cJSON *current_model = cJSON_GetObjectItemCaseSensitive(current, section);
     const cJSON *key;
     cJSON_ArrayForEach(key, current_model) {
-        if (strcmp(key->string, "class_dropout") == 0) continue;
+        if (is_setting(model, key->string)) continue;
         const cJSON *saved = cJSON_GetObjectItemCaseSensitive(saved_model, key->string);
         if (!saved || !cJSON_Compare(saved, key, 1)) {
             char *mine = cJSON_PrintUnformatted(key), *theirs = saved ? cJSON_PrintUnformatted(saved) : NULL;
-            fatal_input("%s: model.%s is %s in the checkpoint but %s in this run's config (the model shape cannot "
-                        "change on resume)", source, key->string, theirs ? theirs : "missing", mine);
+            fatal_input("%s: %s.%s is %s in the checkpoint but %s in this run's config (the model shape cannot "
+                        "change on resume)", source, section, key->string, theirs ? theirs : "missing", mine);
         }
     }
     cJSON_Delete(current);
 
     const cJSON *d = cJSON_GetObjectItemCaseSensitive(root, "data");
-    const cJSON *kind = cJSON_GetObjectItemCaseSensitive(d, "kind");
+    kind = cJSON_GetObjectItemCaseSensitive(d, "kind");
     int64_t count = integer_field(d, "count", source, "data.");
     int64_t channels = integer_field(d, "channels", source, "data."), height = integer_field(d, "height", source, "data.");
     int64_t width = integer_field(d, "width", source, "data."), classes = integer_field(d, "num_classes", source, "data.");

@@ -12,6 +12,7 @@
 #include "config.h"
 #include "dataset_file.h"
 #include "loader.h"
+#include "trainable.h"
 
 #define TRAINING_STATE_FORMAT "ldm-train-state"
 #define TRAINING_STATE_VERSION 1
@@ -28,19 +29,20 @@ typedef struct {
 } training_state;
 
 /* state.json's text (caller frees). */
-char *training_state_to_json(const training_state *state, const ldm_config *config, const char *data_path,
-                             const dataset_info *data);
+char *training_state_to_json(const training_state *state, const char *kind, const ldm_config *config,
+                             const char *data_path, const dataset_info *data);
 
 /* Parses state.json's text (source names it in errors); fatal_input on any
  * missing or malformed field. The loader array is allocated (training_state_free). */
 void training_state_parse(const char *json, const char *source, training_state *state);
 void training_state_free(training_state *state);
 
-/* Refuses (fatal_input naming the checkpoint) a resume whose model shape or data
- * set differs from the checkpoint's: every model.* key, and the data set's sample
- * count, kind, sample shape and classes. */
-void training_state_check_compatible(const char *json, const char *source, const ldm_config *config,
-                                     const dataset_info *data);
+/* Refuses (fatal_input naming the checkpoint) a resume of another kind of
+ * model, or whose model shape or data set differs from the checkpoint's: every
+ * key of the model's shape section (less its training settings), and the data
+ * set's sample count, kind, sample shape and classes. */
+void training_state_check_compatible(const char *json, const char *source, const trainable *model,
+                                     const ldm_config *config, const dataset_info *data);
 
 /* This rank's loader state on resume. The same world size: its own saved state.
  * Another world size: the shards are different, so every rank starts its new

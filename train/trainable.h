@@ -1,0 +1,52 @@
+/* What the training loop trains: a model seen as one flat parameter vector
+ * (with names, for checkpoints and the all-reduce) and a micro-batch step that
+ * computes its loss on a batch of data and accumulates the gradient. The DiT
+ * under EDM (dit_trainable.c) and the autoencoder are trainables; the loop,
+ * the optimizer, EMA, checkpoints and metrics are shared. */
+#ifndef LDM_TRAINABLE_H
+#define LDM_TRAINABLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "params.h"
+
+/* Statistics a micro-batch adds to (summed over micro-batches and ranks). */
+#define TRAINABLE_MAX_STATISTICS 32
+
+typedef struct trainable trainable;
+struct trainable {
+    const char *kind;          /* "dit", "autoencoder": recorded in state.json */
+    const char *shape_section; /* the config section that fixes the model's shape ("model", "autoencoder") */
+    /* Keys of that section that are training settings and may change on resume. */
+    const char *const *settings_keys;
+    param_table *table;        /* names and shapes; bound to params/grads/fixed */
+    float *params, *grads;     /* (count) */
+    float *fixed;              /* (table->fixed_numel) fixed buffers, or NULL */
+    size_t count;              /* trainable parameters */
+    /* The data the model expects: sample shape, and labels below num_classes (0 = any). */
+    int expect_channels, expect_size, expect_num_classes;
+    int statistic_count;       /* <= TRAINABLE_MAX_STATISTICS */
+
+    void (*zero_grad)(trainable *self);
+    /* One micro-batch: samples (batch, C, H, W) from the loader, labels (batch)
+     * (-1 without), index (batch) the samples' rows in the data set, step the
+     * optimizer step (from 0). Returns the micro-batch's mean loss and adds
+     * loss_weight times its gradient to grads; adds to statistics
+     * (statistic_count). Randomness must be a function of (seed, step, index). */
+    double (*micro_batch)(trainable *self, const float *samples, const int32_t *labels, const int64_t *index,
+                          int batch, int64_t step, float loss_weight, double *statistics);
+    /* The step's statistics, summed over micro-batches and ranks, as JSON
+     * members for metrics.jsonl ("\"name\": value, ..."), and a short text for
+     * the progress line ("" for none). */
+    void (*statistics_json)(const trainable *self, const double *statistics, char *out, size_t out_size);
+    void (*destroy)(trainable *self);
+    void *self;                /* the implementation's own state */
+};
+
+/* The DiT denoiser trained with EDM (train/dit_trainable.c), for batches of up
+ * to micro_batch samples. */
+trainable *dit_trainable_create(const ldm_config *config, int micro_batch);
+
+#endif

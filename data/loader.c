@@ -604,6 +604,43 @@ void loader_set_state(loader *l, loader_state state) {
     l->consumed = state;
 }
 
+int loader_read_first(const loader_options *options, int max_count, float *samples, int32_t *labels) {
+    /* A loader that never starts its thread: the checks and conversions of a
+     * real one, and one serial read of the file's first rows. */
+    loader *l = xcalloc(1, sizeof(*l));
+    l->options = *options;
+    hdf5_library_lock();
+    dataset_info_open(options->path, &l->info);
+    hdf5_library_unlock();
+    check_expectations(l, 1);
+    set_up_conversion(l);
+    int count = l->info.count < max_count ? (int)l->info.count : max_count;
+    size_t row_bytes = element_bytes(l->info.element) * (size_t)l->info.sample_elements;
+    unsigned char *stored = xmalloc(row_bytes * (size_t)count);
+    hdf5_library_lock();
+    hid_t file = H5Fopen(options->path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t dataset = file >= 0 ? H5Dopen2(file, dataset_samples_name(&l->info), H5P_DEFAULT) : -1;
+    hid_t memory_type = stored_memory_type(&l->info);
+    int failed = dataset < 0 || read_rows(dataset, memory_type, H5P_DEFAULT, 0, count, stored) != 0;
+    H5Tclose(memory_type);
+    if (dataset >= 0) H5Dclose(dataset);
+    if (file >= 0) H5Fclose(file);
+    int32_t *all_labels = failed ? NULL : dataset_read_labels(&l->info);
+    hdf5_library_unlock();
+    if (failed) fatal_input("%s: %s: cannot read (damaged file?)", options->path, dataset_samples_name(&l->info));
+    for (int i = 0; i < count; i++) {
+        convert_sample(l, stored + (size_t)i * row_bytes, 0, samples + (size_t)i * (size_t)l->info.sample_elements);
+        labels[i] = all_labels ? all_labels[i] : -1;
+    }
+    free(all_labels);
+    free(stored);
+    free(l->channel_shift);
+    free(l->channel_scale);
+    dataset_info_free(&l->info);
+    free(l);
+    return count;
+}
+
 void loader_close(loader *l) {
     if (!l) return;
     pthread_mutex_lock(&l->mutex);

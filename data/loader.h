@@ -73,6 +73,13 @@ loader_state loader_get_state(const loader *l);
  * this rank's shard is a fatal_input. */
 void loader_set_state(loader *l, loader_state state);
 
+/* Not collective, no thread: reads the file's first min(N, max_count) samples
+ * (in file order, unflipped) converted as loader_next converts them, with their
+ * labels (-1 without), after the same checks as loader_open (fatal_input).
+ * samples (max_count, C, H, W), labels (max_count). Returns the count read.
+ * For validation sets. */
+int loader_read_first(const loader_options *options, int max_count, float *samples, int32_t *labels);
+
 /* Stops the thread and frees everything (not collective; NULL is ignored). */
 void loader_close(loader *l);
 

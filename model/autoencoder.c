@@ -33,7 +33,7 @@ enum { POOL_STREAM0, POOL_STREAM1, POOL_TEMP0, POOL_TEMP1, POOL_SLOTS };
 
 typedef struct {
     int weight, bias;  /* table indices */
-    Conv2dShape shape; /* batch = max_batch; the call's batch is set per call */
+    conv2d_dims shape; /* batch = max_batch; the call's batch is set per call */
 } ae_conv;
 
 typedef struct {
@@ -321,7 +321,7 @@ static float *dedicated(layout_ctx *c, size_t count) { return arena_floats(c->ar
 
 static void layout_conv(layout_ctx *c, ae_conv *conv, int batch, int in, int out, int size, int kernel,
                         int stride, int pad_before, int pad_after) {
-    conv->shape = (Conv2dShape){batch, in, out, size, size, kernel, stride,
+    conv->shape = (conv2d_dims){batch, in, out, size, size, kernel, stride,
                                 pad_before, pad_after, pad_before, pad_after};
     size_t scratch = conv2d_scratch_floats(&conv->shape, c->threads);
     if (scratch > c->conv_scratch_floats) c->conv_scratch_floats = scratch;
@@ -471,9 +471,8 @@ static void layout(autoencoder_model *m, layout_ctx *c) {
         a->noise = dedicated(c, B * L * hw);
         a->z = dedicated(c, B * L * hw);
         a->d_latent = dedicated(c, B * L * hw);
-        /* the gradient of the moments and of the loss's input pass through the pool */
-        if (2 * B * L * hw > c->largest_feature) c->largest_feature = 2 * B * L * hw;
-        if (B * image > c->largest_feature) c->largest_feature = B * image;
+        /* The gradients of the reconstruction and of the moments pass through the pool:
+         * both are feature maps of the forward, so the pool is large enough. */
         const size_t C = (size_t)m->shape.block_out_channels[m->shape.levels - 1];
         a->d_tokens_a = dedicated(c, B * hw * C);
         a->d_tokens_b = dedicated(c, B * hw * C);
@@ -514,14 +513,9 @@ void autoencoder_create(autoencoder_model *m, const autoencoder_shape *shape, in
     c.pool = no_pool;
     arena_begin_measure(&ar);
     layout(m, &c); /* learns the largest feature map: the pool's size */
-    size_t pool_size = c.largest_feature;
+    const size_t pool_size = c.largest_feature;
     arena_begin_measure(&ar);
     layout(m, &c); /* the total, pools included */
-    if (c.largest_feature != pool_size) { /* the training extras may have grown it */
-        pool_size = c.largest_feature;
-        arena_begin_measure(&ar);
-        layout(m, &c);
-    }
     arena_begin_place(&ar, ar.used);
     c.pool = m->act->pool;
     layout(m, &c);
@@ -572,13 +566,34 @@ void autoencoder_init_weights(autoencoder_model *m, uint64_t seed) {
     }
 }
 
+/* diffusers' deprecated attention names (AttentionBlock, before 0.14) -> today's. */
+static const char *current_attention_name(const char *file_name, char *buf, size_t buf_size) {
+    static const char *const renames[][2] = {
+        {"query", "to_q"}, {"key", "to_k"}, {"value", "to_v"}, {"proj_attn", "to_out.0"}};
+    const char *at = strstr(file_name, "mid_block.attentions.0.");
+    if (!at) return file_name;
+    const char *leaf = at + strlen("mid_block.attentions.0.");
+    for (size_t i = 0; i < sizeof renames / sizeof renames[0]; i++) {
+        size_t n = strlen(renames[i][0]);
+        if (strncmp(leaf, renames[i][0], n) == 0 && (strcmp(leaf + n, ".weight") == 0 || strcmp(leaf + n, ".bias") == 0)) {
+            int w = snprintf(buf, buf_size, "%.*s%s%s", (int)(leaf - file_name), file_name, renames[i][1], leaf + n);
+            return w > 0 && (size_t)w < buf_size ? buf : file_name;
+        }
+    }
+    return file_name;
+}
+
+void autoencoder_load_safetensors(autoencoder_model *m, const char *path) {
+    param_table_load_safetensors_renamed(&m->table, path, current_attention_name);
+}
+
 /* ---- forward and backward of the units ---- */
 
 static float *P(autoencoder_model *m, int index) { return m->table.entries[index].data; }
 static float *G(autoencoder_model *m, int index) { return m->table.entries[index].grad; }
 
 static void conv_forward(autoencoder_model *m, const ae_conv *c, const float *in, float *out, int batch) {
-    Conv2dShape shape = c->shape;
+    conv2d_dims shape = c->shape;
     shape.batch = batch;
     conv2d_forward(out, in, P(m, c->weight), P(m, c->bias), &shape, m->act->conv_scratch,
                    m->act->conv_scratch_floats);
@@ -586,7 +601,7 @@ static void conv_forward(autoencoder_model *m, const ae_conv *c, const float *in
 
 static void conv_backward(autoencoder_model *m, const ae_conv *c, float *d_in, float d_in_beta, const float *d_out,
                           const float *in, int batch) {
-    Conv2dShape shape = c->shape;
+    conv2d_dims shape = c->shape;
     shape.batch = batch;
     conv2d_backward(d_in, d_in_beta, G(m, c->weight), G(m, c->bias), d_out, in, P(m, c->weight), &shape,
                     m->act->conv_scratch, m->act->conv_scratch_floats);
@@ -707,7 +722,7 @@ static void level_forward(autoencoder_model *m, const ae_level *level, bool up, 
     for (int j = 0; j < level->resnet_count; j++) resnet_forward(m, &level->resnets[j], batch);
     if (!level->has_sampler) return;
     if (up) {
-        const Conv2dShape *s = &level->sampler.shape; /* the conv runs at the upsampled size */
+        const conv2d_dims *s = &level->sampler.shape; /* the conv runs at the upsampled size */
         upsample_nearest2x_forward(level->upsampled, level->sampler_in, batch, s->in_channels, s->height / 2,
                                    s->width / 2);
         conv_forward(m, &level->sampler, level->upsampled, level->out, batch);
@@ -720,7 +735,7 @@ static void level_backward(autoencoder_model *m, const ae_level *level, bool up,
                            int batch) {
     if (level->has_sampler) {
         if (up) {
-            const Conv2dShape *s = &level->sampler.shape;
+            const conv2d_dims *s = &level->sampler.shape;
             float *t0 = m->act->pool[POOL_TEMP0];
             conv_backward(m, &level->sampler, t0, 0.0f, *d, level->upsampled, batch);
             upsample_nearest2x_backward(*other, t0, batch, s->in_channels, s->height / 2, s->width / 2);

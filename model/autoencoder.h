@@ -88,6 +88,12 @@ void autoencoder_destroy(autoencoder_model *model);
  * checking a weights file without laying out a model. Free with param_table_free. */
 void autoencoder_build_table(param_table *table, const autoencoder_shape *shape);
 
+/* Loads weights by name from a diffusers AutoencoderKL safetensors file (F32, F16 or BF16;
+ * fatal_input on a missing, unknown or misshapen tensor). Files saved by diffusers
+ * before 0.14 name the mid-block attention query, key, value and proj_attn (same
+ * shapes): those names are read as to_q, to_k, to_v and to_out.0. */
+void autoencoder_load_safetensors(autoencoder_model *model, const char *path);
+
 /* torch's default initialisation: every conv and linear weight and bias uniform in
  * +-1/sqrt(fan_in) (kaiming_uniform with a = sqrt(5)), GroupNorm gamma 1 and beta 0.
  * Deterministic in seed: each tensor's values depend only on (seed, its index). */
@@ -96,7 +102,9 @@ void autoencoder_zero_grad(autoencoder_model *model);
 
 /* images (batch, C, H, W), nominally in [-1, 1] -> mean, logvar (batch, L, h, w),
  * logvar clamped; either output may be NULL. Needs AE_FOR_ENCODING, _INFERENCE or
- * _TRAINING. */
+ * _TRAINING. In a model laid out for training, encode and decode reuse the buffers the
+ * training step keeps: call them between steps, not between train_forward and
+ * train_backward. */
 void autoencoder_encode(autoencoder_model *model, const float *images, int batch, float *mean, float *logvar);
 /* z (batch, L, h, w) -> images (batch, C, H, W). Needs AE_FOR_DECODING, _INFERENCE or
  * _TRAINING. */
@@ -112,9 +120,5 @@ autoencoder_loss autoencoder_train_forward(autoencoder_model *model, const float
  * or 1 / accumulation steps). d_images (batch, C, H, W) overwritten with d_loss * d total
  * / d images (through the encoder and as the reconstruction's target), or NULL. */
 void autoencoder_train_backward(autoencoder_model *model, float d_loss, float *d_images);
-
-/* Multiply-add counts of one sample's encoder and decoder forward passes, x2 (FLOPs). */
-double autoencoder_encoder_flops_per_sample(const autoencoder_shape *shape);
-double autoencoder_decoder_flops_per_sample(const autoencoder_shape *shape);
 
 #endif

@@ -32,32 +32,32 @@ enum { CONV_PIXEL_TILE = 256 };
  * 8 channels of a 3x3 conv, 72 of a 1x1. */
 enum { CONV_BLOCK_ROWS = 72 };
 
-Conv2dShape conv2d_shape(int batch, int in_channels, int out_channels, int height, int width,
+conv2d_dims conv2d_shape(int batch, int in_channels, int out_channels, int height, int width,
                          int kernel, int stride, int padding) {
-    Conv2dShape s = {batch, in_channels, out_channels, height, width, kernel, stride,
+    conv2d_dims s = {batch, in_channels, out_channels, height, width, kernel, stride,
                      padding, padding, padding, padding};
     return s;
 }
 
-int conv2d_out_height(const Conv2dShape *s) {
+int conv2d_out_height(const conv2d_dims *s) {
     return (s->height + s->pad_top + s->pad_bottom - s->kernel) / s->stride + 1;
 }
 
-int conv2d_out_width(const Conv2dShape *s) {
+int conv2d_out_width(const conv2d_dims *s) {
     return (s->width + s->pad_left + s->pad_right - s->kernel) / s->stride + 1;
 }
 
-static int is_pointwise(const Conv2dShape *s) {
+static int is_pointwise(const conv2d_dims *s) {
     return s->kernel == 1 && s->stride == 1 && s->pad_top == 0 && s->pad_bottom == 0 && s->pad_left == 0 &&
            s->pad_right == 0;
 }
 
-static int pixel_tile(const Conv2dShape *s) {
+static int pixel_tile(const conv2d_dims *s) {
     int pixels = conv2d_out_height(s) * conv2d_out_width(s);
     return pixels < CONV_PIXEL_TILE ? pixels : CONV_PIXEL_TILE;
 }
 
-static int channels_per_block(const Conv2dShape *s) {
+static int channels_per_block(const conv2d_dims *s) {
     int per_block = CONV_BLOCK_ROWS / (s->kernel * s->kernel);
     if (per_block < 1) per_block = 1;
     return per_block < s->in_channels ? per_block : s->in_channels;
@@ -65,17 +65,17 @@ static int channels_per_block(const Conv2dShape *s) {
 
 /* One thread's scratch: the columns of one tile for all input channels (the
  * backward blocks use a part of it). */
-static size_t slot_floats(const Conv2dShape *s) {
+static size_t slot_floats(const conv2d_dims *s) {
     return (size_t)s->in_channels * s->kernel * s->kernel * (size_t)pixel_tile(s);
 }
 
-size_t conv2d_scratch_floats(const Conv2dShape *shape, int threads) {
+size_t conv2d_scratch_floats(const conv2d_dims *shape, int threads) {
     if (is_pointwise(shape)) return 0;
     return slot_floats(shape) * (size_t)(threads > 0 ? threads : 1);
 }
 
 /* Threads the scratch has room for, at most the OpenMP maximum. */
-static int scratch_threads(const Conv2dShape *s, size_t scratch_floats, const char *op) {
+static int scratch_threads(const conv2d_dims *s, size_t scratch_floats, const char *op) {
     size_t per_thread = slot_floats(s);
     size_t slots = scratch_floats / per_thread;
     if (slots < 1)
@@ -84,7 +84,7 @@ static int scratch_threads(const Conv2dShape *s, size_t scratch_floats, const ch
     return slots < (size_t)max_threads ? (int)slots : max_threads;
 }
 
-static void check_shape(const Conv2dShape *s, const char *op) {
+static void check_shape(const conv2d_dims *s, const char *op) {
     if (s->batch < 1 || s->in_channels < 1 || s->out_channels < 1 || s->kernel < 1 || s->stride < 1 ||
         s->pad_top < 0 || s->pad_bottom < 0 || s->pad_left < 0 || s->pad_right < 0 ||
         s->height + s->pad_top + s->pad_bottom < s->kernel || s->width + s->pad_left + s->pad_right < s->kernel)
@@ -95,7 +95,7 @@ static void check_shape(const Conv2dShape *s, const char *op) {
 
 /* The output columns ox in [*lo, *hi) whose input column ox * stride - pad_left + kx
  * lies inside [0, width). */
-static void valid_columns(const Conv2dShape *s, int kx, int out_width, int *lo, int *hi) {
+static void valid_columns(const conv2d_dims *s, int kx, int out_width, int *lo, int *hi) {
     int first = s->pad_left - kx; /* smallest ox * stride allowed */
     int a = first <= 0 ? 0 : (first + s->stride - 1) / s->stride;
     int last = s->width - 1 + s->pad_left - kx; /* largest ox * stride allowed */
@@ -109,7 +109,7 @@ static void valid_columns(const Conv2dShape *s, int kx, int out_width, int *lo, 
 /* columns (channel_count k k, count) = the input patches of output pixels
  * [first_pixel, first_pixel + count) of one sample, for input channels
  * [first_channel, first_channel + channel_count); plane (in_channels, height, width). */
-static void im2col_tile(float *columns, const float *plane, const Conv2dShape *s, int first_channel,
+static void im2col_tile(float *columns, const float *plane, const conv2d_dims *s, int first_channel,
                         int channel_count, int first_pixel, int count) {
     const int k = s->kernel, out_width = conv2d_out_width(s);
     for (int c = 0; c < channel_count; c++) {
@@ -148,7 +148,7 @@ static void im2col_tile(float *columns, const float *plane, const Conv2dShape *s
 }
 
 /* The adjoint of im2col_tile: plane[...] += columns[...] for the same index map. */
-static void col2im_tile_accumulate(float *plane, const float *columns, const Conv2dShape *s, int first_channel,
+static void col2im_tile_accumulate(float *plane, const float *columns, const conv2d_dims *s, int first_channel,
                                    int channel_count, int first_pixel, int count) {
     const int k = s->kernel, out_width = conv2d_out_width(s);
     for (int c = 0; c < channel_count; c++) {
@@ -177,7 +177,7 @@ static void col2im_tile_accumulate(float *plane, const float *columns, const Con
 }
 
 void conv2d_forward(float *out, const float *in, const float *weight, const float *bias,
-                    const Conv2dShape *s, float *scratch, size_t scratch_floats) {
+                    const conv2d_dims *s, float *scratch, size_t scratch_floats) {
     check_shape(s, "conv2d_forward");
     ops_blas_single_threaded();
     const int pixels = conv2d_out_height(s) * conv2d_out_width(s);
@@ -219,7 +219,7 @@ void conv2d_forward(float *out, const float *in, const float *weight, const floa
 }
 
 /* d_bias[co] += sum over samples (in order) and pixels of d_out[b, co, :]. */
-static void conv2d_bias_backward(float *d_bias, const float *d_out, const Conv2dShape *s, int pixels) {
+static void conv2d_bias_backward(float *d_bias, const float *d_out, const conv2d_dims *s, int pixels) {
 #pragma omp parallel for schedule(static)
     for (int co = 0; co < s->out_channels; co++) {
         double sum = 0.0;
@@ -231,7 +231,7 @@ static void conv2d_bias_backward(float *d_bias, const float *d_out, const Conv2d
     }
 }
 
-static void conv2d_weight_backward(float *d_weight, const float *d_out, const float *in, const Conv2dShape *s,
+static void conv2d_weight_backward(float *d_weight, const float *d_out, const float *in, const conv2d_dims *s,
                                    float *scratch, int threads) {
     const int pixels = conv2d_out_height(s) * conv2d_out_width(s);
     const int in_pixels = s->height * s->width;
@@ -269,7 +269,7 @@ static void conv2d_weight_backward(float *d_weight, const float *d_out, const fl
 }
 
 static void conv2d_input_backward(float *d_in, float d_in_beta, const float *d_out, const float *weight,
-                                  const Conv2dShape *s, float *scratch, int threads) {
+                                  const conv2d_dims *s, float *scratch, int threads) {
     const int pixels = conv2d_out_height(s) * conv2d_out_width(s);
     const int in_pixels = s->height * s->width;
     const int kk = s->kernel * s->kernel, patch = s->in_channels * kk;
@@ -320,7 +320,7 @@ static void conv2d_input_backward(float *d_in, float d_in_beta, const float *d_o
 
 void conv2d_backward(float *d_in, float d_in_beta, float *d_weight, float *d_bias,
                      const float *d_out, const float *in, const float *weight,
-                     const Conv2dShape *s, float *scratch, size_t scratch_floats) {
+                     const conv2d_dims *s, float *scratch, size_t scratch_floats) {
     check_shape(s, "conv2d_backward");
     ops_blas_single_threaded();
     const int threads = is_pointwise(s) ? omp_get_max_threads() : scratch_threads(s, scratch_floats, "conv2d_backward");

@@ -29,14 +29,14 @@ typedef struct {
     int kernel;        /* k: weight (out_channels, in_channels, k, k) */
     int stride;
     int pad_top, pad_bottom, pad_left, pad_right;
-} Conv2dShape;
+} conv2d_dims;
 
 /* The usual symmetric case: the same padding on every side. */
-Conv2dShape conv2d_shape(int batch, int in_channels, int out_channels, int height, int width,
+conv2d_dims conv2d_shape(int batch, int in_channels, int out_channels, int height, int width,
                          int kernel, int stride, int padding);
 /* Output size: (height + pad_top + pad_bottom - kernel) / stride + 1, same for width. */
-int conv2d_out_height(const Conv2dShape *shape);
-int conv2d_out_width(const Conv2dShape *shape);
+int conv2d_out_height(const conv2d_dims *shape);
+int conv2d_out_width(const conv2d_dims *shape);
 
 /* Floats of scratch that conv2d_forward/backward need to run on `threads` OpenMP
  * threads (pass omp_get_max_threads() when laying out memory; one buffer sized
@@ -44,20 +44,20 @@ int conv2d_out_width(const Conv2dShape *shape);
  * with stride 1 and no padding needs none (0: scratch may be NULL). With less
  * scratch than asked for at call time the op runs on fewer threads, with the same
  * result; with less than one thread's share it ends the program (fatal_internal). */
-size_t conv2d_scratch_floats(const Conv2dShape *shape, int threads);
+size_t conv2d_scratch_floats(const conv2d_dims *shape, int threads);
 
 /* out (batch, out_channels, Ho, Wo); in (batch, in_channels, height, width);
  * weight (out_channels, in_channels, kernel, kernel); bias (out_channels) or NULL;
  * scratch (scratch_floats), contents on entry do not matter. out must not alias in. */
 void conv2d_forward(float *out, const float *in, const float *weight, const float *bias,
-                    const Conv2dShape *shape, float *scratch, size_t scratch_floats);
+                    const conv2d_dims *shape, float *scratch, size_t scratch_floats);
 /* d_in (batch, in_channels, height, width) = d_in_beta * d_in + dL/din;
  * d_weight (out_channels, in_channels, kernel, kernel) += dL/dweight, summed over the
  * batch in sample order; d_bias (out_channels) += sum of d_out over batch and pixels;
  * d_out (batch, out_channels, Ho, Wo); in: the forward input. Any gradient may be NULL. */
 void conv2d_backward(float *d_in, float d_in_beta, float *d_weight, float *d_bias,
                      const float *d_out, const float *in, const float *weight,
-                     const Conv2dShape *shape, float *scratch, size_t scratch_floats);
+                     const conv2d_dims *shape, float *scratch, size_t scratch_floats);
 
 /* ---- GroupNorm with affine, as torch.nn.GroupNorm(groups, channels, eps) ----
  * in, out (batch, channels, spatial) with spatial = H * W; channels % groups == 0;

@@ -90,16 +90,31 @@ static void shape_text(char *out, size_t size, int ndim, const int64_t *shape) {
 }
 
 void param_table_load_safetensors(const param_table *table, const char *path) {
+    param_table_load_safetensors_renamed(table, path, NULL);
+}
+
+void param_table_load_safetensors_renamed(const param_table *table, const char *path, param_rename_fn rename) {
     safetensors_file file;
     char err[512];
     if (safetensors_read(path, &file, err, sizeof(err)) != 0) fatal_input("%s", err);
-    for (int i = 0; i < file.count; i++)
-        if (!param_table_find(table, file.tensors[i].name))
+    /* which file tensor each entry takes (NULL: none yet) */
+    const safetensors_tensor **source = xcalloc((size_t)table->count + 1, sizeof(*source));
+    for (int i = 0; i < file.count; i++) {
+        char buf[PARAM_NAME_MAX];
+        const char *name = rename ? rename(file.tensors[i].name, buf, sizeof(buf)) : file.tensors[i].name;
+        const param_entry *e = param_table_find(table, name);
+        if (!e)
             fatal_input("%s: tensor '%s' is not a parameter of this model (wrong config or file?)",
                         path, file.tensors[i].name);
+        const safetensors_tensor **slot = &source[e - table->entries];
+        if (*slot)
+            fatal_input("%s: tensors '%s' and '%s' are both the parameter '%s'", path, (*slot)->name,
+                        file.tensors[i].name, e->name);
+        *slot = &file.tensors[i];
+    }
     for (int i = 0; i < table->count; i++) {
         const param_entry *e = &table->entries[i];
-        const safetensors_tensor *t = safetensors_find(&file, e->name);
+        const safetensors_tensor *t = source[i];
         if (!t) fatal_input("%s: tensor '%s' is missing", path, e->name);
         bool same_shape = t->ndim == e->ndim;
         for (int d = 0; same_shape && d < e->ndim; d++) same_shape = t->shape[d] == e->shape[d];
@@ -107,7 +122,7 @@ void param_table_load_safetensors(const param_table *table, const char *path) {
             char want[128], got[128];
             shape_text(want, sizeof(want), e->ndim, e->shape);
             shape_text(got, sizeof(got), t->ndim, t->shape);
-            fatal_input("%s: tensor '%s' has shape %s, the config gives %s", path, e->name, got, want);
+            fatal_input("%s: tensor '%s' has shape %s, the config gives %s", path, t->name, got, want);
         }
         const unsigned char *src = t->data;
         for (size_t k = 0; k < e->numel; k++) {
@@ -123,12 +138,13 @@ void param_table_load_safetensors(const param_table *table, const char *path) {
                 memcpy(&value, &bits, 4);
                 break;
             default:
-                fatal_input("%s: tensor '%s' has dtype %s, expected F32, F16 or BF16", path, e->name,
+                fatal_input("%s: tensor '%s' has dtype %s, expected F32, F16 or BF16", path, t->name,
                             safetensors_dtype_name(t->dtype));
             }
             e->data[k] = value;
         }
     }
+    free(source);
     safetensors_free(&file);
 }
 

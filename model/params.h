@@ -46,6 +46,12 @@ const param_entry *param_table_find(const param_table *table, const char *name);
  * tensors the table does not know are an error. Exits with fatal_input naming the
  * file and tensor on any mismatch. */
 void param_table_load_safetensors(const param_table *table, const char *path);
+/* The same, with each file tensor's name first mapped to a table name by rename (for
+ * files that spell some names another way, e.g. older diffusers attention names): it
+ * returns its argument, or a name it wrote into buf (buf_size PARAM_NAME_MAX). Messages
+ * name the tensors as the file does. Two file tensors mapping to one entry are an error. */
+typedef const char *(*param_rename_fn)(const char *file_name, char *buf, size_t buf_size);
+void param_table_load_safetensors_renamed(const param_table *table, const char *path, param_rename_fn rename);
 /* Writes every entry (trainable and fixed) as F32 to path. which = 0 writes the values,
  * 1 writes the gradients (trainable only; for fixtures and debugging). Returns 0 or -1 with err. */
 int param_table_save_safetensors(const param_table *table, const char *path, int which,

@@ -572,7 +572,6 @@ static void check_round_trip(const ldm_config *c, const char *name) {
     CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "model")) == 10);
     CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "diffusion")) == 3);
     CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "train")) == 22);
-    CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "data")) == 3);
     CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "autoencoder")) == 9);
     CHECK(cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "autoencoder"),
                                                          "block_out_channels")));

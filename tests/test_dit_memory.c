@@ -4,7 +4,7 @@
  *
  * Allocation is observed by linking this test with -Wl,--wrap=malloc (and calloc,
  * realloc, free, aligned_alloc, posix_memalign): every call made from our own
- * objects goes through the counters below. */
+ * objects goes through the counters of allocation_counter.c. */
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,42 +13,9 @@
 #include "ops.h"
 #include "optimizer.h"
 #include "rng.h"
+#include "allocation_counter.h"
 #include "test_util.h"
 
-void *__real_malloc(size_t size);
-void *__real_calloc(size_t count, size_t size);
-void *__real_realloc(void *p, size_t size);
-void __real_free(void *p);
-void *__real_aligned_alloc(size_t alignment, size_t size);
-int __real_posix_memalign(void **p, size_t alignment, size_t size);
-
-static int counting;
-static long allocations;
-
-void *__wrap_malloc(size_t size) {
-    allocations += counting;
-    return __real_malloc(size);
-}
-void *__wrap_calloc(size_t count, size_t size) {
-    allocations += counting;
-    return __real_calloc(count, size);
-}
-void *__wrap_realloc(void *p, size_t size) {
-    allocations += counting;
-    return __real_realloc(p, size);
-}
-void __wrap_free(void *p) {
-    allocations += counting && p;
-    __real_free(p);
-}
-void *__wrap_aligned_alloc(size_t alignment, size_t size) {
-    allocations += counting;
-    return __real_aligned_alloc(alignment, size);
-}
-int __wrap_posix_memalign(void **p, size_t alignment, size_t size) {
-    allocations += counting;
-    return __real_posix_memalign(p, alignment, size);
-}
 
 enum { BATCH = 3 };
 
@@ -103,11 +70,11 @@ int main(void) {
 
     /* the step allocates nothing (after one warm-up step for lazy library set-up) */
     trainer_step(&first);
-    counting = 1;
+    allocation_counting = 1;
     float first_losses[4];
     for (int s = 0; s < 3; s++) first_losses[s] = trainer_step(&first);
-    counting = 0;
-    CHECK_MSG(allocations == 0, "%ld allocations or frees during 3 training steps", allocations);
+    allocation_counting = 0;
+    CHECK_MSG(allocation_count == 0, "%ld allocations or frees during 3 training steps", allocation_count);
 
     /* bit-identical with fewer threads (never more: scratch is sized for the thread count at creation) */
     omp_set_num_threads(threads > 1 ? threads - 1 : 1);

@@ -189,13 +189,13 @@ static void check_grad(const char *label, float *x, size_t n, const float *ana, 
 
 /* ============================================================ conv2d ==== */
 
-static size_t conv_in_count(const Conv2dShape *s) {
+static size_t conv_in_count(const conv2d_dims *s) {
     return (size_t)s->batch * s->in_channels * s->height * s->width;
 }
-static size_t conv_out_count(const Conv2dShape *s) {
+static size_t conv_out_count(const conv2d_dims *s) {
     return (size_t)s->batch * s->out_channels * conv2d_out_height(s) * conv2d_out_width(s);
 }
-static size_t conv_weight_count(const Conv2dShape *s) {
+static size_t conv_weight_count(const conv2d_dims *s) {
     return (size_t)s->out_channels * s->in_channels * s->kernel * s->kernel;
 }
 
@@ -229,7 +229,7 @@ static size_t conv_weight_count(const Conv2dShape *s) {
     } while (0)
 
 /* out (double) = the convolution, directly. */
-static void conv_forward_ref(double *out, const float *in, const float *w, const float *bias, const Conv2dShape *s) {
+static void conv_forward_ref(double *out, const float *in, const float *w, const float *bias, const conv2d_dims *s) {
     const size_t plane = (size_t)conv2d_out_height(s) * conv2d_out_width(s);
     for (size_t i = 0; i < conv_out_count(s); i++)
         out[i] = bias ? (double)bias[(i / plane) % (size_t)s->out_channels] : 0.0;
@@ -238,7 +238,7 @@ static void conv_forward_ref(double *out, const float *in, const float *w, const
 
 /* d_in, d_w, d_b (double) of L = sum(d_out * out), directly. */
 static void conv_backward_ref(double *d_in, double *d_w, double *d_b, const float *d_out, const float *in,
-                              const float *w, const Conv2dShape *s) {
+                              const float *w, const conv2d_dims *s) {
     const size_t plane = (size_t)conv2d_out_height(s) * conv2d_out_width(s);
     memset(d_in, 0, conv_in_count(s) * sizeof *d_in);
     memset(d_w, 0, conv_weight_count(s) * sizeof *d_w);
@@ -251,7 +251,7 @@ static void conv_backward_ref(double *d_in, double *d_w, double *d_b, const floa
 }
 
 struct conv_ctx {
-    const Conv2dShape *s;
+    const conv2d_dims *s;
     float *in, *w, *b, *out, *scratch;
     size_t scratch_floats;
     const float *r;
@@ -265,7 +265,7 @@ static double conv_loss(void *p) {
 
 /* Forward vs the naive convolution, backward vs the direct double backward, vs
  * finite differences when fd is set, and the accumulate/overwrite contract. */
-static void test_conv_shape(const char *name, Conv2dShape s, int with_bias, int fd) {
+static void test_conv_shape(const char *name, conv2d_dims s, int with_bias, int fd) {
     char label[160];
     const size_t nin = conv_in_count(&s), nout = conv_out_count(&s), nw = conv_weight_count(&s);
     const size_t nb = (size_t)s.out_channels;
@@ -345,8 +345,8 @@ static void test_conv_shape(const char *name, Conv2dShape s, int with_bias, int 
     free(d_in_sum), free(d_w_only);
 }
 
-static Conv2dShape downsample_shape(int batch, int in_channels, int out_channels, int height, int width) {
-    Conv2dShape s = conv2d_shape(batch, in_channels, out_channels, height, width, 3, 2, 0);
+static conv2d_dims downsample_shape(int batch, int in_channels, int out_channels, int height, int width) {
+    conv2d_dims s = conv2d_shape(batch, in_channels, out_channels, height, width, 3, 2, 0);
     s.pad_bottom = s.pad_right = 1; /* diffusers Downsample2D: F.pad(x, (0, 1, 0, 1)) */
     return s;
 }
@@ -363,7 +363,7 @@ static void test_conv2d(void) {
     test_conv_shape("conv 1x1 s2 b2 3->2 5x5 (im2col path)", conv2d_shape(2, 3, 2, 5, 5, 1, 2, 0), 1, 1);
     test_conv_shape("conv 3x3 s1 p0 b2 2->3 5x6", conv2d_shape(2, 2, 3, 5, 6, 3, 1, 0), 1, 1);
     {
-        Conv2dShape s = conv2d_shape(2, 2, 2, 6, 7, 3, 1, 0); /* lopsided padding on every side */
+        conv2d_dims s = conv2d_shape(2, 2, 2, 6, 7, 3, 1, 0); /* lopsided padding on every side */
         s.pad_top = 2, s.pad_bottom = 0, s.pad_left = 1, s.pad_right = 2;
         test_conv_shape("conv 3x3 pad (2,0,1,2) b2 2->2 6x7", s, 1, 1);
     }
@@ -375,18 +375,18 @@ static void test_conv2d(void) {
     test_conv_shape("conv 3x3 s1 p1 b3 16->16 16x16", conv2d_shape(3, 16, 16, 16, 16, 3, 1, 1), 1, 0);
 
     /* output sizes */
-    Conv2dShape d = downsample_shape(1, 1, 1, 32, 32);
+    conv2d_dims d = downsample_shape(1, 1, 1, 32, 32);
     CHECK(conv2d_out_height(&d) == 16 && conv2d_out_width(&d) == 16);
-    Conv2dShape same = conv2d_shape(1, 1, 1, 7, 9, 3, 1, 1);
+    conv2d_dims same = conv2d_shape(1, 1, 1, 7, 9, 3, 1, 1);
     CHECK(conv2d_out_height(&same) == 7 && conv2d_out_width(&same) == 9);
-    CHECK(conv2d_scratch_floats(&(Conv2dShape){1, 8, 8, 4, 4, 1, 1, 0, 0, 0, 0}, 4) == 0);
+    CHECK(conv2d_scratch_floats(&(conv2d_dims){1, 8, 8, 4, 4, 1, 1, 0, 0, 0, 0}, 4) == 0);
     CHECK(conv2d_scratch_floats(&same, 2) == 2 * conv2d_scratch_floats(&same, 1));
     CHECK(conv2d_scratch_floats(&same, 1) >= (size_t)9 * 7 * 9);
 }
 
 /* Scratch for one thread while several run: the same bits as with full scratch. */
 static void test_conv_small_scratch(void) {
-    Conv2dShape s = conv2d_shape(3, 10, 6, 17, 19, 3, 1, 1);
+    conv2d_dims s = conv2d_shape(3, 10, 6, 17, 19, 3, 1, 1);
     const size_t nin = conv_in_count(&s), nout = conv_out_count(&s), nw = conv_weight_count(&s);
     float *in = falloc(nin), *w = falloc(nw), *r = falloc(nout);
     fill_normal(in, nin, 0.0, 1.0);
@@ -597,10 +597,10 @@ static void test_determinism(void) {
     const int max_threads = omp_get_max_threads();
     const int counts[3] = {1, 2, 3};
     /* a conv with several tiles and channel blocks per sample */
-    Conv2dShape shapes[3] = {conv2d_shape(3, 20, 12, 18, 17, 3, 1, 1), downsample_shape(3, 10, 6, 34, 32),
+    conv2d_dims shapes[3] = {conv2d_shape(3, 20, 12, 18, 17, 3, 1, 1), downsample_shape(3, 10, 6, 34, 32),
                              conv2d_shape(3, 80, 12, 18, 17, 1, 1, 0)};
     for (int sh = 0; sh < 3; sh++) {
-        const Conv2dShape *s = &shapes[sh];
+        const conv2d_dims *s = &shapes[sh];
         const size_t nin = conv_in_count(s), nout = conv_out_count(s), nw = conv_weight_count(s);
         const size_t nb = (size_t)s->out_channels, scratch_floats = conv2d_scratch_floats(s, 3);
         float *in = falloc(nin), *w = falloc(nw), *bias = falloc(nb), *r = falloc(nout);
@@ -673,7 +673,7 @@ static double now_seconds(void) {
 }
 
 static int bench(void) {
-    Conv2dShape s = conv2d_shape(8, 128, 128, 32, 32, 3, 1, 1);
+    conv2d_dims s = conv2d_shape(8, 128, 128, 32, 32, 3, 1, 1);
     const size_t nin = conv_in_count(&s), nout = conv_out_count(&s), nw = conv_weight_count(&s);
     const size_t scratch_floats = conv2d_scratch_floats(&s, omp_get_max_threads());
     float *in = falloc(nin), *w = falloc(nw), *b = falloc(128), *out = falloc(nout), *d_out = falloc(nout);

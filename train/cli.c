@@ -70,3 +70,18 @@ dit_shape cli_dit_shape(const ldm_config *config) {
     };
     return s;
 }
+
+autoencoder_shape cli_autoencoder_shape(const ldm_config *config) {
+    const autoencoder_config *a = &config->autoencoder;
+    autoencoder_shape s = {
+        .in_channels = a->in_channels,
+        .input_size = a->input_size,
+        .levels = a->block_out_channels.count,
+        .layers_per_block = a->layers_per_block,
+        .latent_channels = a->latent_channels,
+        .norm_groups = a->norm_groups,
+    };
+    _Static_assert(AE_MAX_LEVELS == CONFIG_INT_LIST_MAX, "a config list of widths must fit the model's levels");
+    memcpy(s.block_out_channels, a->block_out_channels.values, sizeof(int) * AE_MAX_LEVELS);
+    return s;
+}

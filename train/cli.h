@@ -4,6 +4,7 @@
 #ifndef LDM_CLI_H
 #define LDM_CLI_H
 
+#include "autoencoder.h"
 #include "config.h"
 #include "dit.h"
 
@@ -31,5 +32,7 @@ long long cli_int(const char *command, const cli_option *option, long long min, 
 void cli_load_config(ldm_config *config, const cli_option *config_option, const cli_option *set_option);
 /* The DiT shape a config describes. */
 dit_shape cli_dit_shape(const ldm_config *config);
+/* The autoencoder shape the config's "autoencoder" section describes. */
+autoencoder_shape cli_autoencoder_shape(const ldm_config *config);
 
 #endif

@@ -7,5 +7,6 @@ int command_forward(int argc, char **argv);
 int command_inspect(int argc, char **argv);
 int command_prepare(int argc, char **argv);
 int command_train(int argc, char **argv);
+int command_train_ae(int argc, char **argv);
 
 #endif

@@ -57,6 +57,7 @@ typedef struct {
     bool flip;            /* random horizontal flips, default false */
     int memory_budget_mb; /* a rank's shard is held in memory when it fits, else streamed; default 4096 */
     int prefetch_batches; /* batches assembled ahead of training, default 2, in [1, 64] */
+    int validation_samples; /* held-out samples (the first of --val-data) validated on, default 256 */
 } data_config;
 
 /* A list of integers as a config value, e.g. autoencoder.block_out_channels.

@@ -22,6 +22,8 @@ static const command_entry commands[] = {
     {"prepare", command_prepare,
      "make a data set file: ldm prepare fashion-mnist|images DIR|synthetic --out F.h5 (ldm prepare --help)"},
     {"train", command_train, "train the DiT on a data set: [mpirun -np N] ldm train --config F --data D --run DIR"},
+    {"train-ae", command_train_ae,
+     "train the autoencoder on images: [mpirun -np N] ldm train-ae --config F --data D --run DIR [--val-data V]"},
     {"bench", command_bench, "time training steps (and with --data the loader): ldm bench --config F [--data D.h5]"},
     {"forward", command_forward,
      "run the DiT on an HDF5 file: ldm forward --config F --weights W --input IN.h5 --output OUT.h5"},

@@ -1,7 +1,10 @@
-/* `ldm train --config F --data D --run DIR [--set k=v ...] [--force | --resume auto|PATH]`: the
- * command line of data-parallel training, the same with or without mpirun. It
- * loads and validates the config, prepares the run directory (refusing one that
- * holds another run unless --force) and hands over to the training loop. */
+/* `ldm train` and `ldm train-ae`: the command line of data-parallel training,
+ * the same with or without mpirun.
+ *   ldm train    --config F --data D --run DIR [--val-data V] [--set k=v ...] [--force | --resume auto|PATH]
+ *   ldm train-ae (the same options)
+ * Both load and validate the config, check the batch split, and hand over to
+ * the one training loop with their model: the DiT under EDM, or the KL
+ * autoencoder. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,28 +17,28 @@
 #include "run_directory.h"
 #include "training_loop.h"
 
-int command_train(int argc, char **argv) {
+static int run_training_command(const char *command, const char *summary, int argc, char **argv,
+                                trainable *(*create_model)(const ldm_config *, int)) {
     cli_option options[] = {
         {.name = "--config", .help = "config file (defaults only when left out)"},
         {.name = "--data", .required = 1, .help = "the data set: an ldm HDF5 file (ldm prepare, ldm encode)"},
-        {.name = "--run", .required = 1, .help = "the run directory: config.json, metrics.jsonl, weights"},
+        {.name = "--run", .required = 1, .help = "the run directory: config.json, metrics.jsonl, checkpoints"},
         {.name = "--set", .repeatable = 1, .help = "override a config key: section.key=value (repeatable)"},
         {.name = "--force", .is_flag = 1, .help = "start over in a run directory that holds another run"},
         {.name = "--resume", .help = "auto (the run's newest good checkpoint; from scratch if none) or a checkpoint "
                                      "directory; without --config the run's config.json is used"},
+        {.name = "--val-data", .help = "held-out data for validation (its first data.validation_samples samples)"},
         {.name = "--help", .is_flag = 1, .help = "this help"},
         {0},
     };
     for (int i = 2; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            cli_print_usage("train",
-                            "Trains the DiT denoiser (EDM) on a data set, data-parallel over the ranks of mpirun.",
-                            options);
+            cli_print_usage(command, summary, options);
             return 0;
         }
-    cli_parse("train", argc, argv, 2, options);
+    cli_parse(command, argc, argv, 2, options);
     const char *resume = options[5].value;
-    if (resume && options[4].value) fatal_input("ldm train: --resume and --force exclude each other");
+    if (resume && options[4].value) fatal_input("ldm %s: --resume and --force exclude each other", command);
     /* A resumed run keeps its config unless told otherwise: the run's own
      * config.json, with --set on top (steps, lr, intervals may change). */
     char *run_config = NULL;
@@ -49,9 +52,21 @@ int command_train(int argc, char **argv) {
     /* Checked before anything is written. */
     training_batch_split(&config, options[0].value, comm_world_size(), &micro, &accumulation);
     training_job job = {.config = &config, .config_path = options[0].value, .data_path = options[1].value,
-                        .run_dir = options[2].value, .force = options[4].value != NULL, .resume = resume,
-                        .create_model = dit_trainable_create};
+                        .validation_path = options[6].value, .run_dir = options[2].value,
+                        .force = options[4].value != NULL, .resume = resume, .create_model = create_model};
     training_run(&job);
     free(run_config);
     return 0;
+}
+
+int command_train(int argc, char **argv) {
+    return run_training_command("train", "Trains the DiT denoiser (EDM) on a data set, data-parallel over the ranks "
+                                         "of mpirun.", argc, argv, dit_trainable_create);
+}
+
+int command_train_ae(int argc, char **argv) {
+    return run_training_command("train-ae", "Trains the KL autoencoder (config section autoencoder) on an image data "
+                                            "set, data-parallel over the ranks of mpirun; --val-data gives the "
+                                            "held-out images of the PSNR and the pictures in RUN/samples/.",
+                                argc, argv, autoencoder_trainable_create);
 }

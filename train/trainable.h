@@ -41,6 +41,13 @@ struct trainable {
      * members for metrics.jsonl ("\"name\": value, ..."), and a short text for
      * the progress line ("" for none). */
     void (*statistics_json)(const trainable *self, const double *statistics, char *out, size_t out_size);
+    /* Optional (NULL: none). On rank 0 between steps, every train.sample_every
+     * steps and at the end: evaluates the current weights on held-out samples
+     * (count, C, H, W) with their labels, writes what it shows under run_dir
+     * (e.g. samples/step-N.png), and returns JSON members for metrics.jsonl and a
+     * line for the progress output. */
+    void (*validate)(trainable *self, const float *samples, const int32_t *labels, int count, int64_t step,
+                     const char *run_dir, char *json, size_t json_size, char *line, size_t line_size);
     void (*destroy)(trainable *self);
     void *self;                /* the implementation's own state */
 };
@@ -48,5 +55,8 @@ struct trainable {
 /* The DiT denoiser trained with EDM (train/dit_trainable.c), for batches of up
  * to micro_batch samples. */
 trainable *dit_trainable_create(const ldm_config *config, int micro_batch);
+/* The KL autoencoder (train/autoencoder_trainable.c): reconstruction + beta KL,
+ * validated by reconstruction PSNR and a picture of originals and reconstructions. */
+trainable *autoencoder_trainable_create(const ldm_config *config, int micro_batch);
 
 #endif

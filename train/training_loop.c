@@ -226,6 +226,18 @@ int training_run(const training_job *job) {
     const dataset_info *info = loader_info(t.data);
     int64_t per_sample = info->sample_elements;
     size_t count = model->count;
+    /* Held-out samples, validated on by rank 0 (read before anything is written,
+     * so that a bad file is refused first). */
+    int validation_count = 0;
+    float *validation_samples = NULL;  /* (validation_count, P) */
+    int32_t *validation_labels = NULL; /* (validation_count) */
+    if (rank == 0 && job->validation_path && model->validate) {
+        int most = config->data.validation_samples;
+        validation_samples = xmalloc((size_t)most * (size_t)per_sample * sizeof(float));
+        validation_labels = xmalloc((size_t)most * sizeof(int32_t));
+        loader_options validation_options = training_loader_options(config, model, job->validation_path, 1);
+        validation_count = loader_read_first(&validation_options, most, validation_samples, validation_labels);
+    }
     adamw_create(&t.optimizer, count,
                  (adamw_hyper){.beta1 = (float)config->train.adam_beta1, .beta2 = (float)config->train.adam_beta2,
                                .eps = (float)config->train.adam_eps, .weight_decay = (float)config->train.weight_decay});
@@ -250,7 +262,7 @@ int training_run(const training_job *job) {
         .labels = xmalloc((size_t)micro * sizeof(int32_t)),
         .index = xmalloc((size_t)micro * sizeof(int64_t)),
     };
-    char statistics_json[4096];
+    char statistics_json[4096], validation_json[1024], validation_line[1024];
     lr_schedule schedule = lr_schedule_from_config(&config->train);
     ema_schedule ema_rule = ema_schedule_from_config(&config->train);
     int64_t poison_first, poison_last;
@@ -313,7 +325,21 @@ int training_run(const training_job *job) {
             statistics_json[0] = 0;
             if (model->statistics_json)
                 model->statistics_json(model, stats + STAT_MODEL, statistics_json, sizeof statistics_json);
+            int64_t every = config->train.sample_every;
+            int validate_now = validation_count > 0 && ((every > 0 && (step + 1) % every == 0) || step + 1 == total_steps);
+            if (validate_now) {
+                model->validate(model, validation_samples, validation_labels, validation_count, step + 1,
+                                job->run_dir, validation_json, sizeof validation_json, validation_line,
+                                sizeof validation_line);
+                size_t used = strlen(statistics_json);
+                snprintf(statistics_json + used, sizeof statistics_json - used, "%s%s", used ? ", " : "",
+                         validation_json);
+            }
             metrics_log_step(&log, &m);
+            if (validate_now) {
+                printf("%s\n", validation_line);
+                fflush(stdout);
+            }
             if (skip) {
                 printf("step %lld: non-finite loss or gradient, step skipped (%lld skipped so far)\n",
                        (long long)step + 1, (long long)t.progress.skipped_total);
@@ -354,6 +380,7 @@ int training_run(const training_job *job) {
     /* Nobody leaves before rank 0 has written everything. */
     comm_barrier();
     free(b.x), free(b.labels), free(b.index);
+    free(validation_samples), free(validation_labels);
     free(t.ema);
     free(t.progress.loader);
     adamw_destroy(&t.optimizer);

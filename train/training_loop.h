@@ -16,6 +16,7 @@ typedef struct {
     const ldm_config *config;
     const char *config_path; /* for error lines: the --config file (or NULL) */
     const char *data_path;
+    const char *validation_path; /* held-out data for the model's validation, or NULL */
     const char *run_dir;
     int force;               /* start over in a run directory holding another run */
     const char *resume;

@@ -116,7 +116,8 @@ void training_state_check_compatible(const char *json, const char *source, const
     cJSON *root = parse_state(json, source);
     const cJSON *kind = cJSON_GetObjectItemCaseSensitive(root, "kind");
     if (!cJSON_IsString(kind) || strcmp(kind->valuestring, model->kind) != 0)
-        fatal_input("%s: a checkpoint of a %s model, not of a %s", source,
+        fatal_input("%s: a checkpoint of kind \"%s\", expected \"%s\" (ldm train takes DiT runs, ldm train-ae "
+                    "autoencoder runs)", source,
                     cJSON_IsString(kind) ? kind->valuestring : "unknown", model->kind);
     const char *section = model->shape_section;
     const cJSON *saved_model = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "config"), section);

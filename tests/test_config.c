@@ -622,6 +622,49 @@ static void test_round_trip(void) {
     free(json);
 }
 
+/* config_load_json_text: the same config from text as from the file holding it,
+ * overrides applied, and errors naming the given source instead of a file. */
+static void test_json_text(void) {
+    ldm_config from_file, from_text;
+    const char *sets[] = {"train.steps=7"};
+    char err[1024] = "";
+    if (load_ok(&from_file, "configs/ae-tiny.json", sets, 1) == 0) {
+        char *json = config_to_json(&from_file);
+        memset(&from_text, 0xab, sizeof from_text);
+        int rc = config_load_json_text(&from_text, json, "ckpt/state.json: config", NULL, 0, err, sizeof err);
+        CHECK_MSG(rc == 0, "rc %d, err \"%s\"", rc, err);
+        CHECK(memcmp(&from_text, &from_file, sizeof from_text) == 0);
+        CHECK(from_text.train.steps == 7 && from_text.autoencoder.latent_channels == 2);
+        free(json);
+    }
+    const char *more[] = {"train.seed=3"};
+    CHECK(config_load_json_text(&from_text, "{\"train\": {\"steps\": 5}}", "text", more, 1, err, sizeof err) == 0);
+    CHECK(from_text.train.steps == 5 && from_text.train.seed == 3);
+
+    /* Errors name the source; a failed load leaves the config as it was. */
+    struct {
+        const char *text, *expected;
+    } bad[] = {
+        {"{\"train\": {\"steps\": 0}}", "src: train.steps: expected an integer >= 1, got 0"},
+        {"{\"modle\": {}}", "src: modle: unknown section"},
+        {"[1, 2]", "src: expected a JSON object at the top level, got an array"},
+        {"{\"train\": ", "src: not valid JSON near line 1"},
+        {"{\"autoencoder\": {\"input_size\": 15}}", "src: autoencoder.input_size: expected a multiple of 4"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ldm_config before;
+        memcpy(&before, &from_text, sizeof before);
+        strcpy(err, "(untouched)");
+        int rc = config_load_json_text(&from_text, bad[i].text, "src", NULL, 0, err, sizeof err);
+        CHECK_MSG(rc == -1, "rc %d for %s", rc, bad[i].text);
+        CHECK(memcmp(&before, &from_text, sizeof before) == 0);
+        CHECK(strchr(err, '\n') == NULL);
+        const char *message = err;
+        CHECK_STR_CONTAINS(message, bad[i].expected);
+        if (verbose) printf("  %s\n", err);
+    }
+}
+
 int main(void) {
     verbose = getenv("LDM_TEST_VERBOSE") != NULL;
     if (!mkdtemp(temp_dir)) {
@@ -637,6 +680,7 @@ int main(void) {
     test_int_list();
     test_overrides();
     test_round_trip();
+    test_json_text();
     for (int i = 0; i < temp_count; i++) {
         unlink(temp_paths[i]);
         free(temp_paths[i]);

@@ -3,6 +3,8 @@
 #define LDM_COMMANDS_H
 
 int command_bench(int argc, char **argv);
+int command_decode(int argc, char **argv);
+int command_encode(int argc, char **argv);
 int command_forward(int argc, char **argv);
 int command_inspect(int argc, char **argv);
 int command_prepare(int argc, char **argv);

@@ -397,16 +397,13 @@ static int line_of(const char *text, size_t offset) {
     return line;
 }
 
-/* Parses PATH into *root (an object); -1 with err otherwise. */
-static int parse_file(const char *path, cJSON **root, char *err, size_t err_size) {
-    size_t len = 0;
-    char *text = read_file(path, &len, err, err_size);
-    if (!text) return -1;
+/* Parses text (len bytes, NUL-terminated) into *root (an object); -1 with err,
+ * naming path, otherwise. */
+static int parse_text(const char *text, size_t len, const char *path, cJSON **root, char *err, size_t err_size) {
     /* cJSON stops at a NUL byte, which would silently cut the file short. */
     const char *nul = memchr(text, '\0', len);
     if (nul) {
         set_err(err, err_size, "%s: not valid JSON near line %d (a NUL byte)", path, line_of(text, (size_t)(nul - text)));
-        free(text);
         return -1;
     }
     /* require_null_terminated: trailing text after the top-level value is an
@@ -417,10 +414,8 @@ static int parse_file(const char *path, cJSON **root, char *err, size_t err_size
     if (!json) {
         size_t offset = end && end >= text && end <= text + len ? (size_t)(end - text) : len;
         set_err(err, err_size, "%s: not valid JSON near line %d", path, line_of(text, offset));
-        free(text);
         return -1;
     }
-    free(text);
     if (!cJSON_IsObject(json)) {
         char got[80];
         describe_value(got, sizeof got, json);
@@ -430,6 +425,16 @@ static int parse_file(const char *path, cJSON **root, char *err, size_t err_size
     }
     *root = json;
     return 0;
+}
+
+/* Parses the file PATH into *root (an object); -1 with err otherwise. */
+static int parse_file(const char *path, cJSON **root, char *err, size_t err_size) {
+    size_t len = 0;
+    char *text = read_file(path, &len, err, err_size);
+    if (!text) return -1;
+    int status = parse_text(text, len, path, root, err, err_size);
+    free(text);
+    return status;
 }
 
 /* Checks the file's shape before overrides are merged in, so that an unknown or
@@ -740,16 +745,15 @@ void config_defaults(ldm_config *config) {
     }
 }
 
-int config_load(ldm_config *config, const char *path, const char *const *overrides, int override_count, char *err,
-                size_t err_size) {
+/* The part of config_load after reading: root is the parsed file (taken over and
+ * freed here), or NULL for defaults only; path names the source in errors. */
+static int load_root(ldm_config *config, cJSON *root, const char *path, const char *const *overrides,
+                     int override_count, char *err, size_t err_size) {
     /* Work on a copy: *config changes only when the whole config is valid. */
     ldm_config out;
     config_defaults(&out);
-    set_err(err, err_size, "%s", "");
 
-    cJSON *root = NULL;
-    if (path) {
-        if (parse_file(path, &root, err, err_size) != 0) return -1;
+    if (root) {
         if (check_structure(root, path, err, err_size) != 0) goto fail;
     } else {
         root = cJSON_CreateObject();
@@ -779,6 +783,22 @@ int config_load(ldm_config *config, const char *path, const char *const *overrid
 fail:
     cJSON_Delete(root);
     return -1;
+}
+
+int config_load(ldm_config *config, const char *path, const char *const *overrides, int override_count, char *err,
+                size_t err_size) {
+    set_err(err, err_size, "%s", "");
+    cJSON *root = NULL;
+    if (path && parse_file(path, &root, err, err_size) != 0) return -1;
+    return load_root(config, root, path, overrides, override_count, err, err_size);
+}
+
+int config_load_json_text(ldm_config *config, const char *text, const char *source, const char *const *overrides,
+                          int override_count, char *err, size_t err_size) {
+    set_err(err, err_size, "%s", "");
+    cJSON *root = NULL;
+    if (parse_text(text, strlen(text), source, &root, err, err_size) != 0) return -1;
+    return load_root(config, root, source, overrides, override_count, err, err_size);
 }
 
 char *config_to_json(const ldm_config *config) {

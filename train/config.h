@@ -101,6 +101,12 @@ void config_defaults(ldm_config *config);
 int config_load(ldm_config *config, const char *path, const char *const *overrides,
                 int override_count, char *err, size_t err_size);
 
+/* The same from JSON text held in memory (a checkpoint's state.json "config"
+ * object printed back to text): source names it in errors where config_load names
+ * the file, e.g. "run/checkpoints/step-00000100/state.json: config". */
+int config_load_json_text(ldm_config *config, const char *text, const char *source, const char *const *overrides,
+                          int override_count, char *err, size_t err_size);
+
 /* The resolved config as pretty-printed JSON (caller frees), every key present. */
 char *config_to_json(const ldm_config *config);
 

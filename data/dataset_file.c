@@ -576,3 +576,17 @@ void dataset_writer_finish(dataset_writer *w) {
     free(w->partial_path);
     free(w);
 }
+
+uint8_t dataset_pixel_from_float(float value) {
+    float v = (value + 1.0f) * 127.5f;
+    return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : lrintf(v));
+}
+
+void dataset_pixels_from_floats(const float *images, int64_t rows, int channels, int size, uint8_t *pixels) {
+    const int64_t plane = (int64_t)size * size;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t i = 0; i < plane; i++)
+            for (int c = 0; c < channels; c++)
+                pixels[(r * plane + i) * channels + c] =
+                    dataset_pixel_from_float(images[(r * channels + c) * plane + i]);
+}

@@ -93,6 +93,12 @@ void dataset_writer_finish(dataset_writer *writer);
  * predefined), built the way h5py builds it; the caller closes it. */
 hid_t dataset_float16_type(void);
 
+/* Model images back to pixels, the inverse of the loader's x / 127.5 - 1:
+ * round((x + 1) 127.5) clamped to [0, 255]; images (rows, C, H, W) float to
+ * pixels (rows, H, W, C) uint8, as /images stores them. */
+uint8_t dataset_pixel_from_float(float value);
+void dataset_pixels_from_floats(const float *images, int64_t rows, int channels, int size, uint8_t *pixels);
+
 /* The contiguous range of rows [*start, *start + *rows) that rank r of w owns
  * among n: sizes differ by at most one, the first n % w ranks hold one more. */
 void dataset_shard_range(int64_t n, int rank, int world_size, int64_t *start, int64_t *rows);

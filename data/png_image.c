@@ -1,6 +1,7 @@
 /* PNG reading and writing with libpng's simplified API (see png_image.h). */
 #include "png_image.h"
 
+#include <errno.h>
 #include <png.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,4 +63,37 @@ void png_write_file(const char *path, const uint8_t *pixels, int height, int wid
         png_image_free(&image);
         fatal_input("%s: cannot write PNG: %s", path, reason);
     }
+}
+
+void png_write_image_grid(const char *path, const uint8_t *pixels, int64_t n, int channels, int size, int by_class) {
+    int columns, grid_rows;
+    if (by_class > 0) {
+        grid_rows = (int)(n < by_class ? n : by_class);
+        columns = (int)((n + by_class - 1) / by_class);
+    } else {
+        columns = n < PNG_GRID_COLUMNS ? (int)n : PNG_GRID_COLUMNS;
+        grid_rows = (int)((n + PNG_GRID_COLUMNS - 1) / PNG_GRID_COLUMNS);
+    }
+    const int png_channels = channels >= 3 ? 3 : 1;
+    const int width = columns * size, height = grid_rows * size;
+    uint8_t *grid = xcalloc((size_t)width * (size_t)height * (size_t)png_channels, 1);
+    for (int64_t i = 0; i < n; i++) {
+        int col = by_class > 0 ? (int)(i / by_class) : (int)(i % PNG_GRID_COLUMNS);
+        int row = by_class > 0 ? (int)(i % by_class) : (int)(i / PNG_GRID_COLUMNS);
+        int gx = col * size, gy = row * size;
+        for (int y = 0; y < size; y++)
+            for (int x = 0; x < size; x++)
+                for (int c = 0; c < png_channels; c++)
+                    grid[((size_t)(gy + y) * (size_t)width + (size_t)(gx + x)) * png_channels + c] =
+                        pixels[((i * size + y) * size + x) * channels + c];
+    }
+    size_t length = strlen(path) + sizeof ".partial";
+    char *partial = xmalloc(length);
+    snprintf(partial, length, "%s.partial", path);
+    fatal_remove_on_failure(partial);
+    png_write_file(partial, grid, height, width, png_channels);
+    if (rename(partial, path) != 0) fatal_internal("cannot rename %s to %s: %s", partial, path, strerror(errno));
+    fatal_forget_removal(partial);
+    free(partial);
+    free(grid);
 }

@@ -13,6 +13,7 @@
 
 #include "autoencoder.h"
 #include "cli.h"
+#include "dataset_file.h"
 #include "fatal.h"
 #include "png_image.h"
 #include "rng.h"
@@ -72,11 +73,6 @@ static void ae_statistics_json(const trainable *self, const double *statistics, 
              statistics[STAT_KL] / n);
 }
 
-static uint8_t to_pixel(float value) {
-    float v = (value + 1.0f) * 127.5f;
-    return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : lrintf(v));
-}
-
 /* RUN/samples/step-N.png: originals (top row) over reconstructions. */
 static void write_picture(const autoencoder_trainer *a, const float *originals, int count, int64_t step,
                           const char *run_dir) {
@@ -93,7 +89,7 @@ static void write_picture(const autoencoder_trainer *a, const float *originals, 
                 for (int x = 0; x < size; x++)
                     for (int c = 0; c < png_channels; c++) {
                         size_t at = ((size_t)(row * size + y) * (size_t)width + (size_t)(i * size + x)) * png_channels;
-                        pixels[at + c] = to_pixel(image[(size_t)(c < channels ? c : 0) * plane + (size_t)y * size + x]);
+                        pixels[at + c] = dataset_pixel_from_float(image[(size_t)(c < channels ? c : 0) * plane + (size_t)y * size + x]);
                     }
         }
     char *folder = run_directory_path(run_dir, "samples");

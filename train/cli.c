@@ -85,3 +85,19 @@ autoencoder_shape cli_autoencoder_shape(const ldm_config *config) {
     memcpy(s.block_out_channels, a->block_out_channels.values, sizeof(int) * AE_MAX_LEVELS);
     return s;
 }
+
+uint64_t cli_uint64(const char *command, const cli_option *option) {
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = strtoull(option->value, &end, 10);
+    if (errno || end == option->value || *end || option->value[0] == '-')
+        fatal_input("ldm %s: option %s: expected a non-negative integer, got '%s'", command, option->name,
+                    option->value);
+    return (uint64_t)v;
+}
+
+int cli_wants_help(int argc, char **argv) {
+    for (int i = 2; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return 1;
+    return 0;
+}

@@ -5,6 +5,8 @@
 #define LDM_CLI_H
 
 #include "autoencoder.h"
+#include <stdint.h>
+
 #include "config.h"
 #include "dit.h"
 
@@ -27,6 +29,11 @@ void cli_parse(const char *command, int argc, char **argv, int first, cli_option
 void cli_print_usage(const char *command, const char *summary, const cli_option *options);
 /* Parses an option value as an integer in [min, max]; fatal_input otherwise. */
 long long cli_int(const char *command, const cli_option *option, long long min, long long max);
+
+/* Parses an option value as a non-negative 64-bit integer (a seed); fatal_input otherwise. */
+uint64_t cli_uint64(const char *command, const cli_option *option);
+/* True when argv[2..) holds --help or -h (checked before required options are). */
+int cli_wants_help(int argc, char **argv);
 
 /* Loads the config named by --config with the --set overrides; fatal_input on any error. */
 void cli_load_config(ldm_config *config, const cli_option *config_option, const cli_option *set_option);

@@ -8,6 +8,7 @@ int command_encode(int argc, char **argv);
 int command_forward(int argc, char **argv);
 int command_inspect(int argc, char **argv);
 int command_prepare(int argc, char **argv);
+int command_sample(int argc, char **argv);
 int command_train(int argc, char **argv);
 int command_train_ae(int argc, char **argv);
 

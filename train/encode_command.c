@@ -53,6 +53,7 @@
 #include "atomic_file.h"
 #include "autoencoder.h"
 #include "checkpoint.h"
+#include "checkpoint_model.h"
 #include "cli.h"
 #include "comm.h"
 #include "exact_sum.h"
@@ -64,8 +65,6 @@
 #include "rng.h"
 
 #define PURPOSE_ENCODE_SAMPLE 0x656e636f64657a7aull /* "encodezz": posterior noise of ldm encode */
-#define STATE_MAX_BYTES (64 << 20)
-#define GRID_COLUMNS 8
 #define DEFAULT_GRID_IMAGES 64
 
 /* ---- the autoencoder of a checkpoint ---- */
@@ -78,71 +77,6 @@ typedef struct {
     autoencoder_model model;
 } checkpoint_autoencoder;
 
-/* state.json of DIR as text (caller frees); fatal_input when unreadable. */
-static char *read_state_text(const char *dir) {
-    char *path = path_join(dir, "state.json");
-    FILE *f = fopen(path, "rb");
-    struct stat info;
-    if (!f || fstat(fileno(f), &info) != 0 || !S_ISREG(info.st_mode) || info.st_size > STATE_MAX_BYTES)
-        fatal_input("%s: cannot read: %s", path, f ? "not a file, or too large" : strerror(errno));
-    size_t size = (size_t)info.st_size;
-    char *text = xmalloc(size + 1);
-    size_t got = fread(text, 1, size, f);
-    fclose(f);
-    if (got != size) fatal_input("%s: cannot read", path);
-    text[size] = '\0';
-    free(path);
-    return text;
-}
-
-/* Rank 0: finds and checks the checkpoint, and returns the config JSON text it
- * was trained with (caller frees); *dir and *step are set. */
-static char *find_autoencoder_checkpoint(const char *command, const char *where, char **dir, long long *step) {
-    struct stat info;
-    if (stat(where, &info) != 0)
-        fatal_input("%s: cannot read the autoencoder: %s (expected a run directory of ldm train-ae or one of its "
-                    "checkpoints)", where, strerror(errno));
-    char *found = checkpoint_find(where);
-    if (!found)
-        fatal_input("%s: no checkpoint that passes verification (expected a run directory of ldm train-ae with "
-                    "checkpoints/, or a checkpoint directory)", where);
-    char err[1024];
-    if (checkpoint_verify(found, err, sizeof err) != 0) fatal_input("%s", err);
-    char *text = read_state_text(found);
-    char source[4200];
-    snprintf(source, sizeof source, "%s/state.json", found);
-    cJSON *state = cJSON_Parse(text);
-    free(text);
-    if (!cJSON_IsObject(state)) fatal_input("%s: not valid JSON", source);
-    const cJSON *kind = cJSON_GetObjectItemCaseSensitive(state, "kind");
-    if (!cJSON_IsString(kind) || strcmp(kind->valuestring, "autoencoder") != 0)
-        fatal_input("%s: a checkpoint of kind \"%s\", expected \"autoencoder\" (ldm %s takes a run or checkpoint of "
-                    "ldm train-ae)", found, cJSON_IsString(kind) ? kind->valuestring : "unknown", command);
-    const cJSON *step_item = cJSON_GetObjectItemCaseSensitive(state, "step");
-    if (!cJSON_IsNumber(step_item) || step_item->valuedouble < 0 ||
-        step_item->valuedouble != floor(step_item->valuedouble))
-        fatal_input("%s: step: expected a non-negative integer", source);
-    const cJSON *config = cJSON_GetObjectItemCaseSensitive(state, "config");
-    if (!cJSON_IsObject(config)) fatal_input("%s: config: expected the run's config (an object)", source);
-    char *config_text = cJSON_PrintUnformatted(config);
-    if (!config_text) fatal_internal("out of memory printing %s", source);
-    char *copy = xstrdup(config_text);
-    cJSON_free(config_text);
-    *step = (long long)step_item->valuedouble;
-    *dir = found;
-    cJSON_Delete(state);
-    return copy;
-}
-
-/* Sends a string from rank 0 to every rank (allocated on the others). */
-static char *broadcast_string(char *text) {
-    int64_t length = comm_rank() == 0 ? (int64_t)strlen(text) + 1 : 0;
-    comm_broadcast(&length, sizeof length, 0);
-    if (comm_rank() != 0) text = xmalloc((size_t)length);
-    comm_broadcast(text, (size_t)length, 0);
-    return text;
-}
-
 /* Collective: the autoencoder of --ae with the chosen weights, laid out for
  * purpose and batches of up to max_batch. */
 static void load_autoencoder(checkpoint_autoencoder *ae, const char *command, const char *where,
@@ -152,9 +86,10 @@ static void load_autoencoder(checkpoint_autoencoder *ae, const char *command, co
         fatal_input("ldm %s: option --weights: expected ema or model, got '%s'", command, weights);
     char *config_text = NULL;
     long long step = 0;
-    if (comm_rank() == 0) config_text = find_autoencoder_checkpoint(command, where, &ae->checkpoint, &step);
-    config_text = broadcast_string(config_text);
-    ae->checkpoint = broadcast_string(ae->checkpoint);
+    const checkpoint_model_request request = {command, "autoencoder", "autoencoder", "train-ae"};
+    if (comm_rank() == 0) config_text = checkpoint_model_find(&request, where, &ae->checkpoint, &step, NULL);
+    config_text = checkpoint_model_broadcast_string(config_text);
+    ae->checkpoint = checkpoint_model_broadcast_string(ae->checkpoint);
     comm_broadcast(&step, sizeof step, 0);
 
     char source[4200], err[1024];
@@ -170,13 +105,7 @@ static void load_autoencoder(checkpoint_autoencoder *ae, const char *command, co
     }
     comm_broadcast(ae->model.params, sizeof(float) * ae->model.table.trainable_numel, 0);
 
-    /* The checkpoint by its absolute path (a "latest" link resolved), so that the
-     * attribute still names it when read from elsewhere. */
-    char *absolute = realpath(ae->checkpoint, NULL);
-    size_t n = strlen(absolute ? absolute : ae->checkpoint) + 96;
-    ae->description = xmalloc(n);
-    snprintf(ae->description, n, "%s (step %lld, %s weights)", absolute ? absolute : ae->checkpoint, step, weights);
-    free(absolute);
+    ae->description = checkpoint_model_description(ae->checkpoint, step, weights);
 }
 
 static void free_autoencoder(checkpoint_autoencoder *ae) {
@@ -281,21 +210,6 @@ static void images_to_floats(const uint8_t *pixels, int64_t rows, int channels, 
                 out[(r * channels + c) * plane + i] = value[pixels[(r * plane + i) * channels + c]];
 }
 
-static uint64_t parse_seed(const char *command, const cli_option *option) {
-    char *end = NULL;
-    errno = 0;
-    unsigned long long v = strtoull(option->value, &end, 10);
-    if (errno || end == option->value || *end || option->value[0] == '-')
-        fatal_input("ldm %s: option %s: expected a non-negative integer, got '%s'", command, option->name,
-                    option->value);
-    return (uint64_t)v;
-}
-
-static int wants_help(int argc, char **argv) {
-    for (int i = 2; i < argc; i++)
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return 1;
-    return 0;
-}
 
 int command_encode(int argc, char **argv) {
     cli_option options[] = {
@@ -310,7 +224,7 @@ int command_encode(int argc, char **argv) {
         {.name = "--force", .is_flag = 1, .help = "overwrite an existing output"},
         {0},
     };
-    if (wants_help(argc, argv)) {
+    if (cli_wants_help(argc, argv)) {
         cli_print_usage("encode",
                         "Encodes a data set of images into latents (the posterior mean, or a sample), with their\n"
                         "per-channel mean and std; under mpirun each rank encodes its shard.",
@@ -320,7 +234,7 @@ int command_encode(int argc, char **argv) {
     cli_parse("encode", argc, argv, 2, options);
     const char *out_path = options[2].value;
     const int sample = options[4].value != NULL;
-    const uint64_t seed = parse_seed("encode", &options[5]);
+    const uint64_t seed = cli_uint64("encode", &options[5]);
     const int batch_option = (int)cli_int("encode", &options[6], 1, 1 << 16);
     const char *dtype = options[7].value;
     if (strcmp(dtype, "float32") != 0 && strcmp(dtype, "float16") != 0)
@@ -455,19 +369,6 @@ int command_encode(int argc, char **argv) {
 
 /* ---- decode ---- */
 
-static uint8_t to_pixel(float value) {
-    float v = (value + 1.0f) * 127.5f;
-    return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : lrintf(v));
-}
-
-/* float (n, C, H, W) -> uint8 (n, H, W, C). */
-static void floats_to_images(const float *images, int64_t rows, int channels, int size, uint8_t *pixels) {
-    const int64_t plane = (int64_t)size * size;
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t i = 0; i < plane; i++)
-            for (int c = 0; c < channels; c++)
-                pixels[(r * plane + i) * channels + c] = to_pixel(images[(r * channels + c) * plane + i]);
-}
 
 static int ends_with_png(const char *path) {
     size_t n = strlen(path);
@@ -483,35 +384,8 @@ static void decode_rows(checkpoint_autoencoder *ae, row_reader *reader, int64_t 
         int64_t count = rows - first < batch ? rows - first : batch;
         row_reader_read(reader, start + first, count, latents);
         autoencoder_decode(&ae->model, latents, (int)count, images);
-        floats_to_images(images, count, s->in_channels, s->input_size, pixels + first * image_elements);
+        dataset_pixels_from_floats(images, count, s->in_channels, s->input_size, pixels + first * image_elements);
     }
-}
-
-/* Rank 0: the first n decoded images as a grid, GRID_COLUMNS per row, written to
- * OUT.partial and renamed. */
-static void write_grid(const char *path, const uint8_t *pixels, int64_t n, int channels, int size) {
-    const int columns = n < GRID_COLUMNS ? (int)n : GRID_COLUMNS;
-    const int grid_rows = (int)((n + GRID_COLUMNS - 1) / GRID_COLUMNS);
-    const int png_channels = channels >= 3 ? 3 : 1; /* RGB, or the first channel in gray */
-    const int width = columns * size, height = grid_rows * size;
-    uint8_t *grid = xcalloc((size_t)width * (size_t)height * (size_t)png_channels, 1);
-    for (int64_t i = 0; i < n; i++) {
-        int gx = (int)(i % GRID_COLUMNS) * size, gy = (int)(i / GRID_COLUMNS) * size;
-        for (int y = 0; y < size; y++)
-            for (int x = 0; x < size; x++)
-                for (int c = 0; c < png_channels; c++)
-                    grid[((size_t)(gy + y) * (size_t)width + (size_t)(gx + x)) * png_channels + c] =
-                        pixels[((i * size + y) * size + x) * channels + c];
-    }
-    size_t length = strlen(path) + sizeof ".partial";
-    char *partial = xmalloc(length);
-    snprintf(partial, length, "%s.partial", path);
-    fatal_remove_on_failure(partial);
-    png_write_file(partial, grid, height, width, png_channels);
-    if (rename(partial, path) != 0) fatal_internal("cannot rename %s to %s: %s", partial, path, strerror(errno));
-    fatal_forget_removal(partial);
-    free(partial);
-    free(grid);
 }
 
 int command_decode(int argc, char **argv) {
@@ -525,7 +399,7 @@ int command_decode(int argc, char **argv) {
         {.name = "--force", .is_flag = 1, .help = "overwrite an existing output"},
         {0},
     };
-    if (wants_help(argc, argv)) {
+    if (cli_wants_help(argc, argv)) {
         cli_print_usage("decode",
                         "Decodes a latents file into images: an ldm data set (.h5), or a grid of the first N (.png).",
                         options);
@@ -574,10 +448,10 @@ int command_decode(int argc, char **argv) {
         if (rank == 0) {
             uint8_t *pixels = xmalloc((size_t)n * (size_t)image_elements);
             decode_rows(&ae, &reader, 0, n, batch, latents, images, pixels);
-            write_grid(out_path, pixels, n, shape->in_channels, shape->input_size);
+            png_write_image_grid(out_path, pixels, n, shape->in_channels, shape->input_size, 0);
             free(pixels);
             printf("decode: wrote %s: a grid of the first %lld images (%d per row), from %s\n", out_path,
-                   (long long)n, GRID_COLUMNS, ae.description);
+                   (long long)n, PNG_GRID_COLUMNS, ae.description);
         }
         comm_barrier();
     } else {

@@ -28,6 +28,8 @@ static const command_entry commands[] = {
      "images to latents: [mpirun -np N] ldm encode --ae AE_RUN --data IMAGES.h5 --out LATENTS.h5"},
     {"decode", command_decode,
      "latents to images: [mpirun -np N] ldm decode --ae AE_RUN --data LATENTS.h5 --out IMAGES.h5|GRID.png"},
+    {"sample", command_sample,
+     "images from a trained DiT: [mpirun -np N] ldm sample --model RUN --n N --out F.h5|GRID.png [--class K|all]"},
     {"bench", command_bench, "time training steps (and with --data the loader): ldm bench --config F [--data D.h5]"},
     {"forward", command_forward,
      "run the DiT on an HDF5 file: ldm forward --config F --weights W --input IN.h5 --output OUT.h5"},

@@ -1,0 +1,91 @@
+#!/bin/sh
+# Command-line scenarios of `ldm sample`. Usage: sample_scenarios.sh SCENARIO WORK COMMON
+# with the environment: LDM (the program), LDM_MPIRUN (mpirun with its options),
+# LDM_PYTHON (python3 with h5py and numpy), LDM_TESTS (this folder), LDM_CONFIGS (configs/).
+# WORK is this scenario's own folder, emptied first; COMMON holds what setup made:
+# a tiny DiT trained on 4-channel pixels (pix4), one on 3-channel pixels (pix3),
+# one on latents (lat), and an autoencoder run (ae).
+set -u
+scenario=$1; work=$2; common=$3
+[ "$scenario" = setup ] && work=$common
+rm -rf "$work" && mkdir -p "$work" || exit 1
+cd "$work" || exit 1
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+run() { echo "+ $*" >&2; "$@" || fail "exit status $? from: $*"; }
+synthetic() { run "$LDM" prepare synthetic --classes 4 "$@" >/dev/null; }
+tiny="--config $LDM_CONFIGS/tiny.json --set train.steps=3 --set train.ckpt_every=3"
+same() { cmp -s "$1" "$2" || run "$LDM_PYTHON" - "$1" "$2" <<'PY'
+import sys, h5py, numpy as np
+a, b = (h5py.File(p, "r") for p in sys.argv[1:3])
+for k in ("images", "labels"):
+    assert np.array_equal(a[k][...], b[k][...]), f"{k} differ between {sys.argv[1]} and {sys.argv[2]}"
+PY
+}
+
+case "$scenario" in
+setup)
+  synthetic --n 32 --size 8 --channels 4 --out pix4.h5
+  synthetic --n 32 --size 8 --channels 3 --out pix3.h5
+  synthetic --n 8 --size 8 --channels 4 --latents float32 --out lat.h5
+  synthetic --n 8 --size 16 --channels 3 --out ae_images.h5
+  run "$LDM" train --data pix4.h5 $tiny --run pix4 >/dev/null
+  run "$LDM" train --data pix3.h5 $tiny --set model.in_channels=3 --run pix3 >/dev/null
+  run "$LDM" train --data lat.h5 $tiny --run lat >/dev/null
+  run "$LDM" train-ae --config "$LDM_CONFIGS/ae-tiny.json" --data ae_images.h5 --run ae --set train.steps=2 \
+    --set train.ckpt_every=2 >/dev/null
+  touch existing.h5 existing.png
+  ;;
+ranks)
+  # 1 rank and 3 ranks (uneven shards), guided and not, Heun and Euler: the same files.
+  for args in "--cfg 1" "--cfg 2.5" "--cfg 1.5 --sampler euler --steps 5"; do
+    rm -f one.h5 three.h5
+    run "$LDM" sample --model "$common/pix4" --n 10 --batch 4 $args --out one.h5 >/dev/null
+    run $LDM_MPIRUN -np 3 "$LDM" sample --model "$common/pix4" --n 10 --batch 4 $args --out three.h5 >/dev/null
+    same one.h5 three.h5
+  done
+  run "$LDM_PYTHON" - <<'PY'
+import h5py, numpy as np
+f = h5py.File("one.h5", "r")
+assert f["images"].shape == (10, 8, 8, 4) and f["images"].dtype == np.uint8, f["images"]
+assert list(f["labels"][...]) == [i % 10 for i in range(10)], f["labels"][...]
+assert f["images"][...].std() > 10, "the samples are flat"
+PY
+  ;;
+seed)
+  # The same seed: the same file; another seed: other images; --class K labels every sample K.
+  run "$LDM" sample --model "$common/pix4" --n 6 --seed 3 --class 2 --out a.h5 >/dev/null
+  run "$LDM" sample --model "$common/pix4/checkpoints/step-00000003" --n 6 --seed 3 --class 2 --out b.h5 >/dev/null
+  run "$LDM" sample --model "$common/pix4" --n 6 --seed 4 --class 2 --out c.h5 >/dev/null
+  run "$LDM" sample --model "$common/pix4" --n 6 --seed 3 --class 2 --weights model --out d.h5 >/dev/null
+  same a.h5 b.h5
+  run "$LDM_PYTHON" - <<'PY'
+import h5py, numpy as np
+a, c = (h5py.File(p, "r") for p in ("a.h5", "c.h5"))
+assert list(a["labels"][...]) == [2] * 6
+assert not np.array_equal(a["images"][...], c["images"][...]), "another seed gave the same images"
+PY
+  ;;
+png)
+  # --class all: one row per class (10 classes in the tiny config), columns ceil(N / 10).
+  run $LDM_MPIRUN -np 2 "$LDM" sample --model "$common/pix3" --n 25 --out all.png >/dev/null
+  run "$LDM" sample --model "$common/pix3" --n 5 --class 1 --steps 4 --out one.png >/dev/null
+  run "$LDM" sample --model "$common/pix4" --n 3 --class 0 --steps 4 --out four.png >/dev/null
+  run "$LDM_PYTHON" - <<'PY'
+import struct
+def size(path):
+    with open(path, "rb") as f:
+        head = f.read(26)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", path
+    w, h = struct.unpack(">II", head[16:24])
+    return w, h, head[25]
+assert size("all.png") == (3 * 8, 10 * 8, 2), size("all.png")  # RGB
+assert size("one.png") == (5 * 8, 8, 2), size("one.png")
+assert size("four.png") == (3 * 8, 8, 2), size("four.png")  # 4 channels: the first 3 as RGB
+PY
+  ;;
+*)
+  fail "unknown scenario $scenario"
+  ;;
+esac
+echo "scenario $scenario: ok"

@@ -1,0 +1,71 @@
+# Tests of `ldm sample` (tests/sample_scenarios.sh): the cli_sample_setup
+# fixture trains tiny DiTs (on 4- and 3-channel pixels and on latents) and an
+# autoencoder; then 1 and 3 ranks write the same samples (guided or not, Heun
+# and Euler), the same seed gives the same file and another seed other images,
+# PNG grids have their size (one row per class with --class all), and every bad
+# input is refused with one line and exit status 2. Included from
+# tests/CMakeLists.txt (LDM_MPIRUN, LDM_SYSTEM_PYTHON and LDM_EXPECT_ERROR come
+# from there and prepare_tests.cmake).
+
+if(TARGET ldm)
+  set(LDM_SAMPLE_WORK ${CMAKE_CURRENT_BINARY_DIR}/sample)
+  set(LDM_SAMPLE_COMMON ${LDM_SAMPLE_WORK}/common)
+  string(REPLACE ";" " " ldm_sample_mpirun "${LDM_MPIRUN}")
+  set(ldm_sample_env "LDM=$<TARGET_FILE:ldm>;LDM_MPIRUN=${ldm_sample_mpirun};LDM_PYTHON=${LDM_SYSTEM_PYTHON};\
+LDM_TESTS=${CMAKE_CURRENT_SOURCE_DIR};LDM_CONFIGS=${CMAKE_SOURCE_DIR}/configs")
+
+  foreach(scenario setup ranks seed png)
+    add_test(NAME cli_sample_${scenario}
+      COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/sample_scenarios.sh ${scenario} ${LDM_SAMPLE_WORK}/${scenario}
+              ${LDM_SAMPLE_COMMON})
+    set_tests_properties(cli_sample_${scenario} PROPERTIES TIMEOUT 300 ENVIRONMENT "${ldm_sample_env}")
+    if(scenario STREQUAL "setup")
+      set_tests_properties(cli_sample_${scenario} PROPERTIES FIXTURES_SETUP sample_inputs)
+    else()
+      set_tests_properties(cli_sample_${scenario} PROPERTIES FIXTURES_REQUIRED sample_inputs)
+    endif()
+  endforeach()
+
+  # ldm_sample_error(NAME REGEX ARGS...): ARGS (a command line, ldm or mpirun)
+  # must exit 2 with one line matching REGEX.
+  function(ldm_sample_error name regex)
+    add_test(NAME cli_sample_${name} COMMAND ${LDM_EXPECT_ERROR} 2 "${regex}" -- ${ARGN})
+    set_tests_properties(cli_sample_${name} PROPERTIES TIMEOUT 60 FIXTURES_REQUIRED sample_inputs)
+  endfunction()
+  set(ldm $<TARGET_FILE:ldm>)
+  set(c ${LDM_SAMPLE_COMMON})
+  set(never ${LDM_SAMPLE_WORK}/never.h5)
+
+  ldm_sample_error(not_dit
+    "^ldm: error: .*/ae/checkpoints/step-00000002: a checkpoint of kind \"autoencoder\", expected \"dit\" [(]ldm sample takes a run or checkpoint of ldm train[)]$"
+    ${LDM_MPIRUN} -np 2 ${ldm} sample --model ${c}/ae --n 2 --out ${never})
+  ldm_sample_error(missing_model
+    "^ldm: error: /nonexistent/run: cannot read the model: No such file or directory [(]expected a run directory of ldm train or one of its checkpoints[)]$"
+    ${ldm} sample --model /nonexistent/run --n 2 --out ${never})
+  ldm_sample_error(no_checkpoint "^ldm: error: .*/configs: no checkpoint that passes verification"
+    ${ldm} sample --model ${CMAKE_SOURCE_DIR}/configs --n 2 --out ${never})
+  ldm_sample_error(latents
+    "^ldm: error: .*/lat/checkpoints/step-00000003: the model was trained on latents; .*[(]--ae support comes later[)]$"
+    ${LDM_MPIRUN} -np 2 ${ldm} sample --model ${c}/lat --n 2 --out ${never})
+  ldm_sample_error(class_range
+    "^ldm: error: ldm sample: option --class: expected all or a class in [[]0, 9[]] [(]the model has 10 classes[)], got '10'$"
+    ${ldm} sample --model ${c}/pix4 --n 2 --class 10 --out ${never})
+  ldm_sample_error(class_word "^ldm: error: ldm sample: option --class: expected all or a class in"
+    ${ldm} sample --model ${c}/pix4 --n 2 --class some --out ${never})
+  ldm_sample_error(existing_h5 "^ldm: error: .*/existing[.]h5: the output exists [(]use --force to overwrite it[)]$"
+    ${LDM_MPIRUN} -np 2 ${ldm} sample --model ${c}/pix4 --n 2 --out ${c}/existing.h5)
+  ldm_sample_error(existing_png "^ldm: error: .*/existing[.]png: the output exists [(]use --force to overwrite it[)]$"
+    ${LDM_MPIRUN} -np 2 ${ldm} sample --model ${c}/pix3 --n 2 --out ${c}/existing.png)
+  ldm_sample_error(bad_sampler "^ldm: error: ldm sample: option --sampler: expected heun or euler, got 'ddim'$"
+    ${ldm} sample --model ${c}/pix4 --n 2 --sampler ddim --out ${never})
+  ldm_sample_error(bad_cfg "^ldm: error: ldm sample: option --cfg: expected a number in [[]0, 1e[+]06[]], got '-1'$"
+    ${ldm} sample --model ${c}/pix4 --n 2 --cfg -1 --out ${never})
+  ldm_sample_error(bad_weights "^ldm: error: ldm sample: option --weights: expected ema or model, got 'last'$"
+    ${ldm} sample --model ${c}/pix4 --n 2 --weights last --out ${never})
+  ldm_sample_error(bad_out "^ldm: error: ldm sample: option --out: expected a file name ending in [.]h5 or [.]png"
+    ${ldm} sample --model ${c}/pix4 --n 2 --out ${LDM_SAMPLE_WORK}/never.jpg)
+  ldm_sample_error(bad_n "^ldm: error: ldm sample: option --n: expected an integer in [[]1, "
+    ${ldm} sample --model ${c}/pix4 --n 0 --out ${never})
+  ldm_sample_error(missing_n "^ldm: error: ldm sample: option --n is required$"
+    ${ldm} sample --model ${c}/pix4 --out ${never})
+endif()

@@ -1,0 +1,262 @@
+/* `ldm sample`: images from a DiT trained by `ldm train`, with EDM's Heun or
+ * Euler sampler and classifier-free guidance (train/sampler.h).
+ *
+ *   ldm sample --model RUN_OR_CKPT --n N --out FILE.h5|FILE.png [--class K|all]
+ *              [--cfg W] [--steps S] [--sampler heun|euler] [--seed S]
+ *              [--weights ema|model] [--batch B] [--force]
+ *
+ * The model: rank 0 finds the checkpoint (checkpoint_model.h), which must be of
+ * kind "dit", and reads the model's config from its state.json; the config and
+ * the weights (EMA by default) are broadcast. A model trained on latents needs
+ * the autoencoder to give images, which is not supported yet (refused).
+ *
+ * Sample i has label K (--class K) or i mod num_classes (--class all, the
+ * default), and its noise is keyed by (seed, i): the output does not depend on
+ * the number of ranks (bit for bit, for a given --batch; another --batch gives
+ * the same samples up to float rounding, as the network always runs on --batch
+ * rows, padded). Rank r of W samples the contiguous shard
+ * dataset_shard_range(N, r, W). .h5: every rank writes its rows collectively
+ * (dataset_writer: /images uint8 (N, H, W, C), pixel = round((x + 1) * 127.5)
+ * clamped to [0, 255], and /labels). .png: rank 0 gathers the shards and writes
+ * a grid, one row per class with --class all (sample i in row i mod classes,
+ * column i / classes), else 8 per row; RGB for 3 or more channels, else the
+ * first channel in gray. */
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "atomic_file.h"
+#include "checkpoint.h"
+#include "checkpoint_model.h"
+#include "cli.h"
+#include "comm.h"
+#include "commands.h"
+#include "dataset_file.h"
+#include "dit.h"
+#include "fatal.h"
+#include "png_image.h"
+#include "progress_bar.h"
+#include "sampler.h"
+
+
+
+static int ends_with(const char *path, const char *suffix) {
+    size_t n = strlen(path), m = strlen(suffix);
+    return n >= m && strcasecmp(path + n - m, suffix) == 0;
+}
+
+static double parse_double(const cli_option *option, double min, double max) {
+    char *end = NULL;
+    errno = 0;
+    double v = strtod(option->value, &end);
+    if (errno || end == option->value || *end || !(v >= min && v <= max))
+        fatal_input("ldm sample: option %s: expected a number in [%g, %g], got '%s'", option->name, min, max,
+                    option->value);
+    return v;
+}
+
+
+int command_sample(int argc, char **argv) {
+    cli_option options[] = {
+        {.name = "--model", .required = 1, .help = "the DiT: a run directory of ldm train or one of its checkpoints"},
+        {.name = "--n", .required = 1, .help = "how many samples"},
+        {.name = "--out", .required = 1, .help = "SAMPLES.h5 (an ldm data set with /images and /labels) or GRID.png"},
+        {.name = "--class", .value = "all", .help = "the class of every sample, or all (sample i: i mod classes)"},
+        {.name = "--cfg", .value = "1", .help = "classifier-free guidance scale (default 1: none)"},
+        {.name = "--steps", .value = "18", .help = "noise levels before sigma = 0 (default 18)"},
+        {.name = "--sampler", .value = "heun", .help = "heun (2 steps - 1 evaluations) or euler (default heun)"},
+        {.name = "--seed", .value = "0", .help = "seed of the initial noise (default 0)"},
+        {.name = "--weights", .value = "ema", .help = "ema or model (default ema)"},
+        {.name = "--batch", .help = "samples per forward pass (default: N, at most 64)"},
+        {.name = "--force", .is_flag = 1, .help = "overwrite an existing output"},
+        {0},
+    };
+    if (cli_wants_help(argc, argv)) {
+        cli_print_usage("sample", "Samples images from a DiT with EDM's Heun or Euler sampler.", options);
+        return 0;
+    }
+    cli_parse("sample", argc, argv, 2, options);
+    const char *where = options[0].value, *out_path = options[2].value, *class_text = options[3].value;
+    const int64_t n = cli_int("sample", &options[1], 1, INT_MAX);
+    const int force = options[10].value != NULL;
+    const int png = ends_with(out_path, ".png");
+    if (!png && !ends_with(out_path, ".h5"))
+        fatal_input("ldm sample: option --out: expected a file name ending in .h5 or .png, got '%s'", out_path);
+    sampler_options so = {
+        .steps = (int)cli_int("sample", &options[5], 1, 100000),
+        .guidance = parse_double(&options[4], 0.0, 1e6),
+        .seed = cli_uint64("sample", &options[7]),
+    };
+    const char *method = options[6].value;
+    if (!strcmp(method, "heun")) so.method = SAMPLER_HEUN;
+    else if (!strcmp(method, "euler")) so.method = SAMPLER_EULER;
+    else fatal_input("ldm sample: option --sampler: expected heun or euler, got '%s'", method);
+    const char *weights = options[8].value;
+    if (strcmp(weights, "ema") != 0 && strcmp(weights, "model") != 0)
+        fatal_input("ldm sample: option --weights: expected ema or model, got '%s'", weights);
+    const int batch_option = options[9].value ? (int)cli_int("sample", &options[9], 1, 1 << 16) : n < 64 ? (int)n : 64;
+    const int rank = comm_rank(), world = comm_world_size();
+
+    /* A PNG is written by rank 0 alone: refuse an existing one before any work. */
+    if (png) {
+        int exists = rank == 0 && !force && access(out_path, F_OK) == 0;
+        comm_broadcast(&exists, sizeof exists, 0);
+        if (exists) fatal_input("%s: the output exists (use --force to overwrite it)", out_path);
+    }
+
+    /* The model's checkpoint and config. */
+    char *config_text = NULL, *checkpoint = NULL, *data_kind = NULL;
+    long long step = 0;
+    const checkpoint_model_request request = {"sample", "model", "dit", "train"};
+    if (rank == 0) {
+        config_text = checkpoint_model_find(&request, where, &checkpoint, &step, &data_kind);
+        if (!data_kind) data_kind = xstrdup("images");
+    }
+    config_text = checkpoint_model_broadcast_string(config_text);
+    checkpoint = checkpoint_model_broadcast_string(checkpoint);
+    data_kind = checkpoint_model_broadcast_string(data_kind);
+    comm_broadcast(&step, sizeof step, 0);
+    if (strcmp(data_kind, "latents") == 0)
+        fatal_input("%s: the model was trained on latents; sampling it needs the autoencoder to decode them "
+                    "(--ae support comes later)", checkpoint);
+    ldm_config config;
+    char source[4200], err[1024];
+    snprintf(source, sizeof source, "%s/state.json: config", checkpoint);
+    if (config_load_json_text(&config, config_text, source, NULL, 0, err, sizeof err) != 0) fatal_input("%s", err);
+    free(config_text);
+    const dit_shape shape = cli_dit_shape(&config);
+    const int classes = shape.num_classes;
+
+    int fixed_class = -1;
+    if (strcmp(class_text, "all") != 0) {
+        char *end = NULL;
+        errno = 0;
+        long v = strtol(class_text, &end, 10);
+        if (errno || end == class_text || *end || v < 0 || v >= classes)
+            fatal_input("ldm sample: option --class: expected all or a class in [0, %d] (the model has %d classes), "
+                        "got '%s'", classes - 1, classes, class_text);
+        fixed_class = (int)v;
+    }
+
+    int64_t start = 0, rows = n;
+    dataset_shard_range(n, rank, world, &start, &rows);
+    const int64_t largest_shard = (n + world - 1) / world;
+    /* Not capped by the shard: the network always runs on --batch rows, so that the
+     * samples do not depend on the number of ranks (sampler.h). */
+    const int batch = batch_option;
+    const int guided = so.guidance != 1.0;
+
+    dit_model model;
+    dit_create(&model, &shape, guided ? 2 * batch : batch);
+    if (rank == 0) {
+        char *file = path_join(checkpoint, strcmp(weights, "ema") == 0 ? "ema.safetensors" : "model.safetensors");
+        param_table_load_safetensors(&model.table, file);
+        free(file);
+    }
+    comm_broadcast(model.params, sizeof(float) * model.table.trainable_numel, 0);
+    char *description = checkpoint_model_description(checkpoint, step, weights);
+
+    sampler smp;
+    sampler_create(&smp, &model, &so, config.diffusion.sigma_data, batch);
+    const int64_t image_elements = smp.per_sample;
+    float *images = xmalloc(sizeof(float) * (size_t)batch * (size_t)image_elements);
+    int *labels = xmalloc(sizeof(int) * (size_t)batch);
+    int32_t *labels32 = xmalloc(sizeof(int32_t) * (size_t)(largest_shard > 0 ? largest_shard : 1));
+    int64_t *indices = xmalloc(sizeof(int64_t) * (size_t)batch);
+    uint8_t *pixels = xcalloc((size_t)(largest_shard > 0 ? largest_shard : 1) * (size_t)image_elements, 1);
+
+    dataset_writer *writer = NULL;
+    if (!png) {
+        dataset_writer_options wo = {
+            .path = out_path,
+            .force = force,
+            .kind = DATASET_IMAGES,
+            .element = DATASET_UINT8,
+            .count = n,
+            .channels = shape.in_channels,
+            .height = shape.input_size,
+            .width = shape.input_size,
+            .has_labels = 1,
+            .num_classes = classes,
+        };
+        writer = dataset_writer_create(&wo);
+    }
+
+    progress_bar bar;
+    progress_bar_start(&bar, "sample", n, rank == 0 && rows > 0);
+    const int64_t batches = (largest_shard + batch - 1) / batch;
+    for (int64_t b = 0; b < batches; b++) {
+        int64_t first = b * batch, count = rows - first;
+        if (count < 0) count = 0;
+        if (count > batch) count = batch;
+        for (int64_t r = 0; r < count; r++) {
+            int64_t index = start + first + r;
+            indices[r] = index;
+            labels[r] = fixed_class >= 0 ? fixed_class : (int)(index % classes);
+            labels32[first + r] = labels[r];
+        }
+        if (count > 0) {
+            sampler_run(&smp, labels, indices, (int)count, images);
+            for (int64_t i = 0; i < count * image_elements; i++)
+                if (!isfinite(images[i]))
+                    fatal_input("%s: the model gave a non-finite sample %lld (damaged or diverged weights?)",
+                                checkpoint, (long long)(start + first + i / image_elements));
+            dataset_pixels_from_floats(images, count, shape.in_channels, shape.input_size, pixels + first * image_elements);
+        }
+        if (writer) {
+            dataset_writer_write_images(writer, start + first, count, pixels + first * image_elements);
+            dataset_writer_write_labels(writer, start + first, count, labels32 + first);
+        }
+        progress_bar_update(&bar, (first + count) * n / (rows > 0 ? rows : 1));
+    }
+    progress_bar_finish(&bar);
+
+    const char *sampler_name = so.method == SAMPLER_HEUN ? "heun" : "euler";
+    if (writer) {
+        dataset_writer_finish(writer);
+        if (rank == 0)
+            printf("sample: wrote %s: %lld image%s %d x %d x %d, %s %d steps (%d evaluations), cfg %g, seed %llu, "
+                   "from %s\n", out_path, (long long)n, n == 1 ? "" : "s", shape.input_size, shape.input_size,
+                   shape.in_channels, sampler_name, so.steps, sampler_network_evaluations(&so), so.guidance,
+                   (unsigned long long)so.seed, description);
+    } else {
+        const size_t shard_bytes = (size_t)largest_shard * (size_t)image_elements;
+        uint8_t *all = rank == 0 ? xmalloc(shard_bytes * (size_t)world) : NULL;
+        comm_gather(pixels, shard_bytes, all, 0);
+        if (rank == 0) {
+            /* Rank r's rows start at r * largest_shard; make them contiguous. */
+            uint8_t *ordered = xmalloc((size_t)n * (size_t)image_elements);
+            for (int r = 0; r < world; r++) {
+                int64_t s0, sn;
+                dataset_shard_range(n, r, world, &s0, &sn);
+                memcpy(ordered + s0 * image_elements, all + (size_t)r * shard_bytes, (size_t)(sn * image_elements));
+            }
+            png_write_image_grid(out_path, ordered, n, shape.in_channels, shape.input_size, fixed_class < 0 ? classes : 0);
+            printf("sample: wrote %s: a grid of %lld image%s%s, %s %d steps (%d evaluations), cfg %g, seed %llu, "
+                   "from %s\n", out_path, (long long)n, n == 1 ? "" : "s", fixed_class < 0 ? ", one row per class" : "",
+                   sampler_name, so.steps, sampler_network_evaluations(&so), so.guidance,
+                   (unsigned long long)so.seed, description);
+            free(ordered);
+        }
+        free(all);
+        comm_barrier();
+    }
+
+    free(pixels);
+    free(indices);
+    free(labels32);
+    free(labels);
+    free(images);
+    sampler_destroy(&smp);
+    dit_destroy(&model);
+    free(description);
+    free(checkpoint);
+    free(data_kind);
+    return 0;
+}

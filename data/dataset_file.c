@@ -301,6 +301,11 @@ int32_t *dataset_read_labels(const dataset_info *info) {
     return values;
 }
 
+int64_t dataset_rows_in_batch(int64_t rows, int64_t batch, int64_t b) {
+    int64_t left = rows - b * batch;
+    return left < 0 ? 0 : left < batch ? left : batch;
+}
+
 void dataset_shard_range(int64_t n, int rank, int world_size, int64_t *start, int64_t *rows) {
     int64_t base = n / world_size, extra = n % world_size;
     *rows = base + (rank < extra ? 1 : 0);

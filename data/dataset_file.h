@@ -99,6 +99,12 @@ hid_t dataset_float16_type(void);
 uint8_t dataset_pixel_from_float(float value);
 void dataset_pixels_from_floats(const float *images, int64_t rows, int channels, int size, uint8_t *pixels);
 
+/* Collective writers call the writer the same number of times on every rank
+ * (the largest shard's batch count): the rows of a rank's batch b, given its
+ * shard's rows and the batch size, are min(batch, rows - b batch), 0 once the
+ * shard is done. */
+int64_t dataset_rows_in_batch(int64_t rows, int64_t batch, int64_t b);
+
 /* The contiguous range of rows [*start, *start + *rows) that rank r of w owns
  * among n: sizes differ by at most one, the first n % w ranks hold one more. */
 void dataset_shard_range(int64_t n, int rank, int world_size, int64_t *start, int64_t *rows);

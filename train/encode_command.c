@@ -300,9 +300,7 @@ int command_encode(int argc, char **argv) {
     progress_bar_start(&bar, "encode", info.count, rank == 0 && rows > 0);
     const int64_t batches = (largest_shard + batch - 1) / batch;
     for (int64_t b = 0; b < batches; b++) {
-        int64_t first = b * batch, count = rows - first;
-        if (count < 0) count = 0;
-        if (count > batch) count = batch;
+        int64_t first = b * batch, count = dataset_rows_in_batch(rows, batch, b);
         if (count > 0) {
             row_reader_read(&reader, start + first, count, pixels);
             images_to_floats(pixels, count, shape->in_channels, shape->input_size, images);
@@ -475,9 +473,7 @@ int command_decode(int argc, char **argv) {
         progress_bar_start(&bar, "decode", n, rank == 0 && rows > 0);
         const int64_t batches = (largest_shard + batch - 1) / batch;
         for (int64_t b = 0; b < batches; b++) {
-            int64_t first = b * batch, count = rows - first;
-            if (count < 0) count = 0;
-            if (count > batch) count = batch;
+            int64_t first = b * batch, count = dataset_rows_in_batch(rows, batch, b);
             if (count > 0) decode_rows(&ae, &reader, start + first, count, batch, latents, images, pixels);
             dataset_writer_write_images(writer, start + first, count, pixels);
             if (labels) dataset_writer_write_labels(writer, start + first, count, labels + start + first);

@@ -107,9 +107,7 @@ static void write_all_rows(const dataset_writer_options *options, fill_row_fn fi
     progress_bar bar;
     progress_bar_start(&bar, progress_label, options->count, rank == 0 && rows > 0);
     for (int64_t b = 0; b < batches; b++) {
-        int64_t first = b * batch, count = rows - first;
-        if (count < 0) count = 0;
-        if (count > batch) count = batch;
+        int64_t first = b * batch, count = dataset_rows_in_batch(rows, batch, b);
         for (int64_t r = 0; r < count; r++) {
             labels[r] = 0;
             fill(context, start + first + r, pixels + (size_t)r * sample_bytes, &labels[r]);

@@ -192,9 +192,7 @@ int command_sample(int argc, char **argv) {
     progress_bar_start(&bar, "sample", n, rank == 0 && rows > 0);
     const int64_t batches = (largest_shard + batch - 1) / batch;
     for (int64_t b = 0; b < batches; b++) {
-        int64_t first = b * batch, count = rows - first;
-        if (count < 0) count = 0;
-        if (count > batch) count = batch;
+        int64_t first = b * batch, count = dataset_rows_in_batch(rows, batch, b);
         for (int64_t r = 0; r < count; r++) {
             int64_t index = start + first + r;
             indices[r] = index;

@@ -239,14 +239,24 @@ static void write_optimizer(const char *path, const char *partial, const checkpo
     if (status != 0) publish_failed(partial, "%s", err);
 }
 
-static void write_manifest(const char *partial, int64_t step) {
+/* The extra weights' file name, "<extra_name>.safetensors" (caller frees). */
+static char *extra_file_name(const char *extra_name) {
+    size_t n = strlen(extra_name) + sizeof(".safetensors");
+    char *name = xmalloc(n);
+    snprintf(name, n, "%s.safetensors", extra_name);
+    return name;
+}
+
+/* Lists the four files, and extra_file when not NULL. */
+static void write_manifest(const char *partial, int64_t step, const char *extra_file) {
     cJSON *manifest = cJSON_CreateObject();
     cJSON_AddStringToObject(manifest, "format", CHECKPOINT_FORMAT_NAME);
     cJSON_AddNumberToObject(manifest, "version", CHECKPOINT_FORMAT_VERSION);
     cJSON_AddNumberToObject(manifest, "step", (double)step);
     cJSON *files = cJSON_AddObjectToObject(manifest, "files");
-    for (int i = 0; i < CHECKPOINT_FILE_COUNT; i++) {
-        char *path = path_join(partial, checkpoint_files[i]);
+    for (int i = 0; i < CHECKPOINT_FILE_COUNT + (extra_file != NULL); i++) {
+        const char *file_name = i < CHECKPOINT_FILE_COUNT ? checkpoint_files[i] : extra_file;
+        char *path = path_join(partial, file_name);
         uint64_t bytes;
         uint32_t crc;
         /* Read back from the file system, so the manifest describes what is on disk. */
@@ -255,7 +265,7 @@ static void write_manifest(const char *partial, int64_t step) {
         free(path);
         char crc_text[16];
         snprintf(crc_text, sizeof(crc_text), "%08" PRIx32, crc);
-        cJSON *entry = cJSON_AddObjectToObject(files, checkpoint_files[i]);
+        cJSON *entry = cJSON_AddObjectToObject(files, file_name);
         cJSON_AddNumberToObject(entry, "bytes", (double)bytes);
         cJSON_AddStringToObject(entry, "crc32", crc_text);
     }
@@ -461,7 +471,15 @@ char *checkpoint_publish(const char *run_dir, int64_t step, const checkpoint_con
     if (atomic_write_file(path, state, strlen(state), err, sizeof(err)) != 0) publish_failed(partial, "%s", err);
     free(path);
     slow_down_for_tests();
-    write_manifest(partial, step);
+    char *extra_file = contents->extra ? extra_file_name(contents->extra_name) : NULL;
+    if (extra_file) {
+        path = path_join(partial, extra_file);
+        write_weights(path, partial, table, contents->extra, contents->fixed);
+        free(path);
+        slow_down_for_tests();
+    }
+    write_manifest(partial, step, extra_file);
+    free(extra_file);
     slow_down_for_tests();
 
     /* The files are fsynced one by one; now their names in the folder, the
@@ -687,6 +705,12 @@ void checkpoint_load(const char *checkpoint_dir, checkpoint_loaded *out) {
         fatal_input("%s: metadata \"step\": expected the AdamW step count, got %s%s%s", out->optimizer.path,
                     step ? "\"" : "", step ? step : "nothing", step ? "\"" : "");
     out->adam_step = adam_step;
+}
+
+void checkpoint_read_extra(const char *checkpoint_dir, const char *extra_name, safetensors_file *out) {
+    char *name = extra_file_name(extra_name);
+    read_tensor_file(checkpoint_dir, name, out);
+    free(name);
 }
 
 /* Copies one tensor into dest after checking it against the table entry. */

@@ -4,6 +4,7 @@
  *   optimizer.safetensors  AdamW moments, "exp_avg.<name>" and "exp_avg_sq.<name>"
  *                          for every trainable tensor; metadata "step" (AdamW steps)
  *   state.json             the training state, written by the trainer (opaque here)
+ *   NAME.safetensors       optional more weights (distillation: target.safetensors)
  *   manifest.json          {"format": "ldm-checkpoint", "version": 1, "step": N,
  *                           "files": {"model.safetensors": {"bytes": B, "crc32": "8 hex"}, ...}}
  * A checkpoint is written as RUN/checkpoints/.partial-step-N, every file and the
@@ -35,6 +36,11 @@ typedef struct {
     const float *adam_v;      /* (table->trainable_numel) */
     int64_t adam_step;
     const char *state_json;   /* state.json's text */
+    /* Optional (NULL: none): more weights laid out like params, written as
+     * "<extra_name>.safetensors" (with the fixed tensors) and listed in the
+     * manifest, e.g. distillation's target network. */
+    const float *extra;
+    const char *extra_name;
 } checkpoint_contents;
 
 /* Rank 0 only (nothing collective). Publishes step's checkpoint under RUN
@@ -96,5 +102,9 @@ void checkpoint_copy_weights(const checkpoint_loaded *loaded, const safetensors_
 /* Copies the AdamW moments (both (table->trainable_numel)). */
 void checkpoint_copy_moments(const checkpoint_loaded *loaded, const param_table *table, float *adam_m, float *adam_v);
 void checkpoint_loaded_free(checkpoint_loaded *loaded);
+/* Reads a checkpoint's "<extra_name>.safetensors" (checkpoint_contents.extra)
+ * into out (safetensors_free); fatal_input naming the file when it is missing
+ * or damaged. The manifest's checks are checkpoint_load's. */
+void checkpoint_read_extra(const char *checkpoint_dir, const char *extra_name, safetensors_file *out);
 
 #endif

@@ -1,18 +1,29 @@
-/* Communication over MPI (see comm.h): init and the rank layout, the
- * deterministic all-reduces (a reduce-scatter in rank order and an all-gather),
- * broadcast, barrier, flag agreement and abort-all. */
+/* Communication over MPI (see comm.h): init and the rank layout (with every
+ * rank's host name), the deterministic all-reduces (a reduce-scatter in rank
+ * order and an all-gather), broadcast, gathers, barrier, flag agreement and
+ * abort-all. The watch that ends every rank with a clear line when one is lost
+ * is peer_watch.c's; comm starts, stops and quiets it. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* gethostname */
+#endif
 #include "comm.h"
 
 #include <limits.h>
 #include <mpi.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "fatal.h"
+#include "peer_watch.h"
 
 static int initialised;
 /* Cached at init; the single-rank values otherwise. */
 static int world_rank, world_size = 1, local_rank, local_size = 1;
+/* Every rank's host name, HOST_NAME_BYTES each (world_size entries). */
+#define HOST_NAME_BYTES 64
+static char *host_names;
 
 /* The all-reduces work on chunks of at most this many elements, so that every
  * MPI count is an int whatever the buffer's length, and the scratch is bounded:
@@ -27,8 +38,16 @@ static int world_rank, world_size = 1, local_rank, local_size = 1;
 static int *slice_count, *slice_start, *gather_count, *gather_start;
 static void *reduce_scratch;
 
+/* MPI_COMM_WORLD returns errors (MPI_ERRORS_RETURN) rather than aborting with
+ * Open MPI's own banner, so that a failure ends in one of our lines. When a peer
+ * is gone, the watch names it: give it a moment to do so before the generic line. */
 static void mpi_check(int rc, const char *what) {
-    if (rc != MPI_SUCCESS) fatal_internal("%s failed (MPI error %d)", what, rc);
+    if (rc == MPI_SUCCESS) return;
+    peer_watch_wait_for_verdict();
+    char text[MPI_MAX_ERROR_STRING] = "";
+    int length = 0;
+    if (MPI_Error_string(rc, text, &length) != MPI_SUCCESS) text[0] = '\0';
+    fatal_internal("%s failed (MPI error %d: %s)", what, rc, text);
 }
 
 static void abort_all(int exit_code) {
@@ -37,8 +56,30 @@ static void abort_all(int exit_code) {
     int size = 1;
     if (!finalized) MPI_Comm_size(MPI_COMM_WORLD, &size);
     /* A single rank exits normally so that its exit code is exactly what it chose. */
-    if (!finalized && size > 1) MPI_Abort(MPI_COMM_WORLD, exit_code);
+    if (!finalized && size > 1) {
+        /* The other ranks are about to be ended by MPI: they must not take that
+         * for a lost rank and print lines of their own. */
+        peer_watch_quiet();
+        MPI_Abort(MPI_COMM_WORLD, exit_code);
+    }
     exit(exit_code);
+}
+
+/* Every rank's host name (for messages), gathered once. */
+static void gather_host_names(void) {
+    char mine[HOST_NAME_BYTES];
+    memset(mine, 0, sizeof mine);
+    if (gethostname(mine, sizeof mine - 1) != 0) snprintf(mine, sizeof mine, "unknown-host");
+    mine[HOST_NAME_BYTES - 1] = '\0';
+    host_names = xcalloc((size_t)world_size, HOST_NAME_BYTES);
+    mpi_check(MPI_Allgather(mine, HOST_NAME_BYTES, MPI_CHAR, host_names, HOST_NAME_BYTES, MPI_CHAR, MPI_COMM_WORLD),
+              "MPI_Allgather");
+    for (int r = 0; r < world_size; r++) host_names[(size_t)r * HOST_NAME_BYTES + HOST_NAME_BYTES - 1] = '\0';
+}
+
+const char *comm_host(int rank) {
+    if (rank < 0 || rank >= world_size || !host_names) return "";
+    return host_names + (size_t)rank * HOST_NAME_BYTES;
 }
 
 void comm_init(int *argc, char ***argv) {
@@ -48,9 +89,12 @@ void comm_init(int *argc, char ***argv) {
         fatal_internal("MPI_Init_thread failed");
     initialised = 1;
     fatal_set_abort_hook(abort_all);
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     mpi_check(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank), "MPI_Comm_rank");
     mpi_check(MPI_Comm_size(MPI_COMM_WORLD, &world_size), "MPI_Comm_size");
     fatal_set_rank(world_rank, world_size);
+    gather_host_names();
+    fatal_set_host(comm_host(world_rank));
 
     /* The ranks sharing this host's memory: the local rank picks the GPU. */
     MPI_Comm host;
@@ -64,13 +108,25 @@ void comm_init(int *argc, char ***argv) {
     slice_start = xcalloc((size_t)world_size, sizeof(int));
     gather_count = xcalloc((size_t)world_size, sizeof(int));
     gather_start = xcalloc((size_t)world_size, sizeof(int));
+
+    const char *verbose = getenv("LDM_COMM_VERBOSE");
+    if (verbose && strcmp(verbose, "0") != 0 && verbose[0]) {
+        fprintf(stderr, "comm: rank %d/%d on %s: local rank %d/%d\n", world_rank, world_size, comm_host(world_rank),
+                local_rank, local_size);
+        fflush(stderr);
+    }
+    peer_watch_start();
 }
 
 void comm_finalize(void) {
     if (!initialised) return;
+    peer_watch_stop();
     fatal_set_abort_hook(NULL);
     fatal_set_rank(0, 1);
+    fatal_set_host(NULL);
     MPI_Finalize();
+    free(host_names);
+    host_names = NULL;
     free(slice_count);
     free(slice_start);
     free(gather_count);
@@ -180,6 +236,16 @@ void comm_gather(const void *data, size_t bytes, void *gathered, int root) {
     }
     mpi_check(MPI_Gather(data, (int)bytes, MPI_BYTE, gathered, (int)bytes, MPI_BYTE, root, MPI_COMM_WORLD),
               "MPI_Gather");
+}
+
+void comm_allgather(const void *data, size_t bytes, void *gathered) {
+    if (bytes > INT_MAX) fatal_internal("all-gather of %zu bytes per rank", bytes);
+    if (world_size == 1) {
+        memmove(gathered, data, bytes);
+        return;
+    }
+    mpi_check(MPI_Allgather(data, (int)bytes, MPI_BYTE, gathered, (int)bytes, MPI_BYTE, MPI_COMM_WORLD),
+              "MPI_Allgather");
 }
 
 void comm_barrier(void) {

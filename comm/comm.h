@@ -12,6 +12,26 @@
  * line "ldm: error: ..." and, once comm_init has run, end every rank through
  * MPI_Abort; comm_abort() ends every rank without a message.
  *
+ * A lost rank (its process killed or crashed, its host gone) ends every other
+ * rank promptly, each with one line naming the lost rank and its host:
+ *   ldm: error: rank 0 on node01: lost rank 2 on node02 (...); ending the job
+ * MPI itself names nobody to the survivors (mpirun kills them or a collective
+ * fails or hangs), so comm keeps its own watch, started at init (peer_watch.h:
+ * TCP connections between the ranks; no step pays anything for it). A host
+ * that vanished silently is noticed in ~11 s. Each survivor prints its line at
+ * once, leaves the launcher (mpirun, srun --kill-on-bad-exit) 10 s to end the
+ * job, and then exits with status 1 itself. LDM_COMM_WATCH=0 turns it off
+ * (then mpirun alone ends the job, naming the lost rank in its own output).
+ * If the ranks cannot connect to each other for it, rank 0 warns and the job
+ * runs without the watch.
+ *
+ * MPI_COMM_WORLD returns its errors (MPI_ERRORS_RETURN) rather than aborting
+ * with Open MPI's banner: a failed call in comm ends in one of our lines (the
+ * watch's, when a rank was lost). Code that calls MPI itself must check.
+ *
+ * LDM_COMM_VERBOSE=1: each rank prints its place at init, one line on stderr
+ *   comm: rank R/W on HOST: local rank L/S
+ *
  * Determinism: the all-reduces give bit-identical results on every rank and on
  * every run, whatever algorithm MPI would choose: each element's sum is taken in
  * double, in rank order 0, 1, ..., W-1, by the one rank that owns the element,
@@ -34,6 +54,9 @@ int comm_world_size(void);
  * number of ranks on this host (MPI_COMM_TYPE_SHARED), computed at init. */
 int comm_local_rank(void);
 int comm_local_size(void);
+/* The host name (gethostname) of a rank, learnt at init; "" for a rank out of
+ * range. For messages that name where a rank runs. */
+const char *comm_host(int rank);
 
 /* In place: buffer[i] = (float)((sum over ranks r in order of (double)x_r[i]) / W).
  * The double sum of W floats is exact unless their exponents span more than about
@@ -50,6 +73,9 @@ void comm_broadcast(void *data, size_t bytes, int root);
 /* Rank root receives every rank's `bytes` bytes, in rank order, at gathered
  * (world size x bytes; ignored on other ranks). bytes must fit an int. */
 void comm_gather(const void *data, size_t bytes, void *gathered, int root);
+/* Every rank receives every rank's `bytes` bytes, in rank order, at gathered
+ * (world size x bytes). bytes must fit an int. */
+void comm_allgather(const void *data, size_t bytes, void *gathered);
 void comm_barrier(void);
 /* Agreement on flags (stop, skip a step): 1 when flag is non-zero on any rank /
  * on every rank, else 0; every rank gets the same answer. */

@@ -3,7 +3,9 @@
  * one line "ldm: error: ..." on stderr and exit status 2 on every rank.
  * fatal_internal() is for failures that are not the user's fault (out of memory,
  * I/O errors, library errors): exit status 1.
- * Once MPI is up, both end every rank (MPI_Abort), never leaving a rank hanging. */
+ * Once MPI is up, both end every rank (MPI_Abort), never leaving a rank hanging.
+ * Under several ranks a line from a rank other than 0 says which rank and host
+ * it comes from: "ldm: error: rank 3 on node07: ...". */
 #ifndef LDM_FATAL_H
 #define LDM_FATAL_H
 
@@ -22,6 +24,15 @@ void fatal_set_abort_hook(void (*abort_all)(int exit_code));
  * line is the only one printed (its abort ends the others first), and a rank
  * that fails alone is named in its line. */
 void fatal_set_rank(int rank, int world_size);
+/* Called by comm with this host's name, for the lines above (NULL: none). */
+void fatal_set_host(const char *host);
+
+/* For comm's watch of its peers, from any thread, when another rank is gone
+ * (no MPI: the job's communication is broken). fatal_report_now() prints one
+ * line "ldm: error: rank R on HOST: ..." at once, naming this rank whatever it
+ * is; fatal_exit_now() flushes stdout, removes the temporaries and _exits. */
+__attribute__((format(printf, 1, 2))) void fatal_report_now(const char *fmt, ...);
+__attribute__((noreturn)) void fatal_exit_now(int exit_code);
 
 /* Files being written under a temporary name: removed by this rank if it ends
  * through fatal_input/fatal_internal before they are renamed into place, so a

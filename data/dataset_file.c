@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "comm.h"
 #include "fatal.h"
 
 /* ---- reading ---- */
@@ -423,12 +424,11 @@ dataset_writer *dataset_writer_create(const dataset_writer_options *options) {
     if ((o->kind == DATASET_IMAGES) != (o->element == DATASET_UINT8))
         fatal_internal("dataset_writer_create: images are uint8, latents float16 or float32");
 
-    int rank = 0;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    const int rank = comm_rank();
     /* Rank 0 decides whether the output exists, so that ranks on hosts without
      * a shared view of the path still agree. */
     int exists = rank == 0 ? access(o->path, F_OK) == 0 : 0;
-    MPI_Bcast(&exists, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    comm_broadcast(&exists, sizeof exists, 0);
     if (exists && !o->force) fatal_input("%s: the output exists (use --force to overwrite it)", o->path);
 
     dataset_writer *w = xcalloc(1, sizeof *w);
@@ -575,7 +575,7 @@ void dataset_writer_finish(dataset_writer *w) {
         free(copy);
     }
     /* Nobody returns before the file is in place under its final name. */
-    MPI_Barrier(MPI_COMM_WORLD);
+    comm_barrier();
     fatal_forget_removal(w->partial_path);
     free(w->path);
     free(w->partial_path);

@@ -31,6 +31,7 @@ static void *arena_take(arena *a, size_t bytes) {
 
 float *arena_floats(arena *a, size_t count) { return arena_take(a, count * sizeof(float)); }
 int *arena_ints(arena *a, size_t count) { return arena_take(a, count * sizeof(int)); }
+uint16_t *arena_halves(arena *a, size_t count) { return arena_take(a, count * sizeof(uint16_t)); }
 
 void arena_free(arena *a) {
     free(a->base);

@@ -6,6 +6,7 @@
 #define LDM_ARENA_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #define ARENA_ALIGNMENT 64
 
@@ -22,6 +23,8 @@ void arena_begin_place(arena *a, size_t bytes);
 /* count floats, 64-byte aligned. */
 float *arena_floats(arena *a, size_t count);
 int *arena_ints(arena *a, size_t count);
+/* count 16-bit values (bf16 or fp16 bits), 64-byte aligned. */
+uint16_t *arena_halves(arena *a, size_t count);
 void arena_free(arena *a);
 
 #endif

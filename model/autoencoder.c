@@ -27,6 +27,7 @@
 #include "fatal.h"
 #include "ops.h"
 #include "ops_conv.h"
+#include "precision.h"
 #include "rng.h"
 
 enum { POOL_STREAM0, POOL_STREAM1, POOL_TEMP0, POOL_TEMP1, POOL_SLOTS };
@@ -458,6 +459,7 @@ static void layout(autoencoder_model *m, layout_ctx *c) {
     const size_t image = (size_t)m->shape.in_channels * m->shape.input_size * m->shape.input_size;
     m->params = dedicated(c, m->table.trainable_numel);
     m->grads = training ? dedicated(c, m->table.trainable_numel) : NULL;
+    m->compute_params = m->precision != PRECISION_FP32 ? dedicated(c, m->table.trainable_numel) : m->params;
     for (int k = 0; k < POOL_SLOTS; k++) a->pool[k] = dedicated(c, c->largest_feature);
     a->pool_floats = c->largest_feature;
     c->stream = 0;
@@ -485,9 +487,15 @@ static void layout(autoencoder_model *m, layout_ctx *c) {
 
 void autoencoder_create(autoencoder_model *m, const autoencoder_shape *shape, int max_batch,
                         autoencoder_purpose purpose) {
+    autoencoder_create_precision(m, shape, max_batch, purpose, PRECISION_FP32);
+}
+
+void autoencoder_create_precision(autoencoder_model *m, const autoencoder_shape *shape, int max_batch,
+                                  autoencoder_purpose purpose, ldm_precision precision) {
     memset(m, 0, sizeof(*m));
     check_shape(shape, max_batch);
     m->shape = *shape;
+    m->precision = precision;
     m->purpose = purpose;
     m->max_batch = max_batch;
     m->latent_size = shape->input_size >> (shape->levels - 1);
@@ -522,6 +530,7 @@ void autoencoder_create(autoencoder_model *m, const autoencoder_shape *shape, in
     if (c.largest_feature != pool_size) fatal_internal("autoencoder: layout passes disagree");
     m->memory = ar.base;
     m->memory_bytes = ar.capacity;
+    if (precision == PRECISION_FP32) m->compute_params = m->params;
     param_table_bind(&m->table, m->params, m->grads, NULL);
 }
 
@@ -591,31 +600,53 @@ void autoencoder_load_safetensors(autoencoder_model *m, const char *path) {
 
 static float *P(autoencoder_model *m, int index) { return m->table.entries[index].data; }
 static float *G(autoencoder_model *m, int index) { return m->table.entries[index].grad; }
+/* A conv or linear parameter as the GEMM reads it (rounded in bf16/fp16). */
+static float *W(autoencoder_model *m, int index) { return m->compute_params + m->table.entries[index].offset; }
+
+/* bf16/fp16: an activation or activation gradient rounded where it is made. */
+static void round_act(const autoencoder_model *m, float *x, size_t n) {
+    if (m->precision != PRECISION_FP32) precision_round_array(m->precision, x, n);
+}
+
+/* bf16/fp16: the rounded weights, from the current master weights. */
+static void refresh_compute_params(autoencoder_model *m) {
+    if (m->precision == PRECISION_FP32) return;
+    memcpy(m->compute_params, m->params, sizeof(float) * m->table.trainable_numel);
+    precision_round_array(m->precision, m->compute_params, m->table.trainable_numel);
+}
+
+static size_t conv_out_numel(const conv2d_dims *s) {
+    return (size_t)s->batch * s->out_channels * conv2d_out_height(s) * conv2d_out_width(s);
+}
 
 static void conv_forward(autoencoder_model *m, const ae_conv *c, const float *in, float *out, int batch) {
     conv2d_dims shape = c->shape;
     shape.batch = batch;
-    conv2d_forward(out, in, P(m, c->weight), P(m, c->bias), &shape, m->act->conv_scratch,
+    conv2d_forward(out, in, W(m, c->weight), W(m, c->bias), &shape, m->act->conv_scratch,
                    m->act->conv_scratch_floats);
+    round_act(m, out, conv_out_numel(&shape));
 }
 
 static void conv_backward(autoencoder_model *m, const ae_conv *c, float *d_in, float d_in_beta, const float *d_out,
                           const float *in, int batch) {
     conv2d_dims shape = c->shape;
     shape.batch = batch;
-    conv2d_backward(d_in, d_in_beta, G(m, c->weight), G(m, c->bias), d_out, in, P(m, c->weight), &shape,
+    conv2d_backward(d_in, d_in_beta, G(m, c->weight), G(m, c->bias), d_out, in, W(m, c->weight), &shape,
                     m->act->conv_scratch, m->act->conv_scratch_floats);
+    if (d_in) round_act(m, d_in, (size_t)batch * shape.in_channels * shape.height * shape.width);
 }
 
 static void norm_forward(autoencoder_model *m, const ae_norm *n, const float *in, float *out, int batch) {
     groupnorm_forward(out, n->mean, n->rstd, in, P(m, n->gamma), P(m, n->beta), batch, n->channels, n->spatial,
                       m->shape.norm_groups, AE_GROUPNORM_EPS);
+    round_act(m, out, (size_t)batch * n->channels * n->spatial);
 }
 
 static void norm_backward(autoencoder_model *m, const ae_norm *n, float *d_in, float d_in_beta, const float *d_out,
                           const float *in, int batch) {
     groupnorm_backward(d_in, d_in_beta, G(m, n->gamma), G(m, n->beta), d_out, in, n->mean, n->rstd,
                        P(m, n->gamma), batch, n->channels, n->spatial, m->shape.norm_groups);
+    round_act(m, d_in, (size_t)batch * n->channels * n->spatial);
 }
 
 static size_t numel(const ae_norm *n, int batch) { return (size_t)batch * n->channels * n->spatial; }
@@ -624,9 +655,11 @@ static void resnet_forward(autoencoder_model *m, const ae_resnet *r, int batch) 
     const size_t n_in = numel(&r->norm1, batch), n_out = numel(&r->norm2, batch);
     norm_forward(m, &r->norm1, r->in, r->norm1_out, batch);
     silu_forward(r->act1, r->norm1_out, n_in);
+    round_act(m, r->act1, n_in);
     conv_forward(m, &r->conv1, r->act1, r->conv1_out, batch);
     norm_forward(m, &r->norm2, r->conv1_out, r->norm2_out, batch);
     silu_forward(r->act2, r->norm2_out, n_out);
+    round_act(m, r->act2, n_out);
     conv_forward(m, &r->conv2, r->act2, r->out, batch);
     if (r->has_shortcut) {
         /* TEMP1 is free here: the inference layout has act2 in TEMP0, and in training
@@ -637,6 +670,7 @@ static void resnet_forward(autoencoder_model *m, const ae_resnet *r, int batch) 
     } else {
         add_forward(r->out, r->out, r->in, n_out);
     }
+    round_act(m, r->out, n_out);
 }
 
 /* d_out (B, Cout, S) -> d_in (B, Cin, S) overwritten; uses TEMP0 and TEMP1. */
@@ -645,9 +679,11 @@ static void resnet_backward(autoencoder_model *m, const ae_resnet *r, const floa
     const size_t n_in = numel(&r->norm1, batch), n_out = numel(&r->norm2, batch);
     conv_backward(m, &r->conv2, t0, 0.0f, d_out, r->act2, batch);
     silu_backward(t0, t0, r->norm2_out, n_out);
+    round_act(m, t0, n_out);
     norm_backward(m, &r->norm2, t1, 0.0f, t0, r->conv1_out, batch);
     conv_backward(m, &r->conv1, t0, 0.0f, t1, r->act1, batch);
     silu_backward(t0, t0, r->norm1_out, n_in);
+    round_act(m, t0, n_in);
     if (r->has_shortcut)
         conv_backward(m, &r->shortcut, d_in, 0.0f, d_out, r->in, batch);
     else
@@ -659,11 +695,16 @@ static void attention_unit_forward(autoencoder_model *m, const ae_attention *a, 
     const int B = batch, T = a->tokens, C = a->channels;
     norm_forward(m, &a->norm, a->in, a->normed, batch);
     transpose_channels_tokens_forward(a->tokens_in, a->normed, B, C, T);
-    linear_forward(a->qkv, a->tokens_in, P(m, a->qkv_weight), P(m, a->qkv_bias), B * T, C, 3 * C);
-    attention_forward(a->attn, a->probs, a->qkv, B, T, 1, C); /* scale 1/sqrt(C): one head of width C */
-    linear_forward(a->proj, a->attn, P(m, a->out_weight), P(m, a->out_bias), B * T, C, C);
+    linear_forward(a->qkv, a->tokens_in, W(m, a->qkv_weight), W(m, a->qkv_bias), B * T, C, 3 * C);
+    round_act(m, a->qkv, (size_t)B * T * 3 * C);
+    /* scale 1/sqrt(C): one head of width C */
+    attention_forward_precision(a->attn, a->probs, a->qkv, B, T, 1, C, m->precision);
+    round_act(m, a->attn, (size_t)B * T * C);
+    linear_forward(a->proj, a->attn, W(m, a->out_weight), W(m, a->out_bias), B * T, C, C);
+    round_act(m, a->proj, (size_t)B * T * C);
     transpose_channels_tokens_backward(a->out, a->proj, B, C, T); /* (B, T, C) -> (B, C, T) */
     add_forward(a->out, a->out, a->in, (size_t)B * C * T);
+    round_act(m, a->out, (size_t)B * C * T);
 }
 
 static void attention_unit_backward(autoencoder_model *m, const ae_attention *a, const float *d_out, float *d_in,
@@ -673,10 +714,13 @@ static void attention_unit_backward(autoencoder_model *m, const ae_attention *a,
     float *t0 = x->pool[POOL_TEMP0];
     transpose_channels_tokens_forward(x->d_tokens_a, d_out, B, C, T);
     linear_backward(x->d_tokens_b, 0.0f, G(m, a->out_weight), G(m, a->out_bias), x->d_tokens_a, a->attn,
-                    P(m, a->out_weight), B * T, C, C);
-    attention_backward(x->d_qkv, x->d_scores, x->d_tokens_b, a->qkv, a->probs, B, T, 1, C);
+                    W(m, a->out_weight), B * T, C, C);
+    round_act(m, x->d_tokens_b, (size_t)B * T * C);
+    attention_backward_precision(x->d_qkv, x->d_scores, x->d_tokens_b, a->qkv, a->probs, B, T, 1, C, m->precision);
+    round_act(m, x->d_qkv, (size_t)B * T * 3 * C);
     linear_backward(x->d_tokens_a, 0.0f, G(m, a->qkv_weight), G(m, a->qkv_bias), x->d_qkv, a->tokens_in,
-                    P(m, a->qkv_weight), B * T, C, 3 * C);
+                    W(m, a->qkv_weight), B * T, C, 3 * C);
+    round_act(m, x->d_tokens_a, (size_t)B * T * C);
     transpose_channels_tokens_backward(t0, x->d_tokens_a, B, C, T);
     memcpy(d_in, d_out, sizeof(float) * (size_t)B * C * T); /* the residual */
     norm_backward(m, &a->norm, d_in, 1.0f, t0, a->in, batch);
@@ -708,6 +752,7 @@ static void mid_backward(autoencoder_model *m, const ae_mid_block *mid, float **
 static void head_forward(autoencoder_model *m, const ae_head *h, int batch) {
     norm_forward(m, &h->norm, h->in, h->normed, batch);
     silu_forward(h->act, h->normed, numel(&h->norm, batch));
+    round_act(m, h->act, numel(&h->norm, batch));
     conv_forward(m, &h->conv, h->act, h->out, batch);
 }
 
@@ -715,6 +760,7 @@ static void head_backward(autoencoder_model *m, const ae_head *h, const float *d
     float *t0 = m->act->pool[POOL_TEMP0];
     conv_backward(m, &h->conv, t0, 0.0f, d_out, h->act, batch);
     silu_backward(t0, t0, h->normed, numel(&h->norm, batch));
+    round_act(m, t0, numel(&h->norm, batch));
     norm_backward(m, &h->norm, d_in, 0.0f, t0, h->in, batch);
 }
 
@@ -739,6 +785,7 @@ static void level_backward(autoencoder_model *m, const ae_level *level, bool up,
             float *t0 = m->act->pool[POOL_TEMP0];
             conv_backward(m, &level->sampler, t0, 0.0f, *d, level->upsampled, batch);
             upsample_nearest2x_backward(*other, t0, batch, s->in_channels, s->height / 2, s->width / 2);
+            round_act(m, *other, (size_t)batch * s->in_channels * (s->height / 2) * (s->width / 2));
         } else {
             conv_backward(m, &level->sampler, *other, 0.0f, *d, level->sampler_in, batch);
         }
@@ -793,6 +840,7 @@ static void split_moments(const autoencoder_model *m, int batch, float *mean, fl
 void autoencoder_encode(autoencoder_model *m, const float *images, int batch, float *mean, float *logvar) {
     if (m->purpose == AE_FOR_DECODING) fatal_internal("autoencoder_encode: the model was laid out for decoding only");
     check_batch(m, batch, "autoencoder_encode");
+    refresh_compute_params(m);
     encoder_forward(m, images, batch);
     split_moments(m, batch, mean, logvar);
 }
@@ -800,6 +848,7 @@ void autoencoder_encode(autoencoder_model *m, const float *images, int batch, fl
 void autoencoder_decode(autoencoder_model *m, const float *z, int batch, float *images) {
     if (m->purpose == AE_FOR_ENCODING) fatal_internal("autoencoder_decode: the model was laid out for encoding only");
     check_batch(m, batch, "autoencoder_decode");
+    refresh_compute_params(m);
     decoder_forward(m, z, batch);
     const size_t image = (size_t)m->shape.in_channels * m->shape.input_size * m->shape.input_size;
     memcpy(images, m->act->dec.head.out, sizeof(float) * (size_t)batch * image);
@@ -820,6 +869,7 @@ autoencoder_loss autoencoder_train_forward(autoencoder_model *m, const float *im
     a->kl_beta = kl_beta;
     a->kind = kind;
     memcpy(a->images, images, sizeof(float) * (size_t)batch * image);
+    refresh_compute_params(m); /* (the images stay fp32: they are also the loss's target) */
 
     encoder_forward(m, a->images, batch);
     split_moments(m, batch, a->mean, a->logvar);
@@ -833,6 +883,7 @@ autoencoder_loss autoencoder_train_forward(autoencoder_model *m, const float *im
         kl += (double)a->mean[k] * a->mean[k] + exp((double)lv) - 1.0 - lv;
     }
     kl = 0.5 * kl / batch;
+    round_act(m, a->z, latent); /* post_quant_conv's input */
 
     decoder_forward(m, a->z, batch);
     const float *rec = a->dec.head.out;
@@ -868,6 +919,7 @@ void autoencoder_train_backward(autoencoder_model *m, float d_loss, float *d_ima
         float diff = rec[k] - a->images[k];
         d[k] = a->kind == AE_LOSS_L1 ? scale * (float)((diff > 0) - (diff < 0)) : 2.0f * scale * diff;
     }
+    round_act(m, d, n);
 
     /* decoder */
     head_backward(m, &a->dec.head, d, other, B);
@@ -895,6 +947,8 @@ void autoencoder_train_backward(autoencoder_model *m, float d_loss, float *d_ima
             d_logvar[k] = inside ? g : 0.0f;
         }
     }
+
+    round_act(m, d, (size_t)B * 2 * per);
 
     /* encoder */
     conv_backward(m, &a->quant_conv, other, 0.0f, d, a->enc.head.out, B);

@@ -20,13 +20,21 @@
  * All memory (parameters, gradients, activations kept for backward, scratch) is laid
  * out once by autoencoder_create for batches of up to max_batch; nothing here
  * allocates afterwards. A model made for inference only holds ping-pong buffers for
- * the part it runs and no gradients. */
+ * the part it runs and no gradients.
+ *
+ * Mixed precision (precision.h): a model created in bf16 or fp16 rounds every
+ * activation and activation gradient to the format where it is made, and its
+ * convolutions and linears read weights through a copy rounded at the start of
+ * each forward pass; GroupNorm statistics and affine parameters, softmax, the
+ * posterior and the loss stay fp32, as do the master weights and gradients. The
+ * activations are rounded, not stored in 16 bits (the DiT stores them so). */
 #ifndef LDM_AUTOENCODER_H
 #define LDM_AUTOENCODER_H
 
 #include <stdint.h>
 
 #include "params.h"
+#include "precision.h"
 
 #define AE_MAX_LEVELS 8 /* = CONFIG_INT_LIST_MAX, the config's longest block_out_channels */
 #define AE_GROUPNORM_EPS 1e-6f
@@ -65,11 +73,13 @@ typedef struct autoencoder_activations autoencoder_activations;
 typedef struct {
     autoencoder_shape shape;
     autoencoder_purpose purpose;
+    ldm_precision precision;
     int max_batch;
     int latent_size;   /* input_size / 2^(levels - 1) */
     param_table table; /* trainable only; diffusers AutoencoderKL names */
     float *params;     /* (table.trainable_numel) */
     float *grads;      /* (table.trainable_numel); NULL unless AE_FOR_TRAINING */
+    float *compute_params; /* (table.trainable_numel) what convs and linears read: params in fp32, else a rounded copy */
     /* After autoencoder_train_forward: (batch, L, h, w) the posterior's mean, its clamped
      * log-variance and the latent decoded; (batch, C, H, W) the reconstruction. */
     const float *posterior_mean, *posterior_logvar, *latent, *reconstruction;
@@ -82,6 +92,9 @@ typedef struct {
  * the memory that purpose needs for batches of up to max_batch. Parameters start zero. */
 void autoencoder_create(autoencoder_model *model, const autoencoder_shape *shape, int max_batch,
                         autoencoder_purpose purpose);
+/* The same in a precision (autoencoder_create is PRECISION_FP32). */
+void autoencoder_create_precision(autoencoder_model *model, const autoencoder_shape *shape, int max_batch,
+                                  autoencoder_purpose purpose, ldm_precision precision);
 void autoencoder_destroy(autoencoder_model *model);
 
 /* The parameter table alone (names, shapes, offsets; no memory bound), for listing or

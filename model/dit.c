@@ -13,6 +13,7 @@
 #include "arena.h"
 #include "fatal.h"
 #include "ops.h"
+#include "precision.h"
 #include "rng.h"
 
 /* Indices into the parameter table of one block's tensors. */
@@ -37,6 +38,11 @@ typedef struct {
     float *fc2;                       /* (B*T, D) */
     float *ada;                       /* (B, 6D): shift, scale, gate (msa), shift, scale, gate (mlp) */
 } dit_block_activations;
+
+/* bf16/fp16: what a block keeps for backward, as 16-bit values (shapes as above). */
+typedef struct {
+    uint16_t *ln1, *mod1, *qkv, *probs, *attn, *attn_proj, *ln2, *mod2, *fc1, *gelu, *fc2;
+} dit_block_stored;
 
 struct dit_activations {
     int *labels;            /* (B) */
@@ -69,6 +75,17 @@ struct dit_activations {
     int x_weight, x_bias, t0_weight, t0_bias, t2_weight, t2_bias, y_table, pos_embed;
     int final_weight, final_bias, final_ada_weight, final_ada_bias;
     dit_block_params *block_params;
+    /* bf16/fp16 only. blocks[l] then holds only ln*_mean, ln*_rstd and ada (fp32);
+     * residual, x_mid and the other fp32 block buffers are not laid out. */
+    float *x_run;                  /* (B*T, D) the residual stream, fp32 */
+    dit_block_stored *stored;      /* (depth) */
+    uint16_t *final_ln_h, *final_mod_h; /* (B*T, D) */
+    /* One block's fp32 working buffers: forward computes into them before
+     * storing, backward loads the stored values back into them. */
+    float *w_d0, *w_d1;            /* (B*T, D) */
+    float *w_3d;                   /* (B*T, 3D) */
+    float *w_probs;                /* (B, H, T, T) */
+    float *w_f0, *w_f1;            /* (B*T, F) */
 };
 
 static void check_shape(const dit_shape *s, int max_batch) {
@@ -124,6 +141,81 @@ static void build_table(dit_model *m) {
 #undef ADD
 }
 
+/* The backward scratch, the same in every precision. */
+static void layout_backward_scratch(dit_model *m, arena *ar) {
+    struct dit_activations *a = m->act;
+    const size_t B = (size_t)m->max_batch, T = (size_t)m->tokens, D = (size_t)m->shape.hidden_size;
+    const size_t F = (size_t)m->shape.mlp_hidden, H = (size_t)m->shape.num_heads;
+    const size_t PPC = (size_t)m->shape.patch_size * m->shape.patch_size * m->shape.in_channels;
+    const size_t BT = B * T;
+    a->d_residual = arena_floats(ar, BT * D);
+    a->d_a = arena_floats(ar, BT * D);
+    a->d_b = arena_floats(ar, BT * D);
+    a->d_qkv = arena_floats(ar, BT * 3 * D);
+    a->d_scores = arena_floats(ar, B * H * T * T);
+    a->d_hidden = arena_floats(ar, BT * F);
+    a->d_ada = arena_floats(ar, B * 6 * D);
+    a->d_cond_act = arena_floats(ar, B * D);
+    a->d_cond = arena_floats(ar, B * D);
+    a->d_t_hidden = arena_floats(ar, B * D);
+    a->d_tokens = arena_floats(ar, BT * PPC);
+    a->d_patches = arena_floats(ar, BT * PPC);
+}
+
+/* The activations of bf16/fp16 (after the parameters). */
+static void layout_16bit(dit_model *m, arena *ar) {
+    const dit_shape *s = &m->shape;
+    struct dit_activations *a = m->act;
+    const size_t B = (size_t)m->max_batch, T = (size_t)m->tokens, D = (size_t)s->hidden_size;
+    const size_t F = (size_t)s->mlp_hidden, H = (size_t)s->num_heads;
+    const size_t PPC = (size_t)s->patch_size * s->patch_size * s->in_channels;
+    const size_t BT = B * T;
+    size_t activations_start = ar->used;
+    a->labels = arena_ints(ar, B);
+    a->patches = arena_floats(ar, BT * PPC);
+    a->x_run = arena_floats(ar, BT * D);
+    a->t_freq = arena_floats(ar, B * DIT_FREQUENCY_EMBEDDING_SIZE);
+    a->t_hidden = arena_floats(ar, B * D);
+    a->t_hidden_act = arena_floats(ar, B * D);
+    a->cond = arena_floats(ar, B * D);
+    a->y_emb = arena_floats(ar, B * D);
+    a->cond_act = arena_floats(ar, B * D);
+    for (int l = 0; l < s->depth; l++) {
+        dit_block_activations *k = &a->blocks[l];
+        dit_block_stored *h = &a->stored[l];
+        k->ln1_mean = arena_floats(ar, BT);
+        k->ln1_rstd = arena_floats(ar, BT);
+        k->ln2_mean = arena_floats(ar, BT);
+        k->ln2_rstd = arena_floats(ar, BT);
+        k->ada = arena_floats(ar, B * 6 * D);
+        h->ln1 = arena_halves(ar, BT * D);
+        h->mod1 = arena_halves(ar, BT * D);
+        h->qkv = arena_halves(ar, BT * 3 * D);
+        h->probs = arena_halves(ar, B * H * T * T);
+        h->attn = arena_halves(ar, BT * D);
+        h->attn_proj = arena_halves(ar, BT * D);
+        h->ln2 = arena_halves(ar, BT * D);
+        h->mod2 = arena_halves(ar, BT * D);
+        h->fc1 = arena_halves(ar, BT * F);
+        h->gelu = arena_halves(ar, BT * F);
+        h->fc2 = arena_halves(ar, BT * D);
+    }
+    a->final_ada = arena_floats(ar, B * 2 * D);
+    a->final_mean = arena_floats(ar, BT);
+    a->final_rstd = arena_floats(ar, BT);
+    a->final_ln_h = arena_halves(ar, BT * D);
+    a->final_mod_h = arena_halves(ar, BT * D);
+    a->final_tokens = arena_floats(ar, BT * PPC);
+    a->w_d0 = arena_floats(ar, BT * D);
+    a->w_d1 = arena_floats(ar, BT * D);
+    a->w_3d = arena_floats(ar, BT * 3 * D);
+    a->w_probs = arena_floats(ar, B * H * T * T);
+    a->w_f0 = arena_floats(ar, BT * F);
+    a->w_f1 = arena_floats(ar, BT * F);
+    layout_backward_scratch(m, ar);
+    m->activation_bytes = ar->used - activations_start;
+}
+
 /* Places every buffer; called once measuring and once placing (see arena.h). */
 static void layout(dit_model *m, arena *ar) {
     const dit_shape *s = &m->shape;
@@ -135,6 +227,12 @@ static void layout(dit_model *m, arena *ar) {
     m->params = arena_floats(ar, m->table.trainable_numel);
     m->grads = arena_floats(ar, m->table.trainable_numel);
     m->fixed = arena_floats(ar, m->table.fixed_numel);
+    if (m->precision != PRECISION_FP32) {
+        m->compute_params = arena_floats(ar, m->table.trainable_numel);
+        layout_16bit(m, ar);
+        return;
+    }
+    size_t activations_start = ar->used;
     a->labels = arena_ints(ar, B);
     a->patches = arena_floats(ar, BT * PPC);
     for (int l = 0; l <= s->depth; l++) a->residual[l] = arena_floats(ar, BT * D);
@@ -170,24 +268,19 @@ static void layout(dit_model *m, arena *ar) {
     a->final_rstd = arena_floats(ar, BT);
     a->final_mod = arena_floats(ar, BT * D);
     a->final_tokens = arena_floats(ar, BT * PPC);
-    a->d_residual = arena_floats(ar, BT * D);
-    a->d_a = arena_floats(ar, BT * D);
-    a->d_b = arena_floats(ar, BT * D);
-    a->d_qkv = arena_floats(ar, BT * 3 * D);
-    a->d_scores = arena_floats(ar, B * H * T * T);
-    a->d_hidden = arena_floats(ar, BT * F);
-    a->d_ada = arena_floats(ar, B * 6 * D);
-    a->d_cond_act = arena_floats(ar, B * D);
-    a->d_cond = arena_floats(ar, B * D);
-    a->d_t_hidden = arena_floats(ar, B * D);
-    a->d_tokens = arena_floats(ar, BT * PPC);
-    a->d_patches = arena_floats(ar, BT * PPC);
+    layout_backward_scratch(m, ar);
+    m->activation_bytes = ar->used - activations_start;
 }
 
 void dit_create(dit_model *m, const dit_shape *shape, int max_batch) {
+    dit_create_precision(m, shape, max_batch, PRECISION_FP32);
+}
+
+void dit_create_precision(dit_model *m, const dit_shape *shape, int max_batch, ldm_precision precision) {
     memset(m, 0, sizeof(*m));
     check_shape(shape, max_batch);
     m->shape = *shape;
+    m->precision = precision;
     m->max_batch = max_batch;
     int grid = shape->input_size / shape->patch_size;
     m->tokens = grid * grid;
@@ -195,6 +288,7 @@ void dit_create(dit_model *m, const dit_shape *shape, int max_batch) {
     m->act->blocks = xcalloc((size_t)shape->depth, sizeof(dit_block_activations));
     m->act->block_params = xcalloc((size_t)shape->depth, sizeof(dit_block_params));
     m->act->residual = xcalloc((size_t)shape->depth + 1, sizeof(float *));
+    m->act->stored = xcalloc((size_t)shape->depth, sizeof(dit_block_stored));
     param_table_init(&m->table);
     build_table(m);
 
@@ -205,6 +299,7 @@ void dit_create(dit_model *m, const dit_shape *shape, int max_batch) {
     layout(m, &ar);
     m->memory = ar.base;
     m->memory_bytes = ar.capacity;
+    if (precision == PRECISION_FP32) m->compute_params = m->params;
     param_table_bind(&m->table, m->params, m->grads, m->fixed);
     pos_embed_2d_sincos(m->table.entries[m->act->pos_embed].data, shape->hidden_size, grid);
 }
@@ -214,6 +309,7 @@ void dit_destroy(dit_model *m) {
         free(m->act->blocks);
         free(m->act->block_params);
         free(m->act->residual);
+        free(m->act->stored);
         free(m->act);
     }
     param_table_free(&m->table);
@@ -248,6 +344,181 @@ void dit_init_weights(dit_model *m, uint64_t seed) {
     }
 }
 
+/* ---- bf16 / fp16 (see dit.h) ---- */
+
+/* The rounded parameter a GEMM reads. */
+static float *W(dit_model *m, int index) { return m->compute_params + m->table.entries[index].offset; }
+
+/* An activation that is a GEMM input or kept: rounded in place (and stored, when kept). */
+static void round_in_place(const dit_model *m, float *x, size_t n) { precision_round_array(m->precision, x, n); }
+static void store(const dit_model *m, uint16_t *kept, float *x, size_t n) { precision_store(m->precision, kept, x, n); }
+static const float *load(const dit_model *m, float *x, const uint16_t *kept, size_t n) {
+    precision_load(m->precision, x, kept, n);
+    return x;
+}
+
+static void dit_forward_16bit(dit_model *m, const float *x, const float *t, int batch, float *out) {
+    const dit_shape *s = &m->shape;
+    struct dit_activations *a = m->act;
+    const int B = batch, T = m->tokens, D = s->hidden_size, F = s->mlp_hidden, H = s->num_heads;
+    const int C = s->in_channels, Pz = s->patch_size, PPC = Pz * Pz * C, BT = B * T;
+    const int E = DIT_FREQUENCY_EMBEDDING_SIZE;
+    const size_t nD = (size_t)BT * D, nF = (size_t)BT * F, nP = (size_t)B * H * T * T;
+    /* The weights in the format, from the current master weights. */
+    memcpy(m->compute_params, m->params, sizeof(float) * m->table.trainable_numel);
+    round_in_place(m, m->compute_params, m->table.trainable_numel);
+
+    /* patch embedding (rounded like every linear output) + fixed position embedding, in fp32 */
+    patchify_forward(a->patches, x, B, C, s->input_size, Pz);
+    round_in_place(m, a->patches, (size_t)BT * PPC);
+    linear_forward_precision(a->x_run, a->patches, W(m, a->x_weight), W(m, a->x_bias), BT, PPC, D, m->precision);
+    round_in_place(m, a->x_run, nD);
+    for (int b = 0; b < B; b++)
+        add_forward(a->x_run + (size_t)b * T * D, a->x_run + (size_t)b * T * D, P(m, a->pos_embed), (size_t)T * D);
+
+    /* conditioning (B rows: kept in fp32 buffers, rounded where a GEMM reads them) */
+    timestep_embedding_forward(a->t_freq, t, B, E);
+    round_in_place(m, a->t_freq, (size_t)B * E);
+    linear_forward_precision(a->t_hidden, a->t_freq, W(m, a->t0_weight), W(m, a->t0_bias), B, E, D, m->precision);
+    round_in_place(m, a->t_hidden, (size_t)B * D);
+    silu_forward(a->t_hidden_act, a->t_hidden, (size_t)B * D);
+    round_in_place(m, a->t_hidden_act, (size_t)B * D);
+    linear_forward_precision(a->cond, a->t_hidden_act, W(m, a->t2_weight), W(m, a->t2_bias), B, D, D, m->precision);
+    round_in_place(m, a->cond, (size_t)B * D);
+    embedding_forward(a->y_emb, P(m, a->y_table), a->labels, B, D); /* a lookup, not a GEMM: fp32 table */
+    add_forward(a->cond, a->cond, a->y_emb, (size_t)B * D);
+    silu_forward(a->cond_act, a->cond, (size_t)B * D);
+    round_in_place(m, a->cond_act, (size_t)B * D);
+
+    for (int l = 0; l < s->depth; l++) {
+        dit_block_activations *k = &a->blocks[l];
+        dit_block_stored *h = &a->stored[l];
+        const dit_block_params *bp = &a->block_params[l];
+        const int S6 = 6 * D;
+        linear_forward_precision(k->ada, a->cond_act, W(m, bp->ada_weight), W(m, bp->ada_bias), B, D, S6, m->precision);
+        round_in_place(m, k->ada, (size_t)B * S6);
+        /* attention branch */
+        layernorm_forward(a->w_d0, k->ln1_mean, k->ln1_rstd, a->x_run, BT, D, DIT_LAYERNORM_EPS);
+        store(m, h->ln1, a->w_d0, nD);
+        modulate_forward(a->w_d1, a->w_d0, k->ada + 0 * D, k->ada + 1 * D, S6, B, T, D);
+        store(m, h->mod1, a->w_d1, nD);
+        linear_forward_precision(a->w_3d, a->w_d1, W(m, bp->qkv_weight), W(m, bp->qkv_bias), BT, D, 3 * D,
+                                 m->precision);
+        store(m, h->qkv, a->w_3d, 3 * nD);
+        attention_forward_precision(a->w_d0, a->w_probs, a->w_3d, B, T, H, D / H, m->precision);
+        store(m, h->probs, a->w_probs, nP);
+        store(m, h->attn, a->w_d0, nD);
+        linear_forward_precision(a->w_d1, a->w_d0, W(m, bp->proj_weight), W(m, bp->proj_bias), BT, D, D, m->precision);
+        store(m, h->attn_proj, a->w_d1, nD);
+        gated_residual_forward(a->x_run, a->w_d1, k->ada + 2 * D, S6, B, T, D);
+        /* MLP branch */
+        layernorm_forward(a->w_d0, k->ln2_mean, k->ln2_rstd, a->x_run, BT, D, DIT_LAYERNORM_EPS);
+        store(m, h->ln2, a->w_d0, nD);
+        modulate_forward(a->w_d1, a->w_d0, k->ada + 3 * D, k->ada + 4 * D, S6, B, T, D);
+        store(m, h->mod2, a->w_d1, nD);
+        linear_forward_precision(a->w_f0, a->w_d1, W(m, bp->fc1_weight), W(m, bp->fc1_bias), BT, D, F, m->precision);
+        store(m, h->fc1, a->w_f0, nF);
+        gelu_tanh_forward(a->w_f1, a->w_f0, nF);
+        store(m, h->gelu, a->w_f1, nF);
+        linear_forward_precision(a->w_d0, a->w_f1, W(m, bp->fc2_weight), W(m, bp->fc2_bias), BT, F, D, m->precision);
+        store(m, h->fc2, a->w_d0, nD);
+        gated_residual_forward(a->x_run, a->w_d0, k->ada + 5 * D, S6, B, T, D);
+    }
+
+    /* final layer */
+    linear_forward_precision(a->final_ada, a->cond_act, W(m, a->final_ada_weight), W(m, a->final_ada_bias), B, D,
+                             2 * D, m->precision);
+    round_in_place(m, a->final_ada, (size_t)B * 2 * D);
+    layernorm_forward(a->w_d0, a->final_mean, a->final_rstd, a->x_run, BT, D, DIT_LAYERNORM_EPS);
+    store(m, a->final_ln_h, a->w_d0, nD);
+    modulate_forward(a->w_d1, a->w_d0, a->final_ada, a->final_ada + D, 2 * D, B, T, D);
+    store(m, a->final_mod_h, a->w_d1, nD);
+    linear_forward_precision(a->final_tokens, a->w_d1, W(m, a->final_weight), W(m, a->final_bias), BT, D, PPC,
+                             m->precision);
+    round_in_place(m, a->final_tokens, (size_t)BT * PPC);
+    unpatchify_forward(out, a->final_tokens, B, C, s->input_size, Pz);
+}
+
+/* Activation gradients are rounded where a GEMM reads them (in fp16 a scaled
+ * gradient beyond 65504 becomes infinite there: the overflow loss scaling looks for). */
+static void dit_backward_16bit(dit_model *m, const float *d_out, float *d_x, int batch) {
+    const dit_shape *s = &m->shape;
+    struct dit_activations *a = m->act;
+    const int B = batch, T = m->tokens, D = s->hidden_size, F = s->mlp_hidden, H = s->num_heads;
+    const int C = s->in_channels, Pz = s->patch_size, PPC = Pz * Pz * C, BT = B * T;
+    const int E = DIT_FREQUENCY_EMBEDDING_SIZE;
+    const size_t nD = (size_t)BT * D, nF = (size_t)BT * F, nP = (size_t)B * H * T * T;
+
+    /* final layer */
+    unpatchify_backward(a->d_tokens, d_out, B, C, s->input_size, Pz);
+    round_in_place(m, a->d_tokens, (size_t)BT * PPC);
+    linear_backward_precision(a->d_a, 0.0f, G(m, a->final_weight), G(m, a->final_bias), a->d_tokens,
+                              load(m, a->w_d1, a->final_mod_h, nD), W(m, a->final_weight), BT, D, PPC, m->precision);
+    memset(a->d_ada, 0, sizeof(float) * (size_t)B * 2 * D);
+    const float *final_ln = load(m, a->w_d0, a->final_ln_h, nD);
+    modulate_backward(a->d_b, a->d_ada, a->d_ada + D, a->d_a, final_ln, a->final_ada + D, 2 * D, B, T, D);
+    layernorm_backward_normalized(a->d_residual, 0.0f, a->d_b, final_ln, a->final_rstd, BT, D);
+    round_in_place(m, a->d_ada, (size_t)B * 2 * D);
+    linear_backward_precision(a->d_cond_act, 0.0f, G(m, a->final_ada_weight), G(m, a->final_ada_bias), a->d_ada,
+                              a->cond_act, W(m, a->final_ada_weight), B, D, 2 * D, m->precision);
+
+    for (int l = s->depth - 1; l >= 0; l--) {
+        dit_block_activations *k = &a->blocks[l];
+        const dit_block_stored *h = &a->stored[l];
+        const dit_block_params *bp = &a->block_params[l];
+        const int S6 = 6 * D;
+        memset(a->d_ada, 0, sizeof(float) * (size_t)B * S6);
+        /* MLP branch */
+        gated_residual_backward(a->d_a, a->d_ada + 5 * D, a->d_residual, load(m, a->w_d0, h->fc2, nD),
+                                k->ada + 5 * D, S6, B, T, D);
+        round_in_place(m, a->d_a, nD);
+        linear_backward_precision(a->d_hidden, 0.0f, G(m, bp->fc2_weight), G(m, bp->fc2_bias), a->d_a,
+                                  load(m, a->w_f1, h->gelu, nF), W(m, bp->fc2_weight), BT, F, D, m->precision);
+        gelu_tanh_backward(a->d_hidden, a->d_hidden, load(m, a->w_f0, h->fc1, nF), nF);
+        round_in_place(m, a->d_hidden, nF);
+        linear_backward_precision(a->d_b, 0.0f, G(m, bp->fc1_weight), G(m, bp->fc1_bias), a->d_hidden,
+                                  load(m, a->w_d0, h->mod2, nD), W(m, bp->fc1_weight), BT, D, F, m->precision);
+        const float *ln2 = load(m, a->w_d1, h->ln2, nD);
+        modulate_backward(a->d_a, a->d_ada + 3 * D, a->d_ada + 4 * D, a->d_b, ln2, k->ada + 4 * D, S6, B, T, D);
+        layernorm_backward_normalized(a->d_residual, 1.0f, a->d_a, ln2, k->ln2_rstd, BT, D);
+        /* attention branch */
+        gated_residual_backward(a->d_a, a->d_ada + 2 * D, a->d_residual, load(m, a->w_d0, h->attn_proj, nD),
+                                k->ada + 2 * D, S6, B, T, D);
+        round_in_place(m, a->d_a, nD);
+        linear_backward_precision(a->d_b, 0.0f, G(m, bp->proj_weight), G(m, bp->proj_bias), a->d_a,
+                                  load(m, a->w_d1, h->attn, nD), W(m, bp->proj_weight), BT, D, D, m->precision);
+        round_in_place(m, a->d_b, nD);
+        attention_backward_precision(a->d_qkv, a->d_scores, a->d_b, load(m, a->w_3d, h->qkv, 3 * nD),
+                                     load(m, a->w_probs, h->probs, nP), B, T, H, D / H, m->precision);
+        round_in_place(m, a->d_qkv, 3 * nD);
+        linear_backward_precision(a->d_a, 0.0f, G(m, bp->qkv_weight), G(m, bp->qkv_bias), a->d_qkv,
+                                  load(m, a->w_d0, h->mod1, nD), W(m, bp->qkv_weight), BT, D, 3 * D, m->precision);
+        const float *ln1 = load(m, a->w_d1, h->ln1, nD);
+        modulate_backward(a->d_b, a->d_ada + 0 * D, a->d_ada + 1 * D, a->d_a, ln1, k->ada + 1 * D, S6, B, T, D);
+        layernorm_backward_normalized(a->d_residual, 1.0f, a->d_b, ln1, k->ln1_rstd, BT, D);
+        round_in_place(m, a->d_ada, (size_t)B * S6);
+        linear_backward_precision(a->d_cond_act, 1.0f, G(m, bp->ada_weight), G(m, bp->ada_bias), a->d_ada, a->cond_act,
+                                  W(m, bp->ada_weight), B, D, S6, m->precision);
+    }
+
+    /* conditioning */
+    silu_backward(a->d_cond, a->d_cond_act, a->cond, (size_t)B * D);
+    round_in_place(m, a->d_cond, (size_t)B * D);
+    embedding_backward(G(m, a->y_table), a->d_cond, a->labels, B, D);
+    linear_backward_precision(a->d_t_hidden, 0.0f, G(m, a->t2_weight), G(m, a->t2_bias), a->d_cond, a->t_hidden_act,
+                              W(m, a->t2_weight), B, D, D, m->precision);
+    silu_backward(a->d_t_hidden, a->d_t_hidden, a->t_hidden, (size_t)B * D);
+    round_in_place(m, a->d_t_hidden, (size_t)B * D);
+    linear_backward_precision(NULL, 0.0f, G(m, a->t0_weight), G(m, a->t0_bias), a->d_t_hidden, a->t_freq,
+                              W(m, a->t0_weight), B, E, D, m->precision);
+
+    /* patch embedding */
+    round_in_place(m, a->d_residual, nD);
+    linear_backward_precision(d_x ? a->d_patches : NULL, 0.0f, G(m, a->x_weight), G(m, a->x_bias), a->d_residual,
+                              a->patches, W(m, a->x_weight), BT, PPC, D, m->precision);
+    if (d_x) patchify_backward(d_x, a->d_patches, B, C, s->input_size, Pz);
+}
+
 void dit_forward(dit_model *m, const float *x, const float *t, const int *y, int batch, float *out) {
     const dit_shape *s = &m->shape;
     struct dit_activations *a = m->act;
@@ -261,6 +532,10 @@ void dit_forward(dit_model *m, const float *x, const float *t, const int *y, int
             fatal_input("class label %d outside [0, %d] (%d is the null class)", y[b], s->num_classes,
                         s->num_classes);
         a->labels[b] = y[b];
+    }
+    if (m->precision != PRECISION_FP32) {
+        dit_forward_16bit(m, x, t, batch, out);
+        return;
     }
 
     /* patch embedding + fixed position embedding */
@@ -317,6 +592,10 @@ void dit_backward(dit_model *m, const float *d_out, float *d_x, int batch) {
     const int B = batch, T = m->tokens, D = s->hidden_size, F = s->mlp_hidden, H = s->num_heads;
     const int C = s->in_channels, Pz = s->patch_size, PPC = Pz * Pz * C, BT = B * T;
     const int E = DIT_FREQUENCY_EMBEDDING_SIZE;
+    if (m->precision != PRECISION_FP32) {
+        dit_backward_16bit(m, d_out, d_x, batch);
+        return;
+    }
 
     /* final layer */
     unpatchify_backward(a->d_tokens, d_out, B, C, s->input_size, Pz);

@@ -4,13 +4,25 @@
  * All memory (parameters, gradients, fixed buffers, the activations of a batch of
  * up to max_batch samples, backward scratch) is laid out once by dit_create; forward
  * and backward allocate nothing. Output channels equal input channels (EDM
- * predicts the denoised sample; no learned sigma). */
+ * predicts the denoised sample; no learned sigma).
+ *
+ * Mixed precision (precision.h): a model created in bf16 or fp16 keeps fp32
+ * master parameters and gradients, but every GEMM reads 16-bit-rounded inputs
+ * (the weights through a rounded copy made at each forward pass, activations and
+ * activation gradients rounded where they are made) and accumulates in fp32;
+ * LayerNorm statistics, softmax, SiLU/GELU arithmetic and the residual stream are
+ * fp32. The activations kept for backward are stored as 16-bit values (the
+ * LayerNorm outputs stand in for the LayerNorm inputs, whose backward needs only
+ * the normalized values), with one block's fp32 working buffers shared by all
+ * blocks: about half the activation memory of fp32. fp32 is unchanged, bit for
+ * bit, by any of this. */
 #ifndef LDM_DIT_H
 #define LDM_DIT_H
 
 #include <stdint.h>
 
 #include "params.h"
+#include "precision.h"
 
 #define DIT_FREQUENCY_EMBEDDING_SIZE 256
 #define DIT_LAYERNORM_EPS 1e-6f
@@ -30,12 +42,17 @@ typedef struct dit_activations dit_activations;
 
 typedef struct {
     dit_shape shape;
+    ldm_precision precision;
     int max_batch;
     int tokens;    /* (input_size / patch_size)^2 */
     param_table table;
     float *params; /* (table.trainable_numel) */
     float *grads;  /* (table.trainable_numel) */
     float *fixed;  /* (table.fixed_numel): pos_embed */
+    /* (table.trainable_numel) the parameters the GEMMs read: params itself in fp32,
+     * in bf16/fp16 a copy rounded to the format at the start of every forward pass. */
+    float *compute_params;
+    size_t activation_bytes; /* of memory_bytes: activations kept for backward and all scratch, for max_batch */
     dit_activations *act;
     void *memory;  /* the one allocation behind everything above */
     size_t memory_bytes;
@@ -44,6 +61,8 @@ typedef struct {
 /* Checks the shape (fatal_input on an impossible one), builds the table and lays out
  * all memory for batches of up to max_batch. Parameters start zero; pos_embed is set. */
 void dit_create(dit_model *model, const dit_shape *shape, int max_batch);
+/* The same in a precision (dit_create is PRECISION_FP32). */
+void dit_create_precision(dit_model *model, const dit_shape *shape, int max_batch, ldm_precision precision);
 void dit_destroy(dit_model *model);
 
 /* DiT's initialisation (Xavier uniform linears, zero adaLN and final layer, N(0, 0.02)

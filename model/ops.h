@@ -15,6 +15,8 @@
 
 #include <stddef.h>
 
+#include "precision.h"
+
 /* ---- linear: out = in @ weight^T + bias (GEMM through BLAS) ---- */
 /* out (rows, out_features); in (rows, in_features); weight (out_features, in_features);
  * bias (out_features) or NULL. */
@@ -26,6 +28,14 @@ void linear_backward(float *d_in, float d_in_beta, float *d_weight, float *d_bia
                      const float *d_out, const float *in, const float *weight,
                      int rows, int in_features, int out_features);
 
+/* The same with the GEMMs in a precision: in bf16 on a CPU with AVX-512 BF16
+ * through gemm_bf16.h (its inputs must hold bf16 values already), else sgemm. */
+void linear_forward_precision(float *out, const float *in, const float *weight, const float *bias, int rows,
+                              int in_features, int out_features, ldm_precision precision);
+void linear_backward_precision(float *d_in, float d_in_beta, float *d_weight, float *d_bias, const float *d_out,
+                               const float *in, const float *weight, int rows, int in_features, int out_features,
+                               ldm_precision precision);
+
 /* ---- LayerNorm without affine parameters, eps given (DiT uses 1e-6) ---- */
 /* out, in (rows, dim); mean, rstd (rows) saved for backward. */
 void layernorm_forward(float *out, float *mean, float *rstd, const float *in,
@@ -33,6 +43,10 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *in,
 /* d_in (rows, dim) = d_in_beta * d_in + dL/din. */
 void layernorm_backward(float *d_in, float d_in_beta, const float *d_out, const float *in,
                         const float *mean, const float *rstd, int rows, int dim);
+/* The same from the normalized output xhat (rows, dim) instead of the input: what a
+ * model that keeps only the LayerNorm output (in 16 bits) has in backward. */
+void layernorm_backward_normalized(float *d_in, float d_in_beta, const float *d_out, const float *normalized,
+                                   const float *rstd, int rows, int dim);
 
 /* ---- adaLN modulate: out = in * (1 + scale) + shift, per sample ----
  * in, out (batch, tokens, dim); shift and scale are rows of a per-sample modulation
@@ -70,6 +84,14 @@ void attention_forward(float *out, float *probs, const float *qkv,
  * d_scores (batch, heads, tokens, tokens) is scratch (its contents do not matter). */
 void attention_backward(float *d_qkv, float *d_scores, const float *d_out, const float *qkv, const float *probs,
                         int batch, int tokens, int heads, int head_dim);
+/* The same with the GEMM inputs made inside rounded to a 16-bit format (precision.h):
+ * the probabilities before p v (softmax itself in fp32), and the score gradient
+ * before the q and k gradients. PRECISION_FP32 is attention_forward/_backward. */
+void attention_forward_precision(float *out, float *probs, const float *qkv, int batch, int tokens, int heads,
+                                 int head_dim, ldm_precision precision);
+void attention_backward_precision(float *d_qkv, float *d_scores, const float *d_out, const float *qkv,
+                                  const float *probs, int batch, int tokens, int heads, int head_dim,
+                                  ldm_precision precision);
 
 /* ---- patchify / unpatchify (a conv with stride = kernel = patch is patchify + linear) ----
  * image (batch, channels, size, size); patches (batch, grid*grid, channels*patch*patch)

@@ -15,6 +15,23 @@ static const enum CBLAS_TRANSPOSE NO_TRANS = CblasNoTrans, TRANS = CblasTrans;
 
 void attention_forward(float *out, float *probs, const float *qkv,
                        int batch, int tokens, int heads, int head_dim) {
+    attention_forward_precision(out, probs, qkv, batch, tokens, heads, head_dim, PRECISION_FP32);
+}
+
+void attention_backward(float *d_qkv, float *d_scores, const float *d_out, const float *qkv, const float *probs,
+                        int batch, int tokens, int heads, int head_dim) {
+    attention_backward_precision(d_qkv, d_scores, d_out, qkv, probs, batch, tokens, heads, head_dim,
+                                 PRECISION_FP32);
+}
+
+/* A (sample, head)'s (tokens, tokens) block rounded to the 16-bit format (by
+ * the thread that owns the pair). */
+static void round_block(float *block, int tokens, ldm_precision precision) {
+    if (precision != PRECISION_FP32) precision_round_serial(precision, block, (size_t)tokens * tokens);
+}
+
+void attention_forward_precision(float *out, float *probs, const float *qkv, int batch, int tokens, int heads,
+                                 int head_dim, ldm_precision precision) {
     const int dim = heads * head_dim, ld = 3 * dim;
     const float scale = 1.0f / sqrtf((float)head_dim);
     ops_blas_single_threaded();
@@ -38,12 +55,14 @@ void attention_forward(float *out, float *probs, const float *qkv,
                 float inv = 1.0f / sum;
                 for (int j = 0; j < tokens; j++) row[j] *= inv;
             }
+            round_block(p, tokens, precision);
             cblas_sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, tokens, head_dim, tokens, 1.0f, p, tokens, v, ld, 0.0f, o, dim);
         }
 }
 
-void attention_backward(float *d_qkv, float *d_scores, const float *d_out, const float *qkv, const float *probs,
-                        int batch, int tokens, int heads, int head_dim) {
+void attention_backward_precision(float *d_qkv, float *d_scores, const float *d_out, const float *qkv,
+                                  const float *probs, int batch, int tokens, int heads, int head_dim,
+                                  ldm_precision precision) {
     const int dim = heads * head_dim, ld = 3 * dim;
     const float scale = 1.0f / sqrtf((float)head_dim);
     ops_blas_single_threaded();
@@ -67,6 +86,7 @@ void attention_backward(float *d_qkv, float *d_scores, const float *d_out, const
                 for (int j = 0; j < tokens; j++) weighted += prow[j] * srow[j];
                 for (int j = 0; j < tokens; j++) srow[j] = scale * prow[j] * (srow[j] - weighted);
             }
+            round_block(ds, tokens, precision);
             /* dq = d_score k; dk = d_score^T q */
             cblas_sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, tokens, head_dim, tokens, 1.0f, ds, tokens, k, ld, 0.0f, dq, ld);
             cblas_sgemm(ROW_MAJOR, TRANS, NO_TRANS, tokens, head_dim, tokens, 1.0f, ds, tokens, q, ld, 0.0f, dk, ld);

@@ -12,6 +12,7 @@
 #include <omp.h>
 #include <string.h>
 
+#include "gemm_bf16.h"
 #include "ops.h"
 
 /* From OpenBLAS (declared in its cblas.h as well in recent versions). */
@@ -70,6 +71,27 @@ void add_forward(float *out, const float *a, const float *b, size_t n) {
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
+/* gemm_threaded, or in bf16 the bf16 GEMM where the CPU has it. */
+static void gemm_precision(ldm_precision precision, int transpose_a, int transpose_b, int m, int n, int k,
+                           const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc) {
+    if (precision == PRECISION_BF16 && gemm_bf16(transpose_a, transpose_b, m, n, k, a, lda, b, ldb, beta, c, ldc))
+        return;
+    gemm_threaded(transpose_a, transpose_b, m, n, k, a, lda, b, ldb, beta, c, ldc);
+}
+
+void linear_forward_precision(float *out, const float *in, const float *weight, const float *bias, int rows,
+                              int in_features, int out_features, ldm_precision precision) {
+    float beta = 0.0f;
+    if (bias) {
+#pragma omp parallel for schedule(static)
+        for (int r = 0; r < rows; r++)
+            memcpy(out + (size_t)r * out_features, bias, sizeof(float) * (size_t)out_features);
+        beta = 1.0f;
+    }
+    gemm_precision(precision, 0, 1, rows, out_features, in_features, in, in_features, weight, in_features, beta, out,
+                   out_features);
+}
+
 void linear_forward(float *out, const float *in, const float *weight, const float *bias,
                     int rows, int in_features, int out_features) {
     float beta = 0.0f;
@@ -99,6 +121,18 @@ static void column_sum_accumulate(float *d_bias, const float *d_out, int rows, i
         }
         for (int j = j0; j < j1; j++) d_bias[j] += acc[j - j0];
     }
+}
+
+void linear_backward_precision(float *d_in, float d_in_beta, float *d_weight, float *d_bias, const float *d_out,
+                               const float *in, const float *weight, int rows, int in_features, int out_features,
+                               ldm_precision precision) {
+    if (d_in)
+        gemm_precision(precision, 0, 0, rows, in_features, out_features, d_out, out_features, weight, in_features,
+                       d_in_beta, d_in, in_features);
+    if (d_weight)
+        gemm_precision(precision, 1, 0, out_features, in_features, rows, d_out, out_features, in, in_features, 1.0f,
+                       d_weight, in_features);
+    if (d_bias) column_sum_accumulate(d_bias, d_out, rows, out_features);
 }
 
 void linear_backward(float *d_in, float d_in_beta, float *d_weight, float *d_bias,

@@ -52,6 +52,29 @@ void layernorm_backward(float *d_in, float d_in_beta, const float *d_out, const 
     }
 }
 
+void layernorm_backward_normalized(float *d_in, float d_in_beta, const float *d_out, const float *normalized,
+                                   const float *rstd, int rows, int dim) {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) {
+        const float *xhat = normalized + (size_t)r * dim;
+        const float *g = d_out + (size_t)r * dim;
+        float *dx = d_in + (size_t)r * dim;
+        float rs = rstd[r];
+        float sum_g = 0.0f, sum_gx = 0.0f;
+        for (int j = 0; j < dim; j++) {
+            sum_g += g[j];
+            sum_gx += g[j] * xhat[j];
+        }
+        float mean_g = sum_g / dim, mean_gx = sum_gx / dim;
+        /* beta 0 must not read d_in: it may hold anything, also NaN */
+        if (d_in_beta == 0.0f) {
+            for (int j = 0; j < dim; j++) dx[j] = rs * (g[j] - mean_g - xhat[j] * mean_gx);
+        } else {
+            for (int j = 0; j < dim; j++) dx[j] = d_in_beta * dx[j] + rs * (g[j] - mean_g - xhat[j] * mean_gx);
+        }
+    }
+}
+
 void modulate_forward(float *out, const float *in, const float *shift, const float *scale,
                       int mod_stride, int batch, int tokens, int dim) {
 #pragma omp parallel for collapse(2) schedule(static)

@@ -42,6 +42,15 @@ if(TARGET ldm)
   ldm_cli_config_test(bad_set_key
     "^ldm: error: --set train[.]lr_schedul=cosine: train[.]lr_schedul: unknown key"
     --config ${CMAKE_SOURCE_DIR}/configs/tiny.json --set train.lr_schedul=cosine)
+  ldm_cli_config_test(bad_precision
+    "^ldm: error: --set train[.]precision=fp8: train[.]precision: expected one of \"fp32\", \"bf16\", \"fp16\", got \"fp8\"$"
+    --config ${CMAKE_SOURCE_DIR}/configs/tiny.json --set train.precision=fp8)
+  ldm_cli_config_test(bad_loss_scale
+    "^ldm: error: --set train[.]loss_scale_initial=0: train[.]loss_scale_initial: expected a number > 0, got 0$"
+    --config ${CMAKE_SOURCE_DIR}/configs/tiny.json --set train.loss_scale_initial=0)
+  ldm_cli_config_test(bad_growth_interval
+    "^ldm: error: --set train[.]loss_scale_growth_interval=0: train[.]loss_scale_growth_interval: expected an integer >= 1, got 0$"
+    --config ${CMAKE_SOURCE_DIR}/configs/tiny.json --set train.loss_scale_growth_interval=0)
 endif()
 
 # The program's own surface: the demo's bench run, help, and bad commands and flags.
@@ -50,6 +59,13 @@ if(TARGET ldm)
     WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(cli_bench_tiny PROPERTIES
     PASS_REGULAR_EXPRESSION "bench: images_per_s=[0-9.]+ ms_per_step=[0-9.]+ gflops=[0-9.]+")
+  # Mixed precision: the step runs and the activation memory per image is reported.
+  foreach(precision bf16 fp16)
+    add_test(NAME cli_bench_tiny_${precision} COMMAND $<TARGET_FILE:ldm> bench --config configs/tiny.json
+      --set train.precision=${precision} --steps 2 --warmup 1 WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+    set_tests_properties(cli_bench_tiny_${precision} PROPERTIES
+      PASS_REGULAR_EXPRESSION "images_per_s=[0-9.]+ .* precision=${precision} bytes_per_image=[0-9]+")
+  endforeach()
   add_test(NAME cli_help COMMAND $<TARGET_FILE:ldm> help)
   set_tests_properties(cli_help PROPERTIES PASS_REGULAR_EXPRESSION "bench.*forward.*version")
   add_test(NAME cli_unknown_command

@@ -4,7 +4,8 @@
 # LDM_PYTHON (python3 with h5py and numpy), LDM_TESTS (this folder), LDM_CONFIGS (configs/).
 # WORK is this scenario's own folder, emptied first; COMMON holds what setup made:
 # a tiny DiT trained on 4-channel pixels (pix4), one on 3-channel pixels (pix3),
-# one on latents (lat), and an autoencoder run (ae).
+# one on latents (lat), an autoencoder run (ae), the latents it makes
+# (ae_latents.h5) and a DiT trained on them (latae).
 set -u
 scenario=$1; work=$2; common=$3
 [ "$scenario" = setup ] && work=$common
@@ -34,7 +35,56 @@ setup)
   run "$LDM" train --data lat.h5 $tiny --run lat >/dev/null
   run "$LDM" train-ae --config "$LDM_CONFIGS/ae-tiny.json" --data ae_images.h5 --run ae --set train.steps=2 \
     --set train.ckpt_every=2 >/dev/null
+  # A DiT on the autoencoder's latents (2 x 8 x 8 of 3 x 16 x 16 pictures).
+  run "$LDM" encode --ae ae --data ae_images.h5 --out ae_latents.h5 >/dev/null
+  run "$LDM" train --data ae_latents.h5 $tiny --set model.in_channels=2 --run latae >/dev/null
   touch existing.h5 existing.png
+  ;;
+latents)
+  # A latents model decoded by --ae, or by default by the autoencoder that made
+  # its latents: the same pictures, on 1 and 3 ranks; churn changes them.
+  run "$LDM" sample --model "$common/latae" --ae "$common/ae" --n 7 --batch 3 --out ae.h5 >/dev/null
+  run $LDM_MPIRUN -np 3 "$LDM" sample --model "$common/latae" --n 7 --batch 3 --out default3.h5 >/dev/null
+  same ae.h5 default3.h5
+  run "$LDM" sample --model "$common/latae" --n 7 --batch 3 --churn 10 --out churn.h5 >/dev/null
+  run "$LDM" sample --model "$common/latae" --n 7 --batch 3 --churn 10 --out churn2.h5 >/dev/null
+  same churn.h5 churn2.h5
+  run "$LDM_PYTHON" - <<'PY'
+import h5py, numpy as np
+a, c = (h5py.File(p, "r") for p in ("ae.h5", "churn.h5"))
+assert a["images"].shape == (7, 16, 16, 3) and a["images"].dtype == np.uint8, a["images"]
+assert list(a["labels"][...]) == [i % 10 for i in range(7)], a["labels"][...]
+assert a["images"][...].std() > 1, "the pictures are flat"
+assert not np.array_equal(a["images"][...], c["images"][...]), "churn changed nothing"
+PY
+  ;;
+pictures)
+  # ldm train writes RUN/samples/step-N.png every train.sample_every steps and at
+  # the end, one row per class (8 per row), decoded for a latents model; a
+  # latents model whose autoencoder is unknown trains without pictures.
+  run "$LDM" prepare synthetic --classes 3 --n 12 --size 8 --channels 3 --out pix.h5 >/dev/null
+  run "$LDM" train --data pix.h5 $tiny --set model.in_channels=3 --set model.num_classes=3 \
+    --set train.steps=5 --set train.sample_every=2 --run pix >/dev/null
+  run "$LDM" train --data "$common/ae_latents.h5" $tiny --set model.in_channels=2 --set train.sample_every=3 \
+    --ae "$common/ae" --run lat >/dev/null
+  run "$LDM" train --data "$common/lat.h5" $tiny --set train.sample_every=3 --run unknown > unknown.out
+  grep -q "no pictures during training: the autoencoder of the latents (made by: none (synthetic)) is not there" unknown.out ||
+    fail "no note that the pictures are off"
+  [ ! -e unknown/samples ] || fail "pictures without an autoencoder"
+  [ "$(ls pix/samples | tr '\n' ' ')" = "step-00000002.png step-00000004.png step-00000005.png " ] ||
+    fail "pix/samples holds: $(ls pix/samples)"
+  [ "$(ls lat/samples | tr '\n' ' ')" = "step-00000003.png " ] || fail "lat/samples holds: $(ls lat/samples)"
+  run "$LDM_PYTHON" - <<'PY'
+import json, struct
+def size(path):
+    with open(path, "rb") as f:
+        head = f.read(26)
+    return struct.unpack(">II", head[16:24]) + (head[25],)
+assert size("pix/samples/step-00000004.png") == (8 * 8, 3 * 8, 2), size("pix/samples/step-00000004.png")
+assert size("lat/samples/step-00000003.png") == (8 * 16, 10 * 16, 2), size("lat/samples/step-00000003.png")
+steps = {r["step"]: r for r in map(json.loads, open("pix/metrics.jsonl"))}
+assert steps[2]["samples"] == "samples/step-00000002.png" and "samples" not in steps[3], steps[3]
+PY
   ;;
 ranks)
   # 1 rank and 3 ranks (uneven shards), guided and not, Heun and Euler: the same files.

@@ -14,7 +14,7 @@ if(TARGET ldm)
   set(ldm_sample_env "LDM=$<TARGET_FILE:ldm>;LDM_MPIRUN=${ldm_sample_mpirun};LDM_PYTHON=${LDM_SYSTEM_PYTHON};\
 LDM_TESTS=${CMAKE_CURRENT_SOURCE_DIR};LDM_CONFIGS=${CMAKE_SOURCE_DIR}/configs")
 
-  foreach(scenario setup ranks seed png)
+  foreach(scenario setup ranks seed png latents pictures)
     add_test(NAME cli_sample_${scenario}
       COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/sample_scenarios.sh ${scenario} ${LDM_SAMPLE_WORK}/${scenario}
               ${LDM_SAMPLE_COMMON})
@@ -37,16 +37,35 @@ LDM_TESTS=${CMAKE_CURRENT_SOURCE_DIR};LDM_CONFIGS=${CMAKE_SOURCE_DIR}/configs")
   set(never ${LDM_SAMPLE_WORK}/never.h5)
 
   ldm_sample_error(not_dit
-    "^ldm: error: .*/ae/checkpoints/step-00000002: a checkpoint of kind \"autoencoder\", expected \"dit\" [(]ldm sample takes a run or checkpoint of ldm train[)]$"
+    "^ldm: error: .*/ae/checkpoints/step-00000002: a checkpoint of kind \"autoencoder\", expected \"dit\" or \"consistency\" [(]ldm sample takes a run or checkpoint of ldm train or ldm distill[)]$"
     ${LDM_MPIRUN} -np 2 ${ldm} sample --model ${c}/ae --n 2 --out ${never})
   ldm_sample_error(missing_model
     "^ldm: error: /nonexistent/run: cannot read the model: No such file or directory [(]expected a run directory of ldm train or one of its checkpoints[)]$"
     ${ldm} sample --model /nonexistent/run --n 2 --out ${never})
   ldm_sample_error(no_checkpoint "^ldm: error: .*/configs: no checkpoint that passes verification"
     ${ldm} sample --model ${CMAKE_SOURCE_DIR}/configs --n 2 --out ${never})
-  ldm_sample_error(latents
-    "^ldm: error: .*/lat/checkpoints/step-00000003: the model was trained on latents; .*[(]--ae support comes later[)]$"
+  ldm_sample_error(latents_unknown_autoencoder
+    "^ldm: error: .*/lat/checkpoints/step-00000003: the model was trained on latents [(]made by: none [(]synthetic[)][)]; name the autoencoder that decodes them with --ae$"
     ${LDM_MPIRUN} -np 2 ${ldm} sample --model ${c}/lat --n 2 --out ${never})
+  ldm_sample_error(latents_other_autoencoder
+    "^ldm: error: .*/ae/checkpoints/step-00000002: the autoencoder gives latents 2x8x8, but the model .*/lat/checkpoints/step-00000003 takes 4x8x8$"
+    ${LDM_MPIRUN} -np 2 ${ldm} sample --model ${c}/lat --ae ${c}/ae --n 2 --out ${never})
+  ldm_sample_error(ae_for_pixels
+    "^ldm: error: ldm sample: option --ae: .*/pix4/checkpoints/step-00000003 was trained on images, not latents: it needs no autoencoder$"
+    ${ldm} sample --model ${c}/pix4 --ae ${c}/ae --n 2 --out ${never})
+  ldm_sample_error(ae_not_autoencoder
+    "^ldm: error: .*/pix4/checkpoints/step-00000003: a checkpoint of kind \"dit\", expected \"autoencoder\""
+    ${ldm} sample --model ${c}/latae --ae ${c}/pix4 --n 2 --out ${never})
+  ldm_sample_error(bad_churn "^ldm: error: ldm sample: option --churn: expected a number in [[]0, 1e[+]06[]], got 'x'$"
+    ${ldm} sample --model ${c}/pix4 --n 2 --churn x --out ${never})
+  ldm_sample_error(train_ae_for_pixels
+    "^ldm: error: ldm train: option --ae: .*/pix4[.]h5 holds images, not latents: its pictures need no autoencoder$"
+    ${ldm} train --config ${CMAKE_SOURCE_DIR}/configs/tiny.json --set train.sample_every=1 --data ${c}/pix4.h5
+    --ae ${c}/ae --run ${LDM_SAMPLE_WORK}/never_run)
+  ldm_sample_error(train_ae_missing
+    "^ldm: error: /nonexistent/ae: cannot read the autoencoder: No such file or directory"
+    ${LDM_MPIRUN} -np 2 ${ldm} train --config ${CMAKE_SOURCE_DIR}/configs/tiny.json --set train.sample_every=1
+    --data ${c}/ae_latents.h5 --set model.in_channels=2 --ae /nonexistent/ae --run ${LDM_SAMPLE_WORK}/never_run)
   ldm_sample_error(class_range
     "^ldm: error: ldm sample: option --class: expected all or a class in [[]0, 9[]] [(]the model has 10 classes[)], got '10'$"
     ${ldm} sample --model ${c}/pix4 --n 2 --class 10 --out ${never})

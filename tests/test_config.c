@@ -112,6 +112,7 @@ static void test_defaults(void) {
     CHECK(c.train.adam_beta2 == 0.999);
     CHECK(c.train.adam_eps == 1e-8);
     CHECK(strcmp(c.train.precision, "fp32") == 0);
+    CHECK(c.train.loss_scale_initial == 65536.0 && c.train.loss_scale_growth_interval == 2000);
     CHECK(c.train.seed == 0);
     CHECK(c.train.log_every == 10);
     CHECK(c.train.ckpt_every == 1000);
@@ -127,6 +128,9 @@ static void test_defaults(void) {
     CHECK(c.autoencoder.layers_per_block == 1);
     CHECK(c.autoencoder.latent_channels == 4);
     CHECK(c.autoencoder.norm_groups == 32);
+    CHECK(c.distill.num_points == 18 && c.distill.sigma_min == 0.002 && c.distill.sigma_max == 80.0);
+    CHECK(c.distill.rho == 7.0 && c.distill.target_ema == 0.95 && strcmp(c.distill.loss, "pseudo_huber") == 0);
+    CHECK(c.distill.huber_c == 0.0 && c.distill.guidance == 1.0);
     CHECK(c.autoencoder.kl_beta == 1e-6);
     CHECK(strcmp(c.autoencoder.reconstruction_loss, "l1") == 0);
     CHECK(c.autoencoder.sample_posterior == false);
@@ -226,7 +230,7 @@ static void test_file_errors(void) {
 static void test_structure_errors(void) {
     const char *unknown_section = temp_file("unknown-section.json", "{\"modle\": {\"depth\": 2}}");
     char expected[1024];
-    snprintf(expected, sizeof expected, "%s: modle: unknown section (known sections: model, diffusion, train, data, autoencoder)",
+    snprintf(expected, sizeof expected, "%s: modle: unknown section (known sections: model, diffusion, train, data, autoencoder, distill)",
              unknown_section);
     EXPECT_ERR_EQ(unknown_section, NULL, 0, expected);
 
@@ -508,7 +512,7 @@ static void test_overrides(void) {
                     "--set train.lr_schedul=cosine: train.lr_schedul: unknown key (known keys in train: steps, ");
         const char *sets2[] = {"trian.steps=5"};
         EXPECT_FAIL("configs/tiny.json", sets2, 1,
-                    "--set trian.steps=5: trian: unknown section (known sections: model, diffusion, train, data, autoencoder)");
+                    "--set trian.steps=5: trian: unknown section (known sections: model, diffusion, train, data, autoencoder, distill)");
         const char *sets3[] = {"model.depth.x=5"};
         EXPECT_FAIL(NULL, sets3, 1, "--set model.depth.x=5: model.depth.x: unknown key");
     }
@@ -568,10 +572,11 @@ static void check_round_trip(const ldm_config *c, const char *name) {
     /* Every key of every section is present. */
     cJSON *root = cJSON_Parse(json);
     CHECK(root != NULL);
-    CHECK(count_children(root) == 5);
+    CHECK(count_children(root) == 6);
+    CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "distill")) == 8);
     CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "model")) == 10);
     CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "diffusion")) == 3);
-    CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "train")) == 22);
+    CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "train")) == 24);
     CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "autoencoder")) == 9);
     CHECK(cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "autoencoder"),
                                                          "block_out_channels")));

@@ -9,7 +9,8 @@ if(TARGET ldm)
   set(LDM_TRAIN_WORK ${CMAKE_CURRENT_BINARY_DIR}/train)
   string(REPLACE ";" " " ldm_train_mpirun "${LDM_MPIRUN}")
   foreach(scenario equivalence determinism learns nonfinite run-directory resume-1rank resume-2ranks signal
-                  resume-world-size resume-mismatch crash export autoencoder)
+                  resume-world-size resume-mismatch crash export autoencoder
+                  precision-curves precision-overflow precision-resume)
     string(REPLACE "-" "_" test_name "cli_train_${scenario}")
     add_test(NAME ${test_name}
       COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/train_scenarios.sh ${scenario} ${LDM_TRAIN_WORK}/${scenario})

@@ -103,10 +103,13 @@ static void write_picture(const autoencoder_trainer *a, const float *originals, 
     free(pixels);
 }
 
-static void ae_validate(trainable *self, const float *samples, const int32_t *labels, int count, int64_t step,
-                        const char *run_dir, char *json, size_t json_size, char *line, size_t line_size) {
-    (void)labels;
+static void ae_validate(trainable *self, const trainable_validation *context, char *json, size_t json_size, char *line,
+                        size_t line_size) {
     autoencoder_trainer *a = self->self;
+    const float *samples = context->samples;
+    const int count = context->count;
+    const int64_t step = context->step;
+    const char *run_dir = context->run_dir;
     int64_t per_sample = (int64_t)a->model.shape.in_channels * a->model.shape.input_size * a->model.shape.input_size;
     double squared_error = 0;
     float *first_reconstructions = NULL;
@@ -151,7 +154,9 @@ trainable *autoencoder_trainable_create(const ldm_config *config, int micro_batc
     a->config = config;
     a->micro_batch = micro_batch;
     autoencoder_shape shape = cli_autoencoder_shape(config);
-    autoencoder_create(&a->model, &shape, micro_batch, AE_FOR_TRAINING);
+    /* bf16/fp16: activations and GEMM inputs rounded to the format (autoencoder.h) */
+    autoencoder_create_precision(&a->model, &shape, micro_batch, AE_FOR_TRAINING,
+                                 (ldm_precision)precision_from_name(config->train.precision));
     autoencoder_init_weights(&a->model, config->train.seed);
     a->latent_per_sample = (int64_t)shape.latent_channels * a->model.latent_size * a->model.latent_size;
     a->noise = xmalloc((size_t)micro_batch * (size_t)a->latent_per_sample * sizeof(float));

@@ -4,7 +4,12 @@
  * backward = 2x forward). Everything is laid out before the first step.
  * With --data it first times the data loader alone on that file, at the
  * config's micro-batch, and reports how many times faster than training it
- * delivers samples (loader_ratio). Numbers are rank 0's. */
+ * delivers samples (loader_ratio). Numbers are rank 0's.
+ * In train.precision bf16 or fp16 the DiT runs as training runs it (dit.h:
+ * 16-bit GEMM inputs and stored activations; fp16 with the initial loss scale
+ * applied to the loss gradient and taken out of the parameter gradient), and
+ * bytes_per_image reports the activation memory laid out per image of the
+ * batch (what is kept for backward, plus working and backward scratch). */
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -93,7 +98,8 @@ int command_bench(int argc, char **argv) {
     if (options[5].value) {
         cli_print_usage("bench",
                         "Times DiT training steps (forward + backward + AdamW) on random inputs, and with --data\n"
-                        "the data loader on a data set file first.",
+                        "the data loader on a data set file first. --set train.precision=bf16|fp16 times the\n"
+                        "mixed-precision step; bytes_per_image is the activation memory per image of the batch.",
                         options);
         return 0;
     }
@@ -110,7 +116,9 @@ int command_bench(int argc, char **argv) {
 
     dit_shape shape = cli_dit_shape(&config);
     dit_model model;
-    dit_create(&model, &shape, batch);
+    const ldm_precision precision = (ldm_precision)precision_from_name(tc->precision);
+    const float loss_scale = precision == PRECISION_FP16 ? (float)tc->loss_scale_initial : 1.0f;
+    dit_create_precision(&model, &shape, batch, precision);
     dit_init_weights(&model, tc->seed);
     adamw_state optimizer;
     adamw_create(&optimizer, model.table.trainable_numel,
@@ -137,11 +145,11 @@ int command_bench(int argc, char **argv) {
     char devices[512];
     device_describe(devices, sizeof(devices));
     if (print)
-        printf("bench: DiT input %dx%dx%d patch %d hidden %d depth %d heads %d, batch %d, %zu parameters, "
-           "%.1f MiB laid out; %s\n",
+        printf("bench: DiT input %dx%dx%d patch %d hidden %d depth %d heads %d, batch %d, %zu parameters, %s, "
+           "%.1f MiB laid out (activations %.1f MiB); %s\n",
            shape.input_size, shape.input_size, shape.in_channels, shape.patch_size, shape.hidden_size,
-           shape.depth, shape.num_heads, batch, model.table.trainable_numel, model.memory_bytes / 1048576.0,
-           devices);
+           shape.depth, shape.num_heads, batch, model.table.trainable_numel, precision_name(precision),
+           model.memory_bytes / 1048576.0, model.activation_bytes / 1048576.0, devices);
     double forward_s = 0, backward_s = 0, optimizer_s = 0, loss = 0;
     for (int step = 0; step < warmup + steps; step++) {
         double t0 = now_seconds();
@@ -149,8 +157,12 @@ int command_bench(int argc, char **argv) {
         dit_forward(&model, x, t, y, batch, out);
         loss = weighted_mse_forward(NULL, out, target, NULL, batch, (int)sample);
         double t1 = now_seconds();
-        weighted_mse_backward(d_out, 1.0f, out, target, NULL, batch, (int)sample);
+        weighted_mse_backward(d_out, loss_scale, out, target, NULL, batch, (int)sample);
         dit_backward(&model, d_out, NULL, batch);
+        if (loss_scale != 1.0f) {
+            const float inverse = 1.0f / loss_scale;
+            for (size_t i = 0; i < model.table.trainable_numel; i++) model.grads[i] *= inverse;
+        }
         double t2 = now_seconds();
         adamw_step(&optimizer, model.params, model.grads, (float)tc->lr);
         double t3 = now_seconds();
@@ -165,8 +177,10 @@ int command_bench(int argc, char **argv) {
     if (print) {
         printf("bench: forward %.2f ms, backward %.2f ms, adamw %.2f ms per step; final loss %.5f\n",
                1e3 * forward_s / steps, 1e3 * backward_s / steps, 1e3 * optimizer_s / steps, loss);
-        printf("bench: images_per_s=%.2f ms_per_step=%.2f gflops=%.1f batch=%d threads=%d steps=%d",
-               batch / step_s, 1e3 * step_s, flops / step_s / 1e9, batch, omp_get_max_threads(), steps);
+        printf("bench: images_per_s=%.2f ms_per_step=%.2f gflops=%.1f batch=%d threads=%d steps=%d precision=%s "
+               "bytes_per_image=%zu",
+               batch / step_s, 1e3 * step_s, flops / step_s / 1e9, batch, omp_get_max_threads(), steps,
+               precision_name(precision), model.activation_bytes / (size_t)batch);
         /* loader samples/s over training images/s: how far ahead of training the loader is */
         if (options[4].value) printf(" loader_ratio=%.1f", loader_samples_per_s / (batch / step_s));
         printf("\n");

@@ -12,6 +12,7 @@
 
 #include "atomic_file.h"
 #include "checkpoint.h"
+#include "cli.h"
 #include "comm.h"
 #include "fatal.h"
 
@@ -34,8 +35,38 @@ static char *read_state_text(const char *dir) {
     return text;
 }
 
+/* state.json's "data" object (may be missing) into *data. */
+static void read_data_record(const cJSON *d, const char *source, checkpoint_data *data) {
+    memset(data, 0, sizeof *data);
+    if (!cJSON_IsObject(d)) return;
+    const cJSON *kind = cJSON_GetObjectItemCaseSensitive(d, "kind");
+    if (cJSON_IsString(kind)) snprintf(data->kind, sizeof data->kind, "%s", kind->valuestring);
+    const cJSON *channels = cJSON_GetObjectItemCaseSensitive(d, "channels");
+    if (cJSON_IsNumber(channels)) data->channels = channels->valueint;
+    const cJSON *autoencoder = cJSON_GetObjectItemCaseSensitive(d, "autoencoder");
+    if (cJSON_IsString(autoencoder)) snprintf(data->autoencoder, sizeof data->autoencoder, "%s", autoencoder->valuestring);
+    const cJSON *mean = cJSON_GetObjectItemCaseSensitive(d, "latent_mean");
+    const cJSON *std = cJSON_GetObjectItemCaseSensitive(d, "latent_std");
+    if (!mean && !std) return;
+    int n = cJSON_GetArraySize(mean);
+    if (!cJSON_IsArray(mean) || !cJSON_IsArray(std) || n != data->channels || cJSON_GetArraySize(std) != n ||
+        n < 1 || n > CHECKPOINT_DATA_MAX_CHANNELS)
+        fatal_input("%s: data.latent_mean and data.latent_std: expected two arrays of data.channels (%d) numbers",
+                    source, data->channels);
+    for (int c = 0; c < n; c++) {
+        const cJSON *m = cJSON_GetArrayItem(mean, c), *s = cJSON_GetArrayItem(std, c);
+        if (!cJSON_IsNumber(m) || !cJSON_IsNumber(s) || !isfinite(m->valuedouble) || !(s->valuedouble > 0) ||
+            !isfinite(s->valuedouble))
+            fatal_input("%s: data.latent_mean[%d] / data.latent_std[%d]: expected a finite mean and a std > 0",
+                        source, c, c);
+        data->latent_mean[c] = m->valuedouble;
+        data->latent_std[c] = s->valuedouble;
+    }
+    data->has_latent_statistics = 1;
+}
+
 char *checkpoint_model_find(const checkpoint_model_request *request, const char *where, char **dir, long long *step,
-                            char **data_kind) {
+                            checkpoint_data *data) {
     struct stat info;
     if (stat(where, &info) != 0)
         fatal_input("%s: cannot read the %s: %s (expected a run directory of ldm %s or one of its checkpoints)", where,
@@ -53,7 +84,12 @@ char *checkpoint_model_find(const checkpoint_model_request *request, const char 
     free(text);
     if (!cJSON_IsObject(state)) fatal_input("%s: not valid JSON", source);
     const cJSON *kind = cJSON_GetObjectItemCaseSensitive(state, "kind");
-    if (!cJSON_IsString(kind) || strcmp(kind->valuestring, request->kind) != 0)
+    const int other = request->other_kind && cJSON_IsString(kind) && strcmp(kind->valuestring, request->other_kind) == 0;
+    if (!other && request->other_kind && (!cJSON_IsString(kind) || strcmp(kind->valuestring, request->kind) != 0))
+        fatal_input("%s: a checkpoint of kind \"%s\", expected \"%s\" or \"%s\" (ldm %s takes a run or checkpoint "
+                    "of ldm %s or ldm %s)", found, cJSON_IsString(kind) ? kind->valuestring : "unknown",
+                    request->kind, request->other_kind, request->command, request->trainer, request->other_trainer);
+    if (!other && (!cJSON_IsString(kind) || strcmp(kind->valuestring, request->kind) != 0))
         fatal_input("%s: a checkpoint of kind \"%s\", expected \"%s\" (ldm %s takes a run or checkpoint of "
                     "ldm %s)", found, cJSON_IsString(kind) ? kind->valuestring : "unknown", request->kind,
                     request->command, request->trainer);
@@ -67,13 +103,21 @@ char *checkpoint_model_find(const checkpoint_model_request *request, const char 
     if (!config_text) fatal_internal("out of memory printing %s", source);
     char *copy = xstrdup(config_text);
     cJSON_free(config_text);
-    if (data_kind) {
-        const cJSON *data = cJSON_GetObjectItemCaseSensitive(state, "data");
-        const cJSON *dk = cJSON_IsObject(data) ? cJSON_GetObjectItemCaseSensitive(data, "kind") : NULL;
-        *data_kind = cJSON_IsString(dk) ? xstrdup(dk->valuestring) : NULL;
-    }
+    if (data) read_data_record(cJSON_GetObjectItemCaseSensitive(state, "data"), source, data);
     *step = (long long)step_item->valuedouble;
     *dir = found;
+    cJSON_Delete(state);
+    return copy;
+}
+
+char *checkpoint_model_state_record(const char *dir, const char *name) {
+    char *text = read_state_text(dir);
+    cJSON *state = cJSON_Parse(text);
+    free(text);
+    const cJSON *record = cJSON_GetObjectItemCaseSensitive(state, name);
+    char *printed = record ? cJSON_PrintUnformatted(record) : NULL;
+    char *copy = printed ? xstrdup(printed) : NULL;
+    cJSON_free(printed);
     cJSON_Delete(state);
     return copy;
 }
@@ -95,4 +139,61 @@ char *checkpoint_model_description(const char *dir, long long step, const char *
     snprintf(description, n, "%s (step %lld, %s weights)", absolute ? absolute : dir, step, weights);
     free(absolute);
     return description;
+}
+
+static void load_autoencoder(checkpoint_autoencoder *ae, const char *command, const char *where, const char *weights,
+                             autoencoder_purpose purpose, int max_batch, int collective) {
+    memset(ae, 0, sizeof *ae);
+    if (strcmp(weights, "ema") != 0 && strcmp(weights, "model") != 0)
+        fatal_input("ldm %s: option --weights: expected ema or model, got '%s'", command, weights);
+    const int reader = !collective || comm_rank() == 0;
+    char *config_text = NULL;
+    long long step = 0;
+    const checkpoint_model_request request = {command, "autoencoder", "autoencoder", "train-ae", NULL, NULL};
+    if (reader) config_text = checkpoint_model_find(&request, where, &ae->checkpoint, &step, NULL);
+    if (collective) {
+        config_text = checkpoint_model_broadcast_string(config_text);
+        ae->checkpoint = checkpoint_model_broadcast_string(ae->checkpoint);
+        comm_broadcast(&step, sizeof step, 0);
+    }
+    char source[4200], err[1024];
+    snprintf(source, sizeof source, "%s/state.json: config", ae->checkpoint);
+    if (config_load_json_text(&ae->config, config_text, source, NULL, 0, err, sizeof err) != 0) fatal_input("%s", err);
+    free(config_text);
+    ae->shape = cli_autoencoder_shape(&ae->config);
+    autoencoder_create(&ae->model, &ae->shape, max_batch, purpose);
+    if (reader) {
+        char *file = path_join(ae->checkpoint, strcmp(weights, "ema") == 0 ? "ema.safetensors" : "model.safetensors");
+        autoencoder_load_safetensors(&ae->model, file);
+        free(file);
+    }
+    if (collective) comm_broadcast(ae->model.params, sizeof(float) * ae->model.table.trainable_numel, 0);
+    ae->description = checkpoint_model_description(ae->checkpoint, step, weights);
+}
+
+void checkpoint_autoencoder_load(checkpoint_autoencoder *ae, const char *command, const char *where,
+                                 const char *weights, autoencoder_purpose purpose, int max_batch) {
+    load_autoencoder(ae, command, where, weights, purpose, max_batch, 1);
+}
+
+void checkpoint_autoencoder_load_here(checkpoint_autoencoder *ae, const char *command, const char *where,
+                                      const char *weights, autoencoder_purpose purpose, int max_batch) {
+    load_autoencoder(ae, command, where, weights, purpose, max_batch, 0);
+}
+
+void checkpoint_autoencoder_free(checkpoint_autoencoder *ae) {
+    autoencoder_destroy(&ae->model);
+    free(ae->checkpoint);
+    free(ae->description);
+    memset(ae, 0, sizeof *ae);
+}
+
+char *checkpoint_autoencoder_recorded_path(const char *attribute) {
+    const char *end = strstr(attribute, " (step ");
+    if (!end || end == attribute) return NULL;
+    size_t n = (size_t)(end - attribute);
+    char *path = xmalloc(n + 1);
+    memcpy(path, attribute, n);
+    path[n] = 0;
+    return path;
 }

@@ -7,19 +7,41 @@
 #ifndef LDM_CHECKPOINT_MODEL_H
 #define LDM_CHECKPOINT_MODEL_H
 
+#include "autoencoder.h"
+#include "config.h"
+
+#define CHECKPOINT_DATA_MAX_CHANNELS 64
+
+/* What state.json says about the data set a model was trained on (a plain
+ * struct, so that it can be broadcast as bytes). */
+typedef struct {
+    char kind[16];              /* "images", "latents", or "" when state.json does not say */
+    int channels;
+    int has_latent_statistics;  /* latents trained since the statistics are recorded */
+    double latent_mean[CHECKPOINT_DATA_MAX_CHANNELS]; /* (channels) the normalisation the loader applied */
+    double latent_std[CHECKPOINT_DATA_MAX_CHANNELS];
+    char autoencoder[512];      /* what made the latents ("" when unknown) */
+} checkpoint_data;
+
 typedef struct {
     const char *command; /* "encode": messages say "ldm encode takes ..." */
     const char *what;    /* "autoencoder", "model": "cannot read the autoencoder" */
     const char *kind;    /* the state.json kind required: "autoencoder", "dit" */
     const char *trainer; /* the command that makes such runs: "train-ae", "train" */
+    const char *other_kind;    /* another kind also taken ("consistency" for ldm sample), or NULL */
+    const char *other_trainer; /* the command that makes those ("distill") */
 } checkpoint_model_request;
 
 /* Rank 0 only: finds and checks the checkpoint of WHERE and returns the config
  * JSON text it was trained with (caller frees); *dir (caller frees) and *step are
- * set, and *data_kind (caller frees; NULL when state.json has no data.kind) when
- * data_kind is not NULL. Any problem is a fatal_input line. */
+ * set, and *data when data is not NULL. Any problem is a fatal_input line. */
 char *checkpoint_model_find(const checkpoint_model_request *request, const char *where, char **dir, long long *step,
-                            char **data_kind);
+                            checkpoint_data *data);
+
+/* Rank 0 only: state.json's member NAME of checkpoint DIR printed as JSON text
+ * (caller frees), or NULL when it has none (ldm sample: the "consistency"
+ * record of a student of ldm distill). */
+char *checkpoint_model_state_record(const char *dir, const char *name);
 
 /* Collective: sends a string from rank 0 to every rank (allocated on the others;
  * returns text on rank 0). */
@@ -27,5 +49,29 @@ char *checkpoint_model_broadcast_string(char *text);
 
 /* "ABSOLUTE_DIR (step N, WEIGHTS weights)" (caller frees): how outputs name the model. */
 char *checkpoint_model_description(const char *dir, long long step, const char *weights);
+
+/* The autoencoder of a train-ae checkpoint, with the chosen weights. */
+typedef struct {
+    char *checkpoint;  /* the checkpoint directory (as found: RUN/checkpoints/step-N) */
+    char *description; /* "CKPT (step N, ema weights)": what outputs name it by */
+    ldm_config config;
+    autoencoder_shape shape;
+    autoencoder_model model;
+} checkpoint_autoencoder;
+
+/* Collective: the autoencoder of WHERE (--ae) with weights "ema" or "model",
+ * laid out for purpose and batches of up to max_batch; command names the
+ * command in messages. */
+void checkpoint_autoencoder_load(checkpoint_autoencoder *ae, const char *command, const char *where,
+                                 const char *weights, autoencoder_purpose purpose, int max_batch);
+/* The same on this rank alone (rank 0 between training steps). */
+void checkpoint_autoencoder_load_here(checkpoint_autoencoder *ae, const char *command, const char *where,
+                                      const char *weights, autoencoder_purpose purpose, int max_batch);
+void checkpoint_autoencoder_free(checkpoint_autoencoder *ae);
+
+/* The checkpoint path at the start of a data set's autoencoder attribute
+ * ("PATH (step N, ema weights); ...", as ldm encode writes it), or NULL when it
+ * names none (caller frees). */
+char *checkpoint_autoencoder_recorded_path(const char *attribute);
 
 #endif

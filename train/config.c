@@ -110,6 +110,8 @@ static const key_spec keys[] = {
     DOUBLE_KEY(train, adam_beta2, 0.999, 0, false, 1, true),
     DOUBLE_KEY(train, adam_eps, 1e-8, 0, true, NONE_ABOVE, false),
     ENUM_KEY(train, precision, "fp32", "fp32", "bf16", "fp16"),
+    DOUBLE_KEY(train, loss_scale_initial, 65536.0, 0, true, NONE_ABOVE, false),
+    INT64_KEY(train, loss_scale_growth_interval, 2000, 1, NONE_ABOVE),
     UINT64_KEY(train, seed, 0, 0, NONE_ABOVE),
     INT64_KEY(train, log_every, 10, 1, NONE_ABOVE),
     INT64_KEY(train, ckpt_every, 1000, 1, NONE_ABOVE),
@@ -133,6 +135,15 @@ static const key_spec keys[] = {
     DOUBLE_KEY(autoencoder, kl_beta, 1e-6, 0, false, NONE_ABOVE, false),
     ENUM_KEY(autoencoder, reconstruction_loss, "l1", "l1", "l2"),
     BOOL_KEY(autoencoder, sample_posterior, false),
+
+    INT_KEY(distill, num_points, 18, 2, 100000),
+    DOUBLE_KEY(distill, sigma_min, 0.002, 0, true, NONE_ABOVE, false),
+    DOUBLE_KEY(distill, sigma_max, 80.0, 0, true, NONE_ABOVE, false),
+    DOUBLE_KEY(distill, rho, 7.0, 0, true, NONE_ABOVE, false),
+    DOUBLE_KEY(distill, target_ema, 0.95, 0, false, 1, true),
+    ENUM_KEY(distill, loss, "pseudo_huber", "pseudo_huber", "l2"),
+    DOUBLE_KEY(distill, huber_c, 0.0, 0, false, NONE_ABOVE, false),
+    DOUBLE_KEY(distill, guidance, 1.0, 0, false, 1e6, false),
 };
 
 #define KEY_COUNT (sizeof keys / sizeof keys[0])
@@ -711,6 +722,13 @@ static int check_rules(const ldm_config *c, const char *path, const char *const 
         FAIL("autoencoder.input_size: expected a multiple of %d (2^(levels - 1) with %d levels in "
              "autoencoder.block_out_channels), got %d",
              reduction, ae->block_out_channels.count, ae->input_size);
+    }
+    if (!(c->distill.sigma_max > c->distill.sigma_min)) {
+        src = RULE_SOURCE("distill.sigma_max", "distill.sigma_min");
+        char lo[40], hi[40];
+        format_number(lo, sizeof lo, c->distill.sigma_min);
+        format_number(hi, sizeof hi, c->distill.sigma_max);
+        FAIL("distill.sigma_max: expected more than distill.sigma_min (%s), got %s", lo, hi);
     }
 #undef FAIL
 #undef RULE_SOURCE

@@ -1,5 +1,5 @@
 /* The job configuration: one JSON file with sections "model", "diffusion",
- * "train", "data" and "autoencoder" (later issues add sections in the same style), every key validated
+ * "train", "data", "autoencoder" and "distill" (later issues add sections in the same style), every key validated
  * against a schema table, any key overridable with "--set section.key=value".
  * Keys left out take the defaults below (the values in ../DESIGN.md). */
 #ifndef LDM_CONFIG_H
@@ -44,6 +44,8 @@ typedef struct {
     double adam_beta2;    /* default 0.999, in [0, 1) */
     double adam_eps;      /* default 1e-8, > 0 */
     char precision[8];    /* "fp32" | "bf16" | "fp16" */
+    double loss_scale_initial; /* fp16's dynamic loss scale at step 0, default 65536 (2^16), > 0 */
+    int64_t loss_scale_growth_interval; /* fp16: the scale doubles after this many good steps in a row, default 2000 */
     uint64_t seed;        /* default 0, >= 0 */
     int64_t log_every;    /* default 10, >= 1 */
     int64_t ckpt_every;   /* default 1000, >= 1 */
@@ -82,12 +84,25 @@ typedef struct {
                                          * AutoencoderKL.forward(sample_posterior); default false */
 } autoencoder_config;
 
+/* Consistency distillation (ldm distill; Song et al. 2023) in the teacher's EDM sigma space. */
+typedef struct {
+    int num_points;    /* N discretisation points on the rho schedule, default 18, >= 2 */
+    double sigma_min;  /* default 0.002, > 0: where the consistency function is the identity */
+    double sigma_max;  /* default 80, > sigma_min */
+    double rho;        /* default 7, > 0 */
+    double target_ema; /* mu: the target network's EMA rate of the student, default 0.95, in [0, 1) */
+    char loss[16];     /* "pseudo_huber" | "l2", default "pseudo_huber" */
+    double huber_c;    /* pseudo-Huber's c, default 0 = 0.00054 sqrt(C H W) (Song & Dhariwal 2023), >= 0 */
+    double guidance;   /* the teacher's classifier-free guidance scale, default 1 (none), >= 0 */
+} distill_config;
+
 typedef struct {
     model_config model;
     diffusion_config diffusion;
     train_config train;
     data_config data;
     autoencoder_config autoencoder;
+    distill_config distill;
 } ldm_config;
 
 /* Fills every field with its default. */

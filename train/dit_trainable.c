@@ -11,6 +11,7 @@
 
 #include "cli.h"
 #include "dit.h"
+#include "dit_pictures.h"
 #include "edm.h"
 #include "fatal.h"
 #include "rng.h"
@@ -39,6 +40,7 @@ typedef struct {
     float *F;            /* (B, P) network output */
     float *d_F;          /* (B, P) */
     float *sample_loss;  /* (B) */
+    dit_pictures *pictures; /* rank 0: the pictures of train.sample_every, or NULL */
 } dit_trainer;
 
 static int sigma_bin(double sigma) {
@@ -108,8 +110,21 @@ static void dit_statistics_json(const trainable *self, const double *statistics,
     append(out, size, &used, "]", 0, 0);
 }
 
+static void dit_prepare_pictures(trainable *self, const trainable_validation *context) {
+    dit_trainer *d = self->self;
+    d->pictures = dit_pictures_create(&d->model.shape, d->config->diffusion.sigma_data, context->data,
+                                      context->autoencoder);
+}
+
+static void dit_write_pictures(trainable *self, const trainable_validation *context, char *json, size_t json_size,
+                               char *line, size_t line_size) {
+    dit_trainer *d = self->self;
+    dit_pictures_write(d->pictures, context->ema, context->step, context->run_dir, json, json_size, line, line_size);
+}
+
 static void dit_destroy_entry(trainable *self) {
     dit_trainer *d = self->self;
+    dit_pictures_destroy(d->pictures);
     dit_destroy(&d->model);
     free(d->y), free(d->sigma), free(d->noise), free(d->net_in), free(d->t), free(d->F), free(d->d_F);
     free(d->sample_loss);
@@ -121,7 +136,9 @@ trainable *dit_trainable_create(const ldm_config *config, int micro_batch) {
     dit_trainer *d = xcalloc(1, sizeof *d);
     d->config = config;
     dit_shape shape = cli_dit_shape(config);
-    dit_create(&d->model, &shape, micro_batch);
+    /* bf16/fp16: the DiT rounds GEMM inputs and keeps 16-bit activations (dit.h);
+     * master weights, gradients and the loss stay fp32. */
+    dit_create_precision(&d->model, &shape, micro_batch, (ldm_precision)precision_from_name(config->train.precision));
     dit_init_weights(&d->model, config->train.seed);
     d->per_sample = (int64_t)shape.in_channels * shape.input_size * shape.input_size;
     size_t n = (size_t)micro_batch * (size_t)d->per_sample;
@@ -151,6 +168,9 @@ trainable *dit_trainable_create(const ldm_config *config, int micro_batch) {
         .zero_grad = dit_zero_grad_entry,
         .micro_batch = dit_micro_batch,
         .statistics_json = dit_statistics_json,
+        .validate = dit_write_pictures,
+        .validates_without_data = 1,
+        .prepare_validation = dit_prepare_pictures,
         .destroy = dit_destroy_entry,
         .self = d,
     };

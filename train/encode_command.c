@@ -67,53 +67,6 @@
 #define PURPOSE_ENCODE_SAMPLE 0x656e636f64657a7aull /* "encodezz": posterior noise of ldm encode */
 #define DEFAULT_GRID_IMAGES 64
 
-/* ---- the autoencoder of a checkpoint ---- */
-
-typedef struct {
-    char *checkpoint;  /* the checkpoint directory (as found: RUN/checkpoints/step-N) */
-    char *description; /* "CKPT (step N, ema weights)": the autoencoder attribute, result lines */
-    ldm_config config;
-    autoencoder_shape shape;
-    autoencoder_model model;
-} checkpoint_autoencoder;
-
-/* Collective: the autoencoder of --ae with the chosen weights, laid out for
- * purpose and batches of up to max_batch. */
-static void load_autoencoder(checkpoint_autoencoder *ae, const char *command, const char *where,
-                             const char *weights, autoencoder_purpose purpose, int max_batch) {
-    memset(ae, 0, sizeof *ae);
-    if (strcmp(weights, "ema") != 0 && strcmp(weights, "model") != 0)
-        fatal_input("ldm %s: option --weights: expected ema or model, got '%s'", command, weights);
-    char *config_text = NULL;
-    long long step = 0;
-    const checkpoint_model_request request = {command, "autoencoder", "autoencoder", "train-ae"};
-    if (comm_rank() == 0) config_text = checkpoint_model_find(&request, where, &ae->checkpoint, &step, NULL);
-    config_text = checkpoint_model_broadcast_string(config_text);
-    ae->checkpoint = checkpoint_model_broadcast_string(ae->checkpoint);
-    comm_broadcast(&step, sizeof step, 0);
-
-    char source[4200], err[1024];
-    snprintf(source, sizeof source, "%s/state.json: config", ae->checkpoint);
-    if (config_load_json_text(&ae->config, config_text, source, NULL, 0, err, sizeof err) != 0) fatal_input("%s", err);
-    free(config_text);
-    ae->shape = cli_autoencoder_shape(&ae->config);
-    autoencoder_create(&ae->model, &ae->shape, max_batch, purpose);
-    if (comm_rank() == 0) {
-        char *file = path_join(ae->checkpoint, strcmp(weights, "ema") == 0 ? "ema.safetensors" : "model.safetensors");
-        autoencoder_load_safetensors(&ae->model, file);
-        free(file);
-    }
-    comm_broadcast(ae->model.params, sizeof(float) * ae->model.table.trainable_numel, 0);
-
-    ae->description = checkpoint_model_description(ae->checkpoint, step, weights);
-}
-
-static void free_autoencoder(checkpoint_autoencoder *ae) {
-    autoencoder_destroy(&ae->model);
-    free(ae->checkpoint);
-    free(ae->description);
-}
-
 /* ---- reading rows of a data set file ---- */
 
 /* Serial HDF5 reads of one rank's rows, in file order. */
@@ -249,7 +202,7 @@ int command_encode(int argc, char **argv) {
     const int batch = (int)(batch_option < largest_shard ? batch_option : largest_shard);
 
     checkpoint_autoencoder ae;
-    load_autoencoder(&ae, "encode", options[0].value, options[3].value, AE_FOR_ENCODING, batch);
+    checkpoint_autoencoder_load(&ae, "encode", options[0].value, options[3].value, AE_FOR_ENCODING, batch);
     const autoencoder_shape *shape = &ae.shape;
     if (info.channels != shape->in_channels || info.height != shape->input_size || info.width != shape->input_size)
         fatal_input("%s: images are %d x %d x %d (C x H x W), but the autoencoder %s takes %d x %d x %d", info.path,
@@ -360,7 +313,7 @@ int command_encode(int argc, char **argv) {
     free(mean);
     free(logvar);
     free(labels);
-    free_autoencoder(&ae);
+    checkpoint_autoencoder_free(&ae);
     dataset_info_free(&info);
     return 0;
 }
@@ -428,7 +381,7 @@ int command_decode(int argc, char **argv) {
     }
 
     checkpoint_autoencoder ae;
-    load_autoencoder(&ae, "decode", options[0].value, options[3].value, AE_FOR_DECODING, batch);
+    checkpoint_autoencoder_load(&ae, "decode", options[0].value, options[3].value, AE_FOR_DECODING, batch);
     const autoencoder_shape *shape = &ae.shape;
     const int latent_size = ae.model.latent_size;
     if (info.channels != shape->latent_channels || info.height != latent_size || info.width != latent_size)
@@ -493,7 +446,7 @@ int command_decode(int argc, char **argv) {
     row_reader_close(&reader);
     free(latents);
     free(images);
-    free_autoencoder(&ae);
+    checkpoint_autoencoder_free(&ae);
     dataset_info_free(&info);
     return 0;
 }

@@ -24,6 +24,8 @@ static const command_entry commands[] = {
     {"train", command_train, "train the DiT on a data set: [mpirun -np N] ldm train --config F --data D --run DIR"},
     {"train-ae", command_train_ae,
      "train the autoencoder on images: [mpirun -np N] ldm train-ae --config F --data D --run DIR [--val-data V]"},
+    {"distill", command_distill,
+     "consistency distillation of a DiT: [mpirun -np N] ldm distill --teacher RUN --config F --data D --run DIR"},
     {"encode", command_encode,
      "images to latents: [mpirun -np N] ldm encode --ae AE_RUN --data IMAGES.h5 --out LATENTS.h5"},
     {"decode", command_decode,

@@ -1,14 +1,18 @@
 /* `ldm sample`: images from a DiT trained by `ldm train`, with EDM's Heun or
- * Euler sampler and classifier-free guidance (train/sampler.h).
+ * Euler sampler (optionally with churn) and classifier-free guidance
+ * (train/sampler.h), decoded through the autoencoder for a model trained on
+ * latents (train/sample_pipeline.h).
  *
- *   ldm sample --model RUN_OR_CKPT --n N --out FILE.h5|FILE.png [--class K|all]
- *              [--cfg W] [--steps S] [--sampler heun|euler] [--seed S]
- *              [--weights ema|model] [--batch B] [--force]
+ *   ldm sample --model RUN_OR_CKPT --n N --out FILE.h5|FILE.png [--ae RUN_OR_CKPT]
+ *              [--class K|all] [--cfg W] [--steps S] [--sampler heun|euler]
+ *              [--churn S] [--seed S] [--weights ema|model] [--batch B] [--force]
  *
  * The model: rank 0 finds the checkpoint (checkpoint_model.h), which must be of
- * kind "dit", and reads the model's config from its state.json; the config and
- * the weights (EMA by default) are broadcast. A model trained on latents needs
- * the autoencoder to give images, which is not supported yet (refused).
+ * kind "dit", and reads the model's config and its data record from its
+ * state.json; they and the weights (EMA by default) are broadcast. A model
+ * trained on latents is decoded by --ae, or else by the autoencoder its latents
+ * file named (when that checkpoint is still there), with its EMA weights; the
+ * latents' normalisation recorded in state.json is undone first.
  *
  * Sample i has label K (--class K) or i mod num_classes (--class all, the
  * default), and its noise is keyed by (seed, i): the output does not depend on
@@ -42,6 +46,8 @@
 #include "fatal.h"
 #include "png_image.h"
 #include "progress_bar.h"
+#include "consistency_record.h"
+#include "sample_pipeline.h"
 #include "sampler.h"
 
 
@@ -68,17 +74,22 @@ int command_sample(int argc, char **argv) {
         {.name = "--n", .required = 1, .help = "how many samples"},
         {.name = "--out", .required = 1, .help = "SAMPLES.h5 (an ldm data set with /images and /labels) or GRID.png"},
         {.name = "--class", .value = "all", .help = "the class of every sample, or all (sample i: i mod classes)"},
-        {.name = "--cfg", .value = "1", .help = "classifier-free guidance scale (default 1: none)"},
-        {.name = "--steps", .value = "18", .help = "noise levels before sigma = 0 (default 18)"},
-        {.name = "--sampler", .value = "heun", .help = "heun (2 steps - 1 evaluations) or euler (default heun)"},
+        {.name = "--cfg", .help = "classifier-free guidance scale (default 1: none)"},
+        {.name = "--steps", .help = "noise levels before sigma = 0 (default 18); a consistency model (ldm distill): "
+                                    "1, 2 or 4 (default 2)"},
+        {.name = "--sampler", .help = "heun (2 steps - 1 evaluations) or euler (default heun)"},
         {.name = "--seed", .value = "0", .help = "seed of the initial noise (default 0)"},
         {.name = "--weights", .value = "ema", .help = "ema or model (default ema)"},
         {.name = "--batch", .help = "samples per forward pass (default: N, at most 64)"},
         {.name = "--force", .is_flag = 1, .help = "overwrite an existing output"},
+        {.name = "--ae", .help = "for a model trained on latents: the autoencoder run or checkpoint that decodes them "
+                                 "(default: the one that made its latents, when still there)"},
+        {.name = "--churn", .help = "EDM's stochastic churn S_churn (default 0: deterministic)"},
         {0},
     };
     if (cli_wants_help(argc, argv)) {
-        cli_print_usage("sample", "Samples images from a DiT with EDM's Heun or Euler sampler.", options);
+        cli_print_usage("sample", "Samples images from a DiT with EDM's Heun or Euler sampler, or from a consistency "
+                                  "model of ldm distill with its 1-4 step sampler.", options);
         return 0;
     }
     cli_parse("sample", argc, argv, 2, options);
@@ -88,10 +99,20 @@ int command_sample(int argc, char **argv) {
     const int png = ends_with(out_path, ".png");
     if (!png && !ends_with(out_path, ".h5"))
         fatal_input("ldm sample: option --out: expected a file name ending in .h5 or .png, got '%s'", out_path);
+    /* EDM's options, when left out: their defaults. A consistency model takes none
+     * of them (refused below when given), and 2 steps by default. */
+    const char *edm_option_given = options[4].value ? "--cfg" : options[6].value ? "--sampler"
+                                 : options[12].value ? "--churn" : NULL;
+    const int steps_given = options[5].value != NULL;
+    if (!options[4].value) options[4].value = "1";
+    if (!options[5].value) options[5].value = "18";
+    if (!options[6].value) options[6].value = "heun";
+    if (!options[12].value) options[12].value = "0";
     sampler_options so = {
         .steps = (int)cli_int("sample", &options[5], 1, 100000),
         .guidance = parse_double(&options[4], 0.0, 1e6),
         .seed = cli_uint64("sample", &options[7]),
+        .churn = parse_double(&options[12], 0.0, 1e6),
     };
     const char *method = options[6].value;
     if (!strcmp(method, "heun")) so.method = SAMPLER_HEUN;
@@ -111,20 +132,37 @@ int command_sample(int argc, char **argv) {
     }
 
     /* The model's checkpoint and config. */
-    char *config_text = NULL, *checkpoint = NULL, *data_kind = NULL;
+    char *config_text = NULL, *checkpoint = NULL;
     long long step = 0;
-    const checkpoint_model_request request = {"sample", "model", "dit", "train"};
-    if (rank == 0) {
-        config_text = checkpoint_model_find(&request, where, &checkpoint, &step, &data_kind);
-        if (!data_kind) data_kind = xstrdup("images");
-    }
+    checkpoint_data data;
+    const checkpoint_model_request request = {"sample", "model", "dit", "train", "consistency", "distill"};
+    if (rank == 0) config_text = checkpoint_model_find(&request, where, &checkpoint, &step, &data);
     config_text = checkpoint_model_broadcast_string(config_text);
     checkpoint = checkpoint_model_broadcast_string(checkpoint);
-    data_kind = checkpoint_model_broadcast_string(data_kind);
     comm_broadcast(&step, sizeof step, 0);
-    if (strcmp(data_kind, "latents") == 0)
-        fatal_input("%s: the model was trained on latents; sampling it needs the autoencoder to decode them "
-                    "(--ae support comes later)", checkpoint);
+    comm_broadcast(&data, sizeof data, 0);
+    /* A student of ldm distill: its record says so, and holds its sigma points. */
+    char *record = rank == 0 ? checkpoint_model_state_record(checkpoint, CONSISTENCY_RECORD_NAME) : NULL;
+    int consistency = record != NULL;
+    comm_broadcast(&consistency, sizeof consistency, 0);
+    consistency_sampler_options co;
+    if (consistency) {
+        record = checkpoint_model_broadcast_string(record);
+        if (edm_option_given)
+            fatal_input("ldm sample: option %s: does not apply to the consistency model %s (its sampler takes "
+                        "--steps 1, 2 or 4 only)", edm_option_given, checkpoint);
+        consistency_record_sampler(record, checkpoint, steps_given ? so.steps : 2, &co);
+        co.seed = so.seed;
+        so.guidance = 1.0;
+        free(record);
+    }
+    const int latents = strcmp(data.kind, "latents") == 0;
+    if (!latents && options[11].value)
+        fatal_input("ldm sample: option --ae: %s was trained on %s, not latents: it needs no autoencoder", checkpoint,
+                    data.kind[0] ? data.kind : "images");
+    if (latents && !data.has_latent_statistics)
+        fatal_input("%s/state.json: data: no latent_mean and latent_std (a run of an older ldm); cannot undo the "
+                    "latents' normalisation", checkpoint);
     ldm_config config;
     char source[4200], err[1024];
     snprintf(source, sizeof source, "%s/state.json: config", checkpoint);
@@ -152,6 +190,26 @@ int command_sample(int argc, char **argv) {
     const int batch = batch_option;
     const int guided = so.guidance != 1.0;
 
+    /* The autoencoder of a latents model: --ae, or the one recorded in the data. */
+    checkpoint_autoencoder ae;
+    const char *ae_where = options[11].value;
+    char *recorded = NULL;
+    if (latents) {
+        if (!ae_where) {
+            recorded = checkpoint_autoencoder_recorded_path(data.autoencoder);
+            int there = rank == 0 && recorded && access(recorded, F_OK) == 0;
+            comm_broadcast(&there, sizeof there, 0);
+            if (!there)
+                fatal_input("%s: the model was trained on latents (made by: %s); name the autoencoder that decodes "
+                            "them with --ae", checkpoint, data.autoencoder[0] ? data.autoencoder : "not recorded");
+            ae_where = recorded;
+        }
+        checkpoint_autoencoder_load(&ae, "sample", ae_where, "ema", AE_FOR_DECODING, batch);
+        if (ae.shape.latent_channels != shape.in_channels || ae.model.latent_size != shape.input_size)
+            fatal_input("%s: the autoencoder gives latents %dx%dx%d, but the model %s takes %dx%dx%d", ae.checkpoint,
+                        ae.shape.latent_channels, ae.model.latent_size, ae.model.latent_size, checkpoint,
+                        shape.in_channels, shape.input_size, shape.input_size);
+    }
     dit_model model;
     dit_create(&model, &shape, guided ? 2 * batch : batch);
     if (rank == 0) {
@@ -160,11 +218,24 @@ int command_sample(int argc, char **argv) {
         free(file);
     }
     comm_broadcast(model.params, sizeof(float) * model.table.trainable_numel, 0);
-    char *description = checkpoint_model_description(checkpoint, step, weights);
+    char *model_description = checkpoint_model_description(checkpoint, step, weights);
+    char *description = model_description;
+    if (latents) {
+        size_t length = strlen(model_description) + strlen(ae.description) + 32;
+        description = xmalloc(length);
+        snprintf(description, length, "%s, decoded by %s", model_description, ae.description);
+        free(model_description);
+    }
 
-    sampler smp;
-    sampler_create(&smp, &model, &so, config.diffusion.sigma_data, batch);
-    const int64_t image_elements = smp.per_sample;
+    sample_pipeline pipeline;
+    if (consistency)
+        sample_pipeline_create_consistency(&pipeline, &model, &co, config.diffusion.sigma_data, batch,
+                                           latents ? &ae.model : NULL, data.latent_mean, data.latent_std);
+    else
+        sample_pipeline_create(&pipeline, &model, &so, config.diffusion.sigma_data, batch, latents ? &ae.model : NULL,
+                               data.latent_mean, data.latent_std);
+    const int64_t image_elements = pipeline.per_image;
+    const int image_channels = pipeline.channels, image_size = pipeline.size;
     float *images = xmalloc(sizeof(float) * (size_t)batch * (size_t)image_elements);
     int *labels = xmalloc(sizeof(int) * (size_t)batch);
     int32_t *labels32 = xmalloc(sizeof(int32_t) * (size_t)(largest_shard > 0 ? largest_shard : 1));
@@ -179,9 +250,9 @@ int command_sample(int argc, char **argv) {
             .kind = DATASET_IMAGES,
             .element = DATASET_UINT8,
             .count = n,
-            .channels = shape.in_channels,
-            .height = shape.input_size,
-            .width = shape.input_size,
+            .channels = image_channels,
+            .height = image_size,
+            .width = image_size,
             .has_labels = 1,
             .num_classes = classes,
         };
@@ -200,12 +271,12 @@ int command_sample(int argc, char **argv) {
             labels32[first + r] = labels[r];
         }
         if (count > 0) {
-            sampler_run(&smp, labels, indices, (int)count, images);
+            sample_pipeline_run(&pipeline, labels, indices, (int)count, images);
             for (int64_t i = 0; i < count * image_elements; i++)
                 if (!isfinite(images[i]))
                     fatal_input("%s: the model gave a non-finite sample %lld (damaged or diverged weights?)",
                                 checkpoint, (long long)(start + first + i / image_elements));
-            dataset_pixels_from_floats(images, count, shape.in_channels, shape.input_size, pixels + first * image_elements);
+            dataset_pixels_from_floats(images, count, image_channels, image_size, pixels + first * image_elements);
         }
         if (writer) {
             dataset_writer_write_images(writer, start + first, count, pixels + first * image_elements);
@@ -215,14 +286,24 @@ int command_sample(int argc, char **argv) {
     }
     progress_bar_finish(&bar);
 
-    const char *sampler_name = so.method == SAMPLER_HEUN ? "heun" : "euler";
+    /* How the samples were made, for the closing line. */
+    char made_by[256];
+    if (consistency) {
+        int used = snprintf(made_by, sizeof made_by, "consistency sampler %d step%s at sigma", co.steps,
+                            co.steps == 1 ? "" : "s");
+        for (int k = 0; k < co.steps && used > 0 && (size_t)used < sizeof made_by; k++)
+            used += snprintf(made_by + used, sizeof made_by - (size_t)used, "%s %g", k ? "," : "", co.sigmas[k]);
+    } else {
+        snprintf(made_by, sizeof made_by, "%s %d steps (%d evaluations), cfg %g, churn %g",
+                 so.method == SAMPLER_HEUN ? "heun" : "euler", so.steps, sampler_network_evaluations(&so),
+                 so.guidance, so.churn);
+    }
     if (writer) {
         dataset_writer_finish(writer);
         if (rank == 0)
-            printf("sample: wrote %s: %lld image%s %d x %d x %d, %s %d steps (%d evaluations), cfg %g, seed %llu, "
-                   "from %s\n", out_path, (long long)n, n == 1 ? "" : "s", shape.input_size, shape.input_size,
-                   shape.in_channels, sampler_name, so.steps, sampler_network_evaluations(&so), so.guidance,
-                   (unsigned long long)so.seed, description);
+            printf("sample: wrote %s: %lld image%s %d x %d x %d, %s, seed %llu, from %s\n", out_path, (long long)n,
+                   n == 1 ? "" : "s", image_size, image_size, image_channels, made_by, (unsigned long long)so.seed,
+                   description);
     } else {
         const size_t shard_bytes = (size_t)largest_shard * (size_t)image_elements;
         uint8_t *all = rank == 0 ? xmalloc(shard_bytes * (size_t)world) : NULL;
@@ -235,10 +316,9 @@ int command_sample(int argc, char **argv) {
                 dataset_shard_range(n, r, world, &s0, &sn);
                 memcpy(ordered + s0 * image_elements, all + (size_t)r * shard_bytes, (size_t)(sn * image_elements));
             }
-            png_write_image_grid(out_path, ordered, n, shape.in_channels, shape.input_size, fixed_class < 0 ? classes : 0);
-            printf("sample: wrote %s: a grid of %lld image%s%s, %s %d steps (%d evaluations), cfg %g, seed %llu, "
-                   "from %s\n", out_path, (long long)n, n == 1 ? "" : "s", fixed_class < 0 ? ", one row per class" : "",
-                   sampler_name, so.steps, sampler_network_evaluations(&so), so.guidance,
+            png_write_image_grid(out_path, ordered, n, image_channels, image_size, fixed_class < 0 ? classes : 0);
+            printf("sample: wrote %s: a grid of %lld image%s%s, %s, seed %llu, from %s\n", out_path, (long long)n,
+                   n == 1 ? "" : "s", fixed_class < 0 ? ", one row per class" : "", made_by,
                    (unsigned long long)so.seed, description);
             free(ordered);
         }
@@ -251,10 +331,11 @@ int command_sample(int argc, char **argv) {
     free(labels32);
     free(labels);
     free(images);
-    sampler_destroy(&smp);
+    sample_pipeline_destroy(&pipeline);
     dit_destroy(&model);
+    if (latents) checkpoint_autoencoder_free(&ae);
+    free(recorded);
     free(description);
     free(checkpoint);
-    free(data_kind);
     return 0;
 }

@@ -14,6 +14,9 @@ static sampler_options with_defaults(const sampler_options *o) {
     if (r.sigma_min <= 0) r.sigma_min = EDM_SIGMA_MIN;
     if (r.sigma_max <= 0) r.sigma_max = EDM_SIGMA_MAX;
     if (r.rho <= 0) r.rho = EDM_RHO;
+    if (r.churn_min <= 0) r.churn_min = 0.05;
+    if (r.churn_max <= 0) r.churn_max = 50.0;
+    if (r.churn_noise <= 0) r.churn_noise = 1.003;
     return r;
 }
 
@@ -36,6 +39,8 @@ void sampler_create(sampler *s, dit_model *model, const sampler_options *options
     if (options->steps < 1) fatal_input("sampler: steps must be at least 1, got %d", options->steps);
     if (!(options->guidance >= 0) || !isfinite(options->guidance))
         fatal_input("sampler: the guidance scale must be a finite number >= 0, got %g", options->guidance);
+    if (!(options->churn >= 0) || !isfinite(options->churn))
+        fatal_input("sampler: churn must be a finite number >= 0, got %g", options->churn);
     if (options->method != SAMPLER_HEUN && options->method != SAMPLER_EULER)
         fatal_input("sampler: unknown method %d", (int)options->method);
     s->model = model;
@@ -115,8 +120,23 @@ void sampler_run(sampler *s, const int *labels, const int64_t *indices, int batc
     for (int b = 0; b < batch; b++)
         sampler_initial_noise(s->options.seed, indices[b], s->sigmas[0], ps, s->x + b * ps);
     float *x = s->x, *x_next = s->x_next, *d = s->d, *den = s->denoised;
-    for (int i = 0; i < s->options.steps; i++) {
-        const double sigma = s->sigmas[i], sigma_next = s->sigmas[i + 1];
+    const sampler_options *o = &s->options;
+    const double gamma_max = fmin(o->churn / o->steps, sqrt(2.0) - 1.0);
+    for (int i = 0; i < o->steps; i++) {
+        double sigma = s->sigmas[i];
+        const double sigma_next = s->sigmas[i + 1];
+        if (gamma_max > 0 && sigma >= o->churn_min && sigma <= o->churn_max) {
+            /* Raise the noise level to sigma_hat (a float, as the network sees it)
+             * by adding fresh noise of std sqrt(sigma_hat^2 - sigma^2). */
+            const double sigma_hat = (double)(float)(sigma * (1.0 + gamma_max));
+            const float scale = (float)(sqrt(sigma_hat * sigma_hat - sigma * sigma) * o->churn_noise);
+            for (int b = 0; b < batch; b++) {
+                rng_stream rng = rng_stream_for(o->seed, rng_hash(SAMPLER_PURPOSE_CHURN, (uint64_t)i), (uint64_t)indices[b]);
+                float *xb = x + b * ps;
+                for (int64_t j = 0; j < ps; j++) xb[j] += scale * rng_normal(&rng);
+            }
+            sigma = sigma_hat;
+        }
         const float h = (float)(sigma_next - sigma), inv_sigma = (float)(1.0 / sigma);
         denoise(s, x, sigma, labels, batch, den);
         for (int64_t j = 0; j < n; j++) {

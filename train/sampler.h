@@ -1,6 +1,6 @@
 /* EDM samplers for a DiT (Karras et al. 2022): Heun's 2nd-order method
- * (Algorithm 1 without churn: 2N - 1 network evaluations) and Euler's method
- * (N evaluations), on the rho-schedule sigma_0 = sigma_max > ... > sigma_{N-1} =
+ * (Algorithm 1: 2N - 1 network evaluations; with churn, Algorithm 2) and
+ * Euler's method (N evaluations), on the rho-schedule sigma_0 = sigma_max > ... > sigma_{N-1} =
  * sigma_min, then sigma_N = 0, of the probability-flow ODE
  * dx/dsigma = (x - D(x; sigma)) / sigma, with
  *     D(x; sigma) = c_skip x + c_out F(c_in x, t = 250 ln sigma, y).
@@ -28,6 +28,7 @@
 #include "dit.h"
 
 #define SAMPLER_PURPOSE_NOISE 0x73616d706c657a7aull /* "samplezz": the initial noise of ldm sample */
+#define SAMPLER_PURPOSE_CHURN 0x636875726e7a7a7aull /* "churnzzz": the noise added by churn */
 
 typedef enum { SAMPLER_HEUN = 0, SAMPLER_EULER = 1 } sampler_method;
 
@@ -37,6 +38,13 @@ typedef struct {
     double guidance;       /* w; 1 = none */
     uint64_t seed;
     double sigma_min, sigma_max, rho; /* 0 = EDM's defaults (0.002, 80, 7) */
+    /* EDM's stochastic sampling (Algorithm 2): before the step from sigma_i, noise
+     * is added to raise sigma_i to (1 + gamma) sigma_i, gamma = min(churn / N,
+     * sqrt 2 - 1) where churn_min <= sigma_i <= churn_max (else 0), scaled by
+     * churn_noise. churn 0 (the default) is the deterministic sampler; the other
+     * three at 0 take EDM's ImageNet values (0.05, 50, 1.003). The added noise is
+     * keyed by (seed, step, sample index) like the initial noise. */
+    double churn, churn_min, churn_max, churn_noise;
 } sampler_options;
 
 typedef struct {

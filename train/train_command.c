@@ -1,7 +1,9 @@
 /* `ldm train` and `ldm train-ae`: the command line of data-parallel training,
  * the same with or without mpirun.
- *   ldm train    --config F --data D --run DIR [--val-data V] [--set k=v ...] [--force | --resume auto|PATH]
+ *   ldm train    --config F --data D --run DIR [--val-data V] [--ae AE] [--set k=v ...]
+ *                [--force | --resume auto|PATH]
  *   ldm train-ae (the same options)
+ *   ldm distill  (the same options and --teacher; see distill_command.c)
  * Both load and validate the config, check the batch split, and hand over to
  * the one training loop with their model: the DiT under EDM, or the KL
  * autoencoder. */
@@ -17,8 +19,9 @@
 #include "run_directory.h"
 #include "training_loop.h"
 
-static int run_training_command(const char *command, const char *summary, int argc, char **argv,
-                                trainable *(*create_model)(const ldm_config *, int)) {
+int training_command_run(const training_command *spec, int argc, char **argv) {
+    const char *command = spec->command, *summary = spec->summary;
+    trainable *(*create_model)(const ldm_config *, int) = spec->create_model;
     cli_option options[] = {
         {.name = "--config", .help = "config file (defaults only when left out)"},
         {.name = "--data", .required = 1, .help = "the data set: an ldm HDF5 file (ldm prepare, ldm encode)"},
@@ -28,15 +31,24 @@ static int run_training_command(const char *command, const char *summary, int ar
         {.name = "--resume", .help = "auto (the run's newest good checkpoint; from scratch if none) or a checkpoint "
                                      "directory; without --config the run's config.json is used"},
         {.name = "--val-data", .help = "held-out data for validation (its first data.validation_samples samples)"},
+        {.name = "--ae", .help = "ldm train on latents: the autoencoder (run or checkpoint) that decodes the pictures "
+                                 "of train.sample_every (default: the one that made the latents)"},
         {.name = "--help", .is_flag = 1, .help = "this help"},
+        {.name = "--teacher", .required = 1, .help = "the teacher: a run directory of ldm train or one of its "
+                                                     "checkpoints (its EMA weights)"},
         {0},
     };
+    if (!spec->prepare) options[9] = (cli_option){0}; /* --teacher is ldm distill's */
     for (int i = 2; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             cli_print_usage(command, summary, options);
             return 0;
         }
     cli_parse(command, argc, argv, 2, options);
+    if (options[7].value && create_model != dit_trainable_create)
+        fatal_input("ldm %s: option --ae is for ldm train on latents", command);
+    if (options[6].value && spec->prepare)
+        fatal_input("ldm %s: option --val-data: not supported by ldm %s yet", command, command);
     const char *resume = options[5].value;
     if (resume && options[4].value) fatal_input("ldm %s: --resume and --force exclude each other", command);
     /* A resumed run keeps its config unless told otherwise: the run's own
@@ -52,21 +64,25 @@ static int run_training_command(const char *command, const char *summary, int ar
     /* Checked before anything is written. */
     training_batch_split(&config, options[0].value, comm_world_size(), &micro, &accumulation);
     training_job job = {.config = &config, .config_path = options[0].value, .data_path = options[1].value,
-                        .validation_path = options[6].value, .run_dir = options[2].value,
+                        .validation_path = options[6].value, .autoencoder_path = options[7].value, .run_dir = options[2].value,
                         .force = options[4].value != NULL, .resume = resume, .create_model = create_model};
+    void *prepared = spec->prepare ? spec->prepare(&job, options[9].value) : NULL;
     training_run(&job);
+    if (spec->release) spec->release(prepared);
     free(run_config);
     return 0;
 }
 
 int command_train(int argc, char **argv) {
-    return run_training_command("train", "Trains the DiT denoiser (EDM) on a data set, data-parallel over the ranks "
-                                         "of mpirun.", argc, argv, dit_trainable_create);
+    const training_command spec = {"train", "Trains the DiT denoiser (EDM) on a data set, data-parallel over the "
+                                            "ranks of mpirun.", dit_trainable_create, NULL, NULL};
+    return training_command_run(&spec, argc, argv);
 }
 
 int command_train_ae(int argc, char **argv) {
-    return run_training_command("train-ae", "Trains the KL autoencoder (config section autoencoder) on an image data "
-                                            "set, data-parallel over the ranks of mpirun; --val-data gives the "
-                                            "held-out images of the PSNR and the pictures in RUN/samples/.",
-                                argc, argv, autoencoder_trainable_create);
+    const training_command spec = {"train-ae", "Trains the KL autoencoder (config section autoencoder) on an image "
+                                               "data set, data-parallel over the ranks of mpirun; --val-data gives "
+                                               "the held-out images of the PSNR and the pictures in RUN/samples/.",
+                                   autoencoder_trainable_create, NULL, NULL};
+    return training_command_run(&spec, argc, argv);
 }

@@ -1,7 +1,8 @@
 /* What the training loop trains: a model seen as one flat parameter vector
  * (with names, for checkpoints and the all-reduce) and a micro-batch step that
  * computes its loss on a batch of data and accumulates the gradient. The DiT
- * under EDM (dit_trainable.c) and the autoencoder are trainables; the loop,
+ * under EDM (dit_trainable.c), the autoencoder and the consistency
+ * distillation of a DiT (distill_trainable.c) are trainables; the loop,
  * the optimizer, EMA, checkpoints and metrics are shared. */
 #ifndef LDM_TRAINABLE_H
 #define LDM_TRAINABLE_H
@@ -10,10 +11,23 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "dataset_file.h"
 #include "params.h"
 
 /* Statistics a micro-batch adds to (summed over micro-batches and ranks). */
 #define TRAINABLE_MAX_STATISTICS 32
+
+/* What validation sees besides the model. */
+typedef struct {
+    const float *ema;              /* (count) the EMA weights */
+    const float *samples;          /* (count, C, H, W) held-out samples, or NULL */
+    const int32_t *labels;         /* (count) their labels (-1 without) */
+    int count;                     /* held-out samples (0: none) */
+    int64_t step;                  /* steps done */
+    const char *run_dir;
+    const dataset_info *data;      /* the training data set (latents: their statistics) */
+    const char *autoencoder;       /* ldm train --ae: decodes the pictures of a latents model; NULL: the data's */
+} trainable_validation;
 
 typedef struct trainable trainable;
 struct trainable {
@@ -42,14 +56,35 @@ struct trainable {
      * the progress line ("" for none). */
     void (*statistics_json)(const trainable *self, const double *statistics, char *out, size_t out_size);
     /* Optional (NULL: none). On rank 0 between steps, every train.sample_every
-     * steps and at the end: evaluates the current weights on held-out samples
-     * (count, C, H, W) with their labels, writes what it shows under run_dir
-     * (e.g. samples/step-N.png), and returns JSON members for metrics.jsonl and a
-     * line for the progress output. */
-    void (*validate)(trainable *self, const float *samples, const int32_t *labels, int count, int64_t step,
-                     const char *run_dir, char *json, size_t json_size, char *line, size_t line_size);
+     * steps and at the end: evaluates the model (on held-out samples, or by
+     * sampling from its EMA weights), writes what it shows under run_dir (e.g.
+     * samples/step-N.png), and returns JSON members for metrics.jsonl and a line
+     * for the progress output. Runs only with held-out data unless
+     * validates_without_data. */
+    void (*validate)(trainable *self, const trainable_validation *context, char *json, size_t json_size, char *line,
+                     size_t line_size);
+    int validates_without_data;
+    /* Optional: on rank 0 before the first step, lays out what validate needs
+     * beyond the model (e.g. the autoencoder that decodes pictures); bad input
+     * (a wrong --ae) is refused here, before training starts. */
+    void (*prepare_validation)(trainable *self, const trainable_validation *context);
     void (*destroy)(trainable *self);
     void *self;                /* the implementation's own state */
+    /* Optional (NULL: none). On every rank after each optimizer step that was
+     * taken (not after a skipped one): distillation's target network follows
+     * the new params here. */
+    void (*after_step)(trainable *self);
+    /* Optional (NULL: none): more weights laid out like params (count values,
+     * the same table) that are training state, e.g. distillation's target
+     * network: saved as "<extra_name>.safetensors" in every checkpoint and
+     * restored on resume, so that resume stays exact. */
+    float *extra_state;
+    const char *extra_name;
+    /* Optional (NULL: none): one more member of state.json, named
+     * state_record_name, whose value is the JSON object state_record_json
+     * (distillation: that the model is a consistency model, its teacher and
+     * its sigma points). */
+    const char *state_record_name, *state_record_json;
 };
 
 /* The DiT denoiser trained with EDM (train/dit_trainable.c), for batches of up
@@ -58,5 +93,13 @@ trainable *dit_trainable_create(const ldm_config *config, int micro_batch);
 /* The KL autoencoder (train/autoencoder_trainable.c): reconstruction + beta KL,
  * validated by reconstruction PSNR and a picture of originals and reconstructions. */
 trainable *autoencoder_trainable_create(const ldm_config *config, int micro_batch);
+/* Consistency distillation (train/distill_trainable.c): a student DiT that
+ * starts from the teacher's EMA weights, the frozen teacher, and the target
+ * network (an EMA of the student); context is a distill_context. */
+typedef struct {
+    const char *teacher_checkpoint; /* rank 0 reads its ema.safetensors */
+    const char *record_json;        /* state.json's "consistency" object */
+} distill_context;
+trainable *distill_trainable_create(const ldm_config *config, int micro_batch, const void *context);
 
 #endif

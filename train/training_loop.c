@@ -5,6 +5,7 @@
  * before the first step; a step allocates nothing. */
 #include "training_loop.h"
 
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -71,6 +72,14 @@ static void poisoned_steps(int64_t *first, int64_t *last) {
     *last = n == 2 ? b : a;
 }
 
+/* grad (count) /= scale: fp16's loss scale taken out again before clipping
+ * and the update (exact for a power of two, unless a value underflows). */
+static void grad_unscale(float *grad, size_t count, double scale) {
+    const float inverse = (float)(1.0 / scale);
+#pragma omp parallel for schedule(static) if (count > 65536)
+    for (size_t i = 0; i < count; i++) grad[i] *= inverse;
+}
+
 /* One micro-batch from the loader, P = C * H * W. */
 typedef struct {
     float *x;        /* (B, P) samples */
@@ -115,9 +124,12 @@ static void save_checkpoint(trainer *t) {
     const ldm_config *config = t->job->config;
     char *state_json = training_state_to_json(&t->progress, t->model->kind, config, t->job->data_path,
                                               loader_info(t->data));
+    if (t->model->state_record_name)
+        state_json = training_state_with_record(state_json, t->model->state_record_name, t->model->state_record_json);
     checkpoint_contents contents = {.table = t->model->table, .params = t->model->params, .ema = t->ema,
                                     .fixed = t->model->fixed, .adam_m = t->optimizer.m, .adam_v = t->optimizer.v,
-                                    .adam_step = t->optimizer.step, .state_json = state_json};
+                                    .adam_step = t->optimizer.step, .state_json = state_json,
+                                    .extra = t->model->extra_state, .extra_name = t->model->extra_name};
     char *dir = checkpoint_publish(t->job->run_dir, t->progress.step, &contents, config->train.ckpt_keep,
                                    config->train.ckpt_keep_every);
     printf("checkpoint: %s (%.2f s)\n", dir, now_seconds() - start);
@@ -145,6 +157,16 @@ static void refuse_newer_checkpoints(const char *run_dir, const char *chosen) {
     checkpoint_list_free(dirs, n);
 }
 
+/* Whether state.json's config trained in fp16. */
+static int saved_in_fp16(const char *state_json) {
+    cJSON *root = cJSON_Parse(state_json);
+    const cJSON *train = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "config"), "train");
+    const cJSON *precision = cJSON_GetObjectItemCaseSensitive(train, "precision");
+    int fp16 = cJSON_IsString(precision) && strcmp(precision->valuestring, "fp16") == 0;
+    cJSON_Delete(root);
+    return fp16;
+}
+
 /* Where a resume starts: rank 0 finds and loads the checkpoint, checks it fits
  * this run, and sends weights, EMA, moments and state to every rank. Returns 0
  * when there is nothing to resume from (--resume auto on a run without a
@@ -169,6 +191,12 @@ static int resume_from_checkpoint(trainer *t) {
             checkpoint_copy_weights(&loaded, &loaded.model, t->model->table, t->model->params, NULL);
             checkpoint_copy_weights(&loaded, &loaded.ema, t->model->table, t->ema, NULL);
             checkpoint_copy_moments(&loaded, t->model->table, t->optimizer.m, t->optimizer.v);
+            if (t->model->extra_state) {
+                safetensors_file extra;
+                checkpoint_read_extra(found, t->model->extra_name, &extra);
+                checkpoint_copy_weights(&loaded, &extra, t->model->table, t->model->extra_state, NULL);
+                safetensors_free(&extra);
+            }
             t->optimizer.step = loaded.adam_step;
             state_length = (int64_t)strlen(loaded.state_json) + 1;
             state_json = loaded.state_json;
@@ -186,6 +214,7 @@ static int resume_from_checkpoint(trainer *t) {
     comm_broadcast(t->optimizer.m, count * sizeof(float), 0);
     comm_broadcast(t->optimizer.v, count * sizeof(float), 0);
     comm_broadcast(&t->optimizer.step, sizeof t->optimizer.step, 0);
+    if (t->model->extra_state) comm_broadcast(t->model->extra_state, count * sizeof(float), 0);
 
     training_state saved;
     training_state_parse(state_json, found ? found : "state.json", &saved);
@@ -196,6 +225,12 @@ static int resume_from_checkpoint(trainer *t) {
     t->progress.skipped_in_a_row = saved.skipped_in_a_row;
     t->progress.loss_scale = saved.loss_scale;
     t->progress.loss_scale_good_steps = saved.loss_scale_good_steps;
+    /* A checkpoint of fp32 or bf16 (whose scale stays 1) resumed in fp16: the
+     * scale starts afresh. Between fp16 runs it is restored exactly. */
+    if (strcmp(t->job->config->train.precision, "fp16") == 0 && !saved_in_fp16(state_json)) {
+        t->progress.loss_scale = t->job->config->train.loss_scale_initial;
+        t->progress.loss_scale_good_steps = 0;
+    }
     if (t->rank == 0) {
         printf("train: resuming from %s at step %lld (saved by %d rank%s%s)\n", found, (long long)saved.step,
                saved.world_size, saved.world_size == 1 ? "" : "s",
@@ -219,7 +254,8 @@ int training_run(const training_job *job) {
     training_batch_split(config, job->config_path, world, &micro, &accumulation);
 
     /* The model first: its shape decides what data it accepts. */
-    trainable *model = job->create_model(config, micro);
+    trainable *model = job->create_model_with ? job->create_model_with(config, micro, job->model_context)
+                                              : job->create_model(config, micro);
     t.model = model;
     loader_options loader_config = training_loader_options(config, model, job->data_path, micro);
     t.data = loader_open(&loader_config);
@@ -238,11 +274,20 @@ int training_run(const training_job *job) {
         loader_options validation_options = training_loader_options(config, model, job->validation_path, 1);
         validation_count = loader_read_first(&validation_options, most, validation_samples, validation_labels);
     }
+    const int validates = rank == 0 && model->validate && config->train.sample_every > 0 &&
+                          (validation_count > 0 || model->validates_without_data);
+    trainable_validation validation = {.samples = validation_samples, .labels = validation_labels,
+                                       .count = validation_count, .run_dir = job->run_dir, .data = info,
+                                       .autoencoder = job->autoencoder_path};
+    if (validates && model->prepare_validation) model->prepare_validation(model, &validation);
     adamw_create(&t.optimizer, count,
                  (adamw_hyper){.beta1 = (float)config->train.adam_beta1, .beta2 = (float)config->train.adam_beta2,
                                .eps = (float)config->train.adam_eps, .weight_decay = (float)config->train.weight_decay});
     t.ema = xmalloc(count * sizeof(float));
-    t.progress = (training_state){.world_size = world, .loss_scale = 1.0};
+    /* fp16: dynamic loss scaling (the scale and its count of good steps are
+     * training state, saved in checkpoints); 1 in fp32 and bf16. */
+    const int fp16 = strcmp(config->train.precision, "fp16") == 0;
+    t.progress = (training_state){.world_size = world, .loss_scale = fp16 ? config->train.loss_scale_initial : 1.0};
     t.progress.loader = xcalloc((size_t)world, sizeof(loader_state));
 
     int resumed = job->resume ? resume_from_checkpoint(&t) : 0;
@@ -288,24 +333,40 @@ int training_run(const training_job *job) {
         double step_start = now_seconds();
         double stats[STAT_COUNT] = {0};
         model->zero_grad(model);
+        /* fp16: the loss is multiplied by the loss scale, so that small gradients
+         * stay above half's subnormals; the gradient is divided by it again below. */
+        const double loss_scale = t.progress.loss_scale;
+        const float loss_weight = fp16 ? (float)(loss_scale / (double)accumulation) : 1.0f / (float)accumulation;
         for (int a = 0; a < accumulation; a++) {
             loader_next(t.data, b.x, b.labels, b.index);
             /* Each micro-batch's mean loss enters with weight 1 / accumulation, so
              * the gradient is that of the mean over the rank's samples. */
-            stats[STAT_LOSS] += model->micro_batch(model, b.x, b.labels, b.index, micro, step,
-                                                   1.0f / (float)accumulation, stats + STAT_MODEL);
+            stats[STAT_LOSS] += model->micro_batch(model, b.x, b.labels, b.index, micro, step, loss_weight,
+                                                   stats + STAT_MODEL);
         }
         if (step + 1 >= poison_first && step + 1 <= poison_last && rank == world - 1) model->grads[0] = INFINITY;
         comm_allreduce_mean(model->grads, (int64_t)count);
         comm_allreduce_sum_double(stats, 1 + model->statistic_count);
         double loss = stats[STAT_LOSS] / (double)(world * accumulation);
 
+        /* Every rank holds the same reduced gradient, and comm_any makes the
+         * decision one for all in any case. In fp16 a non-finite gradient with a
+         * finite loss is an overflow of the scaled gradient: skipped, scale halved. */
         int skip = comm_any(!isfinite(loss) || !grad_all_finite(model->grads, count));
+        int overflow = fp16 && skip && isfinite(loss);
+        if (fp16 && !skip) grad_unscale(model->grads, count, loss_scale);
         double grad_norm = skip ? NAN : grad_clip_global_norm(model->grads, count, config->train.grad_clip);
         double lr = lr_at_step(&schedule, step);
         if (skip) {
             t.progress.skipped_total++;
-            if (++t.progress.skipped_in_a_row >= config->train.max_nonfinite_steps)
+            if (fp16) {
+                t.progress.loss_scale = loss_scale / 2;
+                t.progress.loss_scale_good_steps = 0;
+            }
+            /* An overflow that a lower scale cures is not divergence; once the
+             * scale is below 1, lowering it further is not a cure either. */
+            if ((!overflow || t.progress.loss_scale < 1.0) &&
+                ++t.progress.skipped_in_a_row >= config->train.max_nonfinite_steps)
                 fatal_internal("training diverged: %d steps in a row with a non-finite loss or gradient, the last at "
                                "step %lld (train.max_nonfinite_steps); lower train.lr or raise train.grad_clip",
                                t.progress.skipped_in_a_row, (long long)step + 1);
@@ -313,6 +374,11 @@ int training_run(const training_job *job) {
             t.progress.skipped_in_a_row = 0;
             adamw_step(&t.optimizer, model->params, model->grads, (float)lr);
             ema_update(t.ema, model->params, count, ema_decay_at(&ema_rule, step, t.progress.images_seen, global_batch));
+            if (model->after_step) model->after_step(model);
+            if (fp16 && ++t.progress.loss_scale_good_steps >= config->train.loss_scale_growth_interval) {
+                t.progress.loss_scale = loss_scale * 2;
+                t.progress.loss_scale_good_steps = 0;
+            }
         }
         t.progress.images_seen += global_batch;
         t.progress.step = step + 1;
@@ -325,22 +391,34 @@ int training_run(const training_job *job) {
             statistics_json[0] = 0;
             if (model->statistics_json)
                 model->statistics_json(model, stats + STAT_MODEL, statistics_json, sizeof statistics_json);
+            if (fp16) { /* the scale this step used */
+                size_t used = strlen(statistics_json);
+                snprintf(statistics_json + used, sizeof statistics_json - used, "%s\"loss_scale\": %.17g",
+                         used ? ", " : "", loss_scale);
+            }
             int64_t every = config->train.sample_every;
-            int validate_now = validation_count > 0 && ((every > 0 && (step + 1) % every == 0) || step + 1 == total_steps);
+            int validate_now = validates && every > 0 && ((step + 1) % every == 0 || step + 1 == total_steps);
             if (validate_now) {
-                model->validate(model, validation_samples, validation_labels, validation_count, step + 1,
-                                job->run_dir, validation_json, sizeof validation_json, validation_line,
+                validation.ema = t.ema;
+                validation.step = step + 1;
+                model->validate(model, &validation, validation_json, sizeof validation_json, validation_line,
                                 sizeof validation_line);
                 size_t used = strlen(statistics_json);
-                snprintf(statistics_json + used, sizeof statistics_json - used, "%s%s", used ? ", " : "",
-                         validation_json);
+                if (validation_json[0])
+                    snprintf(statistics_json + used, sizeof statistics_json - used, "%s%s", used ? ", " : "",
+                             validation_json);
             }
             metrics_log_step(&log, &m);
-            if (validate_now) {
+            if (validate_now && validation_line[0]) {
                 printf("%s\n", validation_line);
                 fflush(stdout);
             }
-            if (skip) {
+            if (overflow) {
+                printf("step %lld: fp16 gradient overflow at loss scale %g, step skipped, scale halved to %g "
+                       "(%lld skipped so far)\n", (long long)step + 1, loss_scale, t.progress.loss_scale,
+                       (long long)t.progress.skipped_total);
+                fflush(stdout);
+            } else if (skip) {
                 printf("step %lld: non-finite loss or gradient, step skipped (%lld skipped so far)\n",
                        (long long)step + 1, (long long)t.progress.skipped_total);
                 fflush(stdout);

@@ -17,11 +17,15 @@ typedef struct {
     const char *config_path; /* for error lines: the --config file (or NULL) */
     const char *data_path;
     const char *validation_path; /* held-out data for the model's validation, or NULL */
+    const char *autoencoder_path; /* ldm train --ae (pictures of a latents model), or NULL */
     const char *run_dir;
     int force;               /* start over in a run directory holding another run */
     const char *resume;
     /* Builds the model to train for a micro-batch size (dit_trainable_create, ...). */
-    trainable *(*create_model)(const ldm_config *config, int micro_batch);      /* NULL, "auto" (the run's newest good checkpoint, if any) or a checkpoint/run path */
+    trainable *(*create_model)(const ldm_config *config, int micro_batch);
+    /* Or, when set, with a context the command prepared (ldm distill: the teacher). */
+    trainable *(*create_model_with)(const ldm_config *config, int micro_batch, const void *context);
+    const void *model_context;      /* NULL, "auto" (the run's newest good checkpoint, if any) or a checkpoint/run path */
 } training_job;
 
 /* Micro-batch and accumulation steps for a world size: micro_batch 0 means

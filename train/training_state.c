@@ -41,12 +41,31 @@ char *training_state_to_json(const training_state *state, const char *kind, cons
     cJSON_AddNumberToObject(d, "height", data->height);
     cJSON_AddNumberToObject(d, "width", data->width);
     cJSON_AddNumberToObject(d, "num_classes", data->num_classes);
+    if (data->kind == DATASET_LATENTS) {
+        /* What ldm sample needs to turn the model's normalised latents back
+         * into the autoencoder's (x / sigma_data * std + mean) and to name the
+         * autoencoder that decodes them. */
+        cJSON_AddItemToObject(d, "latent_mean", cJSON_CreateDoubleArray(data->latent_mean, data->channels));
+        cJSON_AddItemToObject(d, "latent_std", cJSON_CreateDoubleArray(data->latent_std, data->channels));
+        cJSON_AddStringToObject(d, "autoencoder", data->autoencoder);
+    }
     char *config_json = config_to_json(config);
     cJSON_AddItemToObject(root, "config", cJSON_Parse(config_json));
     free(config_json);
     char *text = cJSON_Print(root);
     cJSON_Delete(root);
     if (!text) fatal_internal("cannot format state.json");
+    return text;
+}
+
+char *training_state_with_record(char *json, const char *name, const char *record_json) {
+    cJSON *root = cJSON_Parse(json), *record = cJSON_Parse(record_json);
+    if (!cJSON_IsObject(root) || !cJSON_IsObject(record)) fatal_internal("state.json: cannot add the %s record", name);
+    cJSON_AddItemToObject(root, name, record);
+    char *text = cJSON_Print(root);
+    cJSON_Delete(root);
+    if (!text) fatal_internal("cannot format state.json");
+    free(json);
     return text;
 }
 
@@ -117,7 +136,7 @@ void training_state_check_compatible(const char *json, const char *source, const
     const cJSON *kind = cJSON_GetObjectItemCaseSensitive(root, "kind");
     if (!cJSON_IsString(kind) || strcmp(kind->valuestring, model->kind) != 0)
         fatal_input("%s: a checkpoint of kind \"%s\", expected \"%s\" (ldm train takes DiT runs, ldm train-ae "
-                    "autoencoder runs)", source,
+                    "autoencoder runs, ldm distill consistency runs)", source,
                     cJSON_IsString(kind) ? kind->valuestring : "unknown", model->kind);
     const char *section = model->shape_section;
     const cJSON *saved_model = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "config"), section);

@@ -1,0 +1,26 @@
+/* The record that makes a checkpoint of `ldm distill` a consistency model: the
+ * member "consistency" of its state.json, written by ldm distill and read by
+ * ldm sample:
+ *   {"teacher": "CKPT (step N, ema weights)", "guidance": W,
+ *    "sigma_min": 0.002, "sigma_max": 80, "rho": 7, "num_points": 18,
+ *    "sampling_sigmas": {"1": [80], "2": [80, 0.821], "4": [80, 17.5, 2.52, 0.17]}}
+ * sampling_sigmas are the points of the multistep sampler for each number of
+ * steps it supports (consistency_default_points). */
+#ifndef LDM_CONSISTENCY_RECORD_H
+#define LDM_CONSISTENCY_RECORD_H
+
+#include "config.h"
+#include "consistency.h"
+
+#define CONSISTENCY_RECORD_NAME "consistency"
+
+/* The record's JSON text for a student distilled with config from the teacher
+ * described by teacher (caller frees). */
+char *consistency_record_json(const ldm_config *config, const char *teacher);
+
+/* Reads the sampler's options for `steps` from the record's text (checkpoint,
+ * the student's checkpoint directory, names it in errors): sigma_min and the sigma points; fatal_input on a malformed
+ * record, or naming the steps it has when it has none for `steps`. */
+void consistency_record_sampler(const char *json, const char *checkpoint, int steps, consistency_sampler_options *out);
+
+#endif

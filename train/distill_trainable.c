@@ -1,0 +1,271 @@
+/* Consistency distillation (Song et al. 2023, Algorithm 2) as a trainable: a
+ * student DiT (the trained parameters) that starts from the teacher's EMA
+ * weights, the frozen teacher, and the target network, an EMA of the student
+ * with rate distill.target_ema, followed after every optimizer step
+ * (after_step) and saved in checkpoints as target.safetensors (extra_state).
+ *
+ * For each sample: n uniform in [0, N-2] and noise z from its own stream keyed
+ * by (seed, step, the sample's row), like dit_trainable.c; with the increasing
+ * points s_0 = sigma_min < ... < s_{N-1} = sigma_max (consistency_point):
+ *   x_{n+1} = x + s_{n+1} z;
+ *   x_n     = one Heun step of the teacher's probability-flow ODE from s_{n+1}
+ *             to s_n (classifier-free guidance at distill.guidance);
+ *   loss    = d(f_student(x_{n+1}, s_{n+1}), f_target(x_n, s_n)), with d the
+ *             pseudo-Huber distance sqrt(|a - b|^2 + c^2) - c over the whole
+ *             sample, or the mean squared difference (distill.loss), weight 1.
+ * Labels are never dropped: the student is a conditional sampler of the
+ * guided teacher (unlabelled data: the null class). All buffers are laid out
+ * at creation; a step allocates nothing. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "atomic_file.h"
+#include "cli.h"
+#include "comm.h"
+#include "consistency.h"
+#include "dit.h"
+#include "edm.h"
+#include "ema.h"
+#include "fatal.h"
+#include "rng.h"
+#include "trainable.h"
+
+#define PURPOSE_DISTILL_NOISE 0x64697374696c6c7aull /* "distillz" */
+
+/* model.class_dropout is not used by distillation: it may change on resume. */
+static const char *const distill_settings_keys[] = {"class_dropout", NULL};
+
+typedef struct {
+    const ldm_config *config;
+    dit_model student, teacher, target;
+    consistency_buffers student_buffers, target_buffers;
+    int passes;            /* teacher rows per sample: 2 under guidance, else 1 */
+    int64_t per_sample;    /* P = C * H * W */
+    double sigma_min, sigma_data, huber_c;
+    double *points;        /* (N) increasing: points[0] = sigma_min, points[N-1] = sigma_max */
+    int *y;                /* (B) labels; num_classes = the null class */
+    float *sigma_next, *sigma_now; /* (B) s_{n+1}, s_n */
+    float *x_next;         /* (B, P) x_{n+1} */
+    float *x_now;          /* (B, P) the teacher's x_n (first its Euler estimate) */
+    float *slope;          /* (B, P) the teacher's dx/dsigma at s_{n+1} */
+    float *denoised;       /* (B, P) the teacher's guided D */
+    float *teacher_x, *teacher_in, *teacher_F, *teacher_D; /* (passes B, P) */
+    float *teacher_sigma, *teacher_t;                      /* (passes B) */
+    int *teacher_y;                                        /* (passes B) */
+    float *target_f, *student_f, *d_F;                     /* (B, P) */
+    void *memory;                                          /* behind everything above from points on */
+} distiller;
+
+static void distill_zero_grad(trainable *self) { dit_zero_grad(&((distiller *)self->self)->student); }
+
+/* denoised (batch, P) = the teacher's D(x; sigma) with guidance: conditional
+ * rows first, then the null class, in one pass of passes * batch rows. */
+static void teacher_denoise(distiller *d, const float *x, const float *sigma, int batch) {
+    const int64_t ps = d->per_sample, used = (int64_t)batch * ps;
+    const int rows = d->passes * batch, null_class = d->teacher.shape.num_classes;
+    for (int p = 0; p < d->passes; p++) {
+        memcpy(d->teacher_x + p * used, x, sizeof(float) * (size_t)used);
+        for (int b = 0; b < batch; b++) {
+            d->teacher_y[p * batch + b] = p == 0 ? d->y[b] : null_class;
+            d->teacher_sigma[p * batch + b] = sigma[b];
+        }
+    }
+    edm_network_input(d->teacher_in, d->teacher_t, d->teacher_x, d->teacher_sigma, rows, (int)ps, d->sigma_data);
+    dit_forward(&d->teacher, d->teacher_in, d->teacher_t, d->teacher_y, rows, d->teacher_F);
+    edm_denoised(d->teacher_D, d->teacher_x, d->teacher_F, d->teacher_sigma, rows, (int)ps, d->sigma_data);
+    if (d->passes == 1) {
+        memcpy(d->denoised, d->teacher_D, sizeof(float) * (size_t)used);
+        return;
+    }
+    const float w = (float)d->config->distill.guidance;
+    const float *cond = d->teacher_D, *uncond = d->teacher_D + used;
+    for (int64_t i = 0; i < used; i++) d->denoised[i] = uncond[i] + w * (cond[i] - uncond[i]);
+}
+
+/* Each sample's pair of points, label and x_{n+1} from its own stream. */
+static void draw_step(distiller *d, const float *x, const int32_t *labels, const int64_t *index, int batch,
+                      int64_t step) {
+    const ldm_config *config = d->config;
+    const uint64_t base = rng_hash(config->train.seed, PURPOSE_DISTILL_NOISE);
+    const int pairs = config->distill.num_points - 1, null_class = config->model.num_classes;
+    const int64_t ps = d->per_sample;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < batch; i++) {
+        rng_stream rng = rng_stream_for(base, (uint64_t)step, (uint64_t)index[i]);
+        int n = (int)(rng_uniform(&rng) * (float)pairs);
+        if (n >= pairs) n = pairs - 1;
+        d->sigma_now[i] = (float)d->points[n];
+        d->sigma_next[i] = (float)d->points[n + 1];
+        d->y[i] = labels[i] < 0 ? null_class : labels[i];
+        const double s = d->sigma_next[i];
+        const float *xi = x + (size_t)i * (size_t)ps;
+        float *out = d->x_next + (size_t)i * (size_t)ps;
+        for (int64_t j = 0; j < ps; j++) out[j] = (float)((double)xi[j] + s * (double)rng_normal(&rng));
+    }
+}
+
+/* x_now = one Heun step of the teacher from sigma_next to sigma_now (> 0). */
+static void teacher_heun_step(distiller *d, int batch) {
+    const int64_t ps = d->per_sample;
+    teacher_denoise(d, d->x_next, d->sigma_next, batch);
+    for (int b = 0; b < batch; b++) {
+        const double s = d->sigma_next[b], h = (double)d->sigma_now[b] - s;
+        for (int64_t j = b * ps; j < (b + 1) * ps; j++) {
+            const double slope = ((double)d->x_next[j] - (double)d->denoised[j]) / s;
+            d->slope[j] = (float)slope;
+            d->x_now[j] = (float)((double)d->x_next[j] + h * slope);
+        }
+    }
+    teacher_denoise(d, d->x_now, d->sigma_now, batch);
+    for (int b = 0; b < batch; b++) {
+        const double s = d->sigma_now[b], h = s - (double)d->sigma_next[b];
+        for (int64_t j = b * ps; j < (b + 1) * ps; j++) {
+            const double slope_now = ((double)d->x_now[j] - (double)d->denoised[j]) / s;
+            d->x_now[j] = (float)((double)d->x_next[j] + h * 0.5 * ((double)d->slope[j] + slope_now));
+        }
+    }
+}
+
+/* The mean over the batch of d(student_f, target_f); d_F = loss_weight times
+ * its gradient with respect to the student network's output F (through c_out). */
+static double distill_loss(distiller *d, int batch, float loss_weight) {
+    const int64_t ps = d->per_sample;
+    const int l2 = strcmp(d->config->distill.loss, "l2") == 0;
+    const double c = d->huber_c;
+    double total = 0.0;
+    for (int b = 0; b < batch; b++) {
+        const float *fs = d->student_f + b * ps, *ft = d->target_f + b * ps;
+        double squares = 0.0;
+        for (int64_t j = 0; j < ps; j++) {
+            const double diff = (double)fs[j] - (double)ft[j];
+            squares += diff * diff;
+        }
+        /* L2: mean_j diff^2, d/dfs_j = 2 diff / P. Pseudo-Huber: sqrt(S + c^2) - c,
+         * d/dfs_j = diff / sqrt(S + c^2). Both over the batch's mean. */
+        const double root = sqrt(squares + c * c);
+        const double loss = l2 ? squares / (double)ps : root - c;
+        const double per_diff = l2 ? 2.0 / (double)ps : (root > 0 ? 1.0 / root : 0.0);
+        const double c_out = consistency_scalings(d->sigma_next[b], d->sigma_data, d->sigma_min).c_out;
+        const double coeff = (double)loss_weight * per_diff * c_out / batch;
+        for (int64_t j = 0; j < ps; j++) d->d_F[b * ps + j] = (float)(coeff * ((double)fs[j] - (double)ft[j]));
+        total += loss;
+    }
+    return total / batch;
+}
+
+static double distill_micro_batch(trainable *self, const float *samples, const int32_t *labels, const int64_t *index,
+                                  int batch, int64_t step, float loss_weight, double *statistics) {
+    (void)statistics;
+    distiller *d = self->self;
+    draw_step(d, samples, labels, index, batch, step);
+    teacher_heun_step(d, batch);
+    consistency_apply(&d->target, &d->target_buffers, d->x_now, d->sigma_now, d->y, batch, d->sigma_data,
+                      d->sigma_min, d->target_f);
+    consistency_apply(&d->student, &d->student_buffers, d->x_next, d->sigma_next, d->y, batch, d->sigma_data,
+                      d->sigma_min, d->student_f);
+    const double loss = distill_loss(d, batch, loss_weight);
+    dit_backward(&d->student, d->d_F, NULL, batch);
+    return loss;
+}
+
+static void distill_after_step(trainable *self) {
+    distiller *d = self->self;
+    ema_update(d->target.params, d->student.params, d->student.table.trainable_numel, d->config->distill.target_ema);
+}
+
+static void distill_destroy(trainable *self) {
+    distiller *d = self->self;
+    consistency_buffers_destroy(&d->student_buffers);
+    consistency_buffers_destroy(&d->target_buffers);
+    dit_destroy(&d->student), dit_destroy(&d->teacher), dit_destroy(&d->target);
+    free(d->memory);
+    free(d);
+    free(self);
+}
+
+trainable *distill_trainable_create(const ldm_config *config, int micro_batch, const void *context) {
+    const distill_context *ctx = context;
+    distiller *d = xcalloc(1, sizeof *d);
+    d->config = config;
+    const distill_config *dc = &config->distill;
+    const dit_shape shape = cli_dit_shape(config);
+    const ldm_precision precision = (ldm_precision)precision_from_name(config->train.precision);
+    d->passes = dc->guidance != 1.0 ? 2 : 1;
+    dit_create_precision(&d->student, &shape, micro_batch, precision);
+    dit_create_precision(&d->teacher, &shape, d->passes * micro_batch, precision);
+    dit_create_precision(&d->target, &shape, micro_batch, precision);
+    consistency_buffers_create(&d->student_buffers, &shape, micro_batch);
+    consistency_buffers_create(&d->target_buffers, &shape, micro_batch);
+    /* The teacher's EMA weights, read by rank 0 and sent to every rank; the
+     * student and the target start as the teacher. */
+    if (comm_rank() == 0) {
+        char *file = path_join(ctx->teacher_checkpoint, "ema.safetensors");
+        param_table_load_safetensors(&d->teacher.table, file);
+        free(file);
+    }
+    const size_t count = d->teacher.table.trainable_numel;
+    comm_broadcast(d->teacher.params, count * sizeof(float), 0);
+    memcpy(d->student.params, d->teacher.params, count * sizeof(float));
+    memcpy(d->target.params, d->teacher.params, count * sizeof(float));
+
+    d->per_sample = (int64_t)shape.in_channels * shape.input_size * shape.input_size;
+    d->sigma_min = dc->sigma_min;
+    d->sigma_data = config->diffusion.sigma_data;
+    /* The pseudo-Huber c of "Improved techniques for training consistency
+     * models": 0.00054 sqrt(d), d the dimension of a sample. */
+    d->huber_c = dc->huber_c > 0 ? dc->huber_c : 0.00054 * sqrt((double)d->per_sample);
+    /* One allocation: the points (doubles) first, then 4-byte floats and ints. */
+    const size_t b = (size_t)micro_batch, n = b * (size_t)d->per_sample, tb = (size_t)d->passes * b;
+    const size_t words = 3 * b + 7 * n + 4 * (size_t)d->passes * n + 3 * tb;
+    d->memory = xmalloc(sizeof(double) * (size_t)dc->num_points + sizeof(float) * words);
+    d->points = d->memory;
+    for (int i = 0; i < dc->num_points; i++)
+        d->points[i] = consistency_point(i, dc->num_points, dc->sigma_min, dc->sigma_max, dc->rho);
+    float *f = (float *)(d->points + dc->num_points);
+    d->sigma_next = f, f += b;
+    d->sigma_now = f, f += b;
+    d->x_next = f, f += n;
+    d->x_now = f, f += n;
+    d->slope = f, f += n;
+    d->denoised = f, f += n;
+    d->target_f = f, f += n;
+    d->student_f = f, f += n;
+    d->d_F = f, f += n;
+    d->teacher_x = f, f += (size_t)d->passes * n;
+    d->teacher_in = f, f += (size_t)d->passes * n;
+    d->teacher_F = f, f += (size_t)d->passes * n;
+    d->teacher_D = f, f += (size_t)d->passes * n;
+    d->teacher_sigma = f, f += tb;
+    d->teacher_t = f, f += tb;
+    _Static_assert(sizeof(int) == sizeof(float), "ints share the float-sized slots");
+    d->y = (int *)f, f += b;
+    d->teacher_y = (int *)f;
+
+    trainable *t = xcalloc(1, sizeof *t);
+    *t = (trainable){
+        .kind = "consistency",
+        .shape_section = "model",
+        .settings_keys = distill_settings_keys,
+        .table = &d->student.table,
+        .params = d->student.params,
+        .grads = d->student.grads,
+        .fixed = d->student.fixed,
+        .count = count,
+        .expect_channels = shape.in_channels,
+        .expect_size = shape.input_size,
+        .expect_num_classes = config->model.num_classes,
+        .statistic_count = 0,
+        .zero_grad = distill_zero_grad,
+        .micro_batch = distill_micro_batch,
+        .destroy = distill_destroy,
+        .self = d,
+        .after_step = distill_after_step,
+        .extra_state = d->target.params,
+        .extra_name = "target",
+        .state_record_name = "consistency",
+        .state_record_json = ctx->record_json,
+    };
+    return t;
+}

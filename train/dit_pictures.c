@@ -1,0 +1,113 @@
+/* See dit_pictures.h. */
+#include "dit_pictures.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "checkpoint_model.h"
+#include "fatal.h"
+#include "png_image.h"
+#include "run_directory.h"
+#include "sample_pipeline.h"
+
+#define PICTURES_PER_CLASS 8
+#define MOST_CLASS_ROWS 16
+#define UNCONDITIONAL_PICTURES 64
+#define PICTURE_STEPS 18
+
+struct dit_pictures {
+    int enabled;
+    int count, rows;           /* pictures, and grid rows by class (0: 8 per row) */
+    dit_model model;           /* laid out for count samples */
+    int has_autoencoder;
+    checkpoint_autoencoder ae;
+    sample_pipeline pipeline;
+    int *labels;               /* (count) */
+    int64_t *indices;          /* (count) */
+    float *images;             /* (count, C, H, W) */
+    uint8_t *pixels;           /* (count, H, W, C) */
+    char decoded_by[700];      /* ", decoded by ..." or "" */
+};
+
+dit_pictures *dit_pictures_create(const dit_shape *shape, double sigma_data, const dataset_info *data,
+                                  const char *autoencoder) {
+    dit_pictures *p = xcalloc(1, sizeof *p);
+    char *recorded = NULL;
+    if (data->kind == DATASET_LATENTS) {
+        if (!autoencoder) {
+            recorded = checkpoint_autoencoder_recorded_path(data->autoencoder);
+            if (!recorded || access(recorded, F_OK) != 0) {
+                printf("train: no pictures during training: the autoencoder of the latents (made by: %s) is not "
+                       "there; name it with --ae\n", data->autoencoder[0] ? data->autoencoder : "not recorded");
+                fflush(stdout);
+                free(recorded);
+                return p;
+            }
+            autoencoder = recorded;
+        }
+    } else if (autoencoder) {
+        fatal_input("ldm train: option --ae: %s holds images, not latents: its pictures need no autoencoder",
+                    data->path);
+    }
+    const int classes = shape->num_classes;
+    p->rows = classes > 0 ? (classes < MOST_CLASS_ROWS ? classes : MOST_CLASS_ROWS) : 0;
+    p->count = classes > 0 ? p->rows * PICTURES_PER_CLASS : UNCONDITIONAL_PICTURES;
+    if (autoencoder) {
+        checkpoint_autoencoder_load_here(&p->ae, "train", autoencoder, "ema", AE_FOR_DECODING, p->count);
+        p->has_autoencoder = 1;
+        if (p->ae.shape.latent_channels != shape->in_channels || p->ae.model.latent_size != shape->input_size)
+            fatal_input("%s: the autoencoder gives latents %dx%dx%d, but the model takes %dx%dx%d (%s)", p->ae.checkpoint,
+                        p->ae.shape.latent_channels, p->ae.model.latent_size, p->ae.model.latent_size,
+                        shape->in_channels, shape->input_size, shape->input_size, data->path);
+        snprintf(p->decoded_by, sizeof p->decoded_by, ", decoded by %s", p->ae.description);
+    }
+    free(recorded);
+    dit_create(&p->model, shape, p->count);
+    sampler_options options = {.steps = PICTURE_STEPS, .method = SAMPLER_HEUN, .guidance = 1.0, .seed = 0};
+    sample_pipeline_create(&p->pipeline, &p->model, &options, sigma_data, p->count,
+                           p->has_autoencoder ? &p->ae.model : NULL, data->latent_mean, data->latent_std);
+    p->labels = xmalloc(sizeof(int) * (size_t)p->count);
+    p->indices = xmalloc(sizeof(int64_t) * (size_t)p->count);
+    for (int i = 0; i < p->count; i++) {
+        p->labels[i] = p->rows > 0 ? i % p->rows : classes; /* classes 0: the null class */
+        p->indices[i] = i;
+    }
+    p->images = xmalloc(sizeof(float) * (size_t)p->count * (size_t)p->pipeline.per_image);
+    p->pixels = xmalloc((size_t)p->count * (size_t)p->pipeline.per_image);
+    p->enabled = 1;
+    return p;
+}
+
+void dit_pictures_write(dit_pictures *p, const float *ema, int64_t step, const char *run_dir, char *json,
+                        size_t json_size, char *line, size_t line_size) {
+    json[0] = line[0] = 0;
+    if (!p->enabled) return;
+    memcpy(p->model.params, ema, sizeof(float) * p->model.table.trainable_numel);
+    sample_pipeline_run(&p->pipeline, p->labels, p->indices, p->count, p->images);
+    dataset_pixels_from_floats(p->images, p->count, p->pipeline.channels, p->pipeline.size, p->pixels);
+    char *folder = run_directory_path(run_dir, "samples");
+    mkdir(folder, 0777);
+    char name[64];
+    snprintf(name, sizeof name, "step-%08lld.png", (long long)step);
+    char *path = run_directory_path(folder, name);
+    png_write_image_grid(path, p->pixels, p->count, p->pipeline.channels, p->pipeline.size, p->rows);
+    snprintf(json, json_size, "\"samples\": \"samples/%s\"", name);
+    snprintf(line, line_size, "samples: %s (EMA weights, Heun %d steps, %d %s%s)", path, PICTURE_STEPS,
+             p->rows > 0 ? PICTURES_PER_CLASS : p->count, p->rows > 0 ? "per class" : "samples", p->decoded_by);
+    free(path);
+    free(folder);
+}
+
+void dit_pictures_destroy(dit_pictures *p) {
+    if (!p) return;
+    if (p->enabled) {
+        sample_pipeline_destroy(&p->pipeline);
+        dit_destroy(&p->model);
+        free(p->labels), free(p->indices), free(p->images), free(p->pixels);
+    }
+    if (p->has_autoencoder) checkpoint_autoencoder_free(&p->ae);
+    free(p);
+}

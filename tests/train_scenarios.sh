@@ -264,6 +264,23 @@ for p in ("bf16", "fp16"):
     assert all(("loss_scale" in r) == (p == "fp16") for r in runs[p])
     assert sum(loss[-40:]) < 0.7 * sum(loss[:40]), f"{p} did not learn"
 PY
+  # The autoencoder (activations rounded): 60 steps learn as in fp32, the mean
+  # loss of the last 10 within 5% of fp32's (measured 1% in bf16, 3% in fp16).
+  run "$LDM" prepare synthetic --n 32 --size 16 --classes 4 --channels 3 --out images.h5 >/dev/null
+  for p in fp32 bf16 fp16; do
+    run "$LDM" train-ae --config "$LDM_CONFIGS/ae-tiny.json" --data images.h5 --set train.steps=60 \
+      --set train.sample_every=0 --set train.precision=$p --run ae_$p > ae_$p.txt
+  done
+  run "$LDM_PYTHON" - <<'PY'
+import json
+loss = {p: [json.loads(l)["loss"] for l in open(f"ae_{p}/metrics.jsonl")] for p in ("fp32", "bf16", "fp16")}
+ref = sum(loss["fp32"][-10:]) / 10
+for p in ("bf16", "fp16"):
+    last = sum(loss[p][-10:]) / 10
+    print(f"autoencoder {p}: mean loss of the last 10 steps {last:.4f}, fp32 {ref:.4f}")
+    assert abs(last - ref) < 0.05 * ref and last < 0.5 * sum(loss[p][:10]) / 10, p
+    assert loss[p] != loss["fp32"]
+PY
   ;;
 precision-overflow)
   # fp16 with a loss scale far too large (2^40): the scaled gradient overflows

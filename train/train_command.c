@@ -30,7 +30,7 @@ int training_command_run(const training_command *spec, int argc, char **argv) {
         {.name = "--force", .is_flag = 1, .help = "start over in a run directory that holds another run"},
         {.name = "--resume", .help = "auto (the run's newest good checkpoint; from scratch if none) or a checkpoint "
                                      "directory; without --config the run's config.json is used"},
-        {.name = "--val-data", .help = "held-out data for validation (its first data.validation_samples samples)"},
+        {.name = "--val-data", .help = "ldm train-ae: held-out images for validation (its first data.validation_samples)"},
         {.name = "--ae", .help = "ldm train on latents: the autoencoder (run or checkpoint) that decodes the pictures "
                                  "of train.sample_every (default: the one that made the latents)"},
         {.name = "--help", .is_flag = 1, .help = "this help"},

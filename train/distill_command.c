@@ -10,6 +10,7 @@
  * or latents; latents normalised by the same statistics). The student's
  * state.json records the consistency model (consistency_record.h). */
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +60,10 @@ static void check_teacher_shape(const ldm_config *config, const char *config_pat
     cJSON_Delete(mine), cJSON_Delete(theirs);
 }
 
+/* state.json holds numbers as text, printed by cJSON with 15 significant digits
+ * when that reads back within a rounding of the value: equal to 1e-12 relative. */
+static int same_statistic(double a, double b) { return fabs(a - b) <= 1e-12 * fmax(fabs(a), fabs(b)); }
+
 /* The data set holds what the teacher was trained on: the same kind, and for
  * latents the same normalisation (else the teacher would see other inputs). */
 static void check_data(const char *data_path, const checkpoint_data *teacher, const char *checkpoint) {
@@ -69,7 +74,8 @@ static void check_data(const char *data_path, const checkpoint_data *teacher, co
         fatal_input("%s: holds %s, but the teacher %s was trained on %s", data_path, kind, checkpoint, teacher->kind);
     if (info.kind == DATASET_LATENTS && teacher->has_latent_statistics)
         for (int c = 0; c < info.channels && c < CHECKPOINT_DATA_MAX_CHANNELS; c++)
-            if (info.latent_mean[c] != teacher->latent_mean[c] || info.latent_std[c] != teacher->latent_std[c])
+            if (!same_statistic(info.latent_mean[c], teacher->latent_mean[c]) ||
+                !same_statistic(info.latent_std[c], teacher->latent_std[c]))
                 fatal_input("%s: latent_mean / latent_std of channel %d (%g, %g) differ from those the teacher %s "
                             "was trained with (%g, %g): distill on the teacher's latents", data_path, c,
                             info.latent_mean[c], info.latent_std[c], checkpoint, teacher->latent_mean[c],

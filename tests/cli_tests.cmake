@@ -74,6 +74,19 @@ if(TARGET ldm)
   add_test(NAME cli_unknown_option
     COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/expect_error.sh 2 "^ldm: error: ldm bench: unknown option '--stpes'" --
             $<TARGET_FILE:ldm> bench --config ${CMAKE_SOURCE_DIR}/configs/tiny.json --stpes 3)
+  # The training commands share one option table; each lists and takes only its own.
+  foreach(case "train;--teacher" "train;--val-data" "train-ae;--ae" "train-ae;--teacher")
+    list(GET case 0 command)
+    list(GET case 1 option)
+    string(REPLACE "-" "_" name "${command}${option}")
+    add_test(NAME cli_not_an_option_of_${name}
+      COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/expect_error.sh 2
+              "^ldm: error: ldm ${command}: unknown option '${option}' [(]see ldm ${command} --help[)]$" --
+              $<TARGET_FILE:ldm> ${command} ${option} x --data d.h5 --run r)
+  endforeach()
+  add_test(NAME cli_distill_help_lists_its_options COMMAND $<TARGET_FILE:ldm> distill --help)
+  set_tests_properties(cli_distill_help_lists_its_options PROPERTIES PASS_REGULAR_EXPRESSION "--teacher"
+    FAIL_REGULAR_EXPRESSION "--val-data|--ae ")
   add_test(NAME cli_bad_steps
     COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/expect_error.sh 2 "^ldm: error: ldm bench: option --steps: expected an integer" --
             $<TARGET_FILE:ldm> bench --config ${CMAKE_SOURCE_DIR}/configs/tiny.json --steps ten)

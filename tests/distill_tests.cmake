@@ -61,7 +61,7 @@ LDM_TESTS=${CMAKE_CURRENT_SOURCE_DIR};LDM_CONFIGS=${CMAKE_SOURCE_DIR}/configs")
   ldm_distill_error(sigma_range
     "^ldm: error: --set distill[.]sigma_max=0[.]001: distill[.]sigma_max: expected more than distill[.]sigma_min [(]0[.]002[)], got 0[.]001$"
     ${ldm} distill --teacher ${c}/teacher --config ${tiny} --set distill.sigma_max=0.001 --data ${c}/data.h5 --run ${never})
-  ldm_distill_error(val_data "^ldm: error: ldm distill: option --val-data: not supported by ldm distill yet$"
+  ldm_distill_error(val_data "^ldm: error: ldm distill: unknown option '--val-data' [(]see ldm distill --help[)]$"
     ${ldm} distill --teacher ${c}/teacher --config ${tiny} --data ${c}/data.h5 --val-data ${c}/data.h5 --run ${never})
   ldm_distill_error(train_resumes_student
     "^ldm: error: .*/student/checkpoints/step-00000020: a checkpoint of kind \"consistency\", expected \"dit\""

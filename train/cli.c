@@ -13,7 +13,7 @@ void cli_parse(const char *command, int argc, char **argv, int first, cli_option
         const char *arg = argv[i];
         cli_option *found = NULL;
         for (cli_option *o = options; o->name; o++)
-            if (strcmp(o->name, arg) == 0) found = o;
+            if (!o->absent && strcmp(o->name, arg) == 0) found = o;
         if (!found) fatal_input("ldm %s: unknown option '%s' (see ldm %s --help)", command, arg, command);
         if (found->is_flag) {
             found->value = "1";
@@ -30,13 +30,13 @@ void cli_parse(const char *command, int argc, char **argv, int first, cli_option
         }
     }
     for (cli_option *o = options; o->name; o++)
-        if (o->required && !o->value) fatal_input("ldm %s: option %s is required", command, o->name);
+        if (o->required && !o->absent && !o->value) fatal_input("ldm %s: option %s is required", command, o->name);
 }
 
 void cli_print_usage(const char *command, const char *summary, const cli_option *options) {
     printf("usage: ldm %s [options]\n%s\n\noptions:\n", command, summary);
     for (const cli_option *o = options; o->name; o++)
-        printf("  %-14s %s%s\n", o->name, o->help, o->required ? " (required)" : "");
+        if (!o->absent) printf("  %-14s %s%s\n", o->name, o->help, o->required ? " (required)" : "");
 }
 
 long long cli_int(const char *command, const cli_option *option, long long min, long long max) {

@@ -21,6 +21,7 @@ typedef struct {
     const char *repeated[CLI_MAX_REPEATS];
     int repeat_count;
     const char *help;
+    int absent;            /* not an option of this command (shared tables): unknown, not listed */
 } cli_option;
 
 /* Parses argv[first..argc) of `command` into options (terminated by a NULL name). */

@@ -1,12 +1,12 @@
-/* `ldm train` and `ldm train-ae`: the command line of data-parallel training,
- * the same with or without mpirun.
- *   ldm train    --config F --data D --run DIR [--val-data V] [--ae AE] [--set k=v ...]
- *                [--force | --resume auto|PATH]
- *   ldm train-ae (the same options)
- *   ldm distill  (the same options and --teacher; see distill_command.c)
- * Both load and validate the config, check the batch split, and hand over to
- * the one training loop with their model: the DiT under EDM, or the KL
- * autoencoder. */
+/* `ldm train`, `ldm train-ae` and `ldm distill`: the command line of
+ * data-parallel training, the same with or without mpirun.
+ *   ldm train    --config F --data D --run DIR [--ae AE] [--set k=v ...] [--force | --resume auto|PATH]
+ *   ldm train-ae --config F --data D --run DIR [--val-data V] [--set ...] [--force | --resume ...]
+ *   ldm distill  --teacher T --config F --data D --run DIR [--set ...] [--force | --resume ...]
+ *                (see distill_command.c)
+ * All load and validate the config, check the batch split, and hand over to
+ * the one training loop with their model: the DiT under EDM, the KL
+ * autoencoder, or the consistency student. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +30,7 @@ int training_command_run(const training_command *spec, int argc, char **argv) {
         {.name = "--force", .is_flag = 1, .help = "start over in a run directory that holds another run"},
         {.name = "--resume", .help = "auto (the run's newest good checkpoint; from scratch if none) or a checkpoint "
                                      "directory; without --config the run's config.json is used"},
-        {.name = "--val-data", .help = "ldm train-ae: held-out images for validation (its first data.validation_samples)"},
+        {.name = "--val-data", .help = "held-out images for validation (its first data.validation_samples)"},
         {.name = "--ae", .help = "ldm train on latents: the autoencoder (run or checkpoint) that decodes the pictures "
                                  "of train.sample_every (default: the one that made the latents)"},
         {.name = "--help", .is_flag = 1, .help = "this help"},
@@ -38,17 +38,17 @@ int training_command_run(const training_command *spec, int argc, char **argv) {
                                                      "checkpoints (its EMA weights)"},
         {0},
     };
-    if (!spec->prepare) options[9] = (cli_option){0}; /* --teacher is ldm distill's */
+    /* One table for the three commands: --teacher is ldm distill's, --val-data
+     * ldm train-ae's (the DiT validates by sampling), --ae ldm train's. */
+    options[9].absent = !spec->prepare;
+    options[6].absent = create_model != autoencoder_trainable_create;
+    options[7].absent = create_model != dit_trainable_create;
     for (int i = 2; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             cli_print_usage(command, summary, options);
             return 0;
         }
     cli_parse(command, argc, argv, 2, options);
-    if (options[7].value && create_model != dit_trainable_create)
-        fatal_input("ldm %s: option --ae is for ldm train on latents", command);
-    if (options[6].value && spec->prepare)
-        fatal_input("ldm %s: option --val-data: not supported by ldm %s yet", command, command);
     const char *resume = options[5].value;
     if (resume && options[4].value) fatal_input("ldm %s: --resume and --force exclude each other", command);
     /* A resumed run keeps its config unless told otherwise: the run's own

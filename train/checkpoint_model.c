@@ -188,6 +188,13 @@ void checkpoint_autoencoder_free(checkpoint_autoencoder *ae) {
     memset(ae, 0, sizeof *ae);
 }
 
+void checkpoint_autoencoder_check_latents(const checkpoint_autoencoder *ae, const dit_shape *shape, const char *model) {
+    if (ae->shape.latent_channels != shape->in_channels || ae->model.latent_size != shape->input_size)
+        fatal_input("%s: the autoencoder gives latents %dx%dx%d, but the model %s takes %dx%dx%d", ae->checkpoint,
+                    ae->shape.latent_channels, ae->model.latent_size, ae->model.latent_size, model, shape->in_channels,
+                    shape->input_size, shape->input_size);
+}
+
 char *checkpoint_autoencoder_recorded_path(const char *attribute) {
     const char *end = strstr(attribute, " (step ");
     if (!end || end == attribute) return NULL;

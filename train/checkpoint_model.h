@@ -9,6 +9,7 @@
 
 #include "autoencoder.h"
 #include "config.h"
+#include "dit.h"
 
 #define CHECKPOINT_DATA_MAX_CHANNELS 64
 
@@ -68,6 +69,9 @@ void checkpoint_autoencoder_load(checkpoint_autoencoder *ae, const char *command
 void checkpoint_autoencoder_load_here(checkpoint_autoencoder *ae, const char *command, const char *where,
                                       const char *weights, autoencoder_purpose purpose, int max_batch);
 void checkpoint_autoencoder_free(checkpoint_autoencoder *ae);
+/* fatal_input unless the autoencoder's latents have the shape of the DiT's
+ * input; model names the DiT in the message. */
+void checkpoint_autoencoder_check_latents(const checkpoint_autoencoder *ae, const dit_shape *shape, const char *model);
 
 /* The checkpoint path at the start of a data set's autoencoder attribute
  * ("PATH (step N, ema weights); ...", as ldm encode writes it), or NULL when it

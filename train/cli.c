@@ -5,7 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <unistd.h>
 
+#include "comm.h"
 #include "fatal.h"
 
 void cli_parse(const char *command, int argc, char **argv, int first, cli_option *options) {
@@ -100,4 +103,15 @@ int cli_wants_help(int argc, char **argv) {
     for (int i = 2; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return 1;
     return 0;
+}
+
+int cli_path_ends_with(const char *path, const char *suffix) {
+    size_t n = strlen(path), m = strlen(suffix);
+    return n >= m && strcasecmp(path + n - m, suffix) == 0;
+}
+
+void cli_refuse_existing_output(const char *path, int force) {
+    int exists = comm_rank() == 0 && !force && access(path, F_OK) == 0;
+    comm_broadcast(&exists, sizeof exists, 0);
+    if (exists) fatal_input("%s: the output exists (use --force to overwrite it)", path);
 }

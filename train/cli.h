@@ -36,6 +36,12 @@ uint64_t cli_uint64(const char *command, const cli_option *option);
 /* True when argv[2..) holds --help or -h (checked before required options are). */
 int cli_wants_help(int argc, char **argv);
 
+/* Whether path ends in suffix (".png"), ignoring case. */
+int cli_path_ends_with(const char *path, const char *suffix);
+/* Collective: an output that rank 0 alone writes (a PNG) is refused when it
+ * exists and force is 0, before any work (rank 0 looks, every rank agrees). */
+void cli_refuse_existing_output(const char *path, int force);
+
 /* Loads the config named by --config with the --set overrides; fatal_input on any error. */
 void cli_load_config(ldm_config *config, const cli_option *config_option, const cli_option *set_option);
 /* The DiT shape a config describes. */

@@ -58,10 +58,9 @@ dit_pictures *dit_pictures_create(const dit_shape *shape, double sigma_data, con
     if (autoencoder) {
         checkpoint_autoencoder_load_here(&p->ae, "train", autoencoder, "ema", AE_FOR_DECODING, p->count);
         p->has_autoencoder = 1;
-        if (p->ae.shape.latent_channels != shape->in_channels || p->ae.model.latent_size != shape->input_size)
-            fatal_input("%s: the autoencoder gives latents %dx%dx%d, but the model takes %dx%dx%d (%s)", p->ae.checkpoint,
-                        p->ae.shape.latent_channels, p->ae.model.latent_size, p->ae.model.latent_size,
-                        shape->in_channels, shape->input_size, shape->input_size, data->path);
+        char model[4200];
+        snprintf(model, sizeof model, "trained on %s", data->path);
+        checkpoint_autoencoder_check_latents(&p->ae, shape, model);
         snprintf(p->decoded_by, sizeof p->decoded_by, ", decoded by %s", p->ae.description);
     }
     free(recorded);

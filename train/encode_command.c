@@ -321,11 +321,6 @@ int command_encode(int argc, char **argv) {
 /* ---- decode ---- */
 
 
-static int ends_with_png(const char *path) {
-    size_t n = strlen(path);
-    return n >= 4 && strcasecmp(path + n - 4, ".png") == 0;
-}
-
 /* Decodes rows [start, start + rows) of the latents into pixels (rows, H, W, C). */
 static void decode_rows(checkpoint_autoencoder *ae, row_reader *reader, int64_t start, int64_t rows, int batch,
                         float *latents, float *images, uint8_t *pixels) {
@@ -359,7 +354,7 @@ int command_decode(int argc, char **argv) {
     cli_parse("decode", argc, argv, 2, options);
     const char *out_path = options[2].value;
     const int force = options[6].value != NULL;
-    const int png = ends_with_png(out_path);
+    const int png = cli_path_ends_with(out_path, ".png");
     const int batch_option = (int)cli_int("decode", &options[5], 1, 1 << 16);
     const long long n_option = options[4].value ? cli_int("decode", &options[4], 1, LLONG_MAX) : 0;
     const int rank = comm_rank(), world = comm_world_size();
@@ -374,11 +369,7 @@ int command_decode(int argc, char **argv) {
     const int batch = (int)(batch_option < largest_shard ? batch_option : largest_shard);
 
     /* A PNG is written by rank 0 alone: refuse an existing one before any work. */
-    if (png) {
-        int exists = rank == 0 && !force && access(out_path, F_OK) == 0;
-        comm_broadcast(&exists, sizeof exists, 0);
-        if (exists) fatal_input("%s: the output exists (use --force to overwrite it)", out_path);
-    }
+    if (png) cli_refuse_existing_output(out_path, force);
 
     checkpoint_autoencoder ae;
     checkpoint_autoencoder_load(&ae, "decode", options[0].value, options[3].value, AE_FOR_DECODING, batch);

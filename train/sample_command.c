@@ -52,11 +52,6 @@
 
 
 
-static int ends_with(const char *path, const char *suffix) {
-    size_t n = strlen(path), m = strlen(suffix);
-    return n >= m && strcasecmp(path + n - m, suffix) == 0;
-}
-
 static double parse_double(const cli_option *option, double min, double max) {
     char *end = NULL;
     errno = 0;
@@ -96,8 +91,8 @@ int command_sample(int argc, char **argv) {
     const char *where = options[0].value, *out_path = options[2].value, *class_text = options[3].value;
     const int64_t n = cli_int("sample", &options[1], 1, INT_MAX);
     const int force = options[10].value != NULL;
-    const int png = ends_with(out_path, ".png");
-    if (!png && !ends_with(out_path, ".h5"))
+    const int png = cli_path_ends_with(out_path, ".png");
+    if (!png && !cli_path_ends_with(out_path, ".h5"))
         fatal_input("ldm sample: option --out: expected a file name ending in .h5 or .png, got '%s'", out_path);
     /* EDM's options, when left out: their defaults. A consistency model takes none
      * of them (refused below when given), and 2 steps by default. */
@@ -125,11 +120,7 @@ int command_sample(int argc, char **argv) {
     const int rank = comm_rank(), world = comm_world_size();
 
     /* A PNG is written by rank 0 alone: refuse an existing one before any work. */
-    if (png) {
-        int exists = rank == 0 && !force && access(out_path, F_OK) == 0;
-        comm_broadcast(&exists, sizeof exists, 0);
-        if (exists) fatal_input("%s: the output exists (use --force to overwrite it)", out_path);
-    }
+    if (png) cli_refuse_existing_output(out_path, force);
 
     /* The model's checkpoint and config. */
     char *config_text = NULL, *checkpoint = NULL;
@@ -205,10 +196,7 @@ int command_sample(int argc, char **argv) {
             ae_where = recorded;
         }
         checkpoint_autoencoder_load(&ae, "sample", ae_where, "ema", AE_FOR_DECODING, batch);
-        if (ae.shape.latent_channels != shape.in_channels || ae.model.latent_size != shape.input_size)
-            fatal_input("%s: the autoencoder gives latents %dx%dx%d, but the model %s takes %dx%dx%d", ae.checkpoint,
-                        ae.shape.latent_channels, ae.model.latent_size, ae.model.latent_size, checkpoint,
-                        shape.in_channels, shape.input_size, shape.input_size);
+        checkpoint_autoencoder_check_latents(&ae, &shape, checkpoint);
     }
     dit_model model;
     dit_create(&model, &shape, guided ? 2 * batch : batch);

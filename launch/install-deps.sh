@@ -2,14 +2,16 @@
 # Installs the Debian 12 packages ldm needs to build, test and run on the CPU.
 # Idempotent: packages already present are skipped, so a second run is quick.
 # Runs as root (CI, containers) or through sudo for a normal user.
-# Set LDM_WITH_TORCH=1 to also install Debian's PyTorch, which only the fixture
-# generator in tests/ needs (the committed fixtures keep CI free of it).
+# iproute2 and util-linux (ip netns, unshare) build the test cluster of network
+# namespaces (launch/cluster.sh). Set LDM_WITH_TORCH=1 to also install Debian's
+# PyTorch: the fixture generator, the export check and the sample evaluator of
+# tests/ use it (tests/run.sh sets it; the committed fixtures need no PyTorch).
 set -eu
 
 packages="build-essential cmake pkg-config git
   libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
   libcjson-dev libopenblas-dev libpng-dev zlib1g-dev libomp-dev
-  dataset-fashion-mnist python3 python3-numpy python3-h5py"
+  dataset-fashion-mnist python3 python3-numpy python3-h5py iproute2 util-linux"
 if [ "${LDM_WITH_TORCH:-0}" = 1 ]; then
   packages="$packages python3-torch"
 fi

@@ -54,6 +54,12 @@ struct dit_activations {
     float *cond;            /* (B, D) t_emb + y_emb, before adaLN's SiLU */
     float *y_emb;           /* (B, D) */
     float *cond_act;        /* (B, D) SiLU(cond), the input of every adaLN linear */
+    /* guidance input only (dit_shape.guidance_input) */
+    float *w_scaled;        /* (B) DIT_GUIDANCE_EMBEDDING_SCALE * w */
+    float *w_freq;          /* (B, E) */
+    float *w_hidden;        /* (B, D) before SiLU */
+    float *w_hidden_act;    /* (B, D) */
+    float *w_emb;           /* (B, D) */
     dit_block_activations *blocks;
     float *final_ada;       /* (B, 2D) shift, scale */
     float *final_ln, *final_mean, *final_rstd;
@@ -74,6 +80,7 @@ struct dit_activations {
     /* parameter indices */
     int x_weight, x_bias, t0_weight, t0_bias, t2_weight, t2_bias, y_table, pos_embed;
     int final_weight, final_bias, final_ada_weight, final_ada_bias;
+    int w0_weight, w0_bias, w2_weight, w2_bias; /* guidance input only */
     dit_block_params *block_params;
     /* bf16/fp16 only. blocks[l] then holds only ln*_mean, ln*_rstd and ada (fp32);
      * residual, x_mid and the other fp32 block buffers are not laid out. */
@@ -138,7 +145,25 @@ static void build_table(dit_model *m) {
     a->final_bias = ADD(true, 1, (int64_t[]){P * P * C}, "final_layer.linear.bias");
     a->final_ada_weight = ADD(true, 2, (int64_t[]){2 * D, D}, "final_layer.adaLN_modulation.1.weight");
     a->final_ada_bias = ADD(true, 1, (int64_t[]){2 * D}, "final_layer.adaLN_modulation.1.bias");
+    if (s->guidance_input) {
+        a->w0_weight = ADD(true, 2, (int64_t[]){D, E}, "w_embedder.mlp.0.weight");
+        a->w0_bias = ADD(true, 1, (int64_t[]){D}, "w_embedder.mlp.0.bias");
+        a->w2_weight = ADD(true, 2, (int64_t[]){D, D}, "w_embedder.mlp.2.weight");
+        a->w2_bias = ADD(true, 1, (int64_t[]){D}, "w_embedder.mlp.2.bias");
+    }
 #undef ADD
+}
+
+/* The guidance input's buffers, the same in every precision (none without one). */
+static void layout_guidance(dit_model *m, arena *ar) {
+    struct dit_activations *a = m->act;
+    if (!m->shape.guidance_input) return;
+    const size_t B = (size_t)m->max_batch, D = (size_t)m->shape.hidden_size;
+    a->w_scaled = arena_floats(ar, B);
+    a->w_freq = arena_floats(ar, B * DIT_FREQUENCY_EMBEDDING_SIZE);
+    a->w_hidden = arena_floats(ar, B * D);
+    a->w_hidden_act = arena_floats(ar, B * D);
+    a->w_emb = arena_floats(ar, B * D);
 }
 
 /* The backward scratch, the same in every precision. */
@@ -160,6 +185,7 @@ static void layout_backward_scratch(dit_model *m, arena *ar) {
     a->d_t_hidden = arena_floats(ar, B * D);
     a->d_tokens = arena_floats(ar, BT * PPC);
     a->d_patches = arena_floats(ar, BT * PPC);
+    layout_guidance(m, ar);
 }
 
 /* The activations of bf16/fp16 (after the parameters). */
@@ -330,8 +356,9 @@ void dit_init_weights(dit_model *m, uint64_t seed) {
         if (!e->trainable || e->ndim < 2) continue; /* biases start at zero */
         /* Each tensor's values depend only on (seed, its index), not on the others. */
         rng_stream rng = rng_stream_for(seed, 0x696e6974 /* "init" */, (uint64_t)i);
-        bool label_or_time = i == a->y_table || i == a->t0_weight || i == a->t2_weight;
-        bool zero_init = i == a->final_weight || i == a->final_ada_weight;
+        const bool guidance = m->shape.guidance_input;
+        bool label_or_time = i == a->y_table || i == a->t0_weight || i == a->t2_weight || (guidance && i == a->w0_weight);
+        bool zero_init = i == a->final_weight || i == a->final_ada_weight || (guidance && i == a->w2_weight);
         for (int l = 0; l < m->shape.depth; l++) zero_init |= i == a->block_params[l].ada_weight;
         if (zero_init) continue;
         if (label_or_time) {
@@ -357,12 +384,60 @@ static const float *load(const dit_model *m, float *x, const uint16_t *kept, siz
     return x;
 }
 
-static void dit_forward_16bit(dit_model *m, const float *x, const float *t, int batch, float *out) {
+/* ---- embedders of a scalar per sample: the timestep, and the guidance input
+ * (dit_shape.guidance_input): MLP(freq(value)), in the model's precision ---- */
+
+typedef struct {
+    float *freq, *hidden, *hidden_act; /* (B, E), (B, D) before and after SiLU */
+    int w0, b0, w2, b2;                /* parameter indices of mlp.0 and mlp.2 */
+} scalar_embedder;
+
+static scalar_embedder timestep_embedder(const struct dit_activations *a) {
+    return (scalar_embedder){a->t_freq, a->t_hidden, a->t_hidden_act, a->t0_weight, a->t0_bias, a->t2_weight, a->t2_bias};
+}
+
+static scalar_embedder guidance_embedder(const struct dit_activations *a) {
+    return (scalar_embedder){a->w_freq, a->w_hidden, a->w_hidden_act, a->w0_weight, a->w0_bias, a->w2_weight, a->w2_bias};
+}
+
+/* out (B, D) = MLP(freq(values (B))), every GEMM input and output rounded. */
+static void scalar_embedder_forward(dit_model *m, scalar_embedder e, const float *values, float *out, int B) {
+    const int D = m->shape.hidden_size, E = DIT_FREQUENCY_EMBEDDING_SIZE;
+    timestep_embedding_forward(e.freq, values, B, E);
+    round_in_place(m, e.freq, (size_t)B * E);
+    linear_forward_precision(e.hidden, e.freq, W(m, e.w0), W(m, e.b0), B, E, D, m->precision);
+    round_in_place(m, e.hidden, (size_t)B * D);
+    silu_forward(e.hidden_act, e.hidden, (size_t)B * D);
+    round_in_place(m, e.hidden_act, (size_t)B * D);
+    linear_forward_precision(out, e.hidden_act, W(m, e.w2), W(m, e.b2), B, D, D, m->precision);
+    round_in_place(m, out, (size_t)B * D);
+}
+
+/* The MLP's gradients from d_out (B, D), already rounded where 16-bit, with
+ * d_hidden (B, D) as scratch. */
+static void scalar_embedder_backward(dit_model *m, scalar_embedder e, const float *d_out, float *d_hidden, int B) {
+    const int D = m->shape.hidden_size, E = DIT_FREQUENCY_EMBEDDING_SIZE;
+    linear_backward_precision(d_hidden, 0.0f, G(m, e.w2), G(m, e.b2), d_out, e.hidden_act, W(m, e.w2), B, D, D,
+                              m->precision);
+    silu_backward(d_hidden, d_hidden, e.hidden, (size_t)B * D);
+    round_in_place(m, d_hidden, (size_t)B * D);
+    linear_backward_precision(NULL, 0.0f, G(m, e.w0), G(m, e.b0), d_hidden, e.freq, W(m, e.w0), B, E, D, m->precision);
+}
+
+/* cond (B, D) += the guidance embedding of DIT_GUIDANCE_EMBEDDING_SCALE * w, w (B). */
+static void guidance_forward(dit_model *m, const float *guidance, int B) {
+    struct dit_activations *a = m->act;
+    for (int b = 0; b < B; b++) a->w_scaled[b] = DIT_GUIDANCE_EMBEDDING_SCALE * guidance[b];
+    scalar_embedder_forward(m, guidance_embedder(a), a->w_scaled, a->w_emb, B);
+    add_forward(a->cond, a->cond, a->w_emb, (size_t)B * m->shape.hidden_size);
+}
+
+static void dit_forward_16bit(dit_model *m, const float *x, const float *t, const float *guidance, int batch,
+                              float *out) {
     const dit_shape *s = &m->shape;
     struct dit_activations *a = m->act;
     const int B = batch, T = m->tokens, D = s->hidden_size, F = s->mlp_hidden, H = s->num_heads;
     const int C = s->in_channels, Pz = s->patch_size, PPC = Pz * Pz * C, BT = B * T;
-    const int E = DIT_FREQUENCY_EMBEDDING_SIZE;
     const size_t nD = (size_t)BT * D, nF = (size_t)BT * F, nP = (size_t)B * H * T * T;
     /* The weights in the format, from the current master weights. */
     memcpy(m->compute_params, m->params, sizeof(float) * m->table.trainable_numel);
@@ -377,16 +452,10 @@ static void dit_forward_16bit(dit_model *m, const float *x, const float *t, int 
         add_forward(a->x_run + (size_t)b * T * D, a->x_run + (size_t)b * T * D, P(m, a->pos_embed), (size_t)T * D);
 
     /* conditioning (B rows: kept in fp32 buffers, rounded where a GEMM reads them) */
-    timestep_embedding_forward(a->t_freq, t, B, E);
-    round_in_place(m, a->t_freq, (size_t)B * E);
-    linear_forward_precision(a->t_hidden, a->t_freq, W(m, a->t0_weight), W(m, a->t0_bias), B, E, D, m->precision);
-    round_in_place(m, a->t_hidden, (size_t)B * D);
-    silu_forward(a->t_hidden_act, a->t_hidden, (size_t)B * D);
-    round_in_place(m, a->t_hidden_act, (size_t)B * D);
-    linear_forward_precision(a->cond, a->t_hidden_act, W(m, a->t2_weight), W(m, a->t2_bias), B, D, D, m->precision);
-    round_in_place(m, a->cond, (size_t)B * D);
+    scalar_embedder_forward(m, timestep_embedder(a), t, a->cond, B);
     embedding_forward(a->y_emb, P(m, a->y_table), a->labels, B, D); /* a lookup, not a GEMM: fp32 table */
     add_forward(a->cond, a->cond, a->y_emb, (size_t)B * D);
+    if (guidance) guidance_forward(m, guidance, B);
     silu_forward(a->cond_act, a->cond, (size_t)B * D);
     round_in_place(m, a->cond_act, (size_t)B * D);
 
@@ -446,7 +515,6 @@ static void dit_backward_16bit(dit_model *m, const float *d_out, float *d_x, int
     struct dit_activations *a = m->act;
     const int B = batch, T = m->tokens, D = s->hidden_size, F = s->mlp_hidden, H = s->num_heads;
     const int C = s->in_channels, Pz = s->patch_size, PPC = Pz * Pz * C, BT = B * T;
-    const int E = DIT_FREQUENCY_EMBEDDING_SIZE;
     const size_t nD = (size_t)BT * D, nF = (size_t)BT * F, nP = (size_t)B * H * T * T;
 
     /* final layer */
@@ -505,12 +573,8 @@ static void dit_backward_16bit(dit_model *m, const float *d_out, float *d_x, int
     silu_backward(a->d_cond, a->d_cond_act, a->cond, (size_t)B * D);
     round_in_place(m, a->d_cond, (size_t)B * D);
     embedding_backward(G(m, a->y_table), a->d_cond, a->labels, B, D);
-    linear_backward_precision(a->d_t_hidden, 0.0f, G(m, a->t2_weight), G(m, a->t2_bias), a->d_cond, a->t_hidden_act,
-                              W(m, a->t2_weight), B, D, D, m->precision);
-    silu_backward(a->d_t_hidden, a->d_t_hidden, a->t_hidden, (size_t)B * D);
-    round_in_place(m, a->d_t_hidden, (size_t)B * D);
-    linear_backward_precision(NULL, 0.0f, G(m, a->t0_weight), G(m, a->t0_bias), a->d_t_hidden, a->t_freq,
-                              W(m, a->t0_weight), B, E, D, m->precision);
+    if (s->guidance_input) scalar_embedder_backward(m, guidance_embedder(a), a->d_cond, a->d_t_hidden, B);
+    scalar_embedder_backward(m, timestep_embedder(a), a->d_cond, a->d_t_hidden, B);
 
     /* patch embedding */
     round_in_place(m, a->d_residual, nD);
@@ -520,10 +584,18 @@ static void dit_backward_16bit(dit_model *m, const float *d_out, float *d_x, int
 }
 
 void dit_forward(dit_model *m, const float *x, const float *t, const int *y, int batch, float *out) {
+    dit_forward_guided(m, x, t, y, NULL, batch, out);
+}
+
+void dit_forward_guided(dit_model *m, const float *x, const float *t, const int *y, const float *guidance, int batch,
+                        float *out) {
     const dit_shape *s = &m->shape;
     struct dit_activations *a = m->act;
     if (batch < 1 || batch > m->max_batch)
         fatal_internal("dit_forward: batch %d outside [1, %d]", batch, m->max_batch);
+    if (!s->guidance_input != !guidance)
+        fatal_internal("dit_forward: a model %s a guidance input was given %s", s->guidance_input ? "with" : "without",
+                       guidance ? "guidance scales" : "none");
     const int B = batch, T = m->tokens, D = s->hidden_size, F = s->mlp_hidden, H = s->num_heads;
     const int C = s->in_channels, Pz = s->patch_size, PPC = Pz * Pz * C, BT = B * T;
     const int E = DIT_FREQUENCY_EMBEDDING_SIZE;
@@ -534,7 +606,7 @@ void dit_forward(dit_model *m, const float *x, const float *t, const int *y, int
         a->labels[b] = y[b];
     }
     if (m->precision != PRECISION_FP32) {
-        dit_forward_16bit(m, x, t, batch, out);
+        dit_forward_16bit(m, x, t, guidance, batch, out);
         return;
     }
 
@@ -551,6 +623,7 @@ void dit_forward(dit_model *m, const float *x, const float *t, const int *y, int
     linear_forward(a->cond, a->t_hidden_act, P(m, a->t2_weight), P(m, a->t2_bias), B, D, D);
     embedding_forward(a->y_emb, P(m, a->y_table), a->labels, B, D);
     add_forward(a->cond, a->cond, a->y_emb, (size_t)B * D);
+    if (guidance) guidance_forward(m, guidance, B);
     silu_forward(a->cond_act, a->cond, (size_t)B * D);
 
     for (int l = 0; l < s->depth; l++) {
@@ -637,6 +710,7 @@ void dit_backward(dit_model *m, const float *d_out, float *d_x, int batch) {
     /* conditioning */
     silu_backward(a->d_cond, a->d_cond_act, a->cond, (size_t)B * D);
     embedding_backward(G(m, a->y_table), a->d_cond, a->labels, B, D);
+    if (s->guidance_input) scalar_embedder_backward(m, guidance_embedder(a), a->d_cond, a->d_t_hidden, B);
     linear_backward(a->d_t_hidden, 0.0f, G(m, a->t2_weight), G(m, a->t2_bias), a->d_cond, a->t_hidden_act,
                     P(m, a->t2_weight), B, D, D);
     silu_backward(a->d_t_hidden, a->d_t_hidden, a->t_hidden, (size_t)B * D);
@@ -658,5 +732,6 @@ double dit_forward_flops_per_sample(const dit_shape *s) {
                         + T * (3 * D * D + D * D + 2 * D * F) /* qkv, proj, fc1, fc2 */
                         + 2 * T * T * D);           /* q k^T and p v */
     macs += 2 * D * D + T * D * Pz * Pz * C;        /* final layer */
+    if (s->guidance_input) macs += E * D + D * D;   /* guidance MLP */
     return 2.0 * macs;
 }

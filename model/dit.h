@@ -26,6 +26,7 @@
 
 #define DIT_FREQUENCY_EMBEDDING_SIZE 256
 #define DIT_LAYERNORM_EPS 1e-6f
+#define DIT_GUIDANCE_EMBEDDING_SCALE 1000.0f
 
 typedef struct {
     int input_size;  /* H = W of the input */
@@ -36,6 +37,11 @@ typedef struct {
     int num_heads;
     int mlp_hidden;  /* int(hidden_size * mlp_ratio) */
     int num_classes; /* label table has num_classes + 1 rows; row num_classes is the null class */
+    /* 1: a guidance-scale input w (as in Latent Consistency Models): an MLP of
+     * the sinusoidal embedding of DIT_GUIDANCE_EMBEDDING_SCALE * w, like the
+     * timestep's, added to the conditioning. Its tensors (w_embedder.mlp.*) come
+     * last in the table, so a model without it is a prefix of one with it. */
+    int guidance_input;
 } dit_shape;
 
 typedef struct dit_activations dit_activations;
@@ -66,12 +72,17 @@ void dit_create_precision(dit_model *model, const dit_shape *shape, int max_batc
 void dit_destroy(dit_model *model);
 
 /* DiT's initialisation (Xavier uniform linears, zero adaLN and final layer, N(0, 0.02)
- * label table and timestep MLP), deterministic in seed. */
+ * label table and timestep MLP), deterministic in seed. The guidance MLP's first
+ * layer is N(0, 0.02) and its last zero, so that it adds nothing at first. */
 void dit_init_weights(dit_model *model, uint64_t seed);
 
 /* x (batch, C, H, W); t (batch) the timestep as the embedder sees it; y (batch) labels in
  * [0, num_classes]; out (batch, C, H, W). Keeps the activations for dit_backward. */
 void dit_forward(dit_model *model, const float *x, const float *t, const int *y, int batch, float *out);
+/* The same for a model with a guidance input: guidance (batch) the scale w of each
+ * sample. A model without one takes NULL (dit_forward). */
+void dit_forward_guided(dit_model *model, const float *x, const float *t, const int *y, const float *guidance,
+                        int batch, float *out);
 /* d_out (batch, C, H, W): accumulates into model->grads. d_x (batch, C, H, W) or NULL. */
 void dit_backward(dit_model *model, const float *d_out, float *d_x, int batch);
 void dit_zero_grad(dit_model *model);

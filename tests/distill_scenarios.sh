@@ -6,7 +6,8 @@
 # WORK is this scenario's own folder, emptied first; COMMON holds what setup
 # made: pixel data (data.h5), latents (lat.h5), a tiny DiT teacher (teacher,
 # configs/tiny.json, 150 steps), one of another shape (narrow, hidden_size 32),
-# an autoencoder run (ae) and a student distilled from the teacher (student).
+# an autoencoder run (ae), a student distilled from the teacher (student) and
+# one distilled over guidance scales in [1, 3] (ranged).
 set -u
 scenario=$1; work=$2; common=$3
 [ "$scenario" = setup ] && work=$common
@@ -39,6 +40,10 @@ setup)
     --set train.ckpt_every=20 > student.out
   grep -q "^distill: teacher .*teacher/checkpoints/step-00000150 (step 150, EMA weights), guidance 1, 18 points" \
     student.out || fail "no distill line: $(cat student.out)"
+  run "$LDM" distill --teacher teacher $tiny --data data.h5 --run ranged --set distill.guidance_max=3 \
+    --set train.steps=20 --set train.ckpt_every=20 > ranged.out
+  grep -q "^distill: teacher .*, guidance 1 to 3 (an input of the student), 18 points" ranged.out ||
+    fail "no distill line: $(cat ranged.out)"
   touch existing.h5
   ;;
 learns)
@@ -124,6 +129,46 @@ for s, x in images.items():
     assert x.shape == (7, 8, 8, 4) and x.dtype == np.uint8, (s, x.shape)
     assert x.std() > 1, f"{s} steps: flat images"
 assert not np.array_equal(images[1], images[2]) and not np.array_equal(images[2], images[4])
+PY
+  ;;
+guidance-range)
+  # A student distilled over guidance scales [1, 3] takes the scale as an input:
+  # its record says so, its checkpoint holds the guidance MLP, resume is exact,
+  # and ldm sample --cfg gives other images at another scale (the lower end by
+  # default), the same on 1 and 2 ranks.
+  set_all="--set distill.guidance_max=3 --set train.ckpt_every=10 --set train.ckpt_keep=10"
+  distill --run straight --set train.steps=30 $set_all >/dev/null
+  distill --run stopped --set train.steps=10 $set_all >/dev/null
+  run "$LDM" distill --teacher "$common/teacher" --data "$common/data.h5" --run stopped --resume auto \
+    --set train.steps=30 >/dev/null
+  for f in model.safetensors ema.safetensors target.safetensors optimizer.safetensors; do
+    cmp straight/checkpoints/step-00000030/$f stopped/checkpoints/step-00000030/$f ||
+      fail "$f differs between the straight and the resumed run"
+  done
+  run "$LDM_PYTHON" "$LDM_TESTS/train_compare_runs.py" straight stopped --steps 30 --exact
+  for cfg in 1 3; do
+    run "$LDM" sample --model straight --cfg $cfg --n 6 --batch 3 --out cfg$cfg.h5 > cfg$cfg.out
+    grep -q "consistency sampler 2 steps at sigma 80, 0.821, guidance input $cfg," cfg$cfg.out ||
+      fail "no sampler line: $(cat cfg$cfg.out)"
+  done
+  run "$LDM" sample --model straight --n 6 --batch 3 --out default.h5 >/dev/null
+  same_h5 cfg1.h5 default.h5
+  run $LDM_MPIRUN -np 2 "$LDM" sample --model straight --cfg 3 --n 6 --batch 3 --out two.h5 >/dev/null
+  same_h5 cfg3.h5 two.h5
+  run "$LDM_PYTHON" - <<'PY'
+import json, struct
+import h5py, numpy as np
+ckpt = "straight/checkpoints/step-00000030"
+record = json.load(open(f"{ckpt}/state.json"))["consistency"]
+assert record["guidance"] == 1 and record["guidance_max"] == 3, record
+with open(f"{ckpt}/model.safetensors", "rb") as f:
+    header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+names = [n for n in header if n.startswith("w_embedder.")]
+assert sorted(names) == ["w_embedder.mlp.0.bias", "w_embedder.mlp.0.weight", "w_embedder.mlp.2.bias",
+                         "w_embedder.mlp.2.weight"], names
+a, b = (h5py.File(f"cfg{c}.h5", "r")["images"][...].astype(float) for c in (1, 3))
+print(f"mean |image(cfg 1) - image(cfg 3)| = {np.abs(a - b).mean():.3f}")
+assert np.abs(a - b).mean() > 0.1, "the guidance input changed nothing"
 PY
   ;;
 *)

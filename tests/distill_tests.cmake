@@ -3,7 +3,8 @@
 # autoencoder) and distils a student; then the distillation loss falls, resume
 # is bit-identical on 1 and 2 ranks (student, EMA, target network, optimizer),
 # 1 and 2 ranks agree, `ldm sample` of the student works with --steps 1, 2 and 4,
-# and every bad input is refused with one line and exit status 2. Included from
+# a student distilled over a range of guidance scales takes the scale as input
+# (guidance-range), and every bad input is refused with one line and exit status 2. Included from
 # tests/CMakeLists.txt (LDM_MPIRUN, LDM_SYSTEM_PYTHON and LDM_EXPECT_ERROR come
 # from there and prepare_tests.cmake).
 
@@ -14,7 +15,7 @@ if(TARGET ldm)
   set(ldm_distill_env "LDM=$<TARGET_FILE:ldm>;LDM_MPIRUN=${ldm_distill_mpirun};LDM_PYTHON=${LDM_SYSTEM_PYTHON};\
 LDM_TESTS=${CMAKE_CURRENT_SOURCE_DIR};LDM_CONFIGS=${CMAKE_SOURCE_DIR}/configs")
 
-  foreach(scenario setup learns resume-1rank resume-2ranks ranks sample)
+  foreach(scenario setup learns resume-1rank resume-2ranks ranks sample guidance-range)
     string(REPLACE "-" "_" test_name "cli_distill_${scenario}")
     add_test(NAME ${test_name}
       COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/distill_scenarios.sh ${scenario} ${LDM_DISTILL_WORK}/${scenario}
@@ -79,4 +80,14 @@ LDM_TESTS=${CMAKE_CURRENT_SOURCE_DIR};LDM_CONFIGS=${CMAKE_SOURCE_DIR}/configs")
   ldm_distill_error(sample_sampler
     "^ldm: error: ldm sample: option --sampler: does not apply to the consistency model"
     ${ldm} sample --model ${c}/student --sampler euler --n 2 --out ${never}.h5)
+  ldm_distill_error(guidance_max_below
+    "^ldm: error: --set distill[.]guidance_max=2: distill[.]guidance_max: expected 0 [(]a fixed guidance scale[)] or more than distill[.]guidance [(]2[)], got 2$"
+    ${ldm} distill --teacher ${c}/teacher --config ${tiny} --set distill.guidance=2 --set distill.guidance_max=2
+    --data ${c}/data.h5 --run ${never})
+  ldm_distill_error(sample_cfg_outside_range
+    "^ldm: error: ldm sample: option --cfg: the consistency model .*/ranged/checkpoints/step-00000020 was distilled for guidance scales in [[]1, 3[]], got 4$"
+    ${LDM_MPIRUN} -np 2 ${ldm} sample --model ${c}/ranged --cfg 4 --n 2 --out ${never}.h5)
+  ldm_distill_error(sample_ranged_churn
+    "^ldm: error: ldm sample: option --churn: does not apply to the consistency model .*/ranged/checkpoints/step-00000020 [(]its sampler takes --steps 1, 2 or 4 and --cfg only[)]$"
+    ${ldm} sample --model ${c}/ranged --cfg 2 --churn 1 --n 2 --out ${never}.h5)
 endif()

@@ -33,6 +33,9 @@ FREQ_EMBED_SIZE = 256
 # Fixed embeddings
 
 
+GUIDANCE_EMBEDDING_SCALE = 1000.0  # ldm's DIT_GUIDANCE_EMBEDDING_SCALE
+
+
 def sincos_1d(embed_dim, pos):
     """1-D sin-cos embedding (MAE/DiT): pos any shape -> (pos.size, embed_dim), float64."""
     assert embed_dim % 2 == 0
@@ -182,7 +185,7 @@ class FinalLayer(nn.Module):
 
 class DiT(nn.Module):
     def __init__(self, input_size=8, in_channels=4, patch_size=1, hidden_size=384,
-                 depth=12, num_heads=6, mlp_ratio=4.0, num_classes=10):
+                 depth=12, num_heads=6, mlp_ratio=4.0, num_classes=10, guidance_input=False):
         super().__init__()
         assert input_size % patch_size == 0
         self.input_size = input_size
@@ -203,6 +206,9 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio)
                                      for _ in range(depth)])
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        # A guidance-scale input as in Latent Consistency Models: w enters like a
+        # timestep, as 1000 w, through its own MLP added to the conditioning.
+        self.w_embedder = TimestepEmbedder(hidden_size) if guidance_input else None
         self.reset_pos_embed()
 
     def reset_pos_embed(self):
@@ -243,10 +249,13 @@ class DiT(nn.Module):
         x = torch.einsum("nhwpqc->nchpwq", x)
         return x.reshape(x.shape[0], c, h * p, h * p)
 
-    def forward(self, x, t, y):
-        """x: (N, C, H, W); t: (N,) time input (here 250 ln sigma); y: (N,) int labels."""
+    def forward(self, x, t, y, w=None):
+        """x: (N, C, H, W); t: (N,) time input (here 250 ln sigma); y: (N,) int labels;
+        w: (N,) guidance scales, for a model with a guidance input."""
         x = self.x_embedder(x) + self.pos_embed
         c = self.t_embedder(t) + self.y_embedder(y)
+        if self.w_embedder is not None:
+            c = c + self.w_embedder(GUIDANCE_EMBEDDING_SCALE * w)
         for blk in self.blocks:
             x = blk(x, c)
         x = self.final_layer(x, c)

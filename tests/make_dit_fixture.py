@@ -4,6 +4,11 @@ Regenerate (from the repository root, with Debian's python3-torch and numpy):
 
     /usr/bin/python3 tests/make_dit_fixture.py            # writes the fixture, checks it
     /usr/bin/python3 tests/make_dit_fixture.py --out F    # somewhere else
+    /usr/bin/python3 tests/make_dit_fixture.py --guided   # dit_small_guided.safetensors
+
+--guided makes the same model with a guidance-scale input (w_embedder.mlp.*, the
+student of guidance-range distillation) and adds input.w (4,) to the file; the
+forward pass is model(x, t, y, w).
 
 The model is tests/dit_reference.py's DiT with SMALL_CONFIG (8x8x4 input, patch 2,
 hidden 64, depth 2, 4 heads, mlp_ratio 4, 10 classes), run in float64. Every parameter
@@ -135,10 +140,20 @@ def make_batch(gen):
     return x, t, y, target, w
 
 
+GUIDANCE = torch.tensor([1.0, 2.5, 4.0, 1.75], dtype=torch.float64)
+
+
+def run(model, x, t, y):
+    """model(x, t, y), with the guidance scales when the model takes them."""
+    if model.w_embedder is None:
+        return model(x, t, y)
+    return model(x, t, y, GUIDANCE.to(x.dtype))
+
+
 def forward_backward(model, batch, dtype):
     x, t, y, target, w = batch
     model.zero_grad(set_to_none=True)
-    out = model(x.to(dtype), t.to(dtype), y)
+    out = run(model, x.to(dtype), t.to(dtype), y)
     loss = weighted_mse(out, target.to(dtype), w.to(dtype))
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()
@@ -154,7 +169,7 @@ def adamw_losses(model, batch):
     losses = []
     for _ in range(ADAMW_STEPS):
         opt.zero_grad(set_to_none=True)
-        loss = weighted_mse(model(x, t, y), target, w)
+        loss = weighted_mse(run(model, x, t, y), target, w)
         loss.backward()
         opt.step()
         losses.append(loss.item())
@@ -169,13 +184,17 @@ def rel_diff(a, b):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                  "fixtures", "dit_small.safetensors"))
+    ap.add_argument("--guided", action="store_true", help="the model with a guidance-scale input")
+    ap.add_argument("--out", default=None, help="default tests/fixtures/dit_small[_guided].safetensors")
     args = ap.parse_args()
+    config = dict(SMALL_CONFIG, guidance_input=True) if args.guided else SMALL_CONFIG
+    if args.out is None:
+        args.out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures",
+                                "dit_small_guided.safetensors" if args.guided else "dit_small.safetensors")
 
     torch.manual_seed(SEED)
     gen = torch.Generator().manual_seed(SEED)
-    model = DiT(**SMALL_CONFIG).to(torch.float64)
+    model = DiT(**config).to(torch.float64)
     randomise(model, gen)
     batch = make_batch(gen)
     x, t, y, target, w = batch
@@ -188,7 +207,7 @@ def main():
         assert g.abs().max().item() > 0, "zero gradient: " + n
 
     # Cross-check: the same weights in float32.
-    m32 = DiT(**SMALL_CONFIG)
+    m32 = DiT(**config)
     m32.load_state_dict({k: v.to(torch.float32) for k, v in init_state.items()})
     out32, loss32, grads32 = forward_backward(m32, batch, torch.float32)
     d_out = rel_diff(out32, out)
@@ -205,6 +224,8 @@ def main():
     tensors["input.y"] = y.to(torch.int32).numpy()
     tensors["input.target"] = target.to(torch.float32).numpy()
     tensors["input.weight"] = w.to(torch.float32).numpy()
+    if args.guided:
+        tensors["input.w"] = GUIDANCE.to(torch.float32).numpy()
     tensors["output"] = out.to(torch.float32).numpy()
     tensors["loss"] = loss.reshape(1).to(torch.float32).numpy()
     for n, g in grads.items():
@@ -212,7 +233,7 @@ def main():
     tensors["adamw.hparams"] = np.array([ADAMW["lr"], ADAMW["beta1"], ADAMW["beta2"],
                                          ADAMW["eps"], ADAMW["weight_decay"]], np.float32)
     tensors["adamw.losses"] = np.array(losses, np.float32)
-    metadata = {"config": json.dumps(SMALL_CONFIG, sort_keys=True),
+    metadata = {"config": json.dumps(config, sort_keys=True),
                 "generator": "tests/make_dit_fixture.py",
                 "torch": torch.__version__}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -225,12 +246,12 @@ def main():
     for k, v in tensors.items():
         assert back[k].dtype == v.dtype and back[k].shape == v.shape, k
         assert np.array_equal(back[k], v), k
-    m_back = DiT(**SMALL_CONFIG).to(torch.float64)
+    m_back = DiT(**config).to(torch.float64)
     m_back.load_state_dict({k: torch.from_numpy(back[k]).to(torch.float64)
                             for k in init_state}, strict=True)
-    o_back = m_back(torch.from_numpy(back["input.x"]).double(),
-                    torch.from_numpy(back["input.t"]).double(),
-                    torch.from_numpy(back["input.y"]).long())
+    o_back = run(m_back, torch.from_numpy(back["input.x"]).double(),
+                 torch.from_numpy(back["input.t"]).double(),
+                 torch.from_numpy(back["input.y"]).long())
     assert torch.equal(o_back.detach(), out), "reloaded weights give another output"
 
     size = os.path.getsize(args.out)

@@ -130,7 +130,7 @@ static void test_defaults(void) {
     CHECK(c.autoencoder.norm_groups == 32);
     CHECK(c.distill.num_points == 18 && c.distill.sigma_min == 0.002 && c.distill.sigma_max == 80.0);
     CHECK(c.distill.rho == 7.0 && c.distill.target_ema == 0.95 && strcmp(c.distill.loss, "pseudo_huber") == 0);
-    CHECK(c.distill.huber_c == 0.0 && c.distill.guidance == 1.0);
+    CHECK(c.distill.huber_c == 0.0 && c.distill.guidance == 1.0 && c.distill.guidance_max == 0.0);
     CHECK(c.autoencoder.kl_beta == 1e-6);
     CHECK(strcmp(c.autoencoder.reconstruction_loss, "l1") == 0);
     CHECK(c.autoencoder.sample_posterior == false);
@@ -573,7 +573,7 @@ static void check_round_trip(const ldm_config *c, const char *name) {
     cJSON *root = cJSON_Parse(json);
     CHECK(root != NULL);
     CHECK(count_children(root) == 6);
-    CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "distill")) == 8);
+    CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "distill")) == 9);
     CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "model")) == 10);
     CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "diffusion")) == 3);
     CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "train")) == 24);

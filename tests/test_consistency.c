@@ -11,7 +11,11 @@
  * - With random weights, a batch equals single samples bit for bit (the network
  *   always runs on max_batch rows) and another seed differs.
  * - The discretisation's ends and order, the default sigma points, and the
- *   record of a student round-tripping its points. */
+ *   record of a student round-tripping its points.
+ * - A student with a guidance input (guidance-range distillation) whose
+ *   teacher's weights fill the front of its table starts as the teacher, bit
+ *   for bit, at any scale (the guidance MLP's last layer starts at zero); once
+ *   that layer is not zero, the scale changes the output. */
 #include "consistency.h"
 #include "consistency_record.h"
 #include "edm.h"
@@ -67,14 +71,14 @@ static void test_boundary(void) {
     for (int b = 0; b < SAMPLES; b++) sigma[b] = (float)SIGMA_MIN;
     consistency_buffers buffers;
     consistency_buffers_create(&buffers, &shape, SAMPLES);
-    consistency_apply(&m, &buffers, x, sigma, y, SAMPLES, SIGMA_DATA, SIGMA_MIN, f);
+    consistency_apply(&m, &buffers, x, sigma, y, NULL, SAMPLES, SIGMA_DATA, SIGMA_MIN, f);
     double f_scale = 0;
     for (int64_t i = 0; i < n; i++) f_scale = fmax(f_scale, fabs(buffers.F[i]));
     CHECK_MSG(f_scale > 0.1, "the network's output is %g: the boundary test needs F far from zero", f_scale);
     CHECK_MSG(memcmp(x, f, sizeof(float) * n) == 0, "f(x, sigma_min) differs from x");
     /* Just above sigma_min the model is no longer the identity. */
     for (int b = 0; b < SAMPLES; b++) sigma[b] = 0.01f;
-    consistency_apply(&m, &buffers, x, sigma, y, SAMPLES, SIGMA_DATA, SIGMA_MIN, f);
+    consistency_apply(&m, &buffers, x, sigma, y, NULL, SAMPLES, SIGMA_DATA, SIGMA_MIN, f);
     CHECK(memcmp(x, f, sizeof(float) * n) != 0);
     consistency_buffers_destroy(&buffers);
     free(x), free(f);
@@ -185,8 +189,40 @@ static void test_points_and_record(void) {
     free(json);
 }
 
+static void test_guidance_input_student(void) {
+    dit_model teacher, student;
+    dit_shape guided = shape;
+    guided.guidance_input = 1;
+    dit_create(&teacher, &shape, SAMPLES);
+    dit_create(&student, &guided, SAMPLES);
+    dit_init_weights(&teacher, 3);
+    perturb(&teacher, 4);
+    dit_init_weights(&student, 5);
+    CHECK(student.table.trainable_numel > teacher.table.trainable_numel);
+    memcpy(student.params, teacher.params, sizeof(float) * teacher.table.trainable_numel);
+    const int64_t ps = per_sample();
+    float *x = malloc(sizeof(float) * (size_t)(SAMPLES * ps)), *a = malloc(sizeof(float) * (size_t)(SAMPLES * ps));
+    float *b = malloc(sizeof(float) * (size_t)(SAMPLES * ps));
+    rng_stream rng = rng_stream_for(9, 9, 9);
+    for (int64_t i = 0; i < SAMPLES * ps; i++) x[i] = rng_normal(&rng);
+    const float t[SAMPLES] = {-500.0f, 0.0f, 700.0f}, low[SAMPLES] = {1, 1, 1}, high[SAMPLES] = {4, 2.5f, 7};
+    const int y[SAMPLES] = {0, 4, 5};
+    dit_forward(&teacher, x, t, y, SAMPLES, a);
+    dit_forward_guided(&student, x, t, y, high, SAMPLES, b);
+    CHECK(memcmp(a, b, sizeof(float) * (size_t)(SAMPLES * ps)) == 0);
+    perturb(&student, 6); /* the guidance MLP's last layer too */
+    dit_forward_guided(&student, x, t, y, low, SAMPLES, a);
+    dit_forward_guided(&student, x, t, y, high, SAMPLES, b);
+    double difference = 0;
+    for (int64_t i = 0; i < SAMPLES * ps; i++) difference = fmax(difference, fabs((double)a[i] - b[i]));
+    CHECK_MSG(difference > 1e-3, "the guidance scale changed the output by only %g", difference);
+    free(x), free(a), free(b);
+    dit_destroy(&teacher), dit_destroy(&student);
+}
+
 int main(void) {
     test_scalings();
+    test_guidance_input_student();
     test_boundary();
     test_sampler_closed_form();
     test_sampler_batches();

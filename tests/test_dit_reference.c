@@ -6,7 +6,10 @@
  *   output:    max |ours - ref| <= 1e-5 * max |ref|          (per tensor)
  *   gradients: max |ours - ref| <= 1e-5 * max |ref| + 1e-9   (per tensor)
  *   loss and the 10 AdamW losses: relative error <= 1e-5.
- * The reference is float64, so these bounds measure our float32 rounding only. */
+ * The reference is float64, so these bounds measure our float32 rounding only.
+ * tests/fixtures/dit_small_guided.safetensors (make_dit_fixture.py --guided) is the
+ * same check for the model with a guidance-scale input (dit_forward_guided, the
+ * student of guidance-range distillation), with the scales in input.w. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,7 +21,6 @@
 #include "safetensors.h"
 #include "test_util.h"
 
-#define FIXTURE "tests/fixtures/dit_small.safetensors"
 #define TOLERANCE 1e-5
 
 static const safetensors_tensor *need(const safetensors_file *f, const char *name, size_t numel) {
@@ -42,16 +44,17 @@ static double relative_max_error(const float *a, const float *ref, size_t n, dou
     return max_diff / (max_ref > 0 ? max_ref : 1);
 }
 
-int main(void) {
+static void check_fixture(const char *fixture, int guided) {
+    printf("%s\n", fixture);
     safetensors_file fx;
     char err[512];
-    if (safetensors_read(FIXTURE, &fx, err, sizeof(err)) != 0) {
-        fprintf(stderr, "%s\n", err);
-        return 1;
+    if (safetensors_read(fixture, &fx, err, sizeof(err)) != 0) {
+        CHECK_MSG(0, "%s", err);
+        return;
     }
     enum { B = 4 };
     dit_shape shape = {.input_size = 8, .in_channels = 4, .patch_size = 2, .hidden_size = 64, .depth = 2,
-                       .num_heads = 4, .mlp_hidden = 256, .num_classes = 10};
+                       .num_heads = 4, .mlp_hidden = 256, .num_classes = 10, .guidance_input = guided};
     dit_model model;
     dit_create(&model, &shape, B);
     const size_t sample = 4 * 8 * 8;
@@ -77,12 +80,18 @@ int main(void) {
                              *weight = need(&fx, "input.weight", B), *output = need(&fx, "output", B * sample),
                              *loss_ref = need(&fx, "loss", 1), *hyper = need(&fx, "adamw.hparams", 5),
                              *losses_ref = need(&fx, "adamw.losses", 10);
-    if (!x || !t || !y || !target || !weight || !output || !loss_ref || !hyper || !losses_ref)
-        return test_finish("test_dit_reference");
+    const safetensors_tensor *w = guided ? need(&fx, "input.w", B) : NULL;
+    if (!x || !t || !y || !target || !weight || !output || !loss_ref || !hyper || !losses_ref || (guided && !w)) {
+        free(initial);
+        dit_destroy(&model);
+        safetensors_free(&fx);
+        return;
+    }
+    const float *guidance = w ? w->data : NULL;
 
     float out[B * 4 * 8 * 8], d_out[B * 4 * 8 * 8];
     dit_zero_grad(&model);
-    dit_forward(&model, x->data, t->data, y->data, B, out);
+    dit_forward_guided(&model, x->data, t->data, y->data, guidance, B, out);
     double ref_max;
     double rel = relative_max_error(out, output->data, B * sample, &ref_max);
     printf("output: max error %.3g relative to max |ref| %.3g\n", rel, ref_max);
@@ -123,7 +132,7 @@ int main(void) {
     double worst_loss = 0;
     for (int step = 0; step < 10; step++) {
         dit_zero_grad(&model);
-        dit_forward(&model, x->data, t->data, y->data, B, out);
+        dit_forward_guided(&model, x->data, t->data, y->data, guidance, B, out);
         float l = weighted_mse_forward(NULL, out, target->data, weight->data, B, (int)sample);
         CHECK_CLOSE(l, ref_losses[step], 0, TOLERANCE);
         double e = fabs(l - ref_losses[step]) / fabs(ref_losses[step]);
@@ -140,5 +149,10 @@ int main(void) {
     free(initial);
     dit_destroy(&model);
     safetensors_free(&fx);
+}
+
+int main(void) {
+    check_fixture("tests/fixtures/dit_small.safetensors", 0);
+    check_fixture("tests/fixtures/dit_small_guided.safetensors", 1);
     return test_finish("test_dit_reference");
 }

@@ -221,19 +221,24 @@ typedef struct {
     float x[DIT_BATCH * DIT_SAMPLE], target[DIT_BATCH * DIT_SAMPLE], out[DIT_BATCH * DIT_SAMPLE];
     float d_out[DIT_BATCH * DIT_SAMPLE], d_x[DIT_BATCH * DIT_SAMPLE];
     float t[DIT_BATCH];
+    float w[DIT_BATCH]; /* guidance scales, for a model with a guidance input */
     int y[DIT_BATCH];
+    int guided;
 } dit_inputs;
 
-static void make_model(dit_model *m, ldm_precision precision) {
-    dit_create_precision(m, &small_shape, DIT_BATCH, precision);
+static void make_model(dit_model *m, ldm_precision precision, int guided) {
+    dit_shape shape = small_shape;
+    shape.guidance_input = guided;
+    dit_create_precision(m, &shape, DIT_BATCH, precision);
     dit_init_weights(m, 7);
     /* DiT's zero init leaves the gates closed; open them so every path carries gradient. */
     rng_stream rng = rng_stream_for(11, 0, 0);
     for (size_t i = 0; i < m->table.trainable_numel; i++) m->params[i] += 0.05f * rng_normal(&rng);
 }
 
-static void make_inputs(dit_inputs *in) {
+static void make_inputs(dit_inputs *in, int guided) {
     rng_stream rng = rng_stream_for(12, 0, 0);
+    in->guided = guided;
     for (int i = 0; i < DIT_BATCH * DIT_SAMPLE; i++) {
         in->x[i] = rng_normal(&rng);
         in->target[i] = rng_normal(&rng);
@@ -241,6 +246,7 @@ static void make_inputs(dit_inputs *in) {
     for (int b = 0; b < DIT_BATCH; b++) {
         in->t[b] = 100.0f * rng_normal(&rng);
         in->y[b] = 3 * b;
+        in->w[b] = 1.0f + 1.5f * b;
     }
     in->y[2] = 10; /* the null class */
 }
@@ -248,7 +254,7 @@ static void make_inputs(dit_inputs *in) {
 /* forward, loss, backward (d_loss scales the gradient); returns the loss */
 static float dit_pass(dit_model *m, dit_inputs *in, float d_loss) {
     dit_zero_grad(m);
-    dit_forward(m, in->x, in->t, in->y, DIT_BATCH, in->out);
+    dit_forward_guided(m, in->x, in->t, in->y, in->guided ? in->w : NULL, DIT_BATCH, in->out);
     float loss = weighted_mse_forward(NULL, in->out, in->target, NULL, DIT_BATCH, DIT_SAMPLE);
     weighted_mse_backward(in->d_out, d_loss, in->out, in->target, NULL, DIT_BATCH, DIT_SAMPLE);
     dit_backward(m, in->d_out, in->d_x, DIT_BATCH);
@@ -266,19 +272,21 @@ static double relative_l2(const float *a, const float *b, size_t n) {
     return sqrt(num / (den > 0 ? den : 1));
 }
 
-static void test_dit_16bit(void) {
+/* guided: the model with a guidance-scale input (dit_shape.guidance_input). */
+static void test_dit_16bit(int guided) {
     static dit_inputs ref_in, in, again;
-    make_inputs(&ref_in);
+    make_inputs(&ref_in, guided);
     dit_model ref;
-    make_model(&ref, PRECISION_FP32);
+    make_model(&ref, PRECISION_FP32, guided);
+    printf("DiT%s:\n", guided ? " with a guidance input" : "");
     float ref_loss = dit_pass(&ref, &ref_in, 1.0f);
     /* bf16 keeps 8 significant bits, fp16 11: errors of a few 2^-9 and 2^-12 after some layers */
     const double tolerance[3] = {0, 0.02, 0.003};
     for (int k = PRECISION_BF16; k <= PRECISION_FP16; k++) {
         const char *name = precision_name((ldm_precision)k);
         dit_model m;
-        make_model(&m, (ldm_precision)k);
-        make_inputs(&in);
+        make_model(&m, (ldm_precision)k, guided);
+        make_inputs(&in, guided);
         dit_pass(&m, &in, 1.0f); /* warm-up (lazy library set-up) */
         allocation_counting = 1;
         float loss = dit_pass(&m, &in, 1.0f);
@@ -311,7 +319,7 @@ static void test_dit_16bit(void) {
         memcpy(grads, m.grads, sizeof(float) * m.table.trainable_numel);
         int threads = omp_get_max_threads();
         omp_set_num_threads(threads > 1 ? threads - 1 : 1);
-        make_inputs(&again);
+        make_inputs(&again, guided);
         float loss_again = dit_pass(&m, &again, 1.0f);
         omp_set_num_threads(threads);
         CHECK(memcmp(&loss_again, &loss, sizeof loss) == 0);
@@ -403,6 +411,7 @@ int main(void) {
     test_arrays();
     test_names();
     test_gemm_bf16();
-    test_dit_16bit();
+    test_dit_16bit(0);
+    test_dit_16bit(1);
     return test_finish("test_precision");
 }

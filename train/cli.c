@@ -74,6 +74,12 @@ dit_shape cli_dit_shape(const ldm_config *config) {
     return s;
 }
 
+dit_shape cli_student_shape(const ldm_config *config) {
+    dit_shape s = cli_dit_shape(config);
+    s.guidance_input = config->distill.guidance_max > 0;
+    return s;
+}
+
 autoencoder_shape cli_autoencoder_shape(const ldm_config *config) {
     const autoencoder_config *a = &config->autoencoder;
     autoencoder_shape s = {

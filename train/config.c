@@ -144,6 +144,7 @@ static const key_spec keys[] = {
     ENUM_KEY(distill, loss, "pseudo_huber", "pseudo_huber", "l2"),
     DOUBLE_KEY(distill, huber_c, 0.0, 0, false, NONE_ABOVE, false),
     DOUBLE_KEY(distill, guidance, 1.0, 0, false, 1e6, false),
+    DOUBLE_KEY(distill, guidance_max, 0.0, 0, false, 1e6, false),
 };
 
 #define KEY_COUNT (sizeof keys / sizeof keys[0])
@@ -729,6 +730,14 @@ static int check_rules(const ldm_config *c, const char *path, const char *const 
         format_number(lo, sizeof lo, c->distill.sigma_min);
         format_number(hi, sizeof hi, c->distill.sigma_max);
         FAIL("distill.sigma_max: expected more than distill.sigma_min (%s), got %s", lo, hi);
+    }
+    if (c->distill.guidance_max != 0 && !(c->distill.guidance_max > c->distill.guidance)) {
+        src = RULE_SOURCE("distill.guidance_max", "distill.guidance");
+        char lo[40], hi[40];
+        format_number(lo, sizeof lo, c->distill.guidance);
+        format_number(hi, sizeof hi, c->distill.guidance_max);
+        FAIL("distill.guidance_max: expected 0 (a fixed guidance scale) or more than distill.guidance (%s), got %s",
+             lo, hi);
     }
 #undef FAIL
 #undef RULE_SOURCE

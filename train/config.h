@@ -94,6 +94,11 @@ typedef struct {
     char loss[16];     /* "pseudo_huber" | "l2", default "pseudo_huber" */
     double huber_c;    /* pseudo-Huber's c, default 0 = 0.00054 sqrt(C H W) (Song & Dhariwal 2023), >= 0 */
     double guidance;   /* the teacher's classifier-free guidance scale, default 1 (none), >= 0 */
+    /* 0 (default): the scale is fixed at guidance. Above guidance: each sample's
+     * scale is drawn uniformly from [guidance, guidance_max] and is an input of
+     * the student (dit_shape.guidance_input, as in Latent Consistency Models),
+     * which then samples at any scale in that range (ldm sample --cfg). */
+    double guidance_max;
 } distill_config;
 
 typedef struct {

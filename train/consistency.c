@@ -48,11 +48,11 @@ void consistency_buffers_destroy(consistency_buffers *b) {
 }
 
 void consistency_apply(dit_model *model, consistency_buffers *b, const float *x, const float *sigma, const int *y,
-                       int batch, double sigma_data, double sigma_min, float *f) {
+                       const float *guidance, int batch, double sigma_data, double sigma_min, float *f) {
     const dit_shape *sh = &model->shape;
     const int ps = sh->in_channels * sh->input_size * sh->input_size;
     edm_network_input(b->net_in, b->t, x, sigma, batch, ps, sigma_data);
-    dit_forward(model, b->net_in, b->t, y, batch, b->F);
+    dit_forward_guided(model, b->net_in, b->t, y, guidance, batch, b->F);
     consistency_output(f, x, b->F, sigma, batch, ps, sigma_data, sigma_min);
 }
 
@@ -99,11 +99,16 @@ void consistency_sampler_create(consistency_sampler *s, dit_model *model, const 
     const dit_shape *sh = &model->shape;
     s->per_sample = (int64_t)sh->in_channels * sh->input_size * sh->input_size;
     const size_t b = (size_t)max_batch, ps = (size_t)s->per_sample;
-    s->memory = xcalloc(1, sizeof(float) * (2 * b * ps + b) + sizeof(int) * b);
+    if (!sh->guidance_input != !(o->guidance > 0))
+        fatal_internal("consistency_sampler_create: a model %s a guidance input, given guidance %g",
+                       sh->guidance_input ? "with" : "without", o->guidance);
+    s->memory = xcalloc(1, sizeof(float) * (2 * b * ps + 2 * b) + sizeof(int) * b);
     s->x = s->memory;
     s->f = s->x + b * ps;
     s->sigma = s->f + b * ps;
-    s->y = (int *)(s->sigma + b);
+    s->guidance = s->sigma + b;
+    for (size_t i = 0; i < b; i++) s->guidance[i] = (float)o->guidance;
+    s->y = (int *)(s->guidance + b);
     consistency_buffers_create(&s->buffers, sh, max_batch);
 }
 
@@ -137,7 +142,8 @@ void consistency_sampler_run(consistency_sampler *s, const int *labels, const in
             }
         }
         for (int b = 0; b < rows; b++) s->sigma[b] = sigma;
-        consistency_apply(s->model, &s->buffers, s->x, s->sigma, s->y, rows, s->sigma_data, o->sigma_min, s->f);
+        consistency_apply(s->model, &s->buffers, s->x, s->sigma, s->y, s->model->shape.guidance_input ? s->guidance : NULL,
+                          rows, s->sigma_data, o->sigma_min, s->f);
         memcpy(s->x, s->f, sizeof(float) * (size_t)used);
     }
     memcpy(out, s->x, sizeof(float) * (size_t)used);

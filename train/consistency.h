@@ -43,10 +43,11 @@ typedef struct {
 void consistency_buffers_create(consistency_buffers *b, const dit_shape *shape, int max_batch);
 void consistency_buffers_destroy(consistency_buffers *b);
 
-/* f (batch, per_sample) = f(x, sigma) on the DiT with labels y (batch); the
+/* f (batch, per_sample) = f(x, sigma) on the DiT with labels y (batch) and, for
+ * a model with a guidance input, guidance scales (batch), else NULL; the
  * network's output stays in b->F (for a backward pass). f may not be x. */
 void consistency_apply(dit_model *model, consistency_buffers *b, const float *x, const float *sigma, const int *y,
-                       int batch, double sigma_data, double sigma_min, float *f);
+                       const float *guidance, int batch, double sigma_data, double sigma_min, float *f);
 
 /* Distillation's discretisation: point i of n in increasing order,
  * sigma_0 = sigma_min < ... < sigma_{n-1} = sigma_max on the rho schedule,
@@ -76,6 +77,7 @@ typedef struct {
     double sigmas[CONSISTENCY_MAX_STEPS]; /* decreasing, each > sigma_min */
     double sigma_min;
     uint64_t seed;
+    double guidance; /* the scale given to a student with a guidance input (> 0); 0 for one without */
 } consistency_sampler_options;
 
 typedef struct {
@@ -87,6 +89,7 @@ typedef struct {
     consistency_buffers buffers;
     float *x, *f;    /* (max_batch, per_sample) */
     float *sigma;    /* (max_batch) */
+    float *guidance; /* (max_batch) options.guidance in every row */
     int *y;          /* (max_batch) */
     void *memory;
 } consistency_sampler;

@@ -17,6 +17,7 @@ char *consistency_record_json(const ldm_config *config, const char *teacher) {
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "teacher", teacher);
     cJSON_AddNumberToObject(root, "guidance", dc->guidance);
+    if (dc->guidance_max > 0) cJSON_AddNumberToObject(root, "guidance_max", dc->guidance_max);
     cJSON_AddNumberToObject(root, "sigma_min", dc->sigma_min);
     cJSON_AddNumberToObject(root, "sigma_max", dc->sigma_max);
     cJSON_AddNumberToObject(root, "rho", dc->rho);

@@ -5,7 +5,9 @@
  *    "sigma_min": 0.002, "sigma_max": 80, "rho": 7, "num_points": 18,
  *    "sampling_sigmas": {"1": [80], "2": [80, 0.821], "4": [80, 17.5, 2.52, 0.17]}}
  * sampling_sigmas are the points of the multistep sampler for each number of
- * steps it supports (consistency_default_points). */
+ * steps it supports (consistency_default_points). A student distilled over a
+ * range of guidance scales (distill.guidance_max) also has "guidance_max": W2,
+ * the range being [guidance, guidance_max]; the scale is then its input. */
 #ifndef LDM_CONSISTENCY_RECORD_H
 #define LDM_CONSISTENCY_RECORD_H
 

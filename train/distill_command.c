@@ -111,10 +111,15 @@ static void *prepare_teacher(training_job *job, const char *teacher) {
     job->create_model_with = distill_trainable_create;
     job->model_context = &p->context;
     if (comm_rank() == 0) {
-        printf("distill: teacher %s (step %lld, EMA weights), guidance %g, %d points in [%g, %g], %s loss, target "
-               "EMA %g\n", checkpoint, step, job->config->distill.guidance, job->config->distill.num_points,
-               job->config->distill.sigma_min, job->config->distill.sigma_max, job->config->distill.loss,
-               job->config->distill.target_ema);
+        const distill_config *dc = &job->config->distill;
+        char guidance[96];
+        if (dc->guidance_max > 0)
+            snprintf(guidance, sizeof guidance, "%g to %g (an input of the student)", dc->guidance, dc->guidance_max);
+        else
+            snprintf(guidance, sizeof guidance, "%g", dc->guidance);
+        printf("distill: teacher %s (step %lld, EMA weights), guidance %s, %d points in [%g, %g], %s loss, target "
+               "EMA %g\n", checkpoint, step, guidance, dc->num_points, dc->sigma_min, dc->sigma_max, dc->loss,
+               dc->target_ema);
         fflush(stdout);
     }
     return p;

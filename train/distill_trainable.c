@@ -9,7 +9,10 @@
  * points s_0 = sigma_min < ... < s_{N-1} = sigma_max (consistency_point):
  *   x_{n+1} = x + s_{n+1} z;
  *   x_n     = one Heun step of the teacher's probability-flow ODE from s_{n+1}
- *             to s_n (classifier-free guidance at distill.guidance);
+ *             to s_n (classifier-free guidance at distill.guidance, or, with
+ *             distill.guidance_max, at a scale w drawn uniformly from
+ *             [guidance, guidance_max] for each sample, which the student and
+ *             the target network then take as an input);
  *   loss    = d(f_student(x_{n+1}, s_{n+1}), f_target(x_n, s_n)), with d the
  *             pseudo-Huber distance sqrt(|a - b|^2 + c^2) - c over the whole
  *             sample, or the mean squared difference (distill.loss), weight 1.
@@ -32,7 +35,8 @@
 #include "rng.h"
 #include "trainable.h"
 
-#define PURPOSE_DISTILL_NOISE 0x64697374696c6c7aull /* "distillz" */
+#define PURPOSE_DISTILL_NOISE 0x64697374696c6c7aull    /* "distillz" */
+#define PURPOSE_DISTILL_GUIDANCE 0x6469737467756964ull /* "distguid" */
 
 /* model.class_dropout is not used by distillation: it may change on resume. */
 static const char *const distill_settings_keys[] = {"class_dropout", NULL};
@@ -42,10 +46,12 @@ typedef struct {
     dit_model student, teacher, target;
     consistency_buffers student_buffers, target_buffers;
     int passes;            /* teacher rows per sample: 2 under guidance, else 1 */
+    int guidance_input;    /* 1: the scale is drawn per sample and is an input of the student */
     int64_t per_sample;    /* P = C * H * W */
     double sigma_min, sigma_data, huber_c;
     double *points;        /* (N) increasing: points[0] = sigma_min, points[N-1] = sigma_max */
     int *y;                /* (B) labels; num_classes = the null class */
+    float *guidance;       /* (B) each sample's guidance scale */
     float *sigma_next, *sigma_now; /* (B) s_{n+1}, s_n */
     float *x_next;         /* (B, P) x_{n+1} */
     float *x_now;          /* (B, P) the teacher's x_n (first its Euler estimate) */
@@ -79,16 +85,22 @@ static void teacher_denoise(distiller *d, const float *x, const float *sigma, in
         memcpy(d->denoised, d->teacher_D, sizeof(float) * (size_t)used);
         return;
     }
-    const float w = (float)d->config->distill.guidance;
     const float *cond = d->teacher_D, *uncond = d->teacher_D + used;
-    for (int64_t i = 0; i < used; i++) d->denoised[i] = uncond[i] + w * (cond[i] - uncond[i]);
+    for (int b = 0; b < batch; b++) {
+        const float w = d->guidance[b];
+        for (int64_t i = b * ps; i < (b + 1) * ps; i++) d->denoised[i] = uncond[i] + w * (cond[i] - uncond[i]);
+    }
 }
 
-/* Each sample's pair of points, label and x_{n+1} from its own stream. */
+/* Each sample's pair of points, label and x_{n+1} from its own stream, and its
+ * guidance scale (drawn from another, so that a fixed scale leaves the rest as
+ * it was). */
 static void draw_step(distiller *d, const float *x, const int32_t *labels, const int64_t *index, int batch,
                       int64_t step) {
     const ldm_config *config = d->config;
     const uint64_t base = rng_hash(config->train.seed, PURPOSE_DISTILL_NOISE);
+    const uint64_t guidance_base = rng_hash(config->train.seed, PURPOSE_DISTILL_GUIDANCE);
+    const double guidance_low = config->distill.guidance, guidance_high = config->distill.guidance_max;
     const int pairs = config->distill.num_points - 1, null_class = config->model.num_classes;
     const int64_t ps = d->per_sample;
 #pragma omp parallel for schedule(static)
@@ -103,6 +115,11 @@ static void draw_step(distiller *d, const float *x, const int32_t *labels, const
         const float *xi = x + (size_t)i * (size_t)ps;
         float *out = d->x_next + (size_t)i * (size_t)ps;
         for (int64_t j = 0; j < ps; j++) out[j] = (float)((double)xi[j] + s * (double)rng_normal(&rng));
+        d->guidance[i] = (float)guidance_low;
+        if (d->guidance_input) {
+            rng_stream w_rng = rng_stream_for(guidance_base, (uint64_t)step, (uint64_t)index[i]);
+            d->guidance[i] = (float)(guidance_low + (guidance_high - guidance_low) * (double)rng_uniform(&w_rng));
+        }
     }
 }
 
@@ -161,10 +178,11 @@ static double distill_micro_batch(trainable *self, const float *samples, const i
     distiller *d = self->self;
     draw_step(d, samples, labels, index, batch, step);
     teacher_heun_step(d, batch);
-    consistency_apply(&d->target, &d->target_buffers, d->x_now, d->sigma_now, d->y, batch, d->sigma_data,
+    const float *guidance = d->guidance_input ? d->guidance : NULL;
+    consistency_apply(&d->target, &d->target_buffers, d->x_now, d->sigma_now, d->y, guidance, batch, d->sigma_data,
                       d->sigma_min, d->target_f);
-    consistency_apply(&d->student, &d->student_buffers, d->x_next, d->sigma_next, d->y, batch, d->sigma_data,
-                      d->sigma_min, d->student_f);
+    consistency_apply(&d->student, &d->student_buffers, d->x_next, d->sigma_next, d->y, guidance, batch,
+                      d->sigma_data, d->sigma_min, d->student_f);
     const double loss = distill_loss(d, batch, loss_weight);
     dit_backward(&d->student, d->d_F, NULL, batch);
     return loss;
@@ -190,25 +208,29 @@ trainable *distill_trainable_create(const ldm_config *config, int micro_batch, c
     distiller *d = xcalloc(1, sizeof *d);
     d->config = config;
     const distill_config *dc = &config->distill;
-    const dit_shape shape = cli_dit_shape(config);
+    const dit_shape shape = cli_dit_shape(config), student_shape = cli_student_shape(config);
     const ldm_precision precision = (ldm_precision)precision_from_name(config->train.precision);
-    d->passes = dc->guidance != 1.0 ? 2 : 1;
-    dit_create_precision(&d->student, &shape, micro_batch, precision);
+    d->guidance_input = student_shape.guidance_input;
+    d->passes = dc->guidance != 1.0 || d->guidance_input ? 2 : 1;
+    dit_create_precision(&d->student, &student_shape, micro_batch, precision);
     dit_create_precision(&d->teacher, &shape, d->passes * micro_batch, precision);
-    dit_create_precision(&d->target, &shape, micro_batch, precision);
+    dit_create_precision(&d->target, &student_shape, micro_batch, precision);
     consistency_buffers_create(&d->student_buffers, &shape, micro_batch);
     consistency_buffers_create(&d->target_buffers, &shape, micro_batch);
     /* The teacher's EMA weights, read by rank 0 and sent to every rank; the
-     * student and the target start as the teacher. */
+     * student and the target start as the teacher. A guidance input's tensors
+     * come last in the student's table (dit.h): they start as DiT's
+     * initialisation, whose zero last layer adds nothing at first. */
     if (comm_rank() == 0) {
         char *file = path_join(ctx->teacher_checkpoint, "ema.safetensors");
         param_table_load_safetensors(&d->teacher.table, file);
         free(file);
     }
-    const size_t count = d->teacher.table.trainable_numel;
-    comm_broadcast(d->teacher.params, count * sizeof(float), 0);
-    memcpy(d->student.params, d->teacher.params, count * sizeof(float));
-    memcpy(d->target.params, d->teacher.params, count * sizeof(float));
+    const size_t teacher_count = d->teacher.table.trainable_numel, count = d->student.table.trainable_numel;
+    comm_broadcast(d->teacher.params, teacher_count * sizeof(float), 0);
+    dit_init_weights(&d->student, config->train.seed);
+    memcpy(d->student.params, d->teacher.params, teacher_count * sizeof(float));
+    memcpy(d->target.params, d->student.params, count * sizeof(float));
 
     d->per_sample = (int64_t)shape.in_channels * shape.input_size * shape.input_size;
     d->sigma_min = dc->sigma_min;
@@ -218,7 +240,7 @@ trainable *distill_trainable_create(const ldm_config *config, int micro_batch, c
     d->huber_c = dc->huber_c > 0 ? dc->huber_c : 0.00054 * sqrt((double)d->per_sample);
     /* One allocation: the points (doubles) first, then 4-byte floats and ints. */
     const size_t b = (size_t)micro_batch, n = b * (size_t)d->per_sample, tb = (size_t)d->passes * b;
-    const size_t words = 3 * b + 7 * n + 4 * (size_t)d->passes * n + 3 * tb;
+    const size_t words = 4 * b + 7 * n + 4 * (size_t)d->passes * n + 3 * tb;
     d->memory = xmalloc(sizeof(double) * (size_t)dc->num_points + sizeof(float) * words);
     d->points = d->memory;
     for (int i = 0; i < dc->num_points; i++)
@@ -226,6 +248,7 @@ trainable *distill_trainable_create(const ldm_config *config, int micro_batch, c
     float *f = (float *)(d->points + dc->num_points);
     d->sigma_next = f, f += b;
     d->sigma_now = f, f += b;
+    d->guidance = f, f += b;
     d->x_next = f, f += n;
     d->x_now = f, f += n;
     d->slope = f, f += n;

@@ -69,7 +69,9 @@ int command_sample(int argc, char **argv) {
         {.name = "--n", .required = 1, .help = "how many samples"},
         {.name = "--out", .required = 1, .help = "SAMPLES.h5 (an ldm data set with /images and /labels) or GRID.png"},
         {.name = "--class", .value = "all", .help = "the class of every sample, or all (sample i: i mod classes)"},
-        {.name = "--cfg", .help = "classifier-free guidance scale (default 1: none)"},
+        {.name = "--cfg", .help = "classifier-free guidance scale (default 1: none); a consistency model distilled over a range "
+                                   "of scales (distill.guidance_max): its scale input, in that range (default the "
+                                   "lower end)"},
         {.name = "--steps", .help = "noise levels before sigma = 0 (default 18); a consistency model (ldm distill): "
                                     "1, 2 or 4 (default 2)"},
         {.name = "--sampler", .help = "heun (2 steps - 1 evaluations) or euler (default heun)"},
@@ -96,9 +98,9 @@ int command_sample(int argc, char **argv) {
         fatal_input("ldm sample: option --out: expected a file name ending in .h5 or .png, got '%s'", out_path);
     /* EDM's options, when left out: their defaults. A consistency model takes none
      * of them (refused below when given), and 2 steps by default. */
-    const char *edm_option_given = options[4].value ? "--cfg" : options[6].value ? "--sampler"
-                                 : options[12].value ? "--churn" : NULL;
-    const int steps_given = options[5].value != NULL;
+    const char *sampler_option_given = options[6].value ? "--sampler" : options[12].value ? "--churn" : NULL;
+    const char *edm_option_given = options[4].value ? "--cfg" : sampler_option_given;
+    const int steps_given = options[5].value != NULL, cfg_given = options[4].value != NULL;
     if (!options[4].value) options[4].value = "1";
     if (!options[5].value) options[5].value = "18";
     if (!options[6].value) options[6].value = "heun";
@@ -139,12 +141,8 @@ int command_sample(int argc, char **argv) {
     consistency_sampler_options co;
     if (consistency) {
         record = checkpoint_model_broadcast_string(record);
-        if (edm_option_given)
-            fatal_input("ldm sample: option %s: does not apply to the consistency model %s (its sampler takes "
-                        "--steps 1, 2 or 4 only)", edm_option_given, checkpoint);
         consistency_record_sampler(record, checkpoint, steps_given ? so.steps : 2, &co);
         co.seed = so.seed;
-        so.guidance = 1.0;
         free(record);
     }
     const int latents = strcmp(data.kind, "latents") == 0;
@@ -159,7 +157,24 @@ int command_sample(int argc, char **argv) {
     snprintf(source, sizeof source, "%s/state.json: config", checkpoint);
     if (config_load_json_text(&config, config_text, source, NULL, 0, err, sizeof err) != 0) fatal_input("%s", err);
     free(config_text);
-    const dit_shape shape = cli_dit_shape(&config);
+    /* A student distilled over a range of guidance scales takes the scale as an
+     * input (--cfg, default the range's lower end); any other consistency model
+     * has its teacher's guidance built in and takes none of EDM's options. */
+    const dit_shape shape = consistency ? cli_student_shape(&config) : cli_dit_shape(&config);
+    if (consistency && shape.guidance_input) {
+        const double low = config.distill.guidance, high = config.distill.guidance_max;
+        if (sampler_option_given)
+            fatal_input("ldm sample: option %s: does not apply to the consistency model %s (its sampler takes "
+                        "--steps 1, 2 or 4 and --cfg only)", sampler_option_given, checkpoint);
+        if (!(so.guidance >= low && so.guidance <= high) && cfg_given)
+            fatal_input("ldm sample: option --cfg: the consistency model %s was distilled for guidance scales in "
+                        "[%g, %g], got %g", checkpoint, low, high, so.guidance);
+        co.guidance = cfg_given ? so.guidance : low;
+    } else if (consistency && edm_option_given) {
+        fatal_input("ldm sample: option %s: does not apply to the consistency model %s (its sampler takes "
+                    "--steps 1, 2 or 4 only)", edm_option_given, checkpoint);
+    }
+    if (consistency) so.guidance = 1.0;
     const int classes = shape.num_classes;
 
     int fixed_class = -1;
@@ -281,6 +296,8 @@ int command_sample(int argc, char **argv) {
                             co.steps == 1 ? "" : "s");
         for (int k = 0; k < co.steps && used > 0 && (size_t)used < sizeof made_by; k++)
             used += snprintf(made_by + used, sizeof made_by - (size_t)used, "%s %g", k ? "," : "", co.sigmas[k]);
+        if (co.guidance > 0 && used > 0 && (size_t)used < sizeof made_by)
+            snprintf(made_by + used, sizeof made_by - (size_t)used, ", guidance input %g", co.guidance);
     } else {
         snprintf(made_by, sizeof made_by, "%s %d steps (%d evaluations), cfg %g, churn %g",
                  so.method == SAMPLER_HEUN ? "heun" : "euler", so.steps, sampler_network_evaluations(&so),

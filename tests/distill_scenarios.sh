@@ -5,7 +5,7 @@
 # and numpy), LDM_TESTS (this folder), LDM_CONFIGS (configs/).
 # WORK is this scenario's own folder, emptied first; COMMON holds what setup
 # made: pixel data (data.h5), latents (lat.h5), a tiny DiT teacher (teacher,
-# configs/tiny.json, 150 steps), one of another shape (narrow, hidden_size 32),
+# configs/tiny.json, 150 steps, checkpoints at 75 and 150), one of another shape (narrow, hidden_size 32),
 # an autoencoder run (ae), a student distilled from the teacher (student) and
 # one distilled over guidance scales in [1, 3] (ranged).
 set -u
@@ -31,7 +31,8 @@ setup)
   run "$LDM" prepare synthetic --n 64 --size 8 --classes 4 --channels 4 --out data.h5 >/dev/null
   run "$LDM" prepare synthetic --n 16 --size 8 --classes 4 --channels 4 --latents float32 --out lat.h5 >/dev/null
   run "$LDM" prepare synthetic --n 8 --size 16 --classes 2 --channels 3 --out ae_images.h5 >/dev/null
-  run "$LDM" train $tiny --data data.h5 --run teacher --set train.steps=150 --set train.ckpt_every=150 >/dev/null
+  run "$LDM" train $tiny --data data.h5 --run teacher --set train.steps=150 --set train.ckpt_every=75 \
+    --set train.ckpt_keep=2 >/dev/null
   run "$LDM" train $tiny --data data.h5 --run narrow --set model.hidden_size=32 --set train.steps=2 \
     --set train.ckpt_every=2 >/dev/null
   run "$LDM" train-ae --config "$LDM_CONFIGS/ae-tiny.json" --data ae_images.h5 --run ae --set train.steps=2 \

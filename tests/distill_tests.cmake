@@ -80,6 +80,22 @@ LDM_TESTS=${CMAKE_CURRENT_SOURCE_DIR};LDM_CONFIGS=${CMAKE_SOURCE_DIR}/configs")
   ldm_distill_error(sample_sampler
     "^ldm: error: ldm sample: option --sampler: does not apply to the consistency model"
     ${ldm} sample --model ${c}/student --sampler euler --n 2 --out ${never}.h5)
+  ldm_distill_error(resume_other_teacher
+    "^ldm: error: .*/student/checkpoints/step-00000020: consistency[.]teacher is \"[^\"]*/teacher/checkpoints/step-00000150 [(]step 150, ema weights[)]\" in the checkpoint but \"[^\"]*/teacher/checkpoints/step-00000075 [(]step 75, ema weights[)]\" in this run [(]a distillation resumes with its own --teacher and distill settings[)]$"
+    ${LDM_MPIRUN} -np 2 ${ldm} distill --teacher ${c}/teacher/checkpoints/step-00000075 --config ${tiny} --data ${c}/data.h5
+    --run ${never} --resume ${c}/student/checkpoints/step-00000020)
+  ldm_distill_error(resume_other_points
+    "^ldm: error: .*/student/checkpoints/step-00000020: consistency[.]num_points is 18 in the checkpoint but 10 in this run [(]a distillation resumes with its own --teacher and distill settings[)]$"
+    ${ldm} distill --teacher ${c}/teacher --config ${tiny} --set distill.num_points=10 --data ${c}/data.h5
+    --run ${never} --resume ${c}/student/checkpoints/step-00000020)
+  ldm_distill_error(resume_adds_guidance_range
+    "^ldm: error: .*/student/checkpoints/step-00000020: consistency[.]guidance_max is missing in the checkpoint but 3 in this run "
+    ${ldm} distill --teacher ${c}/teacher --config ${tiny} --set distill.guidance_max=3 --data ${c}/data.h5
+    --run ${never} --resume ${c}/student/checkpoints/step-00000020)
+  ldm_distill_error(resume_drops_guidance_range
+    "^ldm: error: .*/ranged/checkpoints/step-00000020: consistency[.]guidance_max is 3 in the checkpoint but not set in this run "
+    ${ldm} distill --teacher ${c}/teacher --config ${tiny} --data ${c}/data.h5
+    --run ${never} --resume ${c}/ranged/checkpoints/step-00000020)
   ldm_distill_error(guidance_max_below
     "^ldm: error: --set distill[.]guidance_max=2: distill[.]guidance_max: expected 0 [(]a fixed guidance scale[)] or more than distill[.]guidance [(]2[)], got 2$"
     ${ldm} distill --teacher ${c}/teacher --config ${tiny} --set distill.guidance=2 --set distill.guidance_max=2

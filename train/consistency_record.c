@@ -75,3 +75,36 @@ void consistency_record_sampler(const char *json, const char *checkpoint, int st
     out->sigma_min = sigma_min->valuedouble;
     cJSON_Delete(root);
 }
+
+/* "a/b/step-00000150 (step 150, ema weights)" -> "step-00000150 (step 150, ema weights)" */
+static const char *teacher_name(const char *description) {
+    const char *slash = strrchr(description, '/');
+    return slash ? slash + 1 : description;
+}
+
+void consistency_record_check_resume(const char *saved_json, const char *current_json, const char *source) {
+    cJSON *saved = cJSON_Parse(saved_json), *current = cJSON_Parse(current_json);
+    if (!cJSON_IsObject(saved)) fatal_input("%s/state.json: consistency: expected an object", source);
+    const cJSON *item;
+    cJSON_ArrayForEach(item, current) {
+        const cJSON *before = cJSON_GetObjectItemCaseSensitive(saved, item->string);
+        int same = before != NULL && cJSON_Compare(before, item, 1);
+        if (before && !same && strcmp(item->string, "teacher") == 0 && cJSON_IsString(before) && cJSON_IsString(item))
+            same = strcmp(teacher_name(before->valuestring), teacher_name(item->valuestring)) == 0;
+        if (!same) {
+            char *theirs = before ? cJSON_PrintUnformatted(before) : NULL, *mine = cJSON_PrintUnformatted(item);
+            fatal_input("%s: consistency.%s is %s in the checkpoint but %s in this run (a distillation resumes with "
+                        "its own --teacher and distill settings)", source, item->string, theirs ? theirs : "missing",
+                        mine);
+        }
+    }
+    /* A member this run does not have (a guidance range) must not be lost either. */
+    cJSON_ArrayForEach(item, saved)
+        if (!cJSON_GetObjectItemCaseSensitive(current, item->string)) {
+            char *theirs = cJSON_PrintUnformatted(item);
+            fatal_input("%s: consistency.%s is %s in the checkpoint but not set in this run (a distillation resumes "
+                        "with its own --teacher and distill settings)", source, item->string, theirs);
+        }
+    cJSON_Delete(saved);
+    cJSON_Delete(current);
+}

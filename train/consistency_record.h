@@ -25,4 +25,10 @@ char *consistency_record_json(const ldm_config *config, const char *teacher);
  * record, or naming the steps it has when it has none for `steps`. */
 void consistency_record_sampler(const char *json, const char *checkpoint, int steps, consistency_sampler_options *out);
 
+/* On resume: the checkpoint's record (saved_json, of the checkpoint source)
+ * against this run's (current_json): fatal_input on the first member that
+ * differs. The teacher is compared by its checkpoint's name and step (its
+ * folder may be reached by another path). */
+void consistency_record_check_resume(const char *saved_json, const char *current_json, const char *source);
+
 #endif

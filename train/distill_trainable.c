@@ -28,6 +28,7 @@
 #include "cli.h"
 #include "comm.h"
 #include "consistency.h"
+#include "consistency_record.h"
 #include "dit.h"
 #include "edm.h"
 #include "ema.h"
@@ -289,6 +290,7 @@ trainable *distill_trainable_create(const ldm_config *config, int micro_batch, c
         .extra_name = "target",
         .state_record_name = "consistency",
         .state_record_json = ctx->record_json,
+        .check_saved_record = consistency_record_check_resume,
     };
     return t;
 }

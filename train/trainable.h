@@ -85,6 +85,11 @@ struct trainable {
      * (distillation: that the model is a consistency model, its teacher and
      * its sigma points). */
     const char *state_record_name, *state_record_json;
+    /* Optional (NULL: no check): on resume, given the record the checkpoint
+     * holds (saved_json) and this run's (state_record_json), fatal_input naming
+     * source when the run cannot continue with this one (distillation: another
+     * teacher, guidance or discretisation). */
+    void (*check_saved_record)(const char *saved_json, const char *current_json, const char *source);
 };
 
 /* The DiT denoiser trained with EDM (train/dit_trainable.c), for batches of up

@@ -134,11 +134,18 @@ PY
   ;;
 guidance-range)
   # A student distilled over guidance scales [1, 3] takes the scale as an input:
-  # its record says so, its checkpoint holds the guidance MLP, resume is exact,
+  # its record says so, its checkpoint holds the guidance MLP, it writes
+  # pictures every train.sample_every steps, resume is exact,
   # and ldm sample --cfg gives other images at another scale (the lower end by
   # default), the same on 1 and 2 ranks.
   set_all="--set distill.guidance_max=3 --set train.ckpt_every=10 --set train.ckpt_keep=10"
-  distill --run straight --set train.steps=30 $set_all >/dev/null
+  # The straight run also writes pictures (at steps 15 and 30): they change nothing of the training.
+  distill --run straight --set train.steps=30 --set train.sample_every=15 $set_all > straight.out
+  for step in 15 30; do
+    [ -s straight/samples/step-000000$step.png ] || fail "no picture at step $step"
+  done
+  grep -q "samples: straight/samples/step-00000030.png (EMA weights, consistency sampler 2 steps, guidance input 1, 8 per class)" \
+    straight.out || fail "no pictures line: $(cat straight.out)"
   distill --run stopped --set train.steps=10 $set_all >/dev/null
   run "$LDM" distill --teacher "$common/teacher" --data "$common/data.h5" --run stopped --resume auto \
     --set train.steps=30 >/dev/null

@@ -96,6 +96,10 @@ LDM_TESTS=${CMAKE_CURRENT_SOURCE_DIR};LDM_CONFIGS=${CMAKE_SOURCE_DIR}/configs")
     "^ldm: error: .*/ranged/checkpoints/step-00000020: consistency[.]guidance_max is 3 in the checkpoint but not set in this run "
     ${ldm} distill --teacher ${c}/teacher --config ${tiny} --data ${c}/data.h5
     --run ${never} --resume ${c}/ranged/checkpoints/step-00000020)
+  ldm_distill_error(ae_on_images
+    "^ldm: error: ldm distill: option --ae: .*/data[.]h5 holds images, not latents: its pictures need no autoencoder$"
+    ${LDM_MPIRUN} -np 2 ${ldm} distill --teacher ${c}/teacher --config ${tiny} --data ${c}/data.h5 --ae ${c}/ae
+    --set train.sample_every=5 --run ${never})
   ldm_distill_error(guidance_max_below
     "^ldm: error: --set distill[.]guidance_max=2: distill[.]guidance_max: expected 0 [(]a fixed guidance scale[)] or more than distill[.]guidance [(]2[)], got 2$"
     ${ldm} distill --teacher ${c}/teacher --config ${tiny} --set distill.guidance=2 --set distill.guidance_max=2

@@ -29,6 +29,7 @@
 #include "comm.h"
 #include "consistency.h"
 #include "consistency_record.h"
+#include "dit_pictures.h"
 #include "dit.h"
 #include "edm.h"
 #include "ema.h"
@@ -63,6 +64,7 @@ typedef struct {
     int *teacher_y;                                        /* (passes B) */
     float *target_f, *student_f, *d_F;                     /* (B, P) */
     void *memory;                                          /* behind everything above from points on */
+    dit_pictures *pictures;                                /* rank 0: train.sample_every's pictures */
 } distiller;
 
 static void distill_zero_grad(trainable *self) { dit_zero_grad(&((distiller *)self->self)->student); }
@@ -194,8 +196,26 @@ static void distill_after_step(trainable *self) {
     ema_update(d->target.params, d->student.params, d->student.table.trainable_numel, d->config->distill.target_ema);
 }
 
+/* The pictures of train.sample_every: the student's EMA weights with its 2-step
+ * sampler (at the lower end of a guidance range). */
+static void distill_prepare_pictures(trainable *self, const trainable_validation *context) {
+    distiller *d = self->self;
+    const distill_config *dc = &d->config->distill;
+    consistency_sampler_options options = {.steps = 2, .sigma_min = dc->sigma_min,
+                                           .guidance = d->guidance_input ? dc->guidance : 0};
+    consistency_default_points(2, dc->sigma_min, dc->sigma_max, dc->rho, options.sigmas);
+    d->pictures = dit_pictures_create(&d->student.shape, d->sigma_data, context->data, context->autoencoder, &options);
+}
+
+static void distill_write_pictures(trainable *self, const trainable_validation *context, char *json, size_t json_size,
+                                   char *line, size_t line_size) {
+    distiller *d = self->self;
+    dit_pictures_write(d->pictures, context->ema, context->step, context->run_dir, json, json_size, line, line_size);
+}
+
 static void distill_destroy(trainable *self) {
     distiller *d = self->self;
+    dit_pictures_destroy(d->pictures);
     consistency_buffers_destroy(&d->student_buffers);
     consistency_buffers_destroy(&d->target_buffers);
     dit_destroy(&d->student), dit_destroy(&d->teacher), dit_destroy(&d->target);
@@ -291,6 +311,9 @@ trainable *distill_trainable_create(const ldm_config *config, int micro_batch, c
         .state_record_name = "consistency",
         .state_record_json = ctx->record_json,
         .check_saved_record = consistency_record_check_resume,
+        .validate = distill_write_pictures,
+        .validates_without_data = 1,
+        .prepare_validation = distill_prepare_pictures,
     };
     return t;
 }

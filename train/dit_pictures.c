@@ -30,18 +30,20 @@ struct dit_pictures {
     float *images;             /* (count, C, H, W) */
     uint8_t *pixels;           /* (count, H, W, C) */
     char decoded_by[700];      /* ", decoded by ..." or "" */
+    char sampler[96];          /* how the pictures are sampled, for the progress line */
 };
 
 dit_pictures *dit_pictures_create(const dit_shape *shape, double sigma_data, const dataset_info *data,
-                                  const char *autoencoder) {
+                                  const char *autoencoder, const consistency_sampler_options *consistency) {
     dit_pictures *p = xcalloc(1, sizeof *p);
     char *recorded = NULL;
     if (data->kind == DATASET_LATENTS) {
         if (!autoencoder) {
             recorded = checkpoint_autoencoder_recorded_path(data->autoencoder);
             if (!recorded || access(recorded, F_OK) != 0) {
-                printf("train: no pictures during training: the autoencoder of the latents (made by: %s) is not "
-                       "there; name it with --ae\n", data->autoencoder[0] ? data->autoencoder : "not recorded");
+                printf("%s: no pictures during training: the autoencoder of the latents (made by: %s) is not "
+                       "there; name it with --ae\n", consistency ? "distill" : "train",
+                       data->autoencoder[0] ? data->autoencoder : "not recorded");
                 fflush(stdout);
                 free(recorded);
                 return p;
@@ -49,14 +51,15 @@ dit_pictures *dit_pictures_create(const dit_shape *shape, double sigma_data, con
             autoencoder = recorded;
         }
     } else if (autoencoder) {
-        fatal_input("ldm train: option --ae: %s holds images, not latents: its pictures need no autoencoder",
-                    data->path);
+        fatal_input("ldm %s: option --ae: %s holds images, not latents: its pictures need no autoencoder",
+                    consistency ? "distill" : "train", data->path);
     }
     const int classes = shape->num_classes;
     p->rows = classes > 0 ? (classes < MOST_CLASS_ROWS ? classes : MOST_CLASS_ROWS) : 0;
     p->count = classes > 0 ? p->rows * PICTURES_PER_CLASS : UNCONDITIONAL_PICTURES;
     if (autoencoder) {
-        checkpoint_autoencoder_load_here(&p->ae, "train", autoencoder, "ema", AE_FOR_DECODING, p->count);
+        checkpoint_autoencoder_load_here(&p->ae, consistency ? "distill" : "train", autoencoder, "ema",
+                                         AE_FOR_DECODING, p->count);
         p->has_autoencoder = 1;
         char model[4200];
         snprintf(model, sizeof model, "trained on %s", data->path);
@@ -65,9 +68,22 @@ dit_pictures *dit_pictures_create(const dit_shape *shape, double sigma_data, con
     }
     free(recorded);
     dit_create(&p->model, shape, p->count);
-    sampler_options options = {.steps = PICTURE_STEPS, .method = SAMPLER_HEUN, .guidance = 1.0, .seed = 0};
-    sample_pipeline_create(&p->pipeline, &p->model, &options, sigma_data, p->count,
-                           p->has_autoencoder ? &p->ae.model : NULL, data->latent_mean, data->latent_std);
+    autoencoder_model *decoder = p->has_autoencoder ? &p->ae.model : NULL;
+    if (consistency) {
+        consistency_sampler_options options = *consistency;
+        options.seed = 0;
+        sample_pipeline_create_consistency(&p->pipeline, &p->model, &options, sigma_data, p->count, decoder,
+                                           data->latent_mean, data->latent_std);
+        int used = snprintf(p->sampler, sizeof p->sampler, "consistency sampler %d step%s", options.steps,
+                            options.steps == 1 ? "" : "s");
+        if (options.guidance > 0 && used > 0 && (size_t)used < sizeof p->sampler)
+            snprintf(p->sampler + used, sizeof p->sampler - (size_t)used, ", guidance input %g", options.guidance);
+    } else {
+        sampler_options options = {.steps = PICTURE_STEPS, .method = SAMPLER_HEUN, .guidance = 1.0, .seed = 0};
+        sample_pipeline_create(&p->pipeline, &p->model, &options, sigma_data, p->count, decoder, data->latent_mean,
+                               data->latent_std);
+        snprintf(p->sampler, sizeof p->sampler, "Heun %d steps", PICTURE_STEPS);
+    }
     p->labels = xmalloc(sizeof(int) * (size_t)p->count);
     p->indices = xmalloc(sizeof(int64_t) * (size_t)p->count);
     for (int i = 0; i < p->count; i++) {
@@ -94,7 +110,7 @@ void dit_pictures_write(dit_pictures *p, const float *ema, int64_t step, const c
     char *path = run_directory_path(folder, name);
     png_write_image_grid(path, p->pixels, p->count, p->pipeline.channels, p->pipeline.size, p->rows);
     snprintf(json, json_size, "\"samples\": \"samples/%s\"", name);
-    snprintf(line, line_size, "samples: %s (EMA weights, Heun %d steps, %d %s%s)", path, PICTURE_STEPS,
+    snprintf(line, line_size, "samples: %s (EMA weights, %s, %d %s%s)", path, p->sampler,
              p->rows > 0 ? PICTURES_PER_CLASS : p->count, p->rows > 0 ? "per class" : "samples", p->decoded_by);
     free(path);
     free(folder);

@@ -113,7 +113,7 @@ static void dit_statistics_json(const trainable *self, const double *statistics,
 static void dit_prepare_pictures(trainable *self, const trainable_validation *context) {
     dit_trainer *d = self->self;
     d->pictures = dit_pictures_create(&d->model.shape, d->config->diffusion.sigma_data, context->data,
-                                      context->autoencoder);
+                                      context->autoencoder, NULL);
 }
 
 static void dit_write_pictures(trainable *self, const trainable_validation *context, char *json, size_t json_size,

@@ -31,18 +31,19 @@ int training_command_run(const training_command *spec, int argc, char **argv) {
         {.name = "--resume", .help = "auto (the run's newest good checkpoint; from scratch if none) or a checkpoint "
                                      "directory; without --config the run's config.json is used"},
         {.name = "--val-data", .help = "held-out images for validation (its first data.validation_samples)"},
-        {.name = "--ae", .help = "ldm train on latents: the autoencoder (run or checkpoint) that decodes the pictures "
-                                 "of train.sample_every (default: the one that made the latents)"},
+        {.name = "--ae", .help = "on latents: the autoencoder (run or checkpoint) that decodes the pictures of "
+                                 "train.sample_every (default: the one that made the latents)"},
         {.name = "--help", .is_flag = 1, .help = "this help"},
         {.name = "--teacher", .required = 1, .help = "the teacher: a run directory of ldm train or one of its "
                                                      "checkpoints (its EMA weights)"},
         {0},
     };
     /* One table for the three commands: --teacher is ldm distill's, --val-data
-     * ldm train-ae's (the DiT validates by sampling), --ae ldm train's. */
+     * ldm train-ae's (the DiT validates by sampling), --ae ldm train's and
+     * ldm distill's (create_model NULL: prepare chooses the model). */
     options[9].absent = !spec->prepare;
     options[6].absent = create_model != autoencoder_trainable_create;
-    options[7].absent = create_model != dit_trainable_create;
+    options[7].absent = create_model == autoencoder_trainable_create;
     for (int i = 2; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             cli_print_usage(command, summary, options);

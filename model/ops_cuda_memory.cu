@@ -1,0 +1,36 @@
+/* Device memory for the CUDA op set (ops_cuda.h): checked allocation, copies
+ * between host and device, filling and waiting, so that C code (tests, set-up)
+ * needs no CUDA header. Failures end the program through fatal_internal. */
+#include "cuda_check.h"
+
+extern "C" {
+#include "ops_cuda.h"
+}
+
+extern "C" void *cuda_buffer_alloc(size_t bytes) {
+    if (bytes == 0) return NULL;
+    void *device = NULL;
+    CUDA_CHECK(cudaMalloc(&device, bytes));
+    return device;
+}
+
+extern "C" void cuda_buffer_free(void *device) {
+    if (device) CUDA_CHECK(cudaFree(device));
+}
+
+extern "C" void cuda_copy_to_device(void *device, const void *host, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemcpy(device, host, bytes, cudaMemcpyHostToDevice));
+}
+
+extern "C" void cuda_copy_to_host(void *host, const void *device, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemcpy(host, device, bytes, cudaMemcpyDeviceToHost));
+}
+
+extern "C" void cuda_buffer_fill_bytes(void *device, int value, size_t bytes) {
+    if (bytes) {
+        CUDA_CHECK(cudaMemset(device, value, bytes));
+        CUDA_CHECK(cudaDeviceSynchronize());
+    }
+}
+
+extern "C" void cuda_device_synchronize(void) { CUDA_CHECK(cudaDeviceSynchronize()); }

@@ -1,0 +1,769 @@
+/* The CUDA op set (model/ops_cuda.h, model/gemm_cublaslt.h) against the CPU ops
+ * (ops.h, train/optimizer.h, precision.h): random inputs, the CPU op and the
+ * CUDA op (copy in, run, copy out), compared. Shapes are not multiples of 32
+ * (rows 37, dim 72, tokens 17, heads 3, head_dim 24, n 100003). Outputs the
+ * GPU overwrites are filled with NaN first (so an element left unwritten, or a
+ * beta-0 GEMM that reads its output, shows up); gradients that accumulate start
+ * from the same random values on both sides.
+ *
+ * Tolerances (a = GPU, b = CPU):
+ * - elementwise fp32 ops (modulate, gated residual, activations):
+ *   |a - b| <= atol + rtol |b| with (1e-6, 1e-6) where the GPU may only fuse a
+ *   multiply-add, (1e-5, 1e-5) for GELU/SiLU (CUDA's tanhf/expf vs fast_math.h's,
+ *   a few ulp apart) and for LayerNorm and the column sums (sums in another order);
+ * - GEMMs: |a - b| <= tol * S with S the same product on absolute values
+ *   (|in| @ |W|^T + |bias|, and |accumulated start| where beta = 1), the bound of
+ *   the rounding error of a dot product: tol 1e-5 in fp32 (TF32, with its 10-bit
+ *   mantissa, would be off by ~6e-5 S and fail), 1e-4 for bf16/fp16 inputs (the
+ *   CPU multiplies the same rounded values in fp32, products are exact, only the
+ *   accumulation differs; an output rounded to 16 bits would be off by ~2e-3 S);
+ * - attention: |a - b| <= tol * max|b| over the tensor, tol 1e-4 in fp32; with
+ *   bf16/fp16 rounding of the probabilities a value next to a rounding boundary
+ *   may round the other way, so probabilities may differ by one ulp of the format
+ *   (rtol 2^-7 bf16, 2^-10 fp16) and out, d_qkv by 1e-2 (bf16), 2e-3 (fp16) of max;
+ * - timestep embedding (double on both sides): atol 1e-6; its backward (1e-5, 1e-6);
+ * - loss: rtol 1e-6 (double sums in another order, then rounded to float);
+ * - bit-identical: patchify/unpatchify, embedding lookup and gradient, add,
+ *   add_row_broadcast, the AdamW step (5 steps: params, m, v) and every cast of
+ *   precision.h (special values, 2^20 random bit patterns, all 65536 16-bit values).
+ * Determinism: reductions (column sums, LayerNorm backward, attention backward,
+ * linear gradients, the loss) run twice give the same bits.
+ * Reports itself skipped (exit 77) in a CPU build or without a GPU. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "device.h"
+#include "ops.h"
+#include "optimizer.h"
+#include "precision.h"
+#include "rng.h"
+#include "test_util.h"
+
+#ifdef LDM_HAVE_CUDA
+#include "ops_cuda.h"
+
+/* ---- buffers: everything allocated by a test is released by release_all() ---- */
+
+enum { MAX_BUFFERS = 512 };
+static void *host_buffers[MAX_BUFFERS], *device_buffers[MAX_BUFFERS];
+static int host_count, device_count;
+static rng_stream rng;
+
+static void *host_alloc(size_t bytes) {
+    void *p = calloc(bytes ? bytes : 1, 1);
+    if (!p || host_count == MAX_BUFFERS) {
+        fprintf(stderr, "test_ops_cuda: out of host buffers\n");
+        exit(1);
+    }
+    host_buffers[host_count++] = p;
+    return p;
+}
+
+static void *device_alloc(size_t bytes) {
+    void *p = cuda_buffer_alloc(bytes);
+    if (device_count == MAX_BUFFERS) {
+        fprintf(stderr, "test_ops_cuda: out of device buffers\n");
+        exit(1);
+    }
+    device_buffers[device_count++] = p;
+    return p;
+}
+
+static void release_all(void) {
+    for (int i = 0; i < host_count; i++) free(host_buffers[i]);
+    for (int i = 0; i < device_count; i++) cuda_buffer_free(device_buffers[i]);
+    host_count = device_count = 0;
+}
+
+static float *host_normal(size_t n, float scale) {
+    float *x = host_alloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) x[i] = scale * rng_normal(&rng);
+    return x;
+}
+
+static float *host_copy(const float *src, size_t n) {
+    float *x = host_alloc(n * sizeof(float));
+    memcpy(x, src, n * sizeof(float));
+    return x;
+}
+
+static float *host_abs(const float *src, size_t n) {
+    float *x = host_alloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) x[i] = fabsf(src[i]);
+    return x;
+}
+
+static void *to_device(const void *host, size_t bytes) {
+    void *d = device_alloc(bytes);
+    cuda_copy_to_device(d, host, bytes);
+    return d;
+}
+
+static float *to_device_f(const float *host, size_t n) { return to_device(host, n * sizeof(float)); }
+
+/* A device buffer of n floats, every one NaN (all bits set). */
+static float *device_nan(size_t n) {
+    float *d = device_alloc(n * sizeof(float));
+    cuda_buffer_fill_bytes(d, 0xff, n * sizeof(float));
+    return d;
+}
+
+/* The device buffer's contents, after the queued work. */
+static float *fetch(const float *device, size_t n) {
+    float *x = host_alloc(n * sizeof(float));
+    cuda_device_synchronize();
+    cuda_copy_to_host(x, device, n * sizeof(float));
+    return x;
+}
+
+/* ---- comparisons: one check per array, naming the worst element ---- */
+
+static void expect_close(const char *what, const float *gpu, const float *cpu, size_t n, double atol, double rtol) {
+    size_t bad = 0, worst = 0;
+    double worst_excess = -1.0;
+    for (size_t i = 0; i < n; i++) {
+        double a = gpu[i], b = cpu[i], bound = atol + rtol * fabs(b);
+        double excess = isnan(a) || isnan(b) ? (isnan(a) && isnan(b) ? 0.0 : INFINITY) : fabs(a - b) - bound;
+        if (excess > 0.0) bad++;
+        if (excess > worst_excess) worst_excess = excess, worst = i;
+    }
+    CHECK_MSG(bad == 0, "%s: %zu of %zu differ beyond %g + %g|cpu|; worst [%zu] gpu %.9g cpu %.9g", what, bad, n,
+              atol, rtol, worst, n ? gpu[worst] : 0.0f, n ? cpu[worst] : 0.0f);
+}
+
+/* |gpu - cpu| <= tol * scale[i] (+ 1e-30 for exact zeros), NaN never passes. */
+static void expect_close_scaled(const char *what, const float *gpu, const float *cpu, const float *scale, size_t n,
+                                double tol) {
+    size_t bad = 0, worst = 0;
+    double worst_ratio = -1.0;
+    for (size_t i = 0; i < n; i++) {
+        double ratio = fabs((double)gpu[i] - cpu[i]) / (tol * scale[i] + 1e-30);
+        if (!(ratio <= 1.0)) bad++;
+        if (!(ratio <= worst_ratio)) worst_ratio = ratio, worst = i;
+    }
+    CHECK_MSG(bad == 0, "%s: %zu of %zu differ beyond %g * |.| scale; worst [%zu] gpu %.9g cpu %.9g scale %.6g", what,
+              bad, n, tol, worst, n ? gpu[worst] : 0.0f, n ? cpu[worst] : 0.0f, n ? scale[worst] : 0.0f);
+}
+
+/* |gpu - cpu| <= tol * max |cpu|. */
+static void expect_close_to_max(const char *what, const float *gpu, const float *cpu, size_t n, double tol) {
+    double max = 0.0;
+    for (size_t i = 0; i < n; i++) max = fabs(cpu[i]) > max ? fabs(cpu[i]) : max;
+    expect_close(what, gpu, cpu, n, tol * max, 0.0);
+}
+
+static void expect_bits(const char *what, const void *gpu, const void *cpu, size_t count, size_t element_bytes) {
+    size_t bad = 0, first = 0;
+    for (size_t i = count; i-- > 0;)
+        if (memcmp((const char *)gpu + i * element_bytes, (const char *)cpu + i * element_bytes, element_bytes)) {
+            bad++;
+            first = i;
+        }
+    uint32_t g = 0, c = 0;
+    if (bad) {
+        memcpy(&g, (const char *)gpu + first * element_bytes, element_bytes < 4 ? element_bytes : 4);
+        memcpy(&c, (const char *)cpu + first * element_bytes, element_bytes < 4 ? element_bytes : 4);
+    }
+    CHECK_MSG(bad == 0, "%s: %zu of %zu not bit-identical; first [%zu] gpu 0x%08x cpu 0x%08x", what, bad, count,
+              first, g, c);
+}
+
+static void expect_same_bits_f(const char *what, const float *gpu, const float *cpu, size_t n) {
+    expect_bits(what, gpu, cpu, n, sizeof(float));
+}
+
+/* ---- LayerNorm, modulate, gated residual ---- */
+
+enum { ROWS = 37, DIM = 72, BATCH = 3, TOKENS = 17, MOD_STRIDE = 6 * DIM };
+#define LN_EPS 1e-6f
+
+static void test_layernorm(void) {
+    const size_t n = (size_t)ROWS * DIM;
+    float *x = host_normal(n, 2.0f);
+    for (size_t i = 0; i < n; i++) x[i] += 3.0f + (float)(i / DIM); /* a mean per row */
+    float *out = host_alloc(n * 4), *mean = host_alloc(ROWS * 4), *rstd = host_alloc(ROWS * 4);
+    layernorm_forward(out, mean, rstd, x, ROWS, DIM, LN_EPS);
+    float *d_x = to_device_f(x, n), *d_out = device_nan(n), *d_mean = device_nan(ROWS), *d_rstd = device_nan(ROWS);
+    layernorm_forward_cuda(d_out, d_mean, d_rstd, d_x, ROWS, DIM, LN_EPS, NULL);
+    expect_close("layernorm_forward out", fetch(d_out, n), out, n, 1e-5, 1e-5);
+    expect_close("layernorm_forward mean", fetch(d_mean, ROWS), mean, ROWS, 1e-6, 1e-6);
+    expect_close("layernorm_forward rstd", fetch(d_rstd, ROWS), rstd, ROWS, 0.0, 1e-6);
+
+    /* backward from the CPU's statistics, with beta 0 (d_in NaN) and 1 */
+    float *g = host_normal(n, 1.0f), *start = host_normal(n, 1.0f);
+    float *d_g = to_device_f(g, n), *c_mean = to_device_f(mean, ROWS), *c_rstd = to_device_f(rstd, ROWS);
+    float *c_out = to_device_f(out, n);
+    for (int beta = 0; beta <= 1; beta++) {
+        float *cpu = host_copy(start, n), *cpu_normalized = host_copy(start, n);
+        layernorm_backward(cpu, (float)beta, g, x, mean, rstd, ROWS, DIM);
+        layernorm_backward_normalized(cpu_normalized, (float)beta, g, out, rstd, ROWS, DIM);
+        float *d_in = beta ? to_device_f(start, n) : device_nan(n);
+        float *d_in_normalized = beta ? to_device_f(start, n) : device_nan(n);
+        layernorm_backward_cuda(d_in, (float)beta, d_g, d_x, c_mean, c_rstd, ROWS, DIM, NULL);
+        layernorm_backward_normalized_cuda(d_in_normalized, (float)beta, d_g, c_out, c_rstd, ROWS, DIM, NULL);
+        expect_close(beta ? "layernorm_backward beta 1" : "layernorm_backward beta 0", fetch(d_in, n), cpu, n, 1e-5,
+                     1e-5);
+        expect_close(beta ? "layernorm_backward_normalized beta 1" : "layernorm_backward_normalized beta 0",
+                     fetch(d_in_normalized, n), cpu_normalized, n, 1e-5, 1e-5);
+    }
+    /* determinism */
+    float *d_first = device_nan(n), *d_second = device_nan(n);
+    layernorm_backward_cuda(d_first, 0.0f, d_g, d_x, c_mean, c_rstd, ROWS, DIM, NULL);
+    layernorm_backward_cuda(d_second, 0.0f, d_g, d_x, c_mean, c_rstd, ROWS, DIM, NULL);
+    expect_same_bits_f("layernorm_backward twice", fetch(d_first, n), fetch(d_second, n), n);
+    release_all();
+}
+
+static void test_layernorm_modulate(void) {
+    const int rows = BATCH * TOKENS;
+    const size_t n = (size_t)rows * DIM, n_ada = (size_t)BATCH * MOD_STRIDE;
+    float *x = host_normal(n, 1.5f), *ada = host_normal(n_ada, 0.5f);
+    const float *shift = ada + 0 * DIM, *scale = ada + 1 * DIM;
+    float *ln = host_alloc(n * 4), *mean = host_alloc(rows * 4), *rstd = host_alloc(rows * 4), *out = host_alloc(n * 4);
+    layernorm_forward(ln, mean, rstd, x, rows, DIM, LN_EPS);
+    modulate_forward(out, ln, shift, scale, MOD_STRIDE, BATCH, TOKENS, DIM);
+    float *d_x = to_device_f(x, n), *d_ada = to_device_f(ada, n_ada);
+    float *d_out = device_nan(n), *d_ln = device_nan(n), *d_mean = device_nan(rows), *d_rstd = device_nan(rows);
+    layernorm_modulate_forward_cuda(d_out, d_ln, d_mean, d_rstd, d_x, d_ada + 0 * DIM, d_ada + 1 * DIM, MOD_STRIDE,
+                                    BATCH, TOKENS, DIM, LN_EPS, NULL);
+    expect_close("layernorm_modulate_forward out", fetch(d_out, n), out, n, 1e-5, 1e-5);
+    expect_close("layernorm_modulate_forward normalized", fetch(d_ln, n), ln, n, 1e-5, 1e-5);
+    expect_close("layernorm_modulate_forward mean", fetch(d_mean, rows), mean, rows, 1e-6, 1e-6);
+    expect_close("layernorm_modulate_forward rstd", fetch(d_rstd, rows), rstd, rows, 0.0, 1e-6);
+    float *d_out_only = device_nan(n); /* normalized, mean, rstd not needed */
+    layernorm_modulate_forward_cuda(d_out_only, NULL, NULL, NULL, d_x, d_ada + 0 * DIM, d_ada + 1 * DIM, MOD_STRIDE,
+                                    BATCH, TOKENS, DIM, LN_EPS, NULL);
+    expect_close("layernorm_modulate_forward, out only", fetch(d_out_only, n), out, n, 1e-5, 1e-5);
+    release_all();
+}
+
+static void test_modulate_and_gate(void) {
+    const size_t n = (size_t)BATCH * TOKENS * DIM, n_ada = (size_t)BATCH * MOD_STRIDE;
+    float *x = host_normal(n, 1.0f), *y = host_normal(n, 1.0f), *ada = host_normal(n_ada, 0.5f);
+    float *g = host_normal(n, 1.0f), *grad_start = host_normal(n_ada, 1.0f);
+    float *d_x = to_device_f(x, n), *d_y = to_device_f(y, n), *d_ada = to_device_f(ada, n_ada);
+    float *d_g = to_device_f(g, n);
+
+    /* modulate: shift at column block 0, scale at 1 (as DiT's first pair) */
+    float *out = host_alloc(n * 4);
+    modulate_forward(out, x, ada, ada + DIM, MOD_STRIDE, BATCH, TOKENS, DIM);
+    float *d_out = device_nan(n);
+    modulate_forward_cuda(d_out, d_x, d_ada, d_ada + DIM, MOD_STRIDE, BATCH, TOKENS, DIM, NULL);
+    expect_close("modulate_forward", fetch(d_out, n), out, n, 1e-6, 1e-6);
+
+    float *d_in_cpu = host_alloc(n * 4), *grads = host_copy(grad_start, n_ada);
+    modulate_backward(d_in_cpu, grads, grads + DIM, g, x, ada + DIM, MOD_STRIDE, BATCH, TOKENS, DIM);
+    float *d_in = device_nan(n), *d_grads = to_device_f(grad_start, n_ada);
+    modulate_backward_cuda(d_in, d_grads, d_grads + DIM, d_g, d_x, d_ada + DIM, MOD_STRIDE, BATCH, TOKENS, DIM, NULL);
+    expect_close("modulate_backward d_in", fetch(d_in, n), d_in_cpu, n, 1e-6, 1e-6);
+    /* the whole modulation gradient: untouched columns must stay as they were */
+    expect_close("modulate_backward d_shift, d_scale", fetch(d_grads, n_ada), grads, n_ada, 1e-5, 1e-5);
+
+    /* only d_shift; and determinism of the column sums */
+    float *shift_only = host_copy(grad_start, n_ada);
+    modulate_backward(NULL, shift_only, NULL, g, x, ada + DIM, MOD_STRIDE, BATCH, TOKENS, DIM);
+    float *d_first = to_device_f(grad_start, n_ada), *d_second = to_device_f(grad_start, n_ada);
+    modulate_backward_cuda(NULL, d_first, NULL, d_g, d_x, d_ada + DIM, MOD_STRIDE, BATCH, TOKENS, DIM, NULL);
+    modulate_backward_cuda(NULL, d_second, NULL, d_g, d_x, d_ada + DIM, MOD_STRIDE, BATCH, TOKENS, DIM, NULL);
+    float *first = fetch(d_first, n_ada);
+    expect_close("modulate_backward d_shift only", first, shift_only, n_ada, 1e-5, 1e-5);
+    expect_same_bits_f("modulate_backward twice", first, fetch(d_second, n_ada), n_ada);
+
+    /* gated residual: gate at column block 2 */
+    float *residual = host_copy(x, n);
+    gated_residual_forward(residual, y, ada + 2 * DIM, MOD_STRIDE, BATCH, TOKENS, DIM);
+    float *d_residual = to_device_f(x, n);
+    gated_residual_forward_cuda(d_residual, d_y, d_ada + 2 * DIM, MOD_STRIDE, BATCH, TOKENS, DIM, NULL);
+    expect_close("gated_residual_forward", fetch(d_residual, n), residual, n, 1e-6, 1e-6);
+
+    float *d_y_cpu = host_alloc(n * 4), *gate_grads = host_copy(grad_start, n_ada);
+    gated_residual_backward(d_y_cpu, gate_grads + 2 * DIM, g, y, ada + 2 * DIM, MOD_STRIDE, BATCH, TOKENS, DIM);
+    float *d_dy = device_nan(n), *d_gate_grads = to_device_f(grad_start, n_ada);
+    gated_residual_backward_cuda(d_dy, d_gate_grads + 2 * DIM, d_g, d_y, d_ada + 2 * DIM, MOD_STRIDE, BATCH, TOKENS,
+                                 DIM, NULL);
+    expect_close("gated_residual_backward d_y", fetch(d_dy, n), d_y_cpu, n, 1e-6, 1e-6);
+    expect_close("gated_residual_backward d_gate", fetch(d_gate_grads, n_ada), gate_grads, n_ada, 1e-5, 1e-5);
+    release_all();
+}
+
+/* ---- activations ---- */
+
+static void test_activations(void) {
+    const size_t n = 100003; /* not a multiple of the block size */
+    float *x = host_normal(n, 3.0f), *g = host_normal(n, 1.0f);
+    float *d_x = to_device_f(x, n), *d_g = to_device_f(g, n);
+    float *cpu = host_alloc(n * 4), *d_out = device_nan(n);
+
+    gelu_tanh_forward(cpu, x, n);
+    gelu_tanh_forward_cuda(d_out, d_x, n, NULL);
+    expect_close("gelu_tanh_forward", fetch(d_out, n), cpu, n, 1e-5, 1e-5);
+    gelu_tanh_backward(cpu, g, x, n);
+    float *d_inplace = to_device_f(g, n); /* d_in aliasing d_out, as dit.c calls it */
+    gelu_tanh_backward_cuda(d_inplace, d_inplace, d_x, n, NULL);
+    expect_close("gelu_tanh_backward (in place)", fetch(d_inplace, n), cpu, n, 1e-5, 1e-5);
+
+    silu_forward(cpu, x, n);
+    silu_forward_cuda(d_out, d_x, n, NULL);
+    expect_close("silu_forward", fetch(d_out, n), cpu, n, 1e-5, 1e-5);
+    silu_backward(cpu, g, x, n);
+    float *d_in = device_nan(n);
+    silu_backward_cuda(d_in, d_g, d_x, n, NULL);
+    expect_close("silu_backward", fetch(d_in, n), cpu, n, 1e-5, 1e-5);
+    release_all();
+}
+
+/* ---- attention ---- */
+
+static void test_attention(ldm_precision precision, gemm_cuda_context *ctx) {
+    enum { B = 2, T = 17, H = 3, HD = 24 };
+    const size_t n_qkv = (size_t)B * T * 3 * H * HD, n_out = (size_t)B * T * H * HD, n_p = (size_t)B * H * T * T;
+    char what[128];
+    const char *name = precision_name(precision);
+    float *qkv = host_normal(n_qkv, 1.0f), *g = host_normal(n_out, 1.0f);
+    float *out = host_alloc(n_out * 4), *probs = host_alloc(n_p * 4);
+    attention_forward_precision(out, probs, qkv, B, T, H, HD, precision);
+    float *d_qkv = to_device_f(qkv, n_qkv), *d_out = device_nan(n_out), *d_probs = device_nan(n_p);
+    attention_forward_cuda(ctx, d_out, d_probs, d_qkv, B, T, H, HD, precision, NULL);
+    const double out_tol = precision == PRECISION_BF16 ? 1e-2 : precision == PRECISION_FP16 ? 2e-3 : 1e-4;
+    snprintf(what, sizeof(what), "attention_forward %s probs", name);
+    if (precision == PRECISION_FP32)
+        expect_close_to_max(what, fetch(d_probs, n_p), probs, n_p, 1e-4);
+    else
+        expect_close(what, fetch(d_probs, n_p), probs, n_p, 1e-6, precision == PRECISION_BF16 ? 0x1p-7 : 0x1p-10);
+    snprintf(what, sizeof(what), "attention_forward %s out", name);
+    expect_close_to_max(what, fetch(d_out, n_out), out, n_out, out_tol);
+
+    /* backward from the CPU's probabilities */
+    float *d_qkv_cpu = host_alloc(n_qkv * 4), *scores = host_alloc(n_p * 4);
+    attention_backward_precision(d_qkv_cpu, scores, g, qkv, probs, B, T, H, HD, precision);
+    float *c_probs = to_device_f(probs, n_p), *d_g = to_device_f(g, n_out);
+    float *d_grad = device_nan(n_qkv), *d_scores = device_nan(n_p);
+    attention_backward_cuda(ctx, d_grad, d_scores, d_g, d_qkv, c_probs, B, T, H, HD, precision, NULL);
+    float *grad = fetch(d_grad, n_qkv);
+    snprintf(what, sizeof(what), "attention_backward %s d_qkv", name);
+    expect_close_to_max(what, grad, d_qkv_cpu, n_qkv, out_tol);
+    float *d_again = device_nan(n_qkv);
+    attention_backward_cuda(ctx, d_again, d_scores, d_g, d_qkv, c_probs, B, T, H, HD, precision, NULL);
+    snprintf(what, sizeof(what), "attention_backward %s twice", name);
+    expect_same_bits_f(what, grad, fetch(d_again, n_qkv), n_qkv);
+    release_all();
+}
+
+/* The strided-batched GEMM by itself, all four transpose cases, with padded
+ * leading dimensions and strides, alpha and beta, against a double reference. */
+static void test_strided_batched(gemm_cuda_context *ctx) {
+    enum { BATCHES = 3, M = 13, N = 7, K = 9, PAD = 3, GAP = 5 };
+    const float alpha = 0.5f, beta = 0.25f;
+    for (int ta = 0; ta <= 1; ta++)
+        for (int tb = 0; tb <= 1; tb++) {
+            const int a_rows = ta ? K : M, a_cols = ta ? M : K, b_rows = tb ? N : K, b_cols = tb ? K : N;
+            const int lda = a_cols + PAD, ldb = b_cols + PAD, ldc = N + PAD;
+            const long long sa = (long long)a_rows * lda + GAP, sb = (long long)b_rows * ldb + GAP,
+                            sc = (long long)M * ldc + GAP;
+            float *a = host_normal((size_t)sa * BATCHES, 1.0f), *b = host_normal((size_t)sb * BATCHES, 1.0f);
+            float *c = host_normal((size_t)sc * BATCHES, 1.0f);
+            float *expected = host_copy(c, (size_t)sc * BATCHES), *scale = host_abs(c, (size_t)sc * BATCHES);
+            for (int i = 0; i < BATCHES; i++)
+                for (int r = 0; r < M; r++)
+                    for (int col = 0; col < N; col++) {
+                        double sum = 0.0, abs_sum = 0.0;
+                        for (int l = 0; l < K; l++) {
+                            double av = a[i * sa + (ta ? (size_t)l * lda + r : (size_t)r * lda + l)];
+                            double bv = b[i * sb + (tb ? (size_t)col * ldb + l : (size_t)l * ldb + col)];
+                            sum += av * bv;
+                            abs_sum += fabs(av * bv);
+                        }
+                        size_t at = i * sc + (size_t)r * ldc + col;
+                        expected[at] = (float)(alpha * sum + beta * (double)c[at]);
+                        scale[at] = (float)(alpha * abs_sum + beta * fabs(c[at]));
+                    }
+            float *d_a = to_device_f(a, (size_t)sa * BATCHES), *d_b = to_device_f(b, (size_t)sb * BATCHES);
+            float *d_c = to_device_f(c, (size_t)sc * BATCHES);
+            gemm_cuda_strided_batched(ctx, ta, tb, M, N, K, alpha, d_a, lda, sa, d_b, ldb, sb, beta, d_c, ldc, sc,
+                                      BATCHES, NULL);
+            char what[96];
+            snprintf(what, sizeof(what), "gemm_cuda_strided_batched transposes %d %d", ta, tb);
+            /* padding and gaps: scale = |c| there and expected = c, so they must be untouched */
+            expect_close_scaled(what, fetch(d_c, (size_t)sc * BATCHES), expected, scale, (size_t)sc * BATCHES, 1e-5);
+        }
+    release_all();
+}
+
+/* ---- linear ---- */
+
+/* Host values of n inputs in the format: bits (to upload) and the rounded floats
+ * (for the CPU); in fp32 the floats themselves. */
+typedef struct {
+    float *values;
+    const void *upload;
+    size_t upload_bytes;
+} format_input;
+
+static format_input format_input_of(float *x, size_t n, ldm_precision precision) {
+    format_input f = {x, x, n * sizeof(float)};
+    if (precision != PRECISION_FP32) {
+        uint16_t *bits = host_alloc(n * sizeof(uint16_t));
+        precision_store(precision, bits, x, n); /* x rounded in place */
+        f.upload = bits;
+        f.upload_bytes = n * sizeof(uint16_t);
+    }
+    return f;
+}
+
+/* bias_mode 0: none, 1: a 256-byte aligned bias (cuBLASLt's epilogue), 2: a bias
+ * 4 bytes off 16-byte alignment (the separate bias path). */
+static void test_linear(gemm_cuda_context *ctx, ldm_precision precision, int out_features, int bias_mode) {
+    const int rows = ROWS, in_features = DIM;
+    const size_t n_in = (size_t)rows * in_features, n_w = (size_t)out_features * in_features;
+    const size_t n_out = (size_t)rows * out_features;
+    const double tol = precision == PRECISION_FP32 ? 1e-5 : 1e-4;
+    char what[160];
+    snprintf(what, sizeof(what), "linear %s out %d bias %d", precision_name(precision), out_features, bias_mode);
+    const size_t what_len = strlen(what);
+
+    format_input in = format_input_of(host_normal(n_in, 1.0f), n_in, precision);
+    format_input weight = format_input_of(host_normal(n_w, 0.2f), n_w, precision);
+    format_input d_out = format_input_of(host_normal(n_out, 1.0f), n_out, precision);
+    float *bias_host = host_normal(out_features + 1, 1.0f), *bias = bias_mode ? bias_host + 1 : NULL;
+    float *dev_in = to_device(in.upload, in.upload_bytes), *dev_w = to_device(weight.upload, weight.upload_bytes);
+    float *dev_d_out = to_device(d_out.upload, d_out.upload_bytes);
+    float *dev_bias_block = to_device_f(bias_host, out_features + 1);
+    float *dev_bias = NULL;
+    if (bias_mode == 1) dev_bias = to_device_f(bias, out_features);
+    if (bias_mode == 2) dev_bias = dev_bias_block + 1;
+
+    /* forward */
+    float *out = host_alloc(n_out * 4), *out_scale = host_alloc(n_out * 4);
+    linear_forward(out, in.values, weight.values, bias, rows, in_features, out_features);
+    linear_forward(out_scale, host_abs(in.values, n_in), host_abs(weight.values, n_w),
+                   bias ? host_abs(bias, out_features) : NULL, rows, in_features, out_features);
+    float *dev_out = device_nan(n_out);
+    linear_forward_cuda(ctx, dev_out, dev_in, dev_w, dev_bias, rows, in_features, out_features, precision, NULL);
+    snprintf(what + what_len, sizeof(what) - what_len, " forward");
+    expect_close_scaled(what, fetch(dev_out, n_out), out, out_scale, n_out, tol);
+
+    /* backward, d_in with beta 0 (d_in NaN) and 1; d_weight, d_bias accumulate */
+    float *start_in = host_normal(n_in, 1.0f), *start_w = host_normal(n_w, 1.0f);
+    float *start_b = host_normal(out_features, 1.0f);
+    for (int beta = 0; beta <= 1; beta++) {
+        float *g_in = host_copy(start_in, n_in), *g_w = host_copy(start_w, n_w);
+        float *g_b = host_copy(start_b, out_features);
+        linear_backward(g_in, (float)beta, g_w, g_b, d_out.values, in.values, weight.values, rows, in_features,
+                        out_features);
+        float *s_in = host_abs(start_in, n_in), *s_w = host_abs(start_w, n_w), *s_b = host_abs(start_b, out_features);
+        linear_backward(s_in, (float)beta, s_w, s_b, host_abs(d_out.values, n_out), host_abs(in.values, n_in),
+                        host_abs(weight.values, n_w), rows, in_features, out_features);
+        float *dev_g_in = beta ? to_device_f(start_in, n_in) : device_nan(n_in);
+        float *dev_g_w = to_device_f(start_w, n_w), *dev_g_b = to_device_f(start_b, out_features);
+        linear_backward_cuda(ctx, dev_g_in, (float)beta, dev_g_w, dev_g_b, dev_d_out, dev_in, dev_w, rows, in_features,
+                             out_features, precision, NULL);
+        snprintf(what + what_len, sizeof(what) - what_len, " backward d_in beta %d", beta);
+        expect_close_scaled(what, fetch(dev_g_in, n_in), g_in, s_in, n_in, tol);
+        snprintf(what + what_len, sizeof(what) - what_len, " backward d_weight");
+        float *got_w = fetch(dev_g_w, n_w);
+        expect_close_scaled(what, got_w, g_w, s_w, n_w, tol);
+        snprintf(what + what_len, sizeof(what) - what_len, " backward d_bias");
+        float *got_b = fetch(dev_g_b, out_features);
+        expect_close_scaled(what, got_b, g_b, s_b, out_features, 1e-5);
+        if (beta == 1) {
+            /* determinism, and NULL gradients skipped: only d_bias this time */
+            float *dev_again_w = to_device_f(start_w, n_w), *dev_again_b = to_device_f(start_b, out_features);
+            linear_backward_cuda(ctx, NULL, 0.0f, dev_again_w, NULL, dev_d_out, dev_in, dev_w, rows, in_features,
+                                 out_features, precision, NULL);
+            linear_backward_cuda(ctx, NULL, 0.0f, NULL, dev_again_b, dev_d_out, dev_in, dev_w, rows, in_features,
+                                 out_features, precision, NULL);
+            snprintf(what + what_len, sizeof(what) - what_len, " backward twice d_weight");
+            expect_same_bits_f(what, got_w, fetch(dev_again_w, n_w), n_w);
+            snprintf(what + what_len, sizeof(what) - what_len, " backward twice d_bias");
+            expect_same_bits_f(what, got_b, fetch(dev_again_b, out_features), out_features);
+        }
+    }
+    release_all();
+}
+
+/* ---- patchify, embeddings, loss, add ---- */
+
+typedef void (*permute_cpu)(float *, const float *, int, int, int, int);
+typedef void (*permute_cuda)(float *, const float *, int, int, int, int, ldm_stream);
+
+/* The four permutations, each into a fresh NaN-filled buffer. */
+static void test_patchify(int channels, int size, int patch) {
+    enum { B = 2 };
+    static const struct {
+        const char *name;
+        permute_cpu cpu;
+        permute_cuda cuda;
+        int from_image; /* image -> tokens, else tokens -> image */
+    } cases[] = {
+        {"patchify_forward", patchify_forward, patchify_forward_cuda, 1},
+        {"patchify_backward", patchify_backward, patchify_backward_cuda, 0},
+        {"unpatchify_forward", unpatchify_forward, unpatchify_forward_cuda, 0},
+        {"unpatchify_backward", unpatchify_backward, unpatchify_backward_cuda, 1},
+    };
+    const int grid = size / patch;
+    const size_t n_image = (size_t)B * channels * size * size;
+    const size_t n_tokens = (size_t)B * grid * grid * channels * patch * patch;
+    float *image = host_normal(n_image, 1.0f), *tokens = host_normal(n_tokens, 1.0f);
+    float *d_image = to_device_f(image, n_image), *d_tokens = to_device_f(tokens, n_tokens);
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        const int from_image = cases[c].from_image;
+        const size_t n = from_image ? n_tokens : n_image;
+        float *cpu = host_alloc(n * 4), *dev = device_nan(n);
+        cases[c].cpu(cpu, from_image ? image : tokens, B, channels, size, patch);
+        cases[c].cuda(dev, from_image ? d_image : d_tokens, B, channels, size, patch, NULL);
+        char what[96];
+        snprintf(what, sizeof(what), "%s c %d size %d patch %d", cases[c].name, channels, size, patch);
+        expect_same_bits_f(what, fetch(dev, n), cpu, n);
+    }
+    release_all();
+}
+
+static void test_embeddings(void) {
+    enum { B = ROWS, TABLE_ROWS = 11 };
+    const size_t n = (size_t)B * DIM, n_table = (size_t)TABLE_ROWS * DIM;
+    float *t = host_alloc(B * 4);
+    for (int b = 0; b < B; b++) t[b] = 2000.0f * rng_uniform(&rng) - 1000.0f; /* 250 ln sigma covers this range */
+    float *cpu = host_alloc(n * 4), *d_t = to_device_f(t, B), *dev_out = device_nan(n);
+    timestep_embedding_forward(cpu, t, B, DIM);
+    timestep_embedding_forward_cuda(dev_out, d_t, B, DIM, NULL);
+    expect_close("timestep_embedding_forward", fetch(dev_out, n), cpu, n, 1e-6, 0.0);
+    float *g = host_normal(n, 1.0f), *cpu_dt = host_alloc(B * 4), *dev_dt = device_nan(B);
+    timestep_embedding_backward(cpu_dt, g, t, B, DIM);
+    timestep_embedding_backward_cuda(dev_dt, to_device_f(g, n), d_t, B, DIM, NULL);
+    expect_close("timestep_embedding_backward", fetch(dev_dt, B), cpu_dt, B, 1e-5, 1e-6);
+
+    int *labels = host_alloc(B * sizeof(int));
+    for (int b = 0; b < B; b++) labels[b] = (int)(rng_next_u64(&rng) % TABLE_ROWS); /* repeats */
+    float *table = host_normal(n_table, 1.0f), *start = host_normal(n_table, 1.0f);
+    int *dev_labels = to_device(labels, B * sizeof(int));
+    embedding_forward(cpu, table, labels, B, DIM);
+    embedding_forward_cuda(dev_out, to_device_f(table, n_table), dev_labels, B, DIM, NULL);
+    expect_same_bits_f("embedding_forward", fetch(dev_out, n), cpu, n);
+    float *cpu_table = host_copy(start, n_table), *dev_table = to_device_f(start, n_table);
+    embedding_backward(cpu_table, g, labels, B, DIM);
+    embedding_backward_cuda(dev_table, to_device_f(g, n), dev_labels, B, DIM, TABLE_ROWS, NULL);
+    expect_same_bits_f("embedding_backward", fetch(dev_table, n_table), cpu_table, n_table);
+    release_all();
+}
+
+static void test_loss(void) {
+    enum { B = ROWS, PER_SAMPLE = 300 };
+    const size_t n = (size_t)B * PER_SAMPLE;
+    float *pred = host_normal(n, 1.0f), *target = host_normal(n, 1.0f), *weight = host_alloc(B * 4);
+    for (int b = 0; b < B; b++) weight[b] = 0.5f + 1.5f * rng_uniform(&rng);
+    float *d_pred = to_device_f(pred, n), *d_target = to_device_f(target, n), *d_weight = to_device_f(weight, B);
+    for (int weighted = 0; weighted <= 1; weighted++) {
+        const float *w = weighted ? weight : NULL, *dev_w = weighted ? d_weight : NULL;
+        float *per_sample = host_alloc(B * 4);
+        float loss = weighted_mse_forward(per_sample, pred, target, w, B, PER_SAMPLE);
+        float *dev_loss = device_nan(1), *dev_per_sample = device_nan(B), *dev_loss_again = device_nan(1);
+        weighted_mse_forward_cuda(dev_loss, dev_per_sample, d_pred, d_target, dev_w, B, PER_SAMPLE, NULL);
+        weighted_mse_forward_cuda(dev_loss_again, NULL, d_pred, d_target, dev_w, B, PER_SAMPLE, NULL);
+        float *got = fetch(dev_loss, 1);
+        expect_close(weighted ? "weighted_mse_forward loss" : "weighted_mse_forward loss, no weight", got, &loss, 1,
+                     0.0, 1e-6);
+        expect_close(weighted ? "weighted_mse_forward per sample" : "weighted_mse_forward per sample, no weight",
+                     fetch(dev_per_sample, B), per_sample, B, 0.0, 1e-6);
+        expect_same_bits_f("weighted_mse_forward twice", got, fetch(dev_loss_again, 1), 1);
+
+        float *cpu = host_alloc(n * 4), *dev_grad = device_nan(n);
+        weighted_mse_backward(cpu, 0.7f, pred, target, w, B, PER_SAMPLE);
+        weighted_mse_backward_cuda(dev_grad, 0.7f, d_pred, d_target, dev_w, B, PER_SAMPLE, NULL);
+        expect_close(weighted ? "weighted_mse_backward" : "weighted_mse_backward, no weight", fetch(dev_grad, n), cpu,
+                     n, 0.0, 1e-6);
+    }
+    release_all();
+}
+
+static void test_add(void) {
+    const size_t n = 100003;
+    float *a = host_normal(n, 1.0f), *b = host_normal(n, 1.0f), *cpu = host_alloc(n * 4), *dev_out = device_nan(n);
+    add_forward(cpu, a, b, n);
+    add_forward_cuda(dev_out, to_device_f(a, n), to_device_f(b, n), n, NULL);
+    expect_same_bits_f("add_forward", fetch(dev_out, n), cpu, n);
+    const size_t n_rows = (size_t)ROWS * DIM;
+    float *x = host_normal(n_rows, 1.0f), *row = host_normal(DIM, 1.0f), *cpu_rows = host_copy(x, n_rows);
+    float *dev_x = to_device_f(x, n_rows);
+    add_row_broadcast(cpu_rows, row, ROWS, DIM);
+    add_row_broadcast_cuda(dev_x, to_device_f(row, DIM), ROWS, DIM, NULL);
+    expect_same_bits_f("add_row_broadcast", fetch(dev_x, n_rows), cpu_rows, n_rows);
+    release_all();
+}
+
+/* ---- AdamW ---- */
+
+static void test_adamw(void) {
+    const size_t n = 100003;
+    const adamw_hyper hyper = {0.9f, 0.999f, 1e-8f, 0.01f};
+    adamw_state state;
+    adamw_create(&state, n, hyper);
+    float *params = host_normal(n, 1.0f);
+    float *d_params = to_device_f(params, n), *d_m = device_nan(n), *d_v = device_nan(n);
+    cuda_buffer_fill_bytes(d_m, 0, n * 4);
+    cuda_buffer_fill_bytes(d_v, 0, n * 4);
+    for (int step = 0; step < 5; step++) {
+        float *grads = host_normal(n, step == 2 ? 1e-3f : 1.0f);
+        const float lr = 1e-3f * (float)(step + 1) / 5.0f; /* as under warmup */
+        adamw_step(&state, params, grads, lr);
+        adamw_step_cuda(d_params, to_device_f(grads, n), d_m, d_v, n, lr, hyper.beta1, hyper.beta2, hyper.eps,
+                        hyper.weight_decay, state.step, NULL);
+    }
+    expect_same_bits_f("adamw params after 5 steps", fetch(d_params, n), params, n);
+    expect_same_bits_f("adamw m after 5 steps", fetch(d_m, n), state.m, n);
+    expect_same_bits_f("adamw v after 5 steps", fetch(d_v, n), state.v, n);
+    adamw_destroy(&state);
+    release_all();
+}
+
+/* ---- casts ---- */
+
+static void test_casts(void) {
+    static const uint32_t specials[] = {
+        0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u,             /* zeros, infinities */
+        0x7fc00000u, 0x7f800001u, 0xffc00001u, 0x7fa5a5a5u, 0xffffffffu, /* NaNs with payloads */
+        0x7f7fffffu, 0xff7fffffu, 0x7f7f8000u, 0x7f7f7fffu,             /* near float's max: bf16 overflow */
+        0x00800000u, 0x00000001u, 0x007fffffu, 0x80000001u,             /* float subnormals */
+        0x477fe000u, 0x477fefffu, 0x477ff000u, 0x47800000u, 0xc77ff000u, /* 65504, ..., 65520, 65536 */
+        0x38800000u, 0x387fffffu, 0x33800000u, 0x33000000u, 0x33000001u, /* 2^-14, 2^-24, 2^-25 (tie to 0) */
+        0x33c00000u, 0x33a00000u, 0x34200000u,                          /* 1.5, 1.25, 2.5 x 2^-24 */
+        0x3f808000u, 0x3f818000u, 0x3f808001u, 0xbf808000u,             /* bf16 ties */
+        0x3f801000u, 0x3f803000u, 0x3f801001u,                          /* fp16 ties */
+    };
+    const size_t n_special = sizeof(specials) / sizeof(specials[0]), n_random = (size_t)1 << 20;
+    const size_t n_scaled = 5 * 4096, n = n_special + n_random + n_scaled;
+    float *x = host_alloc(n * 4);
+    memcpy(x, specials, sizeof(specials));
+    for (size_t i = 0; i < n_random; i++) {
+        uint32_t bits = (uint32_t)rng_next_u64(&rng);
+        memcpy(&x[n_special + i], &bits, 4);
+    }
+    static const float scales[5] = {1e-8f, 3e-5f, 1.0f, 1e4f, 7e4f};
+    for (size_t i = 0; i < n_scaled; i++) x[n_special + n_random + i] = scales[i / 4096] * rng_normal(&rng);
+    float *d_x = to_device_f(x, n);
+
+    uint16_t *all16 = host_alloc(65536 * 2);
+    for (uint32_t i = 0; i < 65536; i++) all16[i] = (uint16_t)i;
+    uint16_t *d_all16 = to_device(all16, 65536 * 2);
+
+    for (int p = PRECISION_BF16; p <= PRECISION_FP16; p++) {
+        const ldm_precision precision = (ldm_precision)p;
+        const int bf16 = precision == PRECISION_BF16;
+        char what[96];
+        uint16_t *bits = host_alloc(n * 2);
+        float *rounded = host_alloc(n * 4);
+        for (size_t i = 0; i < n; i++) {
+            bits[i] = bf16 ? bf16_from_float(x[i]) : fp16_from_float(x[i]);
+            rounded[i] = precision_round(precision, x[i]);
+        }
+        uint16_t *d_bits = device_alloc(n * 2), *got_bits = host_alloc(n * 2);
+        precision_to_bits_cuda(precision, d_bits, d_x, n, NULL);
+        cuda_device_synchronize();
+        cuda_copy_to_host(got_bits, d_bits, n * 2);
+        snprintf(what, sizeof(what), "precision_to_bits_cuda %s", precision_name(precision));
+        expect_bits(what, got_bits, bits, n, 2);
+
+        float *d_round = to_device_f(x, n);
+        precision_round_cuda(precision, d_round, n, NULL);
+        snprintf(what, sizeof(what), "precision_round_cuda %s", precision_name(precision));
+        expect_same_bits_f(what, fetch(d_round, n), rounded, n);
+
+        float *d_store = to_device_f(x, n);
+        uint16_t *d_stored = device_alloc(n * 2);
+        precision_store_cuda(precision, d_stored, d_store, n, NULL);
+        snprintf(what, sizeof(what), "precision_store_cuda %s values", precision_name(precision));
+        expect_same_bits_f(what, fetch(d_store, n), rounded, n);
+        cuda_copy_to_host(got_bits, d_stored, n * 2);
+        snprintf(what, sizeof(what), "precision_store_cuda %s bits", precision_name(precision));
+        expect_bits(what, got_bits, bits, n, 2);
+
+        float *back = host_alloc(65536 * 4), *d_back = device_nan(65536);
+        for (uint32_t i = 0; i < 65536; i++) back[i] = bf16 ? bf16_to_float((uint16_t)i) : fp16_to_float((uint16_t)i);
+        precision_from_bits_cuda(precision, d_back, d_all16, 65536, NULL);
+        snprintf(what, sizeof(what), "precision_from_bits_cuda %s, all 65536", precision_name(precision));
+        expect_same_bits_f(what, fetch(d_back, 65536), back, 65536);
+    }
+    /* fp32: nothing happens */
+    float *d_same = to_device_f(x, n);
+    precision_round_cuda(PRECISION_FP32, d_same, n, NULL);
+    expect_same_bits_f("precision_round_cuda fp32 leaves x", fetch(d_same, n), x, n);
+    release_all();
+}
+
+/* ---- sizes of 0 ---- */
+
+static void test_empty(gemm_cuda_context *ctx) {
+    /* nothing to do, nothing read, nothing launched (NULL data pointers) */
+    layernorm_forward_cuda(NULL, NULL, NULL, NULL, 0, DIM, LN_EPS, NULL);
+    layernorm_backward_cuda(NULL, 0.0f, NULL, NULL, NULL, NULL, 0, DIM, NULL);
+    modulate_forward_cuda(NULL, NULL, NULL, NULL, MOD_STRIDE, 0, TOKENS, DIM, NULL);
+    gelu_tanh_forward_cuda(NULL, NULL, 0, NULL);
+    attention_forward_cuda(ctx, NULL, NULL, NULL, 0, TOKENS, 3, 24, PRECISION_FP32, NULL);
+    patchify_forward_cuda(NULL, NULL, 0, 4, 8, 2, NULL);
+    embedding_backward_cuda(NULL, NULL, NULL, 0, DIM, 11, NULL);
+    weighted_mse_backward_cuda(NULL, 1.0f, NULL, NULL, NULL, 0, 10, NULL);
+    adamw_step_cuda(NULL, NULL, NULL, NULL, 0, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, 1, NULL);
+    precision_round_cuda(PRECISION_BF16, NULL, 0, NULL);
+    linear_forward_cuda(ctx, NULL, NULL, NULL, NULL, 0, DIM, 45, PRECISION_FP32, NULL);
+
+    /* rows 0: the weight gradient gains nothing, the bias gradient neither */
+    float *start = host_normal((size_t)45 * DIM, 1.0f), *start_b = host_normal(45, 1.0f);
+    float *d_w = to_device_f(start, (size_t)45 * DIM), *d_b = to_device_f(start_b, 45);
+    float *dummy = device_nan(1);
+    linear_backward_cuda(ctx, NULL, 0.0f, d_w, d_b, dummy, dummy, dummy, 0, DIM, 45, PRECISION_FP32, NULL);
+    expect_same_bits_f("linear_backward rows 0 leaves d_weight", fetch(d_w, (size_t)45 * DIM), start,
+                       (size_t)45 * DIM);
+    expect_same_bits_f("linear_backward rows 0 leaves d_bias", fetch(d_b, 45), start_b, 45);
+    /* tokens 0: the modulation gradients gain nothing */
+    modulate_backward_cuda(NULL, d_b, d_b, dummy, dummy, dummy, 0, 1, 0, 45, NULL);
+    expect_same_bits_f("modulate_backward tokens 0 leaves d_shift", fetch(d_b, 45), start_b, 45);
+    /* in_features 0: no products, out = bias in every row */
+    float *bias = host_normal(45, 1.0f), *cpu = host_alloc((size_t)ROWS * 45 * 4);
+    for (int r = 0; r < ROWS; r++) memcpy(cpu + (size_t)r * 45, bias, 45 * sizeof(float));
+    float *d_out = device_nan((size_t)ROWS * 45);
+    linear_forward_cuda(ctx, d_out, dummy, dummy, to_device_f(bias, 45), ROWS, 0, 45, PRECISION_FP32, NULL);
+    expect_same_bits_f("linear_forward in_features 0", fetch(d_out, (size_t)ROWS * 45), cpu, (size_t)ROWS * 45);
+    release_all();
+}
+
+static void run_all(void) {
+    rng = rng_stream_for(20240601, 7, 11);
+    gemm_cuda_context *ctx = gemm_cuda_context_create();
+    test_layernorm();
+    test_layernorm_modulate();
+    test_modulate_and_gate();
+    test_activations();
+    for (int p = PRECISION_FP32; p <= PRECISION_FP16; p++) test_attention((ldm_precision)p, ctx);
+    test_strided_batched(ctx);
+    for (int bias_mode = 0; bias_mode <= 2; bias_mode++) {
+        test_linear(ctx, PRECISION_FP32, 45, bias_mode);
+        test_linear(ctx, PRECISION_BF16, 40, bias_mode);
+        test_linear(ctx, PRECISION_FP16, 40, bias_mode);
+    }
+    test_patchify(3, 10, 2);
+    test_patchify(4, 7, 1);
+    test_embeddings();
+    test_loss();
+    test_add();
+    test_adamw();
+    test_casts();
+    test_empty(ctx);
+    gemm_cuda_context_destroy(ctx);
+}
+#endif
+
+int main(void) {
+    char description[512];
+    device_describe(description, sizeof(description));
+    printf("devices: %s\n", description);
+    if (!device_cuda_compiled() || device_cuda_count() == 0) {
+        printf("test_ops_cuda: skipped (no CUDA device)\n");
+        return 77;
+    }
+#ifdef LDM_HAVE_CUDA
+    run_all();
+#endif
+    return test_finish("test_ops_cuda");
+}

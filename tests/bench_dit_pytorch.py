@@ -1,6 +1,17 @@
-"""Time PyTorch's fp32 CPU training step of DiT-S, to compare with `ldm bench`.
+"""Time PyTorch's training step of a DiT, to compare with `ldm bench`.
 
     python tests/bench_dit_pytorch.py [--steps 10] [--warmup 2] [--batch 32] [--threads 2]
+        [--config configs/dit-b2.json] [--device cpu|cuda] [--precision fp32|bf16]
+        [--peak-tflops P]
+
+By default DiT-S in fp32 on the CPU; --config takes the model section of an ldm
+config instead (e.g. configs/dit-b2.json: DiT-B/2 on 32x32x4 latents, 1000
+classes), --device cuda runs on the GPU (timed with torch.cuda.synchronize) and
+--precision bf16 wraps forward and loss in torch.autocast(bfloat16) (fp32 master
+weights and optimizer, as PyTorch users train). The line also gives the model
+FLOPs per second (3 x the forward's multiply-adds x 2, the count of ldm's
+dit_forward_flops_per_sample) and, with --peak-tflops, their share of that peak
+(MFU).
 
 One step = forward of tests/dit_reference.py's DiT (DiT-S: 8x8x4 input, patch 1,
 hidden 384, depth 12, 6 heads, mlp_ratio 4, 10 classes; the paper's init), EDM-weighted
@@ -8,12 +19,14 @@ MSE, backward, torch.optim.AdamW step. The batch (x, t = 250 ln sigma with
 ln sigma ~ N(-1.2, 1.2), y with the null class, target, loss weights) is random and made
 once, outside the timing. Prints one line:
 
-    pytorch: images_per_s=X ms_per_step=Y torch=VERSION threads=N
+    pytorch: images_per_s=X ms_per_step=Y tflops=F [mfu=M] torch=VERSION device=D precision=P threads=N
 
 tests/bench_vs_pytorch.sh runs this next to `ldm bench`.
 """
 
 import argparse
+import contextlib
+import json
 import os
 import sys
 import time
@@ -24,20 +37,47 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dit_reference import DiT, DIT_S_CONFIG, weighted_mse  # noqa: E402
 
 
+def model_config(path):
+    """DiT keyword arguments from an ldm config's model section (DiT-S without one)."""
+    if path is None:
+        return dict(DIT_S_CONFIG)
+    with open(path) as f:
+        m = json.load(f)["model"]
+    return dict(input_size=m["input_size"], in_channels=m["in_channels"], patch_size=m["patch_size"],
+                hidden_size=m["hidden_size"], depth=m["depth"], num_heads=m["num_heads"],
+                mlp_ratio=m.get("mlp_ratio", 4.0), num_classes=m["num_classes"])
+
+
+def forward_flops_per_sample(c):
+    """2 x the multiply-adds of one forward pass (ldm's dit_forward_flops_per_sample)."""
+    p, d, ch, e = c["patch_size"], c["hidden_size"], c["in_channels"], 256
+    f = int(d * c["mlp_ratio"])
+    t = (c["input_size"] // p) ** 2
+    macs = t * ch * p * p * d + e * d + d * d
+    macs += c["depth"] * (6 * d * d + t * (3 * d * d + d * d + 2 * d * f) + 2 * t * t * d)
+    macs += 2 * d * d + t * d * p * p * ch
+    return 2.0 * macs
+
+
 def main():
-    ap = argparse.ArgumentParser(description="PyTorch DiT-S CPU training-step benchmark")
+    ap = argparse.ArgumentParser(description="PyTorch DiT training-step benchmark")
     ap.add_argument("--steps", type=int, default=10, help="timed steps")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--config", default=None, help="an ldm config: its model section (default DiT-S)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    ap.add_argument("--peak-tflops", type=float, default=0.0, help="dense peak of the device, for MFU")
     args = ap.parse_args()
     if args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.threads < 1:
         ap.error("--steps, --batch and --threads must be >= 1, --warmup >= 0")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = DIT_S_CONFIG
-    model = DiT(**cfg).initialize_weights()
+    cfg = model_config(args.config)
+    device = torch.device(args.device)
+    model = DiT(**cfg).initialize_weights().to(device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
@@ -46,28 +86,43 @@ def main():
     sigma_data = 0.5
     ln_sigma = torch.randn(B) * 1.2 - 1.2
     sigma = ln_sigma.exp()
-    x = torch.randn(B, C, S, S)
-    t = 250.0 * ln_sigma
-    y = torch.randint(0, cfg["num_classes"] + 1, (B,))
-    target = torch.randn(B, C, S, S)
-    w = (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
+    x = torch.randn(B, C, S, S).to(device)
+    t = (250.0 * ln_sigma).to(device)
+    y = torch.randint(0, cfg["num_classes"] + 1, (B,)).to(device)
+    target = torch.randn(B, C, S, S).to(device)
+    w = ((sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2).to(device)
+
+    def autocast():
+        if args.precision == "bf16":
+            return torch.autocast(device_type=args.device, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = weighted_mse(model(x, t, y), target, w)
+        with autocast():
+            loss = weighted_mse(model(x, t, y).float(), target, w)
         loss.backward()
         opt.step()
         return loss
 
+    def sync():
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+
     for _ in range(args.warmup):
         step()
+    sync()
     t0 = time.perf_counter()
     for _ in range(args.steps):
         loss = step()
     loss.item()
+    sync()
     dt = (time.perf_counter() - t0) / args.steps
-    print("pytorch: images_per_s=%.2f ms_per_step=%.1f torch=%s threads=%d"
-          % (B / dt, dt * 1e3, torch.__version__, args.threads), flush=True)
+    tflops = 3 * forward_flops_per_sample(cfg) * B / dt / 1e12
+    mfu = " mfu=%.3f" % (tflops / args.peak_tflops) if args.peak_tflops > 0 else ""
+    print("pytorch: images_per_s=%.2f ms_per_step=%.1f tflops=%.3f%s torch=%s device=%s precision=%s threads=%d"
+          % (B / dt, dt * 1e3, tflops, mfu, torch.__version__, args.device, args.precision, args.threads),
+          flush=True)
 
 
 if __name__ == "__main__":

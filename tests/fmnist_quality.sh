@@ -11,6 +11,9 @@
 #   4. N class-conditional samples (class i mod 10), decoded (ldm sample)
 #   5. tests/evaluate_fmnist_samples.py (Debian's PyTorch): an independent CNN
 #      trained on Fashion-MNIST's idx files labels them; accuracy, variety, FD
+#   6. with DISTILL=1: the consistency student of configs/cd-fmnist.json
+#      (ldm distill from the DiT, guidance 2 built in), N samples and a grid
+#      with its 1, 2 and 4 step sampler, each evaluated like stage 5
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-$here/build/quality}
@@ -32,3 +35,13 @@ out="samples-n$n-cfg$cfg-steps$steps.h5"
 [ -f "$out" ] || par sample --model dit --n "$n" --cfg "$cfg" --steps "$steps" --out "$out"
 [ -f "grid-cfg$cfg.png" ] || "$ldm" sample --model dit --n 80 --cfg "$cfg" --steps "$steps" --out "grid-cfg$cfg.png"
 /usr/bin/python3 "$here/tests/evaluate_fmnist_samples.py" --classifier "$work/classifier.pt" "$out"
+[ "${DISTILL:-0}" = 1 ] || exit 0
+[ -f cd/ema.safetensors ] || par distill --teacher dit --config "$here/configs/cd-fmnist.json" --data latents.h5 \
+  --run cd --force
+for student_steps in 1 2 4; do
+  out="student-n$n-steps$student_steps.h5"
+  [ -f "$out" ] || par sample --model cd --n "$n" --steps "$student_steps" --out "$out"
+  [ -f "grid-student-steps$student_steps.png" ] ||
+    "$ldm" sample --model cd --n 80 --steps "$student_steps" --out "grid-student-steps$student_steps.png"
+  /usr/bin/python3 "$here/tests/evaluate_fmnist_samples.py" --classifier "$work/classifier.pt" "$out"
+done

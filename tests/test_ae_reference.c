@@ -52,17 +52,6 @@ static const safetensors_tensor *need(const safetensors_file *f, const char *nam
     return t->numel == numel && t->dtype == SAFETENSORS_F32 ? t : NULL;
 }
 
-/* max |a - ref| / max |ref| over a tensor */
-static double relative_max_error(const float *a, const float *ref, size_t n, double *ref_max) {
-    double max_diff = 0, max_ref = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - ref[i]);
-        if (d > max_diff || isnan(d)) max_diff = isnan(d) ? INFINITY : d;
-        if (fabs(ref[i]) > max_ref) max_ref = fabs(ref[i]);
-    }
-    if (ref_max) *ref_max = max_ref;
-    return max_diff / (max_ref > 0 ? max_ref : 1);
-}
 
 static double worst_output;
 
@@ -71,7 +60,7 @@ static void check_output(const char *what, const float *ours, const safetensors_
     const safetensors_tensor *t = need(fx, name, n);
     if (!t) return;
     double ref_max;
-    double rel = relative_max_error(ours, t->data, n, &ref_max);
+    double rel = test_relative_max_error(ours, t->data, n, &ref_max);
     printf("  %-28s max error %.3g relative to max |ref| %.3g\n", what, rel, ref_max);
     CHECK_MSG(rel <= TOLERANCE, "%s: error %.3g", what, rel);
     if (rel > worst_output) worst_output = rel;
@@ -119,7 +108,7 @@ static double check_gradients(const autoencoder_model *m, const float *d_images,
             continue;
         }
         double gmax;
-        double rel = relative_max_error(e->grad, g->data, e->numel, &gmax);
+        double rel = test_relative_max_error(e->grad, g->data, e->numel, &gmax);
         CHECK_MSG(rel <= TOLERANCE, "%s: gradient error %.3g (max |ref| %.3g)", name, rel, gmax);
         CHECK_MSG(gmax > 0, "%s: the reference gradient is zero, the check would be empty", name);
         if (rel > worst) {
@@ -132,7 +121,7 @@ static double check_gradients(const autoencoder_model *m, const float *d_images,
     const safetensors_tensor *gi = need(fx, name, (size_t)B * IMAGE);
     if (gi) {
         double gmax;
-        double rel = relative_max_error(d_images, gi->data, (size_t)B * IMAGE, &gmax);
+        double rel = test_relative_max_error(d_images, gi->data, (size_t)B * IMAGE, &gmax);
         CHECK_MSG(rel <= TOLERANCE, "%s: error %.3g", name, rel);
         if (rel > worst) {
             worst = rel;
@@ -332,9 +321,9 @@ int main(void) {
     CHECK(encoder.memory_bytes < inference.memory_bytes);
     float mean1[LATENT], logvar1[LATENT];
     autoencoder_encode(&encoder, (const float *)images->data + IMAGE, 1, mean1, logvar1);
-    double rel = relative_max_error(mean1, mean + LATENT, LATENT, NULL);
+    double rel = test_relative_max_error(mean1, mean + LATENT, LATENT, NULL);
     CHECK_MSG(rel <= 1e-6, "sample 1 alone vs in the batch: %.3g", rel);
-    CHECK(relative_max_error(logvar1, logvar + LATENT, LATENT, NULL) <= 1e-6);
+    CHECK(test_relative_max_error(logvar1, logvar + LATENT, LATENT, NULL) <= 1e-6);
     printf("memory: training %.2f MiB, inference %.2f MiB, encoding only (batch 1) %.2f MiB\n",
            model.memory_bytes / 1048576.0, inference.memory_bytes / 1048576.0, encoder.memory_bytes / 1048576.0);
     unlink(path);

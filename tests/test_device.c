@@ -8,13 +8,7 @@
 #include "test_util.h"
 
 int main(void) {
-    char description[512];
-    device_describe(description, sizeof(description));
-    printf("devices: %s\n", description);
-    if (!device_cuda_compiled() || device_cuda_count() == 0) {
-        printf("test_device: skipped (no CUDA device)\n");
-        return 77;
-    }
+    TEST_SKIP_WITHOUT_CUDA("test_device");
 #ifdef LDM_HAVE_CUDA
     enum { N = 100003 }; /* not a multiple of the block size */
     static float in[N], cpu[N], gpu[N];

@@ -32,17 +32,6 @@ static const safetensors_tensor *need(const safetensors_file *f, const char *nam
     return t->numel == numel ? t : NULL;
 }
 
-/* max |a - ref| / max |ref| over a tensor */
-static double relative_max_error(const float *a, const float *ref, size_t n, double *ref_max) {
-    double max_diff = 0, max_ref = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - ref[i]);
-        if (d > max_diff || isnan(d)) max_diff = isnan(d) ? INFINITY : d;
-        if (fabs(ref[i]) > max_ref) max_ref = fabs(ref[i]);
-    }
-    *ref_max = max_ref;
-    return max_diff / (max_ref > 0 ? max_ref : 1);
-}
 
 static void check_fixture(const char *fixture, int guided) {
     printf("%s\n", fixture);
@@ -67,7 +56,7 @@ static void check_fixture(const char *fixture, int guided) {
         for (int d = 0; d < e->ndim; d++) CHECK_MSG(t->shape[d] == e->shape[d], "%s dim %d", e->name, d);
         if (strcmp(e->name, "pos_embed") == 0) { /* ours is computed; it must equal PyTorch's */
             double ref_max;
-            double rel = relative_max_error(e->data, t->data, e->numel, &ref_max);
+            double rel = test_relative_max_error(e->data, t->data, e->numel, &ref_max);
             CHECK_MSG(rel <= 1e-6, "pos_embed differs by %.3g relative", rel);
         }
         memcpy(e->data, t->data, sizeof(float) * e->numel);
@@ -93,7 +82,7 @@ static void check_fixture(const char *fixture, int guided) {
     dit_zero_grad(&model);
     dit_forward_guided(&model, x->data, t->data, y->data, guidance, B, out);
     double ref_max;
-    double rel = relative_max_error(out, output->data, B * sample, &ref_max);
+    double rel = test_relative_max_error(out, output->data, B * sample, &ref_max);
     printf("output: max error %.3g relative to max |ref| %.3g\n", rel, ref_max);
     CHECK_MSG(rel <= TOLERANCE, "output error %.3g", rel);
     float loss = weighted_mse_forward(NULL, out, target->data, weight->data, B, (int)sample);
@@ -112,7 +101,7 @@ static void check_fixture(const char *fixture, int guided) {
         const safetensors_tensor *g = need(&fx, name, e->numel);
         if (!g) continue;
         double gmax;
-        double grel = relative_max_error(e->grad, g->data, e->numel, &gmax);
+        double grel = test_relative_max_error(e->grad, g->data, e->numel, &gmax);
         CHECK_MSG(grel <= TOLERANCE + 1e-9 / (gmax > 0 ? gmax : 1), "%s: gradient error %.3g (max |ref| %.3g)",
                   name, grel, gmax);
         CHECK_MSG(gmax > 0, "%s: the reference gradient is zero, the check would be empty", name);

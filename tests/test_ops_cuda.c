@@ -755,13 +755,7 @@ static void run_all(void) {
 #endif
 
 int main(void) {
-    char description[512];
-    device_describe(description, sizeof(description));
-    printf("devices: %s\n", description);
-    if (!device_cuda_compiled() || device_cuda_count() == 0) {
-        printf("test_ops_cuda: skipped (no CUDA device)\n");
-        return 77;
-    }
+    TEST_SKIP_WITHOUT_CUDA("test_ops_cuda");
 #ifdef LDM_HAVE_CUDA
     run_all();
 #endif

@@ -261,16 +261,6 @@ static float dit_pass(dit_model *m, dit_inputs *in, float d_loss) {
     return loss;
 }
 
-/* |a - b|_2 / |b|_2 */
-static double relative_l2(const float *a, const float *b, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - (double)b[i];
-        num += d * d;
-        den += (double)b[i] * b[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1));
-}
 
 /* guided: the model with a guidance-scale input (dit_shape.guidance_input). */
 static void test_dit_16bit(int guided) {
@@ -292,9 +282,9 @@ static void test_dit_16bit(int guided) {
         float loss = dit_pass(&m, &in, 1.0f);
         allocation_counting = 0;
         CHECK_MSG(allocation_count == 0, "%s: %ld allocations in a training pass", name, allocation_count);
-        double out_error = relative_l2(in.out, ref_in.out, DIT_BATCH * DIT_SAMPLE);
-        double grad_error = relative_l2(m.grads, ref.grads, m.table.trainable_numel);
-        double dx_error = relative_l2(in.d_x, ref_in.d_x, DIT_BATCH * DIT_SAMPLE);
+        double out_error = test_relative_l2(in.out, ref_in.out, DIT_BATCH * DIT_SAMPLE);
+        double grad_error = test_relative_l2(m.grads, ref.grads, m.table.trainable_numel);
+        double dx_error = test_relative_l2(in.d_x, ref_in.d_x, DIT_BATCH * DIT_SAMPLE);
         printf("%s: loss %.9f (fp32 %.9f), relative L2 error: output %.2e, parameter gradient %.2e, input "
                "gradient %.2e\n", name, loss, ref_loss, out_error, grad_error, dx_error);
         CHECK_MSG(out_error < tolerance[k] && out_error > 0, "%s output error %.3g", name, out_error);
@@ -305,7 +295,7 @@ static void test_dit_16bit(int guided) {
         for (int e = 0; e < m.table.count; e++) {
             const param_entry *p = &m.table.entries[e];
             if (!p->trainable) continue;
-            double error = relative_l2(p->grad, ref.table.entries[e].grad, p->numel);
+            double error = test_relative_l2(p->grad, ref.table.entries[e].grad, p->numel);
             if (!(error < 4 * tolerance[k])) {
                 bad++;
                 fprintf(stderr, "%s: %s gradient error %.3g\n", name, p->name, error);

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "device.h"
+
 static int test_failures;
 static int test_checks;
 
@@ -50,6 +52,43 @@ static int test_checks;
             test_failures++;                                                            \
             fprintf(stderr, "%s:%d: expected \"%s\" in \"%s\"\n", __FILE__, __LINE__,   \
                     (needle), (haystack) ? (haystack) : "(null)");                      \
+        }                                                                               \
+    } while (0)
+
+/* max |a - ref| / max |ref| over n values (NaN counts as infinitely wrong);
+ * *ref_max (when not NULL) = max |ref|. */
+static inline double test_relative_max_error(const float *a, const float *ref, size_t n, double *ref_max) {
+    double max_diff = 0, max_ref = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - ref[i]);
+        if (d > max_diff || isnan(d)) max_diff = isnan(d) ? INFINITY : d;
+        if (fabs(ref[i]) > max_ref) max_ref = fabs(ref[i]);
+    }
+    if (ref_max) *ref_max = max_ref;
+    return max_diff / (max_ref > 0 ? max_ref : 1);
+}
+
+/* |a - b|_2 / |b|_2 over n values */
+static inline double test_relative_l2(const float *a, const float *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)b[i];
+        num += d * d;
+        den += (double)b[i] * b[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+/* In main of a GPU test: prints the devices, and returns 77 (ctest: skipped)
+ * unless this is a CUDA build on a machine with an NVIDIA GPU. */
+#define TEST_SKIP_WITHOUT_CUDA(name)                                                    \
+    do {                                                                                \
+        char devices_[512];                                                             \
+        device_describe(devices_, sizeof devices_);                                     \
+        printf("devices: %s\n", devices_);                                              \
+        if (!device_cuda_compiled() || device_cuda_count() == 0) {                      \
+            printf("%s: skipped (no CUDA device)\n", (name));                           \
+            return 77;                                                                  \
         }                                                                               \
     } while (0)
 

@@ -9,11 +9,15 @@
  * 16-bit GEMM inputs and stored activations; fp16 with the initial loss scale
  * applied to the loss gradient and taken out of the parameter gradient), and
  * bytes_per_image reports the activation memory laid out per image of the
- * batch (what is kept for backward, plus working and backward scratch). */
+ * batch (what is kept for backward, plus working and backward scratch).
+ * --device cuda (the default where this build and machine have a GPU) times the
+ * same steps on the rank's GPU (bench_cuda.c) and adds the model TFLOP/s and
+ * the MFU against the GPU's dense peak to the result line. */
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "cli.h"
@@ -27,6 +31,9 @@
 #include "optimizer.h"
 #include "rng.h"
 #include "training_loop.h"
+#ifdef LDM_HAVE_CUDA
+#include "bench_cuda.h"
+#endif
 
 /* How long the loader is timed: long enough for a steady rate, short enough for tests. */
 #define LOADER_BENCH_SECONDS 2.0
@@ -84,80 +91,98 @@ static double bench_loader(const char *path, const ldm_config *config, int batch
     return samples_per_s;
 }
 
-int command_bench(int argc, char **argv) {
-    cli_option options[] = {
-        {.name = "--config", .help = "config file (defaults only when left out)"},
-        {.name = "--set", .repeatable = 1, .help = "override a config key: section.key=value (repeatable)"},
-        {.name = "--steps", .value = "10", .help = "timed steps (default 10)"},
-        {.name = "--warmup", .value = "2", .help = "untimed warm-up steps (default 2)"},
-        {.name = "--data", .help = "an ldm data set: first time the data loader alone on it"},
-        {.name = "--help", .is_flag = 1, .help = "this help"},
-        {0},
-    };
-    cli_parse("bench", argc, argv, 2, options);
-    if (options[5].value) {
-        cli_print_usage("bench",
-                        "Times DiT training steps (forward + backward + AdamW) on random inputs, and with --data\n"
-                        "the data loader on a data set file first. --set train.precision=bf16|fp16 times the\n"
-                        "mixed-precision step; bytes_per_image is the activation memory per image of the batch.",
-                        options);
-        return 0;
-    }
-    ldm_config config;
-    cli_load_config(&config, &options[0], &options[1]);
-    int steps = (int)cli_int("bench", &options[2], 1, 1000000);
-    int warmup = (int)cli_int("bench", &options[3], 0, 1000000);
-    const train_config *tc = &config.train;
-    /* The rank's micro-batch, as training splits the global batch. */
-    int batch, accumulation_steps;
-    training_batch_split(&config, options[0].value, comm_world_size(), &batch, &accumulation_steps);
-    int print = comm_rank() == 0;
-    double loader_samples_per_s = options[4].value ? bench_loader(options[4].value, &config, batch, print) : 0;
+/* What the timed steps measured, on either device. */
+typedef struct {
+    double forward_s, backward_s, optimizer_s; /* summed over the timed steps */
+    double step_s;                              /* per timed step */
+    double loss;                                /* the last step's */
+    size_t activation_bytes;                    /* laid out for the batch */
+    char device_fields[160];                    /* added to the result line ("" on the CPU) */
+} bench_result;
 
-    dit_shape shape = cli_dit_shape(&config);
+/* The random batch every device times on, made once on the host. */
+typedef struct {
+    float *x, *target; /* (B, C, S, S) */
+    float *t;          /* (B) 250 ln sigma */
+    int *y;            /* (B) labels, the null class included */
+} bench_batch;
+
+static bench_batch make_batch(const ldm_config *config, const dit_shape *shape, int batch) {
+    const size_t sample = (size_t)shape->in_channels * shape->input_size * shape->input_size;
+    bench_batch in;
+    in.x = xmalloc(sizeof(float) * batch * sample);
+    in.target = xmalloc(sizeof(float) * batch * sample);
+    in.t = xmalloc(sizeof(float) * batch);
+    in.y = xmalloc(sizeof(int) * batch);
+    rng_stream rng = rng_stream_for(config->train.seed, 0x62656e6368 /* "bench" */, 0);
+    for (size_t i = 0; i < batch * sample; i++) {
+        in.x[i] = rng_normal(&rng);
+        in.target[i] = rng_normal(&rng);
+    }
+    for (int b = 0; b < batch; b++) {
+        in.t[b] = 250.0f * (float)(config->diffusion.p_mean + config->diffusion.p_std * rng_normal(&rng));
+        in.y[b] = (int)(rng_next_u64(&rng) % (uint64_t)(shape->num_classes + 1));
+    }
+    return in;
+}
+
+static void free_batch(bench_batch *in) {
+    free(in->x);
+    free(in->target);
+    free(in->t);
+    free(in->y);
+}
+
+static void print_layout(const dit_shape *shape, int batch, size_t parameters, ldm_precision precision,
+                         size_t memory_bytes, size_t activation_bytes, const char *devices) {
+    printf("bench: DiT input %dx%dx%d patch %d hidden %d depth %d heads %d, batch %d, %zu parameters, %s, "
+           "%.1f MiB laid out (activations %.1f MiB); %s\n",
+           shape->input_size, shape->input_size, shape->in_channels, shape->patch_size, shape->hidden_size,
+           shape->depth, shape->num_heads, batch, parameters, precision_name(precision), memory_bytes / 1048576.0,
+           activation_bytes / 1048576.0, devices);
+}
+
+/* --device: 1 for cuda, 0 for cpu; left out, cuda where this build and machine
+ * have a GPU. Asking for cuda without one is refused before any work. */
+static int bench_on_cuda(const cli_option *device) {
+    if (!device->value) return device_cuda_count() > 0;
+    if (strcmp(device->value, "cpu") == 0) return 0;
+    if (strcmp(device->value, "cuda") != 0)
+        fatal_input("ldm bench: option --device: expected cpu or cuda, got '%s'", device->value);
+    if (!device_cuda_compiled())
+        fatal_input("ldm bench: option --device: cuda: this build has no CUDA (cmake -DLDM_CUDA=ON)");
+    if (device_cuda_count() == 0) fatal_input("ldm bench: option --device: cuda: no CUDA device on this machine");
+    return 1;
+}
+
+static bench_result bench_cpu(const ldm_config *config, const dit_shape *shape, int batch, ldm_precision precision,
+                              float loss_scale, const bench_batch *in, int warmup, int steps, int print) {
+    const train_config *tc = &config->train;
     dit_model model;
-    const ldm_precision precision = (ldm_precision)precision_from_name(tc->precision);
-    const float loss_scale = precision == PRECISION_FP16 ? (float)tc->loss_scale_initial : 1.0f;
-    dit_create_precision(&model, &shape, batch, precision);
+    dit_create_precision(&model, shape, batch, precision);
     dit_init_weights(&model, tc->seed);
     adamw_state optimizer;
     adamw_create(&optimizer, model.table.trainable_numel,
                  (adamw_hyper){(float)tc->adam_beta1, (float)tc->adam_beta2, (float)tc->adam_eps,
                                (float)tc->weight_decay});
 
-    const size_t sample = (size_t)shape.in_channels * shape.input_size * shape.input_size;
-    float *x = xmalloc(sizeof(float) * batch * sample);      /* (B, C, S, S) */
-    float *target = xmalloc(sizeof(float) * batch * sample); /* (B, C, S, S) */
-    float *out = xmalloc(sizeof(float) * batch * sample);    /* (B, C, S, S) */
-    float *d_out = xmalloc(sizeof(float) * batch * sample);  /* (B, C, S, S) */
-    float *t = xmalloc(sizeof(float) * batch);               /* (B) */
-    int *y = xmalloc(sizeof(int) * batch);                   /* (B) */
-    rng_stream rng = rng_stream_for(tc->seed, 0x62656e6368 /* "bench" */, 0);
-    for (size_t i = 0; i < batch * sample; i++) {
-        x[i] = rng_normal(&rng);
-        target[i] = rng_normal(&rng);
-    }
-    for (int b = 0; b < batch; b++) {
-        t[b] = 250.0f * (float)(config.diffusion.p_mean + config.diffusion.p_std * rng_normal(&rng));
-        y[b] = (int)(rng_next_u64(&rng) % (uint64_t)(shape.num_classes + 1));
-    }
+    const size_t sample = (size_t)shape->in_channels * shape->input_size * shape->input_size;
+    float *out = xmalloc(sizeof(float) * batch * sample);   /* (B, C, S, S) */
+    float *d_out = xmalloc(sizeof(float) * batch * sample); /* (B, C, S, S) */
 
     char devices[512];
     device_describe(devices, sizeof(devices));
     if (print)
-        printf("bench: DiT input %dx%dx%d patch %d hidden %d depth %d heads %d, batch %d, %zu parameters, %s, "
-           "%.1f MiB laid out (activations %.1f MiB); %s\n",
-           shape.input_size, shape.input_size, shape.in_channels, shape.patch_size, shape.hidden_size,
-           shape.depth, shape.num_heads, batch, model.table.trainable_numel, precision_name(precision),
-           model.memory_bytes / 1048576.0, model.activation_bytes / 1048576.0, devices);
+        print_layout(shape, batch, model.table.trainable_numel, precision, model.memory_bytes, model.activation_bytes,
+                     devices);
     double forward_s = 0, backward_s = 0, optimizer_s = 0, loss = 0;
     for (int step = 0; step < warmup + steps; step++) {
         double t0 = now_seconds();
         dit_zero_grad(&model);
-        dit_forward(&model, x, t, y, batch, out);
-        loss = weighted_mse_forward(NULL, out, target, NULL, batch, (int)sample);
+        dit_forward(&model, in->x, in->t, in->y, batch, out);
+        loss = weighted_mse_forward(NULL, out, in->target, NULL, batch, (int)sample);
         double t1 = now_seconds();
-        weighted_mse_backward(d_out, loss_scale, out, target, NULL, batch, (int)sample);
+        weighted_mse_backward(d_out, loss_scale, out, in->target, NULL, batch, (int)sample);
         dit_backward(&model, d_out, NULL, batch);
         if (loss_scale != 1.0f) {
             const float inverse = 1.0f / loss_scale;
@@ -172,27 +197,112 @@ int command_bench(int argc, char **argv) {
             optimizer_s += t3 - t2;
         }
     }
-    double step_s = (forward_s + backward_s + optimizer_s) / steps;
-    double flops = 3.0 * dit_forward_flops_per_sample(&shape) * batch;
-    if (print) {
-        printf("bench: forward %.2f ms, backward %.2f ms, adamw %.2f ms per step; final loss %.5f\n",
-               1e3 * forward_s / steps, 1e3 * backward_s / steps, 1e3 * optimizer_s / steps, loss);
-        printf("bench: images_per_s=%.2f ms_per_step=%.2f gflops=%.1f batch=%d threads=%d steps=%d precision=%s "
-               "bytes_per_image=%zu",
-               batch / step_s, 1e3 * step_s, flops / step_s / 1e9, batch, omp_get_max_threads(), steps,
-               precision_name(precision), model.activation_bytes / (size_t)batch);
-        /* loader samples/s over training images/s: how far ahead of training the loader is */
-        if (options[4].value) printf(" loader_ratio=%.1f", loader_samples_per_s / (batch / step_s));
-        printf("\n");
-    }
-    if (!isfinite(loss)) fatal_internal("bench: the loss is not finite");
-    free(x);
-    free(target);
+    bench_result r = {.forward_s = forward_s, .backward_s = backward_s, .optimizer_s = optimizer_s,
+                      .step_s = (forward_s + backward_s + optimizer_s) / steps, .loss = loss,
+                      .activation_bytes = model.activation_bytes, .device_fields = ""};
     free(out);
     free(d_out);
-    free(t);
-    free(y);
     adamw_destroy(&optimizer);
     dit_destroy(&model);
+    return r;
+}
+
+#ifdef LDM_HAVE_CUDA
+/* The same steps on the rank's GPU (bench_cuda.c). The result line adds the
+ * model TFLOP/s and, where the GPU's dense peak is known, the MFU against it. */
+static bench_result bench_gpu(const ldm_config *config, const dit_shape *shape, int batch, ldm_precision precision,
+                              float loss_scale, const bench_batch *in, int warmup, int steps, int print,
+                              double flops) {
+    bench_cuda gpu;
+    bench_cuda_create(&gpu, shape, batch, precision, loss_scale, config->train.seed, in->x, in->t, in->y,
+                      in->target);
+    const char *peak_source;
+    const double peak = bench_cuda_peak_tflops(gpu.device_name, precision, &peak_source);
+    char devices[512];
+    if (peak > 0)
+        snprintf(devices, sizeof(devices), "cuda:%d %s, dense %s peak %g TFLOP/s (%s)", gpu.device, gpu.device_name,
+                 precision == PRECISION_FP32 ? "fp32" : "16-bit", peak, peak_source);
+    else
+        snprintf(devices, sizeof(devices), "cuda:%d %s, peak unknown (set LDM_PEAK_TFLOPS for the mfu)", gpu.device,
+                 gpu.device_name);
+    if (print)
+        print_layout(shape, batch, gpu.model.table.trainable_numel, precision, gpu.model.memory_bytes,
+                     gpu.model.activation_bytes, devices);
+    bench_cuda_times times;
+    bench_cuda_run(&gpu, &config->train, warmup, steps, &times);
+    /* Per step: all timed steps between one pair of events, gaps included. */
+    bench_result r = {.forward_s = times.forward_s, .backward_s = times.backward_s,
+                      .optimizer_s = times.optimizer_s, .step_s = times.elapsed_s / steps, .loss = times.loss,
+                      .activation_bytes = gpu.model.activation_bytes};
+    const double tflops = flops / r.step_s / 1e12;
+    int used = snprintf(r.device_fields, sizeof(r.device_fields), " device=cuda tflops=%.3f", tflops);
+    if (peak > 0 && used > 0 && (size_t)used < sizeof(r.device_fields))
+        snprintf(r.device_fields + used, sizeof(r.device_fields) - (size_t)used, " mfu=%.3f peak_tflops=%g",
+                 tflops / peak, peak);
+    bench_cuda_destroy(&gpu);
+    return r;
+}
+#endif
+
+int command_bench(int argc, char **argv) {
+    cli_option options[] = {
+        {.name = "--config", .help = "config file (defaults only when left out)"},
+        {.name = "--set", .repeatable = 1, .help = "override a config key: section.key=value (repeatable)"},
+        {.name = "--steps", .value = "10", .help = "timed steps (default 10)"},
+        {.name = "--warmup", .value = "2", .help = "untimed warm-up steps (default 2)"},
+        {.name = "--data", .help = "an ldm data set: first time the data loader alone on it"},
+        {.name = "--device", .help = "cpu or cuda (default: cuda where this build and machine have a GPU, else cpu)"},
+        {.name = "--help", .is_flag = 1, .help = "this help"},
+        {0},
+    };
+    cli_parse("bench", argc, argv, 2, options);
+    if (options[6].value) {
+        cli_print_usage("bench",
+                        "Times DiT training steps (forward + backward + AdamW) on random inputs, and with --data\n"
+                        "the data loader on a data set file first. --set train.precision=bf16|fp16 times the\n"
+                        "mixed-precision step; bytes_per_image is the activation memory per image of the batch.\n"
+                        "On a GPU (--device cuda) the result line adds the model TFLOP/s and the MFU against the\n"
+                        "GPU's dense peak (a table by GPU name; LDM_PEAK_TFLOPS=P sets it).",
+                        options);
+        return 0;
+    }
+    const int on_cuda = bench_on_cuda(&options[5]);
+    ldm_config config;
+    cli_load_config(&config, &options[0], &options[1]);
+    int steps = (int)cli_int("bench", &options[2], 1, 1000000);
+    int warmup = (int)cli_int("bench", &options[3], 0, 1000000);
+    const train_config *tc = &config.train;
+    /* The rank's micro-batch, as training splits the global batch. */
+    int batch, accumulation_steps;
+    training_batch_split(&config, options[0].value, comm_world_size(), &batch, &accumulation_steps);
+    int print = comm_rank() == 0;
+    double loader_samples_per_s = options[4].value ? bench_loader(options[4].value, &config, batch, print) : 0;
+
+    dit_shape shape = cli_dit_shape(&config);
+    const ldm_precision precision = (ldm_precision)precision_from_name(tc->precision);
+    const float loss_scale = precision == PRECISION_FP16 ? (float)tc->loss_scale_initial : 1.0f;
+    const double flops = 3.0 * dit_forward_flops_per_sample(&shape) * batch;
+    bench_batch in = make_batch(&config, &shape, batch);
+#ifdef LDM_HAVE_CUDA
+    const bench_result r = on_cuda
+                               ? bench_gpu(&config, &shape, batch, precision, loss_scale, &in, warmup, steps, print, flops)
+                               : bench_cpu(&config, &shape, batch, precision, loss_scale, &in, warmup, steps, print);
+#else
+    (void)on_cuda; /* 0: bench_on_cuda refuses cuda in a CPU build */
+    const bench_result r = bench_cpu(&config, &shape, batch, precision, loss_scale, &in, warmup, steps, print);
+#endif
+    if (print) {
+        printf("bench: forward %.2f ms, backward %.2f ms, adamw %.2f ms per step; final loss %.5f\n",
+               1e3 * r.forward_s / steps, 1e3 * r.backward_s / steps, 1e3 * r.optimizer_s / steps, r.loss);
+        printf("bench: images_per_s=%.2f ms_per_step=%.2f gflops=%.1f batch=%d threads=%d steps=%d precision=%s "
+               "bytes_per_image=%zu%s",
+               batch / r.step_s, 1e3 * r.step_s, flops / r.step_s / 1e9, batch, omp_get_max_threads(), steps,
+               precision_name(precision), r.activation_bytes / (size_t)batch, r.device_fields);
+        /* loader samples/s over training images/s: how far ahead of training the loader is */
+        if (options[4].value) printf(" loader_ratio=%.1f", loader_samples_per_s / (batch / r.step_s));
+        printf("\n");
+    }
+    if (!isfinite(r.loss)) fatal_internal("bench: the loss is not finite");
+    free_batch(&in);
     return 0;
 }

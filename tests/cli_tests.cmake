@@ -53,6 +53,36 @@ if(TARGET ldm)
     --config ${CMAKE_SOURCE_DIR}/configs/tiny.json --set train.loss_scale_growth_interval=0)
 endif()
 
+# device.type (where ldm train runs): cuda with no GPU to run on is one line and exit 2 before
+# anything is read or written (a CPU build says it has no CUDA, a CUDA build without a GPU (CI)
+# that there is no device: the regex takes both); an unknown type is the config validator's; the
+# autoencoder and consistency distillation train on the CPU only so far, on any machine.
+if(TARGET ldm)
+  add_test(NAME cli_train_device_cuda_refused
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/expect_error.sh 2
+            "^ldm: error: ldm train: device[.]type: cuda: (this build has no CUDA [(]cmake -DLDM_CUDA=ON[)]|no CUDA device on this machine)$" --
+            $<TARGET_FILE:ldm> train --config ${CMAKE_SOURCE_DIR}/configs/tiny.json --set device.type=cuda
+            --data /nonexistent.h5 --run ${CMAKE_CURRENT_BINARY_DIR}/device-never)
+  set_tests_properties(cli_train_device_cuda_refused PROPERTIES ENVIRONMENT "CUDA_VISIBLE_DEVICES=-1")
+  add_test(NAME cli_train_device_bad_type
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/expect_error.sh 2
+            "^ldm: error: --set device[.]type=gpu: device[.]type: expected one of \"auto\", \"cpu\", \"cuda\", got \"gpu\"$" --
+            $<TARGET_FILE:ldm> train --config ${CMAKE_SOURCE_DIR}/configs/tiny.json --set device.type=gpu
+            --data /nonexistent.h5 --run ${CMAKE_CURRENT_BINARY_DIR}/device-never)
+  add_test(NAME cli_train_ae_device_cuda_refused
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/expect_error.sh 2
+            "^ldm: error: ldm train-ae: device[.]type cuda: the autoencoder trains on the CPU only so far$" --
+            $<TARGET_FILE:ldm> train-ae --config ${CMAKE_SOURCE_DIR}/configs/ae-tiny.json --set device.type=cuda
+            --data /nonexistent.h5 --run ${CMAKE_CURRENT_BINARY_DIR}/device-never)
+  add_test(NAME cli_distill_device_cuda_refused
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/expect_error.sh 2
+            "^ldm: error: ldm distill: device[.]type cuda: consistency distillation trains on the CPU only so far$" --
+            $<TARGET_FILE:ldm> distill --teacher /nonexistent-run --config ${CMAKE_SOURCE_DIR}/configs/tiny.json
+            --set device.type=cuda --data /nonexistent.h5 --run ${CMAKE_CURRENT_BINARY_DIR}/device-never)
+  set_tests_properties(cli_train_device_cuda_refused cli_train_device_bad_type cli_train_ae_device_cuda_refused
+    cli_distill_device_cuda_refused PROPERTIES TIMEOUT 60)
+endif()
+
 # The program's own surface: the demo's bench run, help, and bad commands and flags.
 if(TARGET ldm)
   add_test(NAME cli_bench_tiny COMMAND $<TARGET_FILE:ldm> bench --config configs/tiny.json --steps 2 --warmup 1

@@ -11,13 +11,51 @@ cd "$work" || exit 1
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 run() { echo "+ $*" >&2; "$@" || fail "exit status $? from: $*"; }
-tiny="--config $LDM_CONFIGS/tiny.json"
+# The CPU path pinned (device.type auto would take a GPU where there is one);
+# the cuda scenario trains on the GPU.
+tiny="--config $LDM_CONFIGS/tiny.json --set device.type=cpu"
 # A data set of exactly one global batch (8 samples): whatever the world size and
 # accumulation, every step's global batch is the whole set, so runs with the same
 # global batch see the same samples with the same noise (keyed by sample index).
 make_data() { run "$LDM" prepare synthetic --n "${2:-8}" --size 8 --classes 4 --channels 4 --out "$1" >/dev/null; }
 
 case "$scenario" in
+cuda)
+  # The DiT on the GPU (device.type cuda, mpirun -np 1): its first losses are the
+  # CPU's to 1e-4 (the same noise, the loss on the host: only the network's
+  # summation order differs), the loss falls, and a resumed run is exact (40
+  # steps straight against 20 + --resume auto to 40). Skipped (77) where ldm
+  # refuses cuda (a CPU build, no GPU).
+  make_data data.h5 32
+  gpu="--config $LDM_CONFIGS/tiny.json --set device.type=cuda --set train.ckpt_every=10"
+  "$LDM" train --data data.h5 $gpu --set train.steps=1 --run probe > probe.txt 2>&1; status=$?
+  cat probe.txt
+  if [ $status = 2 ] && grep -q "device[.]type: cuda: " probe.txt; then exit 77; fi
+  [ $status = 0 ] || fail "exit status $status from the probe run"
+  grep -q "^train: device: cuda " probe.txt || fail "the run does not say it trains on cuda"
+  run $LDM_MPIRUN -np 1 "$LDM" train --data data.h5 $gpu --set train.steps=20 --run gpu > out.txt
+  run "$LDM" train --data data.h5 $tiny --set train.ckpt_every=10 --set train.steps=20 --run cpu >/dev/null
+  run "$LDM_PYTHON" - <<'PY'
+import json, math
+gpu = [json.loads(l)["loss"] for l in open("gpu/metrics.jsonl")]
+cpu = [json.loads(l)["loss"] for l in open("cpu/metrics.jsonl")]
+print("gpu losses:", " ".join(f"{x:.6f}" for x in gpu))
+print("cpu losses:", " ".join(f"{x:.6f}" for x in cpu))
+assert len(gpu) == 20 and all(math.isfinite(x) for x in gpu)
+for step in range(5):
+    assert abs(gpu[step] - cpu[step]) <= 1e-4 * abs(cpu[step]), f"step {step + 1}: gpu {gpu[step]} cpu {cpu[step]}"
+assert sum(gpu[-5:]) < sum(gpu[:5]), "the loss did not fall"
+PY
+  run $LDM_MPIRUN -np 1 "$LDM" train --data data.h5 $gpu --set train.steps=40 --run straight >/dev/null
+  run $LDM_MPIRUN -np 1 "$LDM" train --data data.h5 $gpu --set train.steps=20 --run stopped >/dev/null
+  run $LDM_MPIRUN -np 1 "$LDM" train --data data.h5 --run stopped --resume auto --set train.steps=40 > out.txt
+  grep -q "resuming from stopped/checkpoints/step-00000020 at step 20" out.txt || fail "did not resume at step 20"
+  grep -q "^train: device: cuda " out.txt || fail "the resumed run does not train on cuda"
+  run "$LDM_PYTHON" "$LDM_TESTS/train_compare_runs.py" straight stopped --steps 40 --exact
+  for f in model.safetensors ema.safetensors checkpoints/step-00000040/optimizer.safetensors; do
+    cmp straight/$f stopped/$f || fail "$f differs between the straight and the resumed run"
+  done
+  ;;
 equivalence)
   make_data data.h5
   common="train --data data.h5 $tiny --set train.steps=20 --set train.log_every=5"

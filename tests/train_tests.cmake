@@ -2,7 +2,8 @@
 # same losses and weights on 1 rank, 2 ranks and with gradient accumulation;
 # reruns are bit-identical; the tiny config learns; a non-finite gradient on one
 # rank is skipped by all; the run directory is protected; bad batch splits and
-# bad flags are refused. Included from tests/CMakeLists.txt (LDM_MPIRUN,
+# bad flags are refused; on a GPU (device.type cuda) the DiT follows the CPU's
+# losses and resumes exactly. Included from tests/CMakeLists.txt (LDM_MPIRUN,
 # LDM_SYSTEM_PYTHON and LDM_EXPECT_ERROR come from there and prepare_tests.cmake).
 
 if(TARGET ldm)
@@ -10,7 +11,7 @@ if(TARGET ldm)
   string(REPLACE ";" " " ldm_train_mpirun "${LDM_MPIRUN}")
   foreach(scenario equivalence determinism learns nonfinite run-directory resume-1rank resume-2ranks signal
                   resume-world-size resume-mismatch crash export autoencoder
-                  precision-curves precision-overflow precision-resume)
+                  precision-curves precision-overflow precision-resume cuda)
     string(REPLACE "-" "_" test_name "cli_train_${scenario}")
     add_test(NAME ${test_name}
       COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/train_scenarios.sh ${scenario} ${LDM_TRAIN_WORK}/${scenario})

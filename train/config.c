@@ -145,6 +145,8 @@ static const key_spec keys[] = {
     DOUBLE_KEY(distill, huber_c, 0.0, 0, false, NONE_ABOVE, false),
     DOUBLE_KEY(distill, guidance, 1.0, 0, false, 1e6, false),
     DOUBLE_KEY(distill, guidance_max, 0.0, 0, false, 1e6, false),
+
+    ENUM_KEY(device, type, "auto", "auto", "cpu", "cuda"),
 };
 
 #define KEY_COUNT (sizeof keys / sizeof keys[0])

@@ -1,5 +1,5 @@
 /* The job configuration: one JSON file with sections "model", "diffusion",
- * "train", "data", "autoencoder" and "distill" (later issues add sections in the same style), every key validated
+ * "train", "data", "autoencoder", "distill" and "device" (later issues add sections in the same style), every key validated
  * against a schema table, any key overridable with "--set section.key=value".
  * Keys left out take the defaults below (the values in ../DESIGN.md). */
 #ifndef LDM_CONFIG_H
@@ -101,6 +101,12 @@ typedef struct {
     double guidance_max;
 } distill_config;
 
+/* Where training computes. A setting of the machine, not of the run: it may
+ * differ on resume (a checkpoint is the same files on either device). */
+typedef struct {
+    char type[8]; /* "auto" (default: cuda in a CUDA build on a machine with a GPU, else cpu) | "cpu" | "cuda" */
+} device_config;
+
 typedef struct {
     model_config model;
     diffusion_config diffusion;
@@ -108,6 +114,7 @@ typedef struct {
     data_config data;
     autoencoder_config autoencoder;
     distill_config distill;
+    device_config device;
 } ldm_config;
 
 /* Fills every field with its default. */

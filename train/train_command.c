@@ -4,9 +4,10 @@
  *   ldm train-ae --config F --data D --run DIR [--val-data V] [--set ...] [--force | --resume ...]
  *   ldm distill  --teacher T --config F --data D --run DIR [--set ...] [--force | --resume ...]
  *                (see distill_command.c)
- * All load and validate the config, check the batch split, and hand over to
- * the one training loop with their model: the DiT under EDM, the KL
- * autoencoder, or the consistency student. */
+ * All load and validate the config, check the batch split, resolve
+ * device.type, and hand over to the one training loop with their model: the
+ * DiT under EDM (on the CPU or the rank's GPU), the KL autoencoder, or the
+ * consistency student (both CPU-only so far). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,9 +16,48 @@
 #include "cli.h"
 #include "comm.h"
 #include "commands.h"
+#include "device.h"
+#include "dit_cuda_trainable.h"
 #include "fatal.h"
 #include "run_directory.h"
 #include "training_loop.h"
+
+/* device.type resolved once, the same on every rank (each checks its own host):
+ * 1 for cuda, 0 for cpu; "auto" is cuda where this build and machine have a
+ * GPU. cuda that cannot be had is refused before anything is written. */
+static int training_on_cuda(const training_command *spec, const ldm_config *config) {
+    const char *type = config->device.type;
+    if (strcmp(type, "cpu") == 0) return 0;
+    const char *cpu_only = spec->create_model == autoencoder_trainable_create ? "the autoencoder"
+                           : spec->create_model != dit_trainable_create      ? "consistency distillation"
+                                                                              : NULL;
+    if (cpu_only) {
+        if (strcmp(type, "cuda") == 0)
+            fatal_input("ldm %s: device.type cuda: %s trains on the CPU only so far", spec->command, cpu_only);
+        return 0;
+    }
+    if (strcmp(type, "auto") == 0) return device_cuda_count() > 0;
+    if (!device_cuda_compiled())
+        fatal_input("ldm %s: device.type: cuda: this build has no CUDA (cmake -DLDM_CUDA=ON)", spec->command);
+    if (device_cuda_count() == 0) fatal_input("ldm %s: device.type: cuda: no CUDA device on this machine", spec->command);
+    return 1;
+}
+
+/* Rank 0's line saying where training runs. */
+static void print_device(int on_cuda) {
+    if (comm_rank() != 0) return;
+    if (!on_cuda) {
+        printf("train: device: cpu\n");
+    } else {
+#ifdef LDM_HAVE_CUDA
+        int count = device_cuda_count(), gpu = comm_local_rank() % count;
+        char name[256];
+        device_cuda_name(gpu, name, sizeof name);
+        printf("train: device: cuda (one GPU per rank; rank 0 on cuda:%d %s of %d on its host)\n", gpu, name, count);
+#endif
+    }
+    fflush(stdout);
+}
 
 int training_command_run(const training_command *spec, int argc, char **argv) {
     const char *command = spec->command, *summary = spec->summary;
@@ -64,10 +104,15 @@ int training_command_run(const training_command *spec, int argc, char **argv) {
     int micro, accumulation;
     /* Checked before anything is written. */
     training_batch_split(&config, options[0].value, comm_world_size(), &micro, &accumulation);
+    const int on_cuda = training_on_cuda(spec, &config);
+#ifdef LDM_HAVE_CUDA
+    if (on_cuda) create_model = dit_cuda_trainable_create;
+#endif
     training_job job = {.config = &config, .config_path = options[0].value, .data_path = options[1].value,
                         .validation_path = options[6].value, .autoencoder_path = options[7].value, .run_dir = options[2].value,
                         .force = options[4].value != NULL, .resume = resume, .create_model = create_model};
     void *prepared = spec->prepare ? spec->prepare(&job, options[9].value) : NULL;
+    print_device(on_cuda);
     training_run(&job);
     if (spec->release) spec->release(prepared);
     free(run_config);

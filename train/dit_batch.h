@@ -1,0 +1,56 @@
+/* What a DiT trainable under EDM does around the network, on the host, shared
+ * by the CPU trainable (dit_trainable.c) and the GPU one (dit_cuda_trainable.c)
+ * so that both train the same thing: each sample's noise level, noise and
+ * label dropout drawn from its own stream keyed by (seed, step, the sample's row
+ * in the data set), so nothing depends on history, on the world size or on
+ * which rank holds the sample; the preconditioned network input; the weighted
+ * loss and its gradient with respect to the network output; the loss binned by
+ * noise level (the statistics); and the trainable's members that do not depend
+ * on where the network runs (checkpoint kind, settings keys, pictures). All
+ * buffers are laid out at creation. */
+#ifndef LDM_DIT_BATCH_H
+#define LDM_DIT_BATCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "dit.h"
+#include "dit_pictures.h"
+#include "trainable.h"
+
+typedef struct {
+    const ldm_config *config;
+    dit_shape shape;
+    int64_t per_sample;  /* P = C * H * W */
+    int *y;              /* (B) labels given to the DiT; num_classes = the null class */
+    float *sigma;        /* (B) */
+    float *noise;        /* (B, P) */
+    float *net_in;       /* (B, P) the network input */
+    float *t;            /* (B) the timestep the network sees */
+    float *F;            /* (B, P) the network output, filled by the caller */
+    float *d_F;          /* (B, P) the loss's gradient with respect to F */
+    float *sample_loss;  /* (B) */
+    dit_pictures *pictures; /* rank 0: the pictures of train.sample_every, or NULL */
+} dit_batch;
+
+/* Buffers for batches of up to micro_batch samples of the shape. */
+void dit_batch_create(dit_batch *b, const ldm_config *config, const dit_shape *shape, int micro_batch);
+void dit_batch_destroy(dit_batch *b);
+
+/* Before the network: sigma, noise and y of each sample, then net_in and t. */
+void dit_batch_prepare(dit_batch *b, const float *samples, const int32_t *labels, const int64_t *index, int batch,
+                       int64_t step);
+/* After the network (b->F filled): the micro-batch's mean loss (returned),
+ * d_F = loss_weight times its gradient, and each sample's loss added to its
+ * sigma bin in statistics. */
+double dit_batch_loss(dit_batch *b, const float *samples, int batch, float loss_weight, double *statistics);
+
+/* Sets the members of a DiT trainable that do not depend on where the network
+ * runs: kind "dit", shape_section, settings_keys, the expected data, the
+ * statistics and the pictures (validate, prepare_validation). Their entries
+ * read t->self as a dit_batch: the implementation's state must begin with its
+ * dit_batch. */
+void dit_batch_describe(trainable *t);
+
+#endif

@@ -113,7 +113,7 @@ ranks)
   ;;
 sample)
   # ldm sample of a student: 1, 2 and 4 steps give images; 1 and 3 ranks the same
-  # file; 2 steps by default; the steps differ from each other.
+  # file; 2 steps by default; the steps differ from each other; --sigmas.
   for steps in 1 2 4; do
     run "$LDM" sample --model "$common/student" --steps $steps --n 7 --batch 3 --out s$steps.h5 > s$steps.out
     grep -q "consistency sampler $steps step" s$steps.out || fail "no consistency sampler line: $(cat s$steps.out)"
@@ -123,6 +123,16 @@ sample)
   run "$LDM" sample --model "$common/student" --n 7 --batch 3 --out default.h5 >/dev/null
   same_h5 s2.h5 default.h5
   run "$LDM" sample --model "$common/student" --steps 4 --n 20 --out grid.png >/dev/null
+  # --sigmas: the recorded points given by hand give the same file; others another.
+  run "$LDM" sample --model "$common/student" --sigmas 80,0.821 --n 7 --batch 3 --out given.h5 > given.out
+  same_h5 s2.h5 given.h5
+  run "$LDM" sample --model "$common/student" --sigmas 80,2,0.5 --n 7 --batch 3 --out three_steps.h5 > three.out
+  grep -q "consistency sampler 3 steps at sigma 80, 2, 0.5," three.out || fail "no 3-step line: $(cat three.out)"
+  run "$LDM_PYTHON" - <<'PY'
+import h5py, numpy as np
+a, b = (h5py.File(f, "r")["images"][...] for f in ("s2.h5", "three_steps.h5"))
+assert not np.array_equal(a, b), "--sigmas 80,2,0.5 gave the 2-step samples"
+PY
   run "$LDM_PYTHON" - <<'PY'
 import h5py, numpy as np
 images = {s: h5py.File(f"s{s}.h5", "r")["images"][...] for s in (1, 2, 4)}

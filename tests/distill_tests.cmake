@@ -100,6 +100,18 @@ LDM_TESTS=${CMAKE_CURRENT_SOURCE_DIR};LDM_CONFIGS=${CMAKE_SOURCE_DIR}/configs")
     "^ldm: error: ldm distill: option --ae: .*/data[.]h5 holds images, not latents: its pictures need no autoencoder$"
     ${LDM_MPIRUN} -np 2 ${ldm} distill --teacher ${c}/teacher --config ${tiny} --data ${c}/data.h5 --ae ${c}/ae
     --set train.sample_every=5 --run ${never})
+  ldm_distill_error(sample_sigmas_order
+    "^ldm: error: ldm sample: option --sigmas: expected decreasing numbers above distill[.]sigma_min [(]0[.]002[)], got '0[.]5,80'$"
+    ${ldm} sample --model ${c}/student --sigmas 0.5,80 --n 2 --out ${never}.h5)
+  ldm_distill_error(sample_sigmas_text
+    "^ldm: error: ldm sample: option --sigmas: expected up to 8 comma-separated numbers, got '80,x'$"
+    ${ldm} sample --model ${c}/student --sigmas 80,x --n 2 --out ${never}.h5)
+  ldm_distill_error(sample_sigmas_steps
+    "^ldm: error: ldm sample: option --sigmas: 1 noise levels, but --steps 2$"
+    ${ldm} sample --model ${c}/student --steps 2 --sigmas 80 --n 2 --out ${never}.h5)
+  ldm_distill_error(sample_sigmas_not_student
+    "^ldm: error: ldm sample: option --sigmas: .*/teacher/checkpoints/step-00000150 is not a consistency model"
+    ${ldm} sample --model ${c}/teacher --sigmas 80 --n 2 --out ${never}.h5)
   ldm_distill_error(guidance_max_below
     "^ldm: error: --set distill[.]guidance_max=2: distill[.]guidance_max: expected 0 [(]a fixed guidance scale[)] or more than distill[.]guidance [(]2[)], got 2$"
     ${ldm} distill --teacher ${c}/teacher --config ${tiny} --set distill.guidance=2 --set distill.guidance_max=2

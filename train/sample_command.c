@@ -62,6 +62,30 @@ static double parse_double(const cli_option *option, double min, double max) {
     return v;
 }
 
+/* --sigmas A,B,...: the consistency sampler's noise levels, one per step,
+ * decreasing and above co->sigma_min (the count must agree with --steps when
+ * both are given). */
+static void consistency_sigmas_option(const cli_option *option, int steps, consistency_sampler_options *co) {
+    int count = 0;
+    const char *p = option->value;
+    while (*p) {
+        char *end = NULL;
+        errno = 0;
+        const double v = strtod(p, &end);
+        if (end == p || errno || !isfinite(v) || (*end && *end != ',') || count == CONSISTENCY_MAX_STEPS)
+            fatal_input("ldm sample: option --sigmas: expected up to %d comma-separated numbers, got '%s'",
+                        CONSISTENCY_MAX_STEPS, option->value);
+        if (!(v > co->sigma_min) || (count > 0 && !(v < co->sigmas[count - 1])))
+            fatal_input("ldm sample: option --sigmas: expected decreasing numbers above distill.sigma_min (%g), got "
+                        "'%s'", co->sigma_min, option->value);
+        co->sigmas[count++] = v;
+        p = *end ? end + 1 : end;
+    }
+    if (count == 0) fatal_input("ldm sample: option --sigmas: expected at least one number, got '%s'", option->value);
+    if (steps && steps != count)
+        fatal_input("ldm sample: option --sigmas: %d noise levels, but --steps %d", count, steps);
+    co->steps = count;
+}
 
 int command_sample(int argc, char **argv) {
     cli_option options[] = {
@@ -82,6 +106,8 @@ int command_sample(int argc, char **argv) {
         {.name = "--ae", .help = "for a model trained on latents: the autoencoder run or checkpoint that decodes them "
                                  "(default: the one that made its latents, when still there)"},
         {.name = "--churn", .help = "EDM's stochastic churn S_churn (default 0: deterministic)"},
+        {.name = "--sigmas", .help = "a consistency model: its sampler's noise levels instead of the recorded ones, "
+                                     "decreasing and above distill.sigma_min, e.g. 80,0.821 (one per step)"},
         {0},
     };
     if (cli_wants_help(argc, argv)) {
@@ -141,9 +167,15 @@ int command_sample(int argc, char **argv) {
     consistency_sampler_options co;
     if (consistency) {
         record = checkpoint_model_broadcast_string(record);
-        consistency_record_sampler(record, checkpoint, steps_given ? so.steps : 2, &co);
+        /* With --sigmas the record gives sigma_min only (every record has points for 1 step). */
+        const int recorded_steps = options[13].value ? 1 : steps_given ? so.steps : 2;
+        consistency_record_sampler(record, checkpoint, recorded_steps, &co);
         co.seed = so.seed;
         free(record);
+        if (options[13].value) consistency_sigmas_option(&options[13], steps_given ? so.steps : 0, &co);
+    } else if (options[13].value) {
+        fatal_input("ldm sample: option --sigmas: %s is not a consistency model (ldm distill's students take it; "
+                    "EDM's sampler takes --steps)", checkpoint);
     }
     const int latents = strcmp(data.kind, "latents") == 0;
     if (!latents && options[11].value)

@@ -79,28 +79,25 @@ static void gemm_precision(ldm_precision precision, int transpose_a, int transpo
     gemm_threaded(transpose_a, transpose_b, m, n, k, a, lda, b, ldb, beta, c, ldc);
 }
 
+/* Every row of out (rows, out_features) = bias, when there is one: the GEMM then
+ * accumulates onto it. Returns the GEMM's beta (1 with a bias, else 0). */
+static float bias_rows(float *out, const float *bias, int rows, int out_features) {
+    if (!bias) return 0.0f;
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) memcpy(out + (size_t)r * out_features, bias, sizeof(float) * (size_t)out_features);
+    return 1.0f;
+}
+
 void linear_forward_precision(float *out, const float *in, const float *weight, const float *bias, int rows,
                               int in_features, int out_features, ldm_precision precision) {
-    float beta = 0.0f;
-    if (bias) {
-#pragma omp parallel for schedule(static)
-        for (int r = 0; r < rows; r++)
-            memcpy(out + (size_t)r * out_features, bias, sizeof(float) * (size_t)out_features);
-        beta = 1.0f;
-    }
+    const float beta = bias_rows(out, bias, rows, out_features);
     gemm_precision(precision, 0, 1, rows, out_features, in_features, in, in_features, weight, in_features, beta, out,
                    out_features);
 }
 
 void linear_forward(float *out, const float *in, const float *weight, const float *bias,
                     int rows, int in_features, int out_features) {
-    float beta = 0.0f;
-    if (bias) {
-#pragma omp parallel for schedule(static)
-        for (int r = 0; r < rows; r++)
-            memcpy(out + (size_t)r * out_features, bias, sizeof(float) * (size_t)out_features);
-        beta = 1.0f;
-    }
+    const float beta = bias_rows(out, bias, rows, out_features);
     gemm_threaded(0, 1, rows, out_features, in_features, in, in_features, weight, in_features, beta, out,
                   out_features);
 }

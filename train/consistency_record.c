@@ -46,6 +46,11 @@ void consistency_record_sampler(const char *json, const char *checkpoint, int st
     if (!cJSON_IsObject(root) || !cJSON_IsNumber(sigma_min) || !(sigma_min->valuedouble > 0) || !cJSON_IsObject(points))
         fatal_input("%s/state.json: consistency: expected an object with sigma_min (a number > 0) and sampling_sigmas (an object)",
                     checkpoint);
+    if (steps == 0) { /* sigma_min only: the caller brings its own points */
+        out->sigma_min = sigma_min->valuedouble;
+        cJSON_Delete(root);
+        return;
+    }
     char name[16], available[128] = "";
     snprintf(name, sizeof name, "%d", steps);
     const cJSON *list = cJSON_GetObjectItemCaseSensitive(points, name);

@@ -21,8 +21,9 @@
 char *consistency_record_json(const ldm_config *config, const char *teacher);
 
 /* Reads the sampler's options for `steps` from the record's text (checkpoint,
- * the student's checkpoint directory, names it in errors): sigma_min and the sigma points; fatal_input on a malformed
- * record, or naming the steps it has when it has none for `steps`. */
+ * the student's checkpoint directory, names it in errors): sigma_min and the
+ * sigma points (steps 0: sigma_min only, for points given by hand); fatal_input
+ * on a malformed record, or naming the steps it has when it has none for `steps`. */
 void consistency_record_sampler(const char *json, const char *checkpoint, int steps, consistency_sampler_options *out);
 
 /* On resume: the checkpoint's record (saved_json, of the checkpoint source)

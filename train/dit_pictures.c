@@ -36,13 +36,14 @@ struct dit_pictures {
 dit_pictures *dit_pictures_create(const dit_shape *shape, double sigma_data, const dataset_info *data,
                                   const char *autoencoder, const consistency_sampler_options *consistency) {
     dit_pictures *p = xcalloc(1, sizeof *p);
+    const char *command = consistency ? "distill" : "train"; /* who trains: named in messages */
     char *recorded = NULL;
     if (data->kind == DATASET_LATENTS) {
         if (!autoencoder) {
             recorded = checkpoint_autoencoder_recorded_path(data->autoencoder);
             if (!recorded || access(recorded, F_OK) != 0) {
                 printf("%s: no pictures during training: the autoencoder of the latents (made by: %s) is not "
-                       "there; name it with --ae\n", consistency ? "distill" : "train",
+                       "there; name it with --ae\n", command,
                        data->autoencoder[0] ? data->autoencoder : "not recorded");
                 fflush(stdout);
                 free(recorded);
@@ -52,13 +53,13 @@ dit_pictures *dit_pictures_create(const dit_shape *shape, double sigma_data, con
         }
     } else if (autoencoder) {
         fatal_input("ldm %s: option --ae: %s holds images, not latents: its pictures need no autoencoder",
-                    consistency ? "distill" : "train", data->path);
+                    command, data->path);
     }
     const int classes = shape->num_classes;
     p->rows = classes > 0 ? (classes < MOST_CLASS_ROWS ? classes : MOST_CLASS_ROWS) : 0;
     p->count = classes > 0 ? p->rows * PICTURES_PER_CLASS : UNCONDITIONAL_PICTURES;
     if (autoencoder) {
-        checkpoint_autoencoder_load_here(&p->ae, consistency ? "distill" : "train", autoencoder, "ema",
+        checkpoint_autoencoder_load_here(&p->ae, command, autoencoder, "ema",
                                          AE_FOR_DECODING, p->count);
         p->has_autoencoder = 1;
         char model[4200];

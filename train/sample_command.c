@@ -167,8 +167,8 @@ int command_sample(int argc, char **argv) {
     consistency_sampler_options co;
     if (consistency) {
         record = checkpoint_model_broadcast_string(record);
-        /* With --sigmas the record gives sigma_min only (every record has points for 1 step). */
-        const int recorded_steps = options[13].value ? 1 : steps_given ? so.steps : 2;
+        /* With --sigmas the record gives sigma_min only. */
+        const int recorded_steps = options[13].value ? 0 : steps_given ? so.steps : 2;
         consistency_record_sampler(record, checkpoint, recorded_steps, &co);
         co.seed = so.seed;
         free(record);

@@ -31,8 +31,9 @@
  * created the communicator; its current CUDA device is the communicator's.
  *
  * Only in a CUDA build (LDM_HAVE_CUDA).
- * STATUS: written and compiled without a GPU; not yet run. The first GPU
- * session runs tests/test_comm_nccl.c (1 and 2 ranks) and removes this line. */
+ * STATUS: not yet run on a GPU; tests/test_comm_nccl.c passes on the CPU
+ * emulation of NCCL over MPI (tests/cuda_emulation/, in CI). The first GPU
+ * session runs it there (1 and 2 ranks) and removes this line. */
 #ifndef LDM_COMM_NCCL_H
 #define LDM_COMM_NCCL_H
 

@@ -45,14 +45,24 @@ static inline unsigned int cuda_blocks_for(size_t n, int threads) {
 #define CUDA_FOR_EACH_INDEX(i, n)                                                                   \
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
 
+/* kernel<<<grid, block, 0, stream>>>(...): every launch goes through this, so
+ * that the CPU emulation of the CUDA build (cmake -DLDM_CUDA=EMULATE,
+ * tests/cuda_emulation/) can run it. */
+#ifdef LDM_CUDA_EMULATION
+#define CUDA_LAUNCH_KERNEL(kernel, grid, block, stream, ...)                                        \
+    cuda_emulation_launch(#kernel, kernel, (grid), (block), (stream), __VA_ARGS__)
+#else
+#define CUDA_LAUNCH_KERNEL(kernel, grid, block, stream, ...) kernel<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
+#endif
+
 /* Launches kernel(args..., n) with a grid for n elements and checks the launch;
  * nothing for n == 0. The kernel's last parameter is the element count (size_t). */
 #define CUDA_LAUNCH_ELEMENTWISE(kernel, n, stream, ...)                                             \
     do {                                                                                            \
         size_t launch_n_ = (n);                                                                     \
         if (launch_n_ > 0) {                                                                        \
-            kernel<<<cuda_blocks_for(launch_n_, CUDA_ELEMENTWISE_THREADS), CUDA_ELEMENTWISE_THREADS, 0, \
-                     (stream)>>>(__VA_ARGS__, launch_n_);                                           \
+            CUDA_LAUNCH_KERNEL(kernel, cuda_blocks_for(launch_n_, CUDA_ELEMENTWISE_THREADS),        \
+                               CUDA_ELEMENTWISE_THREADS, (stream), __VA_ARGS__, launch_n_);         \
             CUDA_CHECK_LAUNCH(#kernel);                                                             \
         }                                                                                           \
     } while (0)

@@ -4,6 +4,8 @@
 #include <cuda_runtime.h>
 #include <stdio.h>
 
+#include "cuda_check.h"
+
 extern "C" {
 #include "device.h"
 }
@@ -41,7 +43,7 @@ extern "C" int device_cuda_silu(float *out, const float *in, size_t n) {
     if (cudaMalloc(&d_in, n * sizeof(float)) != cudaSuccess) goto done;
     if (cudaMalloc(&d_out, n * sizeof(float)) != cudaSuccess) goto done;
     if (cudaMemcpy(d_in, in, n * sizeof(float), cudaMemcpyHostToDevice) != cudaSuccess) goto done;
-    silu_kernel<<<(unsigned)((n + 255) / 256), 256>>>(d_out, d_in, n);
+    CUDA_LAUNCH_KERNEL(silu_kernel, (unsigned)((n + 255) / 256), 256, NULL, d_out, d_in, n);
     if (cudaGetLastError() != cudaSuccess) goto done;
     if (cudaMemcpy(out, d_out, n * sizeof(float), cudaMemcpyDeviceToHost) != cudaSuccess) goto done;
     rc = 0;

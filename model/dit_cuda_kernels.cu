@@ -49,6 +49,7 @@ __global__ static void round_segments_kernel(float *out, const float *src, const
 extern "C" void dit_cuda_round_segments(ldm_precision precision, float *out, const float *src,
                                         const long long *segments, int count, ldm_stream stream) {
     if (count <= 0) return;
-    round_segments_kernel<<<(unsigned int)count, SEGMENT_THREADS, 0, stream>>>(out, src, segments, (int)precision);
+    CUDA_LAUNCH_KERNEL(round_segments_kernel, (unsigned int)count, SEGMENT_THREADS, stream, out, src, segments,
+                       (int)precision);
     CUDA_CHECK_LAUNCH("round_segments_kernel");
 }

@@ -149,6 +149,11 @@ static int lt_matmul(gemm_cuda_context *ctx, int transpose_a, int transpose_b, i
     int found = 0;
     cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(ctx->handle, desc, layout_a, layout_b, layout_c, layout_c,
                                                            preference, 1, &heuristic, &found);
+    /* Only "not supported" (or nothing found) means no algorithm; any other
+     * failure is a mistake in what was asked, not a reason to fall back. */
+    if (status != CUBLAS_STATUS_SUCCESS && status != CUBLAS_STATUS_NOT_SUPPORTED)
+        fatal_internal("cuBLASLt cublasLtMatmulAlgoGetHeuristic failed for a %d x %d x %d GEMM: %s", m, n, k,
+                       cublasLtGetStatusString(status));
     const int have_algorithm = status == CUBLAS_STATUS_SUCCESS && found > 0;
     if (have_algorithm) {
         CUBLAS_CHECK(cublasLtMatmul(ctx->handle, desc, &alpha, a->data, layout_a, b->data, layout_b, &beta, c, layout_c,

@@ -78,8 +78,8 @@ extern "C" void attention_forward_cuda(gemm_cuda_context *ctx, float *out, float
                                   s.probs_stride, batch, stream);
     }
     const float scale = 1.0f / sqrtf((float)head_dim);
-    scaled_softmax_kernel<<<(unsigned int)batch * heads * T, SOFTMAX_THREADS, 0, stream>>>(probs, T, scale,
-                                                                                            (int)precision);
+    CUDA_LAUNCH_KERNEL(scaled_softmax_kernel, (unsigned int)batch * heads * T, SOFTMAX_THREADS, stream, probs, T, scale,
+                       (int)precision);
     CUDA_CHECK_LAUNCH("scaled_softmax_kernel");
     /* out = p v */
     for (int h = 0; h < heads; h++) {
@@ -109,8 +109,8 @@ extern "C" void attention_backward_cuda(gemm_cuda_context *ctx, float *d_qkv, fl
                                   T, s.probs_stride, batch, stream);
     }
     const float scale = 1.0f / sqrtf((float)head_dim);
-    softmax_backward_kernel<<<(unsigned int)batch * heads * T, SOFTMAX_THREADS, 0, stream>>>(d_scores, probs, T, scale,
-                                                                                              (int)precision);
+    CUDA_LAUNCH_KERNEL(softmax_backward_kernel, (unsigned int)batch * heads * T, SOFTMAX_THREADS, stream, d_scores,
+                       probs, T, scale, (int)precision);
     CUDA_CHECK_LAUNCH("softmax_backward_kernel");
     /* dq = d_score k; dk = d_score^T q */
     for (int h = 0; h < heads; h++) {

@@ -64,16 +64,16 @@ void column_sums_accumulate_cuda(float *dst, long long dst_stride, const void *a
     const unsigned int grid = (unsigned int)((size_t)batch * column_blocks);
     switch (a_precision) {
     case PRECISION_BF16:
-        column_sums_kernel<PRECISION_BF16>
-            <<<grid, block, 0, stream>>>(dst, dst_stride, a, factor, tokens, dim, column_blocks);
+        CUDA_LAUNCH_KERNEL(column_sums_kernel<PRECISION_BF16>, grid, block, stream, dst, dst_stride, a, factor, tokens,
+                           dim, column_blocks);
         break;
     case PRECISION_FP16:
-        column_sums_kernel<PRECISION_FP16>
-            <<<grid, block, 0, stream>>>(dst, dst_stride, a, factor, tokens, dim, column_blocks);
+        CUDA_LAUNCH_KERNEL(column_sums_kernel<PRECISION_FP16>, grid, block, stream, dst, dst_stride, a, factor, tokens,
+                           dim, column_blocks);
         break;
     default:
-        column_sums_kernel<PRECISION_FP32>
-            <<<grid, block, 0, stream>>>(dst, dst_stride, a, factor, tokens, dim, column_blocks);
+        CUDA_LAUNCH_KERNEL(column_sums_kernel<PRECISION_FP32>, grid, block, stream, dst, dst_stride, a, factor, tokens,
+                           dim, column_blocks);
         break;
     }
     CUDA_CHECK_LAUNCH("column_sums_kernel");

@@ -57,8 +57,8 @@ __global__ static void weighted_mse_backward_kernel(float *d_pred, float d_loss,
 extern "C" void weighted_mse_forward_cuda(float *loss, float *per_sample_loss, const float *pred, const float *target,
                                           const float *weight, int batch, int per_sample, ldm_stream stream) {
     if (batch < 0 || per_sample < 0) return;
-    weighted_mse_forward_kernel<<<1, LOSS_THREADS, 0, stream>>>(loss, per_sample_loss, pred, target, weight, batch,
-                                                                per_sample);
+    CUDA_LAUNCH_KERNEL(weighted_mse_forward_kernel, 1, LOSS_THREADS, stream, loss, per_sample_loss, pred, target,
+                       weight, batch, per_sample);
     CUDA_CHECK_LAUNCH("weighted_mse_forward_kernel");
 }
 

@@ -75,8 +75,8 @@ static void layernorm_forward_launch(float *out, float *normalized, float *mean,
                                      const float *shift, const float *scale, int mod_stride, int tokens, int rows,
                                      int dim, float eps, cudaStream_t stream) {
     if (rows <= 0 || dim <= 0) return;
-    layernorm_forward_kernel<<<rows, LAYERNORM_THREADS, 0, stream>>>(out, normalized, mean, rstd, in, shift, scale,
-                                                                     mod_stride, tokens, dim, eps);
+    CUDA_LAUNCH_KERNEL(layernorm_forward_kernel, rows, LAYERNORM_THREADS, stream, out, normalized, mean, rstd, in,
+                       shift, scale, mod_stride, tokens, dim, eps);
     CUDA_CHECK_LAUNCH("layernorm_forward_kernel");
 }
 
@@ -97,8 +97,8 @@ extern "C" void layernorm_modulate_forward_cuda(float *out, float *normalized, f
 extern "C" void layernorm_backward_cuda(float *d_in, float d_in_beta, const float *d_out, const float *in,
                                         const float *mean, const float *rstd, int rows, int dim, ldm_stream stream) {
     if (rows <= 0 || dim <= 0) return;
-    layernorm_backward_kernel<false><<<rows, LAYERNORM_THREADS, 0, stream>>>(d_in, d_in_beta, d_out, in, mean, rstd,
-                                                                             dim);
+    CUDA_LAUNCH_KERNEL(layernorm_backward_kernel<false>, rows, LAYERNORM_THREADS, stream, d_in, d_in_beta, d_out, in,
+                       mean, rstd, dim);
     CUDA_CHECK_LAUNCH("layernorm_backward_kernel");
 }
 
@@ -106,8 +106,8 @@ extern "C" void layernorm_backward_normalized_cuda(float *d_in, float d_in_beta,
                                                    const float *normalized, const float *rstd, int rows, int dim,
                                                    ldm_stream stream) {
     if (rows <= 0 || dim <= 0) return;
-    layernorm_backward_kernel<true><<<rows, LAYERNORM_THREADS, 0, stream>>>(d_in, d_in_beta, d_out, normalized,
-                                                                            NULL, rstd, dim);
+    CUDA_LAUNCH_KERNEL(layernorm_backward_kernel<true>, rows, LAYERNORM_THREADS, stream, d_in, d_in_beta, d_out,
+                       normalized, NULL, rstd, dim);
     CUDA_CHECK_LAUNCH("layernorm_backward_kernel");
 }
 

@@ -2,7 +2,9 @@
 # The whole test suite, from a fresh Debian 12 machine: installs the packages,
 # builds (with CUDA when nvcc is there), runs every test with ctest, then builds
 # again with AddressSanitizer + UndefinedBehaviorSanitizer and runs the tests
-# there too. `.ci/run` runs exactly this.
+# there too, and last builds the CUDA code for the CPU emulation
+# (tests/cuda_emulation/) and runs the tests of the GPU code paths there, which
+# a machine without a GPU otherwise skips. `.ci/run` runs exactly this.
 set -eu
 cd "$(dirname "$0")/.."
 # PyTorch (Debian's) too: the export test loads checkpoints of ldm train into
@@ -18,4 +20,9 @@ cmake --build build -j "$jobs"
 cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=Debug -DLDM_SANITIZE=ON -DLDM_CUDA=OFF
 cmake --build build-sanitize -j "$jobs"
 (cd build-sanitize && ctest --output-on-failure)
-echo "tests: all passed (release and sanitizer builds)"
+
+# The GPU code paths (ctest label cuda) on the CPU emulation of CUDA.
+cmake -S . -B build-emulate -DCMAKE_BUILD_TYPE=Release -DLDM_CUDA=EMULATE
+cmake --build build-emulate -j "$jobs"
+(cd build-emulate && ctest -L cuda --output-on-failure)
+echo "tests: all passed (release, sanitizer and CUDA-emulation builds)"

@@ -22,6 +22,8 @@
  *   all-reduce cannot complete within the limit whatever the machine. The child
  *   must end with status 1, in well under a minute, with exactly one line
  *     ldm: error: rank 0 on HOST: NCCL all-reduce of 1000 floats (gradient bucket 0, at offset 0) did not complete in 0.2 s (...)
+ *   (The CPU emulation, cmake -DLDM_CUDA=EMULATE, stalls the all-reduce itself
+ *   instead: LDM_CUDA_EMULATION_STALL_NCCL.)
  * An NCCL error proper (rather than a stuck collective) cannot be caused on
  * purpose here; it goes through the same end_job path as the time limit.
  *
@@ -215,7 +217,14 @@ static void test_time_limit(void) {
     if (n <= 0) return;
     self[n] = '\0';
     char command[4200];
-    snprintf(command, sizeof command, "LDM_NCCL_TIMEOUT_S=0.2 '%s' --timeout-child 2>&1", self);
+#ifdef LDM_CUDA_EMULATION
+    /* The emulation runs the stalled stream to its end before the all-reduce
+     * starts; it stalls the all-reduce itself instead (tests/cuda_emulation/nccl.h). */
+    const char *stall = "LDM_CUDA_EMULATION_STALL_NCCL=1 ";
+#else
+    const char *stall = "";
+#endif
+    snprintf(command, sizeof command, "%sLDM_NCCL_TIMEOUT_S=0.2 '%s' --timeout-child 2>&1", stall, self);
     double started = wall_s();
     FILE *pipe = popen(command, "r");
     CHECK(pipe != NULL);

@@ -1,0 +1,134 @@
+/* CUDA emulation: NCCL's all-reduce over MPI (see nccl.h). ncclAvg is computed
+ * as comm/comm_nccl.h says NCCL computes it: every rank's value times
+ * (float)(1 / W), then summed (MPI_SUM over MPI_COMM_WORLD).
+ *
+ * A collective that never completes cannot happen here by itself, so a test
+ * asks for one: with LDM_CUDA_EMULATION_STALL_NCCL=1 in the environment every
+ * all-reduce returns ncclInProgress and the communicator stays in progress
+ * until it is aborted, as a real one whose peer has stopped does. */
+#include <mpi.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fatal.h"
+#include "nccl.h"
+
+struct ncclComm {
+    int nranks, rank;
+    float *scaled; /* room for one all-reduce's scaled values, grown as needed */
+    size_t scaled_count;
+    int stalled;   /* an all-reduce is stuck (LDM_CUDA_EMULATION_STALL_NCCL) */
+};
+
+const char *ncclGetErrorString(ncclResult_t result) {
+    switch (result) {
+    case ncclSuccess: return "no error";
+    case ncclUnhandledCudaError: return "unhandled cuda error";
+    case ncclSystemError: return "unhandled system error";
+    case ncclInternalError: return "internal error";
+    case ncclInvalidArgument: return "invalid argument";
+    case ncclInvalidUsage: return "invalid usage";
+    case ncclRemoteError: return "remote process exited or there was a network error";
+    case ncclInProgress: return "NCCL operation in progress";
+    }
+    return "unknown result code";
+}
+
+const char *ncclGetLastError(ncclComm_t comm) {
+    (void)comm;
+    return "";
+}
+
+ncclResult_t ncclGetUniqueId(ncclUniqueId *id) {
+    memset(id, 0, sizeof *id);
+    uint64_t stamp = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    memcpy(id->internal, "ldm-emulated-nccl", 17);
+    memcpy(id->internal + 24, &stamp, sizeof stamp);
+    return ncclSuccess;
+}
+
+/* A communicator of several ranks is MPI_COMM_WORLD: MPI must be up, of that size. */
+static int world_matches(int nranks, int rank) {
+    int initialized = 0;
+    MPI_Initialized(&initialized);
+    if (!initialized) return nranks == 1 && rank == 0;
+    int size = 0, me = 0;
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    MPI_Comm_rank(MPI_COMM_WORLD, &me);
+    return size == nranks && me == rank;
+}
+
+ncclResult_t ncclCommInitRankConfig(ncclComm_t *comm, int nranks, ncclUniqueId id, int rank, ncclConfig_t *config) {
+    *comm = NULL;
+    if (!config || config->magic != 0xcafebeefu || nranks < 1 || rank < 0 || rank >= nranks ||
+        memcmp(id.internal, "ldm-emulated-nccl", 17) != 0 || !world_matches(nranks, rank))
+        return ncclInvalidArgument;
+    if (nranks > 1) { /* every rank must hold rank 0's id */
+        ncclUniqueId root = id;
+        MPI_Bcast(&root, (int)sizeof root, MPI_BYTE, 0, MPI_COMM_WORLD);
+        int same = memcmp(&root, &id, sizeof id) == 0, all = 0;
+        MPI_Allreduce(&same, &all, 1, MPI_INT, MPI_LAND, MPI_COMM_WORLD);
+        if (!all) return ncclInvalidArgument;
+    }
+    struct ncclComm *c = calloc(1, sizeof *c);
+    if (!c) return ncclSystemError;
+    c->nranks = nranks;
+    c->rank = rank;
+    *comm = c;
+    return ncclSuccess;
+}
+
+ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t *state) {
+    if (!comm) return ncclInvalidArgument;
+    *state = comm->stalled ? ncclInProgress : ncclSuccess;
+    return ncclSuccess;
+}
+
+ncclResult_t ncclCommFinalize(ncclComm_t comm) { return comm ? ncclSuccess : ncclInvalidArgument; }
+
+ncclResult_t ncclCommDestroy(ncclComm_t comm) {
+    if (!comm) return ncclInvalidArgument;
+    free(comm->scaled);
+    free(comm);
+    return ncclSuccess;
+}
+
+ncclResult_t ncclCommAbort(ncclComm_t comm) { return ncclCommDestroy(comm); }
+
+ncclResult_t ncclAllReduce(const void *send, void *receive, size_t count, ncclDataType_t type, ncclRedOp_t op,
+                           ncclComm_t comm, cudaStream_t stream) {
+    if (!comm || type != ncclFloat32 || (op != ncclAvg && op != ncclSum)) return ncclInvalidArgument;
+    cuda_emulation_require_stream(stream, "ncclAllReduce");
+    if (count == 0) return ncclSuccess;
+    const char *stall = getenv("LDM_CUDA_EMULATION_STALL_NCCL");
+    if (stall && strcmp(stall, "1") == 0) {
+        comm->stalled = 1;
+        return ncclInProgress;
+    }
+    cuda_emulation_require_device_range(send, count * sizeof(float), "ncclAllReduce (send buffer)");
+    cuda_emulation_require_device_range(receive, count * sizeof(float), "ncclAllReduce (receive buffer)");
+    if (comm->scaled_count < count) {
+        free(comm->scaled);
+        comm->scaled = malloc(count * sizeof(float));
+        if (!comm->scaled) return ncclSystemError;
+        comm->scaled_count = count;
+    }
+    const float factor = op == ncclAvg ? (float)(1.0 / comm->nranks) : 1.0f;
+    const float *in = send;
+    for (size_t i = 0; i < count; i++) comm->scaled[i] = in[i] * factor;
+    if (comm->nranks == 1) {
+        memcpy(receive, comm->scaled, count * sizeof(float));
+        return ncclSuccess;
+    }
+    for (size_t done = 0; done < count;) { /* MPI counts are ints */
+        int part = count - done > (size_t)1 << 30 ? 1 << 30 : (int)(count - done);
+        if (MPI_Allreduce(comm->scaled + done, (float *)receive + done, part, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD) !=
+            MPI_SUCCESS)
+            return ncclRemoteError;
+        done += (size_t)part;
+    }
+    return ncclSuccess;
+}

@@ -635,6 +635,7 @@ void dit_cuda_backward(dit_cuda_model *m, const float *d_out, float *d_x, int ba
     operand = grad_operand(m, a->d_ada, a->d_bits, (size_t)B * 2 * D);
     linear_back(m, a->d_cond_act, 0.0f, a->final_ada_weight, a->final_ada_bias, operand, a->cond_act.kept, B, D,
                 2 * D);
+    if (m->gradients_ready) m->gradients_ready(m->gradients_ready_context, s->depth);
 
     for (int l = s->depth - 1; l >= 0; l--) {
         const block_activations *k = &a->blocks[l];
@@ -670,6 +671,7 @@ void dit_cuda_backward(dit_cuda_model *m, const float *d_out, float *d_x, int ba
         layernorm_backward_normalized_cuda(a->d_residual, 1.0f, a->d_b, ln1, k->ln1_rstd, BT, D, stream);
         operand = grad_operand(m, a->d_ada, a->d_bits, (size_t)B * S6);
         linear_back(m, a->d_cond_act, 1.0f, bp->ada_weight, bp->ada_bias, operand, a->cond_act.kept, B, D, S6);
+        if (m->gradients_ready) m->gradients_ready(m->gradients_ready_context, l);
     }
 
     /* conditioning (d_cond is rounded once and read by the label table's gradient
@@ -684,6 +686,7 @@ void dit_cuda_backward(dit_cuda_model *m, const float *d_out, float *d_x, int ba
     operand = grad_operand(m, a->d_residual, a->d_bits, nD);
     linear_back(m, d_x ? a->d_patches : NULL, 0.0f, a->x_weight, a->x_bias, operand, a->patches.kept, BT, PPC, D);
     if (d_x) patchify_backward_cuda(d_x, a->d_patches, B, C, s->input_size, Pz, stream);
+    if (m->gradients_ready) m->gradients_ready(m->gradients_ready_context, -1);
 }
 
 #endif /* LDM_HAVE_CUDA */

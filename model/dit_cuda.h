@@ -63,6 +63,13 @@ typedef struct {
     size_t memory_bytes;
     gemm_cuda_context *gemm;
     ldm_stream stream;
+    /* Optional (NULL: none): called by dit_cuda_backward right after the kernels
+     * that finish a stage's parameter gradients are queued, so that their
+     * all-reduce can start while backward goes on: stage = depth for the final
+     * layer, then l for block l (depth - 1 down to 0), then -1 for the rest (the
+     * embedders), in that order. A stage's gradients are not written after its call. */
+    void (*gradients_ready)(void *context, int stage);
+    void *gradients_ready_context;
 } dit_cuda_model;
 
 /* Checks the shape as dit_create does (fatal_input on an impossible one), takes

@@ -49,6 +49,17 @@ void cuda_copy_to_host(void *host, const void *device, size_t bytes);
 void cuda_buffer_fill_bytes(void *device, int value, size_t bytes);
 /* Waits for all queued work on the device. */
 void cuda_device_synchronize(void);
+/* Page-locked host memory (cudaMallocHost), which copies to and from the
+ * device read and write directly, so that they can run asynchronously; NULL
+ * for 0 bytes. */
+void *cuda_pinned_alloc(size_t bytes);
+void cuda_pinned_free(void *host);
+/* Copies queued on stream; the host buffer must stay as it is until the stream
+ * has done them (pinned memory: truly asynchronous; pageable: correct, slower). */
+void cuda_copy_to_device_async(void *device, const void *host, size_t bytes, ldm_stream stream);
+void cuda_copy_to_host_async(void *host, const void *device, size_t bytes, ldm_stream stream);
+/* Waits for the work queued on stream. */
+void cuda_stream_synchronize(ldm_stream stream);
 
 /* ---- LayerNorm without affine parameters ---- */
 void layernorm_forward_cuda(float *out, float *mean, float *rstd, const float *in, int rows, int dim, float eps,
@@ -135,6 +146,18 @@ void add_row_broadcast_cuda(float *out, const float *row, int rows, int dim, ldm
  * in adamw_hyper. */
 void adamw_step_cuda(float *params, const float *grads, float *m, float *v, size_t count, float lr, float beta1,
                      float beta2, float eps, float weight_decay, int64_t step, ldm_stream stream);
+
+/* ---- the rest of the optimizer step ---- */
+/* ema (count) = ema + (1 - decay) (params - ema): train/ema.c's ema_update, bit for bit. */
+void ema_update_cuda(float *ema, const float *params, size_t count, double decay, ldm_stream stream);
+/* x (n) *= factor (the loss scale taken out, clipping). */
+void scale_cuda(float *x, size_t n, float factor, ldm_stream stream);
+/* *result (one device double) = the sum of x[i]^2 (n) in double, in a fixed
+ * order (SQUARED_NORM_PARTIALS fixed slices, then their sum in order): the same
+ * bits on every run; infinite or NaN when any x is. partials: device scratch of
+ * SQUARED_NORM_PARTIALS doubles. */
+#define SQUARED_NORM_PARTIALS 256
+void squared_norm_cuda(double *result, double *partials, const float *x, size_t n, ldm_stream stream);
 
 /* ---- 16-bit formats (precision.h), bit for bit; PRECISION_FP32 does nothing ---- */
 /* stored (n) = the bits of x (n) in the format. */

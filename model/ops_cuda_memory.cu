@@ -34,3 +34,24 @@ extern "C" void cuda_buffer_fill_bytes(void *device, int value, size_t bytes) {
 }
 
 extern "C" void cuda_device_synchronize(void) { CUDA_CHECK(cudaDeviceSynchronize()); }
+
+extern "C" void *cuda_pinned_alloc(size_t bytes) {
+    if (bytes == 0) return NULL;
+    void *host = NULL;
+    CUDA_CHECK(cudaMallocHost(&host, bytes));
+    return host;
+}
+
+extern "C" void cuda_pinned_free(void *host) {
+    if (host) CUDA_CHECK(cudaFreeHost(host));
+}
+
+extern "C" void cuda_copy_to_device_async(void *device, const void *host, size_t bytes, ldm_stream stream) {
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, stream));
+}
+
+extern "C" void cuda_copy_to_host_async(void *host, const void *device, size_t bytes, ldm_stream stream) {
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, stream));
+}
+
+extern "C" void cuda_stream_synchronize(ldm_stream stream) { CUDA_CHECK(cudaStreamSynchronize(stream)); }

@@ -42,3 +42,61 @@ extern "C" void adamw_step_cuda(float *params, const float *grads, float *m, flo
     CUDA_LAUNCH_ELEMENTWISE(adamw_kernel, count, stream, params, grads, m, v, lr, beta1, beta2, eps, weight_decay,
                             step_size, sqrt_bc2);
 }
+
+/* ---- the rest of the optimizer step: EMA, scaling, the gradient norm ---- */
+
+__global__ static void ema_kernel(float *ema, const float *params, float step, size_t n) {
+    /* ema += step (w - ema), as train/ema.c writes it */
+    CUDA_FOR_EACH_INDEX(i, n) ema[i] = __fadd_rn(ema[i], __fmul_rn(step, __fsub_rn(params[i], ema[i])));
+}
+
+extern "C" void ema_update_cuda(float *ema, const float *params, size_t count, double decay, ldm_stream stream) {
+    if (count == 0) return;
+    if (decay == 0.0) { /* a copy, exactly, as on the CPU */
+        CUDA_CHECK(cudaMemcpyAsync(ema, params, count * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+        return;
+    }
+    CUDA_LAUNCH_ELEMENTWISE(ema_kernel, count, stream, ema, params, (float)(1.0 - decay));
+}
+
+__global__ static void scale_kernel(float *x, float factor, size_t n) {
+    CUDA_FOR_EACH_INDEX(i, n) x[i] = __fmul_rn(x[i], factor);
+}
+
+extern "C" void scale_cuda(float *x, size_t n, float factor, ldm_stream stream) {
+    CUDA_LAUNCH_ELEMENTWISE(scale_kernel, n, stream, x, factor);
+}
+
+#define SQUARED_NORM_THREADS 256
+
+/* Block k sums the squares of its fixed slice [k * slice, (k + 1) * slice) in
+ * double: thread j takes every SQUARED_NORM_THREADS-th element from j, in
+ * order, then block_sum adds the threads in its fixed order. */
+__global__ static void squared_norm_partials_kernel(double *partials, const float *x, size_t n, size_t slice) {
+    const size_t begin = (size_t)blockIdx.x * slice;
+    const size_t end = begin + slice < n ? begin + slice : n;
+    double sum = 0.0;
+    for (size_t i = begin + threadIdx.x; i < end; i += SQUARED_NORM_THREADS) sum += (double)x[i] * (double)x[i];
+    sum = block_sum(sum);
+    if (threadIdx.x == 0) partials[blockIdx.x] = sum;
+}
+
+/* One thread adds the partial sums in block order. */
+__global__ static void squared_norm_total_kernel(double *result, const double *partials, int count) {
+    double total = 0.0;
+    for (int k = 0; k < count; k++) total += partials[k];
+    *result = total;
+}
+
+extern "C" void squared_norm_cuda(double *result, double *partials, const float *x, size_t n, ldm_stream stream) {
+    const size_t slice = (n + SQUARED_NORM_PARTIALS - 1) / SQUARED_NORM_PARTIALS;
+    if (n == 0) {
+        CUDA_CHECK(cudaMemsetAsync(result, 0, sizeof(double), stream));
+        return;
+    }
+    CUDA_LAUNCH_KERNEL(squared_norm_partials_kernel, SQUARED_NORM_PARTIALS, SQUARED_NORM_THREADS, stream, partials, x,
+                       n, slice);
+    CUDA_CHECK_LAUNCH("squared_norm_partials_kernel");
+    CUDA_LAUNCH_KERNEL(squared_norm_total_kernel, 1, 32, stream, result, partials, SQUARED_NORM_PARTIALS);
+    CUDA_CHECK_LAUNCH("squared_norm_total_kernel");
+}

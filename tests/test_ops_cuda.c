@@ -24,8 +24,12 @@
  * - timestep embedding (double on both sides): atol 1e-6; its backward (1e-5, 1e-6);
  * - loss: rtol 1e-6 (double sums in another order, then rounded to float);
  * - bit-identical: patchify/unpatchify, embedding lookup and gradient, add,
- *   add_row_broadcast, the AdamW step (5 steps: params, m, v) and every cast of
- *   precision.h (special values, 2^20 random bit patterns, all 65536 16-bit values).
+ *   add_row_broadcast, the AdamW step (5 steps: params, m, v), the EMA update
+ *   (decays 0.999, 0.5 and 0, which copies), scaling, and every cast of
+ *   precision.h (special values, 2^20 random bit patterns, all 65536 16-bit values);
+ * - the squared gradient norm: within 1e-12 relative of grad_clip.h's (double
+ *   sums in another order), for 0, 1, 255, 257 and 100003 values, the same bits
+ *   twice, and not finite once a value is infinite or NaN.
  * Determinism: reductions (column sums, LayerNorm backward, attention backward,
  * linear gradients, the loss) run twice give the same bits.
  * Reports itself skipped (exit 77) in a CPU build or without a GPU. */
@@ -36,6 +40,8 @@
 #include <string.h>
 
 #include "device.h"
+#include "ema.h"
+#include "grad_clip.h"
 #include "ops.h"
 #include "optimizer.h"
 #include "precision.h"
@@ -618,6 +624,49 @@ static void test_adamw(void) {
     release_all();
 }
 
+/* ---- the rest of the optimizer step: EMA, scaling, the gradient norm ---- */
+
+static void test_step_vectors(void) {
+    const size_t n = 100003;
+    float *params = host_normal(n, 1.0f), *ema = host_normal(n, 1.0f);
+    float *d_params = to_device_f(params, n), *d_ema = to_device_f(ema, n);
+    const double decays[] = {0.999, 0.5, 0.0};
+    for (int k = 0; k < 3; k++) { /* decay 0 copies */
+        ema_update(ema, params, n, decays[k]);
+        ema_update_cuda(d_ema, d_params, n, decays[k], NULL);
+        expect_same_bits_f(k == 2 ? "ema_update decay 0" : "ema_update", fetch(d_ema, n), ema, n);
+        ema_update_cuda(d_ema, d_params, n, 0.9, NULL); /* moves it away again */
+        ema_update(ema, params, n, 0.9);
+    }
+    float *x = host_normal(n, 3.0f);
+    float *d_x = to_device_f(x, n);
+    scale_cuda(d_x, n, 0.3f, NULL);
+    for (size_t i = 0; i < n; i++) x[i] *= 0.3f;
+    expect_same_bits_f("scale", fetch(d_x, n), x, n);
+
+    double *d_partials = (double *)device_nan((SQUARED_NORM_PARTIALS + 2) * 2);
+    double *d_total = d_partials + SQUARED_NORM_PARTIALS, got = 0, again = 0;
+    const size_t counts[] = {n, 1, 255, 257, 0};
+    for (int k = 0; k < 5; k++) {
+        squared_norm_cuda(d_total, d_partials, d_x, counts[k], NULL);
+        cuda_copy_to_host(&got, d_total, sizeof got);
+        squared_norm_cuda(d_total, d_partials, d_x, counts[k], NULL);
+        cuda_copy_to_host(&again, d_total, sizeof again);
+        const double expected = grad_global_norm(x, counts[k]) * grad_global_norm(x, counts[k]);
+        CHECK_MSG(fabs(got - expected) <= 1e-12 * expected, "squared_norm of %zu: %.17g, expected %.17g", counts[k],
+                  got, expected);
+        CHECK_MSG(memcmp(&got, &again, sizeof got) == 0, "squared_norm of %zu: not the same bits twice", counts[k]);
+    }
+    const float specials[2] = {INFINITY, NAN};
+    for (int k = 0; k < 2; k++) {
+        cuda_copy_to_device(d_x + 77777, &specials[k], sizeof(float));
+        squared_norm_cuda(d_total, d_partials, d_x, n, NULL);
+        cuda_copy_to_host(&got, d_total, sizeof got);
+        CHECK_MSG(!isfinite(got), "squared_norm with a%s value: %g", k ? " NaN" : "n infinite", got);
+    }
+    release_all();
+}
+
 /* ---- casts ---- */
 
 static void test_casts(void) {
@@ -748,6 +797,7 @@ static void run_all(void) {
     test_loss();
     test_add();
     test_adamw();
+    test_step_vectors();
     test_casts();
     test_empty(ctx);
     gemm_cuda_context_destroy(ctx);

@@ -56,6 +56,36 @@ PY
     cmp straight/$f stopped/$f || fail "$f differs between the straight and the resumed run"
   done
   ;;
+cuda-ranks)
+  # Two ranks on two GPUs (NCCL: the gradient all-reduced in slices handed over
+  # during the backward pass) train as one GPU rank does on the same global
+  # batch (losses to 1e-5, weights and EMA to 1e-4), and so does one rank
+  # accumulating two micro-batches (slices from the final one only). A
+  # gradient poisoned on the last rank at step 3 is skipped by both. Skipped
+  # (77) where ldm refuses cuda or this host has fewer than two GPUs. Eight
+  # images, one global batch: every step sees all of them whatever the world
+  # size (a larger set is sharded differently by one and two ranks).
+  make_data data.h5
+  gpu="--config $LDM_CONFIGS/tiny.json --set device.type=cuda --set train.steps=10 --set train.log_every=1"
+  $LDM_MPIRUN -np 2 "$LDM" train --data data.h5 $gpu --set train.steps=1 --run probe > probe.txt 2>&1; status=$?
+  cat probe.txt
+  if [ $status = 2 ] && grep -Eq "device[.]type: cuda: |NCCL needs a GPU of its own" probe.txt; then exit 77; fi
+  [ $status = 0 ] || fail "exit status $status from the probe run"
+  run $LDM_MPIRUN -np 1 "$LDM" train --data data.h5 $gpu --run one >/dev/null
+  run $LDM_MPIRUN -np 2 "$LDM" train --data data.h5 $gpu --set train.micro_batch=4 --run two > two.txt
+  grep -Eq "^train: gradients averaged by NCCL over 2 ranks, in [0-9]+ slices during the backward pass$" two.txt ||
+    fail "the two-rank run does not say it averages in slices during backward"
+  run $LDM_MPIRUN -np 1 "$LDM" train --data data.h5 $gpu --set train.micro_batch=4 --run accumulate >/dev/null
+  for other in two accumulate; do
+    run "$LDM_PYTHON" "$LDM_TESTS/train_compare_runs.py" one $other --steps 10 --loss-rtol 1e-5 --weights-rtol 1e-4
+    run "$LDM_PYTHON" "$LDM_TESTS/train_compare_runs.py" one $other --steps 10 --loss-rtol 1e-5 --weights-rtol 1e-4 \
+      --weights ema.safetensors
+  done
+  LDM_TEST_POISON_GRADIENT_STEPS=3 run $LDM_MPIRUN -x LDM_TEST_POISON_GRADIENT_STEPS -np 2 "$LDM" train --data data.h5 $gpu \
+    --set train.micro_batch=4 --run poisoned > poisoned.txt
+  grep -q "^step 3: non-finite loss or gradient, step skipped (1 skipped so far)" poisoned.txt ||
+    fail "the poisoned step 3 was not skipped"
+  ;;
 equivalence)
   make_data data.h5
   common="train --data data.h5 $tiny --set train.steps=20 --set train.log_every=5"

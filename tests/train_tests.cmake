@@ -11,7 +11,7 @@ if(TARGET ldm)
   string(REPLACE ";" " " ldm_train_mpirun "${LDM_MPIRUN}")
   foreach(scenario equivalence determinism learns nonfinite run-directory resume-1rank resume-2ranks signal
                   resume-world-size resume-mismatch crash export autoencoder
-                  precision-curves precision-overflow precision-resume cuda)
+                  precision-curves precision-overflow precision-resume cuda cuda-ranks)
     string(REPLACE "-" "_" test_name "cli_train_${scenario}")
     add_test(NAME ${test_name}
       COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/train_scenarios.sh ${scenario} ${LDM_TRAIN_WORK}/${scenario})
@@ -19,6 +19,22 @@ if(TARGET ldm)
       ENVIRONMENT "LDM=$<TARGET_FILE:ldm>;LDM_MPIRUN=${ldm_train_mpirun};LDM_PYTHON=${LDM_SYSTEM_PYTHON};\
 LDM_TESTS=${CMAKE_CURRENT_SOURCE_DIR};LDM_CONFIGS=${CMAKE_SOURCE_DIR}/configs")
   endforeach()
+
+  # Two ranks on one host need two GPUs (the CPU emulation of CUDA makes two).
+  set_property(TEST cli_train_cuda_ranks APPEND PROPERTY ENVIRONMENT "LDM_CUDA_EMULATED_DEVICES=2")
+
+  # device.type auto on ranks that disagree (the CPU emulation of CUDA hides
+  # its device from rank 0 only): refused on every rank before training.
+  if(LDM_CUDA STREQUAL "EMULATE")
+    set(ldm_train_mixed train --config ${CMAKE_SOURCE_DIR}/configs/tiny.json --set train.batch_size=2
+      --data /nonexistent.h5 --run ${LDM_TRAIN_WORK}/never)
+    add_test(NAME cli_train_device_auto_mixed_cuda
+      COMMAND ${LDM_EXPECT_ERROR} 2
+        "^ldm: error: ldm train: device[.]type auto: some ranks have a GPU and others none; set device[.]type to cpu or cuda$" --
+        ${LDM_MPIRUN} -np 1 -x CUDA_VISIBLE_DEVICES=-1 $<TARGET_FILE:ldm> ${ldm_train_mixed}
+        : -np 1 $<TARGET_FILE:ldm> ${ldm_train_mixed})
+    set_tests_properties(cli_train_device_auto_mixed_cuda PROPERTIES TIMEOUT 60)
+  endif()
 
   # Bad input, refused before anything is written: exit 2, one line.
   add_test(NAME cli_train_batch_split

@@ -48,21 +48,36 @@ void dit_batch_destroy(dit_batch *b) {
     free(b->sample_loss);
 }
 
+/* Sample i's noise level and label: the first draws of its own stream, which
+ * is left where its noise begins. */
+static rng_stream draw_conditions(dit_batch *b, const int32_t *labels, const int64_t *index, int i, int64_t step) {
+    const ldm_config *config = b->config;
+    rng_stream rng = rng_stream_for(rng_hash(config->train.seed, PURPOSE_TRAINING_NOISE), (uint64_t)step,
+                                    (uint64_t)index[i]);
+    b->sigma[i] = edm_draw_sigma(&rng, config->diffusion.p_mean, config->diffusion.p_std);
+    int dropped = rng_uniform(&rng) < (float)config->model.class_dropout;
+    b->y[i] = (labels[i] < 0 || dropped) ? config->model.num_classes : labels[i];
+    return rng;
+}
+
 /* Each sample's noise level, noise and label from its own stream. */
 static void draw_step_randomness(dit_batch *b, const int32_t *labels, const int64_t *index, int batch,
                                  int64_t step) {
-    const ldm_config *config = b->config;
-    uint64_t base = rng_hash(config->train.seed, PURPOSE_TRAINING_NOISE);
-    int null_class = config->model.num_classes;
     int64_t per_sample = b->per_sample;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < batch; i++) {
-        rng_stream rng = rng_stream_for(base, (uint64_t)step, (uint64_t)index[i]);
-        b->sigma[i] = edm_draw_sigma(&rng, config->diffusion.p_mean, config->diffusion.p_std);
-        int dropped = rng_uniform(&rng) < (float)config->model.class_dropout;
-        b->y[i] = (labels[i] < 0 || dropped) ? null_class : labels[i];
+        rng_stream rng = draw_conditions(b, labels, index, i, step);
         float *noise = b->noise + (size_t)i * (size_t)per_sample;
         for (int64_t j = 0; j < per_sample; j++) noise[j] = rng_normal(&rng);
+    }
+}
+
+void dit_batch_draw_conditions(dit_batch *b, const int32_t *labels, const int64_t *index, int batch, int64_t step,
+                               uint64_t *noise_streams) {
+    for (int i = 0; i < batch; i++) {
+        rng_stream rng = draw_conditions(b, labels, index, i, step);
+        noise_streams[i] = rng.state;
+        b->t[i] = (float)edm_time_input(b->sigma[i]);
     }
 }
 
@@ -76,12 +91,16 @@ void dit_batch_prepare(dit_batch *b, const float *samples, const int32_t *labels
 double dit_batch_loss(dit_batch *b, const float *samples, int batch, float loss_weight, double *statistics) {
     double loss = edm_training_loss(b->sample_loss, b->d_F, loss_weight, samples, b->sigma, b->noise, b->F, batch,
                                     (int)b->per_sample, b->config->diffusion.sigma_data);
+    dit_batch_add_statistics(b, batch, statistics);
+    return loss;
+}
+
+void dit_batch_add_statistics(const dit_batch *b, int batch, double *statistics) {
     for (int i = 0; i < batch; i++) {
         int bin = sigma_bin(b->sigma[i]);
         statistics[STAT_BIN_LOSS + bin] += b->sample_loss[i];
         statistics[STAT_BIN_COUNT + bin] += 1;
     }
-    return loss;
 }
 
 static void append(char *out, size_t size, size_t *used, const char *fmt, double value, int is_number) {

@@ -46,6 +46,16 @@ void dit_batch_prepare(dit_batch *b, const float *samples, const int32_t *labels
  * sigma bin in statistics. */
 double dit_batch_loss(dit_batch *b, const float *samples, int batch, float loss_weight, double *statistics);
 
+/* For a network input made elsewhere (the GPU: train/edm_cuda.h): sigma, y
+ * and t of each sample as dit_batch_prepare draws them, and each sample's
+ * stream positioned where its noise begins: noise_streams (batch), the
+ * rng_stream states; normal j of the noise is made from the stream's draws
+ * 2j + 1 and 2j + 2 (rng_normal). */
+void dit_batch_draw_conditions(dit_batch *b, const int32_t *labels, const int64_t *index, int batch, int64_t step,
+                               uint64_t *noise_streams);
+/* Each sample's loss (b->sample_loss) added to its sigma bin in statistics. */
+void dit_batch_add_statistics(const dit_batch *b, int batch, double *statistics);
+
 /* Sets the members of a DiT trainable that do not depend on where the network
  * runs: kind "dit", shape_section, settings_keys, the expected data, the
  * statistics and the pictures (validate, prepare_validation). Their entries

@@ -1,29 +1,31 @@
-/* The DiT under EDM with its network on the rank's GPU: the first GPU path of
- * `ldm train`, a correctness stepping stone rather than the fast path.
+/* The DiT under EDM with its network on the rank's GPU (`ldm train` with
+ * device.type cuda).
  *
- * What stays on the host: the parameters, gradients and fixed buffers the
- * training loop sees (a CPU dit_model laid out for one sample, which also gives
- * the table and the initial weights of dit_trainable.c), the batch preparation
- * and the loss (dit_batch.c, the CPU trainable's own code, so both draw the
- * same noise and compute the loss in the same double sums), AdamW, clipping and
- * the EMA of the loop, and the pictures (sampled from the EMA on the host).
- * Gradients are still averaged over ranks by the loop's MPI all-reduce on the
- * host; NCCL buckets on the device come next.
+ * The params and gradients live on the device (the model's own fp32 master
+ * vectors, exposed as trainable.device_params / device_grads): the training
+ * loop's parameter store (parameter_store_cuda.c) averages, clips and steps
+ * them there, with the EMA and moments beside them. The host keeps a CPU
+ * dit_model laid out for one sample, for the table, the initial weights and
+ * the host mirrors the loop saves in checkpoints; the batch preparation and
+ * the loss are the CPU trainable's own code (dit_batch.c), so both draw the
+ * same noise and compute the loss in the same double sums.
  *
- * A micro-batch: the host prepares sigma, noise, labels and the network input;
- * the params are uploaded when the optimizer step changed since the last upload
- * (once per step, not per micro-batch: the loop changes them only between
- * steps); net_in, t and y go up; dit_cuda_forward; the output comes down and the
- * loss and its gradient d_F are computed on the host exactly as on the CPU
- * (the only difference from the CPU trainable is then the network itself);
- * d_F goes up; dit_cuda_backward into the device gradients, zeroed first; they
- * come down into a scratch buffer that is ADDED to the host grads (the trainable
- * contract: gradients accumulate over micro-batches).
+ * A micro-batch moves only its samples and per-sample values to the device:
+ * the host draws each sample's sigma, label and the stream its noise comes
+ * from (dit_batch_draw_conditions, the CPU trainable's own draws) and the
+ * preconditioning coefficients (edm.c, double); the samples (from the loop's
+ * page-locked buffers) and these go up asynchronously on the model's stream;
+ * the noise, the network input, the loss and its gradient d_F (times
+ * loss_weight) are made there (edm_cuda.h), dit_cuda_backward ADDS into the
+ * device gradients (zeroed by zero_grad once per step: gradients accumulate
+ * over micro-batches), and the per-sample losses come back for the returned
+ * mean and the sigma-binned statistics, the one wait of a micro-batch.
  *
- * Everything is laid out at creation; a step allocates nothing on the host. */
+ * Everything is laid out at creation; a step allocates nothing. */
 #include "dit_cuda_trainable.h"
 
 #include <cuda_runtime_api.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,25 +35,77 @@
 #include "dit.h"
 #include "dit_batch.h"
 #include "dit_cuda.h"
+#include "edm.h"
+#include "edm_cuda.h"
 #include "fatal.h"
 #include "ops_cuda.h"
 
 typedef struct {
     dit_batch batch;       /* first: dit_batch_describe's entries read self as a dit_batch */
-    dit_model host;        /* the loop's params, grads, fixed and the table (activations for 1 sample) */
-    dit_cuda_model device; /* the network on the GPU */
-    float *grads_scratch;  /* host (count): one micro-batch's device gradients, added to host.grads */
-    /* device buffers of up to micro_batch samples */
-    float *net_in, *t, *F, *d_F;
-    int *y;
-    int64_t uploaded_step; /* the optimizer step whose params the device holds, -1: none yet */
+    dit_model host;        /* the loop's host mirrors (params, grads), fixed and the table (activations for 1 sample) */
+    dit_cuda_model device; /* the network on the GPU, with the params and gradients the loop updates */
     int micro_batch;
+    /* device buffers of up to micro_batch samples (B) of P values */
+    float *x, *noise, *net_in, *F, *d_F; /* (B, P) */
+    float *t;                            /* (B) */
+    int *y;                              /* (B) */
+    uint64_t *noise_streams;             /* (B) */
+    edm_sample_coefficients *coefficients; /* (B) */
+    double *sample_loss;                 /* (B) */
+    /* page-locked host twins of the per-sample buffers (B) */
+    float *host_t;
+    int *host_y;
+    uint64_t *host_noise_streams;
+    edm_sample_coefficients *host_coefficients;
+    double *host_sample_loss;
+    /* The gradient slices handed to the parameter store during backward: the
+     * trainable tensors grouped by the stage of dit_cuda_backward that finishes
+     * them (contiguous tensors of one stage merged into one slice). */
+    trainable *self;
+    int slice_count;
+    int *slice_stage;                 /* (slice_count) depth: final layer, l: block l, -1: the rest */
+    size_t *slice_offset, *slice_size; /* (slice_count) in floats */
 } dit_cuda_trainer;
 
-static void zero_grad_entry(trainable *self) {
-    /* The device gradients are zeroed before each micro-batch's backward pass. */
-    dit_zero_grad(&((dit_cuda_trainer *)self->self)->host);
+/* The backward stage that finishes a tensor's gradient (dit_cuda.h's gradients_ready). */
+static int stage_of(const char *name, int depth) {
+    int block = -1;
+    if (sscanf(name, "blocks.%d.", &block) == 1) return block;
+    if (strncmp(name, "final_layer.", 12) == 0) return depth;
+    return -1;
 }
+
+static void plan_gradient_slices(dit_cuda_trainer *d) {
+    const param_table *table = &d->host.table;
+    const int depth = d->host.shape.depth;
+    d->slice_stage = xcalloc((size_t)table->count, sizeof(int));
+    d->slice_offset = xcalloc((size_t)table->count, sizeof(size_t));
+    d->slice_size = xcalloc((size_t)table->count, sizeof(size_t));
+    for (int e = 0; e < table->count; e++) {
+        const param_entry *entry = &table->entries[e];
+        if (!entry->trainable) continue;
+        const int stage = stage_of(entry->name, depth), last = d->slice_count - 1;
+        if (last >= 0 && d->slice_stage[last] == stage && d->slice_offset[last] + d->slice_size[last] == entry->offset) {
+            d->slice_size[last] += entry->numel;
+        } else {
+            d->slice_stage[d->slice_count] = stage;
+            d->slice_offset[d->slice_count] = entry->offset;
+            d->slice_size[d->slice_count] = entry->numel;
+            d->slice_count++;
+        }
+    }
+}
+
+/* dit_cuda_backward's hook: the stage's slices to the store, on the step's final micro-batch. */
+static void stage_gradients_ready(void *context, int stage) {
+    dit_cuda_trainer *d = context;
+    trainable *t = d->self;
+    if (!t->bucket_ready || !t->final_micro_batch) return;
+    for (int k = 0; k < d->slice_count; k++)
+        if (d->slice_stage[k] == stage) t->bucket_ready(t->bucket_context, d->slice_offset[k], d->slice_size[k]);
+}
+
+static void zero_grad_entry(trainable *self) { dit_cuda_zero_grad(&((dit_cuda_trainer *)self->self)->device); }
 
 static double micro_batch_entry(trainable *self, const float *samples, const int32_t *labels, const int64_t *index,
                                 int batch, int64_t step, float loss_weight, double *statistics) {
@@ -60,43 +114,54 @@ static double micro_batch_entry(trainable *self, const float *samples, const int
     dit_cuda_model *m = &d->device;
     if (batch < 1 || batch > d->micro_batch)
         fatal_internal("GPU DiT trainable: batch %d outside [1, %d]", batch, d->micro_batch);
-    const size_t values = (size_t)batch * (size_t)b->per_sample;
-    dit_batch_prepare(b, samples, labels, index, batch, step);
-    /* The loop changes the params only between optimizer steps (AdamW, or a
-     * resume before the first), so a new step number is when they may have changed. */
-    if (step != d->uploaded_step) {
-        dit_cuda_upload_params(m, d->host.params);
-        d->uploaded_step = step;
+    const int per_sample = (int)b->per_sample;
+    const double sigma_data = b->config->diffusion.sigma_data;
+    dit_batch_draw_conditions(b, labels, index, batch, step, d->host_noise_streams);
+    for (int i = 0; i < batch; i++) {
+        const double sigma = b->sigma[i];
+        const edm_precond p = edm_preconditioning(sigma, sigma_data);
+        d->host_coefficients[i] = (edm_sample_coefficients){.sigma = sigma, .c_in = p.c_in, .c_skip = p.c_skip,
+                                                            .c_out = p.c_out,
+                                                            .loss_weight = edm_loss_weight(sigma, sigma_data)};
+        d->host_t[i] = b->t[i];
+        d->host_y[i] = b->y[i];
     }
-    /* Copies on the legacy default stream are ordered with the model's blocking
-     * stream (dit_cuda.h): the previous micro-batch's work is done before they land. */
-    cuda_copy_to_device(d->net_in, b->net_in, values * sizeof(float));
-    cuda_copy_to_device(d->t, b->t, (size_t)batch * sizeof(float));
-    cuda_copy_to_device(d->y, b->y, (size_t)batch * sizeof(int));
+    /* The previous micro-batch ended with a wait on the stream, so the host
+     * buffers are free to be refilled, and these copies need not wait. */
+    ldm_stream stream = m->stream;
+    const size_t n = (size_t)batch;
+    cuda_copy_to_device_async(d->x, samples, n * (size_t)per_sample * sizeof(float), stream);
+    cuda_copy_to_device_async(d->noise_streams, d->host_noise_streams, n * sizeof(uint64_t), stream);
+    cuda_copy_to_device_async(d->coefficients, d->host_coefficients, n * sizeof(edm_sample_coefficients), stream);
+    cuda_copy_to_device_async(d->t, d->host_t, n * sizeof(float), stream);
+    cuda_copy_to_device_async(d->y, d->host_y, n * sizeof(int), stream);
+    edm_training_input_cuda(d->net_in, d->noise, d->x, d->noise_streams, d->coefficients, batch, per_sample, stream);
     dit_cuda_forward(m, d->net_in, d->t, d->y, NULL, batch, d->F);
-    dit_cuda_synchronize(m);
-    cuda_copy_to_host(b->F, d->F, values * sizeof(float));
-    double loss = dit_batch_loss(b, samples, batch, loss_weight, statistics);
-    cuda_copy_to_device(d->d_F, b->d_F, values * sizeof(float));
-    dit_cuda_zero_grad(m);
+    edm_training_loss_cuda(d->sample_loss, d->d_F, loss_weight, d->x, d->noise, d->F, d->coefficients, batch,
+                           per_sample, stream);
     dit_cuda_backward(m, d->d_F, NULL, batch);
-    dit_cuda_download_grads(m, d->grads_scratch); /* waits for the backward pass */
-    float *grads = d->host.grads;
-    const float *add = d->grads_scratch;
-    const size_t count = d->host.table.trainable_numel;
-#pragma omp parallel for schedule(static) if (count > 65536)
-    for (size_t i = 0; i < count; i++) grads[i] += add[i];
-    return loss;
+    cuda_copy_to_host_async(d->host_sample_loss, d->sample_loss, n * sizeof(double), stream);
+    cuda_stream_synchronize(stream);
+    double total = 0.0; /* as edm_training_loss sums it */
+    for (int i = 0; i < batch; i++) {
+        total += d->host_sample_loss[i];
+        b->sample_loss[i] = (float)d->host_sample_loss[i];
+    }
+    dit_batch_add_statistics(b, batch, statistics);
+    return total / batch;
 }
 
 static void destroy_entry(trainable *self) {
     dit_cuda_trainer *d = self->self;
     dit_cuda_destroy(&d->device); /* waits for its stream first */
-    cuda_buffer_free(d->net_in), cuda_buffer_free(d->t), cuda_buffer_free(d->F), cuda_buffer_free(d->d_F);
-    cuda_buffer_free(d->y);
-    free(d->grads_scratch);
+    void *device_buffers[] = {d->x, d->noise, d->net_in, d->F, d->d_F, d->t, d->y, d->noise_streams,
+                              d->coefficients, d->sample_loss};
+    for (size_t i = 0; i < sizeof device_buffers / sizeof device_buffers[0]; i++) cuda_buffer_free(device_buffers[i]);
+    void *host_buffers[] = {d->host_t, d->host_y, d->host_noise_streams, d->host_coefficients, d->host_sample_loss};
+    for (size_t i = 0; i < sizeof host_buffers / sizeof host_buffers[0]; i++) cuda_pinned_free(host_buffers[i]);
     dit_batch_destroy(&d->batch);
     dit_destroy(&d->host);
+    free(d->slice_stage), free(d->slice_offset), free(d->slice_size);
     free(d);
     free(self);
 }
@@ -118,15 +183,26 @@ trainable *dit_cuda_trainable_create(const ldm_config *config, int micro_batch) 
     dit_cuda_create(&d->device, &shape, micro_batch, (ldm_precision)precision_from_name(config->train.precision), 0);
     dit_batch_create(&d->batch, config, &shape, micro_batch);
     d->micro_batch = micro_batch;
-    d->uploaded_step = -1;
     const size_t count = d->host.table.trainable_numel;
-    const size_t values = (size_t)micro_batch * (size_t)d->batch.per_sample;
-    d->grads_scratch = xmalloc(count * sizeof(float));
+    const size_t values = (size_t)micro_batch * (size_t)d->batch.per_sample, rows = (size_t)micro_batch;
+    /* The device starts from the host's initial weights (the loop sends its
+     * own again through the parameter store before the first step). */
+    dit_cuda_upload_params(&d->device, d->host.params);
+    d->x = cuda_buffer_alloc(values * sizeof(float));
+    d->noise = cuda_buffer_alloc(values * sizeof(float));
     d->net_in = cuda_buffer_alloc(values * sizeof(float));
     d->F = cuda_buffer_alloc(values * sizeof(float));
     d->d_F = cuda_buffer_alloc(values * sizeof(float));
-    d->t = cuda_buffer_alloc((size_t)micro_batch * sizeof(float));
-    d->y = cuda_buffer_alloc((size_t)micro_batch * sizeof(int));
+    d->t = cuda_buffer_alloc(rows * sizeof(float));
+    d->y = cuda_buffer_alloc(rows * sizeof(int));
+    d->noise_streams = cuda_buffer_alloc(rows * sizeof(uint64_t));
+    d->coefficients = cuda_buffer_alloc(rows * sizeof(edm_sample_coefficients));
+    d->sample_loss = cuda_buffer_alloc(rows * sizeof(double));
+    d->host_t = cuda_pinned_alloc(rows * sizeof(float));
+    d->host_y = cuda_pinned_alloc(rows * sizeof(int));
+    d->host_noise_streams = cuda_pinned_alloc(rows * sizeof(uint64_t));
+    d->host_coefficients = cuda_pinned_alloc(rows * sizeof(edm_sample_coefficients));
+    d->host_sample_loss = cuda_pinned_alloc(rows * sizeof(double));
 
     trainable *t = xcalloc(1, sizeof *t);
     *t = (trainable){
@@ -139,7 +215,17 @@ trainable *dit_cuda_trainable_create(const ldm_config *config, int micro_batch) 
         .micro_batch = micro_batch_entry,
         .destroy = destroy_entry,
         .self = d,
+        .device_params = d->device.params,
+        .device_grads = d->device.grads,
+        .host_buffer_alloc = cuda_pinned_alloc,
+        .host_buffer_free = cuda_pinned_free,
+        .device_stream = d->device.stream,
     };
+    d->self = t;
+    plan_gradient_slices(d);
+    t->device_buckets = d->slice_count;
+    d->device.gradients_ready = stage_gradients_ready;
+    d->device.gradients_ready_context = d;
     dit_batch_describe(t);
     return t;
 }

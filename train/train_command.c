@@ -22,7 +22,7 @@
 #include "run_directory.h"
 #include "training_loop.h"
 
-/* device.type resolved once, the same on every rank (each checks its own host):
+/* device.type resolved once on every rank (each checks its own host):
  * 1 for cuda, 0 for cpu; "auto" is cuda where this build and machine have a
  * GPU. cuda that cannot be had is refused before anything is written. */
 static int training_on_cuda(const training_command *spec, const ldm_config *config) {
@@ -105,6 +105,11 @@ int training_command_run(const training_command *spec, int argc, char **argv) {
     /* Checked before anything is written. */
     training_batch_split(&config, options[0].value, comm_world_size(), &micro, &accumulation);
     const int on_cuda = training_on_cuda(spec, &config);
+    /* The ranks train on one kind of device ("auto" is resolved per host), or
+     * their gradient all-reduces (MPI and NCCL) would not meet. */
+    if (comm_any(on_cuda) && comm_any(!on_cuda))
+        fatal_input("ldm %s: device.type %s: some ranks have a GPU and others none; set device.type to cpu or cuda",
+                    spec->command, config.device.type);
 #ifdef LDM_HAVE_CUDA
     if (on_cuda) create_model = dit_cuda_trainable_create;
 #endif

@@ -90,6 +90,30 @@ struct trainable {
      * source when the run cannot continue with this one (distillation: another
      * teacher, guidance or discretisation). */
     void (*check_saved_record)(const char *saved_json, const char *current_json, const char *source);
+    /* Optional (NULL: on the host): a trainable on the GPU keeps its params and
+     * gradients in device memory (count floats each, DEVICE pointers). Its
+     * micro_batch and zero_grad work on device_grads and read device_params;
+     * params and grads above are then host mirrors that the loop's parameter
+     * store (parameter_store.h) refreshes only when it saves or validates. */
+    float *device_params, *device_grads;
+    /* Optional (NULL: malloc/free): how the loop allocates the host buffers the
+     * loader fills for micro_batch (the samples); the GPU trainable gives
+     * page-locked memory, from which its copies to the device run asynchronously. */
+    void *(*host_buffer_alloc)(size_t bytes);
+    void (*host_buffer_free)(void *host);
+    /* Optional, for a trainable on the GPU whose backward pass can hand over
+     * slices of the gradient as they become final (NULL / 0: it cannot): the
+     * stream its backward runs on, and the most slices it hands over per step.
+     * The parameter store then sets bucket_ready (with bucket_context), which
+     * the trainable calls for each slice [offset, offset + count) of
+     * device_grads during the backward pass of the step's final micro-batch
+     * (final_micro_batch, set by the loop before each micro_batch), in the same
+     * order on every rank; the store starts their all-reduce at once. */
+    struct CUstream_st *device_stream;
+    int device_buckets;
+    void (*bucket_ready)(void *context, size_t offset, size_t count);
+    void *bucket_context;
+    int final_micro_batch;
 };
 
 /* The DiT denoiser trained with EDM (train/dit_trainable.c), for batches of up

@@ -17,11 +17,11 @@
 #include "checkpoint.h"
 #include "ema.h"
 #include "fatal.h"
-#include "grad_clip.h"
 #include "loader.h"
 #include "lr_schedule.h"
 #include "metrics_log.h"
 #include "optimizer.h"
+#include "parameter_store.h"
 #include "run_directory.h"
 #include "trainable.h"
 #include "training_state.h"
@@ -72,14 +72,6 @@ static void poisoned_steps(int64_t *first, int64_t *last) {
     *last = n == 2 ? b : a;
 }
 
-/* grad (count) /= scale: fp16's loss scale taken out again before clipping
- * and the update (exact for a power of two, unless a value underflows). */
-static void grad_unscale(float *grad, size_t count, double scale) {
-    const float inverse = (float)(1.0 / scale);
-#pragma omp parallel for schedule(static) if (count > 65536)
-    for (size_t i = 0; i < count; i++) grad[i] *= inverse;
-}
-
 /* One micro-batch from the loader, P = C * H * W. */
 typedef struct {
     float *x;        /* (B, P) samples */
@@ -113,6 +105,7 @@ typedef struct {
     trainable *model;
     adamw_state optimizer;
     float *ema; /* (trainable count) */
+    parameter_store *store; /* the step's vectors: host, or the GPU with host mirrors */
     training_state progress; /* step, images seen, skipped counts; loader filled in when saving */
 } trainer;
 
@@ -121,6 +114,7 @@ static void save_checkpoint(trainer *t) {
     loader_state mine = loader_get_state(t->data);
     comm_gather(&mine, sizeof mine, t->progress.loader, 0);
     if (t->rank != 0) return;
+    t->store->to_host(t->store);
     const ldm_config *config = t->job->config;
     char *state_json = training_state_to_json(&t->progress, t->model->kind, config, t->job->data_path,
                                               loader_info(t->data));
@@ -290,6 +284,8 @@ int training_run(const training_job *job) {
     t.progress = (training_state){.world_size = world, .loss_scale = fp16 ? config->train.loss_scale_initial : 1.0};
     t.progress.loader = xcalloc((size_t)world, sizeof(loader_state));
 
+    t.store = parameter_store_create(model, &t.optimizer, t.ema);
+    parameter_store *store = t.store;
     int resumed = job->resume ? resume_from_checkpoint(&t) : 0;
     char *config_json = config_to_json(config);
     /* A resumed run continues in its own directory; --resume auto without a
@@ -301,9 +297,11 @@ int training_run(const training_job *job) {
         comm_broadcast(model->params, count * sizeof(float), 0);
         memcpy(t.ema, model->params, count * sizeof(float));
     }
+    store->from_host(store);
 
+    const size_t samples_bytes = (size_t)micro * (size_t)per_sample * sizeof(float);
     micro_batch_buffers b = {
-        .x = xmalloc((size_t)micro * (size_t)per_sample * sizeof(float)),
+        .x = model->host_buffer_alloc ? model->host_buffer_alloc(samples_bytes) : xmalloc(samples_bytes),
         .labels = xmalloc((size_t)micro * sizeof(int32_t)),
         .index = xmalloc((size_t)micro * sizeof(int64_t)),
     };
@@ -339,23 +337,36 @@ int training_run(const training_job *job) {
         const float loss_weight = fp16 ? (float)(loss_scale / (double)accumulation) : 1.0f / (float)accumulation;
         for (int a = 0; a < accumulation; a++) {
             loader_next(t.data, b.x, b.labels, b.index);
+            model->final_micro_batch = a == accumulation - 1;
             /* Each micro-batch's mean loss enters with weight 1 / accumulation, so
              * the gradient is that of the mean over the rank's samples. */
             stats[STAT_LOSS] += model->micro_batch(model, b.x, b.labels, b.index, micro, step, loss_weight,
                                                    stats + STAT_MODEL);
         }
-        if (step + 1 >= poison_first && step + 1 <= poison_last && rank == world - 1) model->grads[0] = INFINITY;
-        comm_allreduce_mean(model->grads, (int64_t)count);
+        if (step + 1 >= poison_first && step + 1 <= poison_last && rank == world - 1) store->poison_gradient(store);
+        store->average_gradients(store);
         comm_allreduce_sum_double(stats, 1 + model->statistic_count);
         double loss = stats[STAT_LOSS] / (double)(world * accumulation);
 
         /* Every rank holds the same reduced gradient, and comm_any makes the
-         * decision one for all in any case. In fp16 a non-finite gradient with a
-         * finite loss is an overflow of the scaled gradient: skipped, scale halved. */
-        int skip = comm_any(!isfinite(loss) || !grad_all_finite(model->grads, count));
+         * decision one for all in any case. The norm is finite exactly when
+         * every value is (squares of floats cannot overflow a double sum). In
+         * fp16 a non-finite gradient with a finite loss is an overflow of the
+         * scaled gradient: skipped, scale halved. */
+        double grad_norm = store->gradient_norm(store);
+        int skip = comm_any(!isfinite(loss) || !isfinite(grad_norm));
         int overflow = fp16 && skip && isfinite(loss);
-        if (fp16 && !skip) grad_unscale(model->grads, count, loss_scale);
-        double grad_norm = skip ? NAN : grad_clip_global_norm(model->grads, count, config->train.grad_clip);
+        if (fp16 && !skip) {
+            /* fp16's loss scale taken out again before clipping and the update
+             * (exact for a power of two, unless a value underflows). */
+            store->scale_gradients(store, (float)(1.0 / loss_scale));
+            grad_norm = store->gradient_norm(store);
+        }
+        /* Clipping by the global norm, as torch.nn.utils.clip_grad_norm_ does. */
+        const double max_norm = config->train.grad_clip;
+        if (!skip && max_norm > 0.0 && grad_norm > max_norm)
+            store->scale_gradients(store, (float)(max_norm / (grad_norm + 1e-6)));
+        if (skip) grad_norm = NAN;
         double lr = lr_at_step(&schedule, step);
         if (skip) {
             t.progress.skipped_total++;
@@ -372,8 +383,8 @@ int training_run(const training_job *job) {
                                t.progress.skipped_in_a_row, (long long)step + 1);
         } else {
             t.progress.skipped_in_a_row = 0;
-            adamw_step(&t.optimizer, model->params, model->grads, (float)lr);
-            ema_update(t.ema, model->params, count, ema_decay_at(&ema_rule, step, t.progress.images_seen, global_batch));
+            store->adamw_step(store, (float)lr);
+            store->ema_update(store, ema_decay_at(&ema_rule, step, t.progress.images_seen, global_batch));
             if (model->after_step) model->after_step(model);
             if (fp16 && ++t.progress.loss_scale_good_steps >= config->train.loss_scale_growth_interval) {
                 t.progress.loss_scale = loss_scale * 2;
@@ -399,6 +410,7 @@ int training_run(const training_job *job) {
             int64_t every = config->train.sample_every;
             int validate_now = validates && every > 0 && ((step + 1) % every == 0 || step + 1 == total_steps);
             if (validate_now) {
+                store->to_host(store);
                 validation.ema = t.ema;
                 validation.step = step + 1;
                 model->validate(model, &validation, validation_json, sizeof validation_json, validation_line,
@@ -435,6 +447,7 @@ int training_run(const training_job *job) {
 
     if (rank == 0) {
         metrics_log_close(&log);
+        store->to_host(store);
         if (stopped) {
             printf("train: stopped by a signal at step %lld; continue with --resume auto\n",
                    (long long)t.progress.step);
@@ -457,10 +470,13 @@ int training_run(const training_job *job) {
     }
     /* Nobody leaves before rank 0 has written everything. */
     comm_barrier();
-    free(b.x), free(b.labels), free(b.index);
+    if (model->host_buffer_free) model->host_buffer_free(b.x);
+    else free(b.x);
+    free(b.labels), free(b.index);
     free(validation_samples), free(validation_labels);
     free(t.ema);
     free(t.progress.loader);
+    store->destroy(store);
     adamw_destroy(&t.optimizer);
     model->destroy(model);
     loader_close(t.data);

@@ -1,6 +1,7 @@
 /* Fatal errors and start-up allocation helpers (see fatal.h). */
 #include "fatal.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,22 +55,29 @@ static void write_line(int with_rank, const char *fmt, va_list args) {
 
 #define FATAL_MAX_TEMPORARIES 8
 static char *temporaries[FATAL_MAX_TEMPORARIES];
+/* Files are written from more than one thread (checkpoints beside training). */
+static pthread_mutex_t temporaries_lock = PTHREAD_MUTEX_INITIALIZER;
 
 void fatal_remove_on_failure(const char *path) {
+    pthread_mutex_lock(&temporaries_lock);
     for (int i = 0; i < FATAL_MAX_TEMPORARIES; i++)
         if (!temporaries[i]) {
             temporaries[i] = xstrdup(path);
+            pthread_mutex_unlock(&temporaries_lock);
             return;
         }
+    pthread_mutex_unlock(&temporaries_lock);
     fatal_internal("more than %d temporary files registered at once", FATAL_MAX_TEMPORARIES);
 }
 
 void fatal_forget_removal(const char *path) {
+    pthread_mutex_lock(&temporaries_lock);
     for (int i = 0; i < FATAL_MAX_TEMPORARIES; i++)
         if (temporaries[i] && strcmp(temporaries[i], path) == 0) {
             free(temporaries[i]);
             temporaries[i] = NULL;
         }
+    pthread_mutex_unlock(&temporaries_lock);
 }
 
 void fatal_set_abort_hook(void (*abort_all)(int exit_code)) { abort_hook = abort_all; }

@@ -86,6 +86,26 @@ cuda-ranks)
   grep -q "^step 3: non-finite loss or gradient, step skipped (1 skipped so far)" poisoned.txt ||
     fail "the poisoned step 3 was not skipped"
   ;;
+checkpoint-beside)
+  # Checkpoints are written beside training: with each file's write slowed to
+  # 300 ms, step 11 is logged before the checkpoint of step 10 is done, and
+  # what that checkpoint holds is step 10's state, not later steps' (its
+  # weights and moments are the bytes a 10-step run ends with).
+  make_data data.h5
+  common="train --data data.h5 $tiny --set train.log_every=1 --set train.ckpt_every=10"
+  LDM_TEST_SLOW_CHECKPOINT_MS=300 run "$LDM" $common --set train.steps=12 --run beside > out.txt
+  cat out.txt
+  line_of() { grep -n "$1" out.txt | head -1 | cut -d: -f1; }
+  step11=$(line_of "^step 11/12 ")
+  saved10=$(line_of "^checkpoint: beside/checkpoints/step-00000010 (.*written beside training")
+  [ -n "$step11" ] && [ -n "$saved10" ] || fail "missing the step 11 line or the step 10 checkpoint line"
+  [ "$step11" -lt "$saved10" ] || fail "step 11 did not run while the step 10 checkpoint was written"
+  run "$LDM" $common --set train.steps=10 --run ten >/dev/null
+  for f in model.safetensors ema.safetensors optimizer.safetensors; do
+    cmp beside/checkpoints/step-00000010/$f ten/checkpoints/step-00000010/$f ||
+      fail "$f of the step 10 checkpoint written beside training differs from a 10-step run's"
+  done
+  ;;
 equivalence)
   make_data data.h5
   common="train --data data.h5 $tiny --set train.steps=20 --set train.log_every=5"

@@ -11,7 +11,7 @@ if(TARGET ldm)
   string(REPLACE ";" " " ldm_train_mpirun "${LDM_MPIRUN}")
   foreach(scenario equivalence determinism learns nonfinite run-directory resume-1rank resume-2ranks signal
                   resume-world-size resume-mismatch crash export autoencoder
-                  precision-curves precision-overflow precision-resume cuda cuda-ranks)
+                  precision-curves precision-overflow precision-resume cuda cuda-ranks checkpoint-beside)
     string(REPLACE "-" "_" test_name "cli_train_${scenario}")
     add_test(NAME ${test_name}
       COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/train_scenarios.sh ${scenario} ${LDM_TRAIN_WORK}/${scenario})

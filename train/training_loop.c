@@ -15,6 +15,7 @@
 
 #include "comm.h"
 #include "checkpoint.h"
+#include "checkpoint_writer.h"
 #include "ema.h"
 #include "fatal.h"
 #include "loader.h"
@@ -106,11 +107,11 @@ typedef struct {
     adamw_state optimizer;
     float *ema; /* (trainable count) */
     parameter_store *store; /* the step's vectors: host, or the GPU with host mirrors */
+    checkpoint_writer *writer; /* rank 0: writes checkpoints beside training */
     training_state progress; /* step, images seen, skipped counts; loader filled in when saving */
 } trainer;
 
 static void save_checkpoint(trainer *t) {
-    double start = now_seconds();
     loader_state mine = loader_get_state(t->data);
     comm_gather(&mine, sizeof mine, t->progress.loader, 0);
     if (t->rank != 0) return;
@@ -124,11 +125,8 @@ static void save_checkpoint(trainer *t) {
                                     .fixed = t->model->fixed, .adam_m = t->optimizer.m, .adam_v = t->optimizer.v,
                                     .adam_step = t->optimizer.step, .state_json = state_json,
                                     .extra = t->model->extra_state, .extra_name = t->model->extra_name};
-    char *dir = checkpoint_publish(t->job->run_dir, t->progress.step, &contents, config->train.ckpt_keep,
-                                   config->train.ckpt_keep_every);
-    printf("checkpoint: %s (%.2f s)\n", dir, now_seconds() - start);
-    fflush(stdout);
-    free(dir);
+    checkpoint_writer_start(t->writer, t->job->run_dir, t->progress.step, &contents, config->train.ckpt_keep,
+                            config->train.ckpt_keep_every);
     free(state_json);
 }
 
@@ -285,6 +283,7 @@ int training_run(const training_job *job) {
     t.progress.loader = xcalloc((size_t)world, sizeof(loader_state));
 
     t.store = parameter_store_create(model, &t.optimizer, t.ema);
+    if (rank == 0) t.writer = checkpoint_writer_create(count, model->table->fixed_numel, model->extra_state != NULL);
     parameter_store *store = t.store;
     int resumed = job->resume ? resume_from_checkpoint(&t) : 0;
     char *config_json = config_to_json(config);
@@ -446,6 +445,7 @@ int training_run(const training_job *job) {
     if (!stopped && last_saved != t.progress.step && total_steps > 0) save_checkpoint(&t);
 
     if (rank == 0) {
+        checkpoint_writer_finish(t.writer);
         metrics_log_close(&log);
         store->to_host(store);
         if (stopped) {
@@ -476,6 +476,7 @@ int training_run(const training_job *job) {
     free(validation_samples), free(validation_labels);
     free(t.ema);
     free(t.progress.loader);
+    checkpoint_writer_destroy(t.writer);
     store->destroy(store);
     adamw_destroy(&t.optimizer);
     model->destroy(model);

@@ -8,11 +8,15 @@
  * operands swap places (and m and n swap), the transpose flags stay with their
  * operands. For linear, out^T (out_features, rows) = W in^T.
  *
- * For now the matmul descriptor, layouts and preference are created (and the
- * heuristic asked) on every call; caching them per shape is for the performance
- * pass. */
+ * The matmul descriptor, layouts and the heuristic's algorithm are made once
+ * per GEMM shape (types, transposes, sizes, leading dimensions, strides,
+ * batch, alignments, whether there is a bias) and kept in the context: a DiT
+ * step makes the same few dozen shapes hundreds of times, and asking the
+ * heuristic costs host time on every call. Only the bias pointer is set per
+ * call (cuBLASLt reads the descriptor when the matmul is queued). */
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cuda_device.cuh"
 
@@ -22,10 +26,32 @@ extern "C" {
 
 #define GEMM_WORKSPACE_BYTES ((size_t)32 << 20) /* NVIDIA's recommendation for Hopper */
 
+/* What a GEMM's plan depends on. */
+typedef struct {
+    int transpose_a, transpose_b, m, n, k, batch_count, has_bias;
+    int type_a, type_b, ld_a, ld_b, ld_c;
+    long long stride_a, stride_b, stride_c;
+    uint32_t align_a, align_b, align_c;
+} gemm_key;
+
+/* A GEMM shape's descriptor, layouts and algorithm (have_algorithm 0: the
+ * heuristic found none, which the caller handles as before). */
+typedef struct {
+    gemm_key key;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t layout_a, layout_b, layout_c;
+    cublasLtMatmulHeuristicResult_t heuristic;
+    int have_algorithm;
+} gemm_plan;
+
+#define GEMM_PLANS 512
+
 struct gemm_cuda_context {
     cublasLtHandle_t handle;
     void *workspace;
     size_t workspace_bytes;
+    gemm_plan *plans; /* (GEMM_PLANS) the shapes seen so far, in the order first seen */
+    int plan_count;
 };
 
 extern "C" gemm_cuda_context *gemm_cuda_context_create(void) {
@@ -33,11 +59,21 @@ extern "C" gemm_cuda_context *gemm_cuda_context_create(void) {
     CUBLAS_CHECK(cublasLtCreate(&ctx->handle));
     ctx->workspace_bytes = GEMM_WORKSPACE_BYTES;
     CUDA_CHECK(cudaMalloc(&ctx->workspace, ctx->workspace_bytes));
+    ctx->plans = (gemm_plan *)xcalloc(GEMM_PLANS, sizeof(gemm_plan));
     return ctx;
+}
+
+static void destroy_plan(gemm_plan *plan) {
+    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan->layout_c));
+    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan->layout_b));
+    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan->layout_a));
+    CUBLAS_CHECK(cublasLtMatmulDescDestroy(plan->desc));
 }
 
 extern "C" void gemm_cuda_context_destroy(gemm_cuda_context *ctx) {
     if (!ctx) return;
+    for (int i = 0; i < ctx->plan_count; i++) destroy_plan(&ctx->plans[i]);
+    free(ctx->plans);
     CUDA_CHECK(cudaFree(ctx->workspace));
     CUBLAS_CHECK(cublasLtDestroy(ctx->handle));
     free(ctx);
@@ -94,6 +130,70 @@ __global__ static void scale_column_major_kernel(float *c, int rows, int cols, i
     }
 }
 
+/* The plan of key: found among those made, or made now (descriptor, layouts,
+ * the heuristic's best algorithm for the alignments the key promises). */
+static const gemm_plan *find_or_make_plan(gemm_cuda_context *ctx, const gemm_key *key, const gemm_operand *a,
+                                          const gemm_operand *b, const gemm_operand *out, const float *bias) {
+    for (int i = ctx->plan_count - 1; i >= 0; i--)
+        if (memcmp(&ctx->plans[i].key, key, sizeof *key) == 0) return &ctx->plans[i];
+    if (ctx->plan_count == GEMM_PLANS) { /* more shapes than any model here makes: start over */
+        CUDA_CHECK(cudaDeviceSynchronize());
+        for (int i = 0; i < ctx->plan_count; i++) destroy_plan(&ctx->plans[i]);
+        ctx->plan_count = 0;
+    }
+    gemm_plan *plan = &ctx->plans[ctx->plan_count];
+    memset(plan, 0, sizeof *plan);
+    plan->key = *key;
+    const int m = key->m, n = key->n, k = key->k, batch_count = key->batch_count;
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const cublasOperation_t op_a = key->transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t op_b = key->transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
+    if (key->has_bias) {
+        const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+        const int32_t bias_type = CUDA_R_32F; /* the default (D's type), made explicit */
+        CUBLAS_CHECK(
+            cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+                                                    sizeof(bias_type)));
+        /* this call's; every later call sets its own */
+        CUBLAS_CHECK(
+            cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    }
+    plan->layout_a = make_layout(a, key->transpose_a ? k : m, key->transpose_a ? m : k, batch_count);
+    plan->layout_b = make_layout(b, key->transpose_b ? n : k, key->transpose_b ? k : n, batch_count);
+    plan->layout_c = make_layout(out, m, n, batch_count); /* C and D */
+
+    cublasLtMatmulPreference_t preference;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&preference));
+    const uint64_t workspace_bytes = ctx->workspace_bytes;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                      &workspace_bytes, sizeof(workspace_bytes)));
+    const uint32_t align_a = key->align_a, align_b = key->align_b, align_c = key->align_c;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a,
+                                                      sizeof(align_a)));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b,
+                                                      sizeof(align_b)));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c,
+                                                      sizeof(align_c)));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c,
+                                                      sizeof(align_c)));
+    int found = 0;
+    cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(ctx->handle, plan->desc, plan->layout_a, plan->layout_b,
+                                                           plan->layout_c, plan->layout_c, preference, 1,
+                                                           &plan->heuristic, &found);
+    CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(preference));
+    /* Only "not supported" (or nothing found) means no algorithm; any other
+     * failure is a mistake in what was asked, not a reason to fall back. */
+    if (status != CUBLAS_STATUS_SUCCESS && status != CUBLAS_STATUS_NOT_SUPPORTED)
+        fatal_internal("cuBLASLt cublasLtMatmulAlgoGetHeuristic failed for a %d x %d x %d GEMM: %s", m, n, k,
+                       cublasLtGetStatusString(status));
+    plan->have_algorithm = status == CUBLAS_STATUS_SUCCESS && found > 0;
+    ctx->plan_count++;
+    return plan;
+}
+
 /* Column-major, cuBLASLt's own terms: for each batch i,
  *   D_i (m, n) = alpha op_a(A_i) op_b(B_i) + beta C_i (+ bias[row] when bias != NULL),
  * with C = D = c (fp32, ldc, stride_c), A stored (m, k) or (k, m) when transposed,
@@ -110,66 +210,29 @@ static int lt_matmul(gemm_cuda_context *ctx, int transpose_a, int transpose_b, i
         return 1;
     }
     const gemm_operand out = {c, CUDA_R_32F, sizeof(float), ldc, stride_c};
-
-    cublasLtMatmulDesc_t desc;
-    CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    const cublasOperation_t op_a = transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-    const cublasOperation_t op_b = transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
-    if (bias) {
-        const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
-        const int32_t bias_type = CUDA_R_32F; /* the default (D's type), made explicit */
-        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
-        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
-        CUBLAS_CHECK(
-            cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
-    }
-
-    cublasLtMatrixLayout_t layout_a = make_layout(a, transpose_a ? k : m, transpose_a ? m : k, batch_count);
-    cublasLtMatrixLayout_t layout_b = make_layout(b, transpose_b ? n : k, transpose_b ? k : n, batch_count);
-    cublasLtMatrixLayout_t layout_c = make_layout(&out, m, n, batch_count); /* C and D */
-
-    cublasLtMatmulPreference_t preference;
-    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&preference));
-    const uint64_t workspace_bytes = ctx->workspace_bytes;
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                      &workspace_bytes, sizeof(workspace_bytes)));
-    const uint32_t align_a = operand_alignment(a), align_b = operand_alignment(b), align_c = operand_alignment(&out);
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a,
-                                                      sizeof(align_a)));
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b,
-                                                      sizeof(align_b)));
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c,
-                                                      sizeof(align_c)));
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c,
-                                                      sizeof(align_c)));
-
-    cublasLtMatmulHeuristicResult_t heuristic;
-    int found = 0;
-    cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(ctx->handle, desc, layout_a, layout_b, layout_c, layout_c,
-                                                           preference, 1, &heuristic, &found);
-    /* Only "not supported" (or nothing found) means no algorithm; any other
-     * failure is a mistake in what was asked, not a reason to fall back. */
-    if (status != CUBLAS_STATUS_SUCCESS && status != CUBLAS_STATUS_NOT_SUPPORTED)
-        fatal_internal("cuBLASLt cublasLtMatmulAlgoGetHeuristic failed for a %d x %d x %d GEMM: %s", m, n, k,
-                       cublasLtGetStatusString(status));
-    const int have_algorithm = status == CUBLAS_STATUS_SUCCESS && found > 0;
-    if (have_algorithm) {
-        CUBLAS_CHECK(cublasLtMatmul(ctx->handle, desc, &alpha, a->data, layout_a, b->data, layout_b, &beta, c, layout_c,
-                                    c, layout_c, &heuristic.algo, ctx->workspace, ctx->workspace_bytes, stream));
+    gemm_key key;
+    memset(&key, 0, sizeof key); /* compared with memcmp: no stray padding bytes */
+    key.transpose_a = transpose_a, key.transpose_b = transpose_b, key.m = m, key.n = n, key.k = k;
+    key.batch_count = batch_count, key.has_bias = bias != NULL;
+    key.type_a = (int)a->type, key.type_b = (int)b->type, key.ld_a = a->ld, key.ld_b = b->ld, key.ld_c = ldc;
+    key.stride_a = batch_count > 1 ? a->stride : 0, key.stride_b = batch_count > 1 ? b->stride : 0;
+    key.stride_c = batch_count > 1 ? stride_c : 0;
+    key.align_a = operand_alignment(a), key.align_b = operand_alignment(b), key.align_c = operand_alignment(&out);
+    const gemm_plan *plan = find_or_make_plan(ctx, &key, a, b, &out, bias);
+    if (plan->have_algorithm) {
+        if (bias)
+            CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+                                                        sizeof(bias)));
+        CUBLAS_CHECK(cublasLtMatmul(ctx->handle, plan->desc, &alpha, a->data, plan->layout_a, b->data, plan->layout_b,
+                                    &beta, c, plan->layout_c, c, plan->layout_c, &plan->heuristic.algo,
+                                    ctx->workspace, ctx->workspace_bytes, stream));
     } else if (!bias) {
         fatal_internal("cuBLASLt has no algorithm for a %d x %d x %d GEMM (types %d, %d; transposes %d, %d; batch %d; "
-                       "alignments %u, %u, %u): %s",
-                       m, n, k, (int)a->type, (int)b->type, transpose_a, transpose_b, batch_count, align_a, align_b,
-                       align_c, status == CUBLAS_STATUS_SUCCESS ? "none found" : cublasLtGetStatusString(status));
+                       "alignments %u, %u, %u)",
+                       m, n, k, (int)a->type, (int)b->type, transpose_a, transpose_b, batch_count, key.align_a,
+                       key.align_b, key.align_c);
     }
-    CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(preference));
-    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(layout_c));
-    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(layout_b));
-    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(layout_a));
-    CUBLAS_CHECK(cublasLtMatmulDescDestroy(desc));
-    return have_algorithm;
+    return plan->have_algorithm;
 }
 
 /* Row-major C (m, n) = alpha A' B' + beta C (+ bias[column]), batched: the

@@ -49,136 +49,16 @@
 #include "test_util.h"
 
 #ifdef LDM_HAVE_CUDA
+#include "cuda_test_arrays.h"
 #include "ops_cuda.h"
 
-/* ---- buffers: everything allocated by a test is released by release_all() ---- */
-
-enum { MAX_BUFFERS = 512 };
-static void *host_buffers[MAX_BUFFERS], *device_buffers[MAX_BUFFERS];
-static int host_count, device_count;
-static rng_stream rng;
-
-static void *host_alloc(size_t bytes) {
-    void *p = calloc(bytes ? bytes : 1, 1);
-    if (!p || host_count == MAX_BUFFERS) {
-        fprintf(stderr, "test_ops_cuda: out of host buffers\n");
-        exit(1);
-    }
-    host_buffers[host_count++] = p;
-    return p;
-}
-
-static void *device_alloc(size_t bytes) {
-    void *p = cuda_buffer_alloc(bytes);
-    if (device_count == MAX_BUFFERS) {
-        fprintf(stderr, "test_ops_cuda: out of device buffers\n");
-        exit(1);
-    }
-    device_buffers[device_count++] = p;
-    return p;
-}
-
-static void release_all(void) {
-    for (int i = 0; i < host_count; i++) free(host_buffers[i]);
-    for (int i = 0; i < device_count; i++) cuda_buffer_free(device_buffers[i]);
-    host_count = device_count = 0;
-}
-
-static float *host_normal(size_t n, float scale) {
-    float *x = host_alloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = scale * rng_normal(&rng);
-    return x;
-}
-
-static float *host_copy(const float *src, size_t n) {
-    float *x = host_alloc(n * sizeof(float));
-    memcpy(x, src, n * sizeof(float));
-    return x;
-}
-
-static float *host_abs(const float *src, size_t n) {
-    float *x = host_alloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = fabsf(src[i]);
-    return x;
-}
-
-static void *to_device(const void *host, size_t bytes) {
-    void *d = device_alloc(bytes);
-    cuda_copy_to_device(d, host, bytes);
-    return d;
-}
-
-static float *to_device_f(const float *host, size_t n) { return to_device(host, n * sizeof(float)); }
-
-/* A device buffer of n floats, every one NaN (all bits set). */
-static float *device_nan(size_t n) {
-    float *d = device_alloc(n * sizeof(float));
-    cuda_buffer_fill_bytes(d, 0xff, n * sizeof(float));
-    return d;
-}
-
-/* The device buffer's contents, after the queued work. */
-static float *fetch(const float *device, size_t n) {
-    float *x = host_alloc(n * sizeof(float));
-    cuda_device_synchronize();
-    cuda_copy_to_host(x, device, n * sizeof(float));
-    return x;
-}
-
-/* ---- comparisons: one check per array, naming the worst element ---- */
-
-static void expect_close(const char *what, const float *gpu, const float *cpu, size_t n, double atol, double rtol) {
-    size_t bad = 0, worst = 0;
-    double worst_excess = -1.0;
-    for (size_t i = 0; i < n; i++) {
-        double a = gpu[i], b = cpu[i], bound = atol + rtol * fabs(b);
-        double excess = isnan(a) || isnan(b) ? (isnan(a) && isnan(b) ? 0.0 : INFINITY) : fabs(a - b) - bound;
-        if (excess > 0.0) bad++;
-        if (excess > worst_excess) worst_excess = excess, worst = i;
-    }
-    CHECK_MSG(bad == 0, "%s: %zu of %zu differ beyond %g + %g|cpu|; worst [%zu] gpu %.9g cpu %.9g", what, bad, n,
-              atol, rtol, worst, n ? gpu[worst] : 0.0f, n ? cpu[worst] : 0.0f);
-}
-
-/* |gpu - cpu| <= tol * scale[i] (+ 1e-30 for exact zeros), NaN never passes. */
-static void expect_close_scaled(const char *what, const float *gpu, const float *cpu, const float *scale, size_t n,
-                                double tol) {
-    size_t bad = 0, worst = 0;
-    double worst_ratio = -1.0;
-    for (size_t i = 0; i < n; i++) {
-        double ratio = fabs((double)gpu[i] - cpu[i]) / (tol * scale[i] + 1e-30);
-        if (!(ratio <= 1.0)) bad++;
-        if (!(ratio <= worst_ratio)) worst_ratio = ratio, worst = i;
-    }
-    CHECK_MSG(bad == 0, "%s: %zu of %zu differ beyond %g * |.| scale; worst [%zu] gpu %.9g cpu %.9g scale %.6g", what,
-              bad, n, tol, worst, n ? gpu[worst] : 0.0f, n ? cpu[worst] : 0.0f, n ? scale[worst] : 0.0f);
-}
+/* ---- comparisons beyond cuda_test_arrays.h's ---- */
 
 /* |gpu - cpu| <= tol * max |cpu|. */
 static void expect_close_to_max(const char *what, const float *gpu, const float *cpu, size_t n, double tol) {
     double max = 0.0;
     for (size_t i = 0; i < n; i++) max = fabs(cpu[i]) > max ? fabs(cpu[i]) : max;
-    expect_close(what, gpu, cpu, n, tol * max, 0.0);
-}
-
-static void expect_bits(const char *what, const void *gpu, const void *cpu, size_t count, size_t element_bytes) {
-    size_t bad = 0, first = 0;
-    for (size_t i = count; i-- > 0;)
-        if (memcmp((const char *)gpu + i * element_bytes, (const char *)cpu + i * element_bytes, element_bytes)) {
-            bad++;
-            first = i;
-        }
-    uint32_t g = 0, c = 0;
-    if (bad) {
-        memcpy(&g, (const char *)gpu + first * element_bytes, element_bytes < 4 ? element_bytes : 4);
-        memcpy(&c, (const char *)cpu + first * element_bytes, element_bytes < 4 ? element_bytes : 4);
-    }
-    CHECK_MSG(bad == 0, "%s: %zu of %zu not bit-identical; first [%zu] gpu 0x%08x cpu 0x%08x", what, bad, count,
-              first, g, c);
-}
-
-static void expect_same_bits_f(const char *what, const float *gpu, const float *cpu, size_t n) {
-    expect_bits(what, gpu, cpu, n, sizeof(float));
+    expect_close_or_both_nan(what, gpu, cpu, n, tol * max, 0.0);
 }
 
 /* ---- LayerNorm, modulate, gated residual ---- */
@@ -194,9 +74,9 @@ static void test_layernorm(void) {
     layernorm_forward(out, mean, rstd, x, ROWS, DIM, LN_EPS);
     float *d_x = to_device_f(x, n), *d_out = device_nan(n), *d_mean = device_nan(ROWS), *d_rstd = device_nan(ROWS);
     layernorm_forward_cuda(d_out, d_mean, d_rstd, d_x, ROWS, DIM, LN_EPS, NULL);
-    expect_close("layernorm_forward out", fetch(d_out, n), out, n, 1e-5, 1e-5);
-    expect_close("layernorm_forward mean", fetch(d_mean, ROWS), mean, ROWS, 1e-6, 1e-6);
-    expect_close("layernorm_forward rstd", fetch(d_rstd, ROWS), rstd, ROWS, 0.0, 1e-6);
+    expect_close_or_both_nan("layernorm_forward out", fetch(d_out, n), out, n, 1e-5, 1e-5);
+    expect_close_or_both_nan("layernorm_forward mean", fetch(d_mean, ROWS), mean, ROWS, 1e-6, 1e-6);
+    expect_close_or_both_nan("layernorm_forward rstd", fetch(d_rstd, ROWS), rstd, ROWS, 0.0, 1e-6);
 
     /* backward from the CPU's statistics, with beta 0 (d_in NaN) and 1 */
     float *g = host_normal(n, 1.0f), *start = host_normal(n, 1.0f);
@@ -210,10 +90,10 @@ static void test_layernorm(void) {
         float *d_in_normalized = beta ? to_device_f(start, n) : device_nan(n);
         layernorm_backward_cuda(d_in, (float)beta, d_g, d_x, c_mean, c_rstd, ROWS, DIM, NULL);
         layernorm_backward_normalized_cuda(d_in_normalized, (float)beta, d_g, c_out, c_rstd, ROWS, DIM, NULL);
-        expect_close(beta ? "layernorm_backward beta 1" : "layernorm_backward beta 0", fetch(d_in, n), cpu, n, 1e-5,
-                     1e-5);
-        expect_close(beta ? "layernorm_backward_normalized beta 1" : "layernorm_backward_normalized beta 0",
-                     fetch(d_in_normalized, n), cpu_normalized, n, 1e-5, 1e-5);
+        expect_close_or_both_nan(beta ? "layernorm_backward beta 1" : "layernorm_backward beta 0", fetch(d_in, n),
+                                 cpu, n, 1e-5, 1e-5);
+        expect_close_or_both_nan(beta ? "layernorm_backward_normalized beta 1" : "layernorm_backward_normalized beta 0",
+                                 fetch(d_in_normalized, n), cpu_normalized, n, 1e-5, 1e-5);
     }
     /* determinism */
     float *d_first = device_nan(n), *d_second = device_nan(n);
@@ -235,14 +115,14 @@ static void test_layernorm_modulate(void) {
     float *d_out = device_nan(n), *d_ln = device_nan(n), *d_mean = device_nan(rows), *d_rstd = device_nan(rows);
     layernorm_modulate_forward_cuda(d_out, d_ln, d_mean, d_rstd, d_x, d_ada + 0 * DIM, d_ada + 1 * DIM, MOD_STRIDE,
                                     BATCH, TOKENS, DIM, LN_EPS, NULL);
-    expect_close("layernorm_modulate_forward out", fetch(d_out, n), out, n, 1e-5, 1e-5);
-    expect_close("layernorm_modulate_forward normalized", fetch(d_ln, n), ln, n, 1e-5, 1e-5);
-    expect_close("layernorm_modulate_forward mean", fetch(d_mean, rows), mean, rows, 1e-6, 1e-6);
-    expect_close("layernorm_modulate_forward rstd", fetch(d_rstd, rows), rstd, rows, 0.0, 1e-6);
+    expect_close_or_both_nan("layernorm_modulate_forward out", fetch(d_out, n), out, n, 1e-5, 1e-5);
+    expect_close_or_both_nan("layernorm_modulate_forward normalized", fetch(d_ln, n), ln, n, 1e-5, 1e-5);
+    expect_close_or_both_nan("layernorm_modulate_forward mean", fetch(d_mean, rows), mean, rows, 1e-6, 1e-6);
+    expect_close_or_both_nan("layernorm_modulate_forward rstd", fetch(d_rstd, rows), rstd, rows, 0.0, 1e-6);
     float *d_out_only = device_nan(n); /* normalized, mean, rstd not needed */
     layernorm_modulate_forward_cuda(d_out_only, NULL, NULL, NULL, d_x, d_ada + 0 * DIM, d_ada + 1 * DIM, MOD_STRIDE,
                                     BATCH, TOKENS, DIM, LN_EPS, NULL);
-    expect_close("layernorm_modulate_forward, out only", fetch(d_out_only, n), out, n, 1e-5, 1e-5);
+    expect_close_or_both_nan("layernorm_modulate_forward, out only", fetch(d_out_only, n), out, n, 1e-5, 1e-5);
     release_all();
 }
 
@@ -258,15 +138,15 @@ static void test_modulate_and_gate(void) {
     modulate_forward(out, x, ada, ada + DIM, MOD_STRIDE, BATCH, TOKENS, DIM);
     float *d_out = device_nan(n);
     modulate_forward_cuda(d_out, d_x, d_ada, d_ada + DIM, MOD_STRIDE, BATCH, TOKENS, DIM, NULL);
-    expect_close("modulate_forward", fetch(d_out, n), out, n, 1e-6, 1e-6);
+    expect_close_or_both_nan("modulate_forward", fetch(d_out, n), out, n, 1e-6, 1e-6);
 
     float *d_in_cpu = host_alloc(n * 4), *grads = host_copy(grad_start, n_ada);
     modulate_backward(d_in_cpu, grads, grads + DIM, g, x, ada + DIM, MOD_STRIDE, BATCH, TOKENS, DIM);
     float *d_in = device_nan(n), *d_grads = to_device_f(grad_start, n_ada);
     modulate_backward_cuda(d_in, d_grads, d_grads + DIM, d_g, d_x, d_ada + DIM, MOD_STRIDE, BATCH, TOKENS, DIM, NULL);
-    expect_close("modulate_backward d_in", fetch(d_in, n), d_in_cpu, n, 1e-6, 1e-6);
+    expect_close_or_both_nan("modulate_backward d_in", fetch(d_in, n), d_in_cpu, n, 1e-6, 1e-6);
     /* the whole modulation gradient: untouched columns must stay as they were */
-    expect_close("modulate_backward d_shift, d_scale", fetch(d_grads, n_ada), grads, n_ada, 1e-5, 1e-5);
+    expect_close_or_both_nan("modulate_backward d_shift, d_scale", fetch(d_grads, n_ada), grads, n_ada, 1e-5, 1e-5);
 
     /* only d_shift; and determinism of the column sums */
     float *shift_only = host_copy(grad_start, n_ada);
@@ -275,7 +155,7 @@ static void test_modulate_and_gate(void) {
     modulate_backward_cuda(NULL, d_first, NULL, d_g, d_x, d_ada + DIM, MOD_STRIDE, BATCH, TOKENS, DIM, NULL);
     modulate_backward_cuda(NULL, d_second, NULL, d_g, d_x, d_ada + DIM, MOD_STRIDE, BATCH, TOKENS, DIM, NULL);
     float *first = fetch(d_first, n_ada);
-    expect_close("modulate_backward d_shift only", first, shift_only, n_ada, 1e-5, 1e-5);
+    expect_close_or_both_nan("modulate_backward d_shift only", first, shift_only, n_ada, 1e-5, 1e-5);
     expect_same_bits_f("modulate_backward twice", first, fetch(d_second, n_ada), n_ada);
 
     /* gated residual: gate at column block 2 */
@@ -283,15 +163,16 @@ static void test_modulate_and_gate(void) {
     gated_residual_forward(residual, y, ada + 2 * DIM, MOD_STRIDE, BATCH, TOKENS, DIM);
     float *d_residual = to_device_f(x, n);
     gated_residual_forward_cuda(d_residual, d_y, d_ada + 2 * DIM, MOD_STRIDE, BATCH, TOKENS, DIM, NULL);
-    expect_close("gated_residual_forward", fetch(d_residual, n), residual, n, 1e-6, 1e-6);
+    expect_close_or_both_nan("gated_residual_forward", fetch(d_residual, n), residual, n, 1e-6, 1e-6);
 
     float *d_y_cpu = host_alloc(n * 4), *gate_grads = host_copy(grad_start, n_ada);
     gated_residual_backward(d_y_cpu, gate_grads + 2 * DIM, g, y, ada + 2 * DIM, MOD_STRIDE, BATCH, TOKENS, DIM);
     float *d_dy = device_nan(n), *d_gate_grads = to_device_f(grad_start, n_ada);
     gated_residual_backward_cuda(d_dy, d_gate_grads + 2 * DIM, d_g, d_y, d_ada + 2 * DIM, MOD_STRIDE, BATCH, TOKENS,
                                  DIM, NULL);
-    expect_close("gated_residual_backward d_y", fetch(d_dy, n), d_y_cpu, n, 1e-6, 1e-6);
-    expect_close("gated_residual_backward d_gate", fetch(d_gate_grads, n_ada), gate_grads, n_ada, 1e-5, 1e-5);
+    expect_close_or_both_nan("gated_residual_backward d_y", fetch(d_dy, n), d_y_cpu, n, 1e-6, 1e-6);
+    expect_close_or_both_nan("gated_residual_backward d_gate", fetch(d_gate_grads, n_ada), gate_grads, n_ada, 1e-5,
+                             1e-5);
     release_all();
 }
 
@@ -305,19 +186,19 @@ static void test_activations(void) {
 
     gelu_tanh_forward(cpu, x, n);
     gelu_tanh_forward_cuda(d_out, d_x, n, NULL);
-    expect_close("gelu_tanh_forward", fetch(d_out, n), cpu, n, 1e-5, 1e-5);
+    expect_close_or_both_nan("gelu_tanh_forward", fetch(d_out, n), cpu, n, 1e-5, 1e-5);
     gelu_tanh_backward(cpu, g, x, n);
     float *d_inplace = to_device_f(g, n); /* d_in aliasing d_out, as dit.c calls it */
     gelu_tanh_backward_cuda(d_inplace, d_inplace, d_x, n, NULL);
-    expect_close("gelu_tanh_backward (in place)", fetch(d_inplace, n), cpu, n, 1e-5, 1e-5);
+    expect_close_or_both_nan("gelu_tanh_backward (in place)", fetch(d_inplace, n), cpu, n, 1e-5, 1e-5);
 
     silu_forward(cpu, x, n);
     silu_forward_cuda(d_out, d_x, n, NULL);
-    expect_close("silu_forward", fetch(d_out, n), cpu, n, 1e-5, 1e-5);
+    expect_close_or_both_nan("silu_forward", fetch(d_out, n), cpu, n, 1e-5, 1e-5);
     silu_backward(cpu, g, x, n);
     float *d_in = device_nan(n);
     silu_backward_cuda(d_in, d_g, d_x, n, NULL);
-    expect_close("silu_backward", fetch(d_in, n), cpu, n, 1e-5, 1e-5);
+    expect_close_or_both_nan("silu_backward", fetch(d_in, n), cpu, n, 1e-5, 1e-5);
     release_all();
 }
 
@@ -338,7 +219,8 @@ static void test_attention(ldm_precision precision, gemm_cuda_context *ctx) {
     if (precision == PRECISION_FP32)
         expect_close_to_max(what, fetch(d_probs, n_p), probs, n_p, 1e-4);
     else
-        expect_close(what, fetch(d_probs, n_p), probs, n_p, 1e-6, precision == PRECISION_BF16 ? 0x1p-7 : 0x1p-10);
+        expect_close_or_both_nan(what, fetch(d_probs, n_p), probs, n_p, 1e-6,
+                                 precision == PRECISION_BF16 ? 0x1p-7 : 0x1p-10);
     snprintf(what, sizeof(what), "attention_forward %s out", name);
     expect_close_to_max(what, fetch(d_out, n_out), out, n_out, out_tol);
 
@@ -531,18 +413,19 @@ static void test_embeddings(void) {
     enum { B = ROWS, TABLE_ROWS = 11 };
     const size_t n = (size_t)B * DIM, n_table = (size_t)TABLE_ROWS * DIM;
     float *t = host_alloc(B * 4);
-    for (int b = 0; b < B; b++) t[b] = 2000.0f * rng_uniform(&rng) - 1000.0f; /* 250 ln sigma covers this range */
+    rng_stream *rng = cuda_test_rng();
+    for (int b = 0; b < B; b++) t[b] = 2000.0f * rng_uniform(rng) - 1000.0f; /* 250 ln sigma covers this range */
     float *cpu = host_alloc(n * 4), *d_t = to_device_f(t, B), *dev_out = device_nan(n);
     timestep_embedding_forward(cpu, t, B, DIM);
     timestep_embedding_forward_cuda(dev_out, d_t, B, DIM, NULL);
-    expect_close("timestep_embedding_forward", fetch(dev_out, n), cpu, n, 1e-6, 0.0);
+    expect_close_or_both_nan("timestep_embedding_forward", fetch(dev_out, n), cpu, n, 1e-6, 0.0);
     float *g = host_normal(n, 1.0f), *cpu_dt = host_alloc(B * 4), *dev_dt = device_nan(B);
     timestep_embedding_backward(cpu_dt, g, t, B, DIM);
     timestep_embedding_backward_cuda(dev_dt, to_device_f(g, n), d_t, B, DIM, NULL);
-    expect_close("timestep_embedding_backward", fetch(dev_dt, B), cpu_dt, B, 1e-5, 1e-6);
+    expect_close_or_both_nan("timestep_embedding_backward", fetch(dev_dt, B), cpu_dt, B, 1e-5, 1e-6);
 
     int *labels = host_alloc(B * sizeof(int));
-    for (int b = 0; b < B; b++) labels[b] = (int)(rng_next_u64(&rng) % TABLE_ROWS); /* repeats */
+    for (int b = 0; b < B; b++) labels[b] = (int)(rng_next_u64(rng) % TABLE_ROWS); /* repeats */
     float *table = host_normal(n_table, 1.0f), *start = host_normal(n_table, 1.0f);
     int *dev_labels = to_device(labels, B * sizeof(int));
     embedding_forward(cpu, table, labels, B, DIM);
@@ -559,7 +442,8 @@ static void test_loss(void) {
     enum { B = ROWS, PER_SAMPLE = 300 };
     const size_t n = (size_t)B * PER_SAMPLE;
     float *pred = host_normal(n, 1.0f), *target = host_normal(n, 1.0f), *weight = host_alloc(B * 4);
-    for (int b = 0; b < B; b++) weight[b] = 0.5f + 1.5f * rng_uniform(&rng);
+    rng_stream *rng = cuda_test_rng();
+    for (int b = 0; b < B; b++) weight[b] = 0.5f + 1.5f * rng_uniform(rng);
     float *d_pred = to_device_f(pred, n), *d_target = to_device_f(target, n), *d_weight = to_device_f(weight, B);
     for (int weighted = 0; weighted <= 1; weighted++) {
         const float *w = weighted ? weight : NULL, *dev_w = weighted ? d_weight : NULL;
@@ -569,17 +453,18 @@ static void test_loss(void) {
         weighted_mse_forward_cuda(dev_loss, dev_per_sample, d_pred, d_target, dev_w, B, PER_SAMPLE, NULL);
         weighted_mse_forward_cuda(dev_loss_again, NULL, d_pred, d_target, dev_w, B, PER_SAMPLE, NULL);
         float *got = fetch(dev_loss, 1);
-        expect_close(weighted ? "weighted_mse_forward loss" : "weighted_mse_forward loss, no weight", got, &loss, 1,
-                     0.0, 1e-6);
-        expect_close(weighted ? "weighted_mse_forward per sample" : "weighted_mse_forward per sample, no weight",
-                     fetch(dev_per_sample, B), per_sample, B, 0.0, 1e-6);
+        expect_close_or_both_nan(weighted ? "weighted_mse_forward loss" : "weighted_mse_forward loss, no weight", got,
+                                 &loss, 1, 0.0, 1e-6);
+        expect_close_or_both_nan(weighted ? "weighted_mse_forward per sample"
+                                          : "weighted_mse_forward per sample, no weight",
+                                 fetch(dev_per_sample, B), per_sample, B, 0.0, 1e-6);
         expect_same_bits_f("weighted_mse_forward twice", got, fetch(dev_loss_again, 1), 1);
 
         float *cpu = host_alloc(n * 4), *dev_grad = device_nan(n);
         weighted_mse_backward(cpu, 0.7f, pred, target, w, B, PER_SAMPLE);
         weighted_mse_backward_cuda(dev_grad, 0.7f, d_pred, d_target, dev_w, B, PER_SAMPLE, NULL);
-        expect_close(weighted ? "weighted_mse_backward" : "weighted_mse_backward, no weight", fetch(dev_grad, n), cpu,
-                     n, 0.0, 1e-6);
+        expect_close_or_both_nan(weighted ? "weighted_mse_backward" : "weighted_mse_backward, no weight",
+                                 fetch(dev_grad, n), cpu, n, 0.0, 1e-6);
     }
     release_all();
 }
@@ -685,12 +570,13 @@ static void test_casts(void) {
     const size_t n_scaled = 5 * 4096, n = n_special + n_random + n_scaled;
     float *x = host_alloc(n * 4);
     memcpy(x, specials, sizeof(specials));
+    rng_stream *rng = cuda_test_rng();
     for (size_t i = 0; i < n_random; i++) {
-        uint32_t bits = (uint32_t)rng_next_u64(&rng);
+        uint32_t bits = (uint32_t)rng_next_u64(rng);
         memcpy(&x[n_special + i], &bits, 4);
     }
     static const float scales[5] = {1e-8f, 3e-5f, 1.0f, 1e4f, 7e4f};
-    for (size_t i = 0; i < n_scaled; i++) x[n_special + n_random + i] = scales[i / 4096] * rng_normal(&rng);
+    for (size_t i = 0; i < n_scaled; i++) x[n_special + n_random + i] = scales[i / 4096] * rng_normal(rng);
     float *d_x = to_device_f(x, n);
 
     uint16_t *all16 = host_alloc(65536 * 2);
@@ -712,7 +598,7 @@ static void test_casts(void) {
         cuda_device_synchronize();
         cuda_copy_to_host(got_bits, d_bits, n * 2);
         snprintf(what, sizeof(what), "precision_to_bits_cuda %s", precision_name(precision));
-        expect_bits(what, got_bits, bits, n, 2);
+        expect_same_bits(what, got_bits, bits, n, 2);
 
         float *d_round = to_device_f(x, n);
         precision_round_cuda(precision, d_round, n, NULL);
@@ -726,7 +612,7 @@ static void test_casts(void) {
         expect_same_bits_f(what, fetch(d_store, n), rounded, n);
         cuda_copy_to_host(got_bits, d_stored, n * 2);
         snprintf(what, sizeof(what), "precision_store_cuda %s bits", precision_name(precision));
-        expect_bits(what, got_bits, bits, n, 2);
+        expect_same_bits(what, got_bits, bits, n, 2);
 
         float *back = host_alloc(65536 * 4), *d_back = device_nan(65536);
         for (uint32_t i = 0; i < 65536; i++) back[i] = bf16 ? bf16_to_float((uint16_t)i) : fp16_to_float((uint16_t)i);
@@ -778,7 +664,7 @@ static void test_empty(gemm_cuda_context *ctx) {
 }
 
 static void run_all(void) {
-    rng = rng_stream_for(20240601, 7, 11);
+    cuda_test_arrays_init("test_ops_cuda", rng_stream_for(20240601, 7, 11), &test_checks, &test_failures);
     gemm_cuda_context *ctx = gemm_cuda_context_create();
     test_layernorm();
     test_layernorm_modulate();

@@ -47,121 +47,9 @@
 #include "test_util.h"
 
 #ifdef LDM_HAVE_CUDA
+#include "cuda_test_arrays.h"
 #include "ops_cuda.h"
 #include "ops_cuda_conv.h"
-
-/* ---- buffers: everything allocated by a test is released by release_all() ---- */
-
-enum { MAX_BUFFERS = 512 };
-static void *host_buffers[MAX_BUFFERS], *device_buffers[MAX_BUFFERS];
-static int host_count, device_count;
-static rng_stream rng;
-
-static void *host_alloc(size_t bytes) {
-    void *p = calloc(bytes ? bytes : 1, 1);
-    if (!p || host_count == MAX_BUFFERS) {
-        fprintf(stderr, "test_ops_cuda_conv: out of host buffers\n");
-        exit(1);
-    }
-    host_buffers[host_count++] = p;
-    return p;
-}
-
-static void *device_alloc(size_t bytes) {
-    void *p = cuda_buffer_alloc(bytes);
-    if (device_count == MAX_BUFFERS) {
-        fprintf(stderr, "test_ops_cuda_conv: out of device buffers\n");
-        exit(1);
-    }
-    device_buffers[device_count++] = p;
-    return p;
-}
-
-static void release_all(void) {
-    for (int i = 0; i < host_count; i++) free(host_buffers[i]);
-    for (int i = 0; i < device_count; i++) cuda_buffer_free(device_buffers[i]);
-    host_count = device_count = 0;
-}
-
-static float *host_normal(size_t n, float scale) {
-    float *x = host_alloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = scale * rng_normal(&rng);
-    return x;
-}
-
-static float *host_copy(const float *src, size_t n) {
-    float *x = host_alloc(n * sizeof(float));
-    memcpy(x, src, n * sizeof(float));
-    return x;
-}
-
-/* |src| elementwise; NULL stays NULL. */
-static float *host_abs(const float *src, size_t n) {
-    if (!src) return NULL;
-    float *x = host_alloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = fabsf(src[i]);
-    return x;
-}
-
-/* A device copy of n host floats; NULL stays NULL. */
-static float *to_device_f(const float *host, size_t n) {
-    if (!host) return NULL;
-    float *d = device_alloc(n * sizeof(float));
-    cuda_copy_to_device(d, host, n * sizeof(float));
-    return d;
-}
-
-/* A device buffer of n floats, every one NaN (all bits set). */
-static float *device_nan(size_t n) {
-    float *d = device_alloc(n * sizeof(float));
-    cuda_buffer_fill_bytes(d, 0xff, n * sizeof(float));
-    return d;
-}
-
-/* The device buffer's contents, after the queued work. */
-static float *fetch(const float *device, size_t n) {
-    float *x = host_alloc(n * sizeof(float));
-    cuda_device_synchronize();
-    cuda_copy_to_host(x, device, n * sizeof(float));
-    return x;
-}
-
-/* ---- comparisons: one check per array, naming the worst element ---- */
-
-static void expect_close(const char *what, const float *gpu, const float *cpu, size_t n, double atol, double rtol) {
-    size_t bad = 0, worst = 0;
-    double worst_excess = -1.0;
-    for (size_t i = 0; i < n; i++) {
-        double a = gpu[i], b = cpu[i], bound = atol + rtol * fabs(b);
-        double excess = isnan(a) || isnan(b) ? INFINITY : fabs(a - b) - bound;
-        if (excess > 0.0) bad++;
-        if (excess > worst_excess) worst_excess = excess, worst = i;
-    }
-    CHECK_MSG(bad == 0, "%s: %zu of %zu differ beyond %g + %g|cpu|; worst [%zu] gpu %.9g cpu %.9g", what, bad, n,
-              atol, rtol, worst, n ? gpu[worst] : 0.0f, n ? cpu[worst] : 0.0f);
-}
-
-/* |gpu - cpu| <= tol * scale[i] (+ 1e-30 for exact zeros), NaN never passes. */
-static void expect_close_scaled(const char *what, const float *gpu, const float *cpu, const float *scale, size_t n,
-                                double tol) {
-    size_t bad = 0, worst = 0;
-    double worst_ratio = -1.0;
-    for (size_t i = 0; i < n; i++) {
-        double ratio = fabs((double)gpu[i] - cpu[i]) / (tol * scale[i] + 1e-30);
-        if (!(ratio <= 1.0)) bad++;
-        if (!(ratio <= worst_ratio)) worst_ratio = ratio, worst = i;
-    }
-    CHECK_MSG(bad == 0, "%s: %zu of %zu differ beyond %g * |.| scale; worst [%zu] gpu %.9g cpu %.9g scale %.6g", what,
-              bad, n, tol, worst, n ? gpu[worst] : 0.0f, n ? cpu[worst] : 0.0f, n ? scale[worst] : 0.0f);
-}
-
-static void expect_same_bits(const char *what, const float *gpu, const float *cpu, size_t n) {
-    size_t bad = 0, first = 0;
-    for (size_t i = n; i-- > 0;)
-        if (memcmp(gpu + i, cpu + i, sizeof(float))) bad++, first = i;
-    CHECK_MSG(bad == 0, "%s: %zu of %zu not bit-identical; first [%zu] gpu %.9g cpu %.9g", what, bad, n, first,
-              bad ? gpu[first] : 0.0f, bad ? cpu[first] : 0.0f);
-}
 
 /* "<name> <suffix>" into a static buffer, for the messages. */
 static const char *label(const char *name, const char *suffix) {
@@ -274,18 +162,18 @@ static void test_conv(gemm_cuda_context *ctx, const char *name, conv2d_dims s, i
     /* each gradient alone, the others NULL: the same bits as with all of them */
     float *only;
     gpu_conv_backward(ctx, &x, &s, 0.0f, 1, 0, 0, &only, NULL, NULL);
-    expect_same_bits(label(name, "backward d_in alone"), only, all_in, n_in);
+    expect_same_bits_f(label(name, "backward d_in alone"), only, all_in, n_in);
     gpu_conv_backward(ctx, &x, &s, 0.0f, 0, 1, 0, NULL, &only, NULL);
-    expect_same_bits(label(name, "backward d_weight alone"), only, all_weight, n_weight);
+    expect_same_bits_f(label(name, "backward d_weight alone"), only, all_weight, n_weight);
     gpu_conv_backward(ctx, &x, &s, 0.0f, 0, 0, 1, NULL, NULL, &only);
-    expect_same_bits(label(name, "backward d_bias alone"), only, all_bias, n_bias);
+    expect_same_bits_f(label(name, "backward d_bias alone"), only, all_bias, n_bias);
 
     /* determinism: the whole backward again */
     float *again_in, *again_weight, *again_bias;
     gpu_conv_backward(ctx, &x, &s, 0.0f, 1, 1, 1, &again_in, &again_weight, &again_bias);
-    expect_same_bits(label(name, "backward twice d_in"), again_in, all_in, n_in);
-    expect_same_bits(label(name, "backward twice d_weight"), again_weight, all_weight, n_weight);
-    expect_same_bits(label(name, "backward twice d_bias"), again_bias, all_bias, n_bias);
+    expect_same_bits_f(label(name, "backward twice d_in"), again_in, all_in, n_in);
+    expect_same_bits_f(label(name, "backward twice d_weight"), again_weight, all_weight, n_weight);
+    expect_same_bits_f(label(name, "backward twice d_bias"), again_bias, all_bias, n_bias);
     release_all();
 }
 
@@ -376,28 +264,28 @@ static void test_groupnorm(int batch, int channels, int spatial, int groups) {
     float *alone = to_device_f(start_gamma, channels);
     groupnorm_backward_cuda(NULL, 0.0f, alone, NULL, dev_d_out, dev_x, cpu_mean, cpu_rstd, dev_gamma, batch, channels,
                             spatial, groups, NULL);
-    expect_same_bits(label(name, "backward d_gamma alone"), fetch(alone, channels), first_gamma, channels);
+    expect_same_bits_f(label(name, "backward d_gamma alone"), fetch(alone, channels), first_gamma, channels);
     alone = to_device_f(start_beta, channels);
     groupnorm_backward_cuda(NULL, 0.0f, NULL, alone, dev_d_out, dev_x, cpu_mean, cpu_rstd, dev_gamma, batch, channels,
                             spatial, groups, NULL);
-    expect_same_bits(label(name, "backward d_beta alone"), fetch(alone, channels), first_beta, channels);
+    expect_same_bits_f(label(name, "backward d_beta alone"), fetch(alone, channels), first_beta, channels);
     /* determinism: d_in alone, then everything again */
     float *again_in = device_nan(n);
     groupnorm_backward_cuda(again_in, 0.0f, NULL, NULL, dev_d_out, dev_x, cpu_mean, cpu_rstd, dev_gamma, batch,
                             channels, spatial, groups, NULL);
-    expect_same_bits(label(name, "backward d_in alone"), fetch(again_in, n), first_in, n);
+    expect_same_bits_f(label(name, "backward d_in alone"), fetch(again_in, n), first_in, n);
     float *again_gamma = to_device_f(start_gamma, channels), *again_beta = to_device_f(start_beta, channels);
     again_in = device_nan(n);
     groupnorm_backward_cuda(again_in, 0.0f, again_gamma, again_beta, dev_d_out, dev_x, cpu_mean, cpu_rstd, dev_gamma,
                             batch, channels, spatial, groups, NULL);
-    expect_same_bits(label(name, "backward twice d_in"), fetch(again_in, n), first_in, n);
-    expect_same_bits(label(name, "backward twice d_gamma"), fetch(again_gamma, channels), first_gamma, channels);
-    expect_same_bits(label(name, "backward twice d_beta"), fetch(again_beta, channels), first_beta, channels);
+    expect_same_bits_f(label(name, "backward twice d_in"), fetch(again_in, n), first_in, n);
+    expect_same_bits_f(label(name, "backward twice d_gamma"), fetch(again_gamma, channels), first_gamma, channels);
+    expect_same_bits_f(label(name, "backward twice d_beta"), fetch(again_beta, channels), first_beta, channels);
     /* and the forward again */
     float *again_out = device_nan(n);
     groupnorm_forward_cuda(again_out, dev_mean, dev_rstd, dev_x, dev_gamma, dev_beta, batch, channels, spatial, groups,
                            GROUPNORM_EPS, NULL);
-    expect_same_bits(label(name, "forward twice"), fetch(again_out, n), fetch(dev_out, n), n);
+    expect_same_bits_f(label(name, "forward twice"), fetch(again_out, n), fetch(dev_out, n), n);
     release_all();
 }
 
@@ -409,13 +297,13 @@ static void test_upsample(int batch, int channels, int height, int width) {
     upsample_nearest2x_forward(out, in, batch, channels, height, width);
     float *dev_out = device_nan(n_out);
     upsample_nearest2x_forward_cuda(dev_out, to_device_f(in, n_in), batch, channels, height, width, NULL);
-    expect_same_bits("upsample_nearest2x forward", fetch(dev_out, n_out), out, n_out);
+    expect_same_bits_f("upsample_nearest2x forward", fetch(dev_out, n_out), out, n_out);
 
     float *d_out = host_normal(n_out, 1.0f), *d_in = host_alloc(n_in * 4);
     upsample_nearest2x_backward(d_in, d_out, batch, channels, height, width);
     float *dev_d_in = device_nan(n_in);
     upsample_nearest2x_backward_cuda(dev_d_in, to_device_f(d_out, n_out), batch, channels, height, width, NULL);
-    expect_same_bits("upsample_nearest2x backward", fetch(dev_d_in, n_in), d_in, n_in);
+    expect_same_bits_f("upsample_nearest2x backward", fetch(dev_d_in, n_in), d_in, n_in);
     release_all();
 }
 
@@ -427,13 +315,13 @@ static void test_transpose(int batch, int channels, int tokens) {
     transpose_channels_tokens_forward(out, in, batch, channels, tokens);
     float *dev_out = device_nan(n);
     transpose_channels_tokens_forward_cuda(dev_out, to_device_f(in, n), batch, channels, tokens, NULL);
-    expect_same_bits(label(name, "forward"), fetch(dev_out, n), out, n);
+    expect_same_bits_f(label(name, "forward"), fetch(dev_out, n), out, n);
 
     float *d_out = host_normal(n, 1.0f), *d_in = host_alloc(n * 4);
     transpose_channels_tokens_backward(d_in, d_out, batch, channels, tokens);
     float *dev_d_in = device_nan(n);
     transpose_channels_tokens_backward_cuda(dev_d_in, to_device_f(d_out, n), batch, channels, tokens, NULL);
-    expect_same_bits(label(name, "backward"), fetch(dev_d_in, n), d_in, n);
+    expect_same_bits_f(label(name, "backward"), fetch(dev_d_in, n), d_in, n);
     release_all();
 }
 
@@ -444,10 +332,10 @@ static void test_empty(gemm_cuda_context *ctx) {
     float *start = host_normal(7, 1.0f), *dev = to_device_f(start, 7);
     conv2d_forward_cuda(ctx, NULL, NULL, NULL, NULL, &s, NULL, 0, NULL);
     conv2d_backward_cuda(ctx, NULL, 0.0f, NULL, dev, NULL, NULL, NULL, &s, NULL, 0, NULL);
-    expect_same_bits("conv2d_backward batch 0 leaves d_bias", fetch(dev, 7), start, 7);
+    expect_same_bits_f("conv2d_backward batch 0 leaves d_bias", fetch(dev, 7), start, 7);
     groupnorm_forward_cuda(NULL, NULL, NULL, NULL, NULL, NULL, 0, 64, 16, 32, GROUPNORM_EPS, NULL);
     groupnorm_backward_cuda(NULL, 0.0f, dev, dev, NULL, NULL, NULL, NULL, NULL, 0, 7, 16, 7, NULL);
-    expect_same_bits("groupnorm_backward batch 0 leaves d_gamma", fetch(dev, 7), start, 7);
+    expect_same_bits_f("groupnorm_backward batch 0 leaves d_gamma", fetch(dev, 7), start, 7);
     upsample_nearest2x_forward_cuda(NULL, NULL, 0, 3, 4, 4, NULL);
     upsample_nearest2x_backward_cuda(NULL, NULL, 0, 3, 4, 4, NULL);
     transpose_channels_tokens_forward_cuda(NULL, NULL, 0, 3, 4, NULL);
@@ -456,7 +344,7 @@ static void test_empty(gemm_cuda_context *ctx) {
 }
 
 static void run_all(void) {
-    rng = rng_stream_for(20240611, 5, 3);
+    cuda_test_arrays_init("test_ops_cuda_conv", rng_stream_for(20240611, 5, 3), &test_checks, &test_failures);
     gemm_cuda_context *ctx = gemm_cuda_context_create();
     test_convolutions(ctx);
     test_groupnorm(2, 64, 30, 32);

@@ -49,6 +49,11 @@ void cuda_copy_to_host(void *host, const void *device, size_t bytes);
 void cuda_buffer_fill_bytes(void *device, int value, size_t bytes);
 /* Waits for all queued work on the device. */
 void cuda_device_synchronize(void);
+/* One GPU per rank: the ranks of a host take its GPUs in turn. Makes GPU
+ * local_rank % (GPUs visible) this thread's current device and returns it. */
+int cuda_use_device_of_local_rank(int local_rank);
+/* The current device's free and total memory in bytes (cudaMemGetInfo). */
+void cuda_memory_info(size_t *free_bytes, size_t *total_bytes);
 /* Page-locked host memory (cudaMallocHost), which copies to and from the
  * device read and write directly, so that they can run asynchronously; NULL
  * for 0 bytes. */

@@ -55,3 +55,16 @@ extern "C" void cuda_copy_to_host_async(void *host, const void *device, size_t b
 }
 
 extern "C" void cuda_stream_synchronize(ldm_stream stream) { CUDA_CHECK(cudaStreamSynchronize(stream)); }
+
+extern "C" void cuda_memory_info(size_t *free_bytes, size_t *total_bytes) {
+    CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
+}
+
+extern "C" int cuda_use_device_of_local_rank(int local_rank) {
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 1)
+        fatal_internal("cuda_use_device_of_local_rank: no CUDA device"); /* the commands refuse first */
+    const int device = local_rank % devices;
+    CUDA_CHECK(cudaSetDevice(device));
+    return device;
+}

@@ -53,10 +53,10 @@ if(TARGET ldm)
     --config ${CMAKE_SOURCE_DIR}/configs/tiny.json --set train.loss_scale_growth_interval=0)
 endif()
 
-# device.type (where ldm train runs): cuda with no GPU to run on is one line and exit 2 before
-# anything is read or written (a CPU build says it has no CUDA, a CUDA build without a GPU (CI)
-# that there is no device: the regex takes both); an unknown type is the config validator's; the
-# autoencoder and consistency distillation train on the CPU only so far, on any machine.
+# device.type (where ldm train and ldm train-ae run): cuda with no GPU to run on is one line and
+# exit 2 before anything is read or written (a CPU build says it has no CUDA, a CUDA build without
+# a GPU (CI) that there is no device: the regex takes both); an unknown type is the config
+# validator's; consistency distillation trains on the CPU only so far, on any machine.
 if(TARGET ldm)
   add_test(NAME cli_train_device_cuda_refused
     COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/expect_error.sh 2
@@ -71,9 +71,10 @@ if(TARGET ldm)
             --data /nonexistent.h5 --run ${CMAKE_CURRENT_BINARY_DIR}/device-never)
   add_test(NAME cli_train_ae_device_cuda_refused
     COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/expect_error.sh 2
-            "^ldm: error: ldm train-ae: device[.]type cuda: the autoencoder trains on the CPU only so far$" --
+            "^ldm: error: ldm train-ae: device[.]type: cuda: (this build has no CUDA [(]cmake -DLDM_CUDA=ON[)]|no CUDA device on this machine)$" --
             $<TARGET_FILE:ldm> train-ae --config ${CMAKE_SOURCE_DIR}/configs/ae-tiny.json --set device.type=cuda
             --data /nonexistent.h5 --run ${CMAKE_CURRENT_BINARY_DIR}/device-never)
+  set_tests_properties(cli_train_ae_device_cuda_refused PROPERTIES ENVIRONMENT "CUDA_VISIBLE_DEVICES=-1")
   add_test(NAME cli_distill_device_cuda_refused
     COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/expect_error.sh 2
             "^ldm: error: ldm distill: device[.]type cuda: consistency distillation trains on the CPU only so far$" --

@@ -24,5 +24,7 @@ cmake --build build-sanitize -j "$jobs"
 # The GPU code paths (ctest label cuda) on the CPU emulation of CUDA.
 cmake -S . -B build-emulate -DCMAKE_BUILD_TYPE=Release -DLDM_CUDA=EMULATE
 cmake --build build-emulate -j "$jobs"
-(cd build-emulate && ctest -L cuda --output-on-failure)
+# Two at a time: the emulation is single-threaded, and the longest test (training
+# on the emulated GPU) would otherwise leave a core idle for minutes.
+(cd build-emulate && ctest -L cuda -j "$jobs" --output-on-failure)
 echo "tests: all passed (release, sanitizer and CUDA-emulation builds)"

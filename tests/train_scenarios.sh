@@ -12,12 +12,23 @@ cd "$work" || exit 1
 fail() { echo "FAIL: $*" >&2; exit 1; }
 run() { echo "+ $*" >&2; "$@" || fail "exit status $? from: $*"; }
 # The CPU path pinned (device.type auto would take a GPU where there is one);
-# the cuda scenario trains on the GPU.
+# the cuda and ae-cuda scenarios train on the GPU.
 tiny="--config $LDM_CONFIGS/tiny.json --set device.type=cpu"
 # A data set of exactly one global batch (8 samples): whatever the world size and
 # accumulation, every step's global batch is the whole set, so runs with the same
 # global batch see the same samples with the same noise (keyed by sample index).
 make_data() { run "$LDM" prepare synthetic --n "${2:-8}" --size 8 --classes 4 --channels 4 --out "$1" >/dev/null; }
+# The GPU run `stopped`, resumed (output in out.txt) from its checkpoint of step
+# $2 to step $3, against the run $1 that went straight there: bit for bit.
+check_cuda_resume() {
+  grep -q "resuming from stopped/checkpoints/step-$(printf %08d "$2") at step $2" out.txt ||
+    fail "did not resume at step $2"
+  grep -q "^train: device: cuda " out.txt || fail "the resumed run does not train on cuda"
+  run "$LDM_PYTHON" "$LDM_TESTS/train_compare_runs.py" "$1" stopped --steps "$3" --exact
+  for f in model.safetensors ema.safetensors "checkpoints/step-$(printf %08d "$3")/optimizer.safetensors"; do
+    cmp "$1/$f" "stopped/$f" || fail "$f differs between the straight and the resumed run"
+  done
+}
 
 case "$scenario" in
 cuda)
@@ -49,12 +60,46 @@ PY
   run $LDM_MPIRUN -np 1 "$LDM" train --data data.h5 $gpu --set train.steps=40 --run straight >/dev/null
   run $LDM_MPIRUN -np 1 "$LDM" train --data data.h5 $gpu --set train.steps=20 --run stopped >/dev/null
   run $LDM_MPIRUN -np 1 "$LDM" train --data data.h5 --run stopped --resume auto --set train.steps=40 > out.txt
-  grep -q "resuming from stopped/checkpoints/step-00000020 at step 20" out.txt || fail "did not resume at step 20"
-  grep -q "^train: device: cuda " out.txt || fail "the resumed run does not train on cuda"
-  run "$LDM_PYTHON" "$LDM_TESTS/train_compare_runs.py" straight stopped --steps 40 --exact
-  for f in model.safetensors ema.safetensors checkpoints/step-00000040/optimizer.safetensors; do
-    cmp straight/$f stopped/$f || fail "$f differs between the straight and the resumed run"
-  done
+  check_cuda_resume straight 20 40
+  ;;
+ae-cuda)
+  # ldm train-ae on the GPU (device.type cuda, mpirun -np 1), the posterior
+  # sampled: its first losses are the CPU's to 1e-4 (the same posterior noise,
+  # the loss's sums in double: only the network's summation order differs), the
+  # loss falls, the held-out PSNR (validation on the CPU model from the weights
+  # brought back) is the CPU's to 0.01 dB, and a resumed run is exact (10 steps
+  # straight against 5 + --resume auto to 10). Skipped (77) where ldm refuses
+  # cuda (a CPU build, no GPU).
+  run "$LDM" prepare synthetic --n 32 --size 16 --classes 4 --channels 3 --out images.h5 >/dev/null
+  run "$LDM" prepare synthetic --n 8 --size 16 --classes 4 --channels 3 --seed 9 --out held-out.h5 >/dev/null
+  ae="--config $LDM_CONFIGS/ae-tiny.json --data images.h5 --val-data held-out.h5 --set train.ckpt_every=5"
+  ae="$ae --set train.sample_every=5 --set train.log_every=1 --set autoencoder.sample_posterior=true"
+  "$LDM" train-ae $ae --set device.type=cuda --set train.steps=1 --run probe > probe.txt 2>&1; status=$?
+  cat probe.txt
+  if [ $status = 2 ] && grep -q "device[.]type: cuda: " probe.txt; then exit 77; fi
+  [ $status = 0 ] || fail "exit status $status from the probe run"
+  grep -q "^train: device: cuda " probe.txt || fail "the run does not say it trains on cuda"
+  run $LDM_MPIRUN -np 1 "$LDM" train-ae $ae --set device.type=cuda --set train.steps=10 --run gpu > out.txt
+  run "$LDM" train-ae $ae --set device.type=cpu --set train.steps=10 --run cpu >/dev/null
+  [ -f gpu/samples/step-00000010.png ] || fail "no validation picture"
+  run "$LDM_PYTHON" - <<'PY'
+import json, math
+gpu = [json.loads(l) for l in open("gpu/metrics.jsonl")]
+cpu = [json.loads(l) for l in open("cpu/metrics.jsonl")]
+print("gpu losses:", " ".join(f"{r['loss']:.6f}" for r in gpu))
+print("cpu losses:", " ".join(f"{r['loss']:.6f}" for r in cpu))
+assert len(gpu) == 10 and all(math.isfinite(r["loss"]) and "reconstruction" in r and "kl" in r for r in gpu)
+for step in range(5):
+    g, c = gpu[step]["loss"], cpu[step]["loss"]
+    assert abs(g - c) <= 1e-4 * abs(c), f"step {step + 1}: gpu {g} cpu {c}"
+assert sum(r["loss"] for r in gpu[-3:]) < sum(r["loss"] for r in gpu[:3]), "the loss did not fall"
+psnr = [[r["validation_psnr_db"] for r in rows if "validation_psnr_db" in r] for rows in (gpu, cpu)]
+print("validation PSNR gpu, cpu:", psnr)
+assert len(psnr[0]) == 2 and all(abs(g - c) <= 0.01 for g, c in zip(*psnr)), psnr
+PY
+  run $LDM_MPIRUN -np 1 "$LDM" train-ae $ae --set device.type=cuda --set train.steps=5 --run stopped >/dev/null
+  run $LDM_MPIRUN -np 1 "$LDM" train-ae --data images.h5 --run stopped --resume auto --set train.steps=10 > out.txt
+  check_cuda_resume gpu 5 10
   ;;
 cuda-ranks)
   # Two ranks on two GPUs (NCCL: the gradient all-reduced in slices handed over
@@ -85,6 +130,37 @@ cuda-ranks)
     --set train.micro_batch=4 --run poisoned > poisoned.txt
   grep -q "^step 3: non-finite loss or gradient, step skipped (1 skipped so far)" poisoned.txt ||
     fail "the poisoned step 3 was not skipped"
+  ;;
+cuda-precision)
+  # bf16, and fp16 with dynamic loss scaling (the scale taken out and the
+  # overflow check on the device), on the GPU: the first losses follow the
+  # CPU's in the same precision (2e-2: the GEMMs accumulate in another order, so
+  # a value next to a rounding boundary may round the other way), all stay
+  # finite, and fp16 records its loss scale. Skipped (77) where ldm refuses cuda.
+  make_data data.h5
+  for precision in bf16 fp16; do
+    common="train --data data.h5 --config $LDM_CONFIGS/tiny.json --set train.steps=8 --set train.log_every=1"
+    common="$common --set train.precision=$precision"
+    "$LDM" $common --set device.type=cuda --run gpu-$precision > probe.txt 2>&1; status=$?
+    cat probe.txt
+    if [ $status = 2 ] && grep -q "device[.]type: cuda: " probe.txt; then exit 77; fi
+    [ $status = 0 ] || fail "exit status $status from the $precision run on cuda"
+    run "$LDM" $common --set device.type=cpu --run cpu-$precision >/dev/null
+    PRECISION=$precision run "$LDM_PYTHON" - <<'PY'
+import json, math, os
+precision = os.environ["PRECISION"]
+gpu = [json.loads(l) for l in open(f"gpu-{precision}/metrics.jsonl")]
+cpu = [json.loads(l) for l in open(f"cpu-{precision}/metrics.jsonl")]
+print(precision, "gpu losses:", " ".join(f"{m['loss']:.6f}" for m in gpu))
+print(precision, "cpu losses:", " ".join(f"{m['loss']:.6f}" for m in cpu))
+assert len(gpu) == 8 and all(math.isfinite(m["loss"]) for m in gpu)
+for step in range(3):
+    a, b = gpu[step]["loss"], cpu[step]["loss"]
+    assert abs(a - b) <= 2e-2 * abs(b), f"{precision} step {step + 1}: gpu {a} cpu {b}"
+if precision == "fp16":
+    assert all("loss_scale" in m for m in gpu), "fp16 on the GPU does not record its loss scale"
+PY
+  done
   ;;
 checkpoint-beside)
   # Checkpoints are written beside training: with each file's write slowed to
@@ -290,12 +366,13 @@ crash)
   run "$LDM" inspect run > inspect.txt
   ;;
 autoencoder)
-  # ldm train-ae through the same loop: the loss falls, the held-out PSNR rises
-  # and is logged with a picture, resume is exact on 2 ranks, and the checkpoint
-  # of one kind of model is refused by the other command.
+  # ldm train-ae through the same loop (on the CPU; ae-cuda is the GPU's): the
+  # loss falls, the held-out PSNR rises and is logged with a picture, resume is
+  # exact on 2 ranks, and the checkpoint of one kind of model is refused by the
+  # other command.
   run "$LDM" prepare synthetic --n 64 --size 16 --classes 4 --channels 3 --out images.h5 >/dev/null
   run "$LDM" prepare synthetic --n 16 --size 16 --classes 4 --channels 3 --seed 9 --out held-out.h5 >/dev/null
-  ae="--config $LDM_CONFIGS/ae-tiny.json --data images.h5 --val-data held-out.h5"
+  ae="--config $LDM_CONFIGS/ae-tiny.json --data images.h5 --val-data held-out.h5 --set device.type=cpu"
   run "$LDM" train-ae $ae --run run > out.txt
   cat out.txt
   [ -f run/samples/step-00000050.png ] && [ -f run/samples/step-00000100.png ] || fail "no validation pictures"

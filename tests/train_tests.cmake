@@ -2,16 +2,17 @@
 # same losses and weights on 1 rank, 2 ranks and with gradient accumulation;
 # reruns are bit-identical; the tiny config learns; a non-finite gradient on one
 # rank is skipped by all; the run directory is protected; bad batch splits and
-# bad flags are refused; on a GPU (device.type cuda) the DiT follows the CPU's
-# losses and resumes exactly. Included from tests/CMakeLists.txt (LDM_MPIRUN,
-# LDM_SYSTEM_PYTHON and LDM_EXPECT_ERROR come from there and prepare_tests.cmake).
+# bad flags are refused; on a GPU (device.type cuda) the DiT and the
+# autoencoder follow the CPU's losses and resume exactly. Included from
+# tests/CMakeLists.txt (LDM_MPIRUN, LDM_SYSTEM_PYTHON and LDM_EXPECT_ERROR come
+# from there and prepare_tests.cmake).
 
 if(TARGET ldm)
   set(LDM_TRAIN_WORK ${CMAKE_CURRENT_BINARY_DIR}/train)
   string(REPLACE ";" " " ldm_train_mpirun "${LDM_MPIRUN}")
   foreach(scenario equivalence determinism learns nonfinite run-directory resume-1rank resume-2ranks signal
                   resume-world-size resume-mismatch crash export autoencoder
-                  precision-curves precision-overflow precision-resume cuda cuda-ranks checkpoint-beside)
+                  precision-curves precision-overflow precision-resume cuda ae-cuda cuda-ranks cuda-precision checkpoint-beside)
     string(REPLACE "-" "_" test_name "cli_train_${scenario}")
     add_test(NAME ${test_name}
       COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/train_scenarios.sh ${scenario} ${LDM_TRAIN_WORK}/${scenario})
@@ -34,6 +35,14 @@ LDM_TESTS=${CMAKE_CURRENT_SOURCE_DIR};LDM_CONFIGS=${CMAKE_SOURCE_DIR}/configs")
         ${LDM_MPIRUN} -np 1 -x CUDA_VISIBLE_DEVICES=-1 $<TARGET_FILE:ldm> ${ldm_train_mixed}
         : -np 1 $<TARGET_FILE:ldm> ${ldm_train_mixed})
     set_tests_properties(cli_train_device_auto_mixed_cuda PROPERTIES TIMEOUT 60)
+    # A micro-batch beyond the GPU's memory (the emulated GPU has 16 GiB): one
+    # line that says what is needed, before anything is read or written.
+    add_test(NAME cli_train_gpu_memory_cuda
+      COMMAND ${LDM_EXPECT_ERROR} 2
+        "^ldm: error: GPU memory: the DiT needs [0-9.]+ GiB for batches of 4096 samples in bf16, but the GPU has 16[.]00 GiB free of 16[.]00 GiB; lower the micro-batch [(]train[.]micro_batch[)]$" --
+        $<TARGET_FILE:ldm> train --config ${CMAKE_SOURCE_DIR}/configs/dit-b2.json --set device.type=cuda
+        --set train.batch_size=4096 --data /nonexistent.h5 --run ${LDM_TRAIN_WORK}/never)
+    set_tests_properties(cli_train_gpu_memory_cuda PROPERTIES TIMEOUT 60)
   endif()
 
   # Bad input, refused before anything is written: exit 2, one line.

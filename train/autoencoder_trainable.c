@@ -4,14 +4,16 @@
  * reconstruction + kl_beta KL. Statistics: the two parts of the loss.
  * Validation: the reconstruction PSNR of held-out images (images in [-1, 1], so
  * the peak-to-peak range is 2) and RUN/samples/step-N.png with originals above
- * their reconstructions. */
+ * their reconstructions.
+ * This file holds the CPU trainable and the parts the GPU one
+ * (autoencoder_cuda_trainable.c) shares with it (autoencoder_trainable.h). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
-#include "autoencoder.h"
+#include "autoencoder_trainable.h"
 #include "cli.h"
 #include "dataset_file.h"
 #include "fatal.h"
@@ -30,36 +32,47 @@
 
 static const char *const autoencoder_settings_keys[] = {"kl_beta", "reconstruction_loss", "sample_posterior", NULL};
 
-typedef struct {
-    const ldm_config *config;
-    autoencoder_model model;
-    int micro_batch;
-    int64_t latent_per_sample; /* L * h * w */
-    float *noise;              /* (B, L, h, w) posterior noise */
-    float *reconstruction;     /* (B, C, H, W) validation output */
-} autoencoder_trainer;
+/* ---- the parts both trainables share (autoencoder_trainable.h) ---- */
 
-static void ae_zero_grad(trainable *self) { autoencoder_zero_grad(&((autoencoder_trainer *)self->self)->model); }
+void autoencoder_batch_create(autoencoder_batch *b, const ldm_config *config, int micro_batch,
+                              autoencoder_model *validation_model, void *(*alloc_noise)(size_t bytes),
+                              void (*free_noise)(void *host)) {
+    memset(b, 0, sizeof(*b));
+    b->config = config;
+    b->shape = cli_autoencoder_shape(config);
+    b->micro_batch = micro_batch;
+    b->validation_model = validation_model;
+    const int latent_size = b->shape.input_size >> (b->shape.levels - 1);
+    b->latent_per_sample = (int64_t)b->shape.latent_channels * latent_size * latent_size;
+    const size_t noise_bytes = (size_t)micro_batch * (size_t)b->latent_per_sample * sizeof(float);
+    b->noise = alloc_noise ? alloc_noise(noise_bytes) : xmalloc(noise_bytes);
+    b->free_noise = free_noise ? free_noise : free;
+    b->reconstruction = xmalloc((size_t)micro_batch * (size_t)b->shape.in_channels * b->shape.input_size *
+                                b->shape.input_size * sizeof(float));
+}
 
-static double ae_micro_batch(trainable *self, const float *samples, const int32_t *labels, const int64_t *index,
-                             int batch, int64_t step, float loss_weight, double *statistics) {
-    (void)labels;
-    autoencoder_trainer *a = self->self;
-    const autoencoder_config *c = &a->config->autoencoder;
-    const float *noise = NULL;
-    if (c->sample_posterior) {
-        uint64_t base = rng_hash(a->config->train.seed, PURPOSE_POSTERIOR_NOISE);
-        for (int i = 0; i < batch; i++) {
-            rng_stream rng = rng_stream_for(base, (uint64_t)step, (uint64_t)index[i]);
-            float *z = a->noise + (size_t)i * (size_t)a->latent_per_sample;
-            for (int64_t j = 0; j < a->latent_per_sample; j++) z[j] = rng_normal(&rng);
-        }
-        noise = a->noise;
+void autoencoder_batch_destroy(autoencoder_batch *b) {
+    b->free_noise(b->noise);
+    free(b->reconstruction);
+    memset(b, 0, sizeof(*b));
+}
+
+const float *autoencoder_batch_noise(autoencoder_batch *b, const int64_t *index, int batch, int64_t step) {
+    if (!b->config->autoencoder.sample_posterior) return NULL;
+    uint64_t base = rng_hash(b->config->train.seed, PURPOSE_POSTERIOR_NOISE);
+    for (int i = 0; i < batch; i++) {
+        rng_stream rng = rng_stream_for(base, (uint64_t)step, (uint64_t)index[i]);
+        float *z = b->noise + (size_t)i * (size_t)b->latent_per_sample;
+        for (int64_t j = 0; j < b->latent_per_sample; j++) z[j] = rng_normal(&rng);
     }
-    autoencoder_loss loss = autoencoder_train_forward(&a->model, samples, noise, batch, (float)c->kl_beta,
-                                                      strcmp(c->reconstruction_loss, "l2") == 0 ? AE_LOSS_L2
-                                                                                                : AE_LOSS_L1);
-    autoencoder_train_backward(&a->model, loss_weight, NULL);
+    return b->noise;
+}
+
+autoencoder_reconstruction_loss autoencoder_batch_loss_kind(const autoencoder_batch *b) {
+    return strcmp(b->config->autoencoder.reconstruction_loss, "l2") == 0 ? AE_LOSS_L2 : AE_LOSS_L1;
+}
+
+double autoencoder_batch_add_statistics(autoencoder_loss loss, double *statistics) {
     statistics[STAT_RECONSTRUCTION] += loss.reconstruction;
     statistics[STAT_KL] += loss.kl;
     statistics[STAT_MICRO_BATCHES] += 1;
@@ -74,10 +87,10 @@ static void ae_statistics_json(const trainable *self, const double *statistics, 
 }
 
 /* RUN/samples/step-N.png: originals (top row) over reconstructions. */
-static void write_picture(const autoencoder_trainer *a, const float *originals, int count, int64_t step,
+static void write_picture(const autoencoder_batch *a, const float *originals, int count, int64_t step,
                           const char *run_dir) {
     int columns = count < PICTURE_COLUMNS ? count : PICTURE_COLUMNS;
-    int channels = a->model.shape.in_channels, size = a->model.shape.input_size;
+    int channels = a->shape.in_channels, size = a->shape.input_size;
     int png_channels = channels == 1 ? 1 : 3;
     int width = columns * size, height = 2 * size;
     uint8_t *pixels = xcalloc((size_t)width * (size_t)height * (size_t)png_channels, 1); /* (H, W, C) */
@@ -105,20 +118,21 @@ static void write_picture(const autoencoder_trainer *a, const float *originals, 
 
 static void ae_validate(trainable *self, const trainable_validation *context, char *json, size_t json_size, char *line,
                         size_t line_size) {
-    autoencoder_trainer *a = self->self;
+    autoencoder_batch *a = self->self;
+    autoencoder_model *model = a->validation_model;
     const float *samples = context->samples;
     const int count = context->count;
     const int64_t step = context->step;
     const char *run_dir = context->run_dir;
-    int64_t per_sample = (int64_t)a->model.shape.in_channels * a->model.shape.input_size * a->model.shape.input_size;
+    int64_t per_sample = (int64_t)a->shape.in_channels * a->shape.input_size * a->shape.input_size;
     double squared_error = 0;
     float *first_reconstructions = NULL;
     for (int start = 0; start < count; start += a->micro_batch) {
         int n = count - start < a->micro_batch ? count - start : a->micro_batch;
         const float *images = samples + (size_t)start * (size_t)per_sample;
         /* The posterior mean, as encode and sampling use it. */
-        autoencoder_encode(&a->model, images, n, a->noise, NULL);
-        autoencoder_decode(&a->model, a->noise, n, a->reconstruction);
+        autoencoder_encode(model, images, n, a->noise, NULL);
+        autoencoder_decode(model, a->noise, n, a->reconstruction);
         for (int64_t j = 0; j < n * per_sample; j++) {
             double d = (double)a->reconstruction[j] - (double)images[j];
             squared_error += d * d;
@@ -140,49 +154,67 @@ static void ae_validate(trainable *self, const trainable_validation *context, ch
              psnr, count, (long long)step);
 }
 
+void autoencoder_batch_describe(trainable *t) {
+    const autoencoder_batch *a = t->self;
+    t->kind = "autoencoder";
+    t->shape_section = "autoencoder";
+    t->settings_keys = autoencoder_settings_keys;
+    t->expect_channels = a->shape.in_channels;
+    t->expect_size = a->shape.input_size;
+    t->expect_num_classes = 0;
+    t->statistic_count = 3;
+    t->statistics_json = ae_statistics_json;
+    t->validate = ae_validate;
+}
+
+/* ---- the CPU trainable ---- */
+
+typedef struct {
+    autoencoder_batch batch; /* first: autoencoder_batch_describe's entries read self as an autoencoder_batch */
+    autoencoder_model model;
+} autoencoder_trainer;
+
+static void ae_zero_grad(trainable *self) { autoencoder_zero_grad(&((autoencoder_trainer *)self->self)->model); }
+
+static double ae_micro_batch(trainable *self, const float *samples, const int32_t *labels, const int64_t *index,
+                             int batch, int64_t step, float loss_weight, double *statistics) {
+    (void)labels;
+    autoencoder_trainer *a = self->self;
+    const float *noise = autoencoder_batch_noise(&a->batch, index, batch, step);
+    autoencoder_loss loss = autoencoder_train_forward(&a->model, samples, noise, batch,
+                                                      (float)a->batch.config->autoencoder.kl_beta,
+                                                      autoencoder_batch_loss_kind(&a->batch));
+    autoencoder_train_backward(&a->model, loss_weight, NULL);
+    return autoencoder_batch_add_statistics(loss, statistics);
+}
+
 static void ae_destroy(trainable *self) {
     autoencoder_trainer *a = self->self;
     autoencoder_destroy(&a->model);
-    free(a->noise);
-    free(a->reconstruction);
+    autoencoder_batch_destroy(&a->batch);
     free(a);
     free(self);
 }
 
 trainable *autoencoder_trainable_create(const ldm_config *config, int micro_batch) {
     autoencoder_trainer *a = xcalloc(1, sizeof *a);
-    a->config = config;
-    a->micro_batch = micro_batch;
-    autoencoder_shape shape = cli_autoencoder_shape(config);
+    autoencoder_batch_create(&a->batch, config, micro_batch, &a->model, NULL, NULL);
     /* bf16/fp16: activations and GEMM inputs rounded to the format (autoencoder.h) */
-    autoencoder_create_precision(&a->model, &shape, micro_batch, AE_FOR_TRAINING,
+    autoencoder_create_precision(&a->model, &a->batch.shape, micro_batch, AE_FOR_TRAINING,
                                  (ldm_precision)precision_from_name(config->train.precision));
     autoencoder_init_weights(&a->model, config->train.seed);
-    a->latent_per_sample = (int64_t)shape.latent_channels * a->model.latent_size * a->model.latent_size;
-    a->noise = xmalloc((size_t)micro_batch * (size_t)a->latent_per_sample * sizeof(float));
-    a->reconstruction =
-        xmalloc((size_t)micro_batch * (size_t)shape.in_channels * shape.input_size * shape.input_size * sizeof(float));
 
     trainable *t = xcalloc(1, sizeof *t);
     *t = (trainable){
-        .kind = "autoencoder",
-        .shape_section = "autoencoder",
-        .settings_keys = autoencoder_settings_keys,
         .table = &a->model.table,
         .params = a->model.params,
         .grads = a->model.grads,
-        .fixed = NULL,
         .count = a->model.table.trainable_numel,
-        .expect_channels = shape.in_channels,
-        .expect_size = shape.input_size,
-        .expect_num_classes = 0,
-        .statistic_count = 3,
         .zero_grad = ae_zero_grad,
         .micro_batch = ae_micro_batch,
-        .statistics_json = ae_statistics_json,
-        .validate = ae_validate,
         .destroy = ae_destroy,
         .self = a,
     };
+    autoencoder_batch_describe(t);
     return t;
 }

@@ -167,12 +167,7 @@ static void destroy_entry(trainable *self) {
 }
 
 trainable *dit_cuda_trainable_create(const ldm_config *config, int micro_batch) {
-    const int devices = device_cuda_count();
-    if (devices < 1) fatal_internal("dit_cuda_trainable_create: no CUDA device"); /* the command refuses first */
-    /* One GPU per rank: the ranks of a host take its GPUs in turn. */
-    const int gpu = comm_local_rank() % devices;
-    cudaError_t status = cudaSetDevice(gpu);
-    if (status != cudaSuccess) fatal_internal("cudaSetDevice(%d) failed: %s", gpu, cudaGetErrorString(status));
+    cuda_use_device_of_local_rank(comm_local_rank());
 
     dit_cuda_trainer *d = xcalloc(1, sizeof *d);
     dit_shape shape = cli_dit_shape(config);

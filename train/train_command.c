@@ -6,13 +6,14 @@
  *                (see distill_command.c)
  * All load and validate the config, check the batch split, resolve
  * device.type, and hand over to the one training loop with their model: the
- * DiT under EDM (on the CPU or the rank's GPU), the KL autoencoder, or the
- * consistency student (both CPU-only so far). */
+ * DiT under EDM or the KL autoencoder (each on the CPU or the rank's GPU), or
+ * the consistency student (CPU-only so far). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "autoencoder_cuda_trainable.h"
 #include "cli.h"
 #include "comm.h"
 #include "commands.h"
@@ -28,12 +29,11 @@
 static int training_on_cuda(const training_command *spec, const ldm_config *config) {
     const char *type = config->device.type;
     if (strcmp(type, "cpu") == 0) return 0;
-    const char *cpu_only = spec->create_model == autoencoder_trainable_create ? "the autoencoder"
-                           : spec->create_model != dit_trainable_create      ? "consistency distillation"
-                                                                              : NULL;
-    if (cpu_only) {
+    if (spec->create_model != dit_trainable_create && spec->create_model != autoencoder_trainable_create) {
+        /* ldm distill (its prepare makes the model) */
         if (strcmp(type, "cuda") == 0)
-            fatal_input("ldm %s: device.type cuda: %s trains on the CPU only so far", spec->command, cpu_only);
+            fatal_input("ldm %s: device.type cuda: consistency distillation trains on the CPU only so far",
+                        spec->command);
         return 0;
     }
     if (strcmp(type, "auto") == 0) return device_cuda_count() > 0;
@@ -111,7 +111,9 @@ int training_command_run(const training_command *spec, int argc, char **argv) {
         fatal_input("ldm %s: device.type %s: some ranks have a GPU and others none; set device.type to cpu or cuda",
                     spec->command, config.device.type);
 #ifdef LDM_HAVE_CUDA
-    if (on_cuda) create_model = dit_cuda_trainable_create;
+    if (on_cuda)
+        create_model = create_model == autoencoder_trainable_create ? autoencoder_cuda_trainable_create
+                                                                    : dit_cuda_trainable_create;
 #endif
     training_job job = {.config = &config, .config_path = options[0].value, .data_path = options[1].value,
                         .validation_path = options[6].value, .autoencoder_path = options[7].value, .run_dir = options[2].value,

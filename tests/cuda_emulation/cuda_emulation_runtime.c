@@ -14,6 +14,9 @@
 #include "cuda_runtime_api.h"
 #include "fatal.h"
 
+/* The emulated device's memory: cudaMalloc beyond it fails as on a GPU. */
+#define EMULATED_DEVICE_BYTES ((size_t)16 << 30)
+
 static cudaError_t last_error = cudaSuccess;
 static int current_device = 0;
 
@@ -79,7 +82,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device) {
     if (device < 0 || device >= device_count()) return result(cudaErrorInvalidDevice);
     memset(prop, 0, sizeof *prop);
     snprintf(prop->name, sizeof prop->name, "CUDA emulation on the CPU");
-    prop->totalGlobalMem = (size_t)16 << 30;
+    prop->totalGlobalMem = EMULATED_DEVICE_BYTES;
     prop->major = 9;
     prop->minor = 0;
     prop->multiProcessorCount = 1;
@@ -113,6 +116,7 @@ typedef struct {
 
 static allocation *allocations;
 static size_t allocation_count, allocation_capacity;
+static size_t device_bytes_in_use;
 
 /* The allocation holding p, or NULL. */
 static const allocation *find_allocation(const void *p) {
@@ -172,21 +176,32 @@ void cuda_emulation_require_device_range(const void *p, size_t bytes, const char
 static cudaError_t allocate(void **out, size_t bytes, int device) {
     *out = NULL;
     if (bytes == 0) return cudaSuccess;
+    if (device && bytes > EMULATED_DEVICE_BYTES - device_bytes_in_use) return result(cudaErrorMemoryAllocation);
     /* 256-byte aligned, as cudaMalloc's allocations are. */
     void *p = aligned_alloc(256, (bytes + 255) & ~(size_t)255);
     if (!p) return result(cudaErrorMemoryAllocation);
     if (device) memset(p, 0xff, bytes);
     register_allocation(p, bytes, device);
+    if (device) device_bytes_in_use += bytes;
     *out = p;
     return cudaSuccess;
 }
 
 cudaError_t cudaMalloc(void **device, size_t bytes) { return allocate(device, bytes, 1); }
+
+cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes) {
+    *total_bytes = EMULATED_DEVICE_BYTES;
+    *free_bytes = EMULATED_DEVICE_BYTES - device_bytes_in_use;
+    return cudaSuccess;
+}
 cudaError_t cudaMallocHost(void **host, size_t bytes) { return allocate(host, bytes, 0); }
 
 cudaError_t cudaFree(void *device) {
     if (!device) return cudaSuccess;
+    const allocation *found = find_allocation(device);
+    const size_t bytes = found ? found->bytes : 0;
     if (!unregister_allocation(device, 1)) return result(cudaErrorInvalidDevicePointer);
+    device_bytes_in_use -= bytes;
     free(device);
     return cudaSuccess;
 }

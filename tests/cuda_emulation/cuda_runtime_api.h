@@ -93,6 +93,8 @@ cudaError_t cudaDeviceGetStreamPriorityRange(int *least, int *greatest);
 cudaError_t cudaDeviceSynchronize(void);
 
 cudaError_t cudaMalloc(void **device, size_t bytes);
+/* The emulated device holds 16 GiB; free is what cudaMalloc has not handed out. */
+cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
 cudaError_t cudaFree(void *device);
 cudaError_t cudaMallocHost(void **host, size_t bytes);
 cudaError_t cudaFreeHost(void *host);

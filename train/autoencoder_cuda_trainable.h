@@ -1,0 +1,20 @@
+/* The KL autoencoder trained on the rank's GPU (train/autoencoder_cuda_trainable.c):
+ * the trainable of autoencoder_trainable_create, kind "autoencoder" with the
+ * same settings, statistics, validation and checkpoints, whose network runs on
+ * the device. CUDA builds only (LDM_HAVE_CUDA). */
+#ifndef LDM_AUTOENCODER_CUDA_TRAINABLE_H
+#define LDM_AUTOENCODER_CUDA_TRAINABLE_H
+
+#ifdef LDM_HAVE_CUDA
+
+#include "config.h"
+#include "trainable.h"
+
+/* For batches of up to micro_batch images, on GPU comm_local_rank() % the
+ * number of devices (made current here). The caller has checked that there is
+ * one (device_cuda_count() > 0). */
+trainable *autoencoder_cuda_trainable_create(const ldm_config *config, int micro_batch);
+
+#endif /* LDM_HAVE_CUDA */
+
+#endif

@@ -44,7 +44,8 @@ trap 'exit 130' INT TERM
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 run() { echo "+ $*" >&2; "$@" || fail "exit status $? from: $*"; }
-tiny="--config $LDM_CONFIGS/tiny.json"
+# On the CPU: two ranks per emulated host would need two GPUs each on a GPU machine.
+tiny="--config $LDM_CONFIGS/tiny.json --set device.type=cpu"
 make_data() { run "$LDM" prepare synthetic --n "${2:-8}" --size 8 --classes 4 --channels 4 --out "$1" >/dev/null; }
 # The ldm processes running on a host of the cluster.
 ranks_on() {

@@ -376,8 +376,8 @@ void autoencoder_cuda_create(autoencoder_cuda_model *m, const autoencoder_shape 
     arena_begin_measure(&ar);
     layout(m, &ar);
     m->memory_bytes = (ar.used + ARENA_ALIGNMENT - 1) / ARENA_ALIGNMENT * ARENA_ALIGNMENT;
-    m->memory = cuda_buffer_alloc(m->memory_bytes);
-    cuda_buffer_fill_bytes(m->memory, 0, m->memory_bytes); /* parameters and gradients start zero */
+    /* parameters and gradients start zero */
+    m->memory = cuda_model_memory_alloc(m->memory_bytes, "the autoencoder", max_batch, precision);
     /* Placing into the device block: the arena only does address arithmetic on
      * its base (cudaMalloc's 256-byte alignment keeps the 64-byte offsets aligned). */
     ar = (arena){.base = m->memory, .capacity = m->memory_bytes};

@@ -349,18 +349,8 @@ void dit_cuda_create(dit_cuda_model *m, const dit_shape *shape, int max_batch, l
     arena_begin_measure(&ar);
     layout(m, &ar, with_optimizer);
     const size_t bytes = (ar.used + ARENA_ALIGNMENT - 1) / ARENA_ALIGNMENT * ARENA_ALIGNMENT;
-    /* A micro-batch too large for the GPU is the user's to change: one line
-     * that says how much is needed, rather than cudaMalloc's "out of memory". */
-    size_t free_bytes = 0, total_bytes = 0;
-    cuda_memory_info(&free_bytes, &total_bytes);
-    if (bytes > free_bytes)
-        fatal_input("GPU memory: the DiT needs %.2f GiB for batches of %d samples in %s, but the GPU has %.2f GiB "
-                    "free of %.2f GiB; lower the micro-batch (train.micro_batch)",
-                    (double)bytes / 1073741824.0, max_batch, precision_name(precision),
-                    (double)free_bytes / 1073741824.0, (double)total_bytes / 1073741824.0);
-    m->memory = cuda_buffer_alloc(bytes);
+    m->memory = cuda_model_memory_alloc(bytes, "the DiT", max_batch, precision);
     m->memory_bytes = bytes;
-    cuda_buffer_fill_bytes(m->memory, 0, bytes);
     /* Placing into the device block: the arena only does address arithmetic on
      * its base (cudaMalloc's 256-byte alignment keeps the 64-byte offsets aligned). */
     ar.base = m->memory;

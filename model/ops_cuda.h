@@ -52,8 +52,11 @@ void cuda_device_synchronize(void);
 /* One GPU per rank: the ranks of a host take its GPUs in turn. Makes GPU
  * local_rank % (GPUs visible) this thread's current device and returns it. */
 int cuda_use_device_of_local_rank(int local_rank);
-/* The current device's free and total memory in bytes (cudaMemGetInfo). */
-void cuda_memory_info(size_t *free_bytes, size_t *total_bytes);
+/* The one device allocation of a model laid out for batches of max_batch in
+ * precision, zero-filled. Checked against the GPU's free memory first: more
+ * than there is ends the program through fatal_input, saying what `model`
+ * ("the DiT") needs and what is free. */
+void *cuda_model_memory_alloc(size_t bytes, const char *model, int max_batch, ldm_precision precision);
 /* Page-locked host memory (cudaMallocHost), which copies to and from the
  * device read and write directly, so that they can run asynchronously; NULL
  * for 0 bytes. */

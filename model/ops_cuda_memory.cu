@@ -56,8 +56,19 @@ extern "C" void cuda_copy_to_host_async(void *host, const void *device, size_t b
 
 extern "C" void cuda_stream_synchronize(ldm_stream stream) { CUDA_CHECK(cudaStreamSynchronize(stream)); }
 
-extern "C" void cuda_memory_info(size_t *free_bytes, size_t *total_bytes) {
-    CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
+extern "C" void *cuda_model_memory_alloc(size_t bytes, const char *model, int max_batch, ldm_precision precision) {
+    /* A micro-batch too large for the GPU is the user's to change: one line
+     * that says how much is needed, rather than cudaMalloc's "out of memory". */
+    size_t free_bytes = 0, total_bytes = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    if (bytes > free_bytes)
+        fatal_input("GPU memory: %s needs %.2f GiB for batches of %d samples in %s, but the GPU has %.2f GiB "
+                    "free of %.2f GiB; lower the micro-batch (train.micro_batch)",
+                    model, (double)bytes / 1073741824.0, max_batch, precision_name(precision),
+                    (double)free_bytes / 1073741824.0, (double)total_bytes / 1073741824.0);
+    void *memory = cuda_buffer_alloc(bytes);
+    cuda_buffer_fill_bytes(memory, 0, bytes);
+    return memory;
 }
 
 extern "C" int cuda_use_device_of_local_rank(int local_rank) {

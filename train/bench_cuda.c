@@ -32,10 +32,7 @@ static void *upload(const void *host, size_t bytes) {
 void bench_cuda_create(bench_cuda *b, const dit_shape *shape, int batch, ldm_precision precision, float loss_scale,
                        uint64_t seed, const float *x, const float *t, const int *y, const float *target) {
     memset(b, 0, sizeof(*b));
-    const int count = device_cuda_count();
-    if (count < 1) fatal_internal("bench: no CUDA device"); /* bench.c refuses --device cuda first */
-    b->device = comm_local_rank() % count;
-    CUDA_OK(cudaSetDevice(b->device));
+    b->device = cuda_use_device_of_local_rank(comm_local_rank()); /* bench.c refuses --device cuda without one */
     device_cuda_name(b->device, b->device_name, sizeof(b->device_name));
     b->batch = batch;
     b->per_sample = shape->in_channels * shape->input_size * shape->input_size;

@@ -28,18 +28,20 @@ static int sigma_bin(double sigma) {
     return bin;
 }
 
-void dit_batch_create(dit_batch *b, const ldm_config *config, const dit_shape *shape, int micro_batch) {
+void dit_batch_create(dit_batch *b, const ldm_config *config, const dit_shape *shape, int micro_batch,
+                      int network_on_host) {
     *b = (dit_batch){.config = config, .shape = *shape};
     b->per_sample = (int64_t)shape->in_channels * shape->input_size * shape->input_size;
-    size_t n = (size_t)micro_batch * (size_t)b->per_sample;
     b->y = xmalloc((size_t)micro_batch * sizeof(int));
     b->sigma = xmalloc((size_t)micro_batch * sizeof(float));
+    b->t = xmalloc((size_t)micro_batch * sizeof(float));
+    b->sample_loss = xmalloc((size_t)micro_batch * sizeof(float));
+    if (!network_on_host) return;
+    size_t n = (size_t)micro_batch * (size_t)b->per_sample;
     b->noise = xmalloc(n * sizeof(float));
     b->net_in = xmalloc(n * sizeof(float));
-    b->t = xmalloc((size_t)micro_batch * sizeof(float));
     b->F = xmalloc(n * sizeof(float));
     b->d_F = xmalloc(n * sizeof(float));
-    b->sample_loss = xmalloc((size_t)micro_batch * sizeof(float));
 }
 
 void dit_batch_destroy(dit_batch *b) {

@@ -25,17 +25,21 @@ typedef struct {
     int64_t per_sample;  /* P = C * H * W */
     int *y;              /* (B) labels given to the DiT; num_classes = the null class */
     float *sigma;        /* (B) */
-    float *noise;        /* (B, P) */
-    float *net_in;       /* (B, P) the network input */
+    float *noise;        /* (B, P) (network_on_host) */
+    float *net_in;       /* (B, P) the network input (network_on_host) */
     float *t;            /* (B) the timestep the network sees */
-    float *F;            /* (B, P) the network output, filled by the caller */
-    float *d_F;          /* (B, P) the loss's gradient with respect to F */
+    float *F;            /* (B, P) the network output, filled by the caller (network_on_host) */
+    float *d_F;          /* (B, P) the loss's gradient with respect to F (network_on_host) */
     float *sample_loss;  /* (B) */
     dit_pictures *pictures; /* rank 0: the pictures of train.sample_every, or NULL */
 } dit_batch;
 
-/* Buffers for batches of up to micro_batch samples of the shape. */
-void dit_batch_create(dit_batch *b, const ldm_config *config, const dit_shape *shape, int micro_batch);
+/* Buffers for batches of up to micro_batch samples of the shape. Without
+ * network_on_host (the GPU trainable, which makes the noise, network input
+ * and loss on the device) only the per-sample ones: noise, net_in, F and d_F
+ * stay NULL, and dit_batch_prepare and dit_batch_loss are not for it. */
+void dit_batch_create(dit_batch *b, const ldm_config *config, const dit_shape *shape, int micro_batch,
+                      int network_on_host);
 void dit_batch_destroy(dit_batch *b);
 
 /* Before the network: sigma, noise and y of each sample, then net_in and t. */

@@ -176,7 +176,7 @@ trainable *dit_cuda_trainable_create(const ldm_config *config, int micro_batch) 
     dit_create(&d->host, &shape, 1);
     dit_init_weights(&d->host, config->train.seed);
     dit_cuda_create(&d->device, &shape, micro_batch, (ldm_precision)precision_from_name(config->train.precision), 0);
-    dit_batch_create(&d->batch, config, &shape, micro_batch);
+    dit_batch_create(&d->batch, config, &shape, micro_batch, 0);
     d->micro_batch = micro_batch;
     const size_t count = d->host.table.trainable_numel;
     const size_t values = (size_t)micro_batch * (size_t)d->batch.per_sample, rows = (size_t)micro_batch;

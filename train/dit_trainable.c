@@ -43,7 +43,7 @@ trainable *dit_trainable_create(const ldm_config *config, int micro_batch) {
      * master weights, gradients and the loss stay fp32. */
     dit_create_precision(&d->model, &shape, micro_batch, (ldm_precision)precision_from_name(config->train.precision));
     dit_init_weights(&d->model, config->train.seed);
-    dit_batch_create(&d->batch, config, &shape, micro_batch);
+    dit_batch_create(&d->batch, config, &shape, micro_batch, 1);
 
     trainable *t = xcalloc(1, sizeof *t);
     *t = (trainable){

@@ -29,10 +29,14 @@ double grad_global_norm(const float *grad, size_t count) {
     return sqrt(total);
 }
 
+float grad_clip_factor(double norm, double max_norm) {
+    return max_norm > 0.0 && isfinite(norm) && norm > max_norm ? (float)(max_norm / (norm + 1e-6)) : 1.0f;
+}
+
 double grad_clip_global_norm(float *grad, size_t count, double max_norm) {
     const double norm = grad_global_norm(grad, count);
-    if (max_norm > 0.0 && isfinite(norm) && norm > max_norm) {
-        const float scale = (float)(max_norm / (norm + 1e-6));
+    const float scale = grad_clip_factor(norm, max_norm);
+    if (scale != 1.0f) {
 #pragma omp parallel for schedule(static) if (count > PARALLEL_MIN)
         for (size_t i = 0; i < count; i++) grad[i] *= scale;
     }

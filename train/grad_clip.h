@@ -12,6 +12,10 @@
 /* sqrt(sum of grad[i]^2), in double. Infinite or NaN when any value is. */
 double grad_global_norm(const float *grad, size_t count);
 
+/* The factor torch.nn.utils.clip_grad_norm_ scales a gradient of global norm
+ * `norm` by: max_norm / (norm + 1e-6) when norm exceeds max_norm (> 0; 0 =
+ * off), else 1 (also for a norm that is not finite: that step is skipped). */
+float grad_clip_factor(double norm, double max_norm);
 /* Returns the norm before clipping. If it exceeds max_norm (> 0; 0 = off), grad
  * is scaled in place by max_norm / (norm + 1e-6), as torch.nn.utils.
  * clip_grad_norm_ does. A norm that is not finite leaves grad untouched: the

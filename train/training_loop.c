@@ -18,6 +18,7 @@
 #include "checkpoint_writer.h"
 #include "ema.h"
 #include "fatal.h"
+#include "grad_clip.h"
 #include "loader.h"
 #include "lr_schedule.h"
 #include "metrics_log.h"
@@ -361,10 +362,8 @@ int training_run(const training_job *job) {
             store->scale_gradients(store, (float)(1.0 / loss_scale));
             grad_norm = store->gradient_norm(store);
         }
-        /* Clipping by the global norm, as torch.nn.utils.clip_grad_norm_ does. */
-        const double max_norm = config->train.grad_clip;
-        if (!skip && max_norm > 0.0 && grad_norm > max_norm)
-            store->scale_gradients(store, (float)(max_norm / (grad_norm + 1e-6)));
+        const float clip = grad_clip_factor(grad_norm, config->train.grad_clip);
+        if (!skip && clip != 1.0f) store->scale_gradients(store, clip);
         if (skip) grad_norm = NAN;
         double lr = lr_at_step(&schedule, step);
         if (skip) {

@@ -115,7 +115,9 @@ void comm_init(int *argc, char ***argv) {
                 local_rank, local_size);
         fflush(stderr);
     }
-    peer_watch_start();
+    peer_watch_world world = {.rank = world_rank, .world_size = world_size, .host = comm_host,
+                              .broadcast = comm_broadcast, .allgather = comm_allgather, .all = comm_all};
+    peer_watch_start(&world);
 }
 
 void comm_finalize(void) {

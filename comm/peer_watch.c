@@ -24,7 +24,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "comm.h"
 #include "fatal.h"
 
 /* Rank r holds a TCP connection to each of its ring neighbours: "right"
@@ -83,6 +82,7 @@ static struct {
     atomic_int quiet; /* the job ends on purpose: report nothing */
     atomic_int verdict; /* set once the thread has decided a rank is lost */
     pthread_mutex_t send_lock; /* notes come from the thread and from the main thread */
+    peer_watch_world world; /* what comm told peer_watch_start */
 } watch = {.fd = {-1, -1}, .wake = {-1, -1}, .send_lock = PTHREAD_MUTEX_INITIALIZER};
 
 static double monotonic_ms(void) {
@@ -110,7 +110,7 @@ static void say_bye(int side, char kind) {
     int first = !watch.said_bye[side];
     watch.said_bye[side] = 1;
     pthread_mutex_unlock(&watch.send_lock);
-    if (first) send_note(side, kind, comm_rank());
+    if (first) send_note(side, kind, watch.world.rank);
 }
 
 /* Closes a side whose goodbyes are both done. */
@@ -127,7 +127,7 @@ static __attribute__((noreturn)) void report_lost(int lost, int from_side) {
      * taking this rank's end for its own loss. */
     send_note(1 - from_side, NOTE_LOST, lost);
     fatal_report_now("lost rank %d on %s (its process ended or its host cannot be reached); ending the job", lost,
-                     comm_host(lost));
+                     watch.world.host(lost));
     /* The launcher ends the job now (mpirun on a process that died, srun with
      * --kill-on-bad-exit); this rank leaves it the time to, because an exit
      * of its own could make mpirun start its shutdown while a daemon it cannot
@@ -181,11 +181,11 @@ static void *watch_main(void *unused) {
                 say_bye(side, NOTE_ACK); /* no-op if this rank already said its own */
                 close_side(side);
             } else if (note[side][0] == NOTE_QUIET) {
-                if (!atomic_exchange(&watch.quiet, 1)) send_note(1 - side, NOTE_QUIET, comm_rank());
+                if (!atomic_exchange(&watch.quiet, 1)) send_note(1 - side, NOTE_QUIET, watch.world.rank);
                 return NULL;
             } else if (note[side][0] == NOTE_LOST) {
                 if (atomic_load(&watch.quiet)) return NULL;
-                report_lost(rank >= 0 && rank < comm_world_size() ? rank : watch.peer[side], side);
+                report_lost(rank >= 0 && rank < watch.world.world_size ? rank : watch.peer[side], side);
             }
         }
     }
@@ -253,12 +253,12 @@ static int connect_right(const watch_card *card, int right, uint64_t token, doub
             ok = left_ms > 0 && poll(&p, 1, left_ms) == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 &&
                  err == 0;
         }
-        watch_hello hello = {.token = token, .from = comm_rank(), .to = right}, reply;
+        watch_hello hello = {.token = token, .from = watch.world.rank, .to = right}, reply;
         ok = ok && exchange(fd, &hello, sizeof hello, 1, until);
         /* The reply comes once the neighbour has accepted, which it does while
          * it waits for its own: give it the whole set-up time. */
         ok = ok && exchange(fd, &reply, sizeof reply, 0, deadline);
-        if (ok && reply.token == token && reply.from == right && reply.to == comm_rank()) return fd;
+        if (ok && reply.token == token && reply.from == right && reply.to == watch.world.rank) return fd;
         close(fd);
     }
     return -1;
@@ -282,10 +282,10 @@ static void *accept_left(void *arg) {
         if (left_ms <= 0 || poll(&p, 1, left_ms) <= 0) continue;
         int fd = accept4(job->listener, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
         if (fd < 0) continue;
-        watch_hello hello, reply = {.token = job->token, .from = comm_rank(), .to = job->left};
+        watch_hello hello, reply = {.token = job->token, .from = watch.world.rank, .to = job->left};
         double until = monotonic_ms() + WATCH_CONNECT_MS;
         if (exchange(fd, &hello, sizeof hello, 0, until) && hello.token == job->token && hello.from == job->left &&
-            hello.to == comm_rank() && exchange(fd, &reply, sizeof reply, 1, until)) {
+            hello.to == watch.world.rank && exchange(fd, &reply, sizeof reply, 1, until)) {
             job->fd = fd;
             return NULL;
         }
@@ -295,12 +295,13 @@ static void *accept_left(void *arg) {
 }
 
 /* Collective: every rank calls it at init. */
-void peer_watch_start(void) {
-    const int world_rank = comm_rank(), world_size = comm_world_size();
+void peer_watch_start(const peer_watch_world *world) {
+    watch.world = *world;
+    const int world_rank = world->rank, world_size = world->world_size;
     if (world_size < 2) return;
     const char *setting = getenv("LDM_COMM_WATCH");
     int wanted = !(setting && strcmp(setting, "0") == 0);
-    if (!comm_all(wanted)) return;
+    if (!watch.world.all(wanted)) return;
 
     /* A listening socket on every address, port chosen by the system. */
     watch_card mine = {0};
@@ -321,11 +322,11 @@ void peer_watch_start(void) {
             token = (uint64_t)getpid() * 0x9e3779b97f4a7c15ull ^ (uint64_t)monotonic_ms();
         if (random) fclose(random);
     }
-    comm_broadcast(&token, sizeof token, 0);
+    watch.world.broadcast(&token, sizeof token, 0);
     watch_card *cards = xcalloc((size_t)world_size, sizeof *cards);
-    comm_allgather(&mine, sizeof mine, cards);
+    watch.world.allgather(&mine, sizeof mine, cards);
     /* Every rank must be able to listen for its neighbour to connect. */
-    ok = comm_all(ok);
+    ok = watch.world.all(ok);
 
     const int left = (world_rank + world_size - 1) % world_size, right = (world_rank + 1) % world_size;
     int fd_left = -1, fd_right = -1;
@@ -345,7 +346,7 @@ void peer_watch_start(void) {
     int connected = fd_left >= 0 && fd_right >= 0;
     /* Every rank or none: a half-watched ring would report ranks that merely
      * have no watch as lost. */
-    if (!comm_all(connected)) {
+    if (!watch.world.all(connected)) {
         if (fd_left >= 0) close(fd_left);
         if (fd_right >= 0) close(fd_right);
         if (world_rank == 0) {
@@ -395,8 +396,8 @@ void peer_watch_stop(void) {
 void peer_watch_quiet(void) {
     if (!watch.running) return;
     if (!atomic_exchange(&watch.quiet, 1)) {
-        send_note(LEFT, NOTE_QUIET, comm_rank());
-        send_note(RIGHT, NOTE_QUIET, comm_rank());
+        send_note(LEFT, NOTE_QUIET, watch.world.rank);
+        send_note(RIGHT, NOTE_QUIET, watch.world.rank);
         usleep(20000);
     }
 }

@@ -16,13 +16,26 @@
  * whichever of each host's IPv4 addresses answers, checked by a token of the
  * job; if they cannot be made, rank 0 warns and the job runs without the watch.
  *
- * Used by comm only: the rank, world size and host names come from comm.h. */
+ * Used by comm only, which hands it what it needs of comm at start: the watch
+ * sits below comm and calls nothing of comm's by name. */
 #ifndef LDM_PEER_WATCH_H
 #define LDM_PEER_WATCH_H
 
+#include <stddef.h>
+
+/* What the watch needs of comm: this rank's place, the host names for its
+ * lines, and three collectives over every rank for its set-up. */
+typedef struct {
+    int rank, world_size;
+    const char *(*host)(int rank);
+    void (*broadcast)(void *data, size_t bytes, int root);
+    void (*allgather)(const void *data, size_t bytes, void *gathered);
+    int (*all)(int flag);
+} peer_watch_world;
+
 /* Collective, at the end of comm_init: every rank calls it. Does nothing with
  * one rank or with LDM_COMM_WATCH=0 on any rank. */
-void peer_watch_start(void);
+void peer_watch_start(const peer_watch_world *world);
 /* A normal end (comm_finalize; also registered with atexit): goodbye to both
  * neighbours, then the connections close. */
 void peer_watch_stop(void);

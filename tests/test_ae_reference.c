@@ -31,6 +31,7 @@
 #include "config.h"
 #include "safetensors.h"
 #include "test_util.h"
+#include "model_shapes.h"
 
 #define FIXTURE "tests/fixtures/ae_tiny.safetensors"
 #define TOLERANCE 1e-4
@@ -179,7 +180,7 @@ int main(void) {
     const char *sets[] = {"autoencoder.input_size=16", "autoencoder.block_out_channels=[8, 16, 16]",
                           "autoencoder.latent_channels=2", "autoencoder.norm_groups=4"};
     CHECK(config_load(&config, NULL, sets, 4, err, sizeof err) == 0);
-    autoencoder_shape shape = cli_autoencoder_shape(&config);
+    autoencoder_shape shape = config_autoencoder_shape(&config);
     CHECK(memcmp(&shape, &TINY, sizeof shape) == 0);
     autoencoder_model model;
     autoencoder_create(&model, &shape, B, AE_FOR_TRAINING);

@@ -51,6 +51,7 @@
 #include "autoencoder_cuda_trainable.h"
 #include "ops_cuda.h"
 #include "trainable.h"
+#include "model_shapes.h"
 
 #define BATCH 3
 #define MAX_BATCH 4
@@ -204,7 +205,7 @@ static void run(void) {
         CHECK_MSG(0, "%s", err);
         return;
     }
-    const autoencoder_shape shape = cli_autoencoder_shape(&c);
+    const autoencoder_shape shape = config_autoencoder_shape(&c);
     pair p;
     pair_create(&p, &shape, PRECISION_FP32);
     const size_t count = p.cpu.table.trainable_numel;

@@ -30,6 +30,7 @@
 #include "dit.h"
 #include "fatal.h"
 #include "test_util.h"
+#include "model_shapes.h"
 
 /* ---- file helpers ---- */
 
@@ -818,7 +819,7 @@ static int write_example(const char *run, int damage) {
         fprintf(stderr, "%s\n", err);
         return 1;
     }
-    dit_shape shape = cli_dit_shape(&config);
+    dit_shape shape = config_dit_shape(&config);
     dit_model model;
     dit_create(&model, &shape, 1);
     dit_init_weights(&model, 7);

@@ -19,6 +19,7 @@
 #include "rng.h"
 #include "test_util.h"
 #include "trainable.h"
+#include "model_shapes.h"
 
 enum { BATCH = 3, PER_SAMPLE = 4 * 8 * 8 };
 
@@ -39,7 +40,7 @@ static void small_config(ldm_config *c, const char *precision, double guidance_m
 /* A teacher checkpoint folder holding ema.safetensors of a DiT with open gates. */
 static void write_teacher(const ldm_config *c, const char *dir) {
     dit_model teacher;
-    const dit_shape shape = cli_dit_shape(c);
+    const dit_shape shape = config_dit_shape(c);
     dit_create(&teacher, &shape, 1);
     dit_init_weights(&teacher, 7);
     rng_stream rng = rng_stream_for(11, 0, 0);

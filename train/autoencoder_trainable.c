@@ -14,7 +14,7 @@
 #include <sys/stat.h>
 
 #include "autoencoder_trainable.h"
-#include "cli.h"
+#include "model_shapes.h"
 #include "dataset_file.h"
 #include "fatal.h"
 #include "png_image.h"
@@ -39,7 +39,7 @@ void autoencoder_batch_create(autoencoder_batch *b, const ldm_config *config, in
                               void (*free_noise)(void *host)) {
     memset(b, 0, sizeof(*b));
     b->config = config;
-    b->shape = cli_autoencoder_shape(config);
+    b->shape = config_autoencoder_shape(config);
     b->micro_batch = micro_batch;
     b->validation_model = validation_model;
     const int latent_size = b->shape.input_size >> (b->shape.levels - 1);

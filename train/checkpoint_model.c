@@ -12,7 +12,7 @@
 
 #include "atomic_file.h"
 #include "checkpoint.h"
-#include "cli.h"
+#include "model_shapes.h"
 #include "comm.h"
 #include "fatal.h"
 
@@ -160,7 +160,7 @@ static void load_autoencoder(checkpoint_autoencoder *ae, const char *command, co
     snprintf(source, sizeof source, "%s/state.json: config", ae->checkpoint);
     if (config_load_json_text(&ae->config, config_text, source, NULL, 0, err, sizeof err) != 0) fatal_input("%s", err);
     free(config_text);
-    ae->shape = cli_autoencoder_shape(&ae->config);
+    ae->shape = config_autoencoder_shape(&ae->config);
     autoencoder_create(&ae->model, &ae->shape, max_batch, purpose);
     if (reader) {
         char *file = path_join(ae->checkpoint, strcmp(weights, "ema") == 0 ? "ema.safetensors" : "model.safetensors");

@@ -691,7 +691,7 @@ static int check_rules(const ldm_config *c, const char *path, const char *const 
     }
     double mlp_width = (double)m->hidden_size * m->mlp_ratio;
     if (!(mlp_width >= 1.0 && mlp_width < (double)INT_MAX + 1.0)) {
-        /* The MLP width is (int)(hidden_size * mlp_ratio), as cli_dit_shape computes it. */
+        /* The MLP width is (int)(hidden_size * mlp_ratio), as config_dit_shape computes it. */
         src = RULE_SOURCE("model.mlp_ratio", "model.hidden_size");
         char ratio[40];
         format_number(ratio, sizeof ratio, m->mlp_ratio);

@@ -25,7 +25,7 @@
 #include <string.h>
 
 #include "atomic_file.h"
-#include "cli.h"
+#include "model_shapes.h"
 #include "comm.h"
 #include "consistency.h"
 #include "consistency_record.h"
@@ -229,7 +229,7 @@ trainable *distill_trainable_create(const ldm_config *config, int micro_batch, c
     distiller *d = xcalloc(1, sizeof *d);
     d->config = config;
     const distill_config *dc = &config->distill;
-    const dit_shape shape = cli_dit_shape(config), student_shape = cli_student_shape(config);
+    const dit_shape shape = config_dit_shape(config), student_shape = config_student_shape(config);
     const ldm_precision precision = (ldm_precision)precision_from_name(config->train.precision);
     d->guidance_input = student_shape.guidance_input;
     d->passes = dc->guidance != 1.0 || d->guidance_input ? 2 : 1;

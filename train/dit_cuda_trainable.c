@@ -29,7 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli.h"
+#include "model_shapes.h"
 #include "comm.h"
 #include "device.h"
 #include "dit.h"
@@ -170,7 +170,7 @@ trainable *dit_cuda_trainable_create(const ldm_config *config, int micro_batch) 
     cuda_use_device_of_local_rank(comm_local_rank());
 
     dit_cuda_trainer *d = xcalloc(1, sizeof *d);
-    dit_shape shape = cli_dit_shape(config);
+    dit_shape shape = config_dit_shape(config);
     /* The host model holds what the loop reads and writes (fp32 master weights,
      * gradients); its activations are never used, so it is laid out for one sample. */
     dit_create(&d->host, &shape, 1);

@@ -4,7 +4,7 @@
  * buffers are laid out at creation. */
 #include <stdlib.h>
 
-#include "cli.h"
+#include "model_shapes.h"
 #include "dit.h"
 #include "dit_batch.h"
 #include "fatal.h"
@@ -38,7 +38,7 @@ static void dit_destroy_entry(trainable *self) {
 
 trainable *dit_trainable_create(const ldm_config *config, int micro_batch) {
     dit_trainer *d = xcalloc(1, sizeof *d);
-    dit_shape shape = cli_dit_shape(config);
+    dit_shape shape = config_dit_shape(config);
     /* bf16/fp16: the DiT rounds GEMM inputs and keeps 16-bit activations (dit.h);
      * master weights, gradients and the loss stay fp32. */
     dit_create_precision(&d->model, &shape, micro_batch, (ldm_precision)precision_from_name(config->train.precision));

@@ -27,6 +27,7 @@
 #include "dit.h"
 #include "fatal.h"
 #include "loader.h"
+#include "model_shapes.h"
 #include "ops.h"
 #include "optimizer.h"
 #include "rng.h"
@@ -278,7 +279,7 @@ int command_bench(int argc, char **argv) {
     int print = comm_rank() == 0;
     double loader_samples_per_s = options[4].value ? bench_loader(options[4].value, &config, batch, print) : 0;
 
-    dit_shape shape = cli_dit_shape(&config);
+    dit_shape shape = config_dit_shape(&config);
     const ldm_precision precision = (ldm_precision)precision_from_name(tc->precision);
     const float loss_scale = precision == PRECISION_FP16 ? (float)tc->loss_scale_initial : 1.0f;
     const double flops = 3.0 * dit_forward_flops_per_sample(&shape) * batch;

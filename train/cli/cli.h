@@ -44,12 +44,5 @@ void cli_refuse_existing_output(const char *path, int force);
 
 /* Loads the config named by --config with the --set overrides; fatal_input on any error. */
 void cli_load_config(ldm_config *config, const cli_option *config_option, const cli_option *set_option);
-/* The DiT shape a config describes. */
-dit_shape cli_dit_shape(const ldm_config *config);
-/* The shape of ldm distill's student: the teacher's (cli_dit_shape), with a
- * guidance-scale input when config's distill.guidance_max asks for a range. */
-dit_shape cli_student_shape(const ldm_config *config);
-/* The autoencoder shape the config's "autoencoder" section describes. */
-autoencoder_shape cli_autoencoder_shape(const ldm_config *config);
 
 #endif

@@ -49,6 +49,7 @@
 #include "consistency_record.h"
 #include "sample_pipeline.h"
 #include "sampler.h"
+#include "model_shapes.h"
 
 
 
@@ -192,7 +193,7 @@ int command_sample(int argc, char **argv) {
     /* A student distilled over a range of guidance scales takes the scale as an
      * input (--cfg, default the range's lower end); any other consistency model
      * has its teacher's guidance built in and takes none of EDM's options. */
-    const dit_shape shape = consistency ? cli_student_shape(&config) : cli_dit_shape(&config);
+    const dit_shape shape = consistency ? config_student_shape(&config) : config_dit_shape(&config);
     if (consistency && shape.guidance_input) {
         const double low = config.distill.guidance, high = config.distill.guidance_max;
         if (sampler_option_given)

@@ -13,6 +13,7 @@
 #include "dit.h"
 #include "fatal.h"
 #include "hdf5_arrays.h"
+#include "model_shapes.h"
 
 static const char *output_temporary; /* removed at exit unless renamed into place */
 
@@ -40,7 +41,7 @@ int command_forward(int argc, char **argv) {
     cli_load_config(&config, &options[0], &options[1]);
     const char *input = options[3].value, *output = options[4].value;
     int max_batch = (int)cli_int("forward", &options[5], 1, 1 << 20);
-    dit_shape shape = cli_dit_shape(&config);
+    dit_shape shape = config_dit_shape(&config);
 
     hdf5_array_shape xs, ts, ys;
     float *x = hdf5_read_floats(input, "/x", &xs);

@@ -18,7 +18,7 @@ import sys
 
 SOURCE_SUFFIXES = (".c", ".h", ".cu", ".cuh")
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
-ROW = re.compile(r"^\|\s*`([^`]+)/`\s*\|\s*(.*?)\s*\|")
+ROW = re.compile(r"^\|\s*`([^`]+)/`\s*\|.*\|\s*([^|]*?)\s*\|$")
 
 
 def read_layers(root):

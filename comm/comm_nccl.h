@@ -31,9 +31,8 @@
  * created the communicator; its current CUDA device is the communicator's.
  *
  * Only in a CUDA build (LDM_HAVE_CUDA).
- * STATUS: not yet run on a GPU; tests/test_comm_nccl.c passes on the CPU
- * emulation of NCCL over MPI (tests/cuda_emulation/, in CI). The first GPU
- * session runs it there (1 and 2 ranks) and removes this line. */
+ * Status: not yet run on a GPU; tests/test_comm_nccl.c passes on the CPU
+ * emulation of NCCL over MPI (tests/cuda_emulation/, in CI). */
 #ifndef LDM_COMM_NCCL_H
 #define LDM_COMM_NCCL_H
 

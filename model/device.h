@@ -1,8 +1,6 @@
 /* Which compute devices this build and machine have. The CPU is always there;
- * CUDA devices only in a CUDA build on a machine with an NVIDIA GPU. The CUDA
- * implementations of the op set arrive with the GPU issue; until then the CUDA
- * side holds the device query and one kernel (SiLU) that its test checks against
- * the CPU op, so the toolchain and the runtime are exercised from the start. */
+ * CUDA devices only in a CUDA build on a machine with an NVIDIA GPU (the query
+ * is model/cuda/device_cuda.cu; the CUDA op set is model/cuda/ops_cuda.h). */
 #ifndef LDM_DEVICE_H
 #define LDM_DEVICE_H
 

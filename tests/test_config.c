@@ -188,7 +188,7 @@ static void test_shipped_configs(void) {
         rest.train.sample_every = defaults.train.sample_every;
         CHECK(memcmp(&rest, &defaults, sizeof rest) == 0);
     }
-    /* dit-s.json writes out the DESIGN.md shape, which is also the defaults. */
+    /* dit-s.json writes out the DiT-S shape (docs/design.md), which is also the defaults. */
     if (load_ok(&c, "configs/dit-s.json", NULL, 0) == 0) {
         CHECK(c.model.hidden_size == 384 && c.model.depth == 12 && c.model.num_heads == 6);
         CHECK(c.model.patch_size == 1 && c.train.batch_size == 256 && c.train.lr == 1e-4);

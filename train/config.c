@@ -78,7 +78,7 @@ typedef struct {
 
 /* Every key of every section, in the order config_to_json writes them. Adding a
  * key: one field in config.h, one line here. The defaults are those of config.h
- * and ../DESIGN.md. */
+ * (docs/cli.md lists them). */
 static const key_spec keys[] = {
     ENUM_KEY(model, type, "dit", "dit"),
     INT_KEY(model, input_size, 8, 1, NONE_ABOVE),

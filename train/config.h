@@ -1,7 +1,7 @@
 /* The job configuration: one JSON file with sections "model", "diffusion",
- * "train", "data", "autoencoder", "distill" and "device" (later issues add sections in the same style), every key validated
+ * "train", "data", "autoencoder", "distill" and "device", every key validated
  * against a schema table, any key overridable with "--set section.key=value".
- * Keys left out take the defaults below (the values in ../DESIGN.md). */
+ * Keys left out take the defaults below (docs/cli.md lists them). */
 #ifndef LDM_CONFIG_H
 #define LDM_CONFIG_H
 

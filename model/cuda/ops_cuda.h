@@ -15,10 +15,9 @@
  * GPU may fuse multiply-adds and uses CUDA's expf/tanhf); the AdamW step, the
  * casts, patchify, embedding lookup and gradient, and add are written to be
  * bit-identical to the CPU. tests/test_ops_cuda.c checks all of this.
- * STATUS: not yet run on a GPU; tests/test_ops_cuda.c passes on the CPU
+ * Status: not yet run on a GPU; tests/test_ops_cuda.c passes on the CPU
  * emulation of CUDA (tests/cuda_emulation/, in CI), which checks the kernels'
  * arithmetic, indexing and barriers but not stream ordering or GPU rounding.
- * The first GPU session runs it there and removes this line once it passes.
  * Errors end the program through fatal_internal (comm/fatal.h).
  * The linear op and the GEMM context are in gemm_cublaslt.h (included here).
  * Only meaningful in a CUDA build (LDM_HAVE_CUDA). */

@@ -17,7 +17,7 @@
  * - a batch of 0 does nothing.
  * Upsampling and the transpose are bit-identical to the CPU; the convolution
  * and GroupNorm agree with it to float rounding (tests/test_ops_cuda_conv.c).
- * STATUS: not yet run on a GPU; tests/test_ops_cuda_conv.c passes on the CPU
+ * Status: not yet run on a GPU; tests/test_ops_cuda_conv.c passes on the CPU
  * emulation of CUDA (tests/cuda_emulation/).
  * Errors end the program through fatal_internal (comm/fatal.h). Plain C; only
  * meaningful in a CUDA build (LDM_HAVE_CUDA). */

@@ -362,10 +362,10 @@ static size_t layout(ae_graph *g, arena *ar, const param_table *table) {
 size_t ae_graph_measure(ae_graph *g, const param_table *table) {
     arena ar;
     arena_begin_measure(&ar);
-    g->slot_floats = 0;
+    g->slot_floats = 0; /* the slots' size is what this first pass learns */
     g->slot_floats = layout(g, &ar, table);
     arena_begin_measure(&ar);
-    layout(g, &ar, table);
+    layout(g, &ar, table); /* the total, slots included */
     return ar.used;
 }
 

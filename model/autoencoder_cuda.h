@@ -1,8 +1,8 @@
 /* The KL autoencoder on one GPU, laid out for training: the model of
- * autoencoder.h (same shape, same parameter table, same math and op order as
- * autoencoder_train_forward / autoencoder_train_backward, in fp32, bf16 or
- * fp16) with every buffer in device memory, composed from the CUDA op set
- * (ops_cuda.h, ops_cuda_conv.h) and the posterior and loss kernels of
+ * autoencoder.h (same shape, same parameter table, and the same network:
+ * autoencoder_graph.h's units and training step, in fp32, bf16 or fp16) with
+ * every buffer in device memory, run on the CUDA op set (ops_cuda.h,
+ * ops_cuda_conv.h) and the posterior and loss kernels of
  * autoencoder_cuda_kernels.h.
  *
  * Memory: autoencoder_cuda_create lays out ONE device allocation for the fp32
@@ -68,7 +68,7 @@ typedef struct {
      * its clamped log-variance and the latent decoded (z = mean + exp(logvar / 2)
      * noise, or the mean); (batch, C, H, W) the reconstruction. */
     const float *posterior_mean, *posterior_logvar, *latent, *reconstruction;
-    autoencoder_cuda_units *units; /* host struct of the network's units and device pointers (autoencoder_cuda.c) */
+    autoencoder_cuda_units *units; /* host struct: the graph (its units, device pointers), GEMM context, stream */
     void *memory; /* the one device allocation behind every buffer above */
     size_t memory_bytes;
     gemm_cuda_context *gemm;

@@ -1,0 +1,200 @@
+/* The autoencoder graph's ops on the CPU (ae_backend_cpu, see autoencoder_graph.h):
+ * the ops of ops.h and ops_conv.h in fp32 host memory, bf16/fp16 rounding through
+ * precision.h, and the posterior and the loss as plain loops that sum in double one
+ * value after another (the order every CPU result of the autoencoder is pinned to). */
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+#include "autoencoder_graph.h"
+#include "ops.h"
+#include "ops_conv.h"
+#include "precision.h"
+
+static size_t cpu_conv_scratch_floats(const conv2d_dims *shape) {
+    /* scratch for the threads there are at layout; fewer later give the same result */
+    return conv2d_scratch_floats(shape, omp_get_max_threads());
+}
+
+static void cpu_conv_forward(const ae_graph *g, float *out, const float *in, const float *weight, const float *bias,
+                             const conv2d_dims *shape) {
+    conv2d_forward(out, in, weight, bias, shape, g->conv_scratch, g->conv_scratch_floats);
+}
+
+static void cpu_conv_backward(const ae_graph *g, float *d_in, float d_in_beta, float *d_weight, float *d_bias,
+                              const float *d_out, const float *in, const float *weight, const conv2d_dims *shape) {
+    conv2d_backward(d_in, d_in_beta, d_weight, d_bias, d_out, in, weight, shape, g->conv_scratch,
+                    g->conv_scratch_floats);
+}
+
+static void cpu_groupnorm_forward(const ae_graph *g, float *out, float *mean, float *rstd, const float *in,
+                                  const float *gamma, const float *beta, int batch, int channels, int spatial) {
+    groupnorm_forward(out, mean, rstd, in, gamma, beta, batch, channels, spatial, g->shape.norm_groups,
+                      AE_GROUPNORM_EPS);
+}
+
+static void cpu_groupnorm_backward(const ae_graph *g, float *d_in, float d_in_beta, float *d_gamma, float *d_beta,
+                                   const float *d_out, const float *in, const float *mean, const float *rstd,
+                                   const float *gamma, int batch, int channels, int spatial) {
+    groupnorm_backward(d_in, d_in_beta, d_gamma, d_beta, d_out, in, mean, rstd, gamma, batch, channels, spatial,
+                       g->shape.norm_groups);
+}
+
+static void cpu_silu_forward(const ae_graph *g, float *out, const float *in, size_t n) {
+    (void)g;
+    silu_forward(out, in, n);
+}
+
+static void cpu_silu_backward(const ae_graph *g, float *d_in, const float *d_out, const float *in, size_t n) {
+    (void)g;
+    silu_backward(d_in, d_out, in, n);
+}
+
+static void cpu_add(const ae_graph *g, float *out, const float *a, const float *b, size_t n) {
+    (void)g;
+    add_forward(out, a, b, n);
+}
+
+static void cpu_copy(const ae_graph *g, float *dst, const float *src, size_t n) {
+    (void)g;
+    memcpy(dst, src, sizeof(float) * n);
+}
+
+static void cpu_upsample_forward(const ae_graph *g, float *out, const float *in, int batch, int channels, int height,
+                                 int width) {
+    (void)g;
+    upsample_nearest2x_forward(out, in, batch, channels, height, width);
+}
+
+static void cpu_upsample_backward(const ae_graph *g, float *d_in, const float *d_out, int batch, int channels,
+                                  int height, int width) {
+    (void)g;
+    upsample_nearest2x_backward(d_in, d_out, batch, channels, height, width);
+}
+
+static void cpu_channels_to_tokens(const ae_graph *g, float *out, const float *in, int batch, int channels,
+                                   int tokens) {
+    (void)g;
+    transpose_channels_tokens_forward(out, in, batch, channels, tokens);
+}
+
+static void cpu_tokens_to_channels(const ae_graph *g, float *out, const float *in, int batch, int channels,
+                                   int tokens) {
+    (void)g;
+    transpose_channels_tokens_backward(out, in, batch, channels, tokens);
+}
+
+static void cpu_linear_forward(const ae_graph *g, float *out, const float *in, const float *weight, const float *bias,
+                               int rows, int in_features, int out_features) {
+    (void)g;
+    linear_forward(out, in, weight, bias, rows, in_features, out_features);
+}
+
+static void cpu_linear_backward(const ae_graph *g, float *d_in, float *d_weight, float *d_bias, const float *d_out,
+                                const float *in, const float *weight, int rows, int in_features, int out_features) {
+    (void)g;
+    linear_backward(d_in, 0.0f, d_weight, d_bias, d_out, in, weight, rows, in_features, out_features);
+}
+
+static void cpu_attention_forward(const ae_graph *g, float *out, float *probs, const float *qkv, int batch, int tokens,
+                                  int width) {
+    attention_forward_precision(out, probs, qkv, batch, tokens, 1, width, g->precision);
+}
+
+static void cpu_attention_backward(const ae_graph *g, float *d_qkv, float *d_scores, const float *d_out,
+                                   const float *qkv, const float *probs, int batch, int tokens, int width) {
+    attention_backward_precision(d_qkv, d_scores, d_out, qkv, probs, batch, tokens, 1, width, g->precision);
+}
+
+static void cpu_round(const ae_graph *g, float *x, size_t n) {
+    if (g->precision != PRECISION_FP32) precision_round_array(g->precision, x, n);
+}
+
+static float clamp_logvar(float v) { return v < AE_LOGVAR_MIN ? AE_LOGVAR_MIN : v > AE_LOGVAR_MAX ? AE_LOGVAR_MAX : v; }
+
+static void cpu_posterior_forward(const ae_graph *g, float *mean, float *logvar, float *z, double *kl_sum,
+                                  const float *moments, const float *noise, int batch, int per_sample) {
+    const size_t per = (size_t)per_sample;
+    double kl = 0;
+    for (int b = 0; b < batch; b++) {
+        const float *sample = moments + (size_t)b * 2 * per;
+        for (size_t k = 0; k < per; k++) {
+            const size_t i = (size_t)b * per + k;
+            const float m = sample[k], lv = clamp_logvar(sample[per + k]);
+            mean[i] = m;
+            logvar[i] = lv;
+            z[i] = noise ? m + expf(0.5f * lv) * noise[i] : m;
+            kl += (double)m * m + exp((double)lv) - 1.0 - lv;
+        }
+    }
+    *kl_sum = kl;
+    cpu_round(g, z, (size_t)batch * per);
+}
+
+static void cpu_posterior_backward(const ae_graph *g, float *d_moments, const float *d_z, const float *moments,
+                                   const float *mean, const float *logvar, const float *noise, float kl_scale,
+                                   int batch, int per_sample) {
+    const size_t per = (size_t)per_sample;
+    for (int b = 0; b < batch; b++) {
+        const float *raw = moments + (size_t)b * 2 * per;
+        float *d_mean = d_moments + (size_t)b * 2 * per, *d_logvar = d_mean + per;
+        for (size_t k = 0; k < per; k++) {
+            const size_t i = (size_t)b * per + k;
+            const float dz = d_z[i];
+            d_mean[k] = dz + kl_scale * mean[i];
+            float grad = 0.5f * kl_scale * (expf(logvar[i]) - 1.0f);
+            if (noise) grad += dz * 0.5f * expf(0.5f * logvar[i]) * noise[i];
+            const bool inside = raw[per + k] >= AE_LOGVAR_MIN && raw[per + k] <= AE_LOGVAR_MAX;
+            d_logvar[k] = inside ? grad : 0.0f;
+        }
+    }
+    cpu_round(g, d_moments, (size_t)batch * 2 * per);
+}
+
+static void cpu_reconstruction_sum(const ae_graph *g, double *sum, const float *rec, const float *target, size_t n,
+                                   bool l2) {
+    (void)g;
+    double s = 0;
+    for (size_t k = 0; k < n; k++) {
+        const double diff = (double)rec[k] - target[k];
+        s += l2 ? diff * diff : fabs(diff);
+    }
+    *sum = s;
+}
+
+float ae_reconstruction_gradient(float rec, float target, float scale, bool l2) {
+    const float diff = rec - target;
+    return l2 ? 2.0f * scale * diff : scale * (float)((diff > 0) - (diff < 0));
+}
+
+static void cpu_reconstruction_backward(const ae_graph *g, float *d_rec, const float *rec, const float *target,
+                                        size_t n, bool l2, float d_loss) {
+    const float scale = d_loss / (float)n;
+    for (size_t k = 0; k < n; k++) d_rec[k] = ae_reconstruction_gradient(rec[k], target[k], scale, l2);
+    cpu_round(g, d_rec, n);
+}
+
+const ae_backend ae_backend_cpu = {
+    .conv_scratch_floats = cpu_conv_scratch_floats,
+    .conv_forward = cpu_conv_forward,
+    .conv_backward = cpu_conv_backward,
+    .groupnorm_forward = cpu_groupnorm_forward,
+    .groupnorm_backward = cpu_groupnorm_backward,
+    .silu_forward = cpu_silu_forward,
+    .silu_backward = cpu_silu_backward,
+    .add = cpu_add,
+    .copy = cpu_copy,
+    .upsample_forward = cpu_upsample_forward,
+    .upsample_backward = cpu_upsample_backward,
+    .channels_to_tokens = cpu_channels_to_tokens,
+    .tokens_to_channels = cpu_tokens_to_channels,
+    .linear_forward = cpu_linear_forward,
+    .linear_backward = cpu_linear_backward,
+    .attention_forward = cpu_attention_forward,
+    .attention_backward = cpu_attention_backward,
+    .round = cpu_round,
+    .posterior_forward = cpu_posterior_forward,
+    .posterior_backward = cpu_posterior_backward,
+    .reconstruction_sum = cpu_reconstruction_sum,
+    .reconstruction_backward = cpu_reconstruction_backward,
+};

@@ -1,5 +1,8 @@
 /* Command-line parsing shared by every ldm subcommand: "--name value" options,
- * repeatable ones (--set), and flags. Unknown options, missing values and missing
+ * repeatable ones (--set), and flags. A command describes its options in a
+ * table whose rows point at the fields of its own options struct; cli_parse
+ * fills those fields, and the command converts and checks them (cli_int,
+ * cli_double, cli_uint64). Unknown options, missing values and missing
  * required options end the program with one line naming the option (exit 2). */
 #ifndef LDM_CLI_H
 #define LDM_CLI_H

@@ -112,10 +112,11 @@ static int parse_sample_options(int argc, char **argv, sample_options *o) {
     if (!o->png && !cli_path_ends_with(o->out, ".h5"))
         fatal_input("ldm sample: option --out: expected a file name ending in .h5 or .png, got '%s'", o->out);
     /* EDM's options, when left out: their defaults. A consistency model takes none
-     * of them (refused by resolve_sample_sampler when given), and 2 steps by default. */
+     * of them (refused by resolve_consistency_guidance when given), and 2 steps by default. */
     o->sampler_option_given = t.sampler ? "--sampler" : t.churn ? "--churn" : NULL;
     o->edm_option_given = t.cfg ? "--cfg" : o->sampler_option_given;
-    o->steps_given = t.steps != NULL, o->cfg_given = t.cfg != NULL;
+    o->steps_given = t.steps != NULL;
+    o->cfg_given = t.cfg != NULL;
     o->sampler = (sampler_options){
         .steps = (int)cli_int("sample", "--steps", t.steps ? t.steps : "18", 1, 100000),
         .guidance = cli_double("sample", "--cfg", t.cfg ? t.cfg : "1", 0.0, 1e6),

@@ -77,6 +77,28 @@ static void allreduce_exact_u64(uint64_t *values, int count) {
     free(halves);
 }
 
+/* Collective: the latents' per-channel mean and std over the whole set, from
+ * every rank's pixel sums. */
+static void set_latent_statistics(dataset_writer *writer, const dataset_writer_options *options,
+                                  channel_sums *sums) {
+    const int channels = options->channels;
+    allreduce_exact_u64(sums->sum, channels);
+    allreduce_exact_u64(sums->sum_squares, channels);
+    double *mean = xmalloc(sizeof(double) * channels), *std = xmalloc(sizeof(double) * channels);
+    const double values = (double)options->count * options->height * options->width;
+    for (int c = 0; c < channels; c++) {
+        /* Pixel statistics (population variance), then the affine map to latents. */
+        double pixel_mean = (double)sums->sum[c] / values;
+        double pixel_variance = (double)sums->sum_squares[c] / values - pixel_mean * pixel_mean;
+        if (pixel_variance < 0) pixel_variance = 0;
+        mean[c] = pixel_mean / 127.5 - 1.0;
+        std[c] = sqrt(pixel_variance) / 127.5;
+    }
+    dataset_writer_set_latent_stats(writer, mean, std);
+    free(mean);
+    free(std);
+}
+
 /* Produces this rank's shard of the rows with `fill` and writes it, in batches;
  * every rank makes the same number of (collective) write calls, with 0 rows
  * once its shard is done. For latents, also sets the per-channel statistics
@@ -123,23 +145,7 @@ static void write_all_rows(const dataset_writer_options *options, fill_row_fn fi
     }
     progress_bar_finish(&bar);
 
-    if (latents) {
-        allreduce_exact_u64(sums.sum, channels);
-        allreduce_exact_u64(sums.sum_squares, channels);
-        double *mean = xmalloc(sizeof(double) * channels), *std = xmalloc(sizeof(double) * channels);
-        const double values = (double)options->count * height * width;
-        for (int c = 0; c < channels; c++) {
-            /* Pixel statistics (population variance), then the affine map to latents. */
-            double pixel_mean = (double)sums.sum[c] / values;
-            double pixel_variance = (double)sums.sum_squares[c] / values - pixel_mean * pixel_mean;
-            if (pixel_variance < 0) pixel_variance = 0;
-            mean[c] = pixel_mean / 127.5 - 1.0;
-            std[c] = sqrt(pixel_variance) / 127.5;
-        }
-        dataset_writer_set_latent_stats(writer, mean, std);
-        free(mean);
-        free(std);
-    }
+    if (latents) set_latent_statistics(writer, options, &sums);
     dataset_writer_finish(writer);
     free(sums.sum);
     free(sums.sum_squares);

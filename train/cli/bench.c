@@ -26,8 +26,8 @@
 #include "device.h"
 #include "dit.h"
 #include "fatal.h"
-#include "loader.h"
 #include "model_shapes.h"
+#include "loader.h"
 #include "ops.h"
 #include "optimizer.h"
 #include "rng.h"
@@ -145,11 +145,10 @@ static void print_layout(const dit_shape *shape, int batch, size_t parameters, l
 
 /* --device: 1 for cuda, 0 for cpu; left out, cuda where this build and machine
  * have a GPU. Asking for cuda without one is refused before any work. */
-static int bench_on_cuda(const cli_option *device) {
-    if (!device->value) return device_cuda_count() > 0;
-    if (strcmp(device->value, "cpu") == 0) return 0;
-    if (strcmp(device->value, "cuda") != 0)
-        fatal_input("ldm bench: option --device: expected cpu or cuda, got '%s'", device->value);
+static int bench_on_cuda(const char *device) {
+    if (!device) return device_cuda_count() > 0;
+    if (strcmp(device, "cpu") == 0) return 0;
+    if (strcmp(device, "cuda") != 0) fatal_input("ldm bench: option --device: expected cpu or cuda, got '%s'", device);
     if (!device_cuda_compiled())
         fatal_input("ldm bench: option --device: cuda: this build has no CUDA (cmake -DLDM_CUDA=ON)");
     if (device_cuda_count() == 0) fatal_input("ldm bench: option --device: cuda: no CUDA device on this machine");
@@ -245,64 +244,88 @@ static bench_result bench_gpu(const ldm_config *config, const dit_shape *shape, 
 }
 #endif
 
-int command_bench(int argc, char **argv) {
-    cli_option options[] = {
-        {.name = "--config", .help = "config file (defaults only when left out)"},
-        {.name = "--set", .repeatable = 1, .help = "override a config key: section.key=value (repeatable)"},
-        {.name = "--steps", .value = "10", .help = "timed steps (default 10)"},
-        {.name = "--warmup", .value = "2", .help = "untimed warm-up steps (default 2)"},
-        {.name = "--data", .help = "an ldm data set: first time the data loader alone on it"},
-        {.name = "--device", .help = "cpu or cuda (default: cuda where this build and machine have a GPU, else cpu)"},
-        {.name = "--help", .is_flag = 1, .help = "this help"},
+/* The command line of ldm bench, parsed, with the config it names. */
+typedef struct {
+    const char *config_path; /* NULL: the defaults */
+    const char *data;        /* --data, or NULL */
+    cli_list overrides;      /* --set */
+    ldm_config config;
+    int on_cuda, steps, warmup;
+    int batch, accumulation_steps; /* the rank's micro-batch, as training splits the global batch */
+} bench_options;
+
+/* Parses the command line and loads the config into o; 0 when help was printed. */
+static int parse_bench_options(int argc, char **argv, bench_options *o) {
+    o->config_path = o->data = NULL;
+    o->overrides.count = 0;
+    const char *steps = "10", *warmup = "2", *device = NULL;
+    int help = 0;
+    cli_option table[] = {
+        {.name = "--config", .text = &o->config_path, .help = "config file (defaults only when left out)"},
+        {.name = "--set", .list = &o->overrides, .help = "override a config key: section.key=value (repeatable)"},
+        {.name = "--steps", .text = &steps, .help = "timed steps (default 10)"},
+        {.name = "--warmup", .text = &warmup, .help = "untimed warm-up steps (default 2)"},
+        {.name = "--data", .text = &o->data, .help = "an ldm data set: first time the data loader alone on it"},
+        {.name = "--device", .text = &device,
+         .help = "cpu or cuda (default: cuda where this build and machine have a GPU, else cpu)"},
+        {.name = "--help", .flag = &help, .help = "this help"},
         {0},
     };
-    cli_parse("bench", argc, argv, 2, options);
-    if (options[6].value) {
+    cli_parse("bench", argc, argv, 2, table);
+    if (help) {
         cli_print_usage("bench",
                         "Times DiT training steps (forward + backward + AdamW) on random inputs, and with --data\n"
                         "the data loader on a data set file first. --set train.precision=bf16|fp16 times the\n"
                         "mixed-precision step; bytes_per_image is the activation memory per image of the batch.\n"
                         "On a GPU (--device cuda) the result line adds the model TFLOP/s and the MFU against the\n"
                         "GPU's dense peak (a table by GPU name; LDM_PEAK_TFLOPS=P sets it).",
-                        options);
+                        table);
         return 0;
     }
-    const int on_cuda = bench_on_cuda(&options[5]);
-    ldm_config config;
-    cli_load_config(&config, &options[0], &options[1]);
-    int steps = (int)cli_int("bench", &options[2], 1, 1000000);
-    int warmup = (int)cli_int("bench", &options[3], 0, 1000000);
-    const train_config *tc = &config.train;
-    /* The rank's micro-batch, as training splits the global batch. */
-    int batch, accumulation_steps;
-    training_batch_split(&config, options[0].value, comm_world_size(), &batch, &accumulation_steps);
-    int print = comm_rank() == 0;
-    double loader_samples_per_s = options[4].value ? bench_loader(options[4].value, &config, batch, print) : 0;
+    o->on_cuda = bench_on_cuda(device);
+    cli_load_config(&o->config, o->config_path, &o->overrides);
+    o->steps = (int)cli_int("bench", "--steps", steps, 1, 1000000);
+    o->warmup = (int)cli_int("bench", "--warmup", warmup, 0, 1000000);
+    training_batch_split(&o->config, o->config_path, comm_world_size(), &o->batch, &o->accumulation_steps);
+    return 1;
+}
 
-    dit_shape shape = config_dit_shape(&config);
-    const ldm_precision precision = (ldm_precision)precision_from_name(tc->precision);
-    const float loss_scale = precision == PRECISION_FP16 ? (float)tc->loss_scale_initial : 1.0f;
+/* Rank 0's closing lines. */
+static void print_bench_result(const bench_options *o, const bench_result *r, ldm_precision precision, double flops,
+                               double loader_samples_per_s) {
+    const int batch = o->batch, steps = o->steps;
+    printf("bench: forward %.2f ms, backward %.2f ms, adamw %.2f ms per step; final loss %.5f\n",
+           1e3 * r->forward_s / steps, 1e3 * r->backward_s / steps, 1e3 * r->optimizer_s / steps, r->loss);
+    printf("bench: images_per_s=%.2f ms_per_step=%.2f gflops=%.1f batch=%d threads=%d steps=%d precision=%s "
+           "bytes_per_image=%zu%s",
+           batch / r->step_s, 1e3 * r->step_s, flops / r->step_s / 1e9, batch, omp_get_max_threads(), steps,
+           precision_name(precision), r->activation_bytes / (size_t)batch, r->device_fields);
+    /* loader samples/s over training images/s: how far ahead of training the loader is */
+    if (o->data) printf(" loader_ratio=%.1f", loader_samples_per_s / (batch / r->step_s));
+    printf("\n");
+}
+
+int command_bench(int argc, char **argv) {
+    bench_options o;
+    if (!parse_bench_options(argc, argv, &o)) return 0;
+    const ldm_config *config = &o.config;
+    const int batch = o.batch, print = comm_rank() == 0;
+    double loader_samples_per_s = o.data ? bench_loader(o.data, config, batch, print) : 0;
+
+    dit_shape shape = config_dit_shape(config);
+    const ldm_precision precision = (ldm_precision)precision_from_name(config->train.precision);
+    const float loss_scale = precision == PRECISION_FP16 ? (float)config->train.loss_scale_initial : 1.0f;
     const double flops = 3.0 * dit_forward_flops_per_sample(&shape) * batch;
-    bench_batch in = make_batch(&config, &shape, batch);
+    bench_batch in = make_batch(config, &shape, batch);
 #ifdef LDM_HAVE_CUDA
-    const bench_result r = on_cuda
-                               ? bench_gpu(&config, &shape, batch, precision, loss_scale, &in, warmup, steps, print, flops)
-                               : bench_cpu(&config, &shape, batch, precision, loss_scale, &in, warmup, steps, print);
+    const bench_result r =
+        o.on_cuda ? bench_gpu(config, &shape, batch, precision, loss_scale, &in, o.warmup, o.steps, print, flops)
+                  : bench_cpu(config, &shape, batch, precision, loss_scale, &in, o.warmup, o.steps, print);
 #else
-    (void)on_cuda; /* 0: bench_on_cuda refuses cuda in a CPU build */
-    const bench_result r = bench_cpu(&config, &shape, batch, precision, loss_scale, &in, warmup, steps, print);
+    (void)o.on_cuda; /* 0: bench_on_cuda refuses cuda in a CPU build */
+    const bench_result r = bench_cpu(config, &shape, batch, precision, loss_scale, &in, o.warmup, o.steps, print);
 #endif
-    if (print) {
-        printf("bench: forward %.2f ms, backward %.2f ms, adamw %.2f ms per step; final loss %.5f\n",
-               1e3 * r.forward_s / steps, 1e3 * r.backward_s / steps, 1e3 * r.optimizer_s / steps, r.loss);
-        printf("bench: images_per_s=%.2f ms_per_step=%.2f gflops=%.1f batch=%d threads=%d steps=%d precision=%s "
-               "bytes_per_image=%zu%s",
-               batch / r.step_s, 1e3 * r.step_s, flops / r.step_s / 1e9, batch, omp_get_max_threads(), steps,
-               precision_name(precision), r.activation_bytes / (size_t)batch, r.device_fields);
-        /* loader samples/s over training images/s: how far ahead of training the loader is */
-        if (options[4].value) printf(" loader_ratio=%.1f", loader_samples_per_s / (batch / r.step_s));
-        printf("\n");
-    }
+    if (print) print_bench_result(&o, &r, precision, flops, loader_samples_per_s);
     if (!isfinite(r.loss)) fatal_internal("bench: the loss is not finite");
     free_batch(&in);
     return 0;

@@ -11,6 +11,13 @@
 #include "comm.h"
 #include "fatal.h"
 
+/* Whether the option was given (or has a default, for a text option). */
+static int cli_option_has_value(const cli_option *o) {
+    if (o->text) return *o->text != NULL;
+    if (o->flag) return *o->flag != 0;
+    return o->list->count > 0;
+}
+
 void cli_parse(const char *command, int argc, char **argv, int first, cli_option *options) {
     for (int i = first; i < argc; i++) {
         const char *arg = argv[i];
@@ -18,22 +25,23 @@ void cli_parse(const char *command, int argc, char **argv, int first, cli_option
         for (cli_option *o = options; o->name; o++)
             if (!o->absent && strcmp(o->name, arg) == 0) found = o;
         if (!found) fatal_input("ldm %s: unknown option '%s' (see ldm %s --help)", command, arg, command);
-        if (found->is_flag) {
-            found->value = "1";
+        if (found->flag) {
+            *found->flag = 1;
             continue;
         }
         if (i + 1 >= argc) fatal_input("ldm %s: option %s needs a value", command, arg);
         const char *value = argv[++i];
-        if (found->repeatable) {
-            if (found->repeat_count == CLI_MAX_REPEATS)
+        if (found->list) {
+            if (found->list->count == CLI_MAX_REPEATS)
                 fatal_input("ldm %s: option %s given more than %d times", command, arg, CLI_MAX_REPEATS);
-            found->repeated[found->repeat_count++] = value;
+            found->list->values[found->list->count++] = value;
         } else {
-            found->value = value;
+            *found->text = value;
         }
     }
     for (cli_option *o = options; o->name; o++)
-        if (o->required && !o->absent && !o->value) fatal_input("ldm %s: option %s is required", command, o->name);
+        if (o->required && !o->absent && !cli_option_has_value(o))
+            fatal_input("ldm %s: option %s is required", command, o->name);
 }
 
 void cli_print_usage(const char *command, const char *summary, const cli_option *options) {
@@ -42,30 +50,47 @@ void cli_print_usage(const char *command, const char *summary, const cli_option 
         if (!o->absent) printf("  %-14s %s%s\n", o->name, o->help, o->required ? " (required)" : "");
 }
 
-long long cli_int(const char *command, const cli_option *option, long long min, long long max) {
+int cli_parse_unless_help(const char *command, const char *summary, int argc, char **argv, int first,
+                          cli_option *options) {
+    if (cli_wants_help(argc, argv)) {
+        cli_print_usage(command, summary, options);
+        return 0;
+    }
+    cli_parse(command, argc, argv, first, options);
+    return 1;
+}
+
+long long cli_int(const char *command, const char *name, const char *text, long long min, long long max) {
     char *end = NULL;
     errno = 0;
-    long long v = strtoll(option->value, &end, 10);
-    if (errno || end == option->value || *end || v < min || v > max)
-        fatal_input("ldm %s: option %s: expected an integer in [%lld, %lld], got '%s'", command, option->name,
-                    min, max, option->value);
+    long long v = strtoll(text, &end, 10);
+    if (errno || end == text || *end || v < min || v > max)
+        fatal_input("ldm %s: option %s: expected an integer in [%lld, %lld], got '%s'", command, name, min, max,
+                    text);
     return v;
 }
 
-void cli_load_config(ldm_config *config, const cli_option *config_option, const cli_option *set_option) {
+double cli_double(const char *command, const char *name, const char *text, double min, double max) {
+    char *end = NULL;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (errno || end == text || *end || !(v >= min && v <= max))
+        fatal_input("ldm %s: option %s: expected a number in [%g, %g], got '%s'", command, name, min, max, text);
+    return v;
+}
+
+void cli_load_config(ldm_config *config, const char *config_path, const cli_list *overrides) {
     char err[1024];
-    if (config_load(config, config_option->value, set_option->repeated, set_option->repeat_count, err,
-                    sizeof(err)) != 0)
+    if (config_load(config, config_path, overrides->values, overrides->count, err, sizeof(err)) != 0)
         fatal_input("%s", err);
 }
 
-uint64_t cli_uint64(const char *command, const cli_option *option) {
+uint64_t cli_uint64(const char *command, const char *name, const char *text) {
     char *end = NULL;
     errno = 0;
-    unsigned long long v = strtoull(option->value, &end, 10);
-    if (errno || end == option->value || *end || option->value[0] == '-')
-        fatal_input("ldm %s: option %s: expected a non-negative integer, got '%s'", command, option->name,
-                    option->value);
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno || end == text || *end || text[0] == '-')
+        fatal_input("ldm %s: option %s: expected a non-negative integer, got '%s'", command, name, text);
     return (uint64_t)v;
 }
 

@@ -164,141 +164,202 @@ static void images_to_floats(const uint8_t *pixels, int64_t rows, int channels, 
 }
 
 
-int command_encode(int argc, char **argv) {
-    cli_option options[] = {
-        {.name = "--ae", .required = 1, .help = "the autoencoder: a run directory of ldm train-ae or a checkpoint"},
-        {.name = "--data", .required = 1, .help = "images to encode (an ldm data set with /images)"},
-        {.name = "--out", .required = 1, .help = "the latents file to write"},
-        {.name = "--weights", .value = "ema", .help = "ema or model (default ema)"},
-        {.name = "--sample", .is_flag = 1, .help = "store a sample of the posterior instead of its mean"},
-        {.name = "--seed", .value = "0", .help = "seed of the posterior samples (default 0)"},
-        {.name = "--batch", .value = "64", .help = "images per forward pass and per read (default 64)"},
-        {.name = "--dtype", .value = "float32", .help = "float32 or float16 latents (default float32)"},
-        {.name = "--force", .is_flag = 1, .help = "overwrite an existing output"},
+/* The command line of ldm encode, parsed. */
+typedef struct {
+    const char *ae, *data, *out, *weights;
+    const char *dtype;  /* float32 or float16 */
+    int sample, force;  /* --sample: a draw of the posterior, not its mean */
+    uint64_t seed;
+    int batch;          /* --batch */
+} encode_options;
+
+/* 0 when help was printed. */
+static int parse_encode_options(int argc, char **argv, encode_options *o) {
+    *o = (encode_options){.weights = "ema", .dtype = "float32"};
+    const char *seed = "0", *batch = "64";
+    cli_option table[] = {
+        {.name = "--ae", .text = &o->ae, .required = 1,
+         .help = "the autoencoder: a run directory of ldm train-ae or a checkpoint"},
+        {.name = "--data", .text = &o->data, .required = 1, .help = "images to encode (an ldm data set with /images)"},
+        {.name = "--out", .text = &o->out, .required = 1, .help = "the latents file to write"},
+        {.name = "--weights", .text = &o->weights, .help = "ema or model (default ema)"},
+        {.name = "--sample", .flag = &o->sample, .help = "store a sample of the posterior instead of its mean"},
+        {.name = "--seed", .text = &seed, .help = "seed of the posterior samples (default 0)"},
+        {.name = "--batch", .text = &batch, .help = "images per forward pass and per read (default 64)"},
+        {.name = "--dtype", .text = &o->dtype, .help = "float32 or float16 latents (default float32)"},
+        {.name = "--force", .flag = &o->force, .help = "overwrite an existing output"},
         {0},
     };
-    if (cli_wants_help(argc, argv)) {
-        cli_print_usage("encode",
-                        "Encodes a data set of images into latents (the posterior mean, or a sample), with their\n"
-                        "per-channel mean and std; under mpirun each rank encodes its shard.",
-                        options);
+    if (!cli_parse_unless_help("encode",
+                               "Encodes a data set of images into latents (the posterior mean, or a sample), with "
+                               "their\nper-channel mean and std; under mpirun each rank encodes its shard.",
+                               argc, argv, 2, table))
         return 0;
-    }
-    cli_parse("encode", argc, argv, 2, options);
-    const char *out_path = options[2].value;
-    const int sample = options[4].value != NULL;
-    const uint64_t seed = cli_uint64("encode", &options[5]);
-    const int batch_option = (int)cli_int("encode", &options[6], 1, 1 << 16);
-    const char *dtype = options[7].value;
-    if (strcmp(dtype, "float32") != 0 && strcmp(dtype, "float16") != 0)
-        fatal_input("ldm encode: option --dtype: expected float32 or float16, got '%s'", dtype);
-    const int rank = comm_rank(), world = comm_world_size();
+    o->seed = cli_uint64("encode", "--seed", seed);
+    o->batch = (int)cli_int("encode", "--batch", batch, 1, 1 << 16);
+    if (strcmp(o->dtype, "float32") != 0 && strcmp(o->dtype, "float16") != 0)
+        fatal_input("ldm encode: option --dtype: expected float32 or float16, got '%s'", o->dtype);
+    return 1;
+}
 
+/* The input file, this rank's shard of its rows, and the autoencoder. */
+typedef struct {
     dataset_info info;
-    open_input(options[1].value, DATASET_IMAGES, "encode", &info);
-    int64_t start, rows;
-    dataset_shard_range(info.count, rank, world, &start, &rows);
-    const int64_t largest_shard = (info.count + world - 1) / world;
-    const int batch = (int)(batch_option < largest_shard ? batch_option : largest_shard);
-
+    int64_t start, rows, largest_shard;
+    int batch; /* rows per read and per network pass: --batch, at most the largest shard */
     checkpoint_autoencoder ae;
-    checkpoint_autoencoder_load(&ae, "encode", options[0].value, options[3].value, AE_FOR_ENCODING, batch);
-    const autoencoder_shape *shape = &ae.shape;
-    if (info.channels != shape->in_channels || info.height != shape->input_size || info.width != shape->input_size)
-        fatal_input("%s: images are %d x %d x %d (C x H x W), but the autoencoder %s takes %d x %d x %d", info.path,
-                    info.channels, info.height, info.width, ae.checkpoint, shape->in_channels, shape->input_size,
-                    shape->input_size);
-    const int latent_channels = shape->latent_channels, latent_size = ae.model.latent_size;
-    const int64_t image_elements = (int64_t)shape->in_channels * shape->input_size * shape->input_size;
-    const int64_t latent_elements = (int64_t)latent_channels * latent_size * latent_size;
-    int32_t *labels = dataset_read_labels(&info); /* all N, or NULL */
+} autoencoder_job;
 
+static void autoencoder_job_free(autoencoder_job *job) {
+    checkpoint_autoencoder_free(&job->ae);
+    dataset_info_free(&job->info);
+}
+
+/* Collective: the images of --data, this rank's shard of them, and the autoencoder that takes them. */
+static void resolve_encode_inputs(const encode_options *o, autoencoder_job *job) {
+    const int rank = comm_rank(), world = comm_world_size();
+    const dataset_info *info = &job->info;
+    open_input(o->data, DATASET_IMAGES, "encode", &job->info);
+    dataset_shard_range(info->count, rank, world, &job->start, &job->rows);
+    job->largest_shard = (info->count + world - 1) / world;
+    job->batch = (int)(o->batch < job->largest_shard ? o->batch : job->largest_shard);
+    checkpoint_autoencoder_load(&job->ae, "encode", o->ae, o->weights, AE_FOR_ENCODING, job->batch);
+    const autoencoder_shape *shape = &job->ae.shape;
+    if (info->channels != shape->in_channels || info->height != shape->input_size ||
+        info->width != shape->input_size)
+        fatal_input("%s: images are %d x %d x %d (C x H x W), but the autoencoder %s takes %d x %d x %d", info->path,
+                    info->channels, info->height, info->width, job->ae.checkpoint, shape->in_channels,
+                    shape->input_size, shape->input_size);
+}
+
+/* Collective: the latents file every rank writes its rows of; labels (all N, or NULL) are copied. */
+static dataset_writer *create_latents_writer(const encode_options *o, const autoencoder_job *job,
+                                             const int32_t *labels) {
     char description[4400];
-    snprintf(description, sizeof description, "%s; %s", ae.description,
-             sample ? "posterior samples" : "posterior means");
-    if (sample) {
+    snprintf(description, sizeof description, "%s; %s", job->ae.description,
+             o->sample ? "posterior samples" : "posterior means");
+    if (o->sample) {
         size_t used = strlen(description);
-        snprintf(description + used, sizeof description - used, " (seed %llu)", (unsigned long long)seed);
+        snprintf(description + used, sizeof description - used, " (seed %llu)", (unsigned long long)o->seed);
     }
+    const int latent_size = job->ae.model.latent_size;
     dataset_writer_options wo = {
-        .path = out_path,
-        .force = options[8].value != NULL,
+        .path = o->out,
+        .force = o->force,
         .kind = DATASET_LATENTS,
-        .element = strcmp(dtype, "float16") == 0 ? DATASET_FLOAT16 : DATASET_FLOAT32,
-        .count = info.count,
-        .channels = latent_channels,
+        .element = strcmp(o->dtype, "float16") == 0 ? DATASET_FLOAT16 : DATASET_FLOAT32,
+        .count = job->info.count,
+        .channels = job->ae.shape.latent_channels,
         .height = latent_size,
         .width = latent_size,
         .has_labels = labels != NULL,
-        .num_classes = labels ? info.num_classes : 0,
-        .class_names = labels ? (const char *const *)info.class_names : NULL,
+        .num_classes = labels ? job->info.num_classes : 0,
+        .class_names = labels ? (const char *const *)job->info.class_names : NULL,
         .autoencoder = description,
     };
-    dataset_writer *writer = dataset_writer_create(&wo);
+    return dataset_writer_create(&wo);
+}
 
-    row_reader reader;
-    row_reader_open(&reader, &info, H5T_NATIVE_UINT8);
-    uint8_t *pixels = xmalloc((size_t)batch * (size_t)image_elements);
-    float *images = xmalloc(sizeof(float) * (size_t)batch * (size_t)image_elements);
-    float *mean = xmalloc(sizeof(float) * (size_t)batch * (size_t)latent_elements);
-    float *logvar = sample ? xmalloc(sizeof(float) * (size_t)batch * (size_t)latent_elements) : NULL;
-    latent_statistics stats = {latent_channels, (int64_t)latent_size * latent_size,
-                               xcalloc((size_t)latent_channels, sizeof(exact_sum)),
-                               xcalloc((size_t)latent_channels, sizeof(exact_sum))};
-    const uint64_t noise_seed = rng_hash(seed, PURPOSE_ENCODE_SAMPLE);
-
-    /* Every rank makes the same number of (collective) writes; 0 rows once its
-     * shard is done. Rank 0 reports its shard, scaled to the whole set. */
-    progress_bar bar;
-    progress_bar_start(&bar, "encode", info.count, rank == 0 && rows > 0);
-    const int64_t batches = (largest_shard + batch - 1) / batch;
-    for (int64_t b = 0; b < batches; b++) {
-        int64_t first = b * batch, count = dataset_rows_in_batch(rows, batch, b);
-        if (count > 0) {
-            row_reader_read(&reader, start + first, count, pixels);
-            images_to_floats(pixels, count, shape->in_channels, shape->input_size, images);
-            autoencoder_encode(&ae.model, images, (int)count, mean, logvar);
-            for (int64_t r = 0; r < count; r++) {
-                float *z = mean + r * latent_elements;
-                if (sample) {
-                    const float *lv = logvar + r * latent_elements;
-                    rng_stream rng = rng_stream_for(noise_seed, (uint64_t)(start + first + r), 0);
-                    for (int64_t i = 0; i < latent_elements; i++) z[i] += expf(0.5f * lv[i]) * rng_normal(&rng);
-                }
-                for (int64_t i = 0; i < latent_elements; i++)
-                    if (!isfinite(z[i]))
-                        fatal_input("%s: the autoencoder %s gave a non-finite latent for image %lld (damaged or "
-                                    "diverged weights?)", info.path, ae.checkpoint, (long long)(start + first + r));
-            }
-            statistics_add(&stats, mean, count);
+/* Rows of latents (rows, C, h, w): posterior means, or with --sample draws
+ * mean + exp(logvar / 2) * noise keyed by (seed, row); first_row is the
+ * file row of the first. Non-finite latents are refused. */
+static void encode_rows(const encode_options *o, autoencoder_job *job, const float *images, int64_t first_row,
+                        int64_t rows, float *mean, float *logvar) {
+    const int latent_size = job->ae.model.latent_size;
+    const int64_t latent_elements = (int64_t)job->ae.shape.latent_channels * latent_size * latent_size;
+    const uint64_t noise_seed = rng_hash(o->seed, PURPOSE_ENCODE_SAMPLE);
+    autoencoder_encode(&job->ae.model, images, (int)rows, mean, logvar);
+    for (int64_t r = 0; r < rows; r++) {
+        float *z = mean + r * latent_elements;
+        if (o->sample) {
+            const float *lv = logvar + r * latent_elements;
+            rng_stream rng = rng_stream_for(noise_seed, (uint64_t)(first_row + r), 0);
+            for (int64_t i = 0; i < latent_elements; i++) z[i] += expf(0.5f * lv[i]) * rng_normal(&rng);
         }
-        dataset_writer_write_latents(writer, start + first, count, mean);
-        if (labels) dataset_writer_write_labels(writer, start + first, count, labels + start + first);
-        progress_bar_update(&bar, (first + count) * info.count / (rows > 0 ? rows : 1));
+        for (int64_t i = 0; i < latent_elements; i++)
+            if (!isfinite(z[i]))
+                fatal_input("%s: the autoencoder %s gave a non-finite latent for image %lld (damaged or diverged "
+                            "weights?)", job->info.path, job->ae.checkpoint, (long long)(first_row + r));
+    }
+}
+
+/* Collective: encodes this rank's shard in batches and writes it; adds the
+ * latents to stats. Every rank makes the same number of (collective) writes;
+ * 0 rows once its shard is done. Rank 0 reports its shard, scaled to the whole set. */
+static void encode_shard(const encode_options *o, autoencoder_job *job, const int32_t *labels,
+                         dataset_writer *writer, latent_statistics *stats) {
+    const autoencoder_shape *shape = &job->ae.shape;
+    const int64_t image_elements = (int64_t)shape->in_channels * shape->input_size * shape->input_size;
+    const int64_t latent_elements = (int64_t)stats->channels * stats->per_channel;
+    const int batch = job->batch;
+    const int64_t count_all = job->info.count, rows = job->rows;
+    row_reader reader;
+    row_reader_open(&reader, &job->info, H5T_NATIVE_UINT8);
+    uint8_t *pixels = xmalloc((size_t)batch * (size_t)image_elements);                              /* (B, H, W, C) */
+    float *images = xmalloc(sizeof(float) * (size_t)batch * (size_t)image_elements);                /* (B, C, H, W) */
+    float *mean = xmalloc(sizeof(float) * (size_t)batch * (size_t)latent_elements);                 /* (B, c, h, w) */
+    float *logvar = o->sample ? xmalloc(sizeof(float) * (size_t)batch * (size_t)latent_elements) : NULL;
+    progress_bar bar;
+    progress_bar_start(&bar, "encode", count_all, comm_rank() == 0 && rows > 0);
+    const int64_t batches = (job->largest_shard + batch - 1) / batch;
+    for (int64_t b = 0; b < batches; b++) {
+        int64_t first = job->start + b * batch, count = dataset_rows_in_batch(rows, batch, b);
+        if (count > 0) {
+            row_reader_read(&reader, first, count, pixels);
+            images_to_floats(pixels, count, shape->in_channels, shape->input_size, images);
+            encode_rows(o, job, images, first, count, mean, logvar);
+            statistics_add(stats, mean, count);
+        }
+        dataset_writer_write_latents(writer, first, count, mean);
+        if (labels) dataset_writer_write_labels(writer, first, count, labels + first);
+        progress_bar_update(&bar, (b * batch + count) * count_all / (rows > 0 ? rows : 1));
     }
     progress_bar_finish(&bar);
     row_reader_close(&reader);
+    free(pixels);
+    free(images);
+    free(mean);
+    free(logvar);
+}
 
+/* Collective: the latents' per-channel mean and std over the whole set, into
+ * the file's attributes (a constant channel's std stored as 1: the loader
+ * divides by it, and the normalised channel is then 0, as it should be). */
+static void write_latent_statistics(latent_statistics *stats, int64_t count, dataset_writer *writer, double *mean,
+                                    double *std) {
+    statistics_finish(stats, count, mean, std);
+    for (int c = 0; c < stats->channels; c++)
+        if (!(std[c] > 0)) {
+            if (comm_rank() == 0)
+                fprintf(stderr, "ldm: warning: latent channel %d is constant (%g) over the whole data set; its std "
+                        "is stored as 1\n", c, mean[c]);
+            std[c] = 1.0;
+        }
+    dataset_writer_set_latent_stats(writer, mean, std);
+}
+
+int command_encode(int argc, char **argv) {
+    encode_options o;
+    if (!parse_encode_options(argc, argv, &o)) return 0;
+    autoencoder_job job;
+    resolve_encode_inputs(&o, &job);
+    const int latent_channels = job.ae.shape.latent_channels, latent_size = job.ae.model.latent_size;
+    int32_t *labels = dataset_read_labels(&job.info); /* all N, or NULL */
+    dataset_writer *writer = create_latents_writer(&o, &job, labels);
+    latent_statistics stats = {latent_channels, (int64_t)latent_size * latent_size,
+                               xcalloc((size_t)latent_channels, sizeof(exact_sum)),
+                               xcalloc((size_t)latent_channels, sizeof(exact_sum))};
+    encode_shard(&o, &job, labels, writer, &stats);
     double *latent_mean = xmalloc(sizeof(double) * (size_t)latent_channels);
     double *latent_std = xmalloc(sizeof(double) * (size_t)latent_channels);
-    statistics_finish(&stats, info.count, latent_mean, latent_std);
-    for (int c = 0; c < latent_channels; c++)
-        if (!(latent_std[c] > 0)) {
-            /* A constant channel: the loader divides by the std, so it is stored as 1
-             * (the normalised channel is then 0, as it should be). */
-            if (rank == 0)
-                fprintf(stderr, "ldm: warning: latent channel %d is constant (%g) over the whole data set; its std "
-                        "is stored as 1\n", c, latent_mean[c]);
-            latent_std[c] = 1.0;
-        }
-    dataset_writer_set_latent_stats(writer, latent_mean, latent_std);
+    write_latent_statistics(&stats, job.info.count, writer, latent_mean, latent_std);
     dataset_writer_finish(writer);
 
-    if (rank == 0) {
-        printf("encode: wrote %s: %lld latents %d x %d x %d %s", out_path, (long long)info.count, latent_channels,
-               latent_size, latent_size, dtype);
-        if (labels) printf(", %d classes", info.num_classes);
-        printf(", from %s\nencode: per-channel mean", ae.description);
+    if (comm_rank() == 0) {
+        printf("encode: wrote %s: %lld latents %d x %d x %d %s", o.out, (long long)job.info.count, latent_channels,
+               latent_size, latent_size, o.dtype);
+        if (labels) printf(", %d classes", job.info.num_classes);
+        printf(", from %s\nencode: per-channel mean", job.ae.description);
         for (int c = 0; c < latent_channels; c++) printf(" %.6g", latent_mean[c]);
         printf(", std");
         for (int c = 0; c < latent_channels; c++) printf(" %.6g", latent_std[c]);
@@ -308,13 +369,8 @@ int command_encode(int argc, char **argv) {
     free(latent_std);
     free(stats.sum);
     free(stats.sum_squares);
-    free(pixels);
-    free(images);
-    free(mean);
-    free(logvar);
     free(labels);
-    checkpoint_autoencoder_free(&ae);
-    dataset_info_free(&info);
+    autoencoder_job_free(&job);
     return 0;
 }
 
@@ -334,110 +390,149 @@ static void decode_rows(checkpoint_autoencoder *ae, row_reader *reader, int64_t 
     }
 }
 
-int command_decode(int argc, char **argv) {
-    cli_option options[] = {
-        {.name = "--ae", .required = 1, .help = "the autoencoder: a run directory of ldm train-ae or a checkpoint"},
-        {.name = "--data", .required = 1, .help = "latents to decode (an ldm data set with /latents, as stored)"},
-        {.name = "--out", .required = 1, .help = "IMAGES.h5 (an ldm data set with /images) or GRID.png"},
-        {.name = "--weights", .value = "ema", .help = "ema or model (default ema)"},
-        {.name = "--n", .help = "decode the first N rows (default: all for .h5, 64 for .png)"},
-        {.name = "--batch", .value = "64", .help = "latents per forward pass and per read (default 64)"},
-        {.name = "--force", .is_flag = 1, .help = "overwrite an existing output"},
+/* The command line of ldm decode, parsed. */
+typedef struct {
+    const char *ae, *data, *out, *weights;
+    int png;           /* --out names a PNG grid, not a data set */
+    long long n;       /* --n, or 0: the default */
+    int batch;         /* --batch */
+    int force;
+} decode_options;
+
+/* 0 when help was printed. */
+static int parse_decode_options(int argc, char **argv, decode_options *o) {
+    *o = (decode_options){.weights = "ema"};
+    const char *n = NULL, *batch = "64";
+    cli_option table[] = {
+        {.name = "--ae", .text = &o->ae, .required = 1,
+         .help = "the autoencoder: a run directory of ldm train-ae or a checkpoint"},
+        {.name = "--data", .text = &o->data, .required = 1,
+         .help = "latents to decode (an ldm data set with /latents, as stored)"},
+        {.name = "--out", .text = &o->out, .required = 1,
+         .help = "IMAGES.h5 (an ldm data set with /images) or GRID.png"},
+        {.name = "--weights", .text = &o->weights, .help = "ema or model (default ema)"},
+        {.name = "--n", .text = &n, .help = "decode the first N rows (default: all for .h5, 64 for .png)"},
+        {.name = "--batch", .text = &batch, .help = "latents per forward pass and per read (default 64)"},
+        {.name = "--force", .flag = &o->force, .help = "overwrite an existing output"},
         {0},
     };
-    if (cli_wants_help(argc, argv)) {
-        cli_print_usage("decode",
-                        "Decodes a latents file into images: an ldm data set (.h5), or a grid of the first N (.png).",
-                        options);
+    if (!cli_parse_unless_help("decode",
+                               "Decodes a latents file into images: an ldm data set (.h5), or a grid of the first N "
+                               "(.png).",
+                               argc, argv, 2, table))
         return 0;
-    }
-    cli_parse("decode", argc, argv, 2, options);
-    const char *out_path = options[2].value;
-    const int force = options[6].value != NULL;
-    const int png = cli_path_ends_with(out_path, ".png");
-    const int batch_option = (int)cli_int("decode", &options[5], 1, 1 << 16);
-    const long long n_option = options[4].value ? cli_int("decode", &options[4], 1, LLONG_MAX) : 0;
-    const int rank = comm_rank(), world = comm_world_size();
+    o->png = cli_path_ends_with(o->out, ".png");
+    o->batch = (int)cli_int("decode", "--batch", batch, 1, 1 << 16);
+    o->n = n ? cli_int("decode", "--n", n, 1, LLONG_MAX) : 0;
+    return 1;
+}
 
-    dataset_info info;
-    open_input(options[1].value, DATASET_LATENTS, "decode", &info);
-    int64_t n = n_option > 0 ? n_option : png ? DEFAULT_GRID_IMAGES : info.count;
-    if (n > info.count) n = info.count;
-    int64_t start = 0, rows = n;
-    if (!png) dataset_shard_range(n, rank, world, &start, &rows);
-    const int64_t largest_shard = png ? n : (n + world - 1) / world;
-    const int batch = (int)(batch_option < largest_shard ? batch_option : largest_shard);
+/* Collective: the latents of --data, the rows to decode (n) and this rank's
+ * shard of them (all n on rank 0 for a PNG), and the autoencoder that decodes them. */
+static void resolve_decode_inputs(const decode_options *o, autoencoder_job *job, int64_t *n) {
+    const int rank = comm_rank(), world = comm_world_size();
+    const dataset_info *info = &job->info;
+    open_input(o->data, DATASET_LATENTS, "decode", &job->info);
+    *n = o->n > 0 ? o->n : o->png ? DEFAULT_GRID_IMAGES : info->count;
+    if (*n > info->count) *n = info->count;
+    job->start = 0, job->rows = *n;
+    if (!o->png) dataset_shard_range(*n, rank, world, &job->start, &job->rows);
+    job->largest_shard = o->png ? *n : (*n + world - 1) / world;
+    job->batch = (int)(o->batch < job->largest_shard ? o->batch : job->largest_shard);
 
     /* A PNG is written by rank 0 alone: refuse an existing one before any work. */
-    if (png) cli_refuse_existing_output(out_path, force);
+    if (o->png) cli_refuse_existing_output(o->out, o->force);
 
-    checkpoint_autoencoder ae;
-    checkpoint_autoencoder_load(&ae, "decode", options[0].value, options[3].value, AE_FOR_DECODING, batch);
-    const autoencoder_shape *shape = &ae.shape;
-    const int latent_size = ae.model.latent_size;
-    if (info.channels != shape->latent_channels || info.height != latent_size || info.width != latent_size)
+    checkpoint_autoencoder_load(&job->ae, "decode", o->ae, o->weights, AE_FOR_DECODING, job->batch);
+    const autoencoder_shape *shape = &job->ae.shape;
+    const int latent_size = job->ae.model.latent_size;
+    if (info->channels != shape->latent_channels || info->height != latent_size || info->width != latent_size)
         fatal_input("%s: latents are %d x %d x %d (C x h x w), but the autoencoder %s decodes %d x %d x %d",
-                    info.path, info.channels, info.height, info.width, ae.checkpoint, shape->latent_channels,
-                    latent_size, latent_size);
+                    info->path, info->channels, info->height, info->width, job->ae.checkpoint,
+                    shape->latent_channels, latent_size, latent_size);
+}
+
+/* Rank 0 decodes the first n rows into a grid; the others wait. */
+static void decode_to_grid(const decode_options *o, autoencoder_job *job, int64_t n, row_reader *reader,
+                           float *latents, float *images) {
+    const autoencoder_shape *shape = &job->ae.shape;
     const int64_t image_elements = (int64_t)shape->in_channels * shape->input_size * shape->input_size;
-
-    row_reader reader;
-    row_reader_open(&reader, &info, H5T_NATIVE_FLOAT);
-    float *latents = xmalloc(sizeof(float) * (size_t)batch * (size_t)info.sample_elements);
-    float *images = xmalloc(sizeof(float) * (size_t)batch * (size_t)image_elements);
-
-    if (png) {
-        if (rank == 0) {
-            uint8_t *pixels = xmalloc((size_t)n * (size_t)image_elements);
-            decode_rows(&ae, &reader, 0, n, batch, latents, images, pixels);
-            png_write_image_grid(out_path, pixels, n, shape->in_channels, shape->input_size, 0);
-            free(pixels);
-            printf("decode: wrote %s: a grid of the first %lld images (%d per row), from %s\n", out_path,
-                   (long long)n, PNG_GRID_COLUMNS, ae.description);
-        }
-        comm_barrier();
-    } else {
-        int32_t *labels = dataset_read_labels(&info);
-        dataset_writer_options wo = {
-            .path = out_path,
-            .force = force,
-            .kind = DATASET_IMAGES,
-            .element = DATASET_UINT8,
-            .count = n,
-            .channels = shape->in_channels,
-            .height = shape->input_size,
-            .width = shape->input_size,
-            .has_labels = labels != NULL,
-            .num_classes = labels ? info.num_classes : 0,
-            .class_names = labels ? (const char *const *)info.class_names : NULL,
-        };
-        dataset_writer *writer = dataset_writer_create(&wo);
-        uint8_t *pixels = xmalloc((size_t)batch * (size_t)image_elements);
-        progress_bar bar;
-        progress_bar_start(&bar, "decode", n, rank == 0 && rows > 0);
-        const int64_t batches = (largest_shard + batch - 1) / batch;
-        for (int64_t b = 0; b < batches; b++) {
-            int64_t first = b * batch, count = dataset_rows_in_batch(rows, batch, b);
-            if (count > 0) decode_rows(&ae, &reader, start + first, count, batch, latents, images, pixels);
-            dataset_writer_write_images(writer, start + first, count, pixels);
-            if (labels) dataset_writer_write_labels(writer, start + first, count, labels + start + first);
-            progress_bar_update(&bar, (first + count) * n / (rows > 0 ? rows : 1));
-        }
-        progress_bar_finish(&bar);
-        dataset_writer_finish(writer);
-        if (rank == 0) {
-            printf("decode: wrote %s: %lld image%s %d x %d x %d", out_path, (long long)n, n == 1 ? "" : "s", shape->input_size,
-                   shape->input_size, shape->in_channels);
-            if (labels) printf(", %d classes", info.num_classes);
-            printf(", from %s\n", ae.description);
-        }
+    if (comm_rank() == 0) {
+        uint8_t *pixels = xmalloc((size_t)n * (size_t)image_elements);
+        decode_rows(&job->ae, reader, 0, n, job->batch, latents, images, pixels);
+        png_write_image_grid(o->out, pixels, n, shape->in_channels, shape->input_size, 0);
         free(pixels);
-        free(labels);
+        printf("decode: wrote %s: a grid of the first %lld images (%d per row), from %s\n", o->out, (long long)n,
+               PNG_GRID_COLUMNS, job->ae.description);
     }
+    comm_barrier();
+}
+
+/* Collective: every rank decodes its shard of the first n rows and writes it
+ * into the one images file, labels copied. */
+static void decode_to_dataset(const decode_options *o, autoencoder_job *job, int64_t n, row_reader *reader,
+                              float *latents, float *images) {
+    const autoencoder_shape *shape = &job->ae.shape;
+    const int64_t image_elements = (int64_t)shape->in_channels * shape->input_size * shape->input_size;
+    const dataset_info *info = &job->info;
+    const int batch = job->batch;
+    int32_t *labels = dataset_read_labels(info);
+    dataset_writer_options wo = {
+        .path = o->out,
+        .force = o->force,
+        .kind = DATASET_IMAGES,
+        .element = DATASET_UINT8,
+        .count = n,
+        .channels = shape->in_channels,
+        .height = shape->input_size,
+        .width = shape->input_size,
+        .has_labels = labels != NULL,
+        .num_classes = labels ? info->num_classes : 0,
+        .class_names = labels ? (const char *const *)info->class_names : NULL,
+    };
+    dataset_writer *writer = dataset_writer_create(&wo);
+    uint8_t *pixels = xmalloc((size_t)batch * (size_t)image_elements); /* (B, H, W, C) */
+    progress_bar bar;
+    progress_bar_start(&bar, "decode", n, comm_rank() == 0 && job->rows > 0);
+    const int64_t batches = (job->largest_shard + batch - 1) / batch;
+    for (int64_t b = 0; b < batches; b++) {
+        int64_t first = job->start + b * batch, count = dataset_rows_in_batch(job->rows, batch, b);
+        if (count > 0) decode_rows(&job->ae, reader, first, count, batch, latents, images, pixels);
+        dataset_writer_write_images(writer, first, count, pixels);
+        if (labels) dataset_writer_write_labels(writer, first, count, labels + first);
+        progress_bar_update(&bar, (b * batch + count) * n / (job->rows > 0 ? job->rows : 1));
+    }
+    progress_bar_finish(&bar);
+    dataset_writer_finish(writer);
+    if (comm_rank() == 0) {
+        printf("decode: wrote %s: %lld image%s %d x %d x %d", o->out, (long long)n, n == 1 ? "" : "s",
+               shape->input_size, shape->input_size, shape->in_channels);
+        if (labels) printf(", %d classes", info->num_classes);
+        printf(", from %s\n", job->ae.description);
+    }
+    free(pixels);
+    free(labels);
+}
+
+int command_decode(int argc, char **argv) {
+    decode_options o;
+    if (!parse_decode_options(argc, argv, &o)) return 0;
+    autoencoder_job job;
+    int64_t n;
+    resolve_decode_inputs(&o, &job, &n);
+    const autoencoder_shape *shape = &job.ae.shape;
+    const int64_t image_elements = (int64_t)shape->in_channels * shape->input_size * shape->input_size;
+    row_reader reader;
+    row_reader_open(&reader, &job.info, H5T_NATIVE_FLOAT);
+    float *latents = xmalloc(sizeof(float) * (size_t)job.batch * (size_t)job.info.sample_elements); /* (B, c, h, w) */
+    float *images = xmalloc(sizeof(float) * (size_t)job.batch * (size_t)image_elements);          /* (B, C, H, W) */
+    if (o.png)
+        decode_to_grid(&o, &job, n, &reader, latents, images);
+    else
+        decode_to_dataset(&o, &job, n, &reader, latents, images);
     row_reader_close(&reader);
     free(latents);
     free(images);
-    checkpoint_autoencoder_free(&ae);
-    dataset_info_free(&info);
+    autoencoder_job_free(&job);
     return 0;
 }

@@ -189,12 +189,13 @@ static void print_usage(void) {
            "newer ones that fail verification. Exit status 0 when everything verifies, 2 otherwise.\n");
 }
 
-int command_inspect(int argc, char **argv) {
+/* The one argument, CKPT_OR_RUN, checked to be a directory; NULL when help was printed. */
+static const char *parse_inspect_path(int argc, char **argv) {
     const char *path = NULL;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             print_usage();
-            return 0;
+            return NULL;
         }
         if (argv[i][0] == '-' && argv[i][1])
             fatal_input("ldm inspect: unknown option '%s' (see ldm inspect --help)", argv[i]);
@@ -207,32 +208,27 @@ int command_inspect(int argc, char **argv) {
     if (stat(path, &info) != 0) fatal_input("%s: cannot inspect: %s", path, strerror(errno));
     if (!S_ISDIR(info.st_mode))
         fatal_input("%s: not a directory (expected a checkpoint or run directory)", path);
+    return path;
+}
 
-    char **dirs;
-    int count = checkpoint_list(path, &dirs);
-    /* A checkpoint directory, also one whose manifest is lost (it holds files
-     * only a checkpoint has; a run directory holds model.safetensors too): it is
-     * inspected and reported as damaged rather than taken for an empty run. */
+/* Whether path is a checkpoint directory, also one whose manifest is lost (it
+ * holds files only a checkpoint has; a run directory holds model.safetensors
+ * too): it is inspected and reported as damaged rather than taken for an empty
+ * run. checkpoints: how many path holds as a run directory. */
+static bool is_checkpoint_directory(const char *path, int checkpoints) {
     bool is_checkpoint = checkpoint_is_checkpoint_dir(path);
     const char *checkpoint_only[] = {"optimizer.safetensors", "state.json"};
-    for (int i = 0; i < 2 && !is_checkpoint && count == 0; i++) {
+    for (int i = 0; i < 2 && !is_checkpoint && checkpoints == 0; i++) {
         char *file = path_join(path, checkpoint_only[i]);
         is_checkpoint = exists(file);
         free(file);
     }
-    if (is_checkpoint) {
-        checkpoint_list_free(dirs, count);
-        printf("checkpoint: %s\n", path);
-        int failed = inspect_checkpoint(path);
-        fflush(stdout);
-        if (failed) fatal_input("%s: %d file(s) failed verification", path, failed);
-        return 0;
-    }
-    if (count == 0)
-        fatal_input("%s: neither a checkpoint directory (no manifest.json) nor a run directory with checkpoints "
-                    "(no checkpoints/step-*)",
-                    path);
-    /* The same choice as checkpoint_find, with the skipped ones on stdout. */
+    return is_checkpoint;
+}
+
+/* A run directory: the checkpoint a resume would use (the same choice as
+ * checkpoint_find), with the newer ones skipped on stdout. Takes dirs. */
+static void inspect_run(const char *path, char **dirs, int count) {
     int chosen = -1;
     printf("run: %s (%d checkpoint%s)\n", path, count, count == 1 ? "" : "s");
     for (int i = 0; i < count && chosen < 0; i++) {
@@ -256,5 +252,25 @@ int command_inspect(int argc, char **argv) {
     if (failed) fatal_input("%s: %d file(s) failed verification", shown, failed);
     free(shown);
     if (skipped) fatal_input("%s: %d checkpoint(s) failed verification and were skipped", path, skipped);
+}
+
+int command_inspect(int argc, char **argv) {
+    const char *path = parse_inspect_path(argc, argv);
+    if (!path) return 0;
+    char **dirs;
+    int count = checkpoint_list(path, &dirs);
+    if (is_checkpoint_directory(path, count)) {
+        checkpoint_list_free(dirs, count);
+        printf("checkpoint: %s\n", path);
+        int failed = inspect_checkpoint(path);
+        fflush(stdout);
+        if (failed) fatal_input("%s: %d file(s) failed verification", path, failed);
+        return 0;
+    }
+    if (count == 0)
+        fatal_input("%s: neither a checkpoint directory (no manifest.json) nor a run directory with checkpoints "
+                    "(no checkpoints/step-*)",
+                    path);
+    inspect_run(path, dirs, count);
     return 0;
 }

@@ -77,6 +77,28 @@ static void allreduce_exact_u64(uint64_t *values, int count) {
     free(halves);
 }
 
+/* Collective: the latents' per-channel mean and std over the whole set, from
+ * every rank's pixel sums. */
+static void set_latent_statistics(dataset_writer *writer, const dataset_writer_options *options,
+                                  channel_sums *sums) {
+    const int channels = options->channels;
+    allreduce_exact_u64(sums->sum, channels);
+    allreduce_exact_u64(sums->sum_squares, channels);
+    double *mean = xmalloc(sizeof(double) * channels), *std = xmalloc(sizeof(double) * channels);
+    const double values = (double)options->count * options->height * options->width;
+    for (int c = 0; c < channels; c++) {
+        /* Pixel statistics (population variance), then the affine map to latents. */
+        double pixel_mean = (double)sums->sum[c] / values;
+        double pixel_variance = (double)sums->sum_squares[c] / values - pixel_mean * pixel_mean;
+        if (pixel_variance < 0) pixel_variance = 0;
+        mean[c] = pixel_mean / 127.5 - 1.0;
+        std[c] = sqrt(pixel_variance) / 127.5;
+    }
+    dataset_writer_set_latent_stats(writer, mean, std);
+    free(mean);
+    free(std);
+}
+
 /* Produces this rank's shard of the rows with `fill` and writes it, in batches;
  * every rank makes the same number of (collective) write calls, with 0 rows
  * once its shard is done. For latents, also sets the per-channel statistics
@@ -123,23 +145,7 @@ static void write_all_rows(const dataset_writer_options *options, fill_row_fn fi
     }
     progress_bar_finish(&bar);
 
-    if (latents) {
-        allreduce_exact_u64(sums.sum, channels);
-        allreduce_exact_u64(sums.sum_squares, channels);
-        double *mean = xmalloc(sizeof(double) * channels), *std = xmalloc(sizeof(double) * channels);
-        const double values = (double)options->count * height * width;
-        for (int c = 0; c < channels; c++) {
-            /* Pixel statistics (population variance), then the affine map to latents. */
-            double pixel_mean = (double)sums.sum[c] / values;
-            double pixel_variance = (double)sums.sum_squares[c] / values - pixel_mean * pixel_mean;
-            if (pixel_variance < 0) pixel_variance = 0;
-            mean[c] = pixel_mean / 127.5 - 1.0;
-            std[c] = sqrt(pixel_variance) / 127.5;
-        }
-        dataset_writer_set_latent_stats(writer, mean, std);
-        free(mean);
-        free(std);
-    }
+    if (latents) set_latent_statistics(writer, options, &sums);
     dataset_writer_finish(writer);
     free(sums.sum);
     free(sums.sum_squares);
@@ -166,13 +172,6 @@ static void print_result(const dataset_writer_options *o) {
     fflush(stdout);
 }
 
-/* Whether argv[first..argc) asks for help. */
-static int wants_help(int argc, char **argv, int first) {
-    for (int i = first; i < argc; i++)
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return 1;
-    return 0;
-}
-
 /* ---- fashion-mnist ---- */
 
 typedef struct {
@@ -190,34 +189,44 @@ static void fill_fashion_mnist_row(void *context, int64_t index, uint8_t *image,
     *label = f->split.labels[index];
 }
 
-static int prepare_fashion_mnist(int argc, char **argv) {
-    const char *command = "prepare fashion-mnist";
-    cli_option options[] = {
-        {.name = "--out", .required = 1, .help = "the data set file to write"},
-        {.name = "--split", .value = "train", .help = "train (60000 images) or test (10000); default train"},
-        {.name = "--dir", .value = FASHION_MNIST_DEFAULT_DIR,
-         .help = "folder of the gzip idx files (default " FASHION_MNIST_DEFAULT_DIR ")"},
-        {.name = "--pad", .help = "pad the 28x28 images with black, centred, to PxP (P >= 28; default none)"},
-        {.name = "--force", .is_flag = 1, .help = "overwrite an existing output file"},
+/* The command line of ldm prepare fashion-mnist, parsed. */
+typedef struct {
+    const char *out, *split, *dir;
+    int pad; /* output side, or 0 for the original 28 */
+    int force;
+} fashion_mnist_options;
+
+/* 0 when help was printed. */
+static int parse_fashion_mnist_options(const char *command, int argc, char **argv, fashion_mnist_options *o) {
+    *o = (fashion_mnist_options){.split = "train", .dir = FASHION_MNIST_DEFAULT_DIR};
+    const char *pad = NULL;
+    cli_option table[] = {
+        {.name = "--out", .text = &o->out, .required = 1, .help = "the data set file to write"},
+        {.name = "--split", .text = &o->split, .help = "train (60000 images) or test (10000); default train"},
+        {.name = "--dir", .text = &o->dir, .help = "folder of the gzip idx files (default " FASHION_MNIST_DEFAULT_DIR ")"},
+        {.name = "--pad", .text = &pad, .help = "pad the 28x28 images with black, centred, to PxP (P >= 28; default none)"},
+        {.name = "--force", .flag = &o->force, .help = "overwrite an existing output file"},
         {0},
     };
-    if (wants_help(argc, argv, 3)) {
-        cli_print_usage(command, "Converts Fashion-MNIST (Debian's dataset-fashion-mnist) to an ldm data set.",
-                        options);
+    if (!cli_parse_unless_help(command, "Converts Fashion-MNIST (Debian's dataset-fashion-mnist) to an ldm data set.",
+                               argc, argv, 3, table))
         return 0;
-    }
-    cli_parse(command, argc, argv, 3, options);
-    const char *split = options[1].value;
-    if (strcmp(split, "train") != 0 && strcmp(split, "test") != 0)
-        fatal_input("ldm %s: option --split: expected train or test, got '%s'", command, split);
-    fashion_mnist_context context = {.pad = 0};
-    if (options[3].value) context.pad = (int)cli_int(command, &options[3], FASHION_MNIST_SIDE, PREPARE_MAX_SIZE);
+    if (strcmp(o->split, "train") != 0 && strcmp(o->split, "test") != 0)
+        fatal_input("ldm %s: option --split: expected train or test, got '%s'", command, o->split);
+    if (pad) o->pad = (int)cli_int(command, "--pad", pad, FASHION_MNIST_SIDE, PREPARE_MAX_SIZE);
+    return 1;
+}
 
-    fashion_mnist_read(options[2].value, split, &context.split);
+static int prepare_fashion_mnist(int argc, char **argv) {
+    const char *command = "prepare fashion-mnist";
+    fashion_mnist_options o;
+    if (!parse_fashion_mnist_options(command, argc, argv, &o)) return 0;
+    fashion_mnist_context context = {.pad = o.pad};
+    fashion_mnist_read(o.dir, o.split, &context.split);
     const int side = context.pad ? context.pad : FASHION_MNIST_SIDE;
     dataset_writer_options out = {
-        .path = options[0].value,
-        .force = options[4].value != NULL,
+        .path = o.out,
+        .force = o.force,
         .kind = DATASET_IMAGES,
         .element = DATASET_UINT8,
         .count = context.split.count,
@@ -250,13 +259,21 @@ static void fill_image_folder_row(void *context, int64_t index, uint8_t *image, 
     if (f->listing.labels) *label = f->listing.labels[index];
 }
 
-static int prepare_images(int argc, char **argv) {
-    const char *command = "prepare images";
-    cli_option options[] = {
-        {.name = "--out", .required = 1, .help = "the data set file to write"},
-        {.name = "--size", .required = 1, .help = "side S of the square SxS output images"},
-        {.name = "--channels", .value = "3", .help = "1 (gray) or 3 (RGB); default 3"},
-        {.name = "--force", .is_flag = 1, .help = "overwrite an existing output file"},
+/* The command line of ldm prepare images, parsed. */
+typedef struct {
+    const char *dir, *out;
+    int size, channels, force;
+} image_folder_options;
+
+/* 0 when help was printed. */
+static int parse_image_folder_options(const char *command, int argc, char **argv, image_folder_options *o) {
+    *o = (image_folder_options){0};
+    const char *size = NULL, *channels = "3";
+    cli_option table[] = {
+        {.name = "--out", .text = &o->out, .required = 1, .help = "the data set file to write"},
+        {.name = "--size", .text = &size, .required = 1, .help = "side S of the square SxS output images"},
+        {.name = "--channels", .text = &channels, .help = "1 (gray) or 3 (RGB); default 3"},
+        {.name = "--force", .flag = &o->force, .help = "overwrite an existing output file"},
         {0},
     };
     const char *summary =
@@ -264,27 +281,32 @@ static int prepare_images(int argc, char **argv) {
         "Converts every *.png under DIR (recursively) to an ldm data set: centre-cropped to a square, resized to\n"
         "SxS. The class of an image is its first-level subfolder of DIR (class names: those folders, sorted);\n"
         "without subfolders the file has no labels.";
-    if (wants_help(argc, argv, 3)) {
-        cli_print_usage(command, summary, options);
+    if (cli_wants_help(argc, argv)) {
+        cli_print_usage(command, summary, table);
         return 0;
     }
     if (argc < 4 || argv[3][0] == '-')
         fatal_input("ldm %s: expected the image folder first: ldm prepare images DIR --size S --out F.h5", command);
-    const char *dir = argv[3];
-    cli_parse(command, argc, argv, 4, options);
-    image_folder_context context;
-    context.size = (int)cli_int(command, &options[1], 1, PREPARE_MAX_SIZE);
-    context.channels = (int)cli_int(command, &options[2], 1, 3);
-    if (context.channels == 2)
-        fatal_input("ldm %s: option --channels: expected 1 or 3, got '%s'", command, options[2].value);
+    o->dir = argv[3];
+    cli_parse(command, argc, argv, 4, table);
+    o->size = (int)cli_int(command, "--size", size, 1, PREPARE_MAX_SIZE);
+    o->channels = (int)cli_int(command, "--channels", channels, 1, 3);
+    if (o->channels == 2) fatal_input("ldm %s: option --channels: expected 1 or 3, got '%s'", command, channels);
+    return 1;
+}
 
-    image_folder_list(dir, &context.listing);
+static int prepare_images(int argc, char **argv) {
+    const char *command = "prepare images";
+    image_folder_options o;
+    if (!parse_image_folder_options(command, argc, argv, &o)) return 0;
+    image_folder_context context = {.size = o.size, .channels = o.channels};
+    image_folder_list(o.dir, &context.listing);
     if (context.listing.num_classes > DATASET_MAX_CLASSES)
-        fatal_input("%s: %d class subfolders; at most %d are supported", dir, context.listing.num_classes,
+        fatal_input("%s: %d class subfolders; at most %d are supported", o.dir, context.listing.num_classes,
                     DATASET_MAX_CLASSES);
     dataset_writer_options out = {
-        .path = options[0].value,
-        .force = options[3].value != NULL,
+        .path = o.out,
+        .force = o.force,
         .kind = DATASET_IMAGES,
         .element = DATASET_UINT8,
         .count = context.listing.count,
@@ -314,66 +336,80 @@ static void fill_synthetic_row(void *context, int64_t index, uint8_t *image, int
     *label = synthetic_class(index, s->num_classes);
 }
 
-static int prepare_synthetic(int argc, char **argv) {
-    const char *command = "prepare synthetic";
-    cli_option options[] = {
-        {.name = "--out", .required = 1, .help = "the data set file to write"},
-        {.name = "--n", .required = 1, .help = "number of samples"},
-        {.name = "--size", .required = 1, .help = "side S of the SxS images"},
-        {.name = "--classes", .required = 1, .help = "number of classes K (the class of sample i is i % K)"},
-        {.name = "--channels", .required = 1, .help = "channels C (1 is gray, 3 RGB; up to 64)"},
-        {.name = "--seed", .value = "0", .help = "seed of the positions, sizes and colours (default 0)"},
-        {.name = "--latents", .help = "float32 or float16: write /latents (N, C, S, S) in [-1, 1] instead of /images"},
-        {.name = "--force", .is_flag = 1, .help = "overwrite an existing output file"},
+/* The command line of ldm prepare synthetic, parsed. */
+typedef struct {
+    const char *out;
+    int64_t count;
+    synthetic_context context;
+    dataset_element element; /* uint8 images, or float latents */
+    int force;
+} synthetic_options;
+
+/* 0 when help was printed. */
+static int parse_synthetic_options(const char *command, int argc, char **argv, synthetic_options *o) {
+    *o = (synthetic_options){.element = DATASET_UINT8};
+    const char *n = NULL, *size = NULL, *classes = NULL, *channels = NULL, *seed = "0", *latents = NULL;
+    cli_option table[] = {
+        {.name = "--out", .text = &o->out, .required = 1, .help = "the data set file to write"},
+        {.name = "--n", .text = &n, .required = 1, .help = "number of samples"},
+        {.name = "--size", .text = &size, .required = 1, .help = "side S of the SxS images"},
+        {.name = "--classes", .text = &classes, .required = 1,
+         .help = "number of classes K (the class of sample i is i % K)"},
+        {.name = "--channels", .text = &channels, .required = 1, .help = "channels C (1 is gray, 3 RGB; up to 64)"},
+        {.name = "--seed", .text = &seed, .help = "seed of the positions, sizes and colours (default 0)"},
+        {.name = "--latents", .text = &latents,
+         .help = "float32 or float16: write /latents (N, C, S, S) in [-1, 1] instead of /images"},
+        {.name = "--force", .flag = &o->force, .help = "overwrite an existing output file"},
         {0},
     };
-    if (wants_help(argc, argv, 3)) {
-        cli_print_usage(command,
-                        "Writes procedural images (one shape per class, position, size and colour varying per "
-                        "sample);\nsample i is a pure function of (seed, i).",
-                        options);
+    if (!cli_parse_unless_help(command,
+                               "Writes procedural images (one shape per class, position, size and colour varying per "
+                               "sample);\nsample i is a pure function of (seed, i).",
+                               argc, argv, 3, table))
         return 0;
-    }
-    cli_parse(command, argc, argv, 3, options);
-    synthetic_context context;
-    int64_t count = cli_int(command, &options[1], 1, PREPARE_MAX_COUNT);
-    context.size = (int)cli_int(command, &options[2], 4, PREPARE_MAX_SIZE);
-    context.num_classes = (int)cli_int(command, &options[3], 1, DATASET_MAX_CLASSES);
-    context.channels = (int)cli_int(command, &options[4], 1, SYNTHETIC_MAX_CHANNELS);
-    context.seed = (uint64_t)cli_int(command, &options[5], 0, INT64_MAX);
-    dataset_element element = DATASET_UINT8;
-    if (options[6].value) {
-        if (!strcmp(options[6].value, "float32"))
-            element = DATASET_FLOAT32;
-        else if (!strcmp(options[6].value, "float16"))
-            element = DATASET_FLOAT16;
+    o->count = cli_int(command, "--n", n, 1, PREPARE_MAX_COUNT);
+    o->context.size = (int)cli_int(command, "--size", size, 4, PREPARE_MAX_SIZE);
+    o->context.num_classes = (int)cli_int(command, "--classes", classes, 1, DATASET_MAX_CLASSES);
+    o->context.channels = (int)cli_int(command, "--channels", channels, 1, SYNTHETIC_MAX_CHANNELS);
+    o->context.seed = (uint64_t)cli_int(command, "--seed", seed, 0, INT64_MAX);
+    if (latents) {
+        if (!strcmp(latents, "float32"))
+            o->element = DATASET_FLOAT32;
+        else if (!strcmp(latents, "float16"))
+            o->element = DATASET_FLOAT16;
         else
-            fatal_input("ldm %s: option --latents: expected float32 or float16, got '%s'", command, options[6].value);
+            fatal_input("ldm %s: option --latents: expected float32 or float16, got '%s'", command, latents);
     }
+    return 1;
+}
 
-    char **class_names = xmalloc(sizeof(char *) * (size_t)context.num_classes);
-    for (int k = 0; k < context.num_classes; k++) {
+static int prepare_synthetic(int argc, char **argv) {
+    synthetic_options o;
+    if (!parse_synthetic_options("prepare synthetic", argc, argv, &o)) return 0;
+    const int num_classes = o.context.num_classes;
+    char **class_names = xmalloc(sizeof(char *) * (size_t)num_classes);
+    for (int k = 0; k < num_classes; k++) {
         char name[64];
         synthetic_class_name(k, name, sizeof(name));
         class_names[k] = xstrdup(name);
     }
     dataset_writer_options out = {
-        .path = options[0].value,
-        .force = options[7].value != NULL,
-        .kind = element == DATASET_UINT8 ? DATASET_IMAGES : DATASET_LATENTS,
-        .element = element,
-        .count = count,
-        .channels = context.channels,
-        .height = context.size,
-        .width = context.size,
+        .path = o.out,
+        .force = o.force,
+        .kind = o.element == DATASET_UINT8 ? DATASET_IMAGES : DATASET_LATENTS,
+        .element = o.element,
+        .count = o.count,
+        .channels = o.context.channels,
+        .height = o.context.size,
+        .width = o.context.size,
         .has_labels = 1,
-        .num_classes = context.num_classes,
+        .num_classes = num_classes,
         .class_names = (const char *const *)class_names,
-        .autoencoder = element == DATASET_UINT8 ? NULL : "none (synthetic)",
+        .autoencoder = o.element == DATASET_UINT8 ? NULL : "none (synthetic)",
     };
-    write_all_rows(&out, fill_synthetic_row, &context, "prepare synthetic");
+    write_all_rows(&out, fill_synthetic_row, &o.context, "prepare synthetic");
     print_result(&out);
-    for (int k = 0; k < context.num_classes; k++) free(class_names[k]);
+    for (int k = 0; k < num_classes; k++) free(class_names[k]);
     free(class_names);
     return 0;
 }

@@ -44,336 +44,449 @@
 #include "dataset_file.h"
 #include "dit.h"
 #include "fatal.h"
+#include "model_shapes.h"
 #include "png_image.h"
 #include "progress_bar.h"
 #include "consistency_record.h"
 #include "sample_pipeline.h"
 #include "sampler.h"
-#include "model_shapes.h"
 
+/* The command line of ldm sample, parsed and checked. */
+typedef struct {
+    const char *model, *out, *class_text, *weights, *ae, *sigmas; /* as given (NULL: left out) */
+    int64_t n;
+    int force, png;
+    int batch;                        /* rows of every network pass */
+    sampler_options sampler;          /* EDM's: the given options, else their defaults */
+    int steps_given, cfg_given;
+    const char *sampler_option_given; /* "--sampler" or "--churn" when given, else NULL */
+    const char *edm_option_given;     /* "--cfg", else sampler_option_given */
+} sample_options;
 
+/* The options parse_sample_options converts from text (NULL: left out). */
+typedef struct {
+    const char *n, *cfg, *steps, *sampler, *seed, *batch, *churn;
+} sample_option_texts;
 
-static double parse_double(const cli_option *option, double min, double max) {
-    char *end = NULL;
-    errno = 0;
-    double v = strtod(option->value, &end);
-    if (errno || end == option->value || *end || !(v >= min && v <= max))
-        fatal_input("ldm sample: option %s: expected a number in [%g, %g], got '%s'", option->name, min, max,
-                    option->value);
-    return v;
+/* The option table, tied to the fields of o and t; 0 when help was printed. */
+static int read_sample_command_line(int argc, char **argv, sample_options *o, sample_option_texts *t) {
+    cli_option table[] = {
+        {.name = "--model", .text = &o->model, .required = 1,
+         .help = "the DiT: a run directory of ldm train or one of its checkpoints"},
+        {.name = "--n", .text = &t->n, .required = 1, .help = "how many samples"},
+        {.name = "--out", .text = &o->out, .required = 1,
+         .help = "SAMPLES.h5 (an ldm data set with /images and /labels) or GRID.png"},
+        {.name = "--class", .text = &o->class_text,
+         .help = "the class of every sample, or all (sample i: i mod classes)"},
+        {.name = "--cfg", .text = &t->cfg,
+         .help = "classifier-free guidance scale (default 1: none); a consistency model distilled over a range "
+                 "of scales (distill.guidance_max): its scale input, in that range (default the lower end)"},
+        {.name = "--steps", .text = &t->steps,
+         .help = "noise levels before sigma = 0 (default 18); a consistency model (ldm distill): 1, 2 or 4 "
+                 "(default 2)"},
+        {.name = "--sampler", .text = &t->sampler, .help = "heun (2 steps - 1 evaluations) or euler (default heun)"},
+        {.name = "--seed", .text = &t->seed, .help = "seed of the initial noise (default 0)"},
+        {.name = "--weights", .text = &o->weights, .help = "ema or model (default ema)"},
+        {.name = "--batch", .text = &t->batch, .help = "samples per forward pass (default: N, at most 64)"},
+        {.name = "--force", .flag = &o->force, .help = "overwrite an existing output"},
+        {.name = "--ae", .text = &o->ae,
+         .help = "for a model trained on latents: the autoencoder run or checkpoint that decodes them "
+                 "(default: the one that made its latents, when still there)"},
+        {.name = "--churn", .text = &t->churn, .help = "EDM's stochastic churn S_churn (default 0: deterministic)"},
+        {.name = "--sigmas", .text = &o->sigmas,
+         .help = "a consistency model: its sampler's noise levels instead of the recorded ones, decreasing and "
+                 "above distill.sigma_min, e.g. 80,0.821 (one per step)"},
+        {0},
+    };
+    return cli_parse_unless_help("sample", "Samples images from a DiT with EDM's Heun or Euler sampler, or from a "
+                                           "consistency model of ldm distill with its 1-4 step sampler.",
+                                 argc, argv, 2, table);
+}
+
+/* Parses and checks the command line into o; 0 when help was printed. */
+static int parse_sample_options(int argc, char **argv, sample_options *o) {
+    *o = (sample_options){.class_text = "all", .weights = "ema"};
+    sample_option_texts t = {.seed = "0"};
+    if (!read_sample_command_line(argc, argv, o, &t)) return 0;
+    o->n = cli_int("sample", "--n", t.n, 1, INT_MAX);
+    o->png = cli_path_ends_with(o->out, ".png");
+    if (!o->png && !cli_path_ends_with(o->out, ".h5"))
+        fatal_input("ldm sample: option --out: expected a file name ending in .h5 or .png, got '%s'", o->out);
+    /* EDM's options, when left out: their defaults. A consistency model takes none
+     * of them (refused by resolve_consistency_guidance when given), and 2 steps by default. */
+    o->sampler_option_given = t.sampler ? "--sampler" : t.churn ? "--churn" : NULL;
+    o->edm_option_given = t.cfg ? "--cfg" : o->sampler_option_given;
+    o->steps_given = t.steps != NULL;
+    o->cfg_given = t.cfg != NULL;
+    o->sampler = (sampler_options){
+        .steps = (int)cli_int("sample", "--steps", t.steps ? t.steps : "18", 1, 100000),
+        .guidance = cli_double("sample", "--cfg", t.cfg ? t.cfg : "1", 0.0, 1e6),
+        .seed = cli_uint64("sample", "--seed", t.seed),
+        .churn = cli_double("sample", "--churn", t.churn ? t.churn : "0", 0.0, 1e6),
+    };
+    const char *method = t.sampler ? t.sampler : "heun";
+    if (!strcmp(method, "heun")) o->sampler.method = SAMPLER_HEUN;
+    else if (!strcmp(method, "euler")) o->sampler.method = SAMPLER_EULER;
+    else fatal_input("ldm sample: option --sampler: expected heun or euler, got '%s'", method);
+    if (strcmp(o->weights, "ema") != 0 && strcmp(o->weights, "model") != 0)
+        fatal_input("ldm sample: option --weights: expected ema or model, got '%s'", o->weights);
+    o->batch = t.batch ? (int)cli_int("sample", "--batch", t.batch, 1, 1 << 16) : o->n < 64 ? (int)o->n : 64;
+    return 1;
 }
 
 /* --sigmas A,B,...: the consistency sampler's noise levels, one per step,
  * decreasing and above co->sigma_min (the count must agree with --steps when
  * both are given). */
-static void consistency_sigmas_option(const cli_option *option, int steps, consistency_sampler_options *co) {
+static void consistency_sigmas_option(const char *text, int steps, consistency_sampler_options *co) {
     int count = 0;
-    const char *p = option->value;
+    const char *p = text;
     while (*p) {
         char *end = NULL;
         errno = 0;
         const double v = strtod(p, &end);
         if (end == p || errno || !isfinite(v) || (*end && *end != ',') || count == CONSISTENCY_MAX_STEPS)
             fatal_input("ldm sample: option --sigmas: expected up to %d comma-separated numbers, got '%s'",
-                        CONSISTENCY_MAX_STEPS, option->value);
+                        CONSISTENCY_MAX_STEPS, text);
         if (!(v > co->sigma_min) || (count > 0 && !(v < co->sigmas[count - 1])))
             fatal_input("ldm sample: option --sigmas: expected decreasing numbers above distill.sigma_min (%g), got "
-                        "'%s'", co->sigma_min, option->value);
+                        "'%s'", co->sigma_min, text);
         co->sigmas[count++] = v;
         p = *end ? end + 1 : end;
     }
-    if (count == 0) fatal_input("ldm sample: option --sigmas: expected at least one number, got '%s'", option->value);
+    if (count == 0) fatal_input("ldm sample: option --sigmas: expected at least one number, got '%s'", text);
     if (steps && steps != count)
         fatal_input("ldm sample: option --sigmas: %d noise levels, but --steps %d", count, steps);
     co->steps = count;
 }
 
-int command_sample(int argc, char **argv) {
-    cli_option options[] = {
-        {.name = "--model", .required = 1, .help = "the DiT: a run directory of ldm train or one of its checkpoints"},
-        {.name = "--n", .required = 1, .help = "how many samples"},
-        {.name = "--out", .required = 1, .help = "SAMPLES.h5 (an ldm data set with /images and /labels) or GRID.png"},
-        {.name = "--class", .value = "all", .help = "the class of every sample, or all (sample i: i mod classes)"},
-        {.name = "--cfg", .help = "classifier-free guidance scale (default 1: none); a consistency model distilled over a range "
-                                   "of scales (distill.guidance_max): its scale input, in that range (default the "
-                                   "lower end)"},
-        {.name = "--steps", .help = "noise levels before sigma = 0 (default 18); a consistency model (ldm distill): "
-                                    "1, 2 or 4 (default 2)"},
-        {.name = "--sampler", .help = "heun (2 steps - 1 evaluations) or euler (default heun)"},
-        {.name = "--seed", .value = "0", .help = "seed of the initial noise (default 0)"},
-        {.name = "--weights", .value = "ema", .help = "ema or model (default ema)"},
-        {.name = "--batch", .help = "samples per forward pass (default: N, at most 64)"},
-        {.name = "--force", .is_flag = 1, .help = "overwrite an existing output"},
-        {.name = "--ae", .help = "for a model trained on latents: the autoencoder run or checkpoint that decodes them "
-                                 "(default: the one that made its latents, when still there)"},
-        {.name = "--churn", .help = "EDM's stochastic churn S_churn (default 0: deterministic)"},
-        {.name = "--sigmas", .help = "a consistency model: its sampler's noise levels instead of the recorded ones, "
-                                     "decreasing and above distill.sigma_min, e.g. 80,0.821 (one per step)"},
-        {0},
-    };
-    if (cli_wants_help(argc, argv)) {
-        cli_print_usage("sample", "Samples images from a DiT with EDM's Heun or Euler sampler, or from a consistency "
-                                  "model of ldm distill with its 1-4 step sampler.", options);
-        return 0;
-    }
-    cli_parse("sample", argc, argv, 2, options);
-    const char *where = options[0].value, *out_path = options[2].value, *class_text = options[3].value;
-    const int64_t n = cli_int("sample", &options[1], 1, INT_MAX);
-    const int force = options[10].value != NULL;
-    const int png = cli_path_ends_with(out_path, ".png");
-    if (!png && !cli_path_ends_with(out_path, ".h5"))
-        fatal_input("ldm sample: option --out: expected a file name ending in .h5 or .png, got '%s'", out_path);
-    /* EDM's options, when left out: their defaults. A consistency model takes none
-     * of them (refused below when given), and 2 steps by default. */
-    const char *sampler_option_given = options[6].value ? "--sampler" : options[12].value ? "--churn" : NULL;
-    const char *edm_option_given = options[4].value ? "--cfg" : sampler_option_given;
-    const int steps_given = options[5].value != NULL, cfg_given = options[4].value != NULL;
-    if (!options[4].value) options[4].value = "1";
-    if (!options[5].value) options[5].value = "18";
-    if (!options[6].value) options[6].value = "heun";
-    if (!options[12].value) options[12].value = "0";
-    sampler_options so = {
-        .steps = (int)cli_int("sample", &options[5], 1, 100000),
-        .guidance = parse_double(&options[4], 0.0, 1e6),
-        .seed = cli_uint64("sample", &options[7]),
-        .churn = parse_double(&options[12], 0.0, 1e6),
-    };
-    const char *method = options[6].value;
-    if (!strcmp(method, "heun")) so.method = SAMPLER_HEUN;
-    else if (!strcmp(method, "euler")) so.method = SAMPLER_EULER;
-    else fatal_input("ldm sample: option --sampler: expected heun or euler, got '%s'", method);
-    const char *weights = options[8].value;
-    if (strcmp(weights, "ema") != 0 && strcmp(weights, "model") != 0)
-        fatal_input("ldm sample: option --weights: expected ema or model, got '%s'", weights);
-    const int batch_option = options[9].value ? (int)cli_int("sample", &options[9], 1, 1 << 16) : n < 64 ? (int)n : 64;
-    const int rank = comm_rank(), world = comm_world_size();
+/* The DiT to sample from, as its checkpoint describes it, and the sampler it takes. */
+typedef struct {
+    char *checkpoint;
+    long long step;
+    checkpoint_data data;            /* what it was trained on */
+    ldm_config config;
+    dit_shape shape;
+    int latents;                     /* trained on latents: decoded by an autoencoder */
+    int consistency;                 /* a student of ldm distill */
+    consistency_sampler_options co;  /* its sampler, when consistency */
+    sampler_options edm;             /* EDM's sampler, otherwise */
+    int classes, fixed_class;        /* --class K, or -1 for all */
+} sample_model;
 
-    /* A PNG is written by rank 0 alone: refuse an existing one before any work. */
-    if (png) cli_refuse_existing_output(out_path, force);
-
-    /* The model's checkpoint and config. */
-    char *config_text = NULL, *checkpoint = NULL;
-    long long step = 0;
-    checkpoint_data data;
+/* Collective: finds the checkpoint of --model (rank 0, broadcast) and, for a
+ * student of ldm distill, its consistency sampler; returns the config's JSON
+ * text (caller frees). */
+static char *find_sample_model(const sample_options *o, sample_model *m) {
+    char *config_text = NULL;
+    const int rank = comm_rank();
+    m->checkpoint = NULL;
+    m->step = 0;
     const checkpoint_model_request request = {"sample", "model", "dit", "train", "consistency", "distill"};
-    if (rank == 0) config_text = checkpoint_model_find(&request, where, &checkpoint, &step, &data);
+    if (rank == 0) config_text = checkpoint_model_find(&request, o->model, &m->checkpoint, &m->step, &m->data);
     config_text = checkpoint_model_broadcast_string(config_text);
-    checkpoint = checkpoint_model_broadcast_string(checkpoint);
-    comm_broadcast(&step, sizeof step, 0);
-    comm_broadcast(&data, sizeof data, 0);
+    m->checkpoint = checkpoint_model_broadcast_string(m->checkpoint);
+    comm_broadcast(&m->step, sizeof m->step, 0);
+    comm_broadcast(&m->data, sizeof m->data, 0);
     /* A student of ldm distill: its record says so, and holds its sigma points. */
-    char *record = rank == 0 ? checkpoint_model_state_record(checkpoint, CONSISTENCY_RECORD_NAME) : NULL;
-    int consistency = record != NULL;
-    comm_broadcast(&consistency, sizeof consistency, 0);
-    consistency_sampler_options co;
-    if (consistency) {
+    char *record = rank == 0 ? checkpoint_model_state_record(m->checkpoint, CONSISTENCY_RECORD_NAME) : NULL;
+    m->consistency = record != NULL;
+    comm_broadcast(&m->consistency, sizeof m->consistency, 0);
+    m->edm = o->sampler;
+    if (m->consistency) {
         record = checkpoint_model_broadcast_string(record);
         /* With --sigmas the record gives sigma_min only. */
-        const int recorded_steps = options[13].value ? 0 : steps_given ? so.steps : 2;
-        consistency_record_sampler(record, checkpoint, recorded_steps, &co);
-        co.seed = so.seed;
+        const int recorded_steps = o->sigmas ? 0 : o->steps_given ? m->edm.steps : 2;
+        consistency_record_sampler(record, m->checkpoint, recorded_steps, &m->co);
+        m->co.seed = m->edm.seed;
         free(record);
-        if (options[13].value) consistency_sigmas_option(&options[13], steps_given ? so.steps : 0, &co);
-    } else if (options[13].value) {
+        if (o->sigmas) consistency_sigmas_option(o->sigmas, o->steps_given ? m->edm.steps : 0, &m->co);
+    } else if (o->sigmas) {
         fatal_input("ldm sample: option --sigmas: %s is not a consistency model (ldm distill's students take it; "
-                    "EDM's sampler takes --steps)", checkpoint);
+                    "EDM's sampler takes --steps)", m->checkpoint);
     }
-    const int latents = strcmp(data.kind, "latents") == 0;
-    if (!latents && options[11].value)
-        fatal_input("ldm sample: option --ae: %s was trained on %s, not latents: it needs no autoencoder", checkpoint,
-                    data.kind[0] ? data.kind : "images");
-    if (latents && !data.has_latent_statistics)
-        fatal_input("%s/state.json: data: no latent_mean and latent_std (a run of an older ldm); cannot undo the "
-                    "latents' normalisation", checkpoint);
-    ldm_config config;
-    char source[4200], err[1024];
-    snprintf(source, sizeof source, "%s/state.json: config", checkpoint);
-    if (config_load_json_text(&config, config_text, source, NULL, 0, err, sizeof err) != 0) fatal_input("%s", err);
-    free(config_text);
-    /* A student distilled over a range of guidance scales takes the scale as an
-     * input (--cfg, default the range's lower end); any other consistency model
-     * has its teacher's guidance built in and takes none of EDM's options. */
-    const dit_shape shape = consistency ? config_student_shape(&config) : config_dit_shape(&config);
-    if (consistency && shape.guidance_input) {
-        const double low = config.distill.guidance, high = config.distill.guidance_max;
-        if (sampler_option_given)
+    return config_text;
+}
+
+/* A student distilled over a range of guidance scales takes the scale as an
+ * input (--cfg, default the range's lower end); any other consistency model
+ * has its teacher's guidance built in and takes none of EDM's options. */
+static void resolve_consistency_guidance(const sample_options *o, sample_model *m) {
+    if (m->consistency && m->shape.guidance_input) {
+        const double low = m->config.distill.guidance, high = m->config.distill.guidance_max;
+        if (o->sampler_option_given)
             fatal_input("ldm sample: option %s: does not apply to the consistency model %s (its sampler takes "
-                        "--steps 1, 2 or 4 and --cfg only)", sampler_option_given, checkpoint);
-        if (!(so.guidance >= low && so.guidance <= high) && cfg_given)
+                        "--steps 1, 2 or 4 and --cfg only)", o->sampler_option_given, m->checkpoint);
+        if (!(m->edm.guidance >= low && m->edm.guidance <= high) && o->cfg_given)
             fatal_input("ldm sample: option --cfg: the consistency model %s was distilled for guidance scales in "
-                        "[%g, %g], got %g", checkpoint, low, high, so.guidance);
-        co.guidance = cfg_given ? so.guidance : low;
-    } else if (consistency && edm_option_given) {
+                        "[%g, %g], got %g", m->checkpoint, low, high, m->edm.guidance);
+        m->co.guidance = o->cfg_given ? m->edm.guidance : low;
+    } else if (m->consistency && o->edm_option_given) {
         fatal_input("ldm sample: option %s: does not apply to the consistency model %s (its sampler takes "
-                    "--steps 1, 2 or 4 only)", edm_option_given, checkpoint);
+                    "--steps 1, 2 or 4 only)", o->edm_option_given, m->checkpoint);
     }
-    if (consistency) so.guidance = 1.0;
-    const int classes = shape.num_classes;
+    if (m->consistency) m->edm.guidance = 1.0;
+}
 
-    int fixed_class = -1;
-    if (strcmp(class_text, "all") != 0) {
-        char *end = NULL;
-        errno = 0;
-        long v = strtol(class_text, &end, 10);
-        if (errno || end == class_text || *end || v < 0 || v >= classes)
-            fatal_input("ldm sample: option --class: expected all or a class in [0, %d] (the model has %d classes), "
-                        "got '%s'", classes - 1, classes, class_text);
-        fixed_class = (int)v;
+/* --class: all (-1), or a class of the model. */
+static int parse_sample_class(const char *class_text, int classes) {
+    if (strcmp(class_text, "all") == 0) return -1;
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(class_text, &end, 10);
+    if (errno || end == class_text || *end || v < 0 || v >= classes)
+        fatal_input("ldm sample: option --class: expected all or a class in [0, %d] (the model has %d classes), "
+                    "got '%s'", classes - 1, classes, class_text);
+    return (int)v;
+}
+
+/* Collective: the model of --model, checked against the other options. */
+static void resolve_sample_model(const sample_options *o, sample_model *m) {
+    char *config_text = find_sample_model(o, m);
+    m->latents = strcmp(m->data.kind, "latents") == 0;
+    if (!m->latents && o->ae)
+        fatal_input("ldm sample: option --ae: %s was trained on %s, not latents: it needs no autoencoder",
+                    m->checkpoint, m->data.kind[0] ? m->data.kind : "images");
+    if (m->latents && !m->data.has_latent_statistics)
+        fatal_input("%s/state.json: data: no latent_mean and latent_std (a run of an older ldm); cannot undo the "
+                    "latents' normalisation", m->checkpoint);
+    char source[4200], err[1024];
+    snprintf(source, sizeof source, "%s/state.json: config", m->checkpoint);
+    if (config_load_json_text(&m->config, config_text, source, NULL, 0, err, sizeof err) != 0)
+        fatal_input("%s", err);
+    free(config_text);
+    m->shape = m->consistency ? config_student_shape(&m->config) : config_dit_shape(&m->config);
+    resolve_consistency_guidance(o, m);
+    m->classes = m->shape.num_classes;
+    m->fixed_class = parse_sample_class(o->class_text, m->classes);
+}
+
+/* The networks that make the samples, and the words that name them. */
+typedef struct {
+    dit_model dit;
+    checkpoint_autoencoder ae; /* a latents model's decoder */
+    char *recorded_ae;         /* the autoencoder its latents file named, or NULL */
+    char *description;         /* "CHECKPOINT (step S, ema weights)[, decoded by AE]" */
+} sample_networks;
+
+/* Collective: the autoencoder of a latents model: --ae, or the one recorded in the data. */
+static void load_sample_autoencoder(const sample_options *o, const sample_model *m, sample_networks *net) {
+    const char *ae_where = o->ae;
+    net->recorded_ae = NULL;
+    if (!ae_where) {
+        net->recorded_ae = checkpoint_autoencoder_recorded_path(m->data.autoencoder);
+        int there = comm_rank() == 0 && net->recorded_ae && access(net->recorded_ae, F_OK) == 0;
+        comm_broadcast(&there, sizeof there, 0);
+        if (!there)
+            fatal_input("%s: the model was trained on latents (made by: %s); name the autoencoder that decodes "
+                        "them with --ae", m->checkpoint, m->data.autoencoder[0] ? m->data.autoencoder : "not recorded");
+        ae_where = net->recorded_ae;
     }
+    checkpoint_autoencoder_load(&net->ae, "sample", ae_where, "ema", AE_FOR_DECODING, o->batch);
+    checkpoint_autoencoder_check_latents(&net->ae, &m->shape, m->checkpoint);
+}
 
-    int64_t start = 0, rows = n;
-    dataset_shard_range(n, rank, world, &start, &rows);
-    const int64_t largest_shard = (n + world - 1) / world;
-    /* Not capped by the shard: the network always runs on --batch rows, so that the
-     * samples do not depend on the number of ranks (sampler.h). */
-    const int batch = batch_option;
-    const int guided = so.guidance != 1.0;
-
-    /* The autoencoder of a latents model: --ae, or the one recorded in the data. */
-    checkpoint_autoencoder ae;
-    const char *ae_where = options[11].value;
-    char *recorded = NULL;
-    if (latents) {
-        if (!ae_where) {
-            recorded = checkpoint_autoencoder_recorded_path(data.autoencoder);
-            int there = rank == 0 && recorded && access(recorded, F_OK) == 0;
-            comm_broadcast(&there, sizeof there, 0);
-            if (!there)
-                fatal_input("%s: the model was trained on latents (made by: %s); name the autoencoder that decodes "
-                            "them with --ae", checkpoint, data.autoencoder[0] ? data.autoencoder : "not recorded");
-            ae_where = recorded;
-        }
-        checkpoint_autoencoder_load(&ae, "sample", ae_where, "ema", AE_FOR_DECODING, batch);
-        checkpoint_autoencoder_check_latents(&ae, &shape, checkpoint);
-    }
-    dit_model model;
-    dit_create(&model, &shape, guided ? 2 * batch : batch);
-    if (rank == 0) {
-        char *file = path_join(checkpoint, strcmp(weights, "ema") == 0 ? "ema.safetensors" : "model.safetensors");
-        param_table_load_safetensors(&model.table, file);
+/* Collective: the DiT with the --weights of its checkpoint (rank 0 reads, every
+ * rank gets them), and for a latents model its autoencoder. */
+static void load_sample_networks(const sample_options *o, const sample_model *m, sample_networks *net) {
+    net->recorded_ae = NULL;
+    if (m->latents) load_sample_autoencoder(o, m, net);
+    const int guided = m->edm.guidance != 1.0;
+    dit_create(&net->dit, &m->shape, guided ? 2 * o->batch : o->batch);
+    if (comm_rank() == 0) {
+        char *file = path_join(m->checkpoint, strcmp(o->weights, "ema") == 0 ? "ema.safetensors" : "model.safetensors");
+        param_table_load_safetensors(&net->dit.table, file);
         free(file);
     }
-    comm_broadcast(model.params, sizeof(float) * model.table.trainable_numel, 0);
-    char *model_description = checkpoint_model_description(checkpoint, step, weights);
-    char *description = model_description;
-    if (latents) {
-        size_t length = strlen(model_description) + strlen(ae.description) + 32;
-        description = xmalloc(length);
-        snprintf(description, length, "%s, decoded by %s", model_description, ae.description);
+    comm_broadcast(net->dit.params, sizeof(float) * net->dit.table.trainable_numel, 0);
+    char *model_description = checkpoint_model_description(m->checkpoint, m->step, o->weights);
+    net->description = model_description;
+    if (m->latents) {
+        size_t length = strlen(model_description) + strlen(net->ae.description) + 32;
+        net->description = xmalloc(length);
+        snprintf(net->description, length, "%s, decoded by %s", model_description, net->ae.description);
         free(model_description);
     }
+}
 
-    sample_pipeline pipeline;
-    if (consistency)
-        sample_pipeline_create_consistency(&pipeline, &model, &co, config.diffusion.sigma_data, batch,
-                                           latents ? &ae.model : NULL, data.latent_mean, data.latent_std);
-    else
-        sample_pipeline_create(&pipeline, &model, &so, config.diffusion.sigma_data, batch, latents ? &ae.model : NULL,
-                               data.latent_mean, data.latent_std);
-    const int64_t image_elements = pipeline.per_image;
-    const int image_channels = pipeline.channels, image_size = pipeline.size;
-    float *images = xmalloc(sizeof(float) * (size_t)batch * (size_t)image_elements);
-    int *labels = xmalloc(sizeof(int) * (size_t)batch);
-    int32_t *labels32 = xmalloc(sizeof(int32_t) * (size_t)(largest_shard > 0 ? largest_shard : 1));
-    int64_t *indices = xmalloc(sizeof(int64_t) * (size_t)batch);
-    uint8_t *pixels = xcalloc((size_t)(largest_shard > 0 ? largest_shard : 1) * (size_t)image_elements, 1);
+static void free_sample_networks(const sample_model *m, sample_networks *net) {
+    dit_destroy(&net->dit);
+    if (m->latents) checkpoint_autoencoder_free(&net->ae);
+    free(net->recorded_ae);
+    free(net->description);
+}
 
-    dataset_writer *writer = NULL;
-    if (!png) {
-        dataset_writer_options wo = {
-            .path = out_path,
-            .force = force,
-            .kind = DATASET_IMAGES,
-            .element = DATASET_UINT8,
-            .count = n,
-            .channels = image_channels,
-            .height = image_size,
-            .width = image_size,
-            .has_labels = 1,
-            .num_classes = classes,
-        };
-        writer = dataset_writer_create(&wo);
-    }
+/* This rank's contiguous shard of the samples and what it holds of them. */
+typedef struct {
+    int64_t start, rows, largest_shard;
+    int64_t image_elements;   /* C * H * W of a sample */
+    int channels, size;
+    float *images;            /* (batch, C, H, W) one pipeline run */
+    int *labels;              /* (batch) */
+    int64_t *indices;         /* (batch) */
+    int32_t *labels32;        /* (largest_shard) the shard's labels */
+    uint8_t *pixels;          /* (largest_shard, H, W, C) the shard's samples */
+} sample_shard;
 
+static void sample_shard_create(sample_shard *s, const sample_options *o, const sample_pipeline *pipeline) {
+    const int rank = comm_rank(), world = comm_world_size();
+    s->start = 0, s->rows = o->n;
+    dataset_shard_range(o->n, rank, world, &s->start, &s->rows);
+    s->largest_shard = (o->n + world - 1) / world;
+    s->image_elements = pipeline->per_image;
+    s->channels = pipeline->channels, s->size = pipeline->size;
+    const size_t shard_rows = (size_t)(s->largest_shard > 0 ? s->largest_shard : 1);
+    s->images = xmalloc(sizeof(float) * (size_t)o->batch * (size_t)s->image_elements);
+    s->labels = xmalloc(sizeof(int) * (size_t)o->batch);
+    s->labels32 = xmalloc(sizeof(int32_t) * shard_rows);
+    s->indices = xmalloc(sizeof(int64_t) * (size_t)o->batch);
+    s->pixels = xcalloc(shard_rows * (size_t)s->image_elements, 1);
+}
+
+static void sample_shard_free(sample_shard *s) {
+    free(s->pixels);
+    free(s->indices);
+    free(s->labels32);
+    free(s->labels);
+    free(s->images);
+}
+
+/* Collective, for an .h5 output: the data set every rank writes its rows of. */
+static dataset_writer *create_sample_writer(const sample_options *o, const sample_model *m, const sample_shard *s) {
+    dataset_writer_options wo = {
+        .path = o->out,
+        .force = o->force,
+        .kind = DATASET_IMAGES,
+        .element = DATASET_UINT8,
+        .count = o->n,
+        .channels = s->channels,
+        .height = s->size,
+        .width = s->size,
+        .has_labels = 1,
+        .num_classes = m->classes,
+    };
+    return dataset_writer_create(&wo);
+}
+
+/* Samples the shard in batches of --batch (the network always runs on --batch
+ * rows, so that the samples do not depend on the number of ranks: sampler.h),
+ * writing each batch to writer when there is one. */
+static void sample_shard_rows(const sample_options *o, const sample_model *m, sample_pipeline *pipeline,
+                              sample_shard *s, dataset_writer *writer) {
+    const int batch = o->batch;
     progress_bar bar;
-    progress_bar_start(&bar, "sample", n, rank == 0 && rows > 0);
-    const int64_t batches = (largest_shard + batch - 1) / batch;
+    progress_bar_start(&bar, "sample", o->n, comm_rank() == 0 && s->rows > 0);
+    const int64_t batches = (s->largest_shard + batch - 1) / batch;
     for (int64_t b = 0; b < batches; b++) {
-        int64_t first = b * batch, count = dataset_rows_in_batch(rows, batch, b);
+        int64_t first = b * batch, count = dataset_rows_in_batch(s->rows, batch, b);
+        uint8_t *pixels = s->pixels + first * s->image_elements;
         for (int64_t r = 0; r < count; r++) {
-            int64_t index = start + first + r;
-            indices[r] = index;
-            labels[r] = fixed_class >= 0 ? fixed_class : (int)(index % classes);
-            labels32[first + r] = labels[r];
+            int64_t index = s->start + first + r;
+            s->indices[r] = index;
+            s->labels[r] = m->fixed_class >= 0 ? m->fixed_class : (int)(index % m->classes);
+            s->labels32[first + r] = s->labels[r];
         }
         if (count > 0) {
-            sample_pipeline_run(&pipeline, labels, indices, (int)count, images);
-            for (int64_t i = 0; i < count * image_elements; i++)
-                if (!isfinite(images[i]))
+            sample_pipeline_run(pipeline, s->labels, s->indices, (int)count, s->images);
+            for (int64_t i = 0; i < count * s->image_elements; i++)
+                if (!isfinite(s->images[i]))
                     fatal_input("%s: the model gave a non-finite sample %lld (damaged or diverged weights?)",
-                                checkpoint, (long long)(start + first + i / image_elements));
-            dataset_pixels_from_floats(images, count, image_channels, image_size, pixels + first * image_elements);
+                                m->checkpoint, (long long)(s->start + first + i / s->image_elements));
+            dataset_pixels_from_floats(s->images, count, s->channels, s->size, pixels);
         }
         if (writer) {
-            dataset_writer_write_images(writer, start + first, count, pixels + first * image_elements);
-            dataset_writer_write_labels(writer, start + first, count, labels32 + first);
+            dataset_writer_write_images(writer, s->start + first, count, pixels);
+            dataset_writer_write_labels(writer, s->start + first, count, s->labels32 + first);
         }
-        progress_bar_update(&bar, (first + count) * n / (rows > 0 ? rows : 1));
+        progress_bar_update(&bar, (first + count) * o->n / (s->rows > 0 ? s->rows : 1));
     }
     progress_bar_finish(&bar);
+}
 
-    /* How the samples were made, for the closing line. */
-    char made_by[256];
-    if (consistency) {
-        int used = snprintf(made_by, sizeof made_by, "consistency sampler %d step%s at sigma", co.steps,
-                            co.steps == 1 ? "" : "s");
-        for (int k = 0; k < co.steps && used > 0 && (size_t)used < sizeof made_by; k++)
-            used += snprintf(made_by + used, sizeof made_by - (size_t)used, "%s %g", k ? "," : "", co.sigmas[k]);
-        if (co.guidance > 0 && used > 0 && (size_t)used < sizeof made_by)
-            snprintf(made_by + used, sizeof made_by - (size_t)used, ", guidance input %g", co.guidance);
+/* How the samples were made, for the closing line. */
+static void describe_sampler(const sample_model *m, char *made_by, size_t size) {
+    if (m->consistency) {
+        const consistency_sampler_options *co = &m->co;
+        int used = snprintf(made_by, size, "consistency sampler %d step%s at sigma", co->steps,
+                            co->steps == 1 ? "" : "s");
+        for (int k = 0; k < co->steps && used > 0 && (size_t)used < size; k++)
+            used += snprintf(made_by + used, size - (size_t)used, "%s %g", k ? "," : "", co->sigmas[k]);
+        if (co->guidance > 0 && used > 0 && (size_t)used < size)
+            snprintf(made_by + used, size - (size_t)used, ", guidance input %g", co->guidance);
     } else {
-        snprintf(made_by, sizeof made_by, "%s %d steps (%d evaluations), cfg %g, churn %g",
-                 so.method == SAMPLER_HEUN ? "heun" : "euler", so.steps, sampler_network_evaluations(&so),
-                 so.guidance, so.churn);
+        const sampler_options *so = &m->edm;
+        snprintf(made_by, size, "%s %d steps (%d evaluations), cfg %g, churn %g",
+                 so->method == SAMPLER_HEUN ? "heun" : "euler", so->steps, sampler_network_evaluations(so),
+                 so->guidance, so->churn);
     }
+}
+
+/* Collective, for a .png output: rank 0 gathers the shards and writes the grid. */
+static void write_sample_grid(const sample_options *o, const sample_model *m, const sample_shard *s,
+                              const char *made_by, const char *description) {
+    const int rank = comm_rank(), world = comm_world_size();
+    const int64_t n = o->n;
+    const size_t shard_bytes = (size_t)s->largest_shard * (size_t)s->image_elements;
+    uint8_t *all = rank == 0 ? xmalloc(shard_bytes * (size_t)world) : NULL;
+    comm_gather(s->pixels, shard_bytes, all, 0);
+    if (rank == 0) {
+        /* Rank r's rows start at r * largest_shard; make them contiguous. */
+        uint8_t *ordered = xmalloc((size_t)n * (size_t)s->image_elements);
+        for (int r = 0; r < world; r++) {
+            int64_t s0, sn;
+            dataset_shard_range(n, r, world, &s0, &sn);
+            memcpy(ordered + s0 * s->image_elements, all + (size_t)r * shard_bytes, (size_t)(sn * s->image_elements));
+        }
+        png_write_image_grid(o->out, ordered, n, s->channels, s->size, m->fixed_class < 0 ? m->classes : 0);
+        printf("sample: wrote %s: a grid of %lld image%s%s, %s, seed %llu, from %s\n", o->out, (long long)n,
+               n == 1 ? "" : "s", m->fixed_class < 0 ? ", one row per class" : "", made_by,
+               (unsigned long long)m->edm.seed, description);
+        free(ordered);
+    }
+    free(all);
+    comm_barrier();
+}
+
+/* Runs the sampler over this rank's shard and writes the output file. */
+static void sample_and_write(const sample_options *o, const sample_model *m, sample_networks *net) {
+    sample_pipeline pipeline;
+    autoencoder_model *decoder = m->latents ? &net->ae.model : NULL;
+    if (m->consistency)
+        sample_pipeline_create_consistency(&pipeline, &net->dit, &m->co, m->config.diffusion.sigma_data, o->batch,
+                                           decoder, m->data.latent_mean, m->data.latent_std);
+    else
+        sample_pipeline_create(&pipeline, &net->dit, &m->edm, m->config.diffusion.sigma_data, o->batch, decoder,
+                               m->data.latent_mean, m->data.latent_std);
+    sample_shard shard;
+    sample_shard_create(&shard, o, &pipeline);
+    dataset_writer *writer = o->png ? NULL : create_sample_writer(o, m, &shard);
+    sample_shard_rows(o, m, &pipeline, &shard, writer);
+
+    char made_by[256];
+    describe_sampler(m, made_by, sizeof made_by);
     if (writer) {
         dataset_writer_finish(writer);
-        if (rank == 0)
-            printf("sample: wrote %s: %lld image%s %d x %d x %d, %s, seed %llu, from %s\n", out_path, (long long)n,
-                   n == 1 ? "" : "s", image_size, image_size, image_channels, made_by, (unsigned long long)so.seed,
-                   description);
+        if (comm_rank() == 0)
+            printf("sample: wrote %s: %lld image%s %d x %d x %d, %s, seed %llu, from %s\n", o->out, (long long)o->n,
+                   o->n == 1 ? "" : "s", shard.size, shard.size, shard.channels, made_by,
+                   (unsigned long long)m->edm.seed, net->description);
     } else {
-        const size_t shard_bytes = (size_t)largest_shard * (size_t)image_elements;
-        uint8_t *all = rank == 0 ? xmalloc(shard_bytes * (size_t)world) : NULL;
-        comm_gather(pixels, shard_bytes, all, 0);
-        if (rank == 0) {
-            /* Rank r's rows start at r * largest_shard; make them contiguous. */
-            uint8_t *ordered = xmalloc((size_t)n * (size_t)image_elements);
-            for (int r = 0; r < world; r++) {
-                int64_t s0, sn;
-                dataset_shard_range(n, r, world, &s0, &sn);
-                memcpy(ordered + s0 * image_elements, all + (size_t)r * shard_bytes, (size_t)(sn * image_elements));
-            }
-            png_write_image_grid(out_path, ordered, n, image_channels, image_size, fixed_class < 0 ? classes : 0);
-            printf("sample: wrote %s: a grid of %lld image%s%s, %s, seed %llu, from %s\n", out_path, (long long)n,
-                   n == 1 ? "" : "s", fixed_class < 0 ? ", one row per class" : "", made_by,
-                   (unsigned long long)so.seed, description);
-            free(ordered);
-        }
-        free(all);
-        comm_barrier();
+        write_sample_grid(o, m, &shard, made_by, net->description);
     }
-
-    free(pixels);
-    free(indices);
-    free(labels32);
-    free(labels);
-    free(images);
+    sample_shard_free(&shard);
     sample_pipeline_destroy(&pipeline);
-    dit_destroy(&model);
-    if (latents) checkpoint_autoencoder_free(&ae);
-    free(recorded);
-    free(description);
-    free(checkpoint);
+}
+
+int command_sample(int argc, char **argv) {
+    sample_options options;
+    if (!parse_sample_options(argc, argv, &options)) return 0;
+    /* A PNG is written by rank 0 alone: refuse an existing one before any work. */
+    if (options.png) cli_refuse_existing_output(options.out, options.force);
+    sample_model model;
+    resolve_sample_model(&options, &model);
+    sample_networks networks;
+    load_sample_networks(&options, &model, &networks);
+    sample_and_write(&options, &model, &networks);
+    free_sample_networks(&model, &networks);
+    free(model.checkpoint);
     return 0;
 }

@@ -59,70 +59,90 @@ static void print_device(int on_cuda) {
     fflush(stdout);
 }
 
-int training_command_run(const training_command *spec, int argc, char **argv) {
-    const char *command = spec->command, *summary = spec->summary;
-    trainable *(*create_model)(const ldm_config *, int) = spec->create_model;
-    cli_option options[] = {
-        {.name = "--config", .help = "config file (defaults only when left out)"},
-        {.name = "--data", .required = 1, .help = "the data set: an ldm HDF5 file (ldm prepare, ldm encode)"},
-        {.name = "--run", .required = 1, .help = "the run directory: config.json, metrics.jsonl, checkpoints"},
-        {.name = "--set", .repeatable = 1, .help = "override a config key: section.key=value (repeatable)"},
-        {.name = "--force", .is_flag = 1, .help = "start over in a run directory that holds another run"},
-        {.name = "--resume", .help = "auto (the run's newest good checkpoint; from scratch if none) or a checkpoint "
-                                     "directory; without --config the run's config.json is used"},
-        {.name = "--val-data", .help = "held-out images for validation (its first data.validation_samples)"},
-        {.name = "--ae", .help = "on latents: the autoencoder (run or checkpoint) that decodes the pictures of "
-                                 "train.sample_every (default: the one that made the latents)"},
-        {.name = "--help", .is_flag = 1, .help = "this help"},
-        {.name = "--teacher", .required = 1, .help = "the teacher: a run directory of ldm train or one of its "
-                                                     "checkpoints (its EMA weights)"},
+/* The command line shared by ldm train, train-ae and distill, parsed. */
+typedef struct {
+    const char *config_path; /* --config, or on resume the run's config.json; NULL: the defaults */
+    const char *data, *run_dir, *resume, *validation_data, *autoencoder, *teacher;
+    cli_list overrides;      /* --set */
+    int force, help;
+    char *run_config;        /* the run's config.json when config_path is it (freed by the caller) */
+} training_options;
+
+/* Parses argv into o; 0 when help was printed. */
+static int parse_training_options(const training_command *spec, int argc, char **argv, training_options *o) {
+    *o = (training_options){0};
+    cli_option table[] = {
+        {.name = "--config", .text = &o->config_path, .help = "config file (defaults only when left out)"},
+        {.name = "--data", .text = &o->data, .required = 1,
+         .help = "the data set: an ldm HDF5 file (ldm prepare, ldm encode)"},
+        {.name = "--run", .text = &o->run_dir, .required = 1,
+         .help = "the run directory: config.json, metrics.jsonl, checkpoints"},
+        {.name = "--set", .list = &o->overrides, .help = "override a config key: section.key=value (repeatable)"},
+        {.name = "--force", .flag = &o->force, .help = "start over in a run directory that holds another run"},
+        {.name = "--resume", .text = &o->resume,
+         .help = "auto (the run's newest good checkpoint; from scratch if none) or a checkpoint directory; without "
+                 "--config the run's config.json is used"},
+        /* ldm train-ae's: the DiT validates by sampling. */
+        {.name = "--val-data", .text = &o->validation_data,
+         .help = "held-out images for validation (its first data.validation_samples)",
+         .absent = spec->create_model != autoencoder_trainable_create},
+        /* ldm train's and ldm distill's (create_model NULL: prepare chooses the model). */
+        {.name = "--ae", .text = &o->autoencoder,
+         .help = "on latents: the autoencoder (run or checkpoint) that decodes the pictures of train.sample_every "
+                 "(default: the one that made the latents)",
+         .absent = spec->create_model == autoencoder_trainable_create},
+        {.name = "--help", .flag = &o->help, .help = "this help"},
+        /* ldm distill's. */
+        {.name = "--teacher", .text = &o->teacher, .required = 1,
+         .help = "the teacher: a run directory of ldm train or one of its checkpoints (its EMA weights)",
+         .absent = !spec->prepare},
         {0},
     };
-    /* One table for the three commands: --teacher is ldm distill's, --val-data
-     * ldm train-ae's (the DiT validates by sampling), --ae ldm train's and
-     * ldm distill's (create_model NULL: prepare chooses the model). */
-    options[9].absent = !spec->prepare;
-    options[6].absent = create_model != autoencoder_trainable_create;
-    options[7].absent = create_model == autoencoder_trainable_create;
-    for (int i = 2; i < argc; i++)
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            cli_print_usage(command, summary, options);
-            return 0;
-        }
-    cli_parse(command, argc, argv, 2, options);
-    const char *resume = options[5].value;
-    if (resume && options[4].value) fatal_input("ldm %s: --resume and --force exclude each other", command);
+    if (!cli_parse_unless_help(spec->command, spec->summary, argc, argv, 2, table)) return 0;
+    if (o->resume && o->force) fatal_input("ldm %s: --resume and --force exclude each other", spec->command);
     /* A resumed run keeps its config unless told otherwise: the run's own
      * config.json, with --set on top (steps, lr, intervals may change). */
-    char *run_config = NULL;
-    if (resume && !options[0].value) {
-        run_config = run_directory_path(options[2].value, "config.json");
-        if (access(run_config, R_OK) == 0) options[0].value = run_config;
+    if (o->resume && !o->config_path) {
+        o->run_config = run_directory_path(o->run_dir, "config.json");
+        if (access(o->run_config, R_OK) == 0) o->config_path = o->run_config;
     }
-    ldm_config config;
-    cli_load_config(&config, &options[0], &options[3]);
-    int micro, accumulation;
-    /* Checked before anything is written. */
-    training_batch_split(&config, options[0].value, comm_world_size(), &micro, &accumulation);
-    const int on_cuda = training_on_cuda(spec, &config);
+    return 1;
+}
+
+/* Collective: whether the ranks train on their GPUs, agreed by all. */
+static int training_device(const training_command *spec, const ldm_config *config) {
+    const int on_cuda = training_on_cuda(spec, config);
     /* The ranks train on one kind of device ("auto" is resolved per host), or
      * their gradient all-reduces (MPI and NCCL) would not meet. */
     if (comm_any(on_cuda) && comm_any(!on_cuda))
         fatal_input("ldm %s: device.type %s: some ranks have a GPU and others none; set device.type to cpu or cuda",
-                    spec->command, config.device.type);
+                    spec->command, config->device.type);
+    return on_cuda;
+}
+
+int training_command_run(const training_command *spec, int argc, char **argv) {
+    training_options o;
+    if (!parse_training_options(spec, argc, argv, &o)) return 0;
+    ldm_config config;
+    cli_load_config(&config, o.config_path, &o.overrides);
+    int micro, accumulation;
+    /* Checked before anything is written. */
+    training_batch_split(&config, o.config_path, comm_world_size(), &micro, &accumulation);
+    const int on_cuda = training_device(spec, &config);
+    trainable *(*create_model)(const ldm_config *, int) = spec->create_model;
 #ifdef LDM_HAVE_CUDA
     if (on_cuda)
         create_model = create_model == autoencoder_trainable_create ? autoencoder_cuda_trainable_create
                                                                     : dit_cuda_trainable_create;
 #endif
-    training_job job = {.config = &config, .config_path = options[0].value, .data_path = options[1].value,
-                        .validation_path = options[6].value, .autoencoder_path = options[7].value, .run_dir = options[2].value,
-                        .force = options[4].value != NULL, .resume = resume, .create_model = create_model};
-    void *prepared = spec->prepare ? spec->prepare(&job, options[9].value) : NULL;
+    training_job job = {.config = &config, .config_path = o.config_path, .data_path = o.data,
+                        .validation_path = o.validation_data, .autoencoder_path = o.autoencoder, .run_dir = o.run_dir,
+                        .force = o.force, .resume = o.resume, .create_model = create_model};
+    void *prepared = spec->prepare ? spec->prepare(&job, o.teacher) : NULL;
     print_device(on_cuda);
     training_run(&job);
     if (spec->release) spec->release(prepared);
-    free(run_config);
+    free(o.run_config);
     return 0;
 }
 

@@ -123,7 +123,7 @@ typedef struct {
     autoencoder_batch *batch;
 } autoencoder_validation;
 
-static void ae_validate(trainable_validator *self, const trainable_validation *context, char *json, size_t json_size,
+static void ae_validate(trainable_validator *self, const validation_context *context, char *json, size_t json_size,
                         char *line, size_t line_size) {
     autoencoder_batch *a = ((autoencoder_validation *)self)->batch;
     autoencoder_model *model = a->validation_model;

@@ -15,13 +15,13 @@ typedef struct {
     dit_pictures *pictures;   /* NULL until prepare */
 } dit_validation;
 
-static void prepare_pictures(trainable_validator *self, const trainable_validation *context) {
+static void prepare_pictures(trainable_validator *self, const validation_context *context) {
     dit_validation *v = (dit_validation *)self;
     v->pictures = dit_pictures_create(&v->shape, v->sigma_data, context->data, context->autoencoder,
                                       v->consistency ? &v->consistency_options : NULL);
 }
 
-static void write_pictures(trainable_validator *self, const trainable_validation *context, char *json,
+static void write_pictures(trainable_validator *self, const validation_context *context, char *json,
                            size_t json_size, char *line, size_t line_size) {
     dit_validation *v = (dit_validation *)self;
     dit_pictures_write(v->pictures, context->ema, context->step, context->run_dir, json, json_size, line, line_size);

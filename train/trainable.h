@@ -84,7 +84,7 @@ typedef struct {
     const char *run_dir;
     const dataset_info *data;      /* the training data set (latents: their statistics) */
     const char *autoencoder;       /* ldm train --ae: decodes the pictures of a latents model; NULL: the data's */
-} trainable_validation;
+} validation_context;
 
 /* Capability: evaluating the model on rank 0 between steps, every
  * train.sample_every steps and at the end. Owned by the trainable (it
@@ -96,12 +96,12 @@ struct trainable_validator {
     /* Optional: before the first step, lays out what validate needs beyond
      * the model (e.g. the autoencoder that decodes pictures); bad input (a
      * wrong --ae) is refused here, before training starts. */
-    void (*prepare)(trainable_validator *self, const trainable_validation *context);
+    void (*prepare)(trainable_validator *self, const validation_context *context);
     /* Evaluates the model (on held-out samples, or by sampling from its EMA
      * weights), writes what it shows under run_dir (e.g.
      * samples/step-N.png), and returns JSON members for metrics.jsonl and a
      * line for the progress output. */
-    void (*validate)(trainable_validator *self, const trainable_validation *context, char *json, size_t json_size,
+    void (*validate)(trainable_validator *self, const validation_context *context, char *json, size_t json_size,
                      char *line, size_t line_size);
     void (*destroy)(trainable_validator *self);
 };
@@ -126,8 +126,9 @@ struct trainable {
      * loss_weight times its gradient to grads; adds to statistics
      * (statistic_count). Randomness must be a function of (seed, step, index).
      * handover: where the gradient's finished slices go during this call's
-     * backward (the step's final micro-batch, a trainable with
-     * device->gradient_slices), else NULL. */
+     * backward; given only on the step's final micro-batch, to a trainable
+     * whose device capability hands over slices, by a store that averages
+     * during backward; else NULL (and ignored by trainables on the host). */
     double (*micro_batch)(trainable *self, const float *samples, const int32_t *labels, const int64_t *index,
                           int batch, int64_t step, float loss_weight, const gradient_handover *handover,
                           double *statistics);

@@ -125,7 +125,8 @@ static void lay_out_training_state(trainer *t) {
     t->progress.loader = xcalloc((size_t)t->world, sizeof(loader_state));
     t->saved_step = -1;
     t->store = parameter_store_create(t->model, &t->optimizer, t->ema);
-    if (t->rank == 0) t->writer = checkpoint_writer_create(count, t->model->table->fixed_numel, t->model->extra != NULL);
+    if (t->rank == 0)
+        t->writer = checkpoint_writer_create(count, t->model->table->fixed_numel, t->model->extra != NULL);
 }
 
 /* The run directory prepared, and every rank's vectors where they start: a

@@ -21,7 +21,7 @@ void training_validation_open(training_validation *v, const training_job *job, t
     }
     if (rank != 0 || !validator || v->every <= 0 || (count == 0 && !validator->without_data)) return;
     v->validator = validator;
-    v->context = (trainable_validation){.samples = v->samples, .labels = v->labels, .count = count,
+    v->context = (validation_context){.samples = v->samples, .labels = v->labels, .count = count,
                                         .run_dir = job->run_dir, .data = data, .autoencoder = job->autoencoder_path};
     if (validator->prepare) validator->prepare(validator, &v->context);
 }

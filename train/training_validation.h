@@ -23,7 +23,7 @@ typedef struct {
 
 typedef struct {
     trainable_validator *validator; /* NULL: this rank does not validate */
-    trainable_validation context;
+    validation_context context;
     float *samples;                 /* (most, P) held-out samples */
     int32_t *labels;                /* (most) */
     int64_t every, total_steps;

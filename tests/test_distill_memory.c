@@ -51,7 +51,7 @@ static void write_teacher(const ldm_config *c, const char *dir) {
     dit_destroy(&teacher);
 }
 
-/* Two steps of micro-batch + after_step on fixed data; returns the last loss. */
+/* Two steps of micro-batch + the extra state's after_step on fixed data; returns the last loss. */
 static double two_steps(trainable *t, int64_t first_step) {
     static float samples[BATCH * PER_SAMPLE];
     rng_stream rng = rng_stream_for(12, 0, 0);
@@ -61,8 +61,8 @@ static double two_steps(trainable *t, int64_t first_step) {
     double loss = 0;
     for (int64_t step = first_step; step < first_step + 2; step++) {
         t->zero_grad(t);
-        loss = t->micro_batch(t, samples, labels, index, BATCH, step, 1.0f, NULL);
-        t->after_step(t);
+        loss = t->micro_batch(t, samples, labels, index, BATCH, step, 1.0f, NULL, NULL);
+        t->extra->after_step(t);
     }
     return loss;
 }
@@ -86,7 +86,7 @@ static void check_distiller(const char *dir, const char *precision, double guida
     printf("%s, guidance %s: loss %.9g\n", precision, guidance_max > 0 ? "2 to 3 (student input)" : "2", loss);
     CHECK(loss > 0 && loss == again);
     CHECK(memcmp(a->params, b->params, sizeof(float) * a->count) == 0);
-    CHECK(memcmp(a->extra_state, b->extra_state, sizeof(float) * a->count) == 0);
+    CHECK(memcmp(a->extra->weights, b->extra->weights, sizeof(float) * a->count) == 0);
     a->destroy(a);
     b->destroy(b);
 }

@@ -49,7 +49,7 @@ static void perturb_params(trainable *cpu, trainable *gpu, parameter_store *gpu_
 }
 
 /* The device gradients, into the host mirror. */
-static void fetch_grads(trainable *gpu) { cuda_copy_to_host(gpu->grads, gpu->device_grads, gpu->count * sizeof(float)); }
+static void fetch_grads(trainable *gpu) { cuda_copy_to_host(gpu->grads, gpu->device->grads, gpu->count * sizeof(float)); }
 
 /* One micro-batch on each (grads zeroed first); compares loss, grads, statistics. */
 static void compare_micro_batch(trainable *cpu, trainable *gpu, const float *x, const int32_t *labels,
@@ -57,8 +57,8 @@ static void compare_micro_batch(trainable *cpu, trainable *gpu, const float *x, 
     double stats_cpu[TRAINABLE_MAX_STATISTICS] = {0}, stats_gpu[TRAINABLE_MAX_STATISTICS] = {0};
     cpu->zero_grad(cpu);
     gpu->zero_grad(gpu);
-    double loss_cpu = cpu->micro_batch(cpu, x, labels, index, BATCH, step, 1.0f, stats_cpu);
-    double loss_gpu = gpu->micro_batch(gpu, x, labels, index, BATCH, step, 1.0f, stats_gpu);
+    double loss_cpu = cpu->micro_batch(cpu, x, labels, index, BATCH, step, 1.0f, NULL, stats_cpu);
+    double loss_gpu = gpu->micro_batch(gpu, x, labels, index, BATCH, step, 1.0f, NULL, stats_gpu);
     fetch_grads(gpu);
     double grad_error = test_relative_l2(gpu->grads, cpu->grads, cpu->count);
     printf("%s: loss cpu %.9g gpu %.9g; grads relative L2 %.3g\n", what, loss_cpu, loss_gpu, grad_error);
@@ -86,7 +86,7 @@ static void run(void) {
     CHECK(gpu->count == cpu->count && gpu->table->fixed_numel == cpu->table->fixed_numel);
     CHECK(memcmp(gpu->params, cpu->params, cpu->count * sizeof(float)) == 0);
     CHECK(memcmp(gpu->fixed, cpu->fixed, cpu->table->fixed_numel * sizeof(float)) == 0);
-    CHECK(gpu->device_params != NULL && gpu->device_grads != NULL && cpu->device_params == NULL);
+    CHECK(gpu->device != NULL && gpu->device->params != NULL && gpu->device->grads != NULL && cpu->device == NULL);
 
     /* The loop's optimizer state for each, and its stores. */
     const adamw_hyper hyper = {.beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.01f};
@@ -114,8 +114,8 @@ static void run(void) {
     memcpy(once, gpu->grads, gpu->count * sizeof(float));
     double stats[TRAINABLE_MAX_STATISTICS] = {0};
     gpu->zero_grad(gpu);
-    gpu->micro_batch(gpu, x, labels, index, BATCH, 0, 0.5f, stats);
-    gpu->micro_batch(gpu, x, labels, index, BATCH, 0, 0.5f, stats);
+    gpu->micro_batch(gpu, x, labels, index, BATCH, 0, 0.5f, NULL, stats);
+    gpu->micro_batch(gpu, x, labels, index, BATCH, 0, 0.5f, NULL, stats);
     fetch_grads(gpu);
     double accumulated = test_relative_l2(gpu->grads, once, gpu->count);
     printf("two half-weight micro-batches against one: relative L2 %.3g\n", accumulated);

@@ -1,7 +1,9 @@
 #!/bin/sh
 # Command-line scenarios of `ldm train`, each needing several runs or checks
 # after a run. Usage: train_scenarios.sh SCENARIO WORK
-# with the environment: LDM (the program), LDM_MPIRUN (mpirun with its options),
+# with the environment: LDM (the program), LDM_POISONED (the program with the
+# gradient of the steps LDM_TEST_POISON_GRADIENT_STEPS="FIRST[-LAST]" poisoned
+# on the last rank: tests/poisoned_gradient.c), LDM_MPIRUN (mpirun with its options),
 # LDM_PYTHON (python3 with numpy), LDM_TESTS (this folder), LDM_CONFIGS (configs/).
 # WORK is this scenario's own folder, emptied first.
 set -u
@@ -126,7 +128,7 @@ cuda-ranks)
     run "$LDM_PYTHON" "$LDM_TESTS/train_compare_runs.py" one $other --steps 10 --loss-rtol 1e-5 --weights-rtol 1e-4 \
       --weights ema.safetensors
   done
-  LDM_TEST_POISON_GRADIENT_STEPS=3 run $LDM_MPIRUN -x LDM_TEST_POISON_GRADIENT_STEPS -np 2 "$LDM" train --data data.h5 $gpu \
+  LDM_TEST_POISON_GRADIENT_STEPS=3 run $LDM_MPIRUN -x LDM_TEST_POISON_GRADIENT_STEPS -np 2 "$LDM_POISONED" train --data data.h5 $gpu \
     --set train.micro_batch=4 --run poisoned > poisoned.txt
   grep -q "^step 3: non-finite loss or gradient, step skipped (1 skipped so far)" poisoned.txt ||
     fail "the poisoned step 3 was not skipped"
@@ -233,7 +235,7 @@ nonfinite)
   # run goes on, and the step is counted; too many in a row end the run.
   make_data data.h5
   common="train --data data.h5 $tiny --set train.steps=8"
-  LDM_TEST_POISON_GRADIENT_STEPS=3 run $LDM_MPIRUN -x LDM_TEST_POISON_GRADIENT_STEPS -np 2 "$LDM" $common --run skip > out.txt
+  LDM_TEST_POISON_GRADIENT_STEPS=3 run $LDM_MPIRUN -x LDM_TEST_POISON_GRADIENT_STEPS -np 2 "$LDM_POISONED" $common --run skip > out.txt
   cat out.txt
   grep -q "step 3: non-finite loss or gradient, step skipped" out.txt || fail "the skip was not reported"
   run "$LDM_PYTHON" - <<'PY'
@@ -242,7 +244,7 @@ rows = [json.loads(l) for l in open("skip/metrics.jsonl")]
 assert [r["skipped"] for r in rows] == [False, False, True] + [False] * 5, rows
 assert rows[-1]["skipped_total"] == 1
 PY
-  LDM_TEST_POISON_GRADIENT_STEPS=2-8 $LDM_MPIRUN -x LDM_TEST_POISON_GRADIENT_STEPS -np 2 "$LDM" $common \
+  LDM_TEST_POISON_GRADIENT_STEPS=2-8 $LDM_MPIRUN -x LDM_TEST_POISON_GRADIENT_STEPS -np 2 "$LDM_POISONED" $common \
     --set train.max_nonfinite_steps=3 --run diverge > out.txt 2> err.txt
   status=$?
   cat err.txt
@@ -479,9 +481,9 @@ assert state["loss_scale"] == {"scale": scale, "good_steps": good_since_last_ski
 assert state["skipped_total"] == skipped.count(True)
 PY
   poison="--set train.steps=10 --set train.loss_scale_growth_interval=3"
-  LDM_TEST_POISON_GRADIENT_STEPS=5 run $LDM_MPIRUN -x LDM_TEST_POISON_GRADIENT_STEPS -np 2 "$LDM" $common $poison \
+  LDM_TEST_POISON_GRADIENT_STEPS=5 run $LDM_MPIRUN -x LDM_TEST_POISON_GRADIENT_STEPS -np 2 "$LDM_POISONED" $common $poison \
     --set train.micro_batch=4 --run two > two.txt
-  LDM_TEST_POISON_GRADIENT_STEPS=5 run "$LDM" $common $poison --run one > one.txt
+  LDM_TEST_POISON_GRADIENT_STEPS=5 run "$LDM_POISONED" $common $poison --run one > one.txt
   grep -q "step 5: fp16 gradient overflow at loss scale 131072, step skipped, scale halved to 65536" two.txt ||
     fail "the injected overflow was not reported"
   run "$LDM_PYTHON" "$LDM_TESTS/train_compare_runs.py" one two --steps 10 --loss-rtol 1e-5 --weights-rtol 1e-4
@@ -504,10 +506,10 @@ precision-resume)
     common="train --data data.h5 $tiny --set train.ckpt_every=10 --set train.precision=$p"
     common="$common --set train.loss_scale_growth_interval=7 --set train.ckpt_keep_every=20"
     export LDM_TEST_POISON_GRADIENT_STEPS=11
-    run $launch "$LDM" $common --set train.steps=40 --run straight_$p >/dev/null
-    run $launch "$LDM" $common --set train.steps=40 --run again_$p >/dev/null
-    run $launch "$LDM" $common --set train.steps=20 --run stopped_$p >/dev/null
-    run $launch "$LDM" train --data data.h5 --run stopped_$p --resume auto --set train.steps=40 > out_$p.txt
+    run $launch "$LDM_POISONED" $common --set train.steps=40 --run straight_$p >/dev/null
+    run $launch "$LDM_POISONED" $common --set train.steps=40 --run again_$p >/dev/null
+    run $launch "$LDM_POISONED" $common --set train.steps=20 --run stopped_$p >/dev/null
+    run $launch "$LDM_POISONED" train --data data.h5 --run stopped_$p --resume auto --set train.steps=40 > out_$p.txt
     unset LDM_TEST_POISON_GRADIENT_STEPS
     grep -q "resuming from stopped_$p/checkpoints/step-00000020 at step 20" out_$p.txt || fail "$p: no resume at 20"
     run "$LDM_PYTHON" "$LDM_TESTS/train_compare_runs.py" straight_$p again_$p --steps 40 --exact

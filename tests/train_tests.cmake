@@ -8,6 +8,18 @@
 # from there and prepare_tests.cmake).
 
 if(TARGET ldm)
+  # ldm_poisoned_gradient: the ldm program with tests/poisoned_gradient.c's
+  # wrapper around every trainable it creates (put in place by the linker), for
+  # the scenarios that poison a step's gradient on the last rank.
+  set(ldm_trainable_creators dit_trainable_create autoencoder_trainable_create distill_trainable_create)
+  if(LDM_HAVE_CUDA)
+    list(APPEND ldm_trainable_creators dit_cuda_trainable_create autoencoder_cuda_trainable_create)
+  endif()
+  list(TRANSFORM ldm_trainable_creators PREPEND "-Wl,--wrap=")
+  add_executable(ldm_poisoned_gradient ${CMAKE_SOURCE_DIR}/train/cli/main.c poisoned_gradient.c)
+  target_link_libraries(ldm_poisoned_gradient PRIVATE ldm_core)
+  target_link_options(ldm_poisoned_gradient PRIVATE ${ldm_trainable_creators})
+
   set(LDM_TRAIN_WORK ${CMAKE_CURRENT_BINARY_DIR}/train)
   string(REPLACE ";" " " ldm_train_mpirun "${LDM_MPIRUN}")
   foreach(scenario equivalence determinism learns nonfinite run-directory resume-1rank resume-2ranks signal
@@ -17,7 +29,7 @@ if(TARGET ldm)
     add_test(NAME ${test_name}
       COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/train_scenarios.sh ${scenario} ${LDM_TRAIN_WORK}/${scenario})
     set_tests_properties(${test_name} PROPERTIES TIMEOUT 300 SKIP_RETURN_CODE 77
-      ENVIRONMENT "LDM=$<TARGET_FILE:ldm>;LDM_MPIRUN=${ldm_train_mpirun};LDM_PYTHON=${LDM_SYSTEM_PYTHON};\
+      ENVIRONMENT "LDM=$<TARGET_FILE:ldm>;LDM_POISONED=$<TARGET_FILE:ldm_poisoned_gradient>;LDM_MPIRUN=${ldm_train_mpirun};LDM_PYTHON=${LDM_SYSTEM_PYTHON};\
 LDM_TESTS=${CMAKE_CURRENT_SOURCE_DIR};LDM_CONFIGS=${CMAKE_SOURCE_DIR}/configs")
   endforeach()
 

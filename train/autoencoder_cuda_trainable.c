@@ -2,7 +2,7 @@
  * device.type cuda).
  *
  * The params and gradients live on the device (the GPU model's fp32 master
- * vectors, exposed as trainable.device_params / device_grads): the training
+ * vectors, exposed by the trainable's device capability): the training
  * loop's parameter store (parameter_store_cuda.c) averages, clips and steps
  * them there, with the EMA and moments beside them. The host keeps a CPU
  * autoencoder laid out for inference on micro-batches, whose params are the
@@ -37,6 +37,7 @@ typedef struct {
     autoencoder_model host;        /* the loop's host params mirror, the table, validation (micro_batch images) */
     autoencoder_cuda_model device; /* the network on the GPU, with the params and gradients the loop updates */
     float *host_grads;             /* (count) the gradient's host mirror */
+    trainable_device residency;    /* the trainable's device capability: device's params and gradients */
 } autoencoder_cuda_trainer;
 
 static void zero_grad_entry(trainable *self) {
@@ -44,8 +45,10 @@ static void zero_grad_entry(trainable *self) {
 }
 
 static double micro_batch_entry(trainable *self, const float *samples, const int32_t *labels, const int64_t *index,
-                                int batch, int64_t step, float loss_weight, double *statistics) {
+                                int batch, int64_t step, float loss_weight, const gradient_handover *handover,
+                                double *statistics) {
     (void)labels;
+    (void)handover; /* it hands over no slices: the store averages after the step */
     autoencoder_cuda_trainer *a = self->self;
     autoencoder_cuda_model *m = &a->device;
     if (batch < 1 || batch > m->max_batch)
@@ -67,6 +70,7 @@ static double micro_batch_entry(trainable *self, const float *samples, const int
 
 static void destroy_entry(trainable *self) {
     autoencoder_cuda_trainer *a = self->self;
+    self->validation->destroy(self->validation);
     autoencoder_cuda_destroy(&a->device); /* waits for its stream first */
     autoencoder_destroy(&a->host);
     autoencoder_batch_destroy(&a->batch);
@@ -102,12 +106,12 @@ trainable *autoencoder_cuda_trainable_create(const ldm_config *config, int micro
         .micro_batch = micro_batch_entry,
         .destroy = destroy_entry,
         .self = a,
-        .device_params = a->device.params,
-        .device_grads = a->device.grads,
-        .host_buffer_alloc = cuda_pinned_alloc,
-        .host_buffer_free = cuda_pinned_free,
-        .device_stream = a->device.stream,
+        .device = &a->residency,
+        .validation = autoencoder_validation_create(&a->batch),
     };
+    a->residency = (trainable_device){.params = a->device.params, .grads = a->device.grads,
+                                      .host_buffer_alloc = cuda_pinned_alloc, .host_buffer_free = cuda_pinned_free,
+                                      .stream = a->device.stream};
     autoencoder_batch_describe(t);
     return t;
 }

@@ -116,9 +116,16 @@ static void write_picture(const autoencoder_batch *a, const float *originals, in
     free(pixels);
 }
 
-static void ae_validate(trainable *self, const trainable_validation *context, char *json, size_t json_size, char *line,
-                        size_t line_size) {
-    autoencoder_batch *a = self->self;
+/* The validation capability: reconstructions of the held-out images by the
+ * batch's validation model. */
+typedef struct {
+    trainable_validator base; /* first: the loop's calls hand this back as their self */
+    autoencoder_batch *batch;
+} autoencoder_validation;
+
+static void ae_validate(trainable_validator *self, const validation_context *context, char *json, size_t json_size,
+                        char *line, size_t line_size) {
+    autoencoder_batch *a = ((autoencoder_validation *)self)->batch;
     autoencoder_model *model = a->validation_model;
     const float *samples = context->samples;
     const int count = context->count;
@@ -154,6 +161,15 @@ static void ae_validate(trainable *self, const trainable_validation *context, ch
              psnr, count, (long long)step);
 }
 
+static void ae_validation_destroy(trainable_validator *self) { free(self); }
+
+trainable_validator *autoencoder_validation_create(autoencoder_batch *b) {
+    autoencoder_validation *v = xcalloc(1, sizeof *v);
+    v->base = (trainable_validator){.validate = ae_validate, .destroy = ae_validation_destroy};
+    v->batch = b;
+    return &v->base;
+}
+
 void autoencoder_batch_describe(trainable *t) {
     const autoencoder_batch *a = t->self;
     t->kind = "autoencoder";
@@ -164,7 +180,6 @@ void autoencoder_batch_describe(trainable *t) {
     t->expect_num_classes = 0;
     t->statistic_count = 3;
     t->statistics_json = ae_statistics_json;
-    t->validate = ae_validate;
 }
 
 /* ---- the CPU trainable ---- */
@@ -177,8 +192,10 @@ typedef struct {
 static void ae_zero_grad(trainable *self) { autoencoder_zero_grad(&((autoencoder_trainer *)self->self)->model); }
 
 static double ae_micro_batch(trainable *self, const float *samples, const int32_t *labels, const int64_t *index,
-                             int batch, int64_t step, float loss_weight, double *statistics) {
+                             int batch, int64_t step, float loss_weight, const gradient_handover *handover,
+                             double *statistics) {
     (void)labels;
+    (void)handover; /* on the host: the store averages the whole gradient after the step */
     autoencoder_trainer *a = self->self;
     const float *noise = autoencoder_batch_noise(&a->batch, index, batch, step);
     autoencoder_loss loss = autoencoder_train_forward(&a->model, samples, noise, batch,
@@ -190,6 +207,7 @@ static double ae_micro_batch(trainable *self, const float *samples, const int32_
 
 static void ae_destroy(trainable *self) {
     autoencoder_trainer *a = self->self;
+    self->validation->destroy(self->validation);
     autoencoder_destroy(&a->model);
     autoencoder_batch_destroy(&a->batch);
     free(a);
@@ -214,6 +232,7 @@ trainable *autoencoder_trainable_create(const ldm_config *config, int micro_batc
         .micro_batch = ae_micro_batch,
         .destroy = ae_destroy,
         .self = a,
+        .validation = autoencoder_validation_create(&a->batch),
     };
     autoencoder_batch_describe(t);
     return t;

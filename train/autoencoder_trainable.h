@@ -47,8 +47,13 @@ double autoencoder_batch_add_statistics(autoencoder_loss loss, double *statistic
 
 /* Sets the members of an autoencoder trainable that do not depend on where the
  * network runs: kind "autoencoder", shape_section, settings_keys, the expected
- * data, the statistics and their JSON, and validate. t->self must point at a
- * struct whose first member is the autoencoder_batch. */
+ * data, the statistics and their JSON. t->self must point at a struct whose
+ * first member is the autoencoder_batch. */
 void autoencoder_batch_describe(trainable *t);
+/* The validation capability of both trainables: the reconstruction PSNR of
+ * the held-out images on b's validation model, and a picture of originals
+ * over reconstructions (only with held-out data). The trainable that holds it
+ * destroys it. */
+trainable_validator *autoencoder_validation_create(autoencoder_batch *b);
 
 #endif

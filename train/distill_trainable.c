@@ -1,8 +1,10 @@
 /* Consistency distillation (Song et al. 2023, Algorithm 2) as a trainable: a
  * student DiT (the trained parameters) that starts from the teacher's EMA
  * weights, the frozen teacher, and the target network, an EMA of the student
- * with rate distill.target_ema, followed after every optimizer step
- * (after_step) and saved in checkpoints as target.safetensors (extra_state).
+ * with rate distill.target_ema, followed after every optimizer step and saved
+ * in checkpoints as target.safetensors (the extra-state capability, with the
+ * "consistency" record of state.json). Validation: the student's pictures with
+ * its 2-step sampler (dit_validation.h).
  *
  * For each sample: n uniform in [0, N-2] and noise z from its own stream keyed
  * by (seed, step, the sample's row), like dit_trainable.c; with the increasing
@@ -29,8 +31,8 @@
 #include "comm.h"
 #include "consistency.h"
 #include "consistency_record.h"
-#include "dit_pictures.h"
 #include "dit.h"
+#include "dit_validation.h"
 #include "edm.h"
 #include "ema.h"
 #include "fatal.h"
@@ -64,7 +66,7 @@ typedef struct {
     int *teacher_y;                                        /* (passes B) */
     float *target_f, *student_f, *d_F;                     /* (B, P) */
     void *memory;                                          /* behind everything above from points on */
-    dit_pictures *pictures;                                /* rank 0: train.sample_every's pictures */
+    trainable_extra_state target_state; /* the trainable's extra state: the target network */
 } distiller;
 
 static void distill_zero_grad(trainable *self) { dit_zero_grad(&((distiller *)self->self)->student); }
@@ -176,7 +178,9 @@ static double distill_loss(distiller *d, int batch, float loss_weight) {
 }
 
 static double distill_micro_batch(trainable *self, const float *samples, const int32_t *labels, const int64_t *index,
-                                  int batch, int64_t step, float loss_weight, double *statistics) {
+                                  int batch, int64_t step, float loss_weight, const gradient_handover *handover,
+                                  double *statistics) {
+    (void)handover; /* on the host: the store averages the whole gradient after the step */
     (void)statistics;
     distiller *d = self->self;
     draw_step(d, samples, labels, index, batch, step);
@@ -196,26 +200,9 @@ static void distill_after_step(trainable *self) {
     ema_update(d->target.params, d->student.params, d->student.table.trainable_numel, d->config->distill.target_ema);
 }
 
-/* The pictures of train.sample_every: the student's EMA weights with its 2-step
- * sampler (at the lower end of a guidance range). */
-static void distill_prepare_pictures(trainable *self, const trainable_validation *context) {
-    distiller *d = self->self;
-    const distill_config *dc = &d->config->distill;
-    consistency_sampler_options options = {.steps = 2, .sigma_min = dc->sigma_min,
-                                           .guidance = d->guidance_input ? dc->guidance : 0};
-    consistency_default_points(2, dc->sigma_min, dc->sigma_max, dc->rho, options.sigmas);
-    d->pictures = dit_pictures_create(&d->student.shape, d->sigma_data, context->data, context->autoencoder, &options);
-}
-
-static void distill_write_pictures(trainable *self, const trainable_validation *context, char *json, size_t json_size,
-                                   char *line, size_t line_size) {
-    distiller *d = self->self;
-    dit_pictures_write(d->pictures, context->ema, context->step, context->run_dir, json, json_size, line, line_size);
-}
-
 static void distill_destroy(trainable *self) {
     distiller *d = self->self;
-    dit_pictures_destroy(d->pictures);
+    self->validation->destroy(self->validation);
     consistency_buffers_destroy(&d->student_buffers);
     consistency_buffers_destroy(&d->target_buffers);
     dit_destroy(&d->student), dit_destroy(&d->teacher), dit_destroy(&d->target);
@@ -286,6 +273,15 @@ trainable *distill_trainable_create(const ldm_config *config, int micro_batch, c
     _Static_assert(sizeof(int) == sizeof(float), "ints share the float-sized slots");
     d->y = (int *)f, f += b;
     d->teacher_y = (int *)f;
+    d->target_state = (trainable_extra_state){.weights = d->target.params, .name = "target",
+                                              .after_step = distill_after_step, .record_name = "consistency",
+                                              .record_json = ctx->record_json,
+                                              .check_saved_record = consistency_record_check_resume};
+    /* The pictures of train.sample_every: the student's EMA weights with its
+     * 2-step sampler (at the lower end of a guidance range). */
+    consistency_sampler_options pictures = {.steps = 2, .sigma_min = dc->sigma_min,
+                                            .guidance = d->guidance_input ? dc->guidance : 0};
+    consistency_default_points(2, dc->sigma_min, dc->sigma_max, dc->rho, pictures.sigmas);
 
     trainable *t = xcalloc(1, sizeof *t);
     *t = (trainable){
@@ -305,15 +301,8 @@ trainable *distill_trainable_create(const ldm_config *config, int micro_batch, c
         .micro_batch = distill_micro_batch,
         .destroy = distill_destroy,
         .self = d,
-        .after_step = distill_after_step,
-        .extra_state = d->target.params,
-        .extra_name = "target",
-        .state_record_name = "consistency",
-        .state_record_json = ctx->record_json,
-        .check_saved_record = consistency_record_check_resume,
-        .validate = distill_write_pictures,
-        .validates_without_data = 1,
-        .prepare_validation = distill_prepare_pictures,
+        .extra = &d->target_state,
+        .validation = dit_validation_create(&d->student.shape, d->sigma_data, &pictures),
     };
     return t;
 }

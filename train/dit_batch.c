@@ -1,6 +1,5 @@
 /* The host side of a DiT training step under EDM (see dit_batch.h): per-sample
- * randomness, network input, loss and its gradient, the loss binned by sigma,
- * and the pictures validation writes from the EMA weights. */
+ * randomness, network input, loss and its gradient, the loss binned by sigma. */
 #include "dit_batch.h"
 
 #include <math.h>
@@ -45,7 +44,6 @@ void dit_batch_create(dit_batch *b, const ldm_config *config, const dit_shape *s
 }
 
 void dit_batch_destroy(dit_batch *b) {
-    dit_pictures_destroy(b->pictures);
     free(b->y), free(b->sigma), free(b->noise), free(b->net_in), free(b->t), free(b->F), free(b->d_F);
     free(b->sample_loss);
 }
@@ -128,19 +126,6 @@ static void dit_statistics_json(const trainable *self, const double *statistics,
     append(out, size, &used, "]", 0, 0);
 }
 
-/* The pictures sample from the EMA weights on the host, wherever training runs. */
-static void dit_prepare_pictures(trainable *self, const trainable_validation *context) {
-    dit_batch *b = self->self;
-    b->pictures = dit_pictures_create(&b->shape, b->config->diffusion.sigma_data, context->data,
-                                      context->autoencoder, NULL);
-}
-
-static void dit_write_pictures(trainable *self, const trainable_validation *context, char *json, size_t json_size,
-                               char *line, size_t line_size) {
-    dit_batch *b = self->self;
-    dit_pictures_write(b->pictures, context->ema, context->step, context->run_dir, json, json_size, line, line_size);
-}
-
 void dit_batch_describe(trainable *t) {
     const dit_batch *b = t->self;
     t->kind = "dit";
@@ -151,7 +136,4 @@ void dit_batch_describe(trainable *t) {
     t->expect_num_classes = b->config->model.num_classes;
     t->statistic_count = 2 * SIGMA_BINS;
     t->statistics_json = dit_statistics_json;
-    t->validate = dit_write_pictures;
-    t->validates_without_data = 1;
-    t->prepare_validation = dit_prepare_pictures;
 }

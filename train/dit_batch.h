@@ -6,8 +6,9 @@
  * which rank holds the sample; the preconditioned network input; the weighted
  * loss and its gradient with respect to the network output; the loss binned by
  * noise level (the statistics); and the trainable's members that do not depend
- * on where the network runs (checkpoint kind, settings keys, pictures). All
- * buffers are laid out at creation. */
+ * on where the network runs (checkpoint kind, settings keys, statistics). The
+ * preview pictures are not the batch's: they are the trainables' validation
+ * capability (dit_validation.h). All buffers are laid out at creation. */
 #ifndef LDM_DIT_BATCH_H
 #define LDM_DIT_BATCH_H
 
@@ -16,7 +17,6 @@
 
 #include "config.h"
 #include "dit.h"
-#include "dit_pictures.h"
 #include "trainable.h"
 
 typedef struct {
@@ -31,7 +31,6 @@ typedef struct {
     float *F;            /* (B, P) the network output, filled by the caller (network_on_host) */
     float *d_F;          /* (B, P) the loss's gradient with respect to F (network_on_host) */
     float *sample_loss;  /* (B) */
-    dit_pictures *pictures; /* rank 0: the pictures of train.sample_every, or NULL */
 } dit_batch;
 
 /* Buffers for batches of up to micro_batch samples of the shape. Without
@@ -61,10 +60,9 @@ void dit_batch_draw_conditions(dit_batch *b, const int32_t *labels, const int64_
 void dit_batch_add_statistics(const dit_batch *b, int batch, double *statistics);
 
 /* Sets the members of a DiT trainable that do not depend on where the network
- * runs: kind "dit", shape_section, settings_keys, the expected data, the
- * statistics and the pictures (validate, prepare_validation). Their entries
- * read t->self as a dit_batch: the implementation's state must begin with its
- * dit_batch. */
+ * runs: kind "dit", shape_section, settings_keys, the expected data and the
+ * statistics. Their entries read t->self as a dit_batch: the implementation's
+ * state must begin with its dit_batch. */
 void dit_batch_describe(trainable *t);
 
 #endif

@@ -2,7 +2,7 @@
  * device.type cuda).
  *
  * The params and gradients live on the device (the model's own fp32 master
- * vectors, exposed as trainable.device_params / device_grads): the training
+ * vectors, exposed by the trainable's device capability): the training
  * loop's parameter store (parameter_store_cuda.c) averages, clips and steps
  * them there, with the EMA and moments beside them. The host keeps a CPU
  * dit_model laid out for one sample, for the table, the initial weights and
@@ -19,7 +19,9 @@
  * loss_weight) are made there (edm_cuda.h), dit_cuda_backward ADDS into the
  * device gradients (zeroed by zero_grad once per step: gradients accumulate
  * over micro-batches), and the per-sample losses come back for the returned
- * mean and the sigma-binned statistics, the one wait of a micro-batch.
+ * mean and the sigma-binned statistics, the one wait of a micro-batch. On the
+ * step's final micro-batch, the gradient's slices go to the parameter store's
+ * handover as backward finishes them.
  *
  * Everything is laid out at creation; a step allocates nothing. */
 #include "dit_cuda_trainable.h"
@@ -35,6 +37,7 @@
 #include "dit.h"
 #include "dit_batch.h"
 #include "dit_cuda.h"
+#include "dit_validation.h"
 #include "edm.h"
 #include "edm_cuda.h"
 #include "fatal.h"
@@ -58,10 +61,11 @@ typedef struct {
     uint64_t *host_noise_streams;
     edm_sample_coefficients *host_coefficients;
     double *host_sample_loss;
+    trainable_device residency; /* the trainable's device capability: device's params and gradients */
     /* The gradient slices handed to the parameter store during backward: the
      * trainable tensors grouped by the stage of dit_cuda_backward that finishes
      * them (contiguous tensors of one stage merged into one slice). */
-    trainable *self;
+    const gradient_handover *handover; /* during the final micro-batch's backward, else NULL */
     int slice_count;
     int *slice_stage;                 /* (slice_count) depth: final layer, l: block l, -1: the rest */
     size_t *slice_offset, *slice_size; /* (slice_count) in floats */
@@ -99,16 +103,17 @@ static void plan_gradient_slices(dit_cuda_trainer *d) {
 /* dit_cuda_backward's hook: the stage's slices to the store, on the step's final micro-batch. */
 static void stage_gradients_ready(void *context, int stage) {
     dit_cuda_trainer *d = context;
-    trainable *t = d->self;
-    if (!t->bucket_ready || !t->final_micro_batch) return;
+    const gradient_handover *handover = d->handover;
+    if (!handover) return;
     for (int k = 0; k < d->slice_count; k++)
-        if (d->slice_stage[k] == stage) t->bucket_ready(t->bucket_context, d->slice_offset[k], d->slice_size[k]);
+        if (d->slice_stage[k] == stage) handover->ready(handover->context, d->slice_offset[k], d->slice_size[k]);
 }
 
 static void zero_grad_entry(trainable *self) { dit_cuda_zero_grad(&((dit_cuda_trainer *)self->self)->device); }
 
 static double micro_batch_entry(trainable *self, const float *samples, const int32_t *labels, const int64_t *index,
-                                int batch, int64_t step, float loss_weight, double *statistics) {
+                                int batch, int64_t step, float loss_weight, const gradient_handover *handover,
+                                double *statistics) {
     dit_cuda_trainer *d = self->self;
     dit_batch *b = &d->batch;
     dit_cuda_model *m = &d->device;
@@ -139,7 +144,9 @@ static double micro_batch_entry(trainable *self, const float *samples, const int
     dit_cuda_forward(m, d->net_in, d->t, d->y, NULL, batch, d->F);
     edm_training_loss_cuda(d->sample_loss, d->d_F, loss_weight, d->x, d->noise, d->F, d->coefficients, batch,
                            per_sample, stream);
+    d->handover = handover;
     dit_cuda_backward(m, d->d_F, NULL, batch);
+    d->handover = NULL;
     cuda_copy_to_host_async(d->host_sample_loss, d->sample_loss, n * sizeof(double), stream);
     cuda_stream_synchronize(stream);
     double total = 0.0; /* as edm_training_loss sums it */
@@ -153,6 +160,7 @@ static double micro_batch_entry(trainable *self, const float *samples, const int
 
 static void destroy_entry(trainable *self) {
     dit_cuda_trainer *d = self->self;
+    self->validation->destroy(self->validation);
     dit_cuda_destroy(&d->device); /* waits for its stream first */
     void *device_buffers[] = {d->x, d->noise, d->net_in, d->F, d->d_F, d->t, d->y, d->noise_streams,
                               d->coefficients, d->sample_loss};
@@ -210,15 +218,13 @@ trainable *dit_cuda_trainable_create(const ldm_config *config, int micro_batch) 
         .micro_batch = micro_batch_entry,
         .destroy = destroy_entry,
         .self = d,
-        .device_params = d->device.params,
-        .device_grads = d->device.grads,
-        .host_buffer_alloc = cuda_pinned_alloc,
-        .host_buffer_free = cuda_pinned_free,
-        .device_stream = d->device.stream,
+        .device = &d->residency,
+        .validation = dit_validation_create(&shape, config->diffusion.sigma_data, NULL),
     };
-    d->self = t;
     plan_gradient_slices(d);
-    t->device_buckets = d->slice_count;
+    d->residency = (trainable_device){.params = d->device.params, .grads = d->device.grads,
+                                      .host_buffer_alloc = cuda_pinned_alloc, .host_buffer_free = cuda_pinned_free,
+                                      .stream = d->device.stream, .gradient_slices = d->slice_count};
     d->device.gradients_ready = stage_gradients_ready;
     d->device.gradients_ready_context = d;
     dit_batch_describe(t);

@@ -1,12 +1,14 @@
 /* The DiT trained as an EDM denoiser on the CPU: the network's forward and
  * backward passes between the host-side batch preparation and loss that
- * dit_batch.c shares with the GPU trainable (dit_cuda_trainable.c). All
- * buffers are laid out at creation. */
+ * dit_batch.c shares with the GPU trainable (dit_cuda_trainable.c), and the
+ * preview pictures as its validation (dit_validation.h). All buffers are laid
+ * out at creation. */
 #include <stdlib.h>
 
 #include "model_shapes.h"
 #include "dit.h"
 #include "dit_batch.h"
+#include "dit_validation.h"
 #include "fatal.h"
 #include "trainable.h"
 
@@ -18,7 +20,9 @@ typedef struct {
 static void dit_zero_grad_entry(trainable *self) { dit_zero_grad(&((dit_trainer *)self->self)->model); }
 
 static double dit_micro_batch(trainable *self, const float *samples, const int32_t *labels, const int64_t *index,
-                              int batch, int64_t step, float loss_weight, double *statistics) {
+                              int batch, int64_t step, float loss_weight, const gradient_handover *handover,
+                              double *statistics) {
+    (void)handover; /* on the host: the store averages the whole gradient after the step */
     dit_trainer *d = self->self;
     dit_batch *b = &d->batch;
     dit_batch_prepare(b, samples, labels, index, batch, step);
@@ -30,6 +34,7 @@ static double dit_micro_batch(trainable *self, const float *samples, const int32
 
 static void dit_destroy_entry(trainable *self) {
     dit_trainer *d = self->self;
+    self->validation->destroy(self->validation);
     dit_batch_destroy(&d->batch);
     dit_destroy(&d->model);
     free(d);
@@ -56,6 +61,7 @@ trainable *dit_trainable_create(const ldm_config *config, int micro_batch) {
         .micro_batch = dit_micro_batch,
         .destroy = dit_destroy_entry,
         .self = d,
+        .validation = dit_validation_create(&shape, config->diffusion.sigma_data, NULL),
     };
     dit_batch_describe(t);
     return t;

@@ -3,7 +3,6 @@
  * directly before (MPI all-reduce, grad_clip.h, optimizer.h, ema.h). */
 #include "parameter_store.h"
 
-#include <math.h>
 #include <stdlib.h>
 
 #include "comm.h"
@@ -28,8 +27,6 @@ static void host_scale_gradients(parameter_store *store, float factor) {
     for (size_t i = 0; i < count; i++) grads[i] *= factor;
 }
 
-static void host_poison_gradient(parameter_store *store) { store->model->grads[0] = INFINITY; }
-
 static void host_adamw_step(parameter_store *store, float lr) {
     adamw_step(store->optimizer, store->model->params, store->model->grads, lr);
 }
@@ -43,7 +40,7 @@ static void host_nothing_to_move(parameter_store *store) { (void)store; }
 static void host_destroy(parameter_store *store) { free(store); }
 
 parameter_store *parameter_store_create(trainable *model, adamw_state *optimizer, float *ema) {
-    if (model->device_params) {
+    if (model->device) {
 #ifdef LDM_HAVE_CUDA
         return parameter_store_cuda_create(model, optimizer, ema);
 #else
@@ -55,7 +52,6 @@ parameter_store *parameter_store_create(trainable *model, adamw_state *optimizer
         .average_gradients = host_average_gradients,
         .gradient_norm = host_gradient_norm,
         .scale_gradients = host_scale_gradients,
-        .poison_gradient = host_poison_gradient,
         .adamw_step = host_adamw_step,
         .ema_update = host_ema_update,
         .to_host = host_nothing_to_move,

@@ -5,7 +5,7 @@
  *   all-reduce and the functions of optimizer.h, ema.h and grad_clip.h, so
  *   results are what they were before this interface existed, bit for bit;
  * - on the GPU, for a trainable that keeps its params and gradients there
- *   (trainable.device_params; parameter_store_cuda.c): NCCL, and the kernels
+ *   (its device capability, trainable.device; parameter_store_cuda.c): NCCL, and the kernels
  *   of ops_cuda.h. A step then moves nothing between host and device but the
  *   gradient norm (and what the trainable itself moves).
  *
@@ -29,8 +29,6 @@ struct parameter_store {
     double (*gradient_norm)(parameter_store *store);
     /* grads *= factor. */
     void (*scale_gradients)(parameter_store *store, float factor);
-    /* grads[0] = infinity: the test hook of the training loop. */
-    void (*poison_gradient)(parameter_store *store);
     /* One AdamW step of the params from the grads (the step count advances). */
     void (*adamw_step)(parameter_store *store, float lr);
     /* ema = decay ema + (1 - decay) params (ema_update). */
@@ -41,13 +39,17 @@ struct parameter_store {
     void (*from_host)(parameter_store *store);
     void (*destroy)(parameter_store *store);
 
+    /* Where the step's final micro-batch hands over its gradient's slices
+     * (trainable.micro_batch), so that their average starts during its
+     * backward pass; NULL: the gradient is averaged after the micro-batches. */
+    const gradient_handover *handover;
     trainable *model;
     adamw_state *optimizer; /* host moments and step count */
     float *ema;             /* host (model->count) */
     void *self;             /* the implementation's own state */
 };
 
-/* On the GPU when model->device_params is set (a CUDA build), else on the
+/* On the GPU when the model has the device capability (a CUDA build), else on the
  * host. optimizer and ema are the loop's host buffers, laid out for
  * model->count values; they must outlive the store. Collective when on the
  * GPU with several ranks (creates the NCCL communicator). */

@@ -1,5 +1,5 @@
 /* The GPU parameter store (see parameter_store.h): the trainable's params and
- * gradients in device memory (its device_params, device_grads), the EMA and the
+ * gradients in device memory (its device capability), the EMA and the
  * AdamW moments beside them, laid out once here. Per step: the gradient
  * averaged by NCCL (several ranks: in the slices the trainable hands over
  * during the backward pass of the step's final micro-batch, each all-reduced
@@ -27,14 +27,14 @@ typedef struct {
     comm_nccl *nccl;          /* NULL with one rank: there is nothing to average */
     int buckets;              /* the trainable hands over gradient slices during backward */
     int launched;             /* slices were launched this step (the final micro-batch's backward) */
-    int poison_pending;       /* the test hook's infinity, written once the gradient is averaged */
+    gradient_handover handover; /* the store's: device_bucket_ready */
     float *ema, *adam_m, *adam_v; /* device (count) */
     double *norm_partials;    /* device (SQUARED_NORM_PARTIALS + 1): the slices' sums, then the total */
 } device_vectors;
 
 static device_vectors *vectors_of(parameter_store *store) { return store->self; }
 
-/* The trainable's bucket_ready: a slice's all-reduce starts behind the backward kernels queued so far. */
+/* The handover's ready: a slice's all-reduce starts behind the backward kernels queued so far. */
 static void device_bucket_ready(void *context, size_t offset, size_t count) {
     parameter_store *store = context;
     device_vectors *d = vectors_of(store);
@@ -50,48 +50,39 @@ static void device_average_gradients(parameter_store *store) {
         comm_nccl_wait_all(d->nccl, NULL);
         d->launched = 0;
     } else if (d->nccl) {
-        comm_nccl_allreduce_mean(d->nccl, store->model->device_grads, store->model->count, NULL);
-    }
-    if (d->poison_pending) {
-        /* After the average, so that no all-reduce in flight reads it: this rank
-         * alone holds it, and the loop's comm_any makes every rank skip. */
-        const float infinity = INFINITY;
-        cuda_copy_to_device(store->model->device_grads, &infinity, sizeof infinity);
-        d->poison_pending = 0;
+        comm_nccl_allreduce_mean(d->nccl, store->model->device->grads, store->model->count, NULL);
     }
 }
 
 static double device_gradient_norm(parameter_store *store) {
     device_vectors *d = vectors_of(store);
     double *total = d->norm_partials + SQUARED_NORM_PARTIALS;
-    squared_norm_cuda(total, d->norm_partials, store->model->device_grads, store->model->count, NULL);
+    squared_norm_cuda(total, d->norm_partials, store->model->device->grads, store->model->count, NULL);
     double squared = 0.0;
     cuda_copy_to_host(&squared, total, sizeof squared); /* waits for the kernels */
     return sqrt(squared);
 }
 
 static void device_scale_gradients(parameter_store *store, float factor) {
-    scale_cuda(store->model->device_grads, store->model->count, factor, NULL);
+    scale_cuda(store->model->device->grads, store->model->count, factor, NULL);
 }
-
-static void device_poison_gradient(parameter_store *store) { vectors_of(store)->poison_pending = 1; }
 
 static void device_adamw_step(parameter_store *store, float lr) {
     device_vectors *d = vectors_of(store);
     adamw_state *o = store->optimizer;
     o->step++;
-    adamw_step_cuda(store->model->device_params, store->model->device_grads, d->adam_m, d->adam_v, o->count, lr,
+    adamw_step_cuda(store->model->device->params, store->model->device->grads, d->adam_m, d->adam_v, o->count, lr,
                     o->hyper.beta1, o->hyper.beta2, o->hyper.eps, o->hyper.weight_decay, o->step, NULL);
 }
 
 static void device_ema_update(parameter_store *store, double decay) {
-    ema_update_cuda(vectors_of(store)->ema, store->model->device_params, store->model->count, decay, NULL);
+    ema_update_cuda(vectors_of(store)->ema, store->model->device->params, store->model->count, decay, NULL);
 }
 
 static void device_to_host(parameter_store *store) {
     device_vectors *d = vectors_of(store);
     const size_t bytes = store->model->count * sizeof(float);
-    cuda_copy_to_host(store->model->params, store->model->device_params, bytes);
+    cuda_copy_to_host(store->model->params, store->model->device->params, bytes);
     cuda_copy_to_host(store->ema, d->ema, bytes);
     cuda_copy_to_host(store->optimizer->m, d->adam_m, bytes);
     cuda_copy_to_host(store->optimizer->v, d->adam_v, bytes);
@@ -100,7 +91,7 @@ static void device_to_host(parameter_store *store) {
 static void device_from_host(parameter_store *store) {
     device_vectors *d = vectors_of(store);
     const size_t bytes = store->model->count * sizeof(float);
-    cuda_copy_to_device(store->model->device_params, store->model->params, bytes);
+    cuda_copy_to_device(store->model->device->params, store->model->params, bytes);
     cuda_copy_to_device(d->ema, store->ema, bytes);
     cuda_copy_to_device(d->adam_m, store->optimizer->m, bytes);
     cuda_copy_to_device(d->adam_v, store->optimizer->v, bytes);
@@ -109,7 +100,6 @@ static void device_from_host(parameter_store *store) {
 static void device_destroy(parameter_store *store) {
     device_vectors *d = vectors_of(store);
     cuda_device_synchronize();
-    if (d->buckets) store->model->bucket_ready = NULL, store->model->bucket_context = NULL;
     comm_nccl_destroy(d->nccl);
     cuda_buffer_free(d->ema), cuda_buffer_free(d->adam_m), cuda_buffer_free(d->adam_v);
     cuda_buffer_free(d->norm_partials);
@@ -118,7 +108,9 @@ static void device_destroy(parameter_store *store) {
 }
 
 parameter_store *parameter_store_cuda_create(trainable *model, adamw_state *optimizer, float *ema) {
-    if (!model->device_grads) fatal_internal("parameter_store_cuda_create: the trainable has no device gradients");
+    const trainable_device *device = model->device;
+    if (!device || !device->grads)
+        fatal_internal("parameter_store_cuda_create: the trainable has no device gradients");
     device_vectors *d = xcalloc(1, sizeof *d);
     /* Collective: every rank's trainable is on the GPU (device.type is one for the job). */
     if (comm_world_size() > 1) d->nccl = comm_nccl_create();
@@ -132,7 +124,6 @@ parameter_store *parameter_store_cuda_create(trainable *model, adamw_state *opti
         .average_gradients = device_average_gradients,
         .gradient_norm = device_gradient_norm,
         .scale_gradients = device_scale_gradients,
-        .poison_gradient = device_poison_gradient,
         .adamw_step = device_adamw_step,
         .ema_update = device_ema_update,
         .to_host = device_to_host,
@@ -144,17 +135,16 @@ parameter_store *parameter_store_cuda_create(trainable *model, adamw_state *opti
         .self = d,
     };
     /* The all-reduce overlapped with backward, in the trainable's slices. */
-    if (d->nccl && model->device_stream && model->device_buckets > 0) {
-        comm_nccl_buckets_layout(d->nccl, model->device_grads, model->count, model->device_buckets,
-                                 model->device_stream);
-        model->bucket_ready = device_bucket_ready;
-        model->bucket_context = store;
+    if (d->nccl && device->stream && device->gradient_slices > 0) {
+        comm_nccl_buckets_layout(d->nccl, device->grads, model->count, device->gradient_slices, device->stream);
+        d->handover = (gradient_handover){.ready = device_bucket_ready, .context = store};
+        store->handover = &d->handover;
         d->buckets = 1;
     }
     if (d->nccl && comm_rank() == 0) {
         if (d->buckets)
             printf("train: gradients averaged by NCCL over %d ranks, in %d slices during the backward pass\n",
-                   comm_world_size(), model->device_buckets);
+                   comm_world_size(), device->gradient_slices);
         else
             printf("train: gradients averaged by NCCL over %d ranks after the backward pass\n", comm_world_size());
         fflush(stdout);

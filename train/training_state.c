@@ -138,10 +138,11 @@ void training_state_check_compatible(const char *json, const char *source, const
         fatal_input("%s: a checkpoint of kind \"%s\", expected \"%s\" (ldm train takes DiT runs, ldm train-ae "
                     "autoencoder runs, ldm distill consistency runs)", source,
                     cJSON_IsString(kind) ? kind->valuestring : "unknown", model->kind);
-    if (model->state_record_name && model->check_saved_record) {
-        char *saved_record = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(root, model->state_record_name));
-        if (!saved_record) fatal_input("%s: state.json: no member \"%s\"", source, model->state_record_name);
-        model->check_saved_record(saved_record, model->state_record_json, source);
+    const trainable_extra_state *extra = model->extra;
+    if (extra && extra->record_name && extra->check_saved_record) {
+        char *saved_record = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(root, extra->record_name));
+        if (!saved_record) fatal_input("%s: state.json: no member \"%s\"", source, extra->record_name);
+        extra->check_saved_record(saved_record, extra->record_json, source);
         cJSON_free(saved_record);
     }
     const char *section = model->shape_section;

@@ -33,7 +33,7 @@ char *training_state_to_json(const training_state *state, const char *kind, cons
                              const char *data_path, const dataset_info *data);
 
 /* json (state.json's text, freed here) with one more member NAME whose value is
- * the JSON object RECORD_JSON (a trainable's state_record); returns the new text. */
+ * the JSON object RECORD_JSON (a trainable's extra-state record); returns the new text. */
 char *training_state_with_record(char *json, const char *name, const char *record_json);
 
 /* Parses state.json's text (source names it in errors); fatal_input on any

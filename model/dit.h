@@ -44,7 +44,7 @@ typedef struct {
     int guidance_input;
 } dit_shape;
 
-typedef struct dit_activations dit_activations;
+typedef struct dit_graph dit_graph;
 
 typedef struct {
     dit_shape shape;
@@ -59,7 +59,7 @@ typedef struct {
      * in bf16/fp16 a copy rounded to the format at the start of every forward pass. */
     float *compute_params;
     size_t activation_bytes; /* of memory_bytes: activations kept for backward and all scratch, for max_batch */
-    dit_activations *act;
+    dit_graph *graph; /* the compute graph, its parameter indices and activations (dit_graph.h) */
     void *memory;  /* the one allocation behind everything above */
     size_t memory_bytes;
 } dit_model;

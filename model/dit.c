@@ -100,7 +100,7 @@ void dit_create_precision(dit_model *m, const dit_shape *shape, int max_batch, l
     param_table_init(&m->table);
     build_table(m);
     m->graph = xcalloc(1, sizeof(*m->graph));
-    dit_graph_init(m->graph, shape, max_batch, precision, &m->table, &dit_backend_cpu, m);
+    dit_graph_init(m->graph, shape, max_batch, precision, &m->table, &dit_backend_cpu);
 
     arena ar;
     arena_begin_measure(&ar);
@@ -113,6 +113,7 @@ void dit_create_precision(dit_model *m, const dit_shape *shape, int max_batch, l
     m->graph->params = m->params;
     m->graph->grads = m->grads;
     m->graph->fixed = m->fixed;
+    m->graph->backend_state = m->compute_params;
     pos_embed_2d_sincos(m->table.entries[m->graph->pos_embed].data, shape->hidden_size, grid);
 }
 

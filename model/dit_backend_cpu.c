@@ -2,30 +2,25 @@
  * of bf16/fp16 as the CPU emulates it (precision.h). GEMMs read fp32 buffers
  * holding values rounded to the format: an activation's work buffer, rounded in
  * place when it is kept; the weights and biases from the model's compute_params,
- * a rounded copy of the master parameters made at every forward pass. The
- * backend state is the dit_model. */
+ * a rounded copy of the master parameters made at every forward pass (the
+ * graph's backend_state). */
 #include <string.h>
 
-#include "dit.h"
 #include "dit_graph.h"
 #include "ops.h"
 
-static dit_model *model_of(const dit_graph *g) { return g->backend_state; }
+/* (trainable_numel) the parameters the GEMMs read: params itself in fp32, else a rounded copy */
+static float *compute_params(const dit_graph *g) { return g->backend_state; }
 
 static void prepare_weights(const dit_graph *g) {
-    dit_model *m = model_of(g);
     if (g->precision == PRECISION_FP32) return; /* compute_params is params */
-    memcpy(m->compute_params, m->params, sizeof(float) * m->table.trainable_numel);
-    precision_round_array(g->precision, m->compute_params, m->table.trainable_numel);
+    memcpy(compute_params(g), g->params, sizeof(float) * g->trainable_numel);
+    precision_round_array(g->precision, compute_params(g), g->trainable_numel);
 }
 
-static const void *weight(const dit_graph *g, int index) {
-    return model_of(g)->compute_params + g->table->entries[index].offset;
-}
+static const void *weight(const dit_graph *g, int index) { return compute_params(g) + g->entries[index].offset; }
 
-static const float *bias(const dit_graph *g, int index) {
-    return model_of(g)->compute_params + g->table->entries[index].offset;
-}
+static const float *bias(const dit_graph *g, int index) { return compute_params(g) + g->entries[index].offset; }
 
 static void round_in_place(const dit_graph *g, float *x, size_t n) { precision_round_array(g->precision, x, n); }
 

@@ -41,7 +41,7 @@
 #include "params.h"
 #include "precision.h"
 
-typedef struct dit_cuda_activations dit_cuda_activations;
+typedef struct dit_cuda_state dit_cuda_state;
 
 typedef struct {
     dit_shape shape;
@@ -58,7 +58,7 @@ typedef struct {
     float *adam_m, *adam_v; /* device (table.trainable_numel) first and second moments */
     int64_t adam_step;      /* steps taken */
     size_t activation_bytes; /* of memory_bytes: activations and scratch for max_batch */
-    dit_cuda_activations *act; /* host struct of device pointers (dit_cuda.c) */
+    dit_cuda_state *state; /* host struct of device pointers: the graph and its weight copies (dit_backend_cuda.h) */
     void *memory;        /* the one device allocation behind everything above */
     size_t memory_bytes;
     gemm_cuda_context *gemm;

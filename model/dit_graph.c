@@ -47,7 +47,7 @@ static dit_scalar_embedder embedder_params(const param_table *table, const char 
 }
 
 void dit_graph_init(dit_graph *g, const dit_shape *shape, int max_batch, ldm_precision precision,
-                    const param_table *table, const dit_backend *ops, void *backend_state) {
+                    const param_table *table, const dit_backend *ops) {
     memset(g, 0, sizeof(*g));
     g->shape = *shape;
     const int grid = shape->input_size / shape->patch_size;
@@ -55,8 +55,8 @@ void dit_graph_init(dit_graph *g, const dit_shape *shape, int max_batch, ldm_pre
     g->max_batch = max_batch;
     g->precision = precision;
     g->ops = ops;
-    g->backend_state = backend_state;
-    g->table = table;
+    g->entries = table->entries;
+    g->trainable_numel = table->trainable_numel;
     g->blocks = xcalloc((size_t)shape->depth, sizeof(dit_block_activations));
     g->block_params = xcalloc((size_t)shape->depth, sizeof(dit_block_params));
     g->pos_embed = param_index(table, "pos_embed");
@@ -195,7 +195,7 @@ size_t dit_graph_layout(dit_graph *g, arena *ar) {
 
 /* ---- parameters and the linear layer ---- */
 
-static size_t offset_of(const dit_graph *g, int index) { return g->table->entries[index].offset; }
+static size_t offset_of(const dit_graph *g, int index) { return g->entries[index].offset; }
 /* The fp32 master value and the gradient. */
 static const float *P(const dit_graph *g, int index) { return g->params + offset_of(g, index); }
 static float *G(const dit_graph *g, int index) { return g->grads + offset_of(g, index); }

@@ -68,8 +68,12 @@ typedef struct dit_graph {
     int tokens, max_batch;
     ldm_precision precision;
     const dit_backend *ops;
-    void *backend_state;    /* what the backend's functions need: the CPU or GPU model */
-    const param_table *table; /* names and offsets (its data pointers are not used) */
+    /* What the backend's functions need besides the graph (the CPU's: the rounded
+     * weight copy; the GPU's: its dit_cuda_state). Nothing in a graph points into
+     * the model struct, so that a model may be moved after it is made. */
+    void *backend_state;
+    const param_entry *entries; /* the model's parameter table: offsets into the flat vectors */
+    size_t trainable_numel;
     float *params, *grads, *fixed; /* the model's flat vectors, on the backend's device */
 
     /* parameter indices */
@@ -183,14 +187,15 @@ struct dit_backend {
                                int dim, int table_rows);
 };
 
-/* The CPU's ops (dit_backend_cpu.c); its backend_state is the dit_model. */
+/* The CPU's ops (dit_backend_cpu.c); its backend_state is the model's compute_params. */
 extern const dit_backend dit_backend_cpu;
 
 /* Sets up g for a model of `shape` on `ops`: finds the parameter indices in table
  * (dit.c's, by name) and allocates the host arrays of per-block structs. The
- * buffers come from dit_graph_layout; params, grads and fixed are the caller's. */
+ * buffers come from dit_graph_layout; params, grads, fixed and backend_state are
+ * set by the caller once its memory is placed. */
 void dit_graph_init(dit_graph *g, const dit_shape *shape, int max_batch, ldm_precision precision,
-                    const param_table *table, const dit_backend *ops, void *backend_state);
+                    const param_table *table, const dit_backend *ops);
 void dit_graph_free(dit_graph *g);
 /* Places the activations and backward scratch for max_batch samples (called once
  * measuring and once placing, see arena.h); returns their bytes. */

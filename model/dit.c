@@ -110,10 +110,7 @@ void dit_create_precision(dit_model *m, const dit_shape *shape, int max_batch, l
     m->memory = ar.base;
     m->memory_bytes = ar.capacity;
     param_table_bind(&m->table, m->params, m->grads, m->fixed);
-    m->graph->params = m->params;
-    m->graph->grads = m->grads;
-    m->graph->fixed = m->fixed;
-    m->graph->backend_state = m->compute_params;
+    dit_graph_bind(m->graph, m->params, m->grads, m->fixed, m->compute_params);
     pos_embed_2d_sincos(m->table.entries[m->graph->pos_embed].data, shape->hidden_size, grid);
 }
 

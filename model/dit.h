@@ -1,5 +1,7 @@
 /* The DiT denoiser with adaLN-Zero (Peebles & Xie 2023), with the parameter
- * names and shapes of the public DiT code, on the CPU in fp32.
+ * names and shapes of the public DiT code, on the CPU in fp32, bf16 or fp16.
+ * Forward and backward are the one DiT graph (dit_graph.h) on the CPU's ops; the
+ * GPU model (dit_cuda.h) runs the same graph on CUDA ops.
  *
  * All memory (parameters, gradients, fixed buffers, the activations of a batch of
  * up to max_batch samples, backward scratch) is laid out once by dit_create; forward
@@ -14,8 +16,8 @@
  * fp32. The activations kept for backward are stored as 16-bit values (the
  * LayerNorm outputs stand in for the LayerNorm inputs, whose backward needs only
  * the normalized values), with one block's fp32 working buffers shared by all
- * blocks: about half the activation memory of fp32. fp32 is unchanged, bit for
- * bit, by any of this. */
+ * blocks: about 60% of the activation memory of fp32, less the deeper the model
+ * (the shared buffers are a fixed cost). In fp32 every rounding is a no-op. */
 #ifndef LDM_DIT_H
 #define LDM_DIT_H
 

@@ -103,10 +103,7 @@ void dit_cuda_create(dit_cuda_model *m, const dit_shape *shape, int max_batch, l
     ar.used = 0;
     ar.capacity = bytes;
     layout(m, &ar, with_optimizer);
-    m->state->graph.params = m->params;
-    m->state->graph.grads = m->grads;
-    m->state->graph.fixed = m->fixed;
-    m->state->graph.backend_state = m->state;
+    dit_graph_bind(&m->state->graph, m->params, m->grads, m->fixed, m->state);
     cuda_copy_to_device(m->fixed, host.fixed, sizeof(float) * m->table.fixed_numel);
     if (precision != PRECISION_FP32)
         cuda_copy_to_device(m->state->bias_segments, segments, 3 * sizeof(long long) * (size_t)m->state->bias_count);

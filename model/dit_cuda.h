@@ -11,8 +11,10 @@
  * (its param_table: same order, same offsets), so uploads, downloads and
  * checkpoints are plain copies of table.trainable_numel floats.
  *
- * Precision follows dit.c's 16-bit path: GEMM inputs in 16 bits (activations
- * rounded where dit.c rounds them, weights and biases from the rounded copy),
+ * Forward and backward are the one DiT graph (dit_graph.h) that the CPU model
+ * runs too, here on CUDA ops (dit_backend_cuda.c). Precision is the graph's:
+ * GEMM inputs in 16 bits (activations rounded where they are made, weights and
+ * biases from the rounded copy),
  * fp32 accumulation; LayerNorm statistics, softmax, SiLU/GELU arithmetic and the
  * residual stream in fp32; the activations kept for backward as 16-bit values
  * (the LayerNorm outputs standing in for its inputs). fp32 keeps the same set

@@ -84,6 +84,13 @@ void dit_graph_init(dit_graph *g, const dit_shape *shape, int max_batch, ldm_pre
     g->final_ada_bias = param_index(table, "final_layer.adaLN_modulation.1.bias");
 }
 
+void dit_graph_bind(dit_graph *g, float *params, float *grads, float *fixed, void *backend_state) {
+    g->params = params;
+    g->grads = grads;
+    g->fixed = fixed;
+    g->backend_state = backend_state;
+}
+
 void dit_graph_free(dit_graph *g) {
     free(g->blocks);
     free(g->block_params);

@@ -187,16 +187,41 @@ struct dit_backend {
                                int dim, int table_rows);
 };
 
+ \
+    /* A backend's table: the function of each field above is the static function
+ * named prefix ## field (cpu_linear, \
+    cuda_linear, ...), \
+    so that a field added to
+ * dit_backend is added here once and each backend writes only its function. */
+#define DIT_BACKEND_FUNCTIONS(prefix) .prepare_weights = prefix##prepare_weights, \
+    .weight = prefix##weight, .bias = prefix##bias, .round = prefix##round, .keep = prefix##keep, \
+    .load = prefix##load, .kept_operand = prefix##kept_operand, .grad_operand = prefix##grad_operand, \
+    .zero = prefix##zero, .copy = prefix##copy, .scale = prefix##scale, .add = prefix##add, \
+    .add_row_broadcast = prefix##add_row_broadcast, .linear = prefix##linear, \
+    .linear_backward = prefix##linear_backward, .layernorm_modulate = prefix##layernorm_modulate, \
+    .layernorm_backward_normalized = prefix##layernorm_backward_normalized, \
+    .modulate_backward = prefix##modulate_backward, .gated_residual_forward = prefix##gated_residual_forward, \
+    .gated_residual_backward = prefix##gated_residual_backward, .attention_forward = prefix##attention_forward, \
+    .attention_backward = prefix##attention_backward, .gelu_tanh_forward = prefix##gelu_tanh_forward, \
+    .gelu_tanh_backward = prefix##gelu_tanh_backward, .silu_forward = prefix##silu_forward, \
+    .silu_backward = prefix##silu_backward, .patchify_forward = prefix##patchify_forward, \
+    .patchify_backward = prefix##patchify_backward, .unpatchify_forward = prefix##unpatchify_forward, \
+    .unpatchify_backward = prefix##unpatchify_backward, \
+    .timestep_embedding_forward = prefix##timestep_embedding_forward, \
+    .embedding_forward = prefix##embedding_forward, .embedding_backward = prefix##embedding_backward
+
 /* The CPU's ops (dit_backend_cpu.c); its backend_state is the model's compute_params. */
 extern const dit_backend dit_backend_cpu;
 
 /* Sets up g for a model of `shape` on `ops`: finds the parameter indices in table
  * (dit.c's, by name) and allocates the host arrays of per-block structs. The
- * buffers come from dit_graph_layout; params, grads, fixed and backend_state are
- * set by the caller once its memory is placed. */
+ * buffers come from dit_graph_layout, the rest from dit_graph_bind. */
 void dit_graph_init(dit_graph *g, const dit_shape *shape, int max_batch, ldm_precision precision,
                     const param_table *table, const dit_backend *ops);
 void dit_graph_free(dit_graph *g);
+/* The model's flat vectors (on the backend's device) and the backend's state,
+ * once the model's memory is placed. */
+void dit_graph_bind(dit_graph *g, float *params, float *grads, float *fixed, void *backend_state);
 /* Places the activations and backward scratch for max_batch samples (called once
  * measuring and once placing, see arena.h); returns their bytes. */
 size_t dit_graph_layout(dit_graph *g, arena *ar);

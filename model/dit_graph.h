@@ -187,11 +187,8 @@ struct dit_backend {
                                int dim, int table_rows);
 };
 
- \
-    /* A backend's table: the function of each field above is the static function
- * named prefix ## field (cpu_linear, \
-    cuda_linear, ...), \
-    so that a field added to
+/* A backend's table: the function of each field above is the static function
+ * named prefix ## field (cpu_linear, cuda_linear, ...), so that a field added to
  * dit_backend is added here once and each backend writes only its function. */
 #define DIT_BACKEND_FUNCTIONS(prefix) .prepare_weights = prefix##prepare_weights, \
     .weight = prefix##weight, .bias = prefix##bias, .round = prefix##round, .keep = prefix##keep, \

@@ -1,5 +1,7 @@
 /* The DiT denoiser with adaLN-Zero (Peebles & Xie 2023), with the parameter
- * names and shapes of the public DiT code, on the CPU in fp32.
+ * names and shapes of the public DiT code, on the CPU in fp32, bf16 or fp16.
+ * Forward and backward are the one DiT graph (dit_graph.h) on the CPU's ops; the
+ * GPU model (dit_cuda.h) runs the same graph on CUDA ops.
  *
  * All memory (parameters, gradients, fixed buffers, the activations of a batch of
  * up to max_batch samples, backward scratch) is laid out once by dit_create; forward
@@ -14,8 +16,8 @@
  * fp32. The activations kept for backward are stored as 16-bit values (the
  * LayerNorm outputs stand in for the LayerNorm inputs, whose backward needs only
  * the normalized values), with one block's fp32 working buffers shared by all
- * blocks: about half the activation memory of fp32. fp32 is unchanged, bit for
- * bit, by any of this. */
+ * blocks: about 60% of the activation memory of fp32, less the deeper the model
+ * (the shared buffers are a fixed cost). In fp32 every rounding is a no-op. */
 #ifndef LDM_DIT_H
 #define LDM_DIT_H
 
@@ -44,7 +46,7 @@ typedef struct {
     int guidance_input;
 } dit_shape;
 
-typedef struct dit_activations dit_activations;
+typedef struct dit_graph dit_graph;
 
 typedef struct {
     dit_shape shape;
@@ -59,7 +61,7 @@ typedef struct {
      * in bf16/fp16 a copy rounded to the format at the start of every forward pass. */
     float *compute_params;
     size_t activation_bytes; /* of memory_bytes: activations kept for backward and all scratch, for max_batch */
-    dit_activations *act;
+    dit_graph *graph; /* the compute graph, its parameter indices and activations (dit_graph.h) */
     void *memory;  /* the one allocation behind everything above */
     size_t memory_bytes;
 } dit_model;

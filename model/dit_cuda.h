@@ -11,8 +11,10 @@
  * (its param_table: same order, same offsets), so uploads, downloads and
  * checkpoints are plain copies of table.trainable_numel floats.
  *
- * Precision follows dit.c's 16-bit path: GEMM inputs in 16 bits (activations
- * rounded where dit.c rounds them, weights and biases from the rounded copy),
+ * Forward and backward are the one DiT graph (dit_graph.h) that the CPU model
+ * runs too, here on CUDA ops (dit_backend_cuda.c). Precision is the graph's:
+ * GEMM inputs in 16 bits (activations rounded where they are made, weights and
+ * biases from the rounded copy),
  * fp32 accumulation; LayerNorm statistics, softmax, SiLU/GELU arithmetic and the
  * residual stream in fp32; the activations kept for backward as 16-bit values
  * (the LayerNorm outputs standing in for its inputs). fp32 keeps the same set
@@ -41,7 +43,7 @@
 #include "params.h"
 #include "precision.h"
 
-typedef struct dit_cuda_activations dit_cuda_activations;
+typedef struct dit_cuda_state dit_cuda_state;
 
 typedef struct {
     dit_shape shape;
@@ -58,7 +60,7 @@ typedef struct {
     float *adam_m, *adam_v; /* device (table.trainable_numel) first and second moments */
     int64_t adam_step;      /* steps taken */
     size_t activation_bytes; /* of memory_bytes: activations and scratch for max_batch */
-    dit_cuda_activations *act; /* host struct of device pointers (dit_cuda.c) */
+    dit_cuda_state *state; /* host struct of device pointers: the graph and its weight copies (dit_backend_cuda.h) */
     void *memory;        /* the one device allocation behind everything above */
     size_t memory_bytes;
     gemm_cuda_context *gemm;

@@ -1,0 +1,191 @@
+/* The DiT graph's CPU backend (dit_graph.h): the ops of ops.h, and the storage
+ * of bf16/fp16 as the CPU emulates it (precision.h). GEMMs read fp32 buffers
+ * holding values rounded to the format: an activation's work buffer, rounded in
+ * place when it is kept; the weights and biases from the model's compute_params,
+ * a rounded copy of the master parameters made at every forward pass (the
+ * graph's backend_state). */
+#include <string.h>
+
+#include "dit_graph.h"
+#include "ops.h"
+
+/* (trainable_numel) the parameters the GEMMs read: params itself in fp32, else a rounded copy */
+static float *compute_params(const dit_graph *g) { return g->backend_state; }
+
+static void cpu_prepare_weights(const dit_graph *g) {
+    if (g->precision == PRECISION_FP32) return; /* compute_params is params */
+    memcpy(compute_params(g), g->params, sizeof(float) * g->trainable_numel);
+    precision_round_array(g->precision, compute_params(g), g->trainable_numel);
+}
+
+static const void *cpu_weight(const dit_graph *g, int index) { return compute_params(g) + g->entries[index].offset; }
+
+static const float *cpu_bias(const dit_graph *g, int index) { return compute_params(g) + g->entries[index].offset; }
+
+static void cpu_round(const dit_graph *g, float *x, size_t n) { precision_round_array(g->precision, x, n); }
+
+static const void *cpu_keep(const dit_graph *g, kept_tensor k, size_t n) {
+    if (g->precision != PRECISION_FP32) precision_store(g->precision, k.kept, k.work, n);
+    return k.work;
+}
+
+static const float *cpu_load(const dit_graph *g, kept_tensor k, size_t n) {
+    if (g->precision != PRECISION_FP32) precision_load(g->precision, k.work, k.kept, n);
+    return k.work;
+}
+
+static const void *cpu_kept_operand(const dit_graph *g, kept_tensor k, size_t n) { return cpu_load(g, k, n); }
+
+static const void *cpu_grad_operand(const dit_graph *g, float *grad, uint16_t *bits, size_t n) {
+    (void)bits;
+    cpu_round(g, grad, n);
+    return grad;
+}
+
+static void cpu_zero(const dit_graph *g, void *x, size_t bytes) {
+    (void)g;
+    memset(x, 0, bytes);
+}
+
+static void cpu_copy(const dit_graph *g, void *to, const void *from, size_t bytes) {
+    (void)g;
+    memcpy(to, from, bytes);
+}
+
+static void cpu_scale(const dit_graph *g, float *out, const float *in, float factor, size_t n) {
+    (void)g;
+    for (size_t i = 0; i < n; i++) out[i] = factor * in[i];
+}
+
+static void cpu_add(const dit_graph *g, float *out, const float *a, const float *b, size_t n) {
+    (void)g;
+    add_forward(out, a, b, n);
+}
+
+static void cpu_add_row_broadcast(const dit_graph *g, float *out, const float *row, int rows, int dim) {
+    (void)g;
+    add_row_broadcast(out, row, rows, dim);
+}
+
+static void cpu_linear(const dit_graph *g, float *out, const void *in, const void *w, const float *b, int rows,
+                       int in_features, int out_features) {
+    linear_forward_precision(out, in, w, b, rows, in_features, out_features, g->precision);
+}
+
+static void cpu_linear_backward(const dit_graph *g, float *d_in, float d_in_beta, float *d_weight, float *d_bias,
+                                const void *d_out, const void *in, const void *w, int rows, int in_features,
+                                int out_features) {
+    linear_backward_precision(d_in, d_in_beta, d_weight, d_bias, d_out, in, w, rows, in_features, out_features,
+                              g->precision);
+}
+
+/* LayerNorm, its output kept (rounded in place in bf16/fp16), then modulate of
+ * what is kept. */
+static void cpu_layernorm_modulate(const dit_graph *g, float *out, kept_tensor ln, float *mean, float *rstd,
+                                   const float *in, const float *shift, const float *scale_, int mod_stride, int batch,
+                                   int tokens, int dim) {
+    const size_t n = (size_t)batch * tokens * dim;
+    layernorm_forward(ln.work, mean, rstd, in, batch * tokens, dim, DIT_LAYERNORM_EPS);
+    cpu_keep(g, ln, n);
+    modulate_forward(out, ln.work, shift, scale_, mod_stride, batch, tokens, dim);
+}
+
+static void cpu_layernorm_backward_normalized(const dit_graph *g, float *d_in, float d_in_beta, const float *d_out,
+                                              const float *normalized, const float *rstd, int rows, int dim) {
+    (void)g;
+    layernorm_backward_normalized(d_in, d_in_beta, d_out, normalized, rstd, rows, dim);
+}
+
+static void cpu_modulate_backward(const dit_graph *g, float *d_in, float *d_shift, float *d_scale, const float *d_out,
+                                  const float *in, const float *scale_, int mod_stride, int batch, int tokens,
+                                  int dim) {
+    (void)g;
+    modulate_backward(d_in, d_shift, d_scale, d_out, in, scale_, mod_stride, batch, tokens, dim);
+}
+
+static void cpu_gated_residual_forward(const dit_graph *g, float *x, const float *y, const float *gate, int mod_stride,
+                                       int batch, int tokens, int dim) {
+    (void)g;
+    gated_residual_forward(x, y, gate, mod_stride, batch, tokens, dim);
+}
+
+static void cpu_gated_residual_backward(const dit_graph *g, float *d_y, float *d_gate, const float *d_x, const float *y,
+                                        const float *gate, int mod_stride, int batch, int tokens, int dim) {
+    (void)g;
+    gated_residual_backward(d_y, d_gate, d_x, y, gate, mod_stride, batch, tokens, dim);
+}
+
+static void cpu_attention_forward(const dit_graph *g, float *out, float *probs, const float *qkv, int batch, int tokens,
+                                  int heads, int head_dim) {
+    attention_forward_precision(out, probs, qkv, batch, tokens, heads, head_dim, g->precision);
+}
+
+static void cpu_attention_backward(const dit_graph *g, float *d_qkv, float *d_scores, const float *d_out,
+                                   const float *qkv, const float *probs, int batch, int tokens, int heads,
+                                   int head_dim) {
+    attention_backward_precision(d_qkv, d_scores, d_out, qkv, probs, batch, tokens, heads, head_dim, g->precision);
+}
+
+static void cpu_gelu_tanh_forward(const dit_graph *g, float *out, const float *in, size_t n) {
+    (void)g;
+    gelu_tanh_forward(out, in, n);
+}
+
+static void cpu_gelu_tanh_backward(const dit_graph *g, float *d_in, const float *d_out, const float *in, size_t n) {
+    (void)g;
+    gelu_tanh_backward(d_in, d_out, in, n);
+}
+
+static void cpu_silu_forward(const dit_graph *g, float *out, const float *in, size_t n) {
+    (void)g;
+    silu_forward(out, in, n);
+}
+
+static void cpu_silu_backward(const dit_graph *g, float *d_in, const float *d_out, const float *in, size_t n) {
+    (void)g;
+    silu_backward(d_in, d_out, in, n);
+}
+
+static void cpu_patchify_forward(const dit_graph *g, float *patches, const float *image, int batch, int channels,
+                                 int size, int patch) {
+    (void)g;
+    patchify_forward(patches, image, batch, channels, size, patch);
+}
+
+static void cpu_patchify_backward(const dit_graph *g, float *d_image, const float *d_patches, int batch, int channels,
+                                  int size, int patch) {
+    (void)g;
+    patchify_backward(d_image, d_patches, batch, channels, size, patch);
+}
+
+static void cpu_unpatchify_forward(const dit_graph *g, float *image, const float *tokens, int batch, int channels,
+                                   int size, int patch) {
+    (void)g;
+    unpatchify_forward(image, tokens, batch, channels, size, patch);
+}
+
+static void cpu_unpatchify_backward(const dit_graph *g, float *d_tokens, const float *d_image, int batch, int channels,
+                                    int size, int patch) {
+    (void)g;
+    unpatchify_backward(d_tokens, d_image, batch, channels, size, patch);
+}
+
+static void cpu_timestep_embedding_forward(const dit_graph *g, float *out, const float *t, int batch, int dim) {
+    (void)g;
+    timestep_embedding_forward(out, t, batch, dim);
+}
+
+static void cpu_embedding_forward(const dit_graph *g, float *out, const float *table, const int *labels, int batch,
+                                  int dim) {
+    (void)g;
+    embedding_forward(out, table, labels, batch, dim);
+}
+
+static void cpu_embedding_backward(const dit_graph *g, float *d_table, const float *d_out, const int *labels, int batch,
+                                   int dim, int table_rows) {
+    (void)g;
+    (void)table_rows; /* the labels were checked by dit_forward */
+    embedding_backward(d_table, d_out, labels, batch, dim);
+}
+
+const dit_backend dit_backend_cpu = {.gemm_reads_bits = 0, DIT_BACKEND_FUNCTIONS(cpu_)};

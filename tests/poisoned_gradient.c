@@ -1,4 +1,4 @@
-/* The test program ldm_poisoned_gradient: the ldm program (train/main.c) with
+/* The test program ldm_poisoned_gradient: the ldm program (train/cli/main.c) with
  * every trainable it creates wrapped so that, on the last rank, the gradient
  * of the steps named by the environment variable
  * LDM_TEST_POISON_GRADIENT_STEPS="FIRST[-LAST]" (1-based) is not finite: those

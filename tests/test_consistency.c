@@ -1,4 +1,4 @@
-/* Tests of the consistency model (train/consistency.h, consistency_record.h).
+/* Tests of the consistency model (train/diffusion/consistency.h, consistency_record.h).
  *
  * - c_skip and c_out against their formulas (in double, with sigma_min taken as
  *   its float), and exactly 1 and 0 at sigma_min.

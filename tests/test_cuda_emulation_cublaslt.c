@@ -1,6 +1,6 @@
 /* Unit test of the cuBLASLt emulation (tests/cuda_emulation/cublasLt.h): the
  * matmul against a triple loop in double on the same (16-bit: the same
- * decoded) values, through the call sequence model/gemm_cublaslt.cu makes;
+ * decoded) values, through the call sequence model/cuda/gemm_cublaslt.cu makes;
  * the exact widening of half and bfloat16 bits; the statuses of the setters
  * and of unsupported problems; and, each in a child process, that the
  * caller's mistakes end the program (exit status 1) with a line naming them. */
@@ -116,7 +116,7 @@ static size_t element_index(const geometry *g, int batch, int row, int col) {
 }
 
 /* The largest power of two up to 256 dividing the address and the batch
- * stride in bytes: the alignment model/gemm_cublaslt.cu promises. */
+ * stride in bytes: the alignment model/cuda/gemm_cublaslt.cu promises. */
 static uint32_t alignment_of(const void *p, const geometry *g, size_t bytes_per_element) {
     const uint64_t stride_bytes = g->batch > 1 ? (uint64_t)g->stride * bytes_per_element : 0;
     const uint64_t bits = (uint64_t)(uintptr_t)p | stride_bytes;
@@ -154,7 +154,7 @@ typedef struct {
     cudaDataType_t ab_type;
     float alpha, beta;
     int with_bias;
-    int in_place;  /* D is C, as in model/gemm_cublaslt.cu */
+    int in_place;  /* D is C, as in model/cuda/gemm_cublaslt.cu */
     int nan_in_c;  /* C holds NaN (with beta 0: must not be read) */
     int a_offset;  /* A starts this many elements into its allocation */
 } gemm_case;
@@ -217,7 +217,7 @@ static void check_gemm_case(const gemm_case *t) {
     }
     float *d_bias = t->with_bias ? device_copy_of(bias, (size_t)m * sizeof(float)) : NULL;
 
-    /* the call sequence of model/gemm_cublaslt.cu */
+    /* the call sequence of model/cuda/gemm_cublaslt.cu */
     cublasLtMatmulDesc_t desc = NULL;
     CHECK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS);
     const cublasOperation_t op_a = t->transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N;

@@ -1,4 +1,4 @@
-/* Tests of the EDM formulation (train/edm.h). Each formula is checked against
+/* Tests of the EDM formulation (train/diffusion/edm.h). Each formula is checked against
  * an evaluation written differently (e.g. c_skip = 1 / (1 + (sigma/sigma_data)^2))
  * and against the identities the paper derives them from:
  *   c_skip + c_out^2 / sigma_data^2 = 1, c_in^2 (sigma^2 + sigma_data^2) = 1,

@@ -1,4 +1,4 @@
-/* The CUDA op set (model/ops_cuda.h, model/gemm_cublaslt.h) against the CPU ops
+/* The CUDA op set (model/cuda/ops_cuda.h, model/cuda/gemm_cublaslt.h) against the CPU ops
  * (ops.h, train/optimizer.h, precision.h): random inputs, the CPU op and the
  * CUDA op (copy in, run, copy out), compared. Shapes are not multiples of 32
  * (rows 37, dim 72, tokens 17, heads 3, head_dim 24, n 100003). Outputs the

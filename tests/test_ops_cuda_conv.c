@@ -1,4 +1,4 @@
-/* The autoencoder's CUDA ops (model/ops_cuda_conv.h) against the CPU ops
+/* The autoencoder's CUDA ops (model/cuda/ops_cuda_conv.h) against the CPU ops
  * (model/ops_conv.h): random inputs, the CPU op and the CUDA op (copy in, run,
  * copy out), compared, forward and backward. Outputs the GPU overwrites are
  * filled with NaN first (an element left unwritten, or a beta-0 gradient that

@@ -1,4 +1,4 @@
-/* The 16-bit formats of mixed precision (model/precision.h): bfloat16 and IEEE
+/* The 16-bit formats of mixed precision (base/precision.h): bfloat16 and IEEE
  * half conversions against hand-worked bit patterns (ties to even, the largest
  * finite values, overflow to infinity, subnormals, signed zero, NaN), every
  * 16-bit pattern round-tripping, random floats against a reference that picks

@@ -1,4 +1,4 @@
-/* Unit test of checkpoints/safetensors.c: round trips through the writer and
+/* Unit test of checkpoints/tensors/safetensors.c: round trips through the writer and
  * reader, the file layout the writer produces, and one hand-crafted bad file for
  * every refusal the reader promises (plus every truncation and single-byte
  * corruption of a small valid file), each of which must give -1, an empty

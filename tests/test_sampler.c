@@ -1,4 +1,4 @@
-/* Tests of the EDM samplers (train/sampler.h) on a tiny DiT.
+/* Tests of the EDM samplers (train/diffusion/sampler.h) on a tiny DiT.
  *
  * Closed form: at DiT's initialisation the final layer is zero, so F = 0 and
  * D(x; sigma) = c_skip x; each step then multiplies x by a factor computed here
@@ -20,7 +20,7 @@
  * sqrt(sigma_hat^2 - sigma_i^2) S_noise eps with eps keyed by (seed, step, index)),
  * including the steps outside [S_tmin, S_tmax] that get no churn.
  *
- * The pipeline of a latents model (train/sample_pipeline.h): its pictures equal
+ * The pipeline of a latents model (train/diffusion/sample_pipeline.h): its pictures equal
  * the decoder applied to z = x / sigma_data * std_c + mean_c of the sampler's x,
  * with distinct statistics per channel; a batch of 1 gives the same picture as
  * within a batch of 3. */

@@ -49,7 +49,7 @@ void dit_batch_prepare(dit_batch *b, const float *samples, const int32_t *labels
  * sigma bin in statistics. */
 double dit_batch_loss(dit_batch *b, const float *samples, int batch, float loss_weight, double *statistics);
 
-/* For a network input made elsewhere (the GPU: train/edm_cuda.h): sigma, y
+/* For a network input made elsewhere (the GPU: train/diffusion/edm_cuda.h): sigma, y
  * and t of each sample as dit_batch_prepare draws them, and each sample's
  * stream positioned where its noise begins: noise_streams (batch), the
  * rng_stream states; normal j of the noise is made from the stream's draws

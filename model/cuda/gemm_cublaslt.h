@@ -6,7 +6,7 @@
  *
  * All pointers are DEVICE pointers; the work is queued on `stream` (NULL: the
  * default stream) and nothing waits for it. Errors end the program through
- * fatal_internal (comm/fatal.h). Only meaningful in a CUDA build (LDM_HAVE_CUDA).
+ * fatal_internal (base/fatal.h). Only meaningful in a CUDA build (LDM_HAVE_CUDA).
  * Status: not yet run on a GPU; tests/test_ops_cuda.c passes on the CPU
  * emulation of cuBLASLt (tests/cuda_emulation/, in CI). */
 #ifndef LDM_GEMM_CUBLASLT_H

@@ -18,7 +18,7 @@
  * Status: not yet run on a GPU; tests/test_ops_cuda.c passes on the CPU
  * emulation of CUDA (tests/cuda_emulation/, in CI), which checks the kernels'
  * arithmetic, indexing and barriers but not stream ordering or GPU rounding.
- * Errors end the program through fatal_internal (comm/fatal.h).
+ * Errors end the program through fatal_internal (base/fatal.h).
  * The linear op and the GEMM context are in gemm_cublaslt.h (included here).
  * Only meaningful in a CUDA build (LDM_HAVE_CUDA). */
 #ifndef LDM_OPS_CUDA_H

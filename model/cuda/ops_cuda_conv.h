@@ -19,7 +19,7 @@
  * and GroupNorm agree with it to float rounding (tests/test_ops_cuda_conv.c).
  * Status: not yet run on a GPU; tests/test_ops_cuda_conv.c passes on the CPU
  * emulation of CUDA (tests/cuda_emulation/).
- * Errors end the program through fatal_internal (comm/fatal.h). Plain C; only
+ * Errors end the program through fatal_internal (base/fatal.h). Plain C; only
  * meaningful in a CUDA build (LDM_HAVE_CUDA). */
 #ifndef LDM_OPS_CUDA_CONV_H
 #define LDM_OPS_CUDA_CONV_H

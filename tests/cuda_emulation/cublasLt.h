@@ -1,5 +1,5 @@
 /* CUDA emulation (see cuda_runtime_api.h): the subset of cuBLASLt that
- * model/gemm_cublaslt.cu uses, carried out on the CPU by
+ * model/cuda/gemm_cublaslt.cu uses, carried out on the CPU by
  * cuda_emulation_cublaslt.c. Names, types, signatures and the numeric values of
  * the constants are the real library's, so that the same source compiles
  * against either; everything else (what the opaque handles hold) is not.

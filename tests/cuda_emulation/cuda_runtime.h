@@ -1,7 +1,7 @@
 /* CUDA emulation (see cuda_runtime_api.h): what a .cu file sees when it is
  * compiled as C++ for the CPU. The qualifiers (__global__, __device__,
  * __shared__), the thread coordinates, the intrinsics the kernels use, warp
- * shuffles, and the launch: CUDA_LAUNCH_KERNEL (model/cuda_check.h) calls
+ * shuffles, and the launch: CUDA_LAUNCH_KERNEL (model/cuda/cuda_check.h) calls
  * cuda_emulation_launch here instead of kernel<<<...>>>.
  *
  * A launch runs every thread of every block on the CPU, one block at a time

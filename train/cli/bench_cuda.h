@@ -1,4 +1,4 @@
-/* The GPU side of `ldm bench --device cuda` (train/bench.c owns the command,
+/* The GPU side of `ldm bench --device cuda` (train/cli/bench.c owns the command,
  * the random batch and the printing): the DiT of dit_cuda.h with its AdamW
  * state on the rank's GPU, the batch uploaded once, training steps timed per
  * phase with CUDA events, and the GPU's dense peak for the MFU.

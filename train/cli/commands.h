@@ -16,7 +16,7 @@ int command_train_ae(int argc, char **argv);
 int command_distill(int argc, char **argv);
 
 /* The command line shared by ldm train, train-ae and distill
- * (train/train_command.c): the options, the config (the run's own on resume),
+ * (train/cli/train_command.c): the options, the config (the run's own on resume),
  * the batch split, then the training loop with the command's model. */
 typedef struct {
     const char *command, *summary;

@@ -1,7 +1,7 @@
 /* `ldm sample`: images from a DiT trained by `ldm train`, with EDM's Heun or
  * Euler sampler (optionally with churn) and classifier-free guidance
- * (train/sampler.h), decoded through the autoencoder for a model trained on
- * latents (train/sample_pipeline.h).
+ * (train/diffusion/sampler.h), decoded through the autoencoder for a model trained on
+ * latents (train/diffusion/sample_pipeline.h).
  *
  *   ldm sample --model RUN_OR_CKPT --n N --out FILE.h5|FILE.png [--ae RUN_OR_CKPT]
  *              [--class K|all] [--cfg W] [--steps S] [--sampler heun|euler]

@@ -7,7 +7,7 @@ extern "C" {
 #include "edm_cuda.h"
 }
 
-#define GOLDEN_GAMMA 0x9e3779b97f4a7c15ull /* splitmix64's increment (model/rng.c) */
+#define GOLDEN_GAMMA 0x9e3779b97f4a7c15ull /* splitmix64's increment (base/rng.c) */
 #define LOSS_THREADS 256
 
 __device__ __forceinline__ uint64_t splitmix64_mix(uint64_t z) {

@@ -1,5 +1,5 @@
-/* From labels to pictures: the sampler (train/sampler.h, or a consistency
- * model's, train/consistency.h) over a DiT and, for a
+/* From labels to pictures: the sampler (train/diffusion/sampler.h, or a consistency
+ * model's, train/diffusion/consistency.h) over a DiT and, for a
  * model trained on latents, the way back to pixels: the loader's normalisation
  * undone, z = x / sigma_data * latent_std[c] + latent_mean[c] (data/FORMAT.md),
  * then the autoencoder's decoder. Used by `ldm sample` and by the pictures

@@ -30,9 +30,8 @@
  * that the synchronous copies of ops_cuda.h use); nothing waits for it except
  * the functions that say so.
  *
- * STATUS: not yet run on a GPU. tests/test_autoencoder_cuda.c (against the CPU
- * model) passes on the CPU emulation of CUDA (tests/cuda_emulation/); the first
- * GPU session runs it there and removes this line.
+ * Status: not yet run on a GPU. tests/test_autoencoder_cuda.c (against the CPU
+ * model) passes on the CPU emulation of CUDA (tests/cuda_emulation/, in CI).
  * Plain C; only meaningful in a CUDA build (LDM_HAVE_CUDA). */
 #ifndef LDM_AUTOENCODER_CUDA_H
 #define LDM_AUTOENCODER_CUDA_H

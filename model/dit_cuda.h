@@ -26,9 +26,9 @@
  * the legacy default stream (cuda_copy_to_device, cuda_copy_to_host of
  * ops_cuda.h) is ordered with it.
  *
- * STATUS: not yet run on a GPU. tests/test_dit_cuda.c (the PyTorch fixtures and
+ * Status: not yet run on a GPU. tests/test_dit_cuda.c (the PyTorch fixtures and
  * the CPU model) passes on the CPU emulation of CUDA (tests/cuda_emulation/,
- * in CI); the first GPU session runs it there and removes this line.
+ * in CI).
  * Plain C; only meaningful in a CUDA build (LDM_HAVE_CUDA). */
 #ifndef LDM_DIT_CUDA_H
 #define LDM_DIT_CUDA_H

@@ -21,6 +21,7 @@
 #ifdef LDM_HAVE_CUDA
 #include "autoencoder_cuda_trainable.h"
 #include "dit_cuda_trainable.h"
+#include "trainables.h"
 #endif
 
 typedef struct {

@@ -24,7 +24,7 @@
  *    relative, reconstruction within 5e-2 of its largest value, the whole
  *    gradient within 5e-2 relative L2, and not equal to fp32's (the rounding
  *    happens).
- * 5. The trainables (train/autoencoder_cuda_trainable.c against
+ * 5. The trainables (train/trainables/autoencoder_cuda_trainable.c against
  *    autoencoder_trainable_create) on the config with the posterior sampled
  *    (each drawing its own noise from the step's streams): the same kind, count
  *    and initial params; one micro-batch of random images each: the loss and
@@ -52,6 +52,7 @@
 #include "ops_cuda.h"
 #include "trainable.h"
 #include "model_shapes.h"
+#include "trainables.h"
 
 #define BATCH 3
 #define MAX_BATCH 4

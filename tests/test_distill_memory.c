@@ -1,4 +1,4 @@
-/* The distillation step (train/distill_trainable.c: the teacher's guided Heun
+/* The distillation step (train/trainables/distill_trainable.c: the teacher's guided Heun
  * step, the target network, the student's forward and backward, the target's
  * EMA update) allocates nothing, in fp32 and bf16, with a fixed guidance scale
  * and with a range of scales (a student with a guidance input); and it is
@@ -20,6 +20,7 @@
 #include "test_util.h"
 #include "trainable.h"
 #include "model_shapes.h"
+#include "trainables.h"
 
 enum { BATCH = 3, PER_SAMPLE = 4 * 8 * 8 };
 

@@ -1,4 +1,4 @@
-/* The GPU DiT trainable (train/dit_cuda_trainable.c) and the GPU parameter
+/* The GPU DiT trainable (train/trainables/dit_cuda_trainable.c) and the GPU parameter
  * store (train/parameter_store_cuda.c) against the CPU trainable
  * (dit_trainable.c) and the host store on the same config, weights and
  * micro-batch, in fp32:
@@ -35,6 +35,7 @@
 #include "dit_cuda_trainable.h"
 #include "ops_cuda.h"
 #include "parameter_store.h"
+#include "trainables.h"
 
 #define BATCH 4
 

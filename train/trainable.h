@@ -144,19 +144,4 @@ struct trainable {
     trainable_validator *validation;
 };
 
-/* The DiT denoiser trained with EDM (train/dit_trainable.c), for batches of up
- * to micro_batch samples. */
-trainable *dit_trainable_create(const ldm_config *config, int micro_batch);
-/* The KL autoencoder (train/autoencoder_trainable.c): reconstruction + beta KL,
- * validated by reconstruction PSNR and a picture of originals and reconstructions. */
-trainable *autoencoder_trainable_create(const ldm_config *config, int micro_batch);
-/* Consistency distillation (train/distill_trainable.c): a student DiT that
- * starts from the teacher's EMA weights, the frozen teacher, and the target
- * network (an EMA of the student); context is a distill_context. */
-typedef struct {
-    const char *teacher_checkpoint; /* rank 0 reads its ema.safetensors */
-    const char *record_json;        /* state.json's "consistency" object */
-} distill_context;
-trainable *distill_trainable_create(const ldm_config *config, int micro_batch, const void *context);
-
 #endif

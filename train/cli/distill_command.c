@@ -22,6 +22,7 @@
 #include "dataset_file.h"
 #include "fatal.h"
 #include "trainable.h"
+#include "trainables.h"
 
 typedef struct {
     distill_context context;

@@ -21,6 +21,7 @@
 #include "dit_cuda_trainable.h"
 #include "fatal.h"
 #include "run_directory.h"
+#include "trainables.h"
 #include "training_loop.h"
 
 /* device.type resolved once on every rank (each checks its own host):

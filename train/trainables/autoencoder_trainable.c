@@ -21,6 +21,7 @@
 #include "rng.h"
 #include "run_directory.h"
 #include "trainable.h"
+#include "trainables.h"
 
 #define PURPOSE_POSTERIOR_NOISE 0x706f73746e6f6973ull /* "postnois" */
 /* statistics: [0] sum of micro-batch reconstruction losses, [1] sum of KLs, [2] micro-batches */

@@ -11,6 +11,7 @@
 #include "dit_validation.h"
 #include "fatal.h"
 #include "trainable.h"
+#include "trainables.h"
 
 typedef struct {
     dit_batch batch; /* first: dit_batch_describe's entries read self as a dit_batch */

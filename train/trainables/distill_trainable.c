@@ -38,6 +38,7 @@
 #include "fatal.h"
 #include "rng.h"
 #include "trainable.h"
+#include "trainables.h"
 
 #define PURPOSE_DISTILL_NOISE 0x64697374696c6c7aull    /* "distillz" */
 #define PURPOSE_DISTILL_GUIDANCE 0x6469737467756964ull /* "distguid" */

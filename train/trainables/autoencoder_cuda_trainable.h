@@ -1,4 +1,4 @@
-/* The KL autoencoder trained on the rank's GPU (train/autoencoder_cuda_trainable.c):
+/* The KL autoencoder trained on the rank's GPU (train/trainables/autoencoder_cuda_trainable.c):
  * the trainable of autoencoder_trainable_create, kind "autoencoder" with the
  * same settings, statistics, validation and checkpoints, whose network runs on
  * the device. CUDA builds only (LDM_HAVE_CUDA). */

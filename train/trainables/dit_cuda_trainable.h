@@ -1,4 +1,4 @@
-/* The DiT under EDM trained on the rank's GPU (train/dit_cuda_trainable.c):
+/* The DiT under EDM trained on the rank's GPU (train/trainables/dit_cuda_trainable.c):
  * the trainable of dit_trainable_create, kind "dit" with the same checkpoints,
  * whose network runs on the device. CUDA builds only (LDM_HAVE_CUDA). */
 #ifndef LDM_DIT_CUDA_TRAINABLE_H

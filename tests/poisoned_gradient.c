@@ -21,7 +21,6 @@
 #ifdef LDM_HAVE_CUDA
 #include "autoencoder_cuda_trainable.h"
 #include "dit_cuda_trainable.h"
-#include "trainables.h"
 #endif
 
 typedef struct {

@@ -7,11 +7,9 @@
 #ifndef LDM_CLI_H
 #define LDM_CLI_H
 
-#include "autoencoder.h"
 #include <stdint.h>
 
 #include "config.h"
-#include "dit.h"
 
 #define CLI_MAX_REPEATS 64
 

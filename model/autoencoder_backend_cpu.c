@@ -85,9 +85,9 @@ static void cpu_tokens_to_channels(const ae_graph *g, float *out, const float *i
 }
 
 static void cpu_linear_forward(const ae_graph *g, float *out, const float *in, const float *weight, const float *bias,
-                               int rows, int in_features, int out_features) {
+                               int rows, int sample_rows, int in_features, int out_features) {
     (void)g;
-    linear_forward(out, in, weight, bias, rows, in_features, out_features);
+    linear_forward(out, in, weight, bias, rows, sample_rows, in_features, out_features);
 }
 
 static void cpu_linear_backward(const ae_graph *g, float *d_in, float *d_weight, float *d_bias, const float *d_out,

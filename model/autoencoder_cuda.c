@@ -111,7 +111,8 @@ static void gpu_tokens_to_channels(const ae_graph *g, float *out, const float *i
 }
 
 static void gpu_linear_forward(const ae_graph *g, float *out, const float *in, const float *weight, const float *bias,
-                               int rows, int in_features, int out_features) {
+                               int rows, int sample_rows, int in_features, int out_features) {
+    (void)sample_rows;
     linear_forward_cuda(gemm_of(g), out, in, weight, bias, rows, in_features, out_features, PRECISION_FP32,
                         stream_of(g));
 }

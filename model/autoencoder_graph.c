@@ -454,12 +454,12 @@ static void attention_forward(const ae_graph *g, const ae_unit *u, const float *
     const size_t n = (size_t)B * T * C;
     norm_forward(g, &a->norm, in, a->normed, batch);
     g->ops->channels_to_tokens(g, a->tokens_in, a->normed, B, C, T);
-    g->ops->linear_forward(g, a->qkv, a->tokens_in, W(g, a->qkv_weight), W(g, a->qkv_bias), B * T, C, 3 * C);
+    g->ops->linear_forward(g, a->qkv, a->tokens_in, W(g, a->qkv_weight), W(g, a->qkv_bias), B * T, T, C, 3 * C);
     round_act(g, a->qkv, 3 * n);
     /* scale 1/sqrt(C): one head of width C */
     g->ops->attention_forward(g, a->attn, a->probs, a->qkv, B, T, C);
     round_act(g, a->attn, n);
-    g->ops->linear_forward(g, a->proj, a->attn, W(g, a->out_weight), W(g, a->out_bias), B * T, C, C);
+    g->ops->linear_forward(g, a->proj, a->attn, W(g, a->out_weight), W(g, a->out_bias), B * T, T, C, C);
     round_act(g, a->proj, n);
     g->ops->tokens_to_channels(g, u->out, a->proj, B, C, T);
     g->ops->add(g, u->out, u->out, in, n);

@@ -84,7 +84,7 @@ typedef struct {
     void (*tokens_to_channels)(const ae_graph *g, float *out, const float *in, int batch, int channels, int tokens);
     /* fp32 GEMMs: the operands hold the format's values already */
     void (*linear_forward)(const ae_graph *g, float *out, const float *in, const float *weight, const float *bias,
-                           int rows, int in_features, int out_features);
+                           int rows, int sample_rows, int in_features, int out_features);
     void (*linear_backward)(const ae_graph *g, float *d_in, float *d_weight, float *d_bias, const float *d_out,
                             const float *in, const float *weight, int rows, int in_features, int out_features);
     /* one head of width `width`, in the graph's precision */

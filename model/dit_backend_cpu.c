@@ -68,8 +68,8 @@ static void cpu_add_row_broadcast(const dit_graph *g, float *out, const float *r
 }
 
 static void cpu_linear(const dit_graph *g, float *out, const void *in, const void *w, const float *b, int rows,
-                       int in_features, int out_features) {
-    linear_forward_precision(out, in, w, b, rows, in_features, out_features, g->precision);
+                       int sample_rows, int in_features, int out_features) {
+    linear_forward_precision(out, in, w, b, rows, sample_rows, in_features, out_features, g->precision);
 }
 
 static void cpu_linear_backward(const dit_graph *g, float *d_in, float d_in_beta, float *d_weight, float *d_bias,

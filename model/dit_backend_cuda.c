@@ -87,7 +87,8 @@ static void cuda_add_row_broadcast(const dit_graph *g, float *out, const float *
 }
 
 static void cuda_linear(const dit_graph *g, float *out, const void *in, const void *w, const float *b, int rows,
-                        int in_features, int out_features) {
+                        int sample_rows, int in_features, int out_features) {
+    (void)sample_rows; /* cuBLASLt picks its algorithm by shape: batch invariance is a CPU promise */
     linear_forward_cuda(gemm_of(g), out, in, w, b, rows, in_features, out_features, g->precision, stream_of(g));
 }
 

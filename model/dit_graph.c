@@ -207,10 +207,12 @@ static size_t offset_of(const dit_graph *g, int index) { return g->entries[index
 static const float *P(const dit_graph *g, int index) { return g->params + offset_of(g, index); }
 static float *G(const dit_graph *g, int index) { return g->grads + offset_of(g, index); }
 
-/* out (rows, out_features) = in @ W^T + bias with the model's parameters `weight`, `bias`. */
-static void linear(const dit_graph *g, float *out, const void *in, int weight, int bias, int rows, int in_features,
-                   int out_features) {
-    g->ops->linear(g, out, in, g->ops->weight(g, weight), g->ops->bias(g, bias), rows, in_features, out_features);
+/* out (rows, out_features) = in @ W^T + bias with the model's parameters `weight`, `bias`;
+ * rows = samples x sample_rows (1 for the conditioning, the tokens for the rest). */
+static void linear(const dit_graph *g, float *out, const void *in, int weight, int bias, int rows, int sample_rows,
+                   int in_features, int out_features) {
+    g->ops->linear(g, out, in, g->ops->weight(g, weight), g->ops->bias(g, bias), rows, sample_rows, in_features,
+                   out_features);
 }
 
 /* Its backward: d_in (or NULL) = d_in_beta d_in + d_out @ W; the parameter gradients accumulate. */
@@ -237,11 +239,11 @@ static void scalar_embedder_forward(const dit_graph *g, const dit_scalar_embedde
     const int D = g->shape.hidden_size, E = DIT_FREQUENCY_EMBEDDING_SIZE;
     g->ops->timestep_embedding_forward(g, e->freq.work, values, B, E);
     const void *freq = keep(g, e->freq, (size_t)B * E);
-    linear(g, e->hidden, freq, e->w0, e->b0, B, E, D);
+    linear(g, e->hidden, freq, e->w0, e->b0, B, 1, E, D);
     round_in_place(g, e->hidden, (size_t)B * D);
     g->ops->silu_forward(g, e->hidden_act.work, e->hidden, (size_t)B * D);
     const void *hidden_act = keep(g, e->hidden_act, (size_t)B * D);
-    linear(g, out, hidden_act, e->w2, e->b2, B, D, D);
+    linear(g, out, hidden_act, e->w2, e->b2, B, 1, D, D);
     round_in_place(g, out, (size_t)B * D);
 }
 
@@ -280,7 +282,7 @@ void dit_graph_forward(dit_graph *g, const char *caller, const float *x, const f
     /* patch embedding (rounded like every linear output) + fixed position embedding, in fp32 */
     ops->patchify_forward(g, g->patches.work, x, B, C, s->input_size, Pz);
     const void *patches = keep(g, g->patches, (size_t)BT * PPC);
-    linear(g, g->x_run, patches, g->x_weight, g->x_bias, BT, PPC, D);
+    linear(g, g->x_run, patches, g->x_weight, g->x_bias, BT, T, PPC, D);
     round_in_place(g, g->x_run, nD);
     ops->add_row_broadcast(g, g->x_run, g->fixed + offset_of(g, g->pos_embed), B, T * D);
 
@@ -299,40 +301,40 @@ void dit_graph_forward(dit_graph *g, const char *caller, const float *x, const f
     for (int l = 0; l < s->depth; l++) {
         dit_block_activations *k = &g->blocks[l];
         const dit_block_params *bp = &g->block_params[l];
-        linear(g, k->ada, cond_act, bp->ada_weight, bp->ada_bias, B, D, S6);
+        linear(g, k->ada, cond_act, bp->ada_weight, bp->ada_bias, B, 1, D, S6);
         round_in_place(g, k->ada, (size_t)B * S6);
         /* attention branch: x += gate_msa * proj(attn(modulate(LN(x)))) */
         ops->layernorm_modulate(g, k->mod1.work, k->ln1, k->ln1_mean, k->ln1_rstd, g->x_run, k->ada + 0 * D,
                                 k->ada + 1 * D, S6, B, T, D);
         const void *mod1 = keep(g, k->mod1, nD);
-        linear(g, k->qkv.work, mod1, bp->qkv_weight, bp->qkv_bias, BT, D, 3 * D);
+        linear(g, k->qkv.work, mod1, bp->qkv_weight, bp->qkv_bias, BT, T, D, 3 * D);
         keep(g, k->qkv, 3 * nD);
         ops->attention_forward(g, k->attn.work, k->probs.work, k->qkv.work, B, T, H, D / H);
         keep(g, k->probs, nP);
         const void *attn = keep(g, k->attn, nD);
-        linear(g, k->attn_proj.work, attn, bp->proj_weight, bp->proj_bias, BT, D, D);
+        linear(g, k->attn_proj.work, attn, bp->proj_weight, bp->proj_bias, BT, T, D, D);
         keep(g, k->attn_proj, nD);
         ops->gated_residual_forward(g, g->x_run, k->attn_proj.work, k->ada + 2 * D, S6, B, T, D);
         /* MLP branch: x += gate_mlp * fc2(GELU(fc1(modulate(LN(x))))) */
         ops->layernorm_modulate(g, k->mod2.work, k->ln2, k->ln2_mean, k->ln2_rstd, g->x_run, k->ada + 3 * D,
                                 k->ada + 4 * D, S6, B, T, D);
         const void *mod2 = keep(g, k->mod2, nD);
-        linear(g, k->fc1.work, mod2, bp->fc1_weight, bp->fc1_bias, BT, D, F);
+        linear(g, k->fc1.work, mod2, bp->fc1_weight, bp->fc1_bias, BT, T, D, F);
         keep(g, k->fc1, nF);
         ops->gelu_tanh_forward(g, k->gelu.work, k->fc1.work, nF);
         const void *gelu = keep(g, k->gelu, nF);
-        linear(g, k->fc2.work, gelu, bp->fc2_weight, bp->fc2_bias, BT, F, D);
+        linear(g, k->fc2.work, gelu, bp->fc2_weight, bp->fc2_bias, BT, T, F, D);
         keep(g, k->fc2, nD);
         ops->gated_residual_forward(g, g->x_run, k->fc2.work, k->ada + 5 * D, S6, B, T, D);
     }
 
     /* final layer: linear(modulate(LN(x), shift, scale)), then back to an image */
-    linear(g, g->final_ada, cond_act, g->final_ada_weight, g->final_ada_bias, B, D, 2 * D);
+    linear(g, g->final_ada, cond_act, g->final_ada_weight, g->final_ada_bias, B, 1, D, 2 * D);
     round_in_place(g, g->final_ada, (size_t)B * 2 * D);
     ops->layernorm_modulate(g, g->final_mod.work, g->final_ln, g->final_mean, g->final_rstd, g->x_run, g->final_ada,
                             g->final_ada + D, 2 * D, B, T, D);
     const void *final_mod = keep(g, g->final_mod, nD);
-    linear(g, g->final_tokens, final_mod, g->final_weight, g->final_bias, BT, D, PPC);
+    linear(g, g->final_tokens, final_mod, g->final_weight, g->final_bias, BT, T, D, PPC);
     round_in_place(g, g->final_tokens, (size_t)BT * PPC);
     ops->unpatchify_forward(g, out, g->final_tokens, B, C, s->input_size, Pz);
 }

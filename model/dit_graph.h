@@ -147,8 +147,9 @@ struct dit_backend {
     void (*add)(const dit_graph *g, float *out, const float *a, const float *b, size_t n);
     void (*add_row_broadcast)(const dit_graph *g, float *out, const float *row, int rows, int dim);
 
+    /* rows = samples x sample_rows (see linear_forward in ops.h) */
     void (*linear)(const dit_graph *g, float *out, const void *in, const void *weight, const float *bias, int rows,
-                   int in_features, int out_features);
+                   int sample_rows, int in_features, int out_features);
     void (*linear_backward)(const dit_graph *g, float *d_in, float d_in_beta, float *d_weight, float *d_bias,
                             const void *d_out, const void *in, const void *weight, int rows, int in_features,
                             int out_features);

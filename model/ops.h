@@ -19,9 +19,11 @@
 
 /* ---- linear: out = in @ weight^T + bias (GEMM through BLAS) ---- */
 /* out (rows, out_features); in (rows, in_features); weight (out_features, in_features);
- * bias (out_features) or NULL. */
-void linear_forward(float *out, const float *in, const float *weight, const float *bias,
-                    int rows, int in_features, int out_features);
+ * bias (out_features) or NULL. The rows are samples of sample_rows rows each (rows
+ * a multiple of it): a sample's outputs are then the same bits whatever else is
+ * in the batch. 0: no such grouping. */
+void linear_forward(float *out, const float *in, const float *weight, const float *bias, int rows, int sample_rows,
+                    int in_features, int out_features);
 /* d_in (rows, in_features) = d_in_beta * d_in + d_out @ weight  (beta 0 overwrites, 1 accumulates);
  * d_weight (out_features, in_features) += d_out^T @ in; d_bias (out_features) += sum over rows. */
 void linear_backward(float *d_in, float d_in_beta, float *d_weight, float *d_bias,
@@ -31,7 +33,7 @@ void linear_backward(float *d_in, float d_in_beta, float *d_weight, float *d_bia
 /* The same with the GEMMs in a precision: in bf16 on a CPU with AVX-512 BF16
  * through gemm_bf16.h (its inputs must hold bf16 values already), else sgemm. */
 void linear_forward_precision(float *out, const float *in, const float *weight, const float *bias, int rows,
-                              int in_features, int out_features, ldm_precision precision);
+                              int sample_rows, int in_features, int out_features, ldm_precision precision);
 void linear_backward_precision(float *d_in, float d_in_beta, float *d_weight, float *d_bias, const float *d_out,
                                const float *in, const float *weight, int rows, int in_features, int out_features,
                                ldm_precision precision);

@@ -7,7 +7,13 @@
  * few cores and made training steps ten times slower; one pool does not, and each
  * element of a result is then computed by one sequential sgemm, in an order that
  * does not depend on the thread schedule. The bias gradient is a column sum over
- * rows, split by column blocks so each column is summed in row order by one thread. */
+ * rows, split by column blocks so each column is summed in row order by one thread.
+ *
+ * Batch invariance: the forward GEMMs cut their rows at sample boundaries, so a
+ * sample's outputs come from sgemm calls whose shape and row positions do not
+ * depend on the other samples of the batch. OpenBLAS's Haswell and Zen kernels
+ * round a row differently with its position and the call's row count; without
+ * this a sample drawn in a batch differed from the same sample drawn alone. */
 #include <cblas.h>
 #include <omp.h>
 #include <string.h>
@@ -32,29 +38,48 @@ void ops_blas_single_threaded(void) {
  * of threads. 256 rows measured fastest on DiT-S (128: -5%, 512: -3%). */
 #define GEMM_TILE 256
 
+/* One sgemm over rows [lo, hi) or columns [lo, hi) of C. */
+static void gemm_part(int transpose_a, int transpose_b, int split_rows, int lo, int hi, int m, int n, int k,
+                      const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc) {
+    const float *a_part = a, *b_part = b;
+    float *c_part = c;
+    if (split_rows) {
+        a_part = transpose_a ? a + lo : a + (size_t)lo * lda;
+        c_part = c + (size_t)lo * ldc;
+    } else {
+        b_part = transpose_b ? b + (size_t)lo * ldb : b + lo;
+        c_part = c + lo;
+    }
+    cblas_sgemm(CblasRowMajor, transpose_a ? CblasTrans : CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans,
+                split_rows ? hi - lo : m, split_rows ? n : hi - lo, k, 1.0f, a_part, lda, b_part, ldb, beta, c_part,
+                ldc);
+}
+
 /* C (m, n) = A' B' + beta C with A' = A or A^T and B' = B or B^T, row-major;
- * tiled along the longer side of C, tiles spread over the threads. */
+ * tiled along the longer side of C, tiles spread over the threads. With
+ * sample_rows > 0 the rows of C are samples of sample_rows rows each (m a
+ * multiple of it): tiles are then rows of one sample, cut every GEMM_TILE rows
+ * from the sample's first, so that they do not depend on the batch. */
 static void gemm_threaded(int transpose_a, int transpose_b, int m, int n, int k, const float *a, int lda,
-                          const float *b, int ldb, float beta, float *c, int ldc) {
+                          const float *b, int ldb, float beta, float *c, int ldc, int sample_rows) {
     ops_blas_single_threaded();
+    if (sample_rows > 0) {
+        const int per_sample = (sample_rows + GEMM_TILE - 1) / GEMM_TILE, tiles = m / sample_rows * per_sample;
+#pragma omp parallel for schedule(static) if (tiles > 1)
+        for (int tile = 0; tile < tiles; tile++) {
+            const int first = tile / per_sample * sample_rows, lo = first + tile % per_sample * GEMM_TILE;
+            const int hi = lo + GEMM_TILE < first + sample_rows ? lo + GEMM_TILE : first + sample_rows;
+            gemm_part(transpose_a, transpose_b, 1, lo, hi, m, n, k, a, lda, b, ldb, beta, c, ldc);
+        }
+        return;
+    }
     const int split_rows = m >= n;
     const int extent = split_rows ? m : n;
     const int tiles = (extent + GEMM_TILE - 1) / GEMM_TILE;
 #pragma omp parallel for schedule(static) if (tiles > 1)
     for (int tile = 0; tile < tiles; tile++) {
-        int lo = tile * GEMM_TILE, hi = lo + GEMM_TILE < extent ? lo + GEMM_TILE : extent;
-        const float *a_part = a, *b_part = b;
-        float *c_part = c;
-        if (split_rows) {
-            a_part = transpose_a ? a + lo : a + (size_t)lo * lda;
-            c_part = c + (size_t)lo * ldc;
-        } else {
-            b_part = transpose_b ? b + (size_t)lo * ldb : b + lo;
-            c_part = c + lo;
-        }
-        cblas_sgemm(CblasRowMajor, transpose_a ? CblasTrans : CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans,
-                    split_rows ? hi - lo : m, split_rows ? n : hi - lo, k, 1.0f, a_part, lda, b_part, ldb, beta,
-                    c_part, ldc);
+        const int lo = tile * GEMM_TILE, hi = lo + GEMM_TILE < extent ? lo + GEMM_TILE : extent;
+        gemm_part(transpose_a, transpose_b, split_rows, lo, hi, m, n, k, a, lda, b, ldb, beta, c, ldc);
     }
 }
 
@@ -73,10 +98,11 @@ void add_forward(float *out, const float *a, const float *b, size_t n) {
 
 /* gemm_threaded, or in bf16 the bf16 GEMM where the CPU has it. */
 static void gemm_precision(ldm_precision precision, int transpose_a, int transpose_b, int m, int n, int k,
-                           const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc) {
+                           const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc,
+                           int sample_rows) {
     if (precision == PRECISION_BF16 && gemm_bf16(transpose_a, transpose_b, m, n, k, a, lda, b, ldb, beta, c, ldc))
         return;
-    gemm_threaded(transpose_a, transpose_b, m, n, k, a, lda, b, ldb, beta, c, ldc);
+    gemm_threaded(transpose_a, transpose_b, m, n, k, a, lda, b, ldb, beta, c, ldc, sample_rows);
 }
 
 /* Every row of out (rows, out_features) = bias, when there is one: the GEMM then
@@ -89,17 +115,17 @@ static float bias_rows(float *out, const float *bias, int rows, int out_features
 }
 
 void linear_forward_precision(float *out, const float *in, const float *weight, const float *bias, int rows,
-                              int in_features, int out_features, ldm_precision precision) {
+                              int sample_rows, int in_features, int out_features, ldm_precision precision) {
     const float beta = bias_rows(out, bias, rows, out_features);
     gemm_precision(precision, 0, 1, rows, out_features, in_features, in, in_features, weight, in_features, beta, out,
-                   out_features);
+                   out_features, sample_rows);
 }
 
-void linear_forward(float *out, const float *in, const float *weight, const float *bias,
-                    int rows, int in_features, int out_features) {
+void linear_forward(float *out, const float *in, const float *weight, const float *bias, int rows, int sample_rows,
+                    int in_features, int out_features) {
     const float beta = bias_rows(out, bias, rows, out_features);
     gemm_threaded(0, 1, rows, out_features, in_features, in, in_features, weight, in_features, beta, out,
-                  out_features);
+                  out_features, sample_rows);
 }
 
 /* d_bias[j] += sum_r d_out[r, j], column blocks of 64 per thread. */
@@ -125,10 +151,10 @@ void linear_backward_precision(float *d_in, float d_in_beta, float *d_weight, fl
                                ldm_precision precision) {
     if (d_in)
         gemm_precision(precision, 0, 0, rows, in_features, out_features, d_out, out_features, weight, in_features,
-                       d_in_beta, d_in, in_features);
+                       d_in_beta, d_in, in_features, 0);
     if (d_weight)
         gemm_precision(precision, 1, 0, out_features, in_features, rows, d_out, out_features, in, in_features, 1.0f,
-                       d_weight, in_features);
+                       d_weight, in_features, 0);
     if (d_bias) column_sum_accumulate(d_bias, d_out, rows, out_features);
 }
 
@@ -137,9 +163,9 @@ void linear_backward(float *d_in, float d_in_beta, float *d_weight, float *d_bia
                      int rows, int in_features, int out_features) {
     if (d_in)
         gemm_threaded(0, 0, rows, in_features, out_features, d_out, out_features, weight, in_features, d_in_beta,
-                      d_in, in_features);
+                      d_in, in_features, 0);
     if (d_weight)
         gemm_threaded(1, 0, out_features, in_features, rows, d_out, out_features, in, in_features, 1.0f, d_weight,
-                      in_features);
+                      in_features, 0);
     if (d_bias) column_sum_accumulate(d_bias, d_out, rows, out_features);
 }

@@ -226,7 +226,7 @@ struct linear_ctx {
 
 static double linear_loss(void *p) {
     struct linear_ctx *c = p;
-    linear_forward(c->out, c->in, c->w, c->b, c->rows, c->nin, c->nout);
+    linear_forward(c->out, c->in, c->w, c->b, c->rows, 0, c->nin, c->nout);
     return dot_fd(c->r, c->out, (size_t)c->rows * c->nout);
 }
 
@@ -249,9 +249,9 @@ static void test_linear(void) {
             ref_nb[i * nout + o] = s;
             ref[i * nout + o] = s + b[o];
         }
-    linear_forward(out, in, w, b, rows, nin, nout);
+    linear_forward(out, in, w, b, rows, 0, nin, nout);
     expect_close_arr("linear_forward", out, ref, n_out, 1e-5, 1e-5);
-    linear_forward(out, in, w, NULL, rows, nin, nout);
+    linear_forward(out, in, w, NULL, rows, 0, nin, nout);
     expect_close_arr("linear_forward(bias NULL)", out, ref_nb, n_out, 1e-5, 1e-5);
 
     /* analytic gradients: d_in prefilled with NaN and beta 0 (overwrite, never read) */
@@ -330,6 +330,35 @@ static double ln_loss(void *p) {
     struct ln_ctx *c = p;
     layernorm_forward(c->out, c->mean, c->rstd, c->in, c->rows, c->dim, c->eps);
     return dot_fd(c->r, c->out, (size_t)c->rows * c->dim);
+}
+
+/* A sample's outputs do not depend on the rest of the batch: each sample of a
+ * batch against the same sample alone, bit for bit, for samples shorter and
+ * longer than the GEMM's row tile (OpenBLAS's Haswell and Zen kernels round a row
+ * differently with its position; ctest runs this also under OPENBLAS_CORETYPE=Haswell). */
+static void test_linear_batch_invariance(void) {
+    const int nin = 96, nout = 160, max_samples = 5;
+    const int sample_rows_cases[] = {1, 19, 300};
+    for (int c = 0; c < 3; c++) {
+        const int sr = sample_rows_cases[c];
+        const size_t n_in = (size_t)max_samples * sr * nin, n_out = (size_t)max_samples * sr * nout;
+        float *in = falloc(n_in), *w = falloc((size_t)nout * nin), *b = falloc(nout);
+        float *batch = falloc(n_out), *alone = falloc((size_t)sr * nout);
+        fill_normal(in, n_in, 0.0, 1.0);
+        fill_normal(w, (size_t)nout * nin, 0.0, 0.5);
+        fill_normal(b, nout, 0.0, 0.5);
+        int differing = 0;
+        for (int samples = 1; samples <= max_samples; samples++) {
+            linear_forward(batch, in, w, b, samples * sr, sr, nin, nout);
+            for (int s = 0; s < samples; s++) {
+                linear_forward(alone, in + (size_t)s * sr * nin, w, b, sr, sr, nin, nout);
+                differing += memcmp(alone, batch + (size_t)s * sr * nout, sizeof(float) * sr * nout) != 0;
+            }
+        }
+        CHECK_MSG(differing == 0, "linear_forward, %d rows a sample: %d samples differ from the same sample alone",
+                  sr, differing);
+        free(in), free(w), free(b), free(batch), free(alone);
+    }
 }
 
 static void test_layernorm(void) {
@@ -1167,6 +1196,7 @@ int main(void) {
     if (seed && *seed) rng_state = strtoull(seed, NULL, 0);
 
     test_linear();
+    test_linear_batch_invariance();
     test_layernorm();
     test_modulate();
     test_gated_residual();

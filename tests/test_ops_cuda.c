@@ -325,9 +325,9 @@ static void test_linear(gemm_cuda_context *ctx, ldm_precision precision, int out
 
     /* forward */
     float *out = host_alloc(n_out * 4), *out_scale = host_alloc(n_out * 4);
-    linear_forward(out, in.values, weight.values, bias, rows, in_features, out_features);
+    linear_forward(out, in.values, weight.values, bias, rows, 0, in_features, out_features);
     linear_forward(out_scale, host_abs(in.values, n_in), host_abs(weight.values, n_w),
-                   bias ? host_abs(bias, out_features) : NULL, rows, in_features, out_features);
+                   bias ? host_abs(bias, out_features) : NULL, rows, 0, in_features, out_features);
     float *dev_out = device_nan(n_out);
     linear_forward_cuda(ctx, dev_out, dev_in, dev_w, dev_bias, rows, in_features, out_features, precision, NULL);
     snprintf(what + what_len, sizeof(what) - what_len, " forward");

@@ -16,7 +16,8 @@ extern "C" {
 #define SOFTMAX_THREADS 256
 
 /* Row r of scores (rows, tokens), in place: p = softmax(scale * s), rounded to the format. */
-__global__ static void scaled_softmax_kernel(float *scores, int tokens, float scale, int precision) {
+__global__ static void __launch_bounds__(SOFTMAX_THREADS)
+scaled_softmax_kernel(float *scores, int tokens, float scale, int precision) {
     float *row = scores + (size_t)blockIdx.x * tokens;
     float max = -INFINITY;
     for (int j = threadIdx.x; j < tokens; j += blockDim.x) max = fmaxf(max, scale * row[j]);
@@ -33,8 +34,9 @@ __global__ static void scaled_softmax_kernel(float *scores, int tokens, float sc
 }
 
 /* Row r, in place in d_scores (which holds d_probs): d_score = scale * p * (d_p - sum_j p d_p), rounded. */
-__global__ static void softmax_backward_kernel(float *d_scores, const float *probs, int tokens, float scale,
-                                               int precision) {
+__global__ static void __launch_bounds__(SOFTMAX_THREADS)
+softmax_backward_kernel(float *d_scores, const float *probs, int tokens, float scale,
+                        int precision) {
     float *ds = d_scores + (size_t)blockIdx.x * tokens;
     const float *p = probs + (size_t)blockIdx.x * tokens;
     float weighted = 0.0f;

@@ -151,8 +151,9 @@ template <typename Body> static void for_each_chunk(const conv_plan *p, Body bod
 /* columns (samples, patch, count): the input patch of every pixel of the band
  * starting at output row first_row; in points at the chunk's first sample,
  * (samples, in_channels, height, width). Zero where the patch lies in the padding. */
-__global__ static void im2col_kernel(float *columns, const float *in, conv_geometry g, int first_row, int count,
-                                     size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+im2col_kernel(float *columns, const float *in, conv_geometry g, int first_row, int count,
+              size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) {
         const int j = (int)(i % (size_t)count); /* pixel of the band */
         const size_t sample_row = i / (size_t)count;
@@ -174,8 +175,9 @@ __global__ static void im2col_kernel(float *columns, const float *in, conv_geome
  * d_in = keep * d_in + (the sum, in (ky, kx) order, of the column entries taken
  * from that input value by the band at output row first_row, rows long);
  * keep 0 does not read d_in. d_in points at the chunk's first sample. */
-__global__ static void col2im_kernel(float *d_in, float keep, const float *columns, conv_geometry g, int first_row,
-                                     int rows, int first_input_row, int input_rows, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+col2im_kernel(float *d_in, float keep, const float *columns, conv_geometry g, int first_row,
+              int rows, int first_input_row, int input_rows, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) {
         const int ix = (int)(i % (size_t)g.width);
         size_t rest = i / (size_t)g.width;
@@ -207,13 +209,15 @@ __global__ static void col2im_kernel(float *d_in, float keep, const float *colum
 }
 
 /* out (batch, channels, pixels) += bias[channel]. */
-__global__ static void add_channel_bias_kernel(float *out, const float *bias, int channels, int pixels, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+add_channel_bias_kernel(float *out, const float *bias, int channels, int pixels, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) out[i] += bias[(i / (size_t)pixels) % (size_t)channels];
 }
 
 /* d_bias[channel] += the sum of d_out[b, channel, :] over b and pixels, in double;
  * one block per channel. */
-__global__ static void bias_gradient_kernel(float *d_bias, const float *d_out, int batch, int channels, int pixels) {
+__global__ static void __launch_bounds__(BIAS_GRADIENT_THREADS)
+bias_gradient_kernel(float *d_bias, const float *d_out, int batch, int channels, int pixels) {
     const int channel = blockIdx.x;
     const size_t n = (size_t)batch * pixels;
     double sum = 0.0;
@@ -341,7 +345,8 @@ extern "C" void conv2d_backward_cuda(gemm_cuda_context *ctx, float *d_in, float 
 /* ---- nearest 2x upsampling: elementwise over the larger side ---- */
 
 /* out (planes, 2 height, 2 width)[y, x] = in (planes, height, width)[y / 2, x / 2]. */
-__global__ static void upsample_forward_kernel(float *out, const float *in, int height, int width, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+upsample_forward_kernel(float *out, const float *in, int height, int width, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) {
         const size_t out_width = 2 * (size_t)width;
         const size_t x = i % out_width, rest = i / out_width;
@@ -352,7 +357,8 @@ __global__ static void upsample_forward_kernel(float *out, const float *in, int 
 
 /* d_in[y, x] = (top left + top right) + (bottom left + bottom right) of the 2x2
  * block of d_out: the CPU's order, so the result is bit-identical. */
-__global__ static void upsample_backward_kernel(float *d_in, const float *d_out, int height, int width, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+upsample_backward_kernel(float *d_in, const float *d_out, int height, int width, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) {
         const size_t x = i % (size_t)width, rest = i / (size_t)width;
         const size_t y = rest % (size_t)height, plane = rest / (size_t)height;
@@ -385,8 +391,9 @@ extern "C" void upsample_nearest2x_backward_cuda(float *d_in, const float *d_out
  * TRANSPOSE_TILE x TRANSPOSE_TILE tile (blockIdx.x = row tile * col_tiles + col
  * tile) of sample first_sample + blockIdx.z, staged in shared memory so that
  * both the reads and the writes are along rows. */
-__global__ static void transpose_kernel(float *dst, const float *src, int rows, int cols, int col_tiles,
-                                        int first_sample) {
+__global__ static void __launch_bounds__(TRANSPOSE_TILE * TRANSPOSE_ROWS)
+transpose_kernel(float *dst, const float *src, int rows, int cols, int col_tiles,
+                 int first_sample) {
     __shared__ float tile[TRANSPOSE_TILE][TRANSPOSE_TILE + 1]; /* +1: no bank conflicts down a column */
     const size_t sample = ((size_t)first_sample + blockIdx.z) * rows * cols;
     const int r0 = (int)(blockIdx.x / col_tiles) * TRANSPOSE_TILE, c0 = (int)(blockIdx.x % col_tiles) * TRANSPOSE_TILE;

@@ -108,18 +108,20 @@ def parse_ptx_bounds(ptx):
 
 
 def parse_ptxas(text):
-    """{mangled kernel: (registers, static shared bytes)}"""
-    usage, current = {}, None
+    """{mangled kernel: (registers, static shared bytes, spill store bytes)}"""
+    usage, current, spills = {}, None, 0
     for line in text.splitlines():
         m = re.search(r"Compiling entry function '(\w+)'", line)
         if m:
-            current = m.group(1)
-            usage[current] = (0, 0)
+            current, spills = m.group(1), 0
             continue
+        m = re.search(r"(\d+) bytes spill stores", line)
+        if m and current:
+            spills = int(m.group(1))
         m = re.search(r"Used (\d+) registers", line)
         if m and current:
             smem = re.search(r"(\d+) bytes smem", line)
-            usage[current] = (int(m.group(1)), int(smem.group(1)) if smem else 0)
+            usage[current] = (int(m.group(1)), int(smem.group(1)) if smem else 0, spills)
             current = None
     return usage
 
@@ -230,7 +232,7 @@ def main():
             names = demangle(sorted(bounds))
             for mangled in sorted(bounds):
                 name, threads = names[mangled], bounds[mangled]
-                registers, shared = usage.get(mangled, (None, None))
+                registers, shared, spills = usage.get(mangled, (None, None, None))
                 if registers is None:
                     problems.append(f"{rel}: {name}: no ptxas resource line (compiled with -Xptxas -v?)")
                     continue
@@ -240,7 +242,8 @@ def main():
                     continue
                 allocated = -(-registers // REGISTER_UNIT) * REGISTER_UNIT * (-(-threads // WARP) * WARP)
                 print(f"{rel}: {name}: {threads} threads x {registers} registers = {allocated} of "
-                      f"{args.registers_per_sm}, {shared} bytes static shared")
+                      f"{args.registers_per_sm}, {shared} bytes static shared"
+                      + (f", {spills} bytes spilled" if spills else ""))
                 if allocated > args.registers_per_sm:
                     problems.append(f"{rel}: {name}: {threads} threads x {registers} registers (allocated {allocated}) "
                                     f"exceed the {args.registers_per_sm} registers of an SM")

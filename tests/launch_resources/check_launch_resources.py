@@ -184,7 +184,7 @@ def check_launch_sites(path, rel):
         args, _ = split_arguments(text, m.end() - 1)
         if not args:
             continue
-        kernel = re.sub(r"<.*>", "", args[0]).strip()
+        kernel = re.sub(r"<.*>", "", args[0]).strip("() \t\n")  # (kernel<A, B>) -> kernel
         line = text.count("\n", 0, m.start()) + 1
         if kernel not in bounds:
             continue  # a kernel of another file, or one already reported without a bound

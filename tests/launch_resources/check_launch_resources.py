@@ -127,7 +127,8 @@ def parse_ptxas(text):
 
 
 def strip_comments(text):
-    text = re.sub(r"/\*.*?\*/", lambda m: " " * len(m.group(0)) if "\n" not in m.group(0) else "\n" * m.group(0).count("\n"), text, flags=re.S)
+    """The source without comments, each comment replaced by its newlines (line numbers kept)."""
+    text = re.sub(r"/\*.*?\*/", lambda m: "\n" * m.group(0).count("\n") or " ", text, flags=re.S)
     return re.sub(r"//[^\n]*", "", text)
 
 

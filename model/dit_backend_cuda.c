@@ -142,6 +142,20 @@ static void cuda_attention_backward(const dit_graph *g, float *d_qkv, float *d_s
                             g->precision, stream_of(g));
 }
 
+/* The DiT's attention: fused (flash_attention_*_cuda), reading qkv and the
+ * kept output as kept (16-bit bits in bf16/fp16), keeping the row log-sum-exp. */
+static void cuda_fused_attention_forward(const dit_graph *g, float *out, float *row_lse, const void *qkv, int batch,
+                                         int tokens, int heads, int head_dim) {
+    flash_attention_forward_cuda(out, row_lse, qkv, batch, tokens, heads, head_dim, g->precision, stream_of(g));
+}
+
+static void cuda_fused_attention_backward(const dit_graph *g, float *d_qkv, float *row_dot, const float *d_out,
+                                          const void *qkv, const void *out, const float *row_lse, int batch,
+                                          int tokens, int heads, int head_dim) {
+    flash_attention_backward_cuda(d_qkv, row_dot, d_out, qkv, out, row_lse, batch, tokens, heads, head_dim,
+                                  g->precision, stream_of(g));
+}
+
 static void cuda_gelu_tanh_forward(const dit_graph *g, float *out, const float *in, size_t n) {
     gelu_tanh_forward_cuda(out, in, n, stream_of(g));
 }
@@ -192,6 +206,8 @@ static void cuda_embedding_backward(const dit_graph *g, float *d_table, const fl
     embedding_backward_cuda(d_table, d_out, labels, batch, dim, table_rows, stream_of(g));
 }
 
-const dit_backend dit_backend_cuda = {.gemm_reads_bits = 1, DIT_BACKEND_FUNCTIONS(cuda_)};
+const dit_backend dit_backend_cuda = {.gemm_reads_bits = 1, DIT_BACKEND_FUNCTIONS(cuda_),
+                                      .fused_attention_forward = cuda_fused_attention_forward,
+                                      .fused_attention_backward = cuda_fused_attention_backward};
 
 #endif /* LDM_HAVE_CUDA */

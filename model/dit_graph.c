@@ -132,13 +132,16 @@ size_t dit_graph_layout(dit_graph *g, arena *ar) {
     const size_t B = (size_t)g->max_batch, T = (size_t)g->tokens, D = (size_t)s->hidden_size;
     const size_t F = (size_t)s->mlp_hidden, H = (size_t)s->num_heads;
     const size_t PPC = (size_t)s->patch_size * s->patch_size * s->in_channels;
-    const size_t BT = B * T, nD = BT * D, nF = BT * F, nP = B * H * T * T;
+    const int fused_attention = g->ops->fused_attention_forward != NULL;
+    /* per (sample, head): the probabilities (T, T), or with fused attention a row statistic (T) */
+    const size_t nP = B * H * T * (fused_attention ? 1 : T);
+    const size_t BT = B * T, nD = BT * D, nF = BT * F;
     const int half = g->precision != PRECISION_FP32;
     if (half) { /* first, so that the kept tensors below can point at them */
         g->w_d0 = arena_floats(ar, nD);
         g->w_d1 = arena_floats(ar, nD);
         g->w_3d = arena_floats(ar, 3 * nD);
-        g->w_probs = arena_floats(ar, nP);
+        if (!fused_attention) g->w_probs = arena_floats(ar, nP);
         g->w_f0 = arena_floats(ar, nF);
         g->w_f1 = arena_floats(ar, nF);
     }
@@ -165,7 +168,12 @@ size_t dit_graph_layout(dit_graph *g, arena *ar) {
         k->ln1 = kept_shared(g, ar, nD, g->w_d0);
         k->mod1 = kept_shared(g, ar, nD, g->w_d1);
         k->qkv = kept_shared(g, ar, 3 * nD, g->w_3d);
-        k->probs = kept_shared(g, ar, nP, g->w_probs);
+        if (fused_attention) { /* the log-sum-exp stays fp32 in every precision */
+            float *row_lse = arena_floats(ar, nP);
+            k->probs = (kept_tensor){row_lse, row_lse};
+        } else {
+            k->probs = kept_shared(g, ar, nP, g->w_probs);
+        }
         k->attn = kept_shared(g, ar, nD, g->w_d0);
         k->attn_proj = kept_shared(g, ar, nD, g->w_d1);
         k->ln2 = kept_shared(g, ar, nD, g->w_d0);
@@ -308,9 +316,13 @@ void dit_graph_forward(dit_graph *g, const char *caller, const float *x, const f
                                 k->ada + 1 * D, S6, B, T, D);
         const void *mod1 = keep(g, k->mod1, nD);
         linear(g, k->qkv.work, mod1, bp->qkv_weight, bp->qkv_bias, BT, T, D, 3 * D);
-        keep(g, k->qkv, 3 * nD);
-        ops->attention_forward(g, k->attn.work, k->probs.work, k->qkv.work, B, T, H, D / H);
-        keep(g, k->probs, nP);
+        const void *qkv = keep(g, k->qkv, 3 * nD);
+        if (ops->fused_attention_forward) {
+            ops->fused_attention_forward(g, k->attn.work, k->probs.work, qkv, B, T, H, D / H);
+        } else {
+            ops->attention_forward(g, k->attn.work, k->probs.work, k->qkv.work, B, T, H, D / H);
+            keep(g, k->probs, nP);
+        }
         const void *attn = keep(g, k->attn, nD);
         linear(g, k->attn_proj.work, attn, bp->proj_weight, bp->proj_bias, BT, T, D, D);
         keep(g, k->attn_proj, nD);
@@ -388,9 +400,14 @@ void dit_graph_backward(dit_graph *g, const char *caller, const float *d_out, fl
         operand = grad_operand(g, g->d_a, g->d_bits, nD);
         linear_back(g, g->d_b, 0.0f, bp->proj_weight, bp->proj_bias, operand, kept_operand(g, k->attn, nD), BT, D, D);
         round_in_place(g, g->d_b, nD); /* attention's backward GEMMs read it (as fp32 holding format values) */
-        const float *qkv = load(g, k->qkv, 3 * nD);
-        const float *probs = load(g, k->probs, nP);
-        ops->attention_backward(g, g->d_qkv, g->d_scores, g->d_b, qkv, probs, B, T, H, D / H);
+        if (ops->fused_attention_backward) {
+            ops->fused_attention_backward(g, g->d_qkv, g->d_scores, g->d_b, kept_operand(g, k->qkv, 3 * nD),
+                                          kept_operand(g, k->attn, nD), k->probs.work, B, T, H, D / H);
+        } else {
+            const float *qkv = load(g, k->qkv, 3 * nD);
+            const float *probs = load(g, k->probs, nP);
+            ops->attention_backward(g, g->d_qkv, g->d_scores, g->d_b, qkv, probs, B, T, H, D / H);
+        }
         operand = grad_operand(g, g->d_qkv, g->d_bits, 3 * nD);
         linear_back(g, g->d_a, 0.0f, bp->qkv_weight, bp->qkv_bias, operand, kept_operand(g, k->mod1, nD), BT, D,
                     3 * D);

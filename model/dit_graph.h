@@ -46,7 +46,7 @@ typedef struct {
     float *ada;                  /* (B, 6D): shift, scale, gate (msa), shift, scale, gate (mlp) */
     kept_tensor ln1, mod1;       /* (B*T, D) LN(x), modulate(LN(x)) */
     kept_tensor qkv;             /* (B*T, 3D) */
-    kept_tensor probs;           /* (B, H, T, T) */
+    kept_tensor probs;           /* (B, H, T, T); with fused attention (B, H, T) fp32, the row log-sum-exp */
     kept_tensor attn, attn_proj; /* (B*T, D) heads concatenated, after proj */
     kept_tensor ln2, mod2;       /* (B*T, D) */
     kept_tensor fc1, gelu;       /* (B*T, F) before and after GELU */
@@ -100,12 +100,12 @@ typedef struct dit_graph {
     /* bf16/fp16: one block's fp32 working buffers, shared by all blocks */
     float *w_d0, *w_d1;     /* (B*T, D) */
     float *w_3d;            /* (B*T, 3D) */
-    float *w_probs;         /* (B, H, T, T) */
+    float *w_probs;         /* (B, H, T, T); NULL with fused attention */
     float *w_f0, *w_f1;     /* (B*T, F) */
     /* backward scratch */
     float *d_residual, *d_a, *d_b; /* (B*T, D) */
     float *d_qkv;           /* (B*T, 3D) */
-    float *d_scores;        /* (B, H, T, T) */
+    float *d_scores;        /* (B, H, T, T); with fused attention (B, H, T) */
     float *d_hidden;        /* (B*T, F) */
     float *d_ada;           /* (B, 6D) */
     float *d_cond_act, *d_cond, *d_t_hidden; /* (B, D) */
@@ -186,6 +186,19 @@ struct dit_backend {
                               int dim);
     void (*embedding_backward)(const dit_graph *g, float *d_table, const float *d_out, const int *labels, int batch,
                                int dim, int table_rows);
+
+    /* Optional, outside DIT_BACKEND_FUNCTIONS (NULL: attention_forward/backward
+     * above, with the probabilities kept): attention fused flash-attention style,
+     * which keeps per row only the log-sum-exp of the scaled scores, row_lse
+     * (B, H, T) fp32 in the probs buffer (not rounded, not 16-bit), and
+     * recomputes the probabilities in backward. qkv and out are kept operands
+     * (what keep / kept_operand return); row_dot (B, H, T) is backward scratch
+     * (the d_scores buffer); out and d_qkv fp32 as in attention_forward/backward. */
+    void (*fused_attention_forward)(const dit_graph *g, float *out, float *row_lse, const void *qkv, int batch,
+                                    int tokens, int heads, int head_dim);
+    void (*fused_attention_backward)(const dit_graph *g, float *d_qkv, float *row_dot, const float *d_out,
+                                     const void *qkv, const void *out, const float *row_lse, int batch, int tokens,
+                                     int heads, int head_dim);
 };
 
 /* A backend's table: the function of each field above is the static function

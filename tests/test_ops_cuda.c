@@ -240,6 +240,84 @@ static void test_attention(ldm_precision precision, gemm_cuda_context *ctx) {
     release_all();
 }
 
+/* The fused attention (flash_attention_*_cuda) against the CPU's attention in the
+ * same precision: qkv (and in 16 bits d_out and the kept out) hold format values,
+ * the GPU reads qkv and out as the graph keeps them (fp32, or 16-bit bits).
+ * Tolerances, relative to the largest CPU value: out and d_qkv 1e-5 in fp32
+ * (summation order only); in 16 bits the CPU rounds the probabilities before
+ * p v where the fused forward keeps its fp32 running sums, so 1e-2 (bf16) and
+ * 2e-3 (fp16), and backward the same. The log-sum-exp against a double
+ * reference, 1e-5 absolute. Both passes run twice: the same bits. */
+static void test_fused_attention(ldm_precision precision, int B, int T, int H, int HD) {
+    const size_t n_qkv = (size_t)B * T * 3 * H * HD, n_out = (size_t)B * T * H * HD, n_p = (size_t)B * H * T * T;
+    const size_t n_rows = (size_t)B * H * T;
+    const int half = precision != PRECISION_FP32;
+    char what[160];
+    char shape[64];
+    snprintf(shape, sizeof(shape), "%s B %d T %d H %d head_dim %d", precision_name(precision), B, T, H, HD);
+    float *qkv = host_normal(n_qkv, 1.0f), *g = host_normal(n_out, 1.0f);
+    uint16_t *qkv_bits = host_alloc(n_qkv * 2), *out_bits = host_alloc(n_out * 2);
+    if (half) {
+        precision_store(precision, qkv_bits, qkv, n_qkv); /* qkv rounded in place */
+        precision_round_array(precision, g, n_out);       /* the graph rounds d_out before attention */
+    }
+    const void *qkv_stored = half ? to_device(qkv_bits, n_qkv * 2) : (const void *)to_device_f(qkv, n_qkv);
+    float *out = host_alloc(n_out * 4), *probs = host_alloc(n_p * 4);
+    attention_forward_precision(out, probs, qkv, B, T, H, HD, precision);
+    float *d_out = device_nan(n_out), *d_lse = device_nan(n_rows), *d_out_again = device_nan(n_out);
+    flash_attention_forward_cuda(d_out, d_lse, qkv_stored, B, T, H, HD, precision, NULL);
+    flash_attention_forward_cuda(d_out_again, d_lse, qkv_stored, B, T, H, HD, precision, NULL);
+    const double tol = precision == PRECISION_BF16 ? 1e-2 : precision == PRECISION_FP16 ? 2e-3 : 1e-5;
+    float *gpu_out = fetch(d_out, n_out);
+    snprintf(what, sizeof(what), "flash_attention_forward %s out", shape);
+    expect_close_to_max(what, gpu_out, out, n_out, tol);
+    snprintf(what, sizeof(what), "flash_attention_forward %s twice", shape);
+    expect_same_bits_f(what, gpu_out, fetch(d_out_again, n_out), n_out);
+    /* the log-sum-exp of every row of scaled scores, in double */
+    float *lse = host_alloc(n_rows * 4);
+    const int dim = H * HD;
+    const double scale = 1.0 / sqrt((double)HD);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < T; i++) {
+                double max = -INFINITY, sum = 0.0, s[T];
+                for (int j = 0; j < T; j++) {
+                    const float *q = qkv + ((size_t)b * T + i) * 3 * dim + (size_t)h * HD;
+                    const float *k = qkv + ((size_t)b * T + j) * 3 * dim + dim + (size_t)h * HD;
+                    double dot = 0.0;
+                    for (int d = 0; d < HD; d++) dot += (double)q[d] * k[d];
+                    s[j] = scale * dot;
+                    max = s[j] > max ? s[j] : max;
+                }
+                for (int j = 0; j < T; j++) sum += exp(s[j] - max);
+                lse[((size_t)b * H + h) * T + i] = (float)(max + log(sum));
+            }
+    snprintf(what, sizeof(what), "flash_attention_forward %s log-sum-exp", shape);
+    expect_close_or_both_nan(what, fetch(d_lse, n_rows), lse, n_rows, 1e-5, 0.0);
+
+    /* backward: the CPU from its probabilities, the GPU from the log-sum-exp and
+     * its own forward output as the graph keeps it (rounded in 16 bits) */
+    float *d_qkv_cpu = host_alloc(n_qkv * 4), *scores = host_alloc(n_p * 4);
+    attention_backward_precision(d_qkv_cpu, scores, g, qkv, probs, B, T, H, HD, precision);
+    const void *out_kept = gpu_out;
+    if (half) {
+        precision_store(precision, out_bits, gpu_out, n_out);
+        out_kept = to_device(out_bits, n_out * 2);
+    } else {
+        out_kept = to_device_f(gpu_out, n_out);
+    }
+    float *d_g = to_device_f(g, n_out), *d_row_dot = device_nan(n_rows);
+    float *d_grad = device_nan(n_qkv), *d_again = device_nan(n_qkv);
+    flash_attention_backward_cuda(d_grad, d_row_dot, d_g, qkv_stored, out_kept, d_lse, B, T, H, HD, precision, NULL);
+    flash_attention_backward_cuda(d_again, d_row_dot, d_g, qkv_stored, out_kept, d_lse, B, T, H, HD, precision, NULL);
+    float *grad = fetch(d_grad, n_qkv);
+    snprintf(what, sizeof(what), "flash_attention_backward %s d_qkv", shape);
+    expect_close_to_max(what, grad, d_qkv_cpu, n_qkv, tol);
+    snprintf(what, sizeof(what), "flash_attention_backward %s twice", shape);
+    expect_same_bits_f(what, grad, fetch(d_again, n_qkv), n_qkv);
+    release_all();
+}
+
 /* The strided-batched GEMM by itself, all four transpose cases, with padded
  * leading dimensions and strides, alpha and beta, against a double reference. */
 static void test_strided_batched(gemm_cuda_context *ctx) {
@@ -671,6 +749,14 @@ static void run_all(void) {
     test_modulate_and_gate();
     test_activations();
     for (int p = PRECISION_FP32; p <= PRECISION_FP16; p++) test_attention((ldm_precision)p, ctx);
+    /* fused attention: head_dim 24, 32, 64 and 72 (rows padded to 32, 32, 64, 128); token counts that are
+     * not multiples of the tiles (8, 16, 32) nor of the row blocks (32, 64), and more than one row block */
+    for (int p = PRECISION_FP32; p <= PRECISION_FP16; p++) {
+        test_fused_attention((ldm_precision)p, 2, 17, 3, 24);
+        test_fused_attention((ldm_precision)p, 1, 37, 2, 32);
+        test_fused_attention((ldm_precision)p, 2, 70, 2, 64);
+        test_fused_attention((ldm_precision)p, 1, 45, 1, 72);
+    }
     test_strided_batched(ctx);
     for (int bias_mode = 0; bias_mode <= 2; bias_mode++) {
         test_linear(ctx, PRECISION_FP32, 45, bias_mode);

@@ -8,9 +8,12 @@
  *
  * Shapes: channels and sizes are not multiples of 32, H != W.
  * - conv2d: 3x3 pad 1 stride 1 (batch 2, 5 -> 7, 9x11), run with the scratch it
- *   asks for (both samples in one GEMM), with one sample's and with two output
- *   rows' worth (bands, the last one short); 1x1 stride 1 (the pointwise path,
- *   with and without bias, 33 -> 40 channels); 3x3 stride 2 padded (0, 1, 0, 1)
+ *   asks for (both samples in one GEMM, the weight gradient too), with one
+ *   sample's and with two output rows' worth (bands, the last one short), and
+ *   batch 3 with two samples' columns and output gradients (the weight gradient
+ *   one GEMM per two samples, the last group short); 1x1 stride 1 (the
+ *   pointwise path, with and without bias, 33 -> 40 channels, and its weight
+ *   gradient by two samples when scratch is given); 3x3 stride 2 padded (0, 1, 0, 1)
  *   (diffusers' Downsample2D, 10x9 -> 5x4), whole and in one-row bands; 1x1
  *   stride 2 (input rows and columns no output reads: their d_in is 0, or beta
  *   times what was there) in bands; 3x3 with padding (1, 0, 0, 2) in bands;
@@ -74,7 +77,9 @@ typedef enum {
     SCRATCH_ASKED,      /* conv2d_scratch_floats_cuda: the whole (small) batch in one chunk */
     SCRATCH_ONE_SAMPLE, /* one sample's columns: a GEMM per sample */
     SCRATCH_ONE_ROW,    /* one output row's columns (and a little more): bands of one row */
-    SCRATCH_TWO_ROWS    /* two rows' (and a little more): bands of two rows, the last one short */
+    SCRATCH_TWO_ROWS,   /* two rows' (and a little more): bands of two rows, the last one short */
+    SCRATCH_TWO_SAMPLES_WITH_GRADIENT /* two samples' columns and output gradients: the weight gradient in one
+                                         GEMM per two samples (a 1x1 convolution too), the last group short */
 } scratch_size;
 
 static size_t scratch_for(const conv2d_dims *s, scratch_size size) {
@@ -83,6 +88,9 @@ static size_t scratch_for(const conv2d_dims *s, scratch_size size) {
     case SCRATCH_ONE_SAMPLE: return row * conv2d_out_height(s);
     case SCRATCH_ONE_ROW: return row + 5;
     case SCRATCH_TWO_ROWS: return 2 * row + 7;
+    case SCRATCH_TWO_SAMPLES_WITH_GRADIENT:
+        return 2 * (row * conv2d_out_height(s) + (size_t)s->out_channels * conv2d_out_height(s) * conv2d_out_width(s)) +
+               64 + 5;
     default: return conv2d_scratch_floats_cuda(s);
     }
 }
@@ -178,13 +186,21 @@ static void test_conv(gemm_cuda_context *ctx, const char *name, conv2d_dims s, i
 }
 
 /* conv2d_scratch_floats_cuda at the Stable Diffusion VAE's sizes (nothing runs):
- * whole samples while they fit in the 32 MiB target, else whole output rows. */
+ * two or more whole samples with their output gradients (and 64 floats to align
+ * the gradients) while they fit in the 32 MiB target, else whole samples, else
+ * whole output rows. */
 static void test_scratch_sizes(void) {
     const size_t target = (size_t)1 << 23;
     conv2d_dims small = conv_dims(8, 512, 512, 32, 32, 3, 1, 1, 1, 1, 1); /* 4608 x 1024 columns a sample */
-    CHECK(conv2d_scratch_floats_cuda(&small) == (size_t)4608 * 1024);
+    CHECK(conv2d_scratch_floats_cuda(&small) == (size_t)4608 * 1024); /* two with d_out do not fit */
     small.batch = 1;
     CHECK(conv2d_scratch_floats_cuda(&small) == (size_t)4608 * 1024);
+    /* 1152 x 1024 columns and 128 x 1024 of d_out a sample */
+    const conv2d_dims mid = conv_dims(8, 128, 128, 32, 32, 3, 1, 1, 1, 1, 1);
+    const size_t mid_sample = ((size_t)1152 + 128) * 1024;
+    CHECK(conv2d_scratch_floats_cuda(&mid) == (target - 64) / mid_sample * mid_sample + 64); /* 6 samples a group */
+    const conv2d_dims few = conv_dims(3, 128, 128, 32, 32, 3, 1, 1, 1, 1, 1);
+    CHECK(conv2d_scratch_floats_cuda(&few) == 3 * mid_sample + 64); /* the whole batch in one group */
     const conv2d_dims large = conv_dims(8, 128, 128, 256, 256, 3, 1, 1, 1, 1, 1); /* 1152 x 256 a row */
     const size_t row = (size_t)1152 * 256, large_floats = conv2d_scratch_floats_cuda(&large);
     CHECK(large_floats % row == 0 && large_floats <= target && large_floats + row > target);
@@ -201,7 +217,11 @@ static void test_convolutions(gemm_cuda_context *ctx) {
     test_conv(ctx, "conv 3x3 pad 1", same, 1, SCRATCH_ASKED);
     test_conv(ctx, "conv 3x3 pad 1, a sample per chunk", same, 1, SCRATCH_ONE_SAMPLE);
     test_conv(ctx, "conv 3x3 pad 1, two-row bands", same, 0, SCRATCH_TWO_ROWS);
+    test_conv(ctx, "conv 3x3 pad 1, batch 3, weight gradient by two samples",
+              conv_dims(3, 5, 7, 9, 11, 3, 1, 1, 1, 1, 1), 1, SCRATCH_TWO_SAMPLES_WITH_GRADIENT);
     test_conv(ctx, "conv 1x1", conv_dims(3, 6, 10, 7, 5, 1, 1, 0, 0, 0, 0), 1, SCRATCH_ASKED);
+    test_conv(ctx, "conv 1x1, weight gradient by two samples", conv_dims(3, 6, 10, 7, 5, 1, 1, 0, 0, 0, 0), 1,
+              SCRATCH_TWO_SAMPLES_WITH_GRADIENT);
     test_conv(ctx, "conv 1x1 33 -> 40, no bias", conv_dims(2, 33, 40, 4, 3, 1, 1, 0, 0, 0, 0), 0, SCRATCH_ASKED);
     const conv2d_dims down = conv_dims(2, 4, 6, 10, 9, 3, 2, 0, 1, 0, 1);
     test_conv(ctx, "conv 3x3 stride 2 pad (0,1,0,1)", down, 1, SCRATCH_ASKED);

@@ -11,20 +11,58 @@ extern "C" {
 #include "autoencoder_cuda_kernels.h"
 }
 
-/* One block sums: small next to the convolutions (the latent is 1/48 of an RGB
- * image's values, the reconstruction one pass over the images). */
-#define SUM_THREADS 1024
+/* The sums run over many blocks: block k sums its fixed slice of the values
+ * (each thread its strided values in order, then block_sum's fixed order) into
+ * sum_partials[k], and one thread adds the partials in block order: the same
+ * bits on every run, no atomics. The partials are this module's device array,
+ * which the kernels name directly (no allocation, nothing for the caller to
+ * pass); work on one stream runs in order, so a sum's second pass reads its own
+ * first pass's partials (two streams must not run these sums at once). */
+#define SUM_THREADS 256
+#define SUM_MAX_BLOCKS 256
+/* The second pass: one thread adds (one warp is launched). */
+#define SUM_TOTAL_THREADS 32
+
+static __device__ double sum_partials[SUM_MAX_BLOCKS];
+
+/* Blocks for n values: one per SUM_THREADS values, at most SUM_MAX_BLOCKS. */
+static unsigned int sum_blocks(size_t n) {
+    const size_t blocks = (n + SUM_THREADS - 1) / SUM_THREADS;
+    return (unsigned int)(blocks < SUM_MAX_BLOCKS ? blocks : SUM_MAX_BLOCKS);
+}
+
+/* The slice [begin, end) of n values that block blockIdx.x of gridDim.x sums. */
+__device__ __forceinline__ void block_slice(size_t n, size_t *begin, size_t *end) {
+    const size_t slice = (n + gridDim.x - 1) / gridDim.x;
+    *begin = (size_t)blockIdx.x * slice;
+    *end = *begin + slice < n ? *begin + slice : n;
+}
+
+/* *total = sum_partials[0] + sum_partials[1] + ... in block order, by one thread. */
+__global__ static void __launch_bounds__(SUM_TOTAL_THREADS) sum_partials_kernel(double *total, int count) {
+    if (threadIdx.x != 0) return;
+    double sum = 0.0;
+    for (int k = 0; k < count; k++) sum += sum_partials[k];
+    *total = sum;
+}
+
+static void add_partials(double *total, unsigned int blocks, cudaStream_t stream) {
+    CUDA_LAUNCH_KERNEL(sum_partials_kernel, 1, SUM_TOTAL_THREADS, stream, total, (int)blocks);
+    CUDA_CHECK_LAUNCH("sum_partials_kernel");
+}
 
 __device__ __forceinline__ float clamp_logvar(float v) {
     return v < AE_LOGVAR_MIN ? AE_LOGVAR_MIN : v > AE_LOGVAR_MAX ? AE_LOGVAR_MAX : v;
 }
 
-/* One block: each thread its strided values in order, then block_sum's fixed order. */
-__global__ static void posterior_forward_kernel(float *mean, float *logvar, float *z, double *kl_sum,
-                                                const float *moments, const float *noise, int per_sample, size_t n,
-                                                int precision) {
+/* Block k: its slice of the latent, and its part of the KL sum into sum_partials[k]. */
+__global__ static void __launch_bounds__(SUM_THREADS)
+posterior_forward_kernel(float *mean, float *logvar, float *z, const float *moments, const float *noise,
+                         int per_sample, size_t n, int precision) {
     double kl = 0.0;
-    for (size_t i = threadIdx.x; i < n; i += blockDim.x) {
+    size_t begin, end;
+    block_slice(n, &begin, &end);
+    for (size_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
         const size_t b = i / (size_t)per_sample, k = i % (size_t)per_sample;
         const float *sample = moments + 2 * b * (size_t)per_sample;
         const float m = sample[k], lv = clamp_logvar(sample[per_sample + k]);
@@ -35,22 +73,26 @@ __global__ static void posterior_forward_kernel(float *mean, float *logvar, floa
         kl += (double)m * m + exp((double)lv) - 1.0 - lv;
     }
     kl = block_sum(kl);
-    if (threadIdx.x == 0) *kl_sum = kl;
+    if (threadIdx.x == 0) sum_partials[blockIdx.x] = kl;
 }
 
 extern "C" void autoencoder_posterior_forward_cuda(float *mean, float *logvar, float *z, double *kl_sum,
                                                    const float *moments, const float *noise, int batch,
                                                    int per_sample, ldm_precision precision, ldm_stream stream) {
     if (batch <= 0 || per_sample <= 0) return;
-    CUDA_LAUNCH_KERNEL(posterior_forward_kernel, 1, SUM_THREADS, stream, mean, logvar, z, kl_sum, moments, noise,
-                       per_sample, (size_t)batch * per_sample, (int)precision);
+    const size_t n = (size_t)batch * per_sample;
+    const unsigned int blocks = sum_blocks(n);
+    CUDA_LAUNCH_KERNEL(posterior_forward_kernel, blocks, SUM_THREADS, stream, mean, logvar, z, moments, noise,
+                       per_sample, n, (int)precision);
     CUDA_CHECK_LAUNCH("posterior_forward_kernel");
+    add_partials(kl_sum, blocks, stream);
 }
 
 /* Element i of the latent writes its mean's and its log-variance's gradient. */
-__global__ static void posterior_backward_kernel(float *d_moments, const float *d_z, const float *moments,
-                                                 const float *mean, const float *logvar, const float *noise,
-                                                 float kl_scale, int per_sample, int precision, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+posterior_backward_kernel(float *d_moments, const float *d_z, const float *moments, const float *mean,
+                          const float *logvar, const float *noise, float kl_scale, int per_sample, int precision,
+                          size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) {
         const size_t b = i / (size_t)per_sample, k = i % (size_t)per_sample;
         const size_t at_mean = 2 * b * (size_t)per_sample + k, at_logvar = at_mean + (size_t)per_sample;
@@ -76,26 +118,32 @@ extern "C" void autoencoder_posterior_backward_cuda(float *d_moments, const floa
                             mean, logvar, noise, kl_scale, per_sample, (int)precision);
 }
 
-__global__ static void reconstruction_sum_kernel(double *sum, const float *rec, const float *target, size_t n,
-                                                 int l2) {
+/* Block k: its slice's sum into sum_partials[k]. */
+__global__ static void __launch_bounds__(SUM_THREADS)
+reconstruction_sum_kernel(const float *rec, const float *target, size_t n, int l2) {
     double s = 0.0;
-    for (size_t i = threadIdx.x; i < n; i += blockDim.x) {
+    size_t begin, end;
+    block_slice(n, &begin, &end);
+    for (size_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
         const double diff = (double)rec[i] - target[i];
         s += l2 ? diff * diff : fabs(diff);
     }
     s = block_sum(s);
-    if (threadIdx.x == 0) *sum = s;
+    if (threadIdx.x == 0) sum_partials[blockIdx.x] = s;
 }
 
 extern "C" void autoencoder_reconstruction_sum_cuda(double *sum, const float *rec, const float *target, size_t n,
                                                     int l2, ldm_stream stream) {
     if (n == 0) return;
-    CUDA_LAUNCH_KERNEL(reconstruction_sum_kernel, 1, SUM_THREADS, stream, sum, rec, target, n, l2);
+    const unsigned int blocks = sum_blocks(n);
+    CUDA_LAUNCH_KERNEL(reconstruction_sum_kernel, blocks, SUM_THREADS, stream, rec, target, n, l2);
     CUDA_CHECK_LAUNCH("reconstruction_sum_kernel");
+    add_partials(sum, blocks, stream);
 }
 
-__global__ static void reconstruction_backward_kernel(float *d_rec, const float *rec, const float *target, int l2,
-                                                      float scale, int precision, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+reconstruction_backward_kernel(float *d_rec, const float *rec, const float *target, int l2, float scale, int precision,
+                               size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) {
         const float diff = __fsub_rn(rec[i], target[i]);
         const float d = l2 ? __fmul_rn(__fmul_rn(2.0f, scale), diff) : __fmul_rn(scale, (float)((diff > 0) - (diff < 0)));

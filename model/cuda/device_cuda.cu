@@ -29,7 +29,9 @@ extern "C" void device_cuda_name(int device, char *out, size_t size) {
              prop.totalGlobalMem / 1073741824.0);
 }
 
-__global__ static void silu_kernel(float *out, const float *in, size_t n) {
+#define SILU_THREADS 256
+
+__global__ static void __launch_bounds__(SILU_THREADS) silu_kernel(float *out, const float *in, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         float x = in[i];
@@ -43,7 +45,8 @@ extern "C" int device_cuda_silu(float *out, const float *in, size_t n) {
     if (cudaMalloc(&d_in, n * sizeof(float)) != cudaSuccess) goto done;
     if (cudaMalloc(&d_out, n * sizeof(float)) != cudaSuccess) goto done;
     if (cudaMemcpy(d_in, in, n * sizeof(float), cudaMemcpyHostToDevice) != cudaSuccess) goto done;
-    CUDA_LAUNCH_KERNEL(silu_kernel, (unsigned)((n + 255) / 256), 256, NULL, d_out, d_in, n);
+    CUDA_LAUNCH_KERNEL(silu_kernel, (unsigned)((n + SILU_THREADS - 1) / SILU_THREADS), SILU_THREADS, NULL, d_out,
+                       d_in, n);
     if (cudaGetLastError() != cudaSuccess) goto done;
     if (cudaMemcpy(out, d_out, n * sizeof(float), cudaMemcpyDeviceToHost) != cudaSuccess) goto done;
     rc = 0;

@@ -28,7 +28,8 @@ extern "C" void dit_cuda_copy_async(void *dst, const void *src, size_t bytes, ld
     if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream));
 }
 
-__global__ static void scale_kernel(float *out, const float *in, float factor, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+scale_kernel(float *out, const float *in, float factor, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) out[i] = __fmul_rn(factor, in[i]);
 }
 
@@ -37,8 +38,9 @@ extern "C" void dit_cuda_scale(float *out, const float *in, float factor, size_t
 }
 
 /* Block s rounds segment s. */
-__global__ static void round_segments_kernel(float *out, const float *src, const long long *segments,
-                                             int precision) {
+__global__ static void __launch_bounds__(SEGMENT_THREADS)
+round_segments_kernel(float *out, const float *src, const long long *segments,
+                      int precision) {
     const long long *segment = segments + 3 * (size_t)blockIdx.x;
     const float *from = src + segment[0];
     float *to = out + segment[1];

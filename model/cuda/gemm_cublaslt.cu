@@ -118,8 +118,9 @@ static cublasLtMatrixLayout_t make_layout(const gemm_operand *op, int rows, int 
 }
 
 /* C is an fp32 output of batch_count column-major matrices. */
-__global__ static void scale_column_major_kernel(float *c, int rows, int cols, int ldc, long long stride, float beta,
-                                                  const float *bias, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+scale_column_major_kernel(float *c, int rows, int cols, int ldc, long long stride, float beta,
+                          const float *bias, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) {
         size_t per_matrix = (size_t)rows * cols;
         size_t batch = i / per_matrix, within = i % per_matrix;

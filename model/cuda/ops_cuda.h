@@ -112,6 +112,26 @@ void attention_backward_cuda(gemm_cuda_context *ctx, float *d_qkv, float *d_scor
                              const float *qkv, const float *probs, int batch, int tokens, int heads, int head_dim,
                              ldm_precision precision, ldm_stream stream);
 
+/* ---- fused attention (flash-attention style): no probabilities in memory ----
+ * The same attention as above, one kernel per pass with an fp32 online softmax;
+ * backward recomputes the probabilities from q, k and the row's log-sum-exp.
+ * qkv (batch, tokens, 3, heads, head_dim) and out are stored in `precision`:
+ * fp32 floats, or the 16-bit bits of bf16/fp16 (what kept_operand gives a GEMM);
+ * head_dim 1..128 (else the program ends). Deterministic (no atomics).
+ * Forward: out (batch, tokens, heads * head_dim) fp32 (not rounded);
+ * row_lse (batch, heads, tokens) fp32, the log-sum-exp of each row of scaled
+ * scores, kept for backward. */
+void flash_attention_forward_cuda(float *out, float *row_lse, const void *qkv, int batch, int tokens, int heads,
+                                  int head_dim, ldm_precision precision, ldm_stream stream);
+/* d_qkv (batch, tokens, 3 * heads * head_dim) fp32, overwritten; row_dot
+ * (batch, heads, tokens) scratch; d_out (batch, tokens, heads * head_dim) fp32;
+ * out: forward's output as kept (in `precision`); row_lse from forward. In
+ * bf16/fp16 the recomputed probabilities and the score gradients are rounded
+ * to the format, as attention_backward_precision does. */
+void flash_attention_backward_cuda(float *d_qkv, float *row_dot, const float *d_out, const void *qkv,
+                                   const void *out, const float *row_lse, int batch, int tokens, int heads,
+                                   int head_dim, ldm_precision precision, ldm_stream stream);
+
 /* ---- patchify / unpatchify ---- */
 void patchify_forward_cuda(float *patches, const float *image, int batch, int channels, int size, int patch,
                            ldm_stream stream);

@@ -11,7 +11,8 @@ extern "C" {
 #define GELU_SQRT_2_OVER_PI 0.7978845608028654f
 #define GELU_COEFF 0.044715f
 
-__global__ static void gelu_forward_kernel(float *out, const float *in, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+gelu_forward_kernel(float *out, const float *in, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) {
         float x = in[i];
         float u = GELU_SQRT_2_OVER_PI * (x + GELU_COEFF * x * x * x);
@@ -19,7 +20,8 @@ __global__ static void gelu_forward_kernel(float *out, const float *in, size_t n
     }
 }
 
-__global__ static void gelu_backward_kernel(float *d_in, const float *d_out, const float *in, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+gelu_backward_kernel(float *d_in, const float *d_out, const float *in, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) {
         float x = in[i];
         float u = GELU_SQRT_2_OVER_PI * (x + GELU_COEFF * x * x * x);
@@ -29,11 +31,13 @@ __global__ static void gelu_backward_kernel(float *d_in, const float *d_out, con
     }
 }
 
-__global__ static void silu_forward_kernel(float *out, const float *in, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+silu_forward_kernel(float *out, const float *in, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) out[i] = in[i] / (1.0f + expf(-in[i]));
 }
 
-__global__ static void silu_backward_kernel(float *d_in, const float *d_out, const float *in, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+silu_backward_kernel(float *d_in, const float *d_out, const float *in, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) {
         float x = in[i];
         float s = 1.0f / (1.0f + expf(-x));

@@ -11,9 +11,15 @@
  *   unfolded into scratch, and one strided-batched GEMM (the weight shared,
  *   batch stride 0) writes out[b, :, band] = weight (Cout, Cin k k) @ columns;
  *   the bias is added afterwards in one elementwise pass;
- * - d_weight: the same columns, then one GEMM per sample of the chunk,
- *   d_weight += d_out[b, :, band] @ columns^T with beta 1, so the batch (and the
- *   bands of a sample) are summed in order: no atomics;
+ * - d_weight, when the scratch holds two samples' columns and output gradients
+ *   or more: one GEMM per group of samples (the whole batch when the scratch is
+ *   what conv2d_scratch_floats_cuda asks for and fits): the group's columns are
+ *   unfolded sample-interleaved, (patch, samples, pixels), its d_out is gathered
+ *   into (Cout, samples, pixels) beside them, and d_weight += d_out @ columns^T
+ *   sums over samples and pixels in one K = samples * pixels reduction (groups
+ *   in order with beta 1: no atomics). A 1x1 stride-1 convolution gathers its
+ *   input the same way when the scratch it is given allows. With less scratch:
+ *   the chunks above, one GEMM per sample of a chunk (per band of a sample);
  * - d_in: the column gradient weight^T @ d_out[b, :, band] goes to scratch, and a
  *   gather (col2im read from the input side) sums, for every input value, the
  *   column entries that came from it, in a fixed (ky, kx) order, and writes it:
@@ -37,6 +43,9 @@ extern "C" {
  * (TRANSPOSE_TILE, TRANSPOSE_ROWS) threads. */
 #define TRANSPOSE_TILE 32
 #define TRANSPOSE_ROWS 8
+/* The weight gradient's gathered d_out starts this many floats (256 bytes) past
+ * a multiple of them after the columns, so its GEMM operand is aligned as well. */
+#define CONV_GROUP_ALIGN_FLOATS 64
 /* The most samples one launch takes on grid.z (CUDA's limit on that axis). */
 #define MAX_GRID_Z 65535
 
@@ -99,7 +108,14 @@ extern "C" size_t conv2d_scratch_floats_cuda(const conv2d_dims *shape) {
     const conv_geometry g = geometry_of(shape);
     const size_t per_row = row_floats(&g), per_sample = sample_floats(&g);
     const size_t batch = shape->batch > 0 ? (size_t)shape->batch : 1;
-    if (per_sample * batch <= CONV_SCRATCH_TARGET_FLOATS) return per_sample * batch;
+    /* two samples or more with their output gradients beside their columns: the
+     * weight gradient in one GEMM per group of them */
+    const size_t with_gradient = per_sample + (size_t)g.out_channels * g.out_height * g.out_width;
+    const size_t group_target = CONV_SCRATCH_TARGET_FLOATS - CONV_GROUP_ALIGN_FLOATS;
+    if (batch > 1 && 2 * with_gradient <= group_target) {
+        if (with_gradient * batch <= group_target) return with_gradient * batch + CONV_GROUP_ALIGN_FLOATS;
+        return group_target / with_gradient * with_gradient + CONV_GROUP_ALIGN_FLOATS;
+    }
     if (per_sample <= CONV_SCRATCH_TARGET_FLOATS) return CONV_SCRATCH_TARGET_FLOATS / per_sample * per_sample;
     const size_t rows = CONV_SCRATCH_TARGET_FLOATS / per_row;
     return (rows > 0 ? rows : 1) * per_row;
@@ -148,11 +164,16 @@ template <typename Body> static void for_each_chunk(const conv_plan *p, Body bod
     }
 }
 
-/* columns (samples, patch, count): the input patch of every pixel of the band
- * starting at output row first_row; in points at the chunk's first sample,
- * (samples, in_channels, height, width). Zero where the patch lies in the padding. */
-__global__ static void im2col_kernel(float *columns, const float *in, conv_geometry g, int first_row, int count,
-                                     size_t n) {
+/* columns[sample * sample_stride + row * row_stride + j] (row < patch, j < count):
+ * the input patch of every pixel of the band starting at output row first_row;
+ * (samples, patch, count) with strides (patch * count, count), or
+ * sample-interleaved (patch, samples, count) with strides (count, samples *
+ * count). in points at the chunk's first sample, (samples, in_channels, height,
+ * width). Zero where the patch lies in the padding. With a 1x1 stride-1
+ * unpadded geometry it is a gather of (samples, channels, pixels). */
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+im2col_kernel(float *columns, const float *in, conv_geometry g, int first_row, int count, size_t sample_stride,
+              size_t row_stride, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) {
         const int j = (int)(i % (size_t)count); /* pixel of the band */
         const size_t sample_row = i / (size_t)count;
@@ -165,7 +186,7 @@ __global__ static void im2col_kernel(float *columns, const float *in, conv_geome
         float value = 0.0f;
         if (iy >= 0 && iy < g.height && ix >= 0 && ix < g.width)
             value = in[((sample * g.in_channels + channel) * g.height + iy) * g.width + ix];
-        columns[i] = value;
+        columns[sample * sample_stride + (size_t)row * row_stride + (size_t)j] = value;
     }
 }
 
@@ -174,8 +195,9 @@ __global__ static void im2col_kernel(float *columns, const float *in, conv_geome
  * d_in = keep * d_in + (the sum, in (ky, kx) order, of the column entries taken
  * from that input value by the band at output row first_row, rows long);
  * keep 0 does not read d_in. d_in points at the chunk's first sample. */
-__global__ static void col2im_kernel(float *d_in, float keep, const float *columns, conv_geometry g, int first_row,
-                                     int rows, int first_input_row, int input_rows, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+col2im_kernel(float *d_in, float keep, const float *columns, conv_geometry g, int first_row,
+              int rows, int first_input_row, int input_rows, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) {
         const int ix = (int)(i % (size_t)g.width);
         size_t rest = i / (size_t)g.width;
@@ -207,13 +229,15 @@ __global__ static void col2im_kernel(float *d_in, float keep, const float *colum
 }
 
 /* out (batch, channels, pixels) += bias[channel]. */
-__global__ static void add_channel_bias_kernel(float *out, const float *bias, int channels, int pixels, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+add_channel_bias_kernel(float *out, const float *bias, int channels, int pixels, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) out[i] += bias[(i / (size_t)pixels) % (size_t)channels];
 }
 
 /* d_bias[channel] += the sum of d_out[b, channel, :] over b and pixels, in double;
  * one block per channel. */
-__global__ static void bias_gradient_kernel(float *d_bias, const float *d_out, int batch, int channels, int pixels) {
+__global__ static void __launch_bounds__(BIAS_GRADIENT_THREADS)
+bias_gradient_kernel(float *d_bias, const float *d_out, int batch, int channels, int pixels) {
     const int channel = blockIdx.x;
     const size_t n = (size_t)batch * pixels;
     double sum = 0.0;
@@ -228,7 +252,32 @@ __global__ static void bias_gradient_kernel(float *d_bias, const float *d_out, i
 static void im2col(float *columns, const float *in, const conv_plan *p, const conv_chunk *c, cudaStream_t stream) {
     const float *first = in + (size_t)c->first_sample * p->g.in_channels * p->in_pixels;
     CUDA_LAUNCH_ELEMENTWISE(im2col_kernel, (size_t)c->samples * p->g.patch * c->count, stream, columns, first, p->g,
-                            c->first_row, c->count);
+                            c->first_row, c->count, (size_t)p->g.patch * c->count, (size_t)c->count);
+}
+
+/* dst (channels, samples, pixels) = src (samples, channels, pixels): im2col's
+ * sample-interleaved gather with a 1x1 geometry. */
+static void gather_channels_by_sample(float *dst, const float *src, int samples, int channels, int height, int width,
+                                      cudaStream_t stream) {
+    conv_geometry g;
+    g.in_channels = g.out_channels = g.patch = channels;
+    g.height = g.out_height = height;
+    g.width = g.out_width = width;
+    g.kernel = g.stride = 1;
+    g.pad_top = g.pad_left = 0;
+    const size_t pixels = (size_t)height * width;
+    CUDA_LAUNCH_ELEMENTWISE(im2col_kernel, (size_t)samples * channels * pixels, stream, dst, src, g, 0, (int)pixels,
+                            pixels, (size_t)samples * pixels);
+}
+
+/* Samples per group of the one-GEMM weight gradient in scratch_floats: each
+ * needs its columns and its output gradient; 0 when fewer than two fit. */
+static int weight_group_samples(const conv_plan *p, size_t scratch_floats) {
+    const size_t per_sample = (size_t)(p->g.patch + p->g.out_channels) * p->pixels;
+    if (scratch_floats < CONV_GROUP_ALIGN_FLOATS) return 0;
+    size_t samples = (scratch_floats - CONV_GROUP_ALIGN_FLOATS) / per_sample;
+    if (samples > (size_t)p->batch) samples = (size_t)p->batch;
+    return samples >= 2 ? (int)samples : 0;
 }
 
 extern "C" void conv2d_forward_cuda(gemm_cuda_context *ctx, float *out, const float *in, const float *weight,
@@ -265,9 +314,33 @@ static void conv2d_bias_backward(float *d_bias, const float *d_out, const conv_p
 }
 
 static void conv2d_weight_backward(gemm_cuda_context *ctx, float *d_weight, const float *d_out, const float *in,
-                                   const conv_plan *p, float *scratch, cudaStream_t stream) {
+                                   const conv_plan *p, float *scratch, size_t scratch_floats, cudaStream_t stream) {
     const conv_geometry *g = &p->g;
     const size_t out_stride = (size_t)g->out_channels * p->pixels;
+    const int group = scratch ? weight_group_samples(p, scratch_floats) : 0;
+    if (group) {
+        for (int s0 = 0; s0 < p->batch; s0 += group) {
+            const int samples = p->batch - s0 < group ? p->batch - s0 : group;
+            const size_t k = (size_t)samples * p->pixels; /* the reduction: samples x pixels */
+            const size_t columns_floats = (size_t)g->patch * k;
+            float *columns = scratch;
+            float *gradient = scratch + (columns_floats + CONV_GROUP_ALIGN_FLOATS - 1) / CONV_GROUP_ALIGN_FLOATS *
+                                            CONV_GROUP_ALIGN_FLOATS;
+            const float *first_in = in + (size_t)s0 * g->in_channels * p->in_pixels;
+            if (p->pointwise) {
+                gather_channels_by_sample(columns, first_in, samples, g->in_channels, g->height, g->width, stream);
+            } else {
+                CUDA_LAUNCH_ELEMENTWISE(im2col_kernel, (size_t)samples * g->patch * p->pixels, stream, columns,
+                                        first_in, *g, 0, p->pixels, (size_t)p->pixels, k);
+            }
+            gather_channels_by_sample(gradient, d_out + (size_t)s0 * out_stride, samples, g->out_channels,
+                                      g->out_height, g->out_width, stream);
+            /* d_weight (Cout, patch) += gradient (Cout, k) @ columns^T (k, patch) */
+            gemm_cuda_strided_batched(ctx, 0, 1, g->out_channels, g->patch, (int)k, 1.0f, gradient, (int)k, 0,
+                                      columns, (int)k, 0, 1.0f, d_weight, g->patch, 0, 1, stream);
+        }
+        return;
+    }
     if (p->pointwise) {
         /* d_weight (Cout, Cin) += d_out[b] (Cout, pixels) @ in[b]^T (pixels, Cin), samples in order */
         for (int b = 0; b < p->batch; b++)
@@ -334,14 +407,15 @@ extern "C" void conv2d_backward_cuda(gemm_cuda_context *ctx, float *d_in, float 
     const conv_plan p = plan_of(shape, scratch, scratch_floats, "conv2d_backward_cuda");
     if (p.batch == 0) return;
     if (d_bias) conv2d_bias_backward(d_bias, d_out, &p, stream);
-    if (d_weight) conv2d_weight_backward(ctx, d_weight, d_out, in, &p, scratch, stream);
+    if (d_weight) conv2d_weight_backward(ctx, d_weight, d_out, in, &p, scratch, scratch_floats, stream);
     if (d_in) conv2d_input_backward(ctx, d_in, d_in_beta, d_out, weight, &p, scratch, stream);
 }
 
 /* ---- nearest 2x upsampling: elementwise over the larger side ---- */
 
 /* out (planes, 2 height, 2 width)[y, x] = in (planes, height, width)[y / 2, x / 2]. */
-__global__ static void upsample_forward_kernel(float *out, const float *in, int height, int width, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+upsample_forward_kernel(float *out, const float *in, int height, int width, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) {
         const size_t out_width = 2 * (size_t)width;
         const size_t x = i % out_width, rest = i / out_width;
@@ -352,7 +426,8 @@ __global__ static void upsample_forward_kernel(float *out, const float *in, int 
 
 /* d_in[y, x] = (top left + top right) + (bottom left + bottom right) of the 2x2
  * block of d_out: the CPU's order, so the result is bit-identical. */
-__global__ static void upsample_backward_kernel(float *d_in, const float *d_out, int height, int width, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+upsample_backward_kernel(float *d_in, const float *d_out, int height, int width, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) {
         const size_t x = i % (size_t)width, rest = i / (size_t)width;
         const size_t y = rest % (size_t)height, plane = rest / (size_t)height;
@@ -385,8 +460,9 @@ extern "C" void upsample_nearest2x_backward_cuda(float *d_in, const float *d_out
  * TRANSPOSE_TILE x TRANSPOSE_TILE tile (blockIdx.x = row tile * col_tiles + col
  * tile) of sample first_sample + blockIdx.z, staged in shared memory so that
  * both the reads and the writes are along rows. */
-__global__ static void transpose_kernel(float *dst, const float *src, int rows, int cols, int col_tiles,
-                                        int first_sample) {
+__global__ static void __launch_bounds__(TRANSPOSE_TILE * TRANSPOSE_ROWS)
+transpose_kernel(float *dst, const float *src, int rows, int cols, int col_tiles,
+                 int first_sample) {
     __shared__ float tile[TRANSPOSE_TILE][TRANSPOSE_TILE + 1]; /* +1: no bank conflicts down a column */
     const size_t sample = ((size_t)first_sample + blockIdx.z) * rows * cols;
     const int r0 = (int)(blockIdx.x / col_tiles) * TRANSPOSE_TILE, c0 = (int)(blockIdx.x % col_tiles) * TRANSPOSE_TILE;

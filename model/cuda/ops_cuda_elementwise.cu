@@ -14,11 +14,13 @@ extern "C" {
 #define COLUMN_SUM_COLS 32
 #define COLUMN_SUM_ROWS 16
 
-__global__ static void add_kernel(float *out, const float *a, const float *b, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+add_kernel(float *out, const float *a, const float *b, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) out[i] = a[i] + b[i];
 }
 
-__global__ static void add_row_broadcast_kernel(float *out, const float *row, int dim, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+add_row_broadcast_kernel(float *out, const float *row, int dim, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) out[i] += row[i % (size_t)dim];
 }
 
@@ -34,8 +36,9 @@ extern "C" void add_row_broadcast_cuda(float *out, const float *row, int rows, i
 /* Block (COLUMN_SUM_COLS, COLUMN_SUM_ROWS) sums COLUMN_SUM_COLS columns of one
  * sample; blockIdx.x = sample * column_blocks + column block. */
 template <int PRECISION>
-__global__ static void column_sums_kernel(float *dst, long long dst_stride, const void *a, const float *factor,
-                                          int tokens, int dim, int column_blocks) {
+__global__ static void __launch_bounds__(COLUMN_SUM_COLS * COLUMN_SUM_ROWS)
+column_sums_kernel(float *dst, long long dst_stride, const void *a, const float *factor,
+                   int tokens, int dim, int column_blocks) {
     __shared__ float partial[COLUMN_SUM_ROWS][COLUMN_SUM_COLS + 1];
     const int b = blockIdx.x / column_blocks, column_block = blockIdx.x % column_blocks;
     const int j = column_block * COLUMN_SUM_COLS + threadIdx.x;

@@ -16,7 +16,8 @@ __device__ __forceinline__ double timestep_frequency(int k, int half) {
 }
 
 /* Element i = b * half + k: out[b, k] = cos(t f_k), out[b, half + k] = sin(t f_k). */
-__global__ static void timestep_embedding_forward_kernel(float *out, const float *t, int dim, int half, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+timestep_embedding_forward_kernel(float *out, const float *t, int dim, int half, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) {
         size_t b = i / half;
         int k = (int)(i % half);
@@ -27,8 +28,9 @@ __global__ static void timestep_embedding_forward_kernel(float *out, const float
 }
 
 /* One thread per sample: d_t[b] = sum_k in order, in double. */
-__global__ static void timestep_embedding_backward_kernel(float *d_t, const float *d_out, const float *t, int dim,
-                                                          int half, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+timestep_embedding_backward_kernel(float *d_t, const float *d_out, const float *t, int dim,
+                                   int half, size_t n) {
     CUDA_FOR_EACH_INDEX(b, n) {
         const float *g = d_out + b * dim;
         double sum = 0.0;
@@ -41,7 +43,8 @@ __global__ static void timestep_embedding_backward_kernel(float *d_t, const floa
     }
 }
 
-__global__ static void embedding_forward_kernel(float *out, const float *table, const int *labels, int dim, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+embedding_forward_kernel(float *out, const float *table, const int *labels, int dim, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) {
         size_t b = i / dim, j = i % dim;
         out[i] = table[(size_t)labels[b] * dim + j];
@@ -49,8 +52,9 @@ __global__ static void embedding_forward_kernel(float *out, const float *table, 
 }
 
 /* Element i = row * dim + j of d_table. */
-__global__ static void embedding_backward_kernel(float *d_table, const float *d_out, const int *labels, int batch,
-                                                 int dim, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+embedding_backward_kernel(float *d_table, const float *d_out, const int *labels, int batch,
+                          int dim, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) {
         const int row = (int)(i / dim);
         const size_t j = i % dim;

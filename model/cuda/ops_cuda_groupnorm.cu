@@ -17,9 +17,10 @@ extern "C" {
 /* Block b * groups + g normalises group g of sample b: out = (x - mean) *
  * (rstd * gamma[c]) + beta[c]; mean, rstd (batch * groups) saved. The variance
  * is a second pass around the mean (no cancellation), biased, as in PyTorch. */
-__global__ static void groupnorm_forward_kernel(float *out, float *mean, float *rstd, const float *in,
-                                                const float *gamma, const float *beta, int channels_per_group,
-                                                int spatial, int groups, float eps) {
+__global__ static void __launch_bounds__(GROUPNORM_THREADS)
+groupnorm_forward_kernel(float *out, float *mean, float *rstd, const float *in,
+                         const float *gamma, const float *beta, int channels_per_group,
+                         int spatial, int groups, float eps) {
     const size_t group_size = (size_t)channels_per_group * spatial;
     const size_t base = (size_t)blockIdx.x * group_size; /* (b * groups + g) * group_size */
     const float *x = in + base;                          /* (channels_per_group, spatial) */
@@ -49,10 +50,11 @@ __global__ static void groupnorm_forward_kernel(float *out, float *mean, float *
 /* Block b * groups + g: with xhat = (x - mean) rstd and dy = d_out gamma,
  * dx = rstd (dy - mean(dy) - xhat mean(dy xhat)) over the group, written as
  * d_in = d_in_beta * d_in + dx (beta 0 does not read d_in). */
-__global__ static void groupnorm_backward_input_kernel(float *d_in, float d_in_beta, const float *d_out,
-                                                       const float *in, const float *mean, const float *rstd,
-                                                       const float *gamma, int channels_per_group, int spatial,
-                                                       int groups) {
+__global__ static void __launch_bounds__(GROUPNORM_THREADS)
+groupnorm_backward_input_kernel(float *d_in, float d_in_beta, const float *d_out,
+                                const float *in, const float *mean, const float *rstd,
+                                const float *gamma, int channels_per_group, int spatial,
+                                int groups) {
     const size_t group_size = (size_t)channels_per_group * spatial;
     const size_t base = (size_t)blockIdx.x * group_size;
     const float *x = in + base, *dy = d_out + base; /* (channels_per_group, spatial) */
@@ -80,9 +82,10 @@ __global__ static void groupnorm_backward_input_kernel(float *d_in, float d_in_b
 
 /* Block c: d_gamma[c] += sum of d_out * xhat, d_beta[c] += sum of d_out, over
  * the samples and pixels of channel c (either may be NULL). */
-__global__ static void groupnorm_backward_parameters_kernel(float *d_gamma, float *d_beta, const float *d_out,
-                                                            const float *in, const float *mean, const float *rstd,
-                                                            int batch, int channels, int spatial, int groups) {
+__global__ static void __launch_bounds__(GROUPNORM_PARAMETER_THREADS)
+groupnorm_backward_parameters_kernel(float *d_gamma, float *d_beta, const float *d_out,
+                                     const float *in, const float *mean, const float *rstd,
+                                     int batch, int channels, int spatial, int groups) {
     const int channel = blockIdx.x, group = channel / (channels / groups);
     const size_t n = (size_t)batch * spatial;
     double sum_dy = 0.0, sum_dy_xhat = 0.0;

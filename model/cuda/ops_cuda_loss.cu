@@ -1,52 +1,60 @@
 /* The training loss on the GPU, the CUDA side of ops_loss.c: the weighted mean
- * squared error and its gradient. The forward is one block: each warp sums one
- * sample's squared errors in double (a fixed shuffle order), and thread 0 adds
- * the per-sample losses in sample order, so the loss is the same bits on every
- * run and agrees with the CPU's double sums to float rounding. */
+ * squared error and its gradient. The forward runs over many blocks: block k
+ * takes the samples k, k + G, k + 2G, ... (G blocks), sums each sample's squared
+ * errors in double (block_sum's fixed order), writes its per-sample loss and
+ * adds its samples' losses in order into a partial; then one thread adds the G
+ * partials in block order. The loss is the same bits on every run (no atomics)
+ * and agrees with the CPU's double sums to float rounding. */
 #include "cuda_device.cuh"
 
 extern "C" {
 #include "ops_cuda.h"
 }
 
-#define LOSS_THREADS 1024
+#define LOSS_THREADS 256
+#define LOSS_MAX_BLOCKS 256
+/* The second pass: one thread adds (one warp is launched). */
+#define LOSS_TOTAL_THREADS 32
 
-__global__ static void weighted_mse_forward_kernel(float *loss, float *per_sample_loss, const float *pred,
-                                                   const float *target, const float *weight, int batch,
-                                                   int per_sample) {
-    __shared__ double sample_sums[LOSS_THREADS / 32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    double total = 0.0; /* thread 0's */
-    for (int first = 0; first < batch; first += warps) {
-        const int b = first + warp;
+/* The blocks' partial sums of sample losses, named by the kernels directly (no
+ * allocation); work on one stream runs in order, so the second pass reads its
+ * own first pass's partials (two streams must not run the loss at once). */
+static __device__ double loss_partials[LOSS_MAX_BLOCKS];
+
+__global__ static void __launch_bounds__(LOSS_THREADS)
+weighted_mse_partials_kernel(float *per_sample_loss, const float *pred, const float *target, const float *weight,
+                             int batch, int per_sample) {
+    double block_total = 0.0; /* thread 0's */
+    for (int b = blockIdx.x; b < batch; b += gridDim.x) {
+        const float *p = pred + (size_t)b * per_sample, *t = target + (size_t)b * per_sample;
         double sum = 0.0;
-        if (b < batch) {
-            const float *p = pred + (size_t)b * per_sample, *t = target + (size_t)b * per_sample;
-            for (int j = lane; j < per_sample; j += 32) {
-                double d = (double)p[j] - t[j];
-                sum += d * d;
-            }
+        for (int j = threadIdx.x; j < per_sample; j += LOSS_THREADS) {
+            const double d = (double)p[j] - t[j];
+            sum += d * d;
         }
-        sum = warp_sum(sum);
-        if (lane == 0) sample_sums[warp] = sum;
-        __syncthreads();
+        sum = block_sum(sum);
         if (threadIdx.x == 0) {
-            for (int w = 0; w < warps && first + w < batch; w++) {
-                const int s = first + w;
-                double sample_loss = (weight ? weight[s] : 1.0) * sample_sums[w] / per_sample;
-                if (per_sample_loss) per_sample_loss[s] = (float)sample_loss;
-                total += sample_loss;
-            }
+            const double sample_loss = (weight ? weight[b] : 1.0) * sum / per_sample;
+            if (per_sample_loss) per_sample_loss[b] = (float)sample_loss;
+            block_total += sample_loss;
         }
-        __syncthreads(); /* sample_sums is rewritten next round */
     }
-    if (threadIdx.x == 0) *loss = (float)(total / batch);
+    if (threadIdx.x == 0) loss_partials[blockIdx.x] = block_total;
+}
+
+/* *loss = (the partials added in block order) / batch, by one thread. */
+__global__ static void __launch_bounds__(LOSS_TOTAL_THREADS)
+weighted_mse_total_kernel(float *loss, int blocks, int batch) {
+    if (threadIdx.x != 0) return;
+    double total = 0.0;
+    for (int k = 0; k < blocks; k++) total += loss_partials[k];
+    *loss = (float)(total / batch);
 }
 
 /* Element i of sample i / per_sample: d = coeff * (pred - target), coeff as on the CPU. */
-__global__ static void weighted_mse_backward_kernel(float *d_pred, float d_loss, const float *pred,
-                                                    const float *target, const float *weight, int batch,
-                                                    int per_sample, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+weighted_mse_backward_kernel(float *d_pred, float d_loss, const float *pred, const float *target, const float *weight,
+                             int batch, int per_sample, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) {
         size_t b = i / per_sample;
         float coeff = (float)(2.0 * d_loss * (weight ? weight[b] : 1.0) / ((double)batch * per_sample));
@@ -57,9 +65,12 @@ __global__ static void weighted_mse_backward_kernel(float *d_pred, float d_loss,
 extern "C" void weighted_mse_forward_cuda(float *loss, float *per_sample_loss, const float *pred, const float *target,
                                           const float *weight, int batch, int per_sample, ldm_stream stream) {
     if (batch < 0 || per_sample < 0) return;
-    CUDA_LAUNCH_KERNEL(weighted_mse_forward_kernel, 1, LOSS_THREADS, stream, loss, per_sample_loss, pred, target,
+    const int blocks = batch < 1 ? 1 : batch < LOSS_MAX_BLOCKS ? batch : LOSS_MAX_BLOCKS;
+    CUDA_LAUNCH_KERNEL(weighted_mse_partials_kernel, blocks, LOSS_THREADS, stream, per_sample_loss, pred, target,
                        weight, batch, per_sample);
-    CUDA_CHECK_LAUNCH("weighted_mse_forward_kernel");
+    CUDA_CHECK_LAUNCH("weighted_mse_partials_kernel");
+    CUDA_LAUNCH_KERNEL(weighted_mse_total_kernel, 1, LOSS_TOTAL_THREADS, stream, loss, blocks, batch);
+    CUDA_CHECK_LAUNCH("weighted_mse_total_kernel");
 }
 
 extern "C" void weighted_mse_backward_cuda(float *d_pred, float d_loss, const float *pred, const float *target,

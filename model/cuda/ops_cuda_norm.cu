@@ -15,9 +15,10 @@ extern "C" {
 /* Row r of in (rows, dim): normalized (or NULL) = (x - mean) * rstd; out = that,
  * or with shift/scale (not NULL) out = normalized * (1 + scale) + shift with the
  * shift/scale row of sample r / tokens. mean, rstd (or NULL) saved. */
-__global__ static void layernorm_forward_kernel(float *out, float *normalized, float *mean, float *rstd,
-                                                const float *in, const float *shift, const float *scale,
-                                                int mod_stride, int tokens, int dim, float eps) {
+__global__ static void __launch_bounds__(LAYERNORM_THREADS)
+layernorm_forward_kernel(float *out, float *normalized, float *mean, float *rstd,
+                         const float *in, const float *shift, const float *scale,
+                         int mod_stride, int tokens, int dim, float eps) {
     const size_t r = blockIdx.x;
     const float *x = in + r * dim;
     double sum = 0.0;
@@ -47,8 +48,9 @@ __global__ static void layernorm_forward_kernel(float *out, float *normalized, f
 /* d_in = d_in_beta * d_in + rstd * (g - mean(g) - xhat * mean(g * xhat)) for row
  * r, with xhat from the input and mean (FROM_NORMALIZED false) or given. */
 template <bool FROM_NORMALIZED>
-__global__ static void layernorm_backward_kernel(float *d_in, float d_in_beta, const float *d_out, const float *src,
-                                                 const float *mean, const float *rstd, int dim) {
+__global__ static void __launch_bounds__(LAYERNORM_THREADS)
+layernorm_backward_kernel(float *d_in, float d_in_beta, const float *d_out, const float *src,
+                          const float *mean, const float *rstd, int dim) {
     const size_t r = blockIdx.x;
     const float *g = d_out + r * dim, *s = src + r * dim;
     float *dx = d_in + r * dim;
@@ -119,8 +121,9 @@ __device__ __forceinline__ size_t modulation_index(size_t i, size_t per_sample, 
     return (i / per_sample) * (size_t)mod_stride + i % (size_t)dim;
 }
 
-__global__ static void modulate_forward_kernel(float *out, const float *in, const float *shift, const float *scale,
-                                               int mod_stride, size_t per_sample, int dim, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+modulate_forward_kernel(float *out, const float *in, const float *shift, const float *scale,
+                        int mod_stride, size_t per_sample, int dim, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) {
         size_t m = modulation_index(i, per_sample, dim, mod_stride);
         out[i] = in[i] * (1.0f + scale[m]) + shift[m];
@@ -128,16 +131,18 @@ __global__ static void modulate_forward_kernel(float *out, const float *in, cons
 }
 
 /* out[i] = a[i] * (1 + factor[m]) when one_plus, else a[i] * factor[m]. */
-__global__ static void scale_by_modulation_kernel(float *out, const float *a, const float *factor, int one_plus,
-                                                  int mod_stride, size_t per_sample, int dim, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+scale_by_modulation_kernel(float *out, const float *a, const float *factor, int one_plus,
+                           int mod_stride, size_t per_sample, int dim, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) {
         float f = factor[modulation_index(i, per_sample, dim, mod_stride)];
         out[i] = a[i] * (one_plus ? 1.0f + f : f);
     }
 }
 
-__global__ static void gated_residual_forward_kernel(float *x, const float *y, const float *gate, int mod_stride,
-                                                     size_t per_sample, int dim, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+gated_residual_forward_kernel(float *x, const float *y, const float *gate, int mod_stride,
+                              size_t per_sample, int dim, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) x[i] += gate[modulation_index(i, per_sample, dim, mod_stride)] * y[i];
 }
 

@@ -12,9 +12,10 @@ extern "C" {
 #include "ops_cuda.h"
 }
 
-__global__ static void adamw_kernel(float *params, const float *grads, float *m, float *v, float lr, float beta1,
-                                    float beta2, float eps, float weight_decay, float step_size, float sqrt_bc2,
-                                    size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+adamw_kernel(float *params, const float *grads, float *m, float *v, float lr, float beta1,
+             float beta2, float eps, float weight_decay, float step_size, float sqrt_bc2,
+             size_t n) {
     const float decay = __fsub_rn(1.0f, __fmul_rn(lr, weight_decay));
     const float one_minus_b1 = __fsub_rn(1.0f, beta1), one_minus_b2 = __fsub_rn(1.0f, beta2);
     CUDA_FOR_EACH_INDEX(i, n) {
@@ -45,7 +46,8 @@ extern "C" void adamw_step_cuda(float *params, const float *grads, float *m, flo
 
 /* ---- the rest of the optimizer step: EMA, scaling, the gradient norm ---- */
 
-__global__ static void ema_kernel(float *ema, const float *params, float step, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+ema_kernel(float *ema, const float *params, float step, size_t n) {
     /* ema += step (w - ema), as train/ema.c writes it */
     CUDA_FOR_EACH_INDEX(i, n) ema[i] = __fadd_rn(ema[i], __fmul_rn(step, __fsub_rn(params[i], ema[i])));
 }
@@ -59,7 +61,7 @@ extern "C" void ema_update_cuda(float *ema, const float *params, size_t count, d
     CUDA_LAUNCH_ELEMENTWISE(ema_kernel, count, stream, ema, params, (float)(1.0 - decay));
 }
 
-__global__ static void scale_kernel(float *x, float factor, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS) scale_kernel(float *x, float factor, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) x[i] = __fmul_rn(x[i], factor);
 }
 
@@ -68,11 +70,14 @@ extern "C" void scale_cuda(float *x, size_t n, float factor, ldm_stream stream) 
 }
 
 #define SQUARED_NORM_THREADS 256
+/* The total is one warp (one thread of it adds). */
+#define SQUARED_NORM_TOTAL_THREADS 32
 
 /* Block k sums the squares of its fixed slice [k * slice, (k + 1) * slice) in
  * double: thread j takes every SQUARED_NORM_THREADS-th element from j, in
  * order, then block_sum adds the threads in its fixed order. */
-__global__ static void squared_norm_partials_kernel(double *partials, const float *x, size_t n, size_t slice) {
+__global__ static void __launch_bounds__(SQUARED_NORM_THREADS)
+squared_norm_partials_kernel(double *partials, const float *x, size_t n, size_t slice) {
     const size_t begin = (size_t)blockIdx.x * slice;
     const size_t end = begin + slice < n ? begin + slice : n;
     double sum = 0.0;
@@ -82,7 +87,8 @@ __global__ static void squared_norm_partials_kernel(double *partials, const floa
 }
 
 /* One thread adds the partial sums in block order. */
-__global__ static void squared_norm_total_kernel(double *result, const double *partials, int count) {
+__global__ static void __launch_bounds__(SQUARED_NORM_TOTAL_THREADS)
+squared_norm_total_kernel(double *result, const double *partials, int count) {
     double total = 0.0;
     for (int k = 0; k < count; k++) total += partials[k];
     *result = total;
@@ -97,6 +103,7 @@ extern "C" void squared_norm_cuda(double *result, double *partials, const float 
     CUDA_LAUNCH_KERNEL(squared_norm_partials_kernel, SQUARED_NORM_PARTIALS, SQUARED_NORM_THREADS, stream, partials, x,
                        n, slice);
     CUDA_CHECK_LAUNCH("squared_norm_partials_kernel");
-    CUDA_LAUNCH_KERNEL(squared_norm_total_kernel, 1, 32, stream, result, partials, SQUARED_NORM_PARTIALS);
+    CUDA_LAUNCH_KERNEL(squared_norm_total_kernel, 1, SQUARED_NORM_TOTAL_THREADS, stream, result, partials,
+                       SQUARED_NORM_PARTIALS);
     CUDA_CHECK_LAUNCH("squared_norm_total_kernel");
 }

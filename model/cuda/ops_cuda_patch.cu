@@ -12,8 +12,9 @@ extern "C" {
 /* Element i of the token layout (batch, grid*grid, channels*patch*patch), each
  * token vector in (channel, py, px) order, or in (py, px, channel) order when
  * channel_last; to_tokens copies image -> tokens, else tokens -> image. */
-__global__ static void patch_permute_kernel(float *tokens, float *image, int to_tokens, int channel_last, int channels,
-                                            int size, int patch, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+patch_permute_kernel(float *tokens, float *image, int to_tokens, int channel_last, int channels,
+                     int size, int patch, size_t n) {
     const int grid = size / patch;
     const size_t vec = (size_t)channels * patch * patch, grid_tokens = (size_t)grid * grid;
     CUDA_FOR_EACH_INDEX(i, n) {

@@ -20,7 +20,8 @@ template <int PRECISION> __device__ __forceinline__ float from_bits(uint16_t h) 
 
 /* stored (or NULL) = bits of x; x (when write_back) = the value of those bits. */
 template <int PRECISION>
-__global__ static void store_kernel(uint16_t *stored, float *x, int write_back, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+store_kernel(uint16_t *stored, float *x, int write_back, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) {
         uint16_t h = to_bits<PRECISION>(x[i]);
         if (stored) stored[i] = h;
@@ -28,7 +29,8 @@ __global__ static void store_kernel(uint16_t *stored, float *x, int write_back, 
     }
 }
 
-template <int PRECISION> __global__ static void load_kernel(float *x, const uint16_t *stored, size_t n) {
+template <int PRECISION> __global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+load_kernel(float *x, const uint16_t *stored, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) x[i] = from_bits<PRECISION>(stored[i]);
 }
 

@@ -55,6 +55,9 @@ void cuda_emulation_shuffle_down(unsigned int mask, const void *value, void *out
 #define __device__
 #define __host__
 #define __forceinline__ inline
+/* The most threads per block a kernel is launched with: the real build's
+ * register allocation (tests/launch_resources/ checks it); nothing here. */
+#define __launch_bounds__(...)
 /* Blocks run one at a time, so one static array per kernel serves every block. */
 #define __shared__ static
 

@@ -23,8 +23,9 @@ __device__ __forceinline__ float stream_normal(uint64_t state, uint64_t k) {
     return (float)(sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
 }
 
-__global__ static void training_input_kernel(float *net_in, float *noise, const float *x, const uint64_t *streams,
-                                             const edm_sample_coefficients *coefficients, int per_sample, size_t n) {
+__global__ static void __launch_bounds__(CUDA_ELEMENTWISE_THREADS)
+training_input_kernel(float *net_in, float *noise, const float *x, const uint64_t *streams,
+                      const edm_sample_coefficients *coefficients, int per_sample, size_t n) {
     CUDA_FOR_EACH_INDEX(i, n) {
         const size_t b = i / (size_t)per_sample, j = i % (size_t)per_sample;
         const edm_sample_coefficients c = coefficients[b];
@@ -44,9 +45,10 @@ extern "C" void edm_training_input_cuda(float *net_in, float *noise, const float
 
 /* One block per sample: each thread its strided elements in order, then
  * block_sum's fixed order. */
-__global__ static void training_loss_kernel(double *sample_loss, float *d_F, float d_loss, const float *x,
-                                            const float *noise, const float *F,
-                                            const edm_sample_coefficients *coefficients, int batch, int per_sample) {
+__global__ static void __launch_bounds__(LOSS_THREADS)
+training_loss_kernel(double *sample_loss, float *d_F, float d_loss, const float *x,
+                     const float *noise, const float *F,
+                     const edm_sample_coefficients *coefficients, int batch, int per_sample) {
     const int b = blockIdx.x;
     const edm_sample_coefficients c = coefficients[b];
     /* dloss/dF_bj = 2 lambda c_out (D - x) / (batch per_sample), as edm.c */

@@ -832,6 +832,7 @@ static void run_all(void) {
     test_step_vectors();
     test_casts();
     test_empty(ctx);
+    report_gemm_paths(ctx);
     gemm_cuda_context_destroy(ctx);
 }
 #endif

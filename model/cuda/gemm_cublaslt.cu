@@ -161,7 +161,7 @@ __global__ static void scale_column_major_kernel(float *c, int rows, int cols, i
 /* The plan of key: found among those made, or made now (descriptor, layouts,
  * the heuristic's algorithms for the alignments the key promises, best first). */
 static gemm_plan *find_or_make_plan(gemm_cuda_context *ctx, const gemm_key *key, const gemm_operand *a,
-                                          const gemm_operand *b, const gemm_operand *out, const float *bias) {
+                                    const gemm_operand *b, const gemm_operand *out, const float *bias) {
     for (int i = ctx->plan_count - 1; i >= 0; i--)
         if (memcmp(&ctx->plans[i].key, key, sizeof *key) == 0) return &ctx->plans[i];
     if (ctx->plan_count == GEMM_PLANS) { /* more shapes than any model here makes: start over */
@@ -224,7 +224,9 @@ static gemm_plan *find_or_make_plan(gemm_cuda_context *ctx, const gemm_key *key,
             if (plan->results[r].state == CUBLAS_STATUS_SUCCESS && plan->results[r].workspaceSize <= workspace_bytes)
                 plan->results[plan->result_count++] = plan->results[r];
     plan->chosen = 0;
-    plan->first_refusal = plan->result_count > 0 ? CUBLAS_STATUS_SUCCESS : status;
+    plan->first_refusal = status; /* until the first result is run */
+    if (plan->result_count == 0 && status == CUBLAS_STATUS_SUCCESS)
+        plan->first_refusal = CUBLAS_STATUS_NOT_SUPPORTED; /* every result marked failed */
     ctx->plan_count++;
     return plan;
 }

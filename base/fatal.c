@@ -82,11 +82,19 @@ void fatal_forget_removal(const char *path) {
 
 void fatal_set_abort_hook(void (*abort_all)(int exit_code)) { abort_hook = abort_all; }
 
-static __attribute__((noreturn)) void fatal_vexit(int code, const char *fmt, va_list args) {
+/* without_teardown: _exit rather than exit(), and the abort hook (MPI_Abort,
+ * which ends the job without MPI's own teardown) only when there are other
+ * ranks to end (with one rank it would exit()). */
+static __attribute__((noreturn)) void fatal_vexit(int code, int without_teardown, const char *fmt, va_list args) {
     if (fatal_world_size > 1 && fatal_rank != 0) usleep(FATAL_OTHER_RANK_DELAY_US);
     write_line(fatal_world_size > 1 && fatal_rank != 0, fmt, args);
     for (int i = 0; i < FATAL_MAX_TEMPORARIES; i++)
         if (temporaries[i]) unlink(temporaries[i]);
+    if (without_teardown) {
+        fflush(stdout);
+        if (abort_hook && fatal_world_size > 1) abort_hook(code);
+        _exit(code);
+    }
     if (abort_hook) abort_hook(code);
     exit(code);
 }
@@ -109,13 +117,19 @@ void fatal_exit_now(int exit_code) {
 void fatal_input(const char *fmt, ...) {
     va_list args;
     va_start(args, fmt);
-    fatal_vexit(LDM_EXIT_BAD_INPUT, fmt, args);
+    fatal_vexit(LDM_EXIT_BAD_INPUT, 0, fmt, args);
 }
 
 void fatal_internal(const char *fmt, ...) {
     va_list args;
     va_start(args, fmt);
-    fatal_vexit(LDM_EXIT_INTERNAL, fmt, args);
+    fatal_vexit(LDM_EXIT_INTERNAL, 0, fmt, args);
+}
+
+void fatal_internal_without_teardown(const char *fmt, ...) {
+    va_list args;
+    va_start(args, fmt);
+    fatal_vexit(LDM_EXIT_INTERNAL, 1, fmt, args);
 }
 
 void *xmalloc(size_t bytes) {

@@ -16,6 +16,11 @@
 
 __attribute__((noreturn, format(printf, 1, 2))) void fatal_input(const char *fmt, ...);
 __attribute__((noreturn, format(printf, 1, 2))) void fatal_internal(const char *fmt, ...);
+/* fatal_internal for a rank whose GPU may still hold work that never ends (an
+ * aborted NCCL collective): the same line and the same end of every rank, but
+ * through _exit, without exit()'s handlers, whose teardown of the CUDA runtime
+ * and NCCL would wait on that work. */
+__attribute__((noreturn, format(printf, 1, 2))) void fatal_internal_without_teardown(const char *fmt, ...);
 
 /* Called by comm once MPI is initialised, so that fatal errors abort every rank. */
 void fatal_set_abort_hook(void (*abort_all)(int exit_code));

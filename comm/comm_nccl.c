@@ -1,8 +1,9 @@
 /* The NCCL communicator (see comm_nccl.h): the choice of this rank's GPU and
  * the check that no two ranks of a host share one, the non-blocking
  * communicator and its stream, the averaging all-reduce whole and in buckets,
- * and the polling with a time limit that turns every NCCL error or stuck
- * collective into ncclCommAbort and one fatal line instead of a hang.
+ * and the polling with time limits (one for init, one for each collective,
+ * counted from when it is queued) that turns every NCCL error or stuck call
+ * into ncclCommAbort, one fatal line and _exit instead of a hang.
  * Host C over the CUDA runtime API; built only in a CUDA build. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* gethostname, nanosleep */
@@ -25,6 +26,10 @@
 #include "fatal.h"
 
 #define DEFAULT_TIMEOUT_S 300.0
+/* Init connects every rank to the others (about half a second on one host, more
+ * across many nodes, and ranks start at different times): a limit of its own,
+ * so that a short collective limit does not end a job that is still starting. */
+#define DEFAULT_INIT_TIMEOUT_S 120.0
 /* ncclCommAbort has been seen to hang when peers do not abort with it; a rank
  * that is ending anyway stops waiting for it after this long. */
 #define ABORT_GRACE_S 30
@@ -47,7 +52,8 @@ struct comm_nccl {
     ncclComm_t comm;     /* NULL once aborted or destroyed */
     ncclConfig_t config; /* kept for the communicator's whole life */
     int rank, world, device;
-    double timeout_s;
+    double timeout_s;      /* each collective (and finalize), from when it is queued */
+    double init_timeout_s; /* ncclCommInitRankConfig */
     cudaStream_t stream;                  /* every collective runs here, in issue order */
     cudaEvent_t whole_ready, whole_done;  /* for comm_nccl_allreduce_mean */
     float *gradients;                     /* the buckets' arena (device) */
@@ -136,9 +142,12 @@ static __attribute__((noreturn, format(printf, 3, 4))) void end_job(comm_nccl *c
     snprintf(line, sizeof line, "%s%s", what, problem);
     abort_communicator(c, line);
     /* fatal.h names the rank and host itself for a rank other than 0 of
-     * several; every NCCL line names them, so add them where it does not. */
-    if (comm_world_size() > 1 && comm_rank() != 0) fatal_internal("%s", line);
-    fatal_internal("rank %d on %s: %s", comm_rank(), host_name(), line);
+     * several; every NCCL line names them, so add them where it does not.
+     * Without exit()'s teardown: a stream of this rank may still be held by
+     * the collective that never ended, and the CUDA runtime's and NCCL's exit
+     * handlers would wait on it. */
+    if (comm_world_size() > 1 && comm_rank() != 0) fatal_internal_without_teardown("%s", line);
+    fatal_internal_without_teardown("rank %d on %s: %s", comm_rank(), host_name(), line);
 }
 
 static __attribute__((noreturn)) void end_job_nccl(comm_nccl *c, const nccl_op *op, ncclResult_t result) {
@@ -171,6 +180,14 @@ static void pause_between_polls(double waited) {
 }
 
 static void check_time_limit(comm_nccl *c, const nccl_op *op, double started) {
+    if (op->kind == OP_INIT) {
+        if (now_s() - started > c->init_timeout_s)
+            end_job(c, op,
+                    " did not complete in %g s (a rank did not start or cannot reach the others; "
+                    "LDM_NCCL_INIT_TIMEOUT_S sets the limit)",
+                    c->init_timeout_s);
+        return;
+    }
     if (now_s() - started > c->timeout_s)
         end_job(c, op,
                 " did not complete in %g s (a rank stopped taking part, or the network is stuck; "
@@ -223,13 +240,13 @@ static void launch_allreduce(comm_nccl *c, float *data, size_t count, const nccl
 
 /* ---- set-up ---- */
 
-static double time_limit_from_env(void) {
-    const char *text = getenv("LDM_NCCL_TIMEOUT_S");
-    if (!text || !text[0]) return DEFAULT_TIMEOUT_S;
+static double time_limit_from_env(const char *variable, double default_s) {
+    const char *text = getenv(variable);
+    if (!text || !text[0]) return default_s;
     char *end = NULL;
     double limit = strtod(text, &end);
     if (end == text || *end != '\0' || !isfinite(limit) || !(limit > 0.0))
-        fatal_input("LDM_NCCL_TIMEOUT_S=%s: expected a time limit in seconds, above 0", text);
+        fatal_input("%s=%s: expected a time limit in seconds, above 0", variable, text);
     return limit;
 }
 
@@ -284,7 +301,8 @@ comm_nccl *comm_nccl_create(void) {
     comm_nccl *c = xcalloc(1, sizeof *c);
     c->rank = comm_rank();
     c->world = comm_world_size();
-    c->timeout_s = time_limit_from_env();
+    c->timeout_s = time_limit_from_env("LDM_NCCL_TIMEOUT_S", DEFAULT_TIMEOUT_S);
+    c->init_timeout_s = time_limit_from_env("LDM_NCCL_INIT_TIMEOUT_S", DEFAULT_INIT_TIMEOUT_S);
     c->device = choose_device(c);
     const nccl_op op = {OP_INIT, 0, 0, 0};
     CUDA_OK(c, &op, cudaSetDevice(c->device));
@@ -305,6 +323,8 @@ comm_nccl *comm_nccl_create(void) {
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0; /* every call returns at once; settle() and wait_event() poll */
     c->config = config;
+    /* init's own limit (check_time_limit); each collective's clock starts
+     * only when that collective is queued */
     double started = now_s();
     settle(c, ncclCommInitRankConfig(&c->comm, c->world, id, c->rank, &c->config), &op, started);
     return c;

@@ -187,4 +187,19 @@ void expect_same_bits_f(const char *what, const float *gpu, const float *cpu, si
                 bad, n, first, bad ? gpu[first] : 0.0f, bad ? element_bits(gpu, first, 4) : 0,
                 bad ? cpu[first] : 0.0f, bad ? element_bits(cpu, first, 4) : 0);
 }
+void report_gemm_paths(struct gemm_cuda_context *ctx) {
+    gemm_cuda_path_counts c;
+    gemm_cuda_context_path_counts(ctx, &c);
+    const char *refuse = getenv("LDM_CUDA_EMULATION_CUBLASLT_REFUSE");
+    printf("%s: GEMM paths%s%s: cuBLASLt first %lld, later %lld; cuBLAS strided %lld, per matrix %lld; bias apart "
+           "%lld\n",
+           program_name, refuse ? " refusing " : "", refuse ? refuse : "", c.lt_first_result, c.lt_later_result,
+           c.cublas_strided_batched, c.cublas_gemm, c.bias_epilogue_refused);
+#ifdef LDM_CUDA_EMULATION
+    if (refuse && refuse[0]) {
+        const long long elsewhere = c.lt_later_result + c.cublas_strided_batched + c.cublas_gemm;
+        count_check(elsewhere > 0, "refusing '%s', every GEMM still ran on cuBLASLt's first algorithm", refuse);
+    }
+#endif
+}
 #endif

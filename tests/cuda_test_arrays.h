@@ -52,6 +52,13 @@ void expect_close_or_both_nan(const char *what, const float *gpu, const float *c
  * scale is the same op on absolute values, the bound of a dot product's rounding. */
 void expect_close_scaled(const char *what, const float *gpu, const float *cpu, const float *scale, size_t n,
                          double tol);
+/* Prints how ctx's GEMMs were carried out (gemm_cuda_context_path_counts);
+ * in the emulation under LDM_CUDA_EMULATION_CUBLASLT_REFUSE, one check that
+ * the refusals sent at least one GEMM off cuBLASLt's first algorithm (else the
+ * run with refusals tested nothing more than the run without). */
+struct gemm_cuda_context;
+void report_gemm_paths(struct gemm_cuda_context *ctx);
+
 /* count elements of element_bytes each, the same bytes. */
 void expect_same_bits(const char *what, const void *gpu, const void *cpu, size_t count, size_t element_bytes);
 /* n floats, the same bits (NaNs with their payloads, the sign of zero). */

@@ -16,14 +16,25 @@
  *   whole-buffer comm_nccl_allreduce_mean bit for bit and the CPU's expected
  *   mean, the gap its inputs; twice, so that the bucket events are reused.
  *   Both results must be the same bits on every rank (a hash, with MPI).
- * - time limit: rank 0 runs this program again with --timeout-child (one rank,
- *   no MPI, LDM_NCCL_TIMEOUT_S=0.2): the child stalls its compute stream for
+ * - time limits: rank 0 runs this program again with --timeout-child (one
+ *   rank, no MPI), which creates a communicator, stalls its compute stream for
  *   2 s with a host function and launches one bucket behind it, so the
- *   all-reduce cannot complete within the limit whatever the machine. The child
- *   must end with status 1, in well under a minute, with exactly one line
- *     ldm: error: rank 0 on HOST: NCCL all-reduce of 1000 floats (gradient bucket 0, at offset 0) did not complete in 0.2 s (...)
- *   (The CPU emulation, cmake -DLDM_CUDA=EMULATE, stalls the all-reduce itself
- *   instead: LDM_CUDA_EMULATION_STALL_NCCL.)
+ *   all-reduce cannot complete within a short limit whatever the machine.
+ *   Each child must end in well under a minute with exactly one error line and
+ *   the status given; the NCCL ones through _exit (an exit() handler the child
+ *   registers must not run):
+ *   . LDM_NCCL_TIMEOUT_S=0.2, status 1:
+ *       ldm: error: rank 0 on HOST: NCCL all-reduce of 1000 floats (gradient bucket 0, at offset 0) did not complete in 0.2 s (...)
+ *     Init (about 0.5 s on a GPU; made to take 0.5 s in the emulation) is not
+ *     held to that limit but to its own (LDM_NCCL_INIT_TIMEOUT_S).
+ *   . LDM_NCCL_INIT_TIMEOUT_S=1e-06, status 1: "NCCL init of 1 rank (GPU 0)
+ *     did not complete in 1e-06 s" (no real init is that quick; the emulation
+ *     makes init never complete).
+ *   . LDM_NCCL_INIT_TIMEOUT_S=soon, status 2: the variable named, and what it takes.
+ *   (The CPU emulation, cmake -DLDM_CUDA=EMULATE, runs the stalled stream to
+ *   its end before the all-reduce starts, so it stalls the all-reduce itself
+ *   instead, LDM_CUDA_EMULATION_STALL_NCCL, and slows init with
+ *   LDM_CUDA_EMULATION_NCCL_INIT_S: tests/cuda_emulation/cuda_emulation_nccl.c.)
  * An NCCL error proper (rather than a stuck collective) cannot be caused on
  * purpose here; it goes through the same end_job path as the time limit.
  *
@@ -187,8 +198,13 @@ static void test_buckets(comm_nccl *c) {
     free(bucketed);
 }
 
-/* The child of test_time_limit: one rank, no MPI; ends through the time limit. */
+#define EXIT_HANDLERS_RAN "test_comm_nccl: the child's exit() handlers ran"
+
+static void report_exit_handlers(void) { fprintf(stderr, EXIT_HANDLERS_RAN "\n"); }
+
+/* The child of test_time_limits: one rank, no MPI; ends through a time limit. */
 static int timeout_child(void) {
+    atexit(report_exit_handlers);
     comm_nccl *c = comm_nccl_create();
     enum { COUNT = 1000 };
     float *arena = cuda_buffer_alloc(COUNT * sizeof(float));
@@ -210,21 +226,18 @@ static double wall_s(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-static void test_time_limit(void) {
+/* Runs this program again with --timeout-child under the environment
+ * assignments `env`: it must end with `status` in well under a minute, with
+ * exactly one error line, which contains each of `expected` (NULL-ended), and
+ * (for an NCCL abort) without exit()'s handlers. */
+static void expect_child(const char *env, int status, int without_teardown, const char *const *expected) {
     char self[4096];
     ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
     CHECK(n > 0);
     if (n <= 0) return;
     self[n] = '\0';
-    char command[4200];
-#ifdef LDM_CUDA_EMULATION
-    /* The emulation runs the stalled stream to its end before the all-reduce
-     * starts; it stalls the all-reduce itself instead (tests/cuda_emulation/nccl.h). */
-    const char *stall = "LDM_CUDA_EMULATION_STALL_NCCL=1 ";
-#else
-    const char *stall = "";
-#endif
-    snprintf(command, sizeof command, "%sLDM_NCCL_TIMEOUT_S=0.2 '%s' --timeout-child 2>&1", stall, self);
+    char command[4400];
+    snprintf(command, sizeof command, "%s '%s' --timeout-child 2>&1", env, self);
     double started = wall_s();
     FILE *pipe = popen(command, "r");
     CHECK(pipe != NULL);
@@ -232,17 +245,45 @@ static void test_time_limit(void) {
     static char output[65536];
     size_t got = fread(output, 1, sizeof output - 1, pipe);
     output[got] = '\0';
-    int status = pclose(pipe);
+    int child_status = pclose(pipe);
     double elapsed = wall_s() - started;
-    fprintf(stderr, "time-limit child (%.1f s):\n%s", elapsed, output);
-    CHECK_MSG(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 1, "child status %d", status);
+    fprintf(stderr, "time-limit child (%s; %.1f s):\n%s", env, elapsed, output);
+    CHECK_MSG(child_status != -1 && WIFEXITED(child_status) && WEXITSTATUS(child_status) == status,
+              "%s: child status %d, expected exit %d", env, child_status, status);
     const char *text = output;
-    CHECK_STR_CONTAINS(text, "ldm: error: rank 0 on ");
-    CHECK_STR_CONTAINS(text, ": NCCL all-reduce of 1000 floats (gradient bucket 0, at offset 0) did not complete in 0.2 s");
+    for (const char *const *e = expected; *e; e++) CHECK_STR_CONTAINS(text, *e);
     int lines = 0;
     for (const char *p = text; (p = strstr(p, "ldm: error:")) != NULL; p++) lines++;
-    CHECK_MSG(lines == 1, "%d error lines", lines);
-    CHECK_MSG(elapsed < 60.0, "the child took %.1f s to end", elapsed);
+    CHECK_MSG(lines == 1, "%s: %d error lines", env, lines);
+    if (without_teardown) CHECK_MSG(strstr(text, EXIT_HANDLERS_RAN) == NULL, "%s: ended through exit()", env);
+    CHECK_MSG(elapsed < 60.0, "%s: the child took %.1f s to end", env, elapsed);
+}
+
+static void test_time_limits(void) {
+#ifdef LDM_CUDA_EMULATION
+    /* The emulation runs the stalled stream to its end before the all-reduce
+     * starts; it stalls the all-reduce itself instead, and takes a real init's
+     * time (tests/cuda_emulation/cuda_emulation_nccl.c). */
+    const char *stall = "LDM_CUDA_EMULATION_STALL_NCCL=1 LDM_CUDA_EMULATION_NCCL_INIT_S=0.5 ";
+    const char *stall_init = "LDM_CUDA_EMULATION_NCCL_INIT_S=stall ";
+#else
+    const char *stall = "", *stall_init = "";
+#endif
+    char env[256];
+    snprintf(env, sizeof env, "%sLDM_NCCL_TIMEOUT_S=0.2", stall);
+    const char *const in_collective[] = {
+        "ldm: error: rank 0 on ",
+        ": NCCL all-reduce of 1000 floats (gradient bucket 0, at offset 0) did not complete in 0.2 s", NULL};
+    expect_child(env, 1, 1, in_collective);
+
+    snprintf(env, sizeof env, "%sLDM_NCCL_INIT_TIMEOUT_S=1e-06", stall_init);
+    const char *const in_init[] = {"ldm: error: rank 0 on ", ": NCCL init of 1 rank (GPU 0) did not complete in 1e-06 s",
+                                   "LDM_NCCL_INIT_TIMEOUT_S sets the limit", NULL};
+    expect_child(env, 1, 1, in_init);
+
+    const char *const bad_value[] = {
+        "ldm: error: LDM_NCCL_INIT_TIMEOUT_S=soon: expected a time limit in seconds, above 0", NULL};
+    expect_child("LDM_NCCL_INIT_TIMEOUT_S=soon", 2, 0, bad_value);
 }
 
 static int run(int argc, char **argv) {
@@ -266,7 +307,7 @@ static int run(int argc, char **argv) {
     }
     test_buckets(c);
     comm_nccl_destroy(c);
-    if (rank == 0) test_time_limit();
+    if (rank == 0) test_time_limits();
 
     char name[48];
     snprintf(name, sizeof name, "test_comm_nccl rank %d/%d", rank, world);

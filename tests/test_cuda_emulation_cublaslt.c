@@ -1,6 +1,8 @@
 /* Unit test of the cuBLASLt emulation (tests/cuda_emulation/cublasLt.h): the
  * matmul against a triple loop in double on the same (16-bit: the same
  * decoded) values, through the call sequence model/cuda/gemm_cublaslt.cu makes;
+ * the refusals that LDM_CUDA_EMULATION_CUBLASLT_REFUSE asks for, and cuBLAS's
+ * GEMMs (the fallback) giving the matmul's own bits;
  * the exact widening of half and bfloat16 bits; the statuses of the setters
  * and of unsupported problems; and, each in a child process, that the
  * caller's mistakes end the program (exit status 1) with a line naming them. */
@@ -16,6 +18,7 @@
 #include <unistd.h>
 
 #include "cublasLt.h"
+#include "cublas_v2.h"
 #include "test_util.h"
 
 /* ---- device memory, freed at the end ---- */
@@ -257,8 +260,9 @@ static void check_gemm_case(const gemm_case *t) {
     int found = -1;
     CHECK(cublasLtMatmulAlgoGetHeuristic(handle, desc, la, lb, lc, ld, preference, 4, results, &found) ==
           CUBLAS_STATUS_SUCCESS);
-    CHECK_MSG(found == 1, "%s: the heuristic found %d algorithms", t->name, found);
-    CHECK(results[0].state == CUBLAS_STATUS_SUCCESS && results[0].workspaceSize <= WORKSPACE_BYTES);
+    CHECK_MSG(found == 3, "%s: the heuristic found %d algorithms (3 expected)", t->name, found);
+    for (int r = 0; r < 3 && r < found; r++)
+        CHECK(results[r].state == CUBLAS_STATUS_SUCCESS && results[r].workspaceSize <= WORKSPACE_BYTES);
     const cublasStatus_t status = cublasLtMatmul(handle, desc, &t->alpha, d_a, la, d_b, lb, &t->beta, d_c, lc, d_d,
                                                  ld, &results[0].algo, workspace, WORKSPACE_BYTES, NULL);
     CHECK_MSG(status == CUBLAS_STATUS_SUCCESS, "%s: cublasLtMatmul: %s", t->name, cublasLtGetStatusString(status));
@@ -711,6 +715,11 @@ static void workspace_in_host_memory(void) {
                    host_workspace, sizeof host_workspace, NULL);
 }
 
+static void unknown_refusal(void) {
+    setenv("LDM_CUDA_EMULATION_CUBLASLT_REFUSE", "first,sometimes", 1);
+    fixture_run_with(fx.d_a, fx.d_b, fx.d_c, fx.d_c);
+}
+
 /* Runs mistake() in a child: it must end with exit status 1 and a line on
  * stderr containing `expected`. */
 static void expect_fatal(const char *name, void (*mistake)(void), const char *expected) {
@@ -768,6 +777,122 @@ static void test_mistakes_are_fatal(void) {
     expect_fatal("C partly D", c_partly_overlaps_d, "shares memory with C");
     expect_fatal("algorithm", algorithm_not_from_the_heuristic, "not filled in by cublasLtMatmulAlgoGetHeuristic");
     expect_fatal("workspace", workspace_in_host_memory, "cublasLtMatmul workspace");
+    expect_fatal("unknown refusal", unknown_refusal,
+                 "LDM_CUDA_EMULATION_CUBLASLT_REFUSE=first,sometimes: unknown word 'sometimes'");
+    fixture_release();
+}
+
+/* ---- refusals (LDM_CUDA_EMULATION_CUBLASLT_REFUSE) and cuBLAS's GEMMs ---- */
+
+/* The heuristic's count and status for the fixture's problem with layout b
+ * for B and alignment promises of `alignment` bytes. */
+static int heuristic_count(cublasLtMatrixLayout_t la, cublasLtMatrixLayout_t lb, cublasLtMatrixLayout_t lc,
+                           uint32_t alignment, cublasLtMatmulHeuristicResult_t results[3]) {
+    cublasLtMatmulPreference_t preference;
+    CHECK(cublasLtMatmulPreferenceCreate(&preference) == CUBLAS_STATUS_SUCCESS);
+    for (int i = 0; i < 4; i++)
+        CHECK(cublasLtMatmulPreferenceSetAttribute(
+                  preference, (cublasLtMatmulPreferenceAttributes_t)(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES + i),
+                  &alignment, sizeof alignment) == CUBLAS_STATUS_SUCCESS);
+    int found = -1;
+    const cublasStatus_t status =
+        cublasLtMatmulAlgoGetHeuristic(handle, fx.desc, la, lb, lc, lc, preference, 3, results, &found);
+    CHECK(cublasLtMatmulPreferenceDestroy(preference) == CUBLAS_STATUS_SUCCESS);
+    CHECK_MSG((status == CUBLAS_STATUS_SUCCESS) == (found > 0), "heuristic %s with %d results",
+              cublasLtGetStatusString(status), found);
+    return found;
+}
+
+static cublasStatus_t matmul_with(const cublasLtMatmulHeuristicResult_t *result, cublasLtMatrixLayout_t la,
+                                  cublasLtMatrixLayout_t lb, cublasLtMatrixLayout_t lc) {
+    return cublasLtMatmul(handle, fx.desc, &fx.alpha, fx.d_a, la, fx.d_b, lb, &fx.beta, fx.d_c, lc, fx.d_c, lc,
+                          &result->algo, workspace, WORKSPACE_BYTES, NULL);
+}
+
+static void set_refusals(const char *words) {
+    if (words)
+        setenv("LDM_CUDA_EMULATION_CUBLASLT_REFUSE", words, 1);
+    else
+        unsetenv("LDM_CUDA_EMULATION_CUBLASLT_REFUSE");
+}
+
+/* Each refusal on the fixture's problem (batch 2: A 4 x 2, B 2 x 3 of stride 0
+ * or 6, C 4 x 3 of stride 12), and cuBLAS's GEMMs (which the refusals of
+ * cuBLASLt leave alone) against the matmul's own result. */
+static void test_refusals(void) {
+    fixture_make();
+    cublasLtMatrixLayout_t la = layout_or_exit(CUDA_R_32F, 4, 2, 4, 2, 8);
+    cublasLtMatrixLayout_t lb = layout_or_exit(CUDA_R_32F, 2, 3, 2, 2, 6);
+    cublasLtMatrixLayout_t lb0 = layout_or_exit(CUDA_R_32F, 2, 3, 2, 2, 0);
+    cublasLtMatrixLayout_t lc = layout_or_exit(CUDA_R_32F, 4, 3, 4, 2, 12);
+    cublasLtMatmulHeuristicResult_t results[3];
+
+    set_refusals(NULL);
+    CHECK(heuristic_count(la, lb, lc, 256, results) == 3);
+    CHECK(heuristic_count(la, lb0, lc, 4, results) == 3);
+    for (int r = 0; r < 3; r++) CHECK(matmul_with(&results[r], la, lb0, lc) == CUBLAS_STATUS_SUCCESS);
+    set_refusals("first");
+    CHECK(heuristic_count(la, lb, lc, 4, results) == 3);
+    CHECK(matmul_with(&results[0], la, lb, lc) == CUBLAS_STATUS_NOT_SUPPORTED);
+    CHECK(matmul_with(&results[1], la, lb, lc) == CUBLAS_STATUS_SUCCESS);
+    set_refusals("all");
+    CHECK(heuristic_count(la, lb, lc, 4, results) == 3);
+    for (int r = 0; r < 3; r++) CHECK(matmul_with(&results[r], la, lb, lc) == CUBLAS_STATUS_NOT_SUPPORTED);
+    set_refusals("none");
+    CHECK(heuristic_count(la, lb, lc, 256, results) == 0);
+    set_refusals("unaligned");
+    CHECK(heuristic_count(la, lb, lc, 256, results) == 3);
+    CHECK(heuristic_count(la, lb, lc, 32, results) == 0);
+    set_refusals("stride0");
+    CHECK(heuristic_count(la, lb, lc, 4, results) == 3);
+    CHECK(heuristic_count(la, lb0, lc, 4, results) == 0);
+
+    /* cuBLAS: the same numbers as the matmul, also when cuBLASLt refuses everything */
+    float a[16], b[12], c[24];
+    for (int i = 0; i < 16; i++) a[i] = uniform();
+    for (int i = 0; i < 12; i++) b[i] = uniform();
+    for (int i = 0; i < 24; i++) c[i] = uniform();
+    CHECK(cudaMemcpy(fx.d_a, a, sizeof a, cudaMemcpyHostToDevice) == cudaSuccess);
+    CHECK(cudaMemcpy(fx.d_b, b, sizeof b, cudaMemcpyHostToDevice) == cudaSuccess);
+    set_refusals(NULL);
+    CHECK(heuristic_count(la, lb, lc, 4, results) == 3);
+    CHECK(cudaMemcpy(fx.d_c, c, sizeof c, cudaMemcpyHostToDevice) == cudaSuccess);
+    CHECK(matmul_with(&results[0], la, lb, lc) == CUBLAS_STATUS_SUCCESS);
+    float expected[24], got[24];
+    fetch(expected, fx.d_c, sizeof expected);
+
+    set_refusals("none,all");
+    cublasHandle_t cublas = NULL;
+    CHECK(cublasCreate(&cublas) == CUBLAS_STATUS_SUCCESS);
+    CHECK(cublasSetStream(cublas, NULL) == CUBLAS_STATUS_SUCCESS);
+    CHECK(cublasSetWorkspace(cublas, workspace, WORKSPACE_BYTES) == CUBLAS_STATUS_SUCCESS);
+    CHECK(cudaMemcpy(fx.d_c, c, sizeof c, cudaMemcpyHostToDevice) == cudaSuccess);
+    CHECK(cublasGemmStridedBatchedEx(cublas, CUBLAS_OP_N, CUBLAS_OP_N, 4, 3, 2, &fx.alpha, fx.d_a, CUDA_R_32F, 4, 8,
+                                     fx.d_b, CUDA_R_32F, 2, 6, &fx.beta, fx.d_c, CUDA_R_32F, 4, 12, 2,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS);
+    fetch(got, fx.d_c, sizeof got);
+    CHECK_MSG(memcmp(got, expected, sizeof got) == 0, "cublasGemmStridedBatchedEx differs from cublasLtMatmul");
+    CHECK(cudaMemcpy(fx.d_c, c, sizeof c, cudaMemcpyHostToDevice) == cudaSuccess);
+    for (int i = 0; i < 2; i++)
+        CHECK(cublasGemmEx(cublas, CUBLAS_OP_N, CUBLAS_OP_N, 4, 3, 2, &fx.alpha, fx.d_a + 8 * i, CUDA_R_32F, 4,
+                           fx.d_b + 6 * i, CUDA_R_32F, 2, &fx.beta, fx.d_c + 12 * i, CUDA_R_32F, 4, CUBLAS_COMPUTE_32F,
+                           CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS);
+    fetch(got, fx.d_c, sizeof got);
+    CHECK_MSG(memcmp(got, expected, sizeof got) == 0, "cublasGemmEx per matrix differs from cublasLtMatmul");
+    set_refusals("strided");
+    CHECK(cublasGemmStridedBatchedEx(cublas, CUBLAS_OP_N, CUBLAS_OP_N, 4, 3, 2, &fx.alpha, fx.d_a, CUDA_R_32F, 4, 8,
+                                     fx.d_b, CUDA_R_32F, 2, 6, &fx.beta, fx.d_c, CUDA_R_32F, 4, 12, 2,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_NOT_SUPPORTED);
+    CHECK(cublasGemmEx(NULL, CUBLAS_OP_N, CUBLAS_OP_N, 4, 3, 2, &fx.alpha, fx.d_a, CUDA_R_32F, 4, fx.d_b, CUDA_R_32F,
+                       2, &fx.beta, fx.d_c, CUDA_R_32F, 4, CUBLAS_COMPUTE_32F,
+                       CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_NOT_INITIALIZED);
+    CHECK(cublasDestroy(cublas) == CUBLAS_STATUS_SUCCESS);
+    set_refusals(NULL);
+
+    CHECK(cublasLtMatrixLayoutDestroy(lc) == CUBLAS_STATUS_SUCCESS);
+    CHECK(cublasLtMatrixLayoutDestroy(lb0) == CUBLAS_STATUS_SUCCESS);
+    CHECK(cublasLtMatrixLayoutDestroy(lb) == CUBLAS_STATUS_SUCCESS);
+    CHECK(cublasLtMatrixLayoutDestroy(la) == CUBLAS_STATUS_SUCCESS);
     fixture_release();
 }
 
@@ -788,6 +913,7 @@ int main(void) {
     test_unsupported();
     test_handle();
     test_mistakes_are_fatal();
+    test_refusals();
 
     CHECK(cudaFree(workspace) == cudaSuccess);
     CHECK(cublasLtDestroy(handle) == CUBLAS_STATUS_SUCCESS);

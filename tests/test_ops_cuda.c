@@ -358,6 +358,151 @@ static void test_strided_batched(gemm_cuda_context *ctx) {
     release_all();
 }
 
+/* ---- the GEMM's fallbacks (gemm_cublaslt.cu) ---- */
+
+/* One strided-batched GEMM of test_gemm_fallbacks: the layouts that a GPU's
+ * cuBLASLt may have no algorithm for. Offsets and strides in floats. */
+typedef struct {
+    const char *name;
+    int ta, tb, m, n, k, batch;
+    size_t a_offset, b_offset;
+    long long sa, sb, sc; /* 0 for sa: one A for the whole batch */
+    int below_256_bytes;  /* an operand's address or stride is aligned to less than 256 bytes */
+} fallback_gemm;
+
+static const fallback_gemm fallback_gemms[] = {
+    /* every operand 256-byte aligned */
+    {"aligned batch", 0, 1, 13, 7, 9, 3, 0, 0, 192, 128, 128, 0},
+    /* the shared conv weight: stride 0 */
+    {"stride-0 weight", 0, 0, 13, 7, 9, 3, 0, 0, 0, 128, 128, 0},
+    /* attention's per-head views: 32 bytes off, strides of 8 floats times an odd number */
+    {"32-byte views", 0, 1, 17, 17, 24, 3, 8, 8, 136, 136, 320, 1},
+    /* conv bands: 4 bytes off, odd strides */
+    {"4-byte bands", 1, 0, 11, 5, 9, 2, 1, 3, 111, 51, 64, 1},
+};
+
+/* The path gemm_cublaslt.cu must take for a GEMM under the emulation's
+ * refusals (tests/cuda_emulation/cublasLt.h): adds one to the count it lands in. */
+static void count_expected_path(gemm_cuda_path_counts *expected, const char *refuse, int batched, int stride0,
+                                int below_256_bytes, int bias) {
+    const int lt_has_none = strstr(refuse, "none") || (strstr(refuse, "unaligned") && below_256_bytes) ||
+                            (strstr(refuse, "stride0") && stride0);
+    const int lt_refuses_all = lt_has_none || strstr(refuse, "all");
+    if (!lt_refuses_all) {
+        if (strstr(refuse, "first"))
+            expected->lt_later_result++;
+        else
+            expected->lt_first_result++;
+        return;
+    }
+    if (bias) { /* the bias is written apart, then the GEMM without it */
+        expected->bias_epilogue_refused++;
+        count_expected_path(expected, refuse, batched, stride0, below_256_bytes, 0);
+        return;
+    }
+    if (batched && !strstr(refuse, "strided"))
+        expected->cublas_strided_batched++;
+    else
+        expected->cublas_gemm++;
+}
+
+/* The fallback GEMMs against a double reference, and (in the emulation) the
+ * path each took, for refuse: the value of LDM_CUDA_EMULATION_CUBLASLT_REFUSE. */
+static void run_fallback_gemms(const char *refuse) {
+    gemm_cuda_context *ctx = gemm_cuda_context_create();
+    gemm_cuda_path_counts expected = {0, 0, 0, 0, 0};
+    const float alpha = 0.75f, beta = 0.5f;
+    char what[160];
+    for (size_t g = 0; g < sizeof fallback_gemms / sizeof fallback_gemms[0]; g++) {
+        const fallback_gemm *t = &fallback_gemms[g];
+        const int a_rows = t->ta ? t->k : t->m, a_cols = t->ta ? t->m : t->k;
+        const int b_rows = t->tb ? t->n : t->k, b_cols = t->tb ? t->k : t->n;
+        const int lda = a_cols, ldb = b_cols, ldc = t->n;
+        const size_t a_size = t->a_offset + (size_t)t->sa * (t->batch - 1) + (size_t)a_rows * lda;
+        const size_t b_size = t->b_offset + (size_t)t->sb * (t->batch - 1) + (size_t)b_rows * ldb;
+        const size_t c_size = (size_t)t->sc * (t->batch - 1) + (size_t)t->m * ldc;
+        float *a = host_normal(a_size, 1.0f), *b = host_normal(b_size, 1.0f), *c = host_normal(c_size, 1.0f);
+        float *expected_c = host_copy(c, c_size), *scale = host_abs(c, c_size);
+        for (int i = 0; i < t->batch; i++)
+            for (int r = 0; r < t->m; r++)
+                for (int col = 0; col < t->n; col++) {
+                    double sum = 0.0, abs_sum = 0.0;
+                    for (int l = 0; l < t->k; l++) {
+                        const double av = a[t->a_offset + (size_t)i * t->sa +
+                                            (t->ta ? (size_t)l * lda + r : (size_t)r * lda + l)];
+                        const double bv = b[t->b_offset + (size_t)i * t->sb +
+                                            (t->tb ? (size_t)col * ldb + l : (size_t)l * ldb + col)];
+                        sum += av * bv;
+                        abs_sum += fabs(av * bv);
+                    }
+                    const size_t at = (size_t)i * t->sc + (size_t)r * ldc + col;
+                    expected_c[at] = (float)(alpha * sum + beta * (double)c[at]);
+                    scale[at] = (float)(alpha * abs_sum + beta * fabs(c[at]));
+                }
+        float *d_a = to_device_f(a, a_size), *d_b = to_device_f(b, b_size), *d_c = to_device_f(c, c_size);
+        gemm_cuda_strided_batched(ctx, t->ta, t->tb, t->m, t->n, t->k, alpha, d_a + t->a_offset, lda, t->sa,
+                                  d_b + t->b_offset, ldb, t->sb, beta, d_c, ldc, t->sc, t->batch, NULL);
+        snprintf(what, sizeof what, "GEMM %s, refusing '%s'", t->name, refuse);
+        expect_close_scaled(what, fetch(d_c, c_size), expected_c, scale, c_size, 1e-5);
+        count_expected_path(&expected, refuse, 1, t->sa == 0, t->below_256_bytes, 0);
+    }
+    /* linear with a bias for cuBLASLt's epilogue */
+    enum { ROWS_L = 5, IN_L = 9, OUT_L = 6 };
+    float *in = host_normal(ROWS_L * IN_L, 1.0f), *w = host_normal(OUT_L * IN_L, 1.0f), *bias = host_normal(OUT_L, 1.0f);
+    float *out = host_alloc(ROWS_L * OUT_L * 4), *out_scale = host_alloc(ROWS_L * OUT_L * 4);
+    linear_forward(out, in, w, bias, ROWS_L, 0, IN_L, OUT_L);
+    linear_forward(out_scale, host_abs(in, ROWS_L * IN_L), host_abs(w, OUT_L * IN_L), host_abs(bias, OUT_L), ROWS_L,
+                   0, IN_L, OUT_L);
+    float *d_out = device_nan(ROWS_L * OUT_L);
+    linear_forward_cuda(ctx, d_out, to_device_f(in, ROWS_L * IN_L), to_device_f(w, OUT_L * IN_L),
+                        to_device_f(bias, OUT_L), ROWS_L, IN_L, OUT_L, PRECISION_FP32, NULL);
+    snprintf(what, sizeof what, "linear with bias, refusing '%s'", refuse);
+    expect_close_scaled(what, fetch(d_out, ROWS_L * OUT_L), out, out_scale, ROWS_L * OUT_L, 1e-5);
+    count_expected_path(&expected, refuse, 0, 0, 0, 1);
+
+    gemm_cuda_path_counts got;
+    gemm_cuda_context_path_counts(ctx, &got);
+    printf("test_ops_cuda: GEMM paths refusing '%s': cuBLASLt first %lld, later %lld; cuBLAS strided %lld, "
+           "per matrix %lld; bias apart %lld\n",
+           refuse, got.lt_first_result, got.lt_later_result, got.cublas_strided_batched, got.cublas_gemm,
+           got.bias_epilogue_refused);
+#ifdef LDM_CUDA_EMULATION
+    CHECK_MSG(memcmp(&got, &expected, sizeof got) == 0,
+              "refusing '%s': expected cuBLASLt first %lld, later %lld; cuBLAS strided %lld, per matrix %lld; bias "
+              "apart %lld",
+              refuse, expected.lt_first_result, expected.lt_later_result, expected.cublas_strided_batched,
+              expected.cublas_gemm, expected.bias_epilogue_refused);
+#else
+    /* a GPU's heuristic chooses for itself: every GEMM went one way or another */
+    CHECK(got.lt_first_result + got.lt_later_result + got.cublas_strided_batched + got.cublas_gemm ==
+          expected.lt_first_result + expected.lt_later_result + expected.cublas_strided_batched + expected.cublas_gemm);
+#endif
+    gemm_cuda_context_destroy(ctx);
+    release_all();
+}
+
+/* Stride-0 batches, 32-byte and 4-byte aligned operands and a bias epilogue,
+ * as they are (on a GPU: as its cuBLASLt takes them) and, in the emulation,
+ * with cuBLASLt told to refuse each way (so that every fallback runs): the same
+ * results every time, each GEMM on the path the refusals leave it. */
+static void test_gemm_fallbacks(void) {
+    const char *outside = getenv("LDM_CUDA_EMULATION_CUBLASLT_REFUSE");
+    char saved[128];
+    snprintf(saved, sizeof saved, "%s", outside ? outside : "");
+    run_fallback_gemms(saved);
+#ifdef LDM_CUDA_EMULATION
+    static const char *const refusals[] = {"first", "all", "none", "unaligned", "stride0", "none,strided"};
+    for (size_t r = 0; r < sizeof refusals / sizeof refusals[0]; r++) {
+        setenv("LDM_CUDA_EMULATION_CUBLASLT_REFUSE", refusals[r], 1);
+        run_fallback_gemms(refusals[r]);
+    }
+    if (outside)
+        setenv("LDM_CUDA_EMULATION_CUBLASLT_REFUSE", saved, 1);
+    else
+        unsetenv("LDM_CUDA_EMULATION_CUBLASLT_REFUSE");
+#endif
+}
+
 /* ---- linear ---- */
 
 /* Host values of n inputs in the format: bits (to upload) and the rounded floats
@@ -758,6 +903,7 @@ static void run_all(void) {
         test_fused_attention((ldm_precision)p, 1, 45, 1, 72);
     }
     test_strided_batched(ctx);
+    test_gemm_fallbacks();
     for (int bias_mode = 0; bias_mode <= 2; bias_mode++) {
         test_linear(ctx, PRECISION_FP32, 45, bias_mode);
         test_linear(ctx, PRECISION_BF16, 40, bias_mode);
@@ -772,6 +918,7 @@ static void run_all(void) {
     test_step_vectors();
     test_casts();
     test_empty(ctx);
+    report_gemm_paths(ctx);
     gemm_cuda_context_destroy(ctx);
 }
 #endif

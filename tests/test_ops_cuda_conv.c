@@ -376,6 +376,7 @@ static void run_all(void) {
     test_transpose(2, 37, 45);
     test_transpose(3, 64, 16);
     test_empty(ctx);
+    report_gemm_paths(ctx);
     gemm_cuda_context_destroy(ctx);
 }
 #endif

@@ -1,6 +1,6 @@
-/* The GEMM layer over cuBLASLt (see gemm_cublaslt.h): the context (handle and
- * workspace), one column-major matmul call that everything goes through, its
- * row-major view, the linear op and the strided-batched GEMM.
+/* The GEMM layer over cuBLASLt (see gemm_cublaslt.h): the context (handles and
+ * workspace), one column-major matmul call that everything goes through (with
+ * its fallbacks), its row-major view, the linear op and the strided-batched GEMM.
  *
  * Row-major vs column-major: a row-major (r, c) matrix with row stride ld is the
  * column-major (c, r) matrix with leading dimension ld, its transpose. So the
@@ -13,10 +13,23 @@
  * batch, alignments, whether there is a bias) and kept in the context: a DiT
  * step makes the same few dozen shapes hundreds of times, and asking the
  * heuristic costs host time on every call. Only the bias pointer is set per
- * call (cuBLASLt reads the descriptor when the matmul is queued). */
+ * call (cuBLASLt reads the descriptor when the matmul is queued).
+ *
+ * The heuristic is asked for several algorithms, tried in its order: on a GPU
+ * a proposed algorithm may still be refused when it is run, and some layouts
+ * (a batch stride of 0 for the shared conv weight, attention's per-head views
+ * aligned to 32 bytes, conv bands aligned to 4) may have none at all. A shape
+ * that no cuBLASLt algorithm carries out goes to cuBLAS:
+ * cublasGemmStridedBatchedEx, or cublasGemmEx once per matrix of the batch when
+ * that refuses too. Both accumulate in fp32 (CUBLAS_COMPUTE_32F, never TF32),
+ * so every path computes the same products to rounding. What worked is kept in
+ * the plan, so that a shape searches only once. Only when cuBLAS also refuses
+ * does the program end. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <cublas_v2.h>
 
 #include "cuda_device.cuh"
 
@@ -34,33 +47,47 @@ typedef struct {
     uint32_t align_a, align_b, align_c;
 } gemm_key;
 
-/* A GEMM shape's descriptor, layouts and algorithm (have_algorithm 0: the
- * heuristic found none, which the caller handles as before). */
+/* How many algorithms the heuristic is asked for. */
+#define GEMM_HEURISTIC_RESULTS 8
+
+/* A GEMM shape's descriptor, layouts, the heuristic's algorithms and which of
+ * them works. */
 typedef struct {
     gemm_key key;
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t layout_a, layout_b, layout_c;
-    cublasLtMatmulHeuristicResult_t heuristic;
-    int have_algorithm;
+    cublasLtMatmulHeuristicResult_t results[GEMM_HEURISTIC_RESULTS];
+    int result_count;             /* what the heuristic answered (0: no algorithm) */
+    int chosen;                   /* results[chosen] runs; result_count: none does, cuBLAS does */
+    cublasStatus_t first_refusal; /* why the first result refused (for the message when all do) */
+    int strided_refused;          /* cublasGemmStridedBatchedEx refused it too: cublasGemmEx per matrix */
+    cublasStatus_t strided_status;
 } gemm_plan;
 
 #define GEMM_PLANS 512
 
 struct gemm_cuda_context {
     cublasLtHandle_t handle;
-    void *workspace;
+    cublasHandle_t cublas; /* the fallback */
+    void *workspace;       /* shared by cuBLASLt and cuBLAS: one stream runs them in turn */
     size_t workspace_bytes;
     gemm_plan *plans; /* (GEMM_PLANS) the shapes seen so far, in the order first seen */
     int plan_count;
+    gemm_cuda_path_counts counts;
 };
 
 extern "C" gemm_cuda_context *gemm_cuda_context_create(void) {
     gemm_cuda_context *ctx = (gemm_cuda_context *)xcalloc(1, sizeof(*ctx));
     CUBLAS_CHECK(cublasLtCreate(&ctx->handle));
+    CUBLAS_CHECK(cublasCreate(&ctx->cublas));
     ctx->workspace_bytes = GEMM_WORKSPACE_BYTES;
     CUDA_CHECK(cudaMalloc(&ctx->workspace, ctx->workspace_bytes));
     ctx->plans = (gemm_plan *)xcalloc(GEMM_PLANS, sizeof(gemm_plan));
     return ctx;
+}
+
+extern "C" void gemm_cuda_context_path_counts(const gemm_cuda_context *ctx, gemm_cuda_path_counts *counts) {
+    *counts = ctx->counts;
 }
 
 static void destroy_plan(gemm_plan *plan) {
@@ -75,6 +102,7 @@ extern "C" void gemm_cuda_context_destroy(gemm_cuda_context *ctx) {
     for (int i = 0; i < ctx->plan_count; i++) destroy_plan(&ctx->plans[i]);
     free(ctx->plans);
     CUDA_CHECK(cudaFree(ctx->workspace));
+    CUBLAS_CHECK(cublasDestroy(ctx->cublas));
     CUBLAS_CHECK(cublasLtDestroy(ctx->handle));
     free(ctx);
 }
@@ -132,9 +160,9 @@ scale_column_major_kernel(float *c, int rows, int cols, int ldc, long long strid
 }
 
 /* The plan of key: found among those made, or made now (descriptor, layouts,
- * the heuristic's best algorithm for the alignments the key promises). */
-static const gemm_plan *find_or_make_plan(gemm_cuda_context *ctx, const gemm_key *key, const gemm_operand *a,
-                                          const gemm_operand *b, const gemm_operand *out, const float *bias) {
+ * the heuristic's algorithms for the alignments the key promises, best first). */
+static gemm_plan *find_or_make_plan(gemm_cuda_context *ctx, const gemm_key *key, const gemm_operand *a,
+                                    const gemm_operand *b, const gemm_operand *out, const float *bias) {
     for (int i = ctx->plan_count - 1; i >= 0; i--)
         if (memcmp(&ctx->plans[i].key, key, sizeof *key) == 0) return &ctx->plans[i];
     if (ctx->plan_count == GEMM_PLANS) { /* more shapes than any model here makes: start over */
@@ -182,25 +210,108 @@ static const gemm_plan *find_or_make_plan(gemm_cuda_context *ctx, const gemm_key
                                                       sizeof(align_c)));
     int found = 0;
     cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(ctx->handle, plan->desc, plan->layout_a, plan->layout_b,
-                                                           plan->layout_c, plan->layout_c, preference, 1,
-                                                           &plan->heuristic, &found);
+                                                           plan->layout_c, plan->layout_c, preference,
+                                                           GEMM_HEURISTIC_RESULTS, plan->results, &found);
     CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(preference));
     /* Only "not supported" (or nothing found) means no algorithm; any other
      * failure is a mistake in what was asked, not a reason to fall back. */
     if (status != CUBLAS_STATUS_SUCCESS && status != CUBLAS_STATUS_NOT_SUPPORTED)
         fatal_internal("cuBLASLt cublasLtMatmulAlgoGetHeuristic failed for a %d x %d x %d GEMM: %s", m, n, k,
                        cublasLtGetStatusString(status));
-    plan->have_algorithm = status == CUBLAS_STATUS_SUCCESS && found > 0;
+    /* Results the heuristic marks as failed are dropped; the rest keep its order. */
+    plan->result_count = 0;
+    if (status == CUBLAS_STATUS_SUCCESS)
+        for (int r = 0; r < found && r < GEMM_HEURISTIC_RESULTS; r++)
+            if (plan->results[r].state == CUBLAS_STATUS_SUCCESS && plan->results[r].workspaceSize <= workspace_bytes)
+                plan->results[plan->result_count++] = plan->results[r];
+    plan->chosen = 0;
+    plan->first_refusal = status; /* until the first result is run */
+    if (plan->result_count == 0 && status == CUBLAS_STATUS_SUCCESS)
+        plan->first_refusal = CUBLAS_STATUS_NOT_SUPPORTED; /* every result marked failed */
     ctx->plan_count++;
     return plan;
+}
+
+/* Runs the plan's algorithms from the one that last worked until one is
+ * accepted; 0 when none is (plan->chosen is then result_count). */
+static int run_lt_plan(gemm_cuda_context *ctx, gemm_plan *plan, float alpha, const gemm_operand *a,
+                       const gemm_operand *b, float beta, float *c, const float *bias, cudaStream_t stream) {
+    if (plan->chosen < plan->result_count && bias)
+        CUBLAS_CHECK(
+            cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    while (plan->chosen < plan->result_count) {
+        cublasStatus_t status = cublasLtMatmul(ctx->handle, plan->desc, &alpha, a->data, plan->layout_a, b->data,
+                                               plan->layout_b, &beta, c, plan->layout_c, c, plan->layout_c,
+                                               &plan->results[plan->chosen].algo, ctx->workspace,
+                                               ctx->workspace_bytes, stream);
+        if (status == CUBLAS_STATUS_SUCCESS) {
+            if (plan->chosen == 0)
+                ctx->counts.lt_first_result++;
+            else
+                ctx->counts.lt_later_result++;
+            return 1;
+        }
+        /* A refused algorithm leaves no work queued; a failed launch may leave
+         * its (non-sticky) error for the next kernel's check to find. */
+        (void)cudaGetLastError();
+        if (plan->chosen == 0) plan->first_refusal = status;
+        plan->chosen++;
+    }
+    return 0;
+}
+
+/* The GEMM of lt_matmul without cuBLASLt (no bias): cublasGemmStridedBatchedEx,
+ * else cublasGemmEx once per matrix. Ends the program when cuBLAS refuses too. */
+static void cublas_matmul(gemm_cuda_context *ctx, gemm_plan *plan, float alpha, const gemm_operand *a,
+                          const gemm_operand *b, float beta, float *c, cudaStream_t stream) {
+    const gemm_key *key = &plan->key;
+    const cublasOperation_t op_a = key->transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t op_b = key->transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    CUBLAS_CHECK(cublasSetStream(ctx->cublas, stream));
+    /* after cublasSetStream, which puts back cuBLAS's default workspace pool:
+     * the context's workspace, so that the fallback allocates nothing */
+    CUBLAS_CHECK(cublasSetWorkspace(ctx->cublas, ctx->workspace, ctx->workspace_bytes));
+    if (key->batch_count > 1 && !plan->strided_refused) {
+        cublasStatus_t status = cublasGemmStridedBatchedEx(
+            ctx->cublas, op_a, op_b, key->m, key->n, key->k, &alpha, a->data, a->type, a->ld, key->stride_a, b->data,
+            b->type, b->ld, key->stride_b, &beta, c, CUDA_R_32F, key->ld_c, key->stride_c, key->batch_count,
+            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        if (status == CUBLAS_STATUS_SUCCESS) {
+            ctx->counts.cublas_strided_batched++;
+            return;
+        }
+        (void)cudaGetLastError();
+        plan->strided_refused = 1;
+        plan->strided_status = status;
+    }
+    for (int i = 0; i < key->batch_count; i++) {
+        const char *a_i = (const char *)a->data + (size_t)i * (size_t)key->stride_a * a->element_bytes;
+        const char *b_i = (const char *)b->data + (size_t)i * (size_t)key->stride_b * b->element_bytes;
+        float *c_i = c + (size_t)i * (size_t)key->stride_c;
+        cublasStatus_t status = cublasGemmEx(ctx->cublas, op_a, op_b, key->m, key->n, key->k, &alpha, a_i, a->type,
+                                             a->ld, b_i, b->type, b->ld, &beta, c_i, CUDA_R_32F, key->ld_c,
+                                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        if (status != CUBLAS_STATUS_SUCCESS)
+            fatal_internal(
+                "no GEMM of cuBLASLt or cuBLAS carries out a %d x %d x %d GEMM (types %d, %d; transposes %d, %d; "
+                "batch %d, strides %lld, %lld, %lld; alignments %u, %u, %u): cuBLASLt %s (%d algorithm%s tried), "
+                "cublasGemmStridedBatchedEx %s, cublasGemmEx %s",
+                key->m, key->n, key->k, key->type_a, key->type_b, key->transpose_a, key->transpose_b,
+                key->batch_count, key->stride_a, key->stride_b, key->stride_c, key->align_a, key->align_b,
+                key->align_c, cublasLtGetStatusString(plan->first_refusal), plan->result_count,
+                plan->result_count == 1 ? "" : "s",
+                key->batch_count > 1 ? cublasLtGetStatusString(plan->strided_status) : "not tried (one matrix)",
+                cublasLtGetStatusString(status));
+    }
+    ctx->counts.cublas_gemm++;
 }
 
 /* Column-major, cuBLASLt's own terms: for each batch i,
  *   D_i (m, n) = alpha op_a(A_i) op_b(B_i) + beta C_i (+ bias[row] when bias != NULL),
  * with C = D = c (fp32, ldc, stride_c), A stored (m, k) or (k, m) when transposed,
  * B stored (k, n) or (n, k). Returns 0 without doing anything only when a bias
- * epilogue was asked for and cuBLASLt has no algorithm for it (the caller then
- * adds the bias itself); any other failure is fatal. */
+ * epilogue was asked for and no cuBLASLt algorithm takes it (the caller then
+ * adds the bias itself); without a bias, cuBLAS does what cuBLASLt does not. */
 static int lt_matmul(gemm_cuda_context *ctx, int transpose_a, int transpose_b, int m, int n, int k, float alpha,
                      const gemm_operand *a, const gemm_operand *b, float beta, float *c, int ldc, long long stride_c,
                      int batch_count, const float *bias, cudaStream_t stream) {
@@ -219,21 +330,14 @@ static int lt_matmul(gemm_cuda_context *ctx, int transpose_a, int transpose_b, i
     key.stride_a = batch_count > 1 ? a->stride : 0, key.stride_b = batch_count > 1 ? b->stride : 0;
     key.stride_c = batch_count > 1 ? stride_c : 0;
     key.align_a = operand_alignment(a), key.align_b = operand_alignment(b), key.align_c = operand_alignment(&out);
-    const gemm_plan *plan = find_or_make_plan(ctx, &key, a, b, &out, bias);
-    if (plan->have_algorithm) {
-        if (bias)
-            CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
-                                                        sizeof(bias)));
-        CUBLAS_CHECK(cublasLtMatmul(ctx->handle, plan->desc, &alpha, a->data, plan->layout_a, b->data, plan->layout_b,
-                                    &beta, c, plan->layout_c, c, plan->layout_c, &plan->heuristic.algo,
-                                    ctx->workspace, ctx->workspace_bytes, stream));
-    } else if (!bias) {
-        fatal_internal("cuBLASLt has no algorithm for a %d x %d x %d GEMM (types %d, %d; transposes %d, %d; batch %d; "
-                       "alignments %u, %u, %u)",
-                       m, n, k, (int)a->type, (int)b->type, transpose_a, transpose_b, batch_count, key.align_a,
-                       key.align_b, key.align_c);
+    gemm_plan *plan = find_or_make_plan(ctx, &key, a, b, &out, bias);
+    if (run_lt_plan(ctx, plan, alpha, a, b, beta, c, bias, stream)) return 1;
+    if (bias) {
+        ctx->counts.bias_epilogue_refused++;
+        return 0;
     }
-    return plan->have_algorithm;
+    cublas_matmul(ctx, plan, alpha, a, b, beta, c, stream);
+    return 1;
 }
 
 /* Row-major C (m, n) = alpha A' B' + beta C (+ bias[column]), batched: the

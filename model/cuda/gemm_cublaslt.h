@@ -1,7 +1,7 @@
-/* GEMMs on the GPU through cuBLASLt: one handle and one workspace made once per
- * process and device (a gemm_cuda_context), the linear op of ops.h on device
- * buffers in fp32, bf16 or fp16, and the row-major strided-batched GEMM that
- * the attention core uses. Every GEMM accumulates in fp32 (CUBLAS_COMPUTE_32F,
+/* GEMMs on the GPU through cuBLASLt (cuBLAS where cuBLASLt has no algorithm):
+ * the handles and one workspace made once per process and device (a
+ * gemm_cuda_context), the linear op of ops.h on device buffers in fp32, bf16 or
+ * fp16, and the row-major strided-batched GEMM that attention and conv use. Every GEMM accumulates in fp32 (CUBLAS_COMPUTE_32F,
  * never TF32), so fp32 results match the CPU's sgemm to rounding.
  *
  * All pointers are DEVICE pointers; the work is queued on `stream` (NULL: the
@@ -27,10 +27,23 @@ typedef struct CUstream_st *ldm_stream;
 
 typedef struct gemm_cuda_context gemm_cuda_context;
 
-/* A cuBLASLt handle and a 32 MiB workspace on the current device. The workspace
- * is shared by every call: use one context per stream that runs GEMMs concurrently. */
+/* A cuBLASLt handle, a cuBLAS handle (the fallback) and a 32 MiB workspace on
+ * the current device. The workspace is shared by every call: use one context
+ * per stream that runs GEMMs concurrently. */
 gemm_cuda_context *gemm_cuda_context_create(void);
 void gemm_cuda_context_destroy(gemm_cuda_context *ctx);
+
+/* How a context's GEMMs were carried out, one count per GEMM call: by cuBLASLt
+ * with the heuristic's first algorithm, or with a later one (the ones before it
+ * were refused when run); by cublasGemmStridedBatchedEx or by cublasGemmEx (once
+ * per call, per matrix of the batch when the strided one refused) when no
+ * cuBLASLt algorithm did; and the linear calls whose bias no cuBLASLt algorithm
+ * took in its epilogue (the bias is then written apart). For tests and reports:
+ * on a GPU, anything but lt_first_result is a shape worth a look. */
+typedef struct {
+    long long lt_first_result, lt_later_result, cublas_strided_batched, cublas_gemm, bias_epilogue_refused;
+} gemm_cuda_path_counts;
+void gemm_cuda_context_path_counts(const gemm_cuda_context *ctx, gemm_cuda_path_counts *counts);
 
 /* Row-major, fp32, batched with constant strides (in elements) between the
  * matrices of one batch: for i < batch_count,

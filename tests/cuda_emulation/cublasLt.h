@@ -127,7 +127,9 @@ cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p
                                                     size_t sizeInBytes);
 cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t pref);
 
-/* At most one result: the emulation has one algorithm, which needs no workspace. */
+/* At most three results (the emulation's algorithms differ only in their
+ * index; none needs a workspace). CUBLAS_STATUS_NOT_SUPPORTED with no result
+ * when the emulation is told to refuse the problem (below). */
 cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t operationDesc,
                                               cublasLtMatrixLayout_t Adesc, cublasLtMatrixLayout_t Bdesc,
                                               cublasLtMatrixLayout_t Cdesc, cublasLtMatrixLayout_t Ddesc,
@@ -136,7 +138,23 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t lightHandle, cubl
                                               int *returnAlgoCount);
 
 /* Runs to completion before it returns (the stream is only checked). alpha and
- * beta are host floats; beta == 0 does not read C. */
+ * beta are host floats; beta == 0 does not read C. CUBLAS_STATUS_NOT_SUPPORTED,
+ * without touching D, for an algorithm the emulation is told to refuse.
+ *
+ * A GPU's cuBLASLt may have no algorithm for a layout (a batch stride of 0,
+ * operands aligned to less than 16 bytes) or refuse, when it is run, an
+ * algorithm its heuristic proposed. The emulation answers every problem unless
+ * LDM_CUDA_EMULATION_CUBLASLT_REFUSE in the environment (read on every call)
+ * names, separated by commas, what to refuse, so that the callers' fallbacks
+ * run on the CPU:
+ *   first      cublasLtMatmul refuses the heuristic's first result;
+ *   all        cublasLtMatmul refuses every result;
+ *   none       the heuristic has no result for any problem;
+ *   unaligned  the heuristic has no result when an alignment promised in the
+ *              preference is below the 256-byte default;
+ *   stride0    the heuristic has no result when a batched layout has stride 0;
+ *   strided    cublasGemmStridedBatchedEx (cublas_v2.h) refuses every batch of
+ *              more than one matrix. */
 cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t computeDesc, const void *alpha,
                               const void *A, cublasLtMatrixLayout_t Adesc, const void *B, cublasLtMatrixLayout_t Bdesc,
                               const void *beta, const void *C, cublasLtMatrixLayout_t Cdesc, void *D,

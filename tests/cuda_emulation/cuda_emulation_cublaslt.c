@@ -1,5 +1,7 @@
 /* CUDA emulation (see cublasLt.h): cuBLASLt's handle, matmul descriptor,
- * matrix layouts, preference, heuristic and matmul, on the CPU.
+ * matrix layouts, preference, heuristic and matmul, on the CPU; the refusals
+ * that LDM_CUDA_EMULATION_CUBLASLT_REFUSE asks for; and cuBLAS's GEMMs
+ * (cublas_v2.h) over the same matmul.
  *
  * The matmul is column-major, as cuBLASLt's: for each matrix i of a batch,
  *   D_i (m, n) = alpha op(A_i) op(B_i) + beta C_i (+ bias[row] with the BIAS epilogue),
@@ -28,12 +30,16 @@
 #include <string.h>
 
 #include "cublasLt.h"
+#include "cublas_v2.h"
 #include "fatal.h"
 
 /* Marks an algorithm as one this emulation's heuristic filled in. */
 #define ALGO_MAGIC UINT64_C(0x6c646d2d6c742d31)
 /* The preference's alignment promises default to 256 bytes, as in cuBLASLt. */
 #define DEFAULT_ALIGNMENT_BYTES 256u
+/* How many results the heuristic gives at most (the algorithm's index is its data[ALGO_INDEX]). */
+#define HEURISTIC_ALGORITHMS 3
+#define ALGO_INDEX 5
 
 struct cublasLtContext {
     int unused; /* the emulation keeps no per-handle state */
@@ -91,6 +97,42 @@ __attribute__((noreturn, format(printf, 2, 3))) static void misuse(const char *c
     vsnprintf(message, sizeof message, fmt, args);
     va_end(args);
     fatal_internal("CUDA emulation: %s: %s", call, message);
+}
+
+/* ---- refusals (LDM_CUDA_EMULATION_CUBLASLT_REFUSE, see cublasLt.h) ---- */
+
+enum {
+    REFUSE_FIRST = 1,
+    REFUSE_ALL = 2,
+    REFUSE_NONE = 4,
+    REFUSE_UNALIGNED = 8,
+    REFUSE_STRIDE0 = 16,
+    REFUSE_STRIDED = 32,
+};
+
+/* The refusals asked for now: read on every call, so that a test can change them. */
+static unsigned refusals(void) {
+    static const struct {
+        const char *word;
+        unsigned bit;
+    } words[] = {{"first", REFUSE_FIRST},         {"all", REFUSE_ALL},         {"none", REFUSE_NONE},
+                 {"unaligned", REFUSE_UNALIGNED}, {"stride0", REFUSE_STRIDE0}, {"strided", REFUSE_STRIDED}};
+    const char *text = getenv("LDM_CUDA_EMULATION_CUBLASLT_REFUSE");
+    unsigned bits = 0;
+    for (const char *p = text; p && *p;) {
+        const char *end = strchr(p, ',');
+        const size_t length = end ? (size_t)(end - p) : strlen(p);
+        unsigned bit = 0;
+        for (size_t i = 0; i < sizeof words / sizeof words[0] && !bit; i++)
+            if (strlen(words[i].word) == length && strncmp(p, words[i].word, length) == 0) bit = words[i].bit;
+        if (!bit && length > 0)
+            fatal_internal("CUDA emulation: LDM_CUDA_EMULATION_CUBLASLT_REFUSE=%s: unknown word '%.*s' (expected "
+                           "words of first, all, none, unaligned, stride0, strided separated by commas)",
+                           text, (int)length, p);
+        bits |= bit;
+        p = end ? end + 1 : p + length;
+    }
+    return bits;
 }
 
 /* ---- handle ---- */
@@ -365,18 +407,34 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t lightHandle, cubl
     cublasStatus_t status = read_problem(call, operationDesc, layouts, &problem);
     if (status != CUBLAS_STATUS_SUCCESS) return status;
 
-    /* One algorithm, which needs no workspace. It carries the alignments the
-     * heuristic was promised, which the matmul then holds the operands to: a
-     * GPU kernel chosen on a promise reads misaligned memory when it is broken. */
-    cublasLtMatmulHeuristicResult_t result;
-    memset(&result, 0, sizeof result);
-    result.algo.data[0] = ALGO_MAGIC;
-    for (int i = 0; i < OPERAND_COUNT; i++) result.algo.data[1 + i] = preference->min_alignment[i];
-    result.workspaceSize = 0;
-    result.state = CUBLAS_STATUS_SUCCESS;
-    result.wavesCount = 1.0f;
-    heuristicResultsArray[0] = result;
-    *returnAlgoCount = 1;
+    /* No algorithm for layouts the test asks to refuse, as a GPU's heuristic
+     * may have none (the count stays 0). */
+    const unsigned refused = refusals();
+    if (refused & REFUSE_NONE) return CUBLAS_STATUS_NOT_SUPPORTED;
+    for (int i = 0; i < OPERAND_COUNT; i++) {
+        if ((refused & REFUSE_UNALIGNED) && preference->min_alignment[i] < DEFAULT_ALIGNMENT_BYTES)
+            return CUBLAS_STATUS_NOT_SUPPORTED;
+        if ((refused & REFUSE_STRIDE0) && layouts[i]->batch_count > 1 && layouts[i]->batch_stride == 0)
+            return CUBLAS_STATUS_NOT_SUPPORTED;
+    }
+
+    /* Algorithms that compute alike and need no workspace, told apart by their
+     * index. Each carries the alignments the heuristic was promised, which the
+     * matmul then holds the operands to: a GPU kernel chosen on a promise reads
+     * misaligned memory when it is broken. */
+    const int count = requestedAlgoCount < HEURISTIC_ALGORITHMS ? requestedAlgoCount : HEURISTIC_ALGORITHMS;
+    for (int r = 0; r < count; r++) {
+        cublasLtMatmulHeuristicResult_t result;
+        memset(&result, 0, sizeof result);
+        result.algo.data[0] = ALGO_MAGIC;
+        for (int i = 0; i < OPERAND_COUNT; i++) result.algo.data[1 + i] = preference->min_alignment[i];
+        result.algo.data[ALGO_INDEX] = (uint64_t)r;
+        result.workspaceSize = 0;
+        result.state = CUBLAS_STATUS_SUCCESS;
+        result.wavesCount = 1.0f;
+        heuristicResultsArray[r] = result;
+    }
+    *returnAlgoCount = count;
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -643,7 +701,10 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t
             misuse(call, "the algorithm at %p was not filled in by cublasLtMatmulAlgoGetHeuristic", (const void *)algo);
         for (int i = 0; i < OPERAND_COUNT; i++)
             if (i != OPERAND_C || reads_c) require_promised_alignment(call, &views[i], algo->data[1 + i]);
-        /* the emulation's one algorithm needs no workspace, so any size will do */
+        /* the emulation's algorithms need no workspace, so any size will do */
+        const unsigned refused = refusals();
+        if ((refused & REFUSE_ALL) || ((refused & REFUSE_FIRST) && algo->data[ALGO_INDEX] == 0))
+            return CUBLAS_STATUS_NOT_SUPPORTED;
     }
     if (workspaceSizeInBytes > 0) {
         if (!workspace) misuse(call, "the workspace is NULL but its size is %zu bytes", workspaceSizeInBytes);
@@ -674,4 +735,119 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t
     }
 
     return compute(&problem, alpha_value, beta_value, A, Adesc, B, Bdesc, C, Cdesc, D, Ddesc);
+}
+
+/* ---- cuBLAS (cublas_v2.h): the GEMMs, through the matmul above ---- */
+
+struct cublasContext {
+    cublasLtHandle_t lt;
+    cudaStream_t stream;
+    void *workspace; /* NULL: the library's own (the emulation needs none) */
+    size_t workspace_bytes;
+};
+
+cublasStatus_t cublasCreate(cublasHandle_t *handle) {
+    if (!handle) return CUBLAS_STATUS_INVALID_VALUE;
+    *handle = calloc(1, sizeof **handle);
+    if (!*handle) return CUBLAS_STATUS_ALLOC_FAILED;
+    const cublasStatus_t status = cublasLtCreate(&(*handle)->lt);
+    if (status != CUBLAS_STATUS_SUCCESS) {
+        free(*handle);
+        *handle = NULL;
+    }
+    return status;
+}
+
+cublasStatus_t cublasDestroy(cublasHandle_t handle) {
+    if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+    const cublasStatus_t status = cublasLtDestroy(handle->lt);
+    free(handle);
+    return status;
+}
+
+cublasStatus_t cublasSetStream(cublasHandle_t handle, cudaStream_t streamId) {
+    if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+    cuda_emulation_require_stream(streamId, "cublasSetStream");
+    handle->stream = streamId;
+    handle->workspace = NULL;
+    handle->workspace_bytes = 0;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSetWorkspace(cublasHandle_t handle, void *workspace, size_t workspaceSizeInBytes) {
+    if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+    if (workspaceSizeInBytes > 0) {
+        if (!workspace) misuse("cublasSetWorkspace", "the workspace is NULL but its size is %zu bytes",
+                               workspaceSizeInBytes);
+        cuda_emulation_require_device_range(workspace, workspaceSizeInBytes, "cublasSetWorkspace workspace");
+    }
+    handle->workspace = workspace;
+    handle->workspace_bytes = workspaceSizeInBytes;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* A column-major layout of rows x cols for the matmul; NULL when out of memory. */
+static cublasLtMatrixLayout_t gemm_layout(cudaDataType type, int rows, int cols, int ld, long long stride,
+                                          int batch_count) {
+    cublasLtMatrixLayout_t layout = NULL;
+    if (cublasLtMatrixLayoutCreate(&layout, type, (uint64_t)rows, (uint64_t)cols, ld) != CUBLAS_STATUS_SUCCESS)
+        return NULL;
+    layout->batch_count = batch_count;
+    layout->batch_stride = stride;
+    return layout;
+}
+
+/* Both GEMMs: a descriptor and layouts of the problem, and the matmul with no
+ * algorithm (the library's own choice, knowing the pointers). */
+static cublasStatus_t gemm(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb,
+                           int m, int n, int k, const void *alpha, const void *A, cudaDataType Atype, int lda,
+                           long long strideA, const void *B, cudaDataType Btype, int ldb, long long strideB,
+                           const void *beta, void *C, cudaDataType Ctype, int ldc, long long strideC, int batchCount,
+                           cublasComputeType_t computeType, cublasGemmAlgo_t algo) {
+    if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+    if (m < 0 || n < 0 || k < 0 || batchCount < 0 || (transa != CUBLAS_OP_N && transa != CUBLAS_OP_T) ||
+        (transb != CUBLAS_OP_N && transb != CUBLAS_OP_T))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if (algo != CUBLAS_GEMM_DEFAULT) return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (m == 0 || n == 0 || batchCount == 0) return CUBLAS_STATUS_SUCCESS;
+    cublasLtMatmulDesc_t desc = NULL;
+    cublasStatus_t status = cublasLtMatmulDescCreate(&desc, computeType, CUDA_R_32F);
+    if (status != CUBLAS_STATUS_SUCCESS) return status;
+    const int32_t op_a = transa, op_b = transb;
+    cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a);
+    cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b);
+    cublasLtMatrixLayout_t la = gemm_layout(Atype, transa == CUBLAS_OP_N ? m : k, transa == CUBLAS_OP_N ? k : m, lda,
+                                            strideA, batchCount);
+    cublasLtMatrixLayout_t lb = gemm_layout(Btype, transb == CUBLAS_OP_N ? k : n, transb == CUBLAS_OP_N ? n : k, ldb,
+                                            strideB, batchCount);
+    cublasLtMatrixLayout_t lc = gemm_layout(Ctype, m, n, ldc, strideC, batchCount);
+    if (!la || !lb || !lc)
+        status = CUBLAS_STATUS_ALLOC_FAILED;
+    else
+        status = cublasLtMatmul(handle->lt, desc, alpha, A, la, B, lb, beta, C, lc, C, lc, NULL, handle->workspace,
+                                handle->workspace_bytes, handle->stream);
+    cublasLtMatrixLayoutDestroy(lc);
+    cublasLtMatrixLayoutDestroy(lb);
+    cublasLtMatrixLayoutDestroy(la);
+    cublasLtMatmulDescDestroy(desc);
+    return status;
+}
+
+cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
+                            int k, const void *alpha, const void *A, cudaDataType Atype, int lda, const void *B,
+                            cudaDataType Btype, int ldb, const void *beta, void *C, cudaDataType Ctype, int ldc,
+                            cublasComputeType_t computeType, cublasGemmAlgo_t algo) {
+    return gemm(handle, transa, transb, m, n, k, alpha, A, Atype, lda, 0, B, Btype, ldb, 0, beta, C,
+                Ctype, ldc, 0, 1, computeType, algo);
+}
+
+cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb,
+                                          int m, int n, int k, const void *alpha, const void *A, cudaDataType Atype,
+                                          int lda, long long int strideA, const void *B, cudaDataType Btype, int ldb,
+                                          long long int strideB, const void *beta, void *C, cudaDataType Ctype,
+                                          int ldc, long long int strideC, int batchCount,
+                                          cublasComputeType_t computeType, cublasGemmAlgo_t algo) {
+    if (handle && batchCount > 1 && (refusals() & REFUSE_STRIDED)) return CUBLAS_STATUS_NOT_SUPPORTED;
+    return gemm(handle, transa, transb, m, n, k, alpha, A, Atype, lda, strideA, B,
+                Btype, ldb, strideB, beta, C, Ctype, ldc, strideC, batchCount, computeType, algo);
 }

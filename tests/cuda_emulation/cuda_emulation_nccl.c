@@ -5,7 +5,14 @@
  * A collective that never completes cannot happen here by itself, so a test
  * asks for one: with LDM_CUDA_EMULATION_STALL_NCCL=1 in the environment every
  * all-reduce returns ncclInProgress and the communicator stays in progress
- * until it is aborted, as a real one whose peer has stopped does. */
+ * until it is aborted, as a real one whose peer has stopped does.
+ *
+ * Init completes at once unless LDM_CUDA_EMULATION_NCCL_INIT_S is set: a
+ * number of seconds that init then takes (a non-blocking communicator reports
+ * ncclInProgress until they have passed, a blocking init sleeps them), or
+ * `stall` for an init that never completes (a rank that never joins), so that
+ * tests can see init's time limit and a collective's apart. */
+#include <math.h>
 #include <mpi.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -21,7 +28,27 @@ struct ncclComm {
     float *scaled; /* room for one all-reduce's scaled values, grown as needed */
     size_t scaled_count;
     int stalled;   /* an all-reduce is stuck (LDM_CUDA_EMULATION_STALL_NCCL) */
+    double ready_at; /* monotonic seconds when init completes (LDM_CUDA_EMULATION_NCCL_INIT_S) */
 };
+
+static double monotonic_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* How long init takes: 0, LDM_CUDA_EMULATION_NCCL_INIT_S seconds, or forever. */
+static double init_seconds(void) {
+    const char *text = getenv("LDM_CUDA_EMULATION_NCCL_INIT_S");
+    if (!text || !text[0]) return 0.0;
+    if (strcmp(text, "stall") == 0) return INFINITY;
+    char *end = NULL;
+    const double seconds = strtod(text, &end);
+    if (end == text || *end != '\0' || !(seconds >= 0.0))
+        fatal_internal("CUDA emulation: LDM_CUDA_EMULATION_NCCL_INIT_S=%s: expected seconds (at least 0) or 'stall'",
+                       text);
+    return seconds;
+}
 
 const char *ncclGetErrorString(ncclResult_t result) {
     switch (result) {
@@ -78,12 +105,22 @@ ncclResult_t ncclCommInitRankConfig(ncclComm_t *comm, int nranks, ncclUniqueId i
     c->nranks = nranks;
     c->rank = rank;
     *comm = c;
-    return ncclSuccess;
+    const double seconds = init_seconds();
+    if (seconds == 0.0) return ncclSuccess;
+    if (config->blocking) {
+        if (isinf(seconds))
+            for (;;) pause(); /* as a blocking init whose peer never joins */
+        struct timespec nap = {(time_t)seconds, (long)((seconds - floor(seconds)) * 1e9)};
+        nanosleep(&nap, NULL);
+        return ncclSuccess;
+    }
+    c->ready_at = monotonic_s() + seconds;
+    return ncclInProgress;
 }
 
 ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t *state) {
     if (!comm) return ncclInvalidArgument;
-    *state = comm->stalled ? ncclInProgress : ncclSuccess;
+    *state = comm->stalled || monotonic_s() < comm->ready_at ? ncclInProgress : ncclSuccess;
     return ncclSuccess;
 }
 

@@ -2,8 +2,9 @@
  * comm/comm_nccl.c uses, carried out with MPI on the CPU. A communicator of
  * one rank needs no MPI; one of several reduces over MPI_COMM_WORLD, whose
  * size and ranks must be the communicator's. Every call completes before it
- * returns (a non-blocking communicator never reports ncclInProgress), so the
- * emulation cannot stall the way a real collective does. Header for C and C++. */
+ * returns (a non-blocking communicator reports no ncclInProgress) unless a test
+ * asks for a stuck all-reduce or a slow init (cuda_emulation_nccl.c says how).
+ * Header for C and C++. */
 #ifndef LDM_CUDA_EMULATION_NCCL_H
 #define LDM_CUDA_EMULATION_NCCL_H
 

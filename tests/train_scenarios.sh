@@ -12,6 +12,12 @@ rm -rf "$work" && mkdir -p "$work" || exit 1
 cd "$work" || exit 1
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
+# A GPU scenario whose probe ldm refused ("device.type: cuda: ..." in probe.txt):
+# skipped (77), or failed where LDM_REQUIRE_GPU=1 says this machine must run it.
+skip_without_gpu() {
+  [ "${LDM_REQUIRE_GPU:-0}" = 1 ] || exit 77
+  fail "LDM_REQUIRE_GPU=1 but ldm refuses to train on cuda: $(grep -m 1 'error: ' probe.txt)"
+}
 run() { echo "+ $*" >&2; "$@" || fail "exit status $? from: $*"; }
 # The CPU path pinned (device.type auto would take a GPU where there is one);
 # the cuda and ae-cuda scenarios train on the GPU.
@@ -43,7 +49,7 @@ cuda)
   gpu="--config $LDM_CONFIGS/tiny.json --set device.type=cuda --set train.ckpt_every=10"
   "$LDM" train --data data.h5 $gpu --set train.steps=1 --run probe > probe.txt 2>&1; status=$?
   cat probe.txt
-  if [ $status = 2 ] && grep -q "device[.]type: cuda: " probe.txt; then exit 77; fi
+  if [ $status = 2 ] && grep -q "device[.]type: cuda: " probe.txt; then skip_without_gpu; fi
   [ $status = 0 ] || fail "exit status $status from the probe run"
   grep -q "^train: device: cuda " probe.txt || fail "the run does not say it trains on cuda"
   run $LDM_MPIRUN -np 1 "$LDM" train --data data.h5 $gpu --set train.steps=20 --run gpu > out.txt
@@ -78,7 +84,7 @@ ae-cuda)
   ae="$ae --set train.sample_every=5 --set train.log_every=1 --set autoencoder.sample_posterior=true"
   "$LDM" train-ae $ae --set device.type=cuda --set train.steps=1 --run probe > probe.txt 2>&1; status=$?
   cat probe.txt
-  if [ $status = 2 ] && grep -q "device[.]type: cuda: " probe.txt; then exit 77; fi
+  if [ $status = 2 ] && grep -q "device[.]type: cuda: " probe.txt; then skip_without_gpu; fi
   [ $status = 0 ] || fail "exit status $status from the probe run"
   grep -q "^train: device: cuda " probe.txt || fail "the run does not say it trains on cuda"
   run $LDM_MPIRUN -np 1 "$LDM" train-ae $ae --set device.type=cuda --set train.steps=10 --run gpu > out.txt
@@ -116,7 +122,7 @@ cuda-ranks)
   gpu="--config $LDM_CONFIGS/tiny.json --set device.type=cuda --set train.steps=10 --set train.log_every=1"
   $LDM_MPIRUN -np 2 "$LDM" train --data data.h5 $gpu --set train.steps=1 --run probe > probe.txt 2>&1; status=$?
   cat probe.txt
-  if [ $status = 2 ] && grep -Eq "device[.]type: cuda: |NCCL needs a GPU of its own" probe.txt; then exit 77; fi
+  if [ $status = 2 ] && grep -Eq "device[.]type: cuda: |NCCL needs a GPU of its own" probe.txt; then skip_without_gpu; fi
   [ $status = 0 ] || fail "exit status $status from the probe run"
   run $LDM_MPIRUN -np 1 "$LDM" train --data data.h5 $gpu --run one >/dev/null
   run $LDM_MPIRUN -np 2 "$LDM" train --data data.h5 $gpu --set train.micro_batch=4 --run two > two.txt
@@ -145,7 +151,7 @@ cuda-precision)
     common="$common --set train.precision=$precision"
     "$LDM" $common --set device.type=cuda --run gpu-$precision > probe.txt 2>&1; status=$?
     cat probe.txt
-    if [ $status = 2 ] && grep -q "device[.]type: cuda: " probe.txt; then exit 77; fi
+    if [ $status = 2 ] && grep -q "device[.]type: cuda: " probe.txt; then skip_without_gpu; fi
     [ $status = 0 ] || fail "exit status $status from the $precision run on cuda"
     run "$LDM" $common --set device.type=cpu --run cpu-$precision >/dev/null
     PRECISION=$precision run "$LDM_PYTHON" - <<'PY'

@@ -7,13 +7,14 @@
 #
 #   ../shared/tools/offline-deps.sh download .deps
 #
-# and make the device call (carry [".deps"], timeout_s 570) with exactly:
+# and make the device call (carry [".deps"], timeout_s 540) with exactly:
 #
 #   .deps/offline-deps.sh unpack >/dev/null && . .deps/env.sh && sh tests/gpu_session.sh "$OUT"
 #
 # Steps, each with its own time limit in seconds, every limit cut so that the
-# whole ends within LDM_GPU_SESSION_S (default 530) of the start, with the
-# benchmark's time kept for it:
+# whole ends within LDM_GPU_SESSION_S (default 500: unpacking .deps takes
+# some 10 to 20 s of the call's 540) of the start, with the benchmark's time kept
+# for it:
 #   machine    10  nvidia-smi, nvcc, torch, compute-sanitizer, mpirun
 #   configure  60  build-gpu: Release, -DLDM_CUDA=ON, sm_90 only (CMAKE_CUDA_ARCHITECTURES=90)
 #   build     240  cmake --build -j (nproc) of only the targets the GPU tests run
@@ -23,7 +24,7 @@
 #   cli       150  the cli_* tests labelled cuda (cli_train_cuda_ranks only with 2+ GPUs)
 #   sanitize  (left) the failed tests of the first failing group again under
 #                  compute-sanitizer (memcheck), when it is there
-#   bench     110  tests/bench_gpu_vs_pytorch.sh: ldm bench DiT-B/2 bf16 batch 256 against
+#   bench     100  tests/bench_gpu_vs_pytorch.sh: ldm bench DiT-B/2 bf16 batch 256 against
 #                  PyTorch bf16 autocast on the same GPU, with ldm's MFU and the ratio
 # The test groups run in that order with LDM_REQUIRE_GPU=1 (a GPU test that
 # would skip fails: docs/gpu.md) and stop at the first that fails; the
@@ -31,7 +32,7 @@
 # OUT/summary.txt with one line per step (name, status, seconds). Exit status:
 # 0 when every step passed, else 1.
 #
-# LDM_GPU_SESSION_S: the whole session's time in seconds (default 530).
+# LDM_GPU_SESSION_S: the whole session's time in seconds (default 500).
 # LDM_GPU_SESSION_BUILD: the build folder (default build-gpu).
 # LDM_GPU_SESSION_CUDA: -DLDM_CUDA's value (default ON; EMULATE tries the
 # script itself on a machine without a GPU, on the CPU emulation of CUDA).
@@ -40,13 +41,13 @@ out=${1:?usage: gpu_session.sh OUT_DIR}
 mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 1
 cd "$(dirname "$0")/.." || exit 1
 build=${LDM_GPU_SESSION_BUILD:-build-gpu}
-session_s=${LDM_GPU_SESSION_S:-530}
+session_s=${LDM_GPU_SESSION_S:-500}
 cuda_mode=${LDM_GPU_SESSION_CUDA:-ON}
 started=$(date +%s)
 : > "$out/summary.txt"
 failed=0
 step_number=0
-bench_reserve_s=110
+bench_reserve_s=100
 # compute-sanitizer, where the toolkit has it
 sanitizer=$(command -v compute-sanitizer 2>/dev/null || true)
 [ -n "$sanitizer" ] || for d in "${CUDA_HOME:-/usr/local/cuda}" /usr/local/cuda; do
@@ -102,6 +103,9 @@ test_python() {
 # libnccl.so.2 and no libnccl.so), for a toolkit that has none of its own:
 # "-DNCCL_LIBRARY=... -DNCCL_INCLUDE_DIR=..." or nothing.
 nccl_hints() {
+    if ldconfig -p 2>/dev/null | grep -q 'libnccl[.]so ' || [ -f "${CUDA_HOME:-/usr/local/cuda}/lib64/libnccl.so" ]; then
+        return 0 # the toolkit's or the system's
+    fi
     dir=$(python3 -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__) if nvidia.nccl.__file__ else list(nvidia.nccl.__path__)[0])' 2>/dev/null) || return 0
     for lib in "$dir"/lib/libnccl.so "$dir"/lib/libnccl.so.2; do
         if [ -f "$lib" ] && [ -f "$dir/include/nccl.h" ]; then
@@ -150,7 +154,7 @@ test_ops_cuda test_ops_cuda_conv test_dit_cuda test_dit_cuda_trainable test_auto
         group cli 150 "-L cuda -R '^cli_' $except_ranks"
     fi
     if [ -x "$build/ldm" ]; then
-        step bench 110 0 "LDM='$build/ldm' PYTHON=python3 bash tests/bench_gpu_vs_pytorch.sh --steps 10 --warmup 3"
+        step bench 100 0 "LDM='$build/ldm' PYTHON=python3 bash tests/bench_gpu_vs_pytorch.sh --steps 10 --warmup 3"
     fi
     echo "gpu session: $(elapsed) s; $( [ $failed = 0 ] && echo 'every step passed' || echo 'FAILED' ); logs in $out"
     cat "$out/summary.txt"

@@ -3,7 +3,7 @@
 # on a machine with several (tests/gpu_session.sh is the one-GPU session; this
 # uses its steps, limits and logs). Prepared here as for that one
 # (../shared/tools/offline-deps.sh download .deps), then the device call
-# (carry [".deps"], timeout_s 570):
+# (carry [".deps"], timeout_s 540):
 #
 #   .deps/offline-deps.sh unpack >/dev/null && . .deps/env.sh && sh tests/gpu_session_multi.sh "$OUT"
 #

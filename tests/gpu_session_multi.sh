@@ -30,7 +30,7 @@ LDM_GPU_SESSION_LIBRARY=1
 bench_reserve_s=0
 
 mpirun_np() { # mpirun_np N: the group's command for test_comm_nccl on N ranks
-    echo "mpirun --oversubscribe -x LDM_REQUIRE_GPU -np $1 '$build/test_comm_nccl'"
+    echo "mpirun --oversubscribe -x LDM_REQUIRE_GPU -np $1 '$build/tests/test_comm_nccl'"
 }
 
 main_multi() {

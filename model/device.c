@@ -20,11 +20,22 @@ int device_cuda_count(void) {
 #endif
 }
 
+const char *device_cuda_error(void) {
+#ifdef LDM_HAVE_CUDA
+    device_cuda_count_impl();
+    return device_cuda_error_impl();
+#else
+    return NULL;
+#endif
+}
+
 void device_describe(char *out, size_t size) {
     int used = snprintf(out, size, "cpu (%d threads)", omp_get_max_threads());
 #ifdef LDM_HAVE_CUDA
     int count = device_cuda_count_impl();
-    if (count == 0 && used > 0 && (size_t)used < size) snprintf(out + used, size - used, "; cuda: no device");
+    const char *error = device_cuda_error_impl();
+    if (count == 0 && used > 0 && (size_t)used < size)
+        snprintf(out + used, size - used, "; cuda: %s", error ? error : "no device");
     for (int d = 0; d < count && used > 0 && (size_t)used < size; d++) {
         char name[256];
         device_cuda_name(d, name, sizeof(name));

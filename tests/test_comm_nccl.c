@@ -39,10 +39,11 @@
  * purpose here; it goes through the same end_job path as the time limit.
  *
  * Skips (exit 77) in a CPU build, without a GPU, and when this host has more
- * ranks than GPUs. */
+ * ranks than GPUs; fails instead with LDM_REQUIRE_GPU=1 (test_util.h). */
 #include <stdio.h>
 
 #include "device.h"
+#include "test_util.h"
 
 #ifdef LDM_HAVE_CUDA
 #include <cuda_runtime_api.h>
@@ -58,7 +59,6 @@
 #include "comm_nccl.h"
 #include "ops_cuda.h"
 #include "rng.h"
-#include "test_util.h"
 
 static int rank, world;
 
@@ -292,10 +292,13 @@ static int run(int argc, char **argv) {
     rank = comm_rank();
     world = comm_world_size();
     if (comm_local_size() > device_cuda_count()) {
-        if (rank == 0)
-            printf("test_comm_nccl: skipped (%d ranks on this host, %d GPUs)\n", comm_local_size(), device_cuda_count());
+        char why[96];
+        snprintf(why, sizeof why, "%d ranks on this host and %d GPUs (one each needed)", comm_local_size(),
+                 device_cuda_count());
+        /* rank 0 says why; every rank ends with the same status */
+        int status = rank == 0 ? test_gpu_unavailable("test_comm_nccl", why) : test_gpu_required() ? 1 : 77;
         comm_finalize();
-        return 77;
+        return status;
     }
     comm_nccl *c = comm_nccl_create();
     CHECK(comm_nccl_device(c) == comm_local_rank());
@@ -318,10 +321,8 @@ static int run(int argc, char **argv) {
 #endif
 
 int main(int argc, char **argv) {
-    if (!device_cuda_compiled() || device_cuda_count() == 0) {
-        printf("test_comm_nccl: skipped (no CUDA device)\n");
-        return 77;
-    }
+    const char *missing = test_gpu_missing();
+    if (missing) return test_gpu_unavailable("test_comm_nccl", missing);
 #ifdef LDM_HAVE_CUDA
     return run(argc, argv);
 #else

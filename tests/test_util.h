@@ -6,6 +6,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "device.h"
@@ -79,17 +80,43 @@ static inline double test_relative_l2(const float *a, const float *b, size_t n) 
     return sqrt(num / (den > 0 ? den : 1));
 }
 
-/* In main of a GPU test: prints the devices, and returns 77 (ctest: skipped)
- * unless this is a CUDA build on a machine with an NVIDIA GPU. */
+/* What a GPU test returns when this machine cannot run it (why: a phrase such
+ * as "no CUDA device"): 77, which ctest reports as skipped, or, when
+ * LDM_REQUIRE_GPU=1 says the machine is meant to run it (a GPU machine, where a
+ * skip would turn a broken driver into a green suite), 1 with a line saying so. */
+static inline int test_gpu_required(void) {
+    const char *required = getenv("LDM_REQUIRE_GPU");
+    return required && strcmp(required, "1") == 0;
+}
+
+static inline int test_gpu_unavailable(const char *name, const char *why) {
+    if (test_gpu_required()) {
+        fprintf(stderr, "%s: FAILED: LDM_REQUIRE_GPU=1 but %s\n", name, why);
+        return 1;
+    }
+    printf("%s: skipped (%s)\n", name, why);
+    return 77;
+}
+
+/* Why this process cannot use a GPU ("this build has no CUDA", "no CUDA
+ * device", "CUDA error: TEXT"), or NULL when it can. */
+static inline const char *test_gpu_missing(void) {
+    if (!device_cuda_compiled()) return "this build has no CUDA";
+    if (device_cuda_count() > 0) return NULL;
+    const char *error = device_cuda_error();
+    return error ? error : "no CUDA device";
+}
+
+/* In main of a GPU test: prints the devices, and returns what
+ * test_gpu_unavailable() says unless this is a CUDA build on a machine with a
+ * usable NVIDIA GPU. */
 #define TEST_SKIP_WITHOUT_CUDA(name)                                                    \
     do {                                                                                \
         char devices_[512];                                                             \
         device_describe(devices_, sizeof devices_);                                     \
         printf("devices: %s\n", devices_);                                              \
-        if (!device_cuda_compiled() || device_cuda_count() == 0) {                      \
-            printf("%s: skipped (no CUDA device)\n", (name));                           \
-            return 77;                                                                  \
-        }                                                                               \
+        const char *missing_ = test_gpu_missing();                                      \
+        if (missing_) return test_gpu_unavailable((name), missing_);                    \
     } while (0)
 
 static inline int test_finish(const char *name) {

@@ -10,14 +10,24 @@ extern "C" {
 #include "device.h"
 }
 
+/* "CUDA error: TEXT" of the last count query that failed otherwise than with
+ * "no device"; empty when it worked. */
+static char count_error[256];
+
 extern "C" int device_cuda_count_impl(void) {
     int count = 0;
-    if (cudaGetDeviceCount(&count) != cudaSuccess) {
-        cudaGetLastError(); /* no driver or no device: clear the sticky error */
-        return 0;
-    }
-    return count;
+    const cudaError_t result = cudaGetDeviceCount(&count);
+    count_error[0] = '\0';
+    if (result == cudaSuccess) return count;
+    cudaGetLastError(); /* not sticky: clear it for the calls that follow */
+    /* No device is a machine without a GPU; anything else (a driver too old
+     * for this runtime, none loaded, a device in a bad state) is a GPU machine
+     * that cannot be used, and says why. */
+    if (result != cudaErrorNoDevice) snprintf(count_error, sizeof count_error, "CUDA error: %s", cudaGetErrorString(result));
+    return 0;
 }
+
+extern "C" const char *device_cuda_error_impl(void) { return count_error[0] ? count_error : NULL; }
 
 extern "C" void device_cuda_name(int device, char *out, size_t size) {
     cudaDeviceProp prop;

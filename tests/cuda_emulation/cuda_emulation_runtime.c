@@ -36,6 +36,7 @@ const char *cudaGetErrorString(cudaError_t error) {
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorInvalidDevicePointer: return "invalid device pointer";
     case cudaErrorInvalidMemcpyDirection: return "invalid copy direction for memcpy";
+    case cudaErrorInsufficientDriver: return "CUDA driver version is insufficient for CUDA runtime version";
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
@@ -54,9 +55,17 @@ cudaError_t cudaPeekAtLastError(void) { return last_error; }
 
 /* ---- devices ---- */
 
+/* LDM_CUDA_EMULATED_DEVICES: how many devices (default 1; 0: none, as on a
+ * machine without a GPU), or "insufficient-driver": a GPU machine whose driver
+ * is older than the runtime, where every call fails with that error. */
+static int driver_too_old(void) {
+    const char *text = getenv("LDM_CUDA_EMULATED_DEVICES");
+    return text && strcmp(text, "insufficient-driver") == 0;
+}
+
 static int device_count(void) {
     const char *visible = getenv("CUDA_VISIBLE_DEVICES");
-    if (visible && strcmp(visible, "-1") == 0) return 0;
+    if (driver_too_old() || (visible && strcmp(visible, "-1") == 0)) return 0;
     const char *text = getenv("LDM_CUDA_EMULATED_DEVICES");
     int count = text && *text ? atoi(text) : 1;
     return count < 0 ? 0 : count;
@@ -64,6 +73,7 @@ static int device_count(void) {
 
 cudaError_t cudaGetDeviceCount(int *count) {
     *count = device_count();
+    if (driver_too_old()) return result(cudaErrorInsufficientDriver);
     return *count ? cudaSuccess : result(cudaErrorNoDevice);
 }
 

@@ -151,7 +151,10 @@ static int bench_on_cuda(const char *device) {
     if (strcmp(device, "cuda") != 0) fatal_input("ldm bench: option --device: expected cpu or cuda, got '%s'", device);
     if (!device_cuda_compiled())
         fatal_input("ldm bench: option --device: cuda: this build has no CUDA (cmake -DLDM_CUDA=ON)");
-    if (device_cuda_count() == 0) fatal_input("ldm bench: option --device: cuda: no CUDA device on this machine");
+    if (device_cuda_count() == 0) {
+        const char *error = device_cuda_error();
+        fatal_input("ldm bench: option --device: cuda: %s", error ? error : "no CUDA device on this machine");
+    }
     return 1;
 }
 

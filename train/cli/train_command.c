@@ -40,7 +40,10 @@ static int training_on_cuda(const training_command *spec, const ldm_config *conf
     if (strcmp(type, "auto") == 0) return device_cuda_count() > 0;
     if (!device_cuda_compiled())
         fatal_input("ldm %s: device.type: cuda: this build has no CUDA (cmake -DLDM_CUDA=ON)", spec->command);
-    if (device_cuda_count() == 0) fatal_input("ldm %s: device.type: cuda: no CUDA device on this machine", spec->command);
+    if (device_cuda_count() == 0) {
+        const char *error = device_cuda_error();
+        fatal_input("ldm %s: device.type: cuda: %s", spec->command, error ? error : "no CUDA device on this machine");
+    }
     return 1;
 }
 

@@ -41,7 +41,8 @@ extern "C" {
 /* NULL for 0 bytes. */
 void *cuda_buffer_alloc(size_t bytes);
 void cuda_buffer_free(void *device);
-/* Synchronous copies on the default stream; 0 bytes do nothing. */
+/* Synchronous copies on the default stream, done when they return (they do
+ * not wait for a non-blocking stream: wait for it first); 0 bytes do nothing. */
 void cuda_copy_to_device(void *device, const void *host, size_t bytes);
 void cuda_copy_to_host(void *host, const void *device, size_t bytes);
 /* Every byte of device (bytes) set to value (synchronous). */

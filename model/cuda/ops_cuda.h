@@ -17,7 +17,7 @@
  * bit-identical to the CPU. tests/test_ops_cuda.c checks all of this.
  * Status: not yet run on a GPU; tests/test_ops_cuda.c passes on the CPU
  * emulation of CUDA (tests/cuda_emulation/, in CI), which checks the kernels'
- * arithmetic, indexing and barriers but not stream ordering or GPU rounding.
+ * arithmetic, indexing, barriers and stream ordering but not GPU rounding.
  * Errors end the program through fatal_internal (base/fatal.h).
  * The linear op and the GEMM context are in gemm_cublaslt.h (included here).
  * Only meaningful in a CUDA build (LDM_HAVE_CUDA). */

@@ -6,7 +6,8 @@
  * - a missing synchronisation: a kernel writes device memory, an asynchronous
  *   copy takes it to page-locked memory, the host reads without waiting: it
  *   sees the poison (NaN); after cudaStreamSynchronize, cudaEventSynchronize
- *   or cudaDeviceSynchronize it sees the kernel's values;
+ *   or cudaDeviceSynchronize it sees the kernel's values; a host function
+ *   and an event's time are there only after the wait too;
  * - a missing event wait between two streams: stream 2 reads what stream 1
  *   writes without cudaStreamWaitEvent and gets the old values; with the wait
  *   the new ones. Legacy default stream rules: a blocking stream orders with
@@ -83,6 +84,8 @@ static void read_back(float *host, const float *device) {
     CUDA_CHECK(cudaMemcpy(host, device, N * sizeof(float), cudaMemcpyDeviceToHost));
 }
 
+static void CUDART_CB count_call(void *calls) { (*(int *)calls)++; }
+
 static void test_missing_synchronisation(float *device, float *pinned) {
     cudaStream_t stream;
     cudaEvent_t copied;
@@ -120,6 +123,26 @@ static void test_missing_synchronisation(float *device, float *pinned) {
     fill(device, 50.0f, stream);
     CUDA_CHECK(cudaMemcpyAsync(pageable, device, sizeof pageable, cudaMemcpyDeviceToHost, stream));
     CHECK(holds(pageable, 50.0f, 1.0f), "an asynchronous copy to pageable memory: %g, expected 50", pageable[0]);
+
+    /* A host function runs in its place in the stream, at the host's wait;
+     * the time between two events is there once both have run. */
+    static int calls;
+    cudaEvent_t start, end;
+    CUDA_CHECK(cudaEventCreate(&start));
+    CUDA_CHECK(cudaEventCreate(&end));
+    calls = 0;
+    CUDA_CHECK(cudaEventRecord(start, stream));
+    CUDA_CHECK(cudaLaunchHostFunc(stream, count_call, &calls));
+    CUDA_CHECK(cudaEventRecord(end, stream));
+    float ms = 0.0f;
+    CHECK(cudaEventElapsedTime(&ms, start, end) == cudaErrorNotReady && calls == 0,
+          "before the wait: the host function ran %d times, the elapsed time was there", calls);
+    (void)cudaGetLastError();
+    CUDA_CHECK(cudaEventSynchronize(end));
+    CHECK(calls == 1 && cudaEventElapsedTime(&ms, start, end) == cudaSuccess && ms >= 0.0f,
+          "after the wait: the host function ran %d times (expected 1), %g ms", calls, ms);
+    CUDA_CHECK(cudaEventDestroy(start));
+    CUDA_CHECK(cudaEventDestroy(end));
 
     CUDA_CHECK(cudaEventDestroy(copied));
     CUDA_CHECK(cudaStreamDestroy(stream));

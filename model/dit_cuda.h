@@ -22,9 +22,10 @@
  *
  * All tensor arguments are DEVICE pointers. Work is queued on the model's
  * stream and nothing waits for it except the functions that say so (uploads,
- * downloads, dit_cuda_synchronize). The stream is a blocking stream: work on
- * the legacy default stream (cuda_copy_to_device, cuda_copy_to_host of
- * ops_cuda.h) is ordered with it.
+ * downloads, dit_cuda_synchronize). The stream is non-blocking: nothing orders
+ * it with the legacy default stream, so the uploads and downloads wait for it
+ * on the host before their synchronous copies (cuda_copy_to_device and
+ * cuda_copy_to_host of ops_cuda.h, which return once done).
  *
  * Status: not yet run on a GPU. tests/test_dit_cuda.c (the PyTorch fixtures and
  * the CPU model) passes on the CPU emulation of CUDA (tests/cuda_emulation/,

@@ -131,6 +131,7 @@ static void divergent_barrier(void) {
     int *out = NULL;
     CUDA_CHECK(cudaMalloc(&out, 64 * sizeof(int)));
     CUDA_LAUNCH_KERNEL(divergent_barrier_kernel, 1, 64, NULL, out);
+    CUDA_CHECK(cudaDeviceSynchronize()); /* the launch is queued: it runs here */
 }
 
 static void late_barrier(void) {
@@ -138,6 +139,7 @@ static void late_barrier(void) {
     CUDA_CHECK(cudaMalloc(&out, 64 * sizeof(int)));
     CUDA_LAUNCH_KERNEL(sometimes_barrier_kernel, 1, 64, NULL, out, 0);
     CUDA_LAUNCH_KERNEL(sometimes_barrier_kernel, 1, 64, NULL, out, 1);
+    CUDA_CHECK(cudaDeviceSynchronize());
 }
 
 static void copy_with_wrong_kind(void) {

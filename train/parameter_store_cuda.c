@@ -6,8 +6,11 @@
  * on NCCL's stream while backward goes on (comm_nccl.h's buckets), else in
  * one all-reduce afterwards), its norm (one double comes back to the
  * host, which decides skip and clipping), scaling, AdamW and the EMA as one
- * kernel each. Everything runs on the legacy default stream, which orders it
- * with the trainable's own (blocking) stream without events.
+ * kernel each. Everything runs on the trainable's own stream (its device
+ * capability's), in order behind its backward pass, so that nothing counts on
+ * the legacy default stream; NCCL's stream is ordered with it by events
+ * (comm_nccl.h). The host waits for that stream before it reads or writes
+ * what the stream uses.
  *
  * The kernels are the CPU's arithmetic (ops_cuda.h: AdamW and the EMA bit for
  * bit); the norm sums in double in a fixed order of its own, so it is
@@ -34,6 +37,9 @@ typedef struct {
 
 static device_vectors *vectors_of(parameter_store *store) { return store->self; }
 
+/* Where the store's work is queued: the trainable's stream. */
+static ldm_stream stream_of(const parameter_store *store) { return store->model->device->stream; }
+
 /* The handover's ready: a slice's all-reduce starts behind the backward kernels queued so far. */
 static void device_bucket_ready(void *context, size_t offset, size_t count) {
     parameter_store *store = context;
@@ -45,26 +51,26 @@ static void device_bucket_ready(void *context, size_t offset, size_t count) {
 static void device_average_gradients(parameter_store *store) {
     device_vectors *d = vectors_of(store);
     if (d->launched) {
-        /* Every slice was launched during backward; the legacy default stream
-         * (and with it the trainable's blocking stream) waits for them. */
-        comm_nccl_wait_all(d->nccl, NULL);
+        /* Every slice was launched during backward; the trainable's stream waits for them. */
+        comm_nccl_wait_all(d->nccl, stream_of(store));
         d->launched = 0;
     } else if (d->nccl) {
-        comm_nccl_allreduce_mean(d->nccl, store->model->device->grads, store->model->count, NULL);
+        comm_nccl_allreduce_mean(d->nccl, store->model->device->grads, store->model->count, stream_of(store));
     }
 }
 
 static double device_gradient_norm(parameter_store *store) {
     device_vectors *d = vectors_of(store);
     double *total = d->norm_partials + SQUARED_NORM_PARTIALS;
-    squared_norm_cuda(total, d->norm_partials, store->model->device->grads, store->model->count, NULL);
+    squared_norm_cuda(total, d->norm_partials, store->model->device->grads, store->model->count, stream_of(store));
     double squared = 0.0;
-    cuda_copy_to_host(&squared, total, sizeof squared); /* waits for the kernels */
+    cuda_copy_to_host_async(&squared, total, sizeof squared, stream_of(store));
+    cuda_stream_synchronize(stream_of(store));
     return sqrt(squared);
 }
 
 static void device_scale_gradients(parameter_store *store, float factor) {
-    scale_cuda(store->model->device->grads, store->model->count, factor, NULL);
+    scale_cuda(store->model->device->grads, store->model->count, factor, stream_of(store));
 }
 
 static void device_adamw_step(parameter_store *store, float lr) {
@@ -72,16 +78,18 @@ static void device_adamw_step(parameter_store *store, float lr) {
     adamw_state *o = store->optimizer;
     o->step++;
     adamw_step_cuda(store->model->device->params, store->model->device->grads, d->adam_m, d->adam_v, o->count, lr,
-                    o->hyper.beta1, o->hyper.beta2, o->hyper.eps, o->hyper.weight_decay, o->step, NULL);
+                    o->hyper.beta1, o->hyper.beta2, o->hyper.eps, o->hyper.weight_decay, o->step, stream_of(store));
 }
 
 static void device_ema_update(parameter_store *store, double decay) {
-    ema_update_cuda(vectors_of(store)->ema, store->model->device->params, store->model->count, decay, NULL);
+    ema_update_cuda(vectors_of(store)->ema, store->model->device->params, store->model->count, decay,
+                    stream_of(store));
 }
 
 static void device_to_host(parameter_store *store) {
     device_vectors *d = vectors_of(store);
     const size_t bytes = store->model->count * sizeof(float);
+    cuda_stream_synchronize(stream_of(store)); /* the step's kernels have written them */
     cuda_copy_to_host(store->model->params, store->model->device->params, bytes);
     cuda_copy_to_host(store->ema, d->ema, bytes);
     cuda_copy_to_host(store->optimizer->m, d->adam_m, bytes);
@@ -91,6 +99,7 @@ static void device_to_host(parameter_store *store) {
 static void device_from_host(parameter_store *store) {
     device_vectors *d = vectors_of(store);
     const size_t bytes = store->model->count * sizeof(float);
+    cuda_stream_synchronize(stream_of(store)); /* nothing queued may still read the old values */
     cuda_copy_to_device(store->model->device->params, store->model->params, bytes);
     cuda_copy_to_device(d->ema, store->ema, bytes);
     cuda_copy_to_device(d->adam_m, store->optimizer->m, bytes);

@@ -10,7 +10,7 @@ extern "C" {
 
 extern "C" ldm_stream dit_cuda_stream_create(void) {
     cudaStream_t stream;
-    CUDA_CHECK(cudaStreamCreate(&stream));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     return stream;
 }
 

@@ -18,8 +18,11 @@ extern "C" {
 #include "gemm_cublaslt.h"
 #include "precision.h"
 
-/* A blocking stream (cudaStreamCreate): ordered with the legacy default stream,
- * so the synchronous copies of ops_cuda.h and work on this stream never overlap. */
+/* A non-blocking stream (cudaStreamNonBlocking): not ordered with the legacy
+ * default stream, so nothing may count on that; work on other streams is
+ * ordered with it by events, and the host waits for it with
+ * dit_cuda_stream_synchronize before a synchronous copy of ops_cuda.h touches
+ * what it uses. */
 ldm_stream dit_cuda_stream_create(void);
 void dit_cuda_stream_destroy(ldm_stream stream);
 void dit_cuda_stream_synchronize(ldm_stream stream);

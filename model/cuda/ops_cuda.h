@@ -17,7 +17,7 @@
  * bit-identical to the CPU. tests/test_ops_cuda.c checks all of this.
  * Status: not yet run on a GPU; tests/test_ops_cuda.c passes on the CPU
  * emulation of CUDA (tests/cuda_emulation/, in CI), which checks the kernels'
- * arithmetic, indexing and barriers but not stream ordering or GPU rounding.
+ * arithmetic, indexing, barriers and stream ordering but not GPU rounding.
  * Errors end the program through fatal_internal (base/fatal.h).
  * The linear op and the GEMM context are in gemm_cublaslt.h (included here).
  * Only meaningful in a CUDA build (LDM_HAVE_CUDA). */
@@ -41,7 +41,8 @@ extern "C" {
 /* NULL for 0 bytes. */
 void *cuda_buffer_alloc(size_t bytes);
 void cuda_buffer_free(void *device);
-/* Synchronous copies on the default stream; 0 bytes do nothing. */
+/* Synchronous copies on the default stream, done when they return (they do
+ * not wait for a non-blocking stream: wait for it first); 0 bytes do nothing. */
 void cuda_copy_to_device(void *device, const void *host, size_t bytes);
 void cuda_copy_to_host(void *host, const void *device, size_t bytes);
 /* Every byte of device (bytes) set to value (synchronous). */

@@ -19,7 +19,12 @@ extern "C" void cuda_buffer_free(void *device) {
 }
 
 extern "C" void cuda_copy_to_device(void *device, const void *host, size_t bytes) {
-    if (bytes) CUDA_CHECK(cudaMemcpy(device, host, bytes, cudaMemcpyHostToDevice));
+    if (bytes) {
+        CUDA_CHECK(cudaMemcpy(device, host, bytes, cudaMemcpyHostToDevice));
+        /* From pageable memory cudaMemcpy may return before the device has the
+         * bytes; work on a non-blocking stream must find them there. */
+        CUDA_CHECK(cudaStreamSynchronize(NULL));
+    }
 }
 
 extern "C" void cuda_copy_to_host(void *host, const void *device, size_t bytes) {

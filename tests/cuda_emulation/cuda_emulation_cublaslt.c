@@ -31,6 +31,7 @@
 
 #include "cublasLt.h"
 #include "cublas_v2.h"
+#include "cuda_emulation_queue.h"
 #include "fatal.h"
 
 /* Marks an algorithm as one this emulation's heuristic filled in. */
@@ -656,6 +657,27 @@ static cublasStatus_t compute(const matmul_problem *p, float alpha, float beta, 
     return CUBLAS_STATUS_SUCCESS;
 }
 
+/* A matmul waiting in its stream's queue (cuda_emulation_queue.h). */
+typedef struct {
+    matmul_problem problem;
+    float alpha, beta;
+    const void *a;
+    matrix_layout a_layout;
+    const void *b;
+    matrix_layout b_layout;
+    const float *c;
+    matrix_layout c_layout;
+    float *d;
+    matrix_layout d_layout;
+} queued_matmul;
+
+static void run_queued_matmul(void *data) {
+    const queued_matmul *q = data;
+    if (compute(&q->problem, q->alpha, q->beta, q->a, &q->a_layout, q->b, &q->b_layout, q->c, &q->c_layout, q->d,
+                &q->d_layout) != CUBLAS_STATUS_SUCCESS)
+        fatal_internal("CUDA emulation: cublasLtMatmul: out of memory while it ran");
+}
+
 cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t computeDesc, const void *alpha,
                               const void *A, cublasLtMatrixLayout_t Adesc, const void *B, cublasLtMatrixLayout_t Bdesc,
                               const void *beta, const void *C, cublasLtMatrixLayout_t Cdesc, void *D,
@@ -734,7 +756,13 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t
         }
     }
 
-    return compute(&problem, alpha_value, beta_value, A, Adesc, B, Bdesc, C, Cdesc, D, Ddesc);
+    /* Queued on stream with copies of what the call was given: the caller may
+     * change or destroy the descriptors once the call returns. */
+    queued_matmul *queued = malloc(sizeof *queued);
+    if (!queued) return CUBLAS_STATUS_ALLOC_FAILED;
+    *queued = (queued_matmul){problem, alpha_value, beta_value, A, *Adesc, B, *Bdesc, C, *Cdesc, D, *Ddesc};
+    cuda_emulation_enqueue(stream, call, run_queued_matmul, free, queued, (cuda_emulation_work_reads){0});
+    return CUBLAS_STATUS_SUCCESS;
 }
 
 /* ---- cuBLAS (cublas_v2.h): the GEMMs, through the matmul above ---- */

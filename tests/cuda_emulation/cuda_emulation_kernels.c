@@ -1,4 +1,5 @@
-/* CUDA emulation: the kernel scheduler (see cuda_runtime.h). A launch runs its
+/* CUDA emulation: the kernel scheduler (see cuda_runtime.h). A launch is
+ * queued on its stream (cuda_emulation_queue.h); when the queue runs it, it runs its
  * blocks one after another; the threads of a block run as coroutines on
  * stacks of their own, each until it finishes or waits at a barrier
  * (__syncthreads, or a warp shuffle). Once every thread that has not finished
@@ -21,6 +22,7 @@
 #include <sys/mman.h>
 #include <ucontext.h>
 
+#include "cuda_emulation_queue.h"
 #include "cuda_runtime.h"
 #include "fatal.h"
 
@@ -225,30 +227,32 @@ static void reserve_stacks(void) {
 
 void cuda_emulation_kernel_error(cudaError_t error); /* cuda_emulation_runtime.c */
 
-void cuda_emulation_run_kernel(const char *name, const void *kernel, cuda_emulation_coordinates grid,
-                               cuda_emulation_coordinates block, cudaStream_t stream, void (*thread_body)(void *),
-                               void *closure) {
-    cuda_emulation_require_stream(stream, name);
-    if (launch.current >= 0) fatal_internal("CUDA emulation: kernel %s launched from inside a kernel", name);
-    const unsigned long long threads = (unsigned long long)block.x * block.y * block.z;
-    if (grid.x == 0 || grid.y == 0 || grid.z == 0 || threads == 0 || threads > MAX_BLOCK_THREADS || block.z > 64 ||
-        grid.y > 65535 || grid.z > 65535) {
-        cuda_emulation_kernel_error(cudaErrorInvalidConfiguration);
-        return;
-    }
-    launch.name = name;
-    launch.body = thread_body;
-    launch.closure = closure;
-    launch.count = (int)threads;
+typedef struct {
+    const char *name;
+    const void *kernel;
+    cuda_emulation_coordinates grid, block;
+    void (*thread_body)(void *);
+    void *closure;
+    void (*release)(void *);
+} queued_launch;
+
+/* Runs a queued launch (from the queue, cuda_emulation_streams.c). */
+static void run_launch(void *data) {
+    const queued_launch *q = data;
+    if (launch.current >= 0) fatal_internal("CUDA emulation: kernel %s run from inside a kernel", q->name);
+    launch.name = q->name;
+    launch.body = q->thread_body;
+    launch.closure = q->closure;
+    launch.count = (int)(q->block.x * q->block.y * q->block.z);
     launch.met_barrier = 0;
-    blockDim = block;
-    gridDim = grid;
-    launch.coroutines = !is_barrier_free(kernel);
+    blockDim = q->block;
+    gridDim = q->grid;
+    launch.coroutines = !is_barrier_free(q->kernel);
     if (launch.coroutines) reserve_stacks();
     int block_linear = 0;
-    for (unsigned int z = 0; z < grid.z; z++)
-        for (unsigned int y = 0; y < grid.y; y++)
-            for (unsigned int x = 0; x < grid.x; x++, block_linear++) {
+    for (unsigned int z = 0; z < q->grid.z; z++)
+        for (unsigned int y = 0; y < q->grid.y; y++)
+            for (unsigned int x = 0; x < q->grid.x; x++, block_linear++) {
                 blockIdx = (cuda_emulation_coordinates){x, y, z};
                 if (launch.coroutines) {
                     run_block_as_coroutines(block_linear);
@@ -256,11 +260,35 @@ void cuda_emulation_run_kernel(const char *name, const void *kernel, cuda_emulat
                     for (int t = 0; t < launch.count; t++) {
                         launch.current = t;
                         set_thread_coordinates(t);
-                        thread_body(closure);
+                        q->thread_body(q->closure);
                     }
                     launch.current = -1;
                 }
             }
     if (launch.coroutines && !launch.met_barrier && barrier_free_count < MAX_KERNELS)
-        barrier_free[barrier_free_count++] = kernel;
+        barrier_free[barrier_free_count++] = q->kernel;
+}
+
+static void release_launch(void *data) {
+    queued_launch *q = data;
+    q->release(q->closure);
+    free(q);
+}
+
+void cuda_emulation_run_kernel(const char *name, const void *kernel, cuda_emulation_coordinates grid,
+                               cuda_emulation_coordinates block, cudaStream_t stream, void (*thread_body)(void *),
+                               void *closure, void (*release)(void *)) {
+    cuda_emulation_require_stream(stream, name);
+    if (launch.current >= 0) fatal_internal("CUDA emulation: kernel %s launched from inside a kernel", name);
+    const unsigned long long threads = (unsigned long long)block.x * block.y * block.z;
+    if (grid.x == 0 || grid.y == 0 || grid.z == 0 || threads == 0 || threads > MAX_BLOCK_THREADS || block.z > 64 ||
+        grid.y > 65535 || grid.z > 65535) {
+        cuda_emulation_kernel_error(cudaErrorInvalidConfiguration);
+        release(closure);
+        return;
+    }
+    queued_launch *q = malloc(sizeof *q);
+    if (!q) fatal_internal("CUDA emulation: out of memory for a launch");
+    *q = (queued_launch){name, kernel, grid, block, thread_body, closure, release};
+    cuda_emulation_enqueue(stream, name, run_launch, release_launch, q, (cuda_emulation_work_reads){0});
 }

@@ -1,4 +1,5 @@
-/* CUDA emulation: NCCL's all-reduce over MPI (see nccl.h). ncclAvg is computed
+/* CUDA emulation: NCCL's all-reduce over MPI (see nccl.h), queued on its
+ * stream like any other device work (cuda_emulation_queue.h). ncclAvg is computed
  * as comm/comm_nccl.h says NCCL computes it: every rank's value times
  * (float)(1 / W), then summed (MPI_SUM over MPI_COMM_WORLD).
  *
@@ -20,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cuda_emulation_queue.h"
 #include "fatal.h"
 #include "nccl.h"
 
@@ -29,6 +31,8 @@ struct ncclComm {
     size_t scaled_count;
     int stalled;   /* an all-reduce is stuck (LDM_CUDA_EMULATION_STALL_NCCL) */
     double ready_at; /* monotonic seconds when init completes (LDM_CUDA_EMULATION_NCCL_INIT_S) */
+    int queued;    /* all-reduces waiting in a stream's queue: they refer to the communicator */
+    int released;  /* destroyed or aborted while some were queued: the last of them frees it */
 };
 
 static double monotonic_s(void) {
@@ -124,20 +128,73 @@ ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t *state) {
     return ncclSuccess;
 }
 
-ncclResult_t ncclCommFinalize(ncclComm_t comm) { return comm ? ncclSuccess : ncclInvalidArgument; }
-
-ncclResult_t ncclCommDestroy(ncclComm_t comm) {
+/* Finalize flushes what was issued: every queued all-reduce runs. */
+ncclResult_t ncclCommFinalize(ncclComm_t comm) {
     if (!comm) return ncclInvalidArgument;
-    free(comm->scaled);
-    free(comm);
+    if (comm->queued) cuda_emulation_drain_all();
     return ncclSuccess;
 }
 
+static void release_comm(struct ncclComm *comm) {
+    free(comm->scaled);
+    free(comm);
+}
+
+ncclResult_t ncclCommDestroy(ncclComm_t comm) {
+    if (!comm) return ncclInvalidArgument;
+    if (comm->queued) comm->released = 1;
+    else release_comm(comm);
+    return ncclSuccess;
+}
+
+/* What is still queued is dropped when it comes to run, as an aborted
+ * communicator's collectives are. */
 ncclResult_t ncclCommAbort(ncclComm_t comm) { return ncclCommDestroy(comm); }
 
+typedef struct {
+    const float *send;
+    float *receive;
+    size_t count;
+    ncclRedOp_t op;
+    struct ncclComm *comm;
+} queued_allreduce;
+
+/* The reduction itself, when the stream's queue runs it. */
+static void run_allreduce(void *data) {
+    const queued_allreduce *q = data;
+    struct ncclComm *comm = q->comm;
+    comm->queued--;
+    if (comm->released) {
+        if (comm->queued == 0) release_comm(comm);
+        return;
+    }
+    const size_t count = q->count;
+    if (comm->scaled_count < count) {
+        free(comm->scaled);
+        comm->scaled = malloc(count * sizeof(float));
+        if (!comm->scaled) fatal_internal("CUDA emulation: ncclAllReduce: out of memory for %zu floats", count);
+        comm->scaled_count = count;
+    }
+    const float factor = q->op == ncclAvg ? (float)(1.0 / comm->nranks) : 1.0f;
+    for (size_t i = 0; i < count; i++) comm->scaled[i] = q->send[i] * factor;
+    if (comm->nranks == 1) {
+        memcpy(q->receive, comm->scaled, count * sizeof(float));
+        return;
+    }
+    for (size_t done = 0; done < count;) { /* MPI counts are ints */
+        int part = count - done > (size_t)1 << 30 ? 1 << 30 : (int)(count - done);
+        if (MPI_Allreduce(comm->scaled + done, q->receive + done, part, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD) !=
+            MPI_SUCCESS)
+            fatal_internal("CUDA emulation: ncclAllReduce: MPI_Allreduce failed");
+        done += (size_t)part;
+    }
+}
+
+/* Queued on stream (cuda_emulation_queue.h): the ranks' MPI_Allreduce calls
+ * meet when each rank's queue runs its all-reduce, in the order issued. */
 ncclResult_t ncclAllReduce(const void *send, void *receive, size_t count, ncclDataType_t type, ncclRedOp_t op,
                            ncclComm_t comm, cudaStream_t stream) {
-    if (!comm || type != ncclFloat32 || (op != ncclAvg && op != ncclSum)) return ncclInvalidArgument;
+    if (!comm || comm->released || type != ncclFloat32 || (op != ncclAvg && op != ncclSum)) return ncclInvalidArgument;
     cuda_emulation_require_stream(stream, "ncclAllReduce");
     if (count == 0) return ncclSuccess;
     const char *stall = getenv("LDM_CUDA_EMULATION_STALL_NCCL");
@@ -147,25 +204,10 @@ ncclResult_t ncclAllReduce(const void *send, void *receive, size_t count, ncclDa
     }
     cuda_emulation_require_device_range(send, count * sizeof(float), "ncclAllReduce (send buffer)");
     cuda_emulation_require_device_range(receive, count * sizeof(float), "ncclAllReduce (receive buffer)");
-    if (comm->scaled_count < count) {
-        free(comm->scaled);
-        comm->scaled = malloc(count * sizeof(float));
-        if (!comm->scaled) return ncclSystemError;
-        comm->scaled_count = count;
-    }
-    const float factor = op == ncclAvg ? (float)(1.0 / comm->nranks) : 1.0f;
-    const float *in = send;
-    for (size_t i = 0; i < count; i++) comm->scaled[i] = in[i] * factor;
-    if (comm->nranks == 1) {
-        memcpy(receive, comm->scaled, count * sizeof(float));
-        return ncclSuccess;
-    }
-    for (size_t done = 0; done < count;) { /* MPI counts are ints */
-        int part = count - done > (size_t)1 << 30 ? 1 << 30 : (int)(count - done);
-        if (MPI_Allreduce(comm->scaled + done, (float *)receive + done, part, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD) !=
-            MPI_SUCCESS)
-            return ncclRemoteError;
-        done += (size_t)part;
-    }
+    queued_allreduce *q = malloc(sizeof *q);
+    if (!q) return ncclSystemError;
+    *q = (queued_allreduce){send, receive, count, op, comm};
+    comm->queued++;
+    cuda_emulation_enqueue(stream, "ncclAllReduce", run_allreduce, free, q, (cuda_emulation_work_reads){0});
     return ncclSuccess;
 }

@@ -1,5 +1,6 @@
-/* CUDA emulation (see cuda_runtime_api.h): devices, device memory, copies,
- * streams, events and the last error. Device memory is host memory kept in a
+/* CUDA emulation (see cuda_runtime_api.h): devices, device memory, copies
+ * and fills (queued on their streams: cuda_emulation_streams.c) and the last
+ * error. Device memory is host memory kept in a
  * registry, so that a copy or a library call can check that a "device"
  * pointer is one (and a host pointer is not) and that the bytes it touches lie
  * inside one allocation. New allocations are filled with 0xff bytes (NaN as
@@ -9,8 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "cuda_emulation_queue.h"
 #include "cuda_runtime_api.h"
 #include "fatal.h"
 
@@ -27,6 +28,7 @@ static cudaError_t result(cudaError_t error) {
 }
 
 void cuda_emulation_kernel_error(cudaError_t error) { result(error); }
+cudaError_t cuda_emulation_result(cudaError_t error) { return result(error); }
 
 const char *cudaGetErrorString(cudaError_t error) {
     switch (error) {
@@ -114,7 +116,10 @@ cudaError_t cudaDeviceGetStreamPriorityRange(int *least, int *greatest) {
     return cudaSuccess;
 }
 
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize(void) {
+    cuda_emulation_drain_all();
+    return cudaSuccess;
+}
 
 /* ---- memory: a sorted registry of allocations ---- */
 
@@ -206,8 +211,10 @@ cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes) {
 }
 cudaError_t cudaMallocHost(void **host, size_t bytes) { return allocate(host, bytes, 0); }
 
+/* cudaFree and cudaFreeHost wait for the device, as CUDA's do. */
 cudaError_t cudaFree(void *device) {
     if (!device) return cudaSuccess;
+    cuda_emulation_drain_all();
     const allocation *found = find_allocation(device);
     const size_t bytes = found ? found->bytes : 0;
     if (!unregister_allocation(device, 1)) return result(cudaErrorInvalidDevicePointer);
@@ -218,15 +225,50 @@ cudaError_t cudaFree(void *device) {
 
 cudaError_t cudaFreeHost(void *host) {
     if (!host) return cudaSuccess;
+    cuda_emulation_drain_all();
     if (!unregister_allocation(host, 0)) return result(cudaErrorInvalidValue);
     free(host);
     return cudaSuccess;
 }
 
+/* ---- copies and fills: queued on their stream (cuda_emulation_queue.h) ----
+ * As CUDA does (the runtime API's "API synchronization behavior"):
+ *  - a copy from pageable host memory to the device takes the source's bytes
+ *    when it is called (CUDA stages them) and runs later;
+ *  - a copy from page-locked (cudaMallocHost) memory reads it when it runs:
+ *    the host must not change it before then;
+ *  - a copy to pageable host memory returns once it has run (its stream's
+ *    earlier work first); one to page-locked memory runs later, and its
+ *    destination holds the poison byte until then, so a host read without a
+ *    wait sees NaN;
+ *  - cudaMemcpy is a copy on the legacy default stream that returns once it has
+ *    run, except device to device and pageable host to device (queued);
+ *    cudaMemset is queued on the legacy default stream. */
+
+typedef struct {
+    void *dst;
+    const void *src;
+    size_t bytes;
+    void *staged; /* the pageable source's bytes as they were at the call, or NULL */
+} copy_work;
+
+static void run_copy(void *data) {
+    const copy_work *work = data;
+    memmove(work->dst, work->staged ? work->staged : work->src, work->bytes);
+}
+
+static void release_copy(void *data) {
+    copy_work *work = data;
+    free(work->staged);
+    free(work);
+}
+
+static int is_page_locked(const void *p, size_t bytes) { return inside(p, bytes, 0); }
+
 /* A copy's pointers must be where its kind says: a kind that contradicts them
- * is a bug that a real GPU may punish only sometimes. */
+ * is a bug that a real GPU may punish only sometimes. synchronous: cudaMemcpy. */
 static cudaError_t copy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream,
-                        const char *what) {
+                        const char *what, int synchronous) {
     cuda_emulation_require_stream(stream, what);
     if (bytes == 0) return cudaSuccess;
     if (kind == cudaMemcpyDefault)
@@ -242,131 +284,63 @@ static cudaError_t copy(void *dst, const void *src, size_t bytes, cudaMemcpyKind
     if (src_device) cuda_emulation_require_device_range(src, bytes, what);
     else if (cuda_emulation_is_device_range(src, 1))
         fatal_internal("CUDA emulation: %s: the source %p is device memory, but the copy's kind says host", what, src);
-    memmove(dst, src, bytes);
+
+    copy_work *work = calloc(1, sizeof *work);
+    if (!work) return result(cudaErrorMemoryAllocation);
+    *work = (copy_work){dst, src, bytes, NULL};
+    cuda_emulation_work_reads reads = {0};
+    if (!src_device) {
+        if (is_page_locked(src, bytes)) {
+            reads = (cuda_emulation_work_reads){src, bytes};
+        } else {
+            work->staged = malloc(bytes);
+            if (!work->staged) {
+                free(work);
+                return result(cudaErrorMemoryAllocation);
+            }
+            memcpy(work->staged, src, bytes);
+        }
+    }
+    int wait = !dst_device; /* to host memory: returns once done ... */
+    if (!dst_device && !synchronous && is_page_locked(dst, bytes)) {
+        wait = 0; /* ... unless asynchronous into page-locked memory */
+        if (!cuda_emulation_host_bytes_pending_read(dst, bytes)) memset(dst, CUDA_EMULATION_POISON_BYTE, bytes);
+    }
+    if (synchronous && !dst_device) wait = 1;
+    if (synchronous && kind == cudaMemcpyHostToDevice && !work->staged) wait = 1;
+    cuda_emulation_enqueue(stream, what, run_copy, release_copy, work, reads);
+    if (wait) cuda_emulation_drain_stream(stream);
     return cudaSuccess;
 }
 
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
-    return copy(dst, src, bytes, kind, NULL, "cudaMemcpy");
+    return copy(dst, src, bytes, kind, NULL, "cudaMemcpy", 1);
 }
 
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream) {
-    return copy(dst, src, bytes, kind, stream, "cudaMemcpyAsync");
+    return copy(dst, src, bytes, kind, stream, "cudaMemcpyAsync", 0);
+}
+
+typedef struct {
+    void *device;
+    int value;
+    size_t bytes;
+} fill_work;
+
+static void run_fill(void *data) {
+    const fill_work *work = data;
+    memset(work->device, work->value, work->bytes);
 }
 
 cudaError_t cudaMemsetAsync(void *device, int value, size_t bytes, cudaStream_t stream) {
     cuda_emulation_require_stream(stream, "cudaMemsetAsync");
     if (bytes == 0) return cudaSuccess;
     cuda_emulation_require_device_range(device, bytes, "cudaMemset");
-    memset(device, value, bytes);
+    fill_work *work = malloc(sizeof *work);
+    if (!work) return result(cudaErrorMemoryAllocation);
+    *work = (fill_work){device, value, bytes};
+    cuda_emulation_enqueue(stream, "cudaMemset", run_fill, free, work, (cuda_emulation_work_reads){0});
     return cudaSuccess;
 }
 
 cudaError_t cudaMemset(void *device, int value, size_t bytes) { return cudaMemsetAsync(device, value, bytes, NULL); }
-
-/* ---- streams and events ---- */
-
-#define STREAM_MAGIC 0x5354524du
-#define EVENT_MAGIC 0x45564e54u
-
-struct CUstream_st {
-    unsigned int magic;
-    unsigned int flags;
-};
-
-struct CUevent_st {
-    unsigned int magic;
-    unsigned int flags;
-    int recorded;
-    double seconds; /* when it was recorded */
-};
-
-void cuda_emulation_require_stream(cudaStream_t stream, const char *what) {
-    if (stream && stream->magic != STREAM_MAGIC)
-        fatal_internal("CUDA emulation: %s: %p is not a live stream", what, (void *)stream);
-}
-
-static cudaError_t require_event(cudaEvent_t event) {
-    return event && event->magic == EVENT_MAGIC ? cudaSuccess : result(cudaErrorInvalidResourceHandle);
-}
-
-cudaError_t cudaStreamCreateWithPriority(cudaStream_t *stream, unsigned int flags, int priority) {
-    (void)priority;
-    *stream = malloc(sizeof **stream);
-    if (!*stream) return result(cudaErrorMemoryAllocation);
-    **stream = (struct CUstream_st){STREAM_MAGIC, flags};
-    return cudaSuccess;
-}
-
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned int flags) {
-    return cudaStreamCreateWithPriority(stream, flags, 0);
-}
-
-cudaError_t cudaStreamCreate(cudaStream_t *stream) { return cudaStreamCreateWithPriority(stream, 0, 0); }
-
-cudaError_t cudaStreamDestroy(cudaStream_t stream) {
-    if (!stream || stream->magic != STREAM_MAGIC) return result(cudaErrorInvalidResourceHandle);
-    stream->magic = 0;
-    free(stream);
-    return cudaSuccess;
-}
-
-cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
-    cuda_emulation_require_stream(stream, "cudaStreamSynchronize");
-    return cudaSuccess;
-}
-
-cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags) {
-    (void)flags;
-    cuda_emulation_require_stream(stream, "cudaStreamWaitEvent");
-    return require_event(event);
-}
-
-cudaError_t cudaLaunchHostFunc(cudaStream_t stream, cudaHostFn_t fn, void *user_data) {
-    cuda_emulation_require_stream(stream, "cudaLaunchHostFunc");
-    fn(user_data);
-    return cudaSuccess;
-}
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned int flags) {
-    *event = malloc(sizeof **event);
-    if (!*event) return result(cudaErrorMemoryAllocation);
-    **event = (struct CUevent_st){EVENT_MAGIC, flags, 0, 0.0};
-    return cudaSuccess;
-}
-
-cudaError_t cudaEventCreate(cudaEvent_t *event) { return cudaEventCreateWithFlags(event, cudaEventDefault); }
-
-cudaError_t cudaEventDestroy(cudaEvent_t event) {
-    if (require_event(event) != cudaSuccess) return cudaErrorInvalidResourceHandle;
-    event->magic = 0;
-    free(event);
-    return cudaSuccess;
-}
-
-cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
-    cuda_emulation_require_stream(stream, "cudaEventRecord");
-    if (require_event(event) != cudaSuccess) return cudaErrorInvalidResourceHandle;
-    event->recorded = 1;
-    event->seconds = now_seconds();
-    return cudaSuccess;
-}
-
-cudaError_t cudaEventQuery(cudaEvent_t event) { return require_event(event); }
-
-cudaError_t cudaEventSynchronize(cudaEvent_t event) { return require_event(event); }
-
-cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end) {
-    if (require_event(start) != cudaSuccess || require_event(end) != cudaSuccess)
-        return cudaErrorInvalidResourceHandle;
-    if (!start->recorded || !end->recorded || (start->flags | end->flags) & cudaEventDisableTiming)
-        return result(cudaErrorInvalidResourceHandle);
-    *ms = (float)((end->seconds - start->seconds) * 1e3);
-    return cudaSuccess;
-}

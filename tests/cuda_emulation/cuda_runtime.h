@@ -4,7 +4,8 @@
  * shuffles, and the launch: CUDA_LAUNCH_KERNEL (model/cuda/cuda_check.h) calls
  * cuda_emulation_launch here instead of kernel<<<...>>>.
  *
- * A launch runs every thread of every block on the CPU, one block at a time
+ * A launch is queued on its stream (cuda_emulation_queue.h); when it runs, it
+ * runs every thread of every block on the CPU, one block at a time
  * (cuda_emulation_kernels.c). The threads of a block run as coroutines that
  * switch only at __syncthreads and shuffles, so a kernel's shared memory can be
  * a function-static array (blocks never overlap) and its barriers mean what
@@ -30,13 +31,15 @@ typedef struct {
  * resumes a thread. */
 extern cuda_emulation_coordinates threadIdx, blockIdx, blockDim, gridDim;
 
-/* Runs thread_body(closure) once for every thread of the grid (see the top);
- * kernel identifies the kernel (its address), name is for messages. A bad
- * configuration (a zero or too large dimension) sets the last error to
- * cudaErrorInvalidConfiguration and runs nothing, as a launch does. */
+/* Queues a launch on stream (cuda_emulation_queue.h): when the queue runs it,
+ * thread_body(closure) runs once for every thread of the grid (see the top),
+ * then release(closure). kernel identifies the kernel (its address), name is
+ * for messages. A bad configuration (a zero or too large dimension) sets the
+ * last error to cudaErrorInvalidConfiguration at once and queues nothing, as a
+ * launch does. */
 void cuda_emulation_run_kernel(const char *name, const void *kernel, cuda_emulation_coordinates grid,
                                cuda_emulation_coordinates block, cudaStream_t stream, void (*thread_body)(void *),
-                               void *closure);
+                               void *closure, void (*release)(void *));
 /* __syncthreads: waits until every thread of the block is here. */
 void cuda_emulation_sync_block(void);
 /* The value (bytes <= 16) of lane (this lane + delta) of this warp, or this
@@ -103,20 +106,31 @@ template <typename T> static inline cudaError_t cudaMallocHost(T **host, size_t 
     return cudaMallocHost((void **)host, bytes);
 }
 
-template <typename Closure> static void cuda_emulation_call_closure(void *closure) { (*(Closure *)closure)(); }
+/* A launch as it waits in its stream's queue: the kernel and its arguments,
+ * converted to the kernel's parameter types once, as a launch copies them. */
+template <typename... Params> struct cuda_emulation_queued_launch {
+    void (*kernel)(Params...);
+    std::tuple<Params...> arguments;
+};
 
-/* kernel<<<grid, block, 0, stream>>>(args...): the arguments are converted to
- * the kernel's parameter types once, as a launch copies them. */
+template <typename Launch> static void cuda_emulation_call_launch(void *closure) {
+    Launch *launch = (Launch *)closure;
+    std::apply(launch->kernel, launch->arguments);
+}
+
+template <typename Launch> static void cuda_emulation_release_launch(void *closure) { delete (Launch *)closure; }
+
+/* kernel<<<grid, block, 0, stream>>>(args...): queued on stream. */
 template <typename... Params, typename... Args>
 static void cuda_emulation_launch(const char *name, void (*kernel)(Params...), dim3 grid, dim3 block,
                                   cudaStream_t stream, Args &&...args) {
+    typedef cuda_emulation_queued_launch<Params...> Launch;
     /* A C-style cast, because NULL arrives here as an integer; the real build
      * (nvcc) checks the argument types. */
-    std::tuple<Params...> arguments(((Params)std::forward<Args>(args))...);
-    auto body = [&]() { std::apply(kernel, arguments); };
+    Launch *launch = new Launch{kernel, std::tuple<Params...>(((Params)std::forward<Args>(args))...)};
     cuda_emulation_run_kernel(name, reinterpret_cast<const void *>(kernel), {grid.x, grid.y, grid.z},
-                              {block.x, block.y, block.z}, stream, &cuda_emulation_call_closure<decltype(body)>,
-                              &body);
+                              {block.x, block.y, block.z}, stream, &cuda_emulation_call_launch<Launch>, launch,
+                              &cuda_emulation_release_launch<Launch>);
 }
 
 #endif /* __cplusplus */

@@ -5,14 +5,15 @@
  * What it checks: the kernels' arithmetic and indexing, block and warp
  * synchronisation (a kernel whose threads wait at different barriers ends the
  * program naming it), that copies and GEMM operands stay inside device
- * allocations and go the way their kind says. What it does not: every call
- * runs to completion when it is made, in the order made, so it cannot find a
- * missing stream wait or event; speed; the GPU's own rounding (fused
- * multiply-adds, its expf). A real GPU run remains the test of record.
+ * allocations and go the way their kind says, and stream ordering: work is
+ * queued on its stream and runs only when CUDA would guarantee it has
+ * (cuda_emulation_queue.h), so a missing wait gives old values or poison.
+ * What it does not: speed; the GPU's own rounding (fused multiply-adds, its
+ * expf). A real GPU run remains the test of record.
  *
- * Device memory is host memory from a registry of allocations; streams and
- * events are small records; an event's time is the wall clock when it was
- * recorded (every queued call has finished by then). The emulated device
+ * Device memory is host memory from a registry of allocations; streams are
+ * queues and events marks in them (cuda_emulation_streams.c); an event's time
+ * is the wall clock when its record ran. The emulated device
  * count is LDM_CUDA_EMULATED_DEVICES (default 1), 0 when CUDA_VISIBLE_DEVICES
  * is -1. Header for C and C++; not the real library's ABI. */
 #ifndef LDM_CUDA_EMULATION_RUNTIME_API_H

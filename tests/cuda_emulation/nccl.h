@@ -1,9 +1,11 @@
 /* CUDA emulation (see cuda_runtime_api.h): the subset of NCCL that
  * comm/comm_nccl.c uses, carried out with MPI on the CPU. A communicator of
  * one rank needs no MPI; one of several reduces over MPI_COMM_WORLD, whose
- * size and ranks must be the communicator's. Every call completes before it
- * returns (a non-blocking communicator reports no ncclInProgress) unless a test
- * asks for a stuck all-reduce or a slow init (cuda_emulation_nccl.c says how).
+ * size and ranks must be the communicator's. An all-reduce is queued on its
+ * stream and runs when the stream's queue does (cuda_emulation_queue.h); the
+ * other calls complete before they return (a non-blocking communicator reports
+ * ncclInProgress only when a test asks for a stuck all-reduce or a slow init:
+ * cuda_emulation_nccl.c says how).
  * Header for C and C++. */
 #ifndef LDM_CUDA_EMULATION_NCCL_H
 #define LDM_CUDA_EMULATION_NCCL_H

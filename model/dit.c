@@ -82,6 +82,9 @@ static void layout(dit_model *m, arena *ar) {
     m->grads = arena_floats(ar, m->table.trainable_numel);
     m->fixed = arena_floats(ar, m->table.fixed_numel);
     m->compute_params = m->precision != PRECISION_FP32 ? arena_floats(ar, m->table.trainable_numel) : m->params;
+    m->cpu_state->compute_params = m->compute_params;
+    m->cpu_state->weight_bits =
+        m->graph->ops->gemm_reads_bits ? arena_halves(ar, m->table.trainable_numel) : NULL;
     m->activation_bytes = dit_graph_layout(m->graph, ar);
 }
 
@@ -100,7 +103,8 @@ void dit_create_precision(dit_model *m, const dit_shape *shape, int max_batch, l
     param_table_init(&m->table);
     build_table(m);
     m->graph = xcalloc(1, sizeof(*m->graph));
-    dit_graph_init(m->graph, shape, max_batch, precision, &m->table, &dit_backend_cpu);
+    m->cpu_state = xcalloc(1, sizeof(*m->cpu_state));
+    dit_graph_init(m->graph, shape, max_batch, precision, &m->table, dit_backend_cpu_for(precision));
 
     arena ar;
     arena_begin_measure(&ar);
@@ -110,7 +114,8 @@ void dit_create_precision(dit_model *m, const dit_shape *shape, int max_batch, l
     m->memory = ar.base;
     m->memory_bytes = ar.capacity;
     param_table_bind(&m->table, m->params, m->grads, m->fixed);
-    dit_graph_bind(m->graph, m->params, m->grads, m->fixed, m->compute_params);
+    dit_graph_bind(m->graph, m->params, m->grads, m->fixed, m->cpu_state);
+    dit_backend_cpu_plan(m->graph);
     pos_embed_2d_sincos(m->table.entries[m->graph->pos_embed].data, shape->hidden_size, grid);
 }
 
@@ -120,6 +125,7 @@ void dit_destroy(dit_model *m) {
         free(m->graph);
     }
     param_table_free(&m->table);
+    free(m->cpu_state);
     free(m->memory);
     memset(m, 0, sizeof(*m));
 }

@@ -208,8 +208,24 @@ struct dit_backend {
     .timestep_embedding_forward = prefix##timestep_embedding_forward, \
     .embedding_forward = prefix##embedding_forward, .embedding_backward = prefix##embedding_backward
 
-/* The CPU's ops (dit_backend_cpu.c); its backend_state is the model's compute_params. */
+/* The CPU backends' backend_state: what their GEMMs read of the parameters. */
+typedef struct dit_cpu_state {
+    float *compute_params; /* (trainable_numel) params in fp32, else the copy rounded at every forward */
+    uint16_t *weight_bits; /* (trainable_numel) bf16: its bits, which oneDNN's GEMMs read; else NULL */
+} dit_cpu_state;
+
+/* The CPU's ops (dit_backend_cpu.c). dit_backend_cpu: GEMMs read fp32 buffers
+ * holding rounded values (OpenBLAS, or in bf16 the own bf16 GEMM). In bf16 where
+ * oneDNN is the CPU's bf16 GEMM (gemm_onednn.h) dit_backend_cpu_bf16_bits: GEMMs
+ * read the bf16 bits themselves, the kept activations, the gradients' bits
+ * (d_bits) and weight_bits, so nothing is converted again for a GEMM. */
 extern const dit_backend dit_backend_cpu;
+extern const dit_backend dit_backend_cpu_bf16_bits;
+/* The CPU backend of a model in this precision. */
+const dit_backend *dit_backend_cpu_for(ldm_precision precision);
+/* Makes the oneDNN primitives of every GEMM of a training step at max_batch
+ * (nothing on dit_backend_cpu), once the graph is laid out. */
+void dit_backend_cpu_plan(const dit_graph *g);
 
 /* Sets up g for a model of `shape` on `ops`: finds the parameter indices in table
  * (dit.c's, by name) and allocates the host arrays of per-block structs. The

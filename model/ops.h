@@ -14,6 +14,7 @@
 #define LDM_OPS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "precision.h"
 
@@ -37,6 +38,19 @@ void linear_forward_precision(float *out, const float *in, const float *weight, 
 void linear_backward_precision(float *d_in, float d_in_beta, float *d_weight, float *d_bias, const float *d_out,
                                const float *in, const float *weight, int rows, int in_features, int out_features,
                                ldm_precision precision);
+
+/* The same in bf16 with operands that are bf16 bits (in, weight, d_out; bias fp32),
+ * through oneDNN (gemm_onednn.h: only where cpu_gemm_bf16_kind() is CPU_GEMM_ONEDNN).
+ * A row's outputs do not depend on the other rows, so no sample_rows is needed. */
+void linear_forward_bf16_bits(float *out, const uint16_t *in, const uint16_t *weight, const float *bias, int rows,
+                              int in_features, int out_features);
+void linear_backward_bf16_bits(float *d_in, float d_in_beta, float *d_weight, float *d_bias, const uint16_t *d_out,
+                               const uint16_t *in, const uint16_t *weight, int rows, int in_features,
+                               int out_features);
+/* Makes the oneDNN primitives of a layer's forward and backward (d_in with its beta
+ * when with_d_in), so that the training step makes none. */
+void linear_plan_bf16_bits(int rows, int in_features, int out_features, int with_bias, float d_in_beta,
+                           int with_d_in);
 
 /* ---- LayerNorm without affine parameters, eps given (DiT uses 1e-6) ---- */
 /* out, in (rows, dim); mean, rstd (rows) saved for backward. */

@@ -83,8 +83,21 @@ static void layout(dit_model *m, arena *ar) {
     m->fixed = arena_floats(ar, m->table.fixed_numel);
     m->compute_params = m->precision != PRECISION_FP32 ? arena_floats(ar, m->table.trainable_numel) : m->params;
     m->cpu_state->compute_params = m->compute_params;
-    m->cpu_state->weight_bits =
-        m->graph->ops->gemm_reads_bits ? arena_halves(ar, m->table.trainable_numel) : NULL;
+    m->cpu_state->weight_bits = NULL;
+    memset(&m->cpu_state->attention, 0, sizeof(m->cpu_state->attention));
+    if (m->graph->ops->gemm_reads_bits) { /* dit_backend_cpu_bf16_bits */
+        const size_t BT = (size_t)m->max_batch * m->tokens, D = (size_t)m->shape.hidden_size;
+        const size_t scores = (size_t)m->max_batch * m->shape.num_heads * m->tokens * m->tokens;
+        attention_bits_scratch *a = &m->cpu_state->attention;
+        m->cpu_state->weight_bits = arena_halves(ar, m->table.trainable_numel);
+        a->q = arena_halves(ar, BT * D);
+        a->k = arena_halves(ar, BT * D);
+        a->v = arena_halves(ar, BT * D);
+        a->d_out = arena_halves(ar, BT * D);
+        a->probs = arena_halves(ar, scores);
+        a->d_scores = arena_halves(ar, scores);
+        a->d_part = arena_floats(ar, BT * D);
+    }
     m->activation_bytes = dit_graph_layout(m->graph, ar);
 }
 

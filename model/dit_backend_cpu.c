@@ -9,7 +9,8 @@
  * dit_backend_cpu_bf16_bits (bf16 with oneDNN): the same except that GEMMs read
  * bf16 bits: the kept activations (kept_tensor.kept), the activation gradients'
  * bits written once by grad_operand, and weight_bits, written with compute_params
- * at every forward pass. Biases stay fp32 (rounded values). */
+ * at every forward pass. Biases stay fp32 (rounded values). Attention runs its
+ * products batched over (sample, head) (ops_attention.c). */
 #include <string.h>
 
 #include "dit_graph.h"
@@ -237,6 +238,18 @@ static void bits_linear_backward(const dit_graph *g, float *d_in, float d_in_bet
     linear_backward_bf16_bits(d_in, d_in_beta, d_weight, d_bias, d_out, in, w, rows, in_features, out_features);
 }
 
+static void bits_attention_forward(const dit_graph *g, float *out, float *probs, const float *qkv, int batch,
+                                   int tokens, int heads, int head_dim) {
+    attention_forward_bf16_bits(out, probs, qkv, &state(g)->attention, batch, tokens, heads, head_dim);
+}
+
+static void bits_attention_backward(const dit_graph *g, float *d_qkv, float *d_scores, const float *d_out,
+                                    const float *qkv, const float *probs, int batch, int tokens, int heads,
+                                    int head_dim) {
+    attention_backward_bf16_bits(d_qkv, d_scores, d_out, qkv, probs, &state(g)->attention, batch, tokens, heads,
+                                 head_dim);
+}
+
 /* The table of dit_backend_cpu with the functions above in their fields: later
  * designators replace earlier ones (C11 6.7.9), which -Woverride-init reports. */
 #pragma GCC diagnostic push
@@ -244,7 +257,8 @@ static void bits_linear_backward(const dit_graph *g, float *d_in, float d_in_bet
 const dit_backend dit_backend_cpu_bf16_bits = {
     .gemm_reads_bits = 1, DIT_BACKEND_FUNCTIONS(cpu_), .prepare_weights = bits_prepare_weights,
     .weight = bits_weight, .keep = bits_keep, .kept_operand = bits_kept_operand,
-    .grad_operand = bits_grad_operand, .linear = bits_linear, .linear_backward = bits_linear_backward};
+    .grad_operand = bits_grad_operand, .linear = bits_linear, .linear_backward = bits_linear_backward,
+    .attention_forward = bits_attention_forward, .attention_backward = bits_attention_backward};
 #pragma GCC diagnostic pop
 
 const dit_backend *dit_backend_cpu_for(ldm_precision precision) {
@@ -270,4 +284,5 @@ void dit_backend_cpu_plan(const dit_graph *g) {
     linear_plan_bf16_bits(BT, F, D, 1, 0.0f, 1);     /* fc2 */
     linear_plan_bf16_bits(B, D, 2 * D, 1, 0.0f, 1);  /* final adaLN */
     linear_plan_bf16_bits(BT, D, PPC, 1, 0.0f, 1);   /* final linear */
+    attention_plan_bf16_bits(B, g->tokens, s->num_heads, D / s->num_heads);
 }

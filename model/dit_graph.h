@@ -25,6 +25,7 @@
 
 #include "arena.h"
 #include "dit.h"
+#include "ops.h"
 #include "params.h"
 #include "precision.h"
 
@@ -212,6 +213,7 @@ struct dit_backend {
 typedef struct dit_cpu_state {
     float *compute_params; /* (trainable_numel) params in fp32, else the copy rounded at every forward */
     uint16_t *weight_bits; /* (trainable_numel) bf16: its bits, which oneDNN's GEMMs read; else NULL */
+    attention_bits_scratch attention; /* bf16 with oneDNN: attention's scratch at max_batch; else NULLs */
 } dit_cpu_state;
 
 /* The CPU's ops (dit_backend_cpu.c). dit_backend_cpu: GEMMs read fp32 buffers

@@ -58,9 +58,16 @@ cpu_gemm_kind cpu_gemm_bf16_kind(void) {
 #ifdef LDM_HAVE_ONEDNN
 #include <dnnl.h>
 
-/* Everything that decides a primitive. */
+/* Everything that decides a primitive: a product of ndims 2 (m, k) x (k, n) or 4
+ * (batch0, batch1, m, k) x (batch0, batch1, k, n), each operand's element strides
+ * in that order of dimensions (2 dimensions: the last two). Made with memset, so
+ * that keys compare with memcmp. */
 typedef struct {
-    int transpose_a, transpose_b, m, n, k, lda, ldb, ldc, with_bias, accumulate;
+    int64_t ndims, batch0, batch1, m, n, k;
+    int64_t a_strides[4], b_strides[4], c_strides[4];
+    int64_t with_bias, accumulate;
+    float scale;
+    int32_t unused;
 } matmul_key;
 
 typedef struct {
@@ -95,12 +102,18 @@ static void start(void) {
     check(dnnl_stream_create(&onednn.stream, onednn.engine, dnnl_stream_default_flags), "stream_create");
 }
 
-/* A row-major (rows, cols) matrix with leading dimension ld, or its transpose:
- * the logical (rows, cols) operand of a stored (cols, rows) matrix. */
-static void matrix_desc(dnnl_memory_desc_t *md, int rows, int cols, int ld, int transposed, dnnl_data_type_t type) {
-    const dnnl_dims_t dims = {rows, cols};
-    const dnnl_dims_t strides = {transposed ? 1 : ld, transposed ? ld : 1};
-    check(dnnl_memory_desc_init_by_strides(md, 2, dims, type, strides), "memory_desc_init_by_strides");
+/* The operand (rows, cols) of element strides `strides` (the last two of four
+ * when the key is 2-dimensional; the batch dimensions first when 4). */
+static void operand_desc(dnnl_memory_desc_t *md, const matmul_key *key, int64_t rows, int64_t cols,
+                         const int64_t strides[4], dnnl_data_type_t type) {
+    if (key->ndims == 2) {
+        const dnnl_dims_t dims = {rows, cols}, plain = {strides[2], strides[3]};
+        check(dnnl_memory_desc_init_by_strides(md, 2, dims, type, plain), "memory_desc_init_by_strides");
+    } else {
+        const dnnl_dims_t dims = {key->batch0, key->batch1, rows, cols};
+        const dnnl_dims_t all = {strides[0], strides[1], strides[2], strides[3]};
+        check(dnnl_memory_desc_init_by_strides(md, 4, dims, type, all), "memory_desc_init_by_strides");
+    }
 }
 
 static void grow_scratchpad(size_t bytes) {
@@ -121,15 +134,18 @@ static matmul_entry *make(const matmul_key *key) {
     memset(e, 0, sizeof(*e));
     e->key = *key;
     dnnl_memory_desc_t a, b, c, bias;
-    matrix_desc(&a, key->m, key->k, key->lda, key->transpose_a, dnnl_bf16);
-    matrix_desc(&b, key->k, key->n, key->ldb, key->transpose_b, dnnl_bf16);
-    matrix_desc(&c, key->m, key->n, key->ldc, 0, dnnl_f32);
-    matrix_desc(&bias, 1, key->n, key->n, 0, dnnl_f32);
+    operand_desc(&a, key, key->m, key->k, key->a_strides, dnnl_bf16);
+    operand_desc(&b, key, key->k, key->n, key->b_strides, dnnl_bf16);
+    operand_desc(&c, key, key->m, key->n, key->c_strides, dnnl_f32);
+    const dnnl_dims_t bias_dims = {1, key->n}, bias_strides = {key->n, 1};
+    check(dnnl_memory_desc_init_by_strides(&bias, 2, bias_dims, dnnl_f32, bias_strides), "memory_desc_init_by_strides");
     dnnl_matmul_desc_t desc;
     check(dnnl_matmul_desc_init(&desc, &a, &b, key->with_bias ? &bias : NULL, &c), "matmul_desc_init");
     dnnl_primitive_attr_t attr;
     check(dnnl_primitive_attr_create(&attr), "primitive_attr_create");
     check(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "set_scratchpad_mode");
+    if (key->scale != 1.0f)
+        check(dnnl_primitive_attr_set_output_scales(attr, 1, 0, &key->scale), "set_output_scales");
     if (key->accumulate) { /* C += A' B': the sum post-op */
         dnnl_post_ops_t post_ops;
         check(dnnl_post_ops_create(&post_ops), "post_ops_create");
@@ -186,8 +202,13 @@ static void gemm_or_plan(int transpose_a, int transpose_b, int m, int n, int k, 
     const int chunk = transpose_a ? GEMM_ONEDNN_K_CHUNK : k;
     for (int k0 = 0; k0 < k; k0 += chunk) {
         const int kc = k - k0 < chunk ? k - k0 : chunk;
-        const matmul_key key = {transpose_a, transpose_b, m, n, kc, lda, ldb, ldc, with_bias && k0 == 0,
-                                beta != 0.0f || k0 > 0};
+        matmul_key key;
+        memset(&key, 0, sizeof(key));
+        key.ndims = 2, key.batch0 = key.batch1 = 1, key.m = m, key.n = n, key.k = kc;
+        key.a_strides[2] = transpose_a ? 1 : lda, key.a_strides[3] = transpose_a ? lda : 1;
+        key.b_strides[2] = transpose_b ? 1 : ldb, key.b_strides[3] = transpose_b ? ldb : 1;
+        key.c_strides[2] = ldc, key.c_strides[3] = 1;
+        key.with_bias = with_bias && k0 == 0, key.accumulate = beta != 0.0f || k0 > 0, key.scale = 1.0f;
         matmul_entry *e = find_or_make(&key);
         if (!c) continue;
         const uint16_t *a_part = a + (transpose_a ? (size_t)k0 * lda : (size_t)k0);
@@ -205,6 +226,23 @@ void gemm_onednn_plan(int transpose_a, int transpose_b, int m, int n, int k, int
                       float beta, int ldc) {
     gemm_or_plan(transpose_a, transpose_b, m, n, k, NULL, lda, NULL, ldb, with_bias, NULL, beta, NULL, ldc);
 }
+
+static matmul_entry *batched_entry(const batched_product *p, float scale) {
+    matmul_key key;
+    memset(&key, 0, sizeof(key));
+    key.ndims = 4, key.batch0 = p->batch[0], key.batch1 = p->batch[1], key.m = p->m, key.n = p->n, key.k = p->k;
+    memcpy(key.a_strides, p->a_strides, sizeof(key.a_strides));
+    memcpy(key.b_strides, p->b_strides, sizeof(key.b_strides));
+    memcpy(key.c_strides, p->c_strides, sizeof(key.c_strides));
+    key.scale = scale;
+    return find_or_make(&key);
+}
+
+void batched_gemm_onednn(const batched_product *p, const uint16_t *a, const uint16_t *b, float scale, float *c) {
+    run(batched_entry(p, scale), a, b, NULL, c);
+}
+
+void batched_gemm_onednn_plan(const batched_product *p, float scale) { batched_entry(p, scale); }
 
 long gemm_onednn_primitives_made(void) { return onednn.made; }
 
@@ -235,6 +273,16 @@ void gemm_onednn_plan(int transpose_a, int transpose_b, int m, int n, int k, int
     (void)transpose_a, (void)transpose_b, (void)m, (void)n, (void)k, (void)lda, (void)ldb, (void)with_bias;
     (void)beta, (void)ldc;
     fatal_internal("gemm_onednn_plan: this build has no oneDNN");
+}
+
+void batched_gemm_onednn(const batched_product *p, const uint16_t *a, const uint16_t *b, float scale, float *c) {
+    (void)p, (void)a, (void)b, (void)scale, (void)c;
+    fatal_internal("batched_gemm_onednn: this build has no oneDNN");
+}
+
+void batched_gemm_onednn_plan(const batched_product *p, float scale) {
+    (void)p, (void)scale;
+    fatal_internal("batched_gemm_onednn_plan: this build has no oneDNN");
 }
 
 long gemm_onednn_primitives_made(void) { return 0; }

@@ -47,6 +47,17 @@ void gemm_onednn(int transpose_a, int transpose_b, int m, int n, int k, const ui
 void gemm_onednn_plan(int transpose_a, int transpose_b, int m, int n, int k, int lda, int ldb, int with_bias,
                       float beta, int ldc);
 
+/* A batched product of strided views: for every (i, j) < batch,
+ * C[i, j] (m, n) = scale * A[i, j] (m, k) B[i, j] (k, n), element (i, j, r, c) of A
+ * at a[i * a_strides[0] + j * a_strides[1] + r * a_strides[2] + c * a_strides[3]],
+ * likewise B (k, n) and C (m, n); A and B bf16 bits, C fp32 (overwritten). */
+typedef struct {
+    int64_t batch[2], m, n, k;
+    int64_t a_strides[4], b_strides[4], c_strides[4];
+} batched_product;
+void batched_gemm_onednn(const batched_product *p, const uint16_t *a, const uint16_t *b, float scale, float *c);
+void batched_gemm_onednn_plan(const batched_product *p, float scale);
+
 /* How many primitives this process has made (for the tests). */
 long gemm_onednn_primitives_made(void);
 /* Destroys every primitive (tests: to make them again under another thread count). */

@@ -109,6 +109,23 @@ void attention_backward_precision(float *d_qkv, float *d_scores, const float *d_
                                   const float *probs, int batch, int tokens, int heads, int head_dim,
                                   ldm_precision precision);
 
+/* The same in bf16 with oneDNN (gemm_onednn.h): every product of all (sample, head)
+ * pairs as one batched matmul on bf16 bits. qkv and d_out hold bf16 values; probs
+ * (batch, heads, tokens, tokens) is written rounded to bf16, d_scores is scratch.
+ * The scratch is the caller's, sized for the largest batch. */
+typedef struct {
+    uint16_t *q, *k, *v, *d_out; /* (batch, heads, tokens, head_dim) head-major copies */
+    uint16_t *probs, *d_scores;  /* (batch, heads, tokens, tokens) */
+    float *d_part;               /* (batch * tokens, heads * head_dim) one part of d_qkv */
+} attention_bits_scratch;
+void attention_forward_bf16_bits(float *out, float *probs, const float *qkv, const attention_bits_scratch *scratch,
+                                 int batch, int tokens, int heads, int head_dim);
+void attention_backward_bf16_bits(float *d_qkv, float *d_scores, const float *d_out, const float *qkv,
+                                  const float *probs, const attention_bits_scratch *scratch, int batch, int tokens,
+                                  int heads, int head_dim);
+/* Makes the oneDNN primitives of both at this batch. */
+void attention_plan_bf16_bits(int batch, int tokens, int heads, int head_dim);
+
 /* ---- patchify / unpatchify (a conv with stride = kernel = patch is patchify + linear) ----
  * image (batch, channels, size, size); patches (batch, grid*grid, channels*patch*patch)
  * with grid = size / patch, tokens in row-major grid order and each patch vector in

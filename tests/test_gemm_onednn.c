@@ -181,33 +181,58 @@ static void test_plan_makes_once(void) {
     free_operands(&o);
 }
 
-/* A bf16 DiT: a training pass makes no primitive, and a sample is the same bits
- * drawn in a batch of 3 and alone. */
-static void test_dit(void) {
-    enum { BATCH = 3, SAMPLE = 4 * 8 * 8 };
+enum { DIT_BATCH = 3, DIT_SAMPLE = 4 * 8 * 8 };
+
+/* A bf16 DiT of random weights, made under `threads` threads (its primitives with
+ * it), and its inputs. */
+static void make_dit(dit_model *m, int threads, float *x, float *t, int *y, float *d_out) {
     const dit_shape shape = {.input_size = 8, .in_channels = 4, .patch_size = 1, .hidden_size = 64, .depth = 2,
                              .num_heads = 4, .mlp_hidden = 256, .num_classes = 10};
-    dit_model m;
+    gemm_onednn_release_all();
+    omp_set_num_threads(threads);
     long before = gemm_onednn_primitives_made();
-    dit_create_precision(&m, &shape, BATCH, PRECISION_BF16);
+    dit_create_precision(m, &shape, DIT_BATCH, PRECISION_BF16);
     CHECK_MSG(gemm_onednn_primitives_made() > before, "a bf16 DiT made no oneDNN primitive at creation");
-    dit_init_weights(&m, 5);
+    dit_init_weights(m, 5);
     rng_stream rng = rng_stream_for(6, 0, 0);
     /* adaLN-Zero starts with zero gates: perturb every parameter so that every layer counts */
-    for (size_t i = 0; i < m.table.trainable_numel; i++) m.params[i] += 0.05f * rng_normal(&rng);
+    for (size_t i = 0; i < m->table.trainable_numel; i++) m->params[i] += 0.05f * rng_normal(&rng);
+    for (int i = 0; i < DIT_BATCH * DIT_SAMPLE; i++) x[i] = rng_normal(&rng), d_out[i] = rng_normal(&rng);
+    for (int b = 0; b < DIT_BATCH; b++) t[b] = 100.0f * (b + 1), y[b] = 3 * b;
+}
+
+/* A bf16 DiT: a training pass makes no primitive; its outputs and gradients are
+ * the same bits under 1 and 4 threads; a sample is the same bits drawn in a batch
+ * of 3 and alone. */
+static void test_dit(void) {
+    enum { BATCH = DIT_BATCH, SAMPLE = DIT_SAMPLE };
     static float x[BATCH * SAMPLE], out[BATCH * SAMPLE], d_out[BATCH * SAMPLE], d_x[BATCH * SAMPLE];
-    static float alone[SAMPLE];
+    static float out_4[BATCH * SAMPLE], d_x_4[BATCH * SAMPLE], alone[SAMPLE];
     float t[BATCH];
     int y[BATCH];
-    for (int i = 0; i < BATCH * SAMPLE; i++) x[i] = rng_normal(&rng), d_out[i] = rng_normal(&rng);
-    for (int b = 0; b < BATCH; b++) t[b] = 100.0f * (b + 1), y[b] = 3 * b;
+    const int threads = omp_get_max_threads();
+    dit_model m;
+    make_dit(&m, 4, x, t, y, d_out);
+    dit_zero_grad(&m);
+    dit_forward(&m, x, t, y, BATCH, out_4);
+    dit_backward(&m, d_out, d_x_4, BATCH);
+    float *grads_4 = malloc(sizeof(float) * m.table.trainable_numel);
+    memcpy(grads_4, m.grads, sizeof(float) * m.table.trainable_numel);
+    dit_destroy(&m);
 
+    make_dit(&m, 1, x, t, y, d_out);
     const long planned = gemm_onednn_primitives_made();
     dit_zero_grad(&m);
     dit_forward(&m, x, t, y, BATCH, out);
     dit_backward(&m, d_out, d_x, BATCH);
     CHECK_MSG(gemm_onednn_primitives_made() == planned, "a training pass made %ld primitives",
               gemm_onednn_primitives_made() - planned);
+    CHECK_MSG(memcmp(out, out_4, sizeof out) == 0, "outputs differ under 1 and 4 threads");
+    CHECK_MSG(memcmp(d_x, d_x_4, sizeof d_x) == 0, "input gradients differ under 1 and 4 threads");
+    CHECK_MSG(memcmp(m.grads, grads_4, sizeof(float) * m.table.trainable_numel) == 0,
+              "parameter gradients differ under 1 and 4 threads");
+    free(grads_4);
+    omp_set_num_threads(threads);
 
     int differing = 0;
     for (int b = 0; b < BATCH; b++) {

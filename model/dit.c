@@ -84,21 +84,19 @@ static void layout(dit_model *m, arena *ar) {
     m->compute_params = m->precision != PRECISION_FP32 ? arena_floats(ar, m->table.trainable_numel) : m->params;
     m->cpu_state->compute_params = m->compute_params;
     m->cpu_state->weight_bits = NULL;
-    memset(&m->cpu_state->attention, 0, sizeof(m->cpu_state->attention));
+    m->cpu_state->attention_memory = NULL;
+    size_t attention_bytes = 0; /* scratch for max_batch: counted with the activations */
     if (m->graph->ops->gemm_reads_bits) { /* dit_backend_cpu_bf16_bits */
-        const size_t BT = (size_t)m->max_batch * m->tokens, D = (size_t)m->shape.hidden_size;
-        const size_t scores = (size_t)m->max_batch * m->shape.num_heads * m->tokens * m->tokens;
-        attention_bits_scratch *a = &m->cpu_state->attention;
         m->cpu_state->weight_bits = arena_halves(ar, m->table.trainable_numel);
-        a->q = arena_halves(ar, BT * D);
-        a->k = arena_halves(ar, BT * D);
-        a->v = arena_halves(ar, BT * D);
-        a->d_out = arena_halves(ar, BT * D);
-        a->probs = arena_halves(ar, scores);
-        a->d_scores = arena_halves(ar, scores);
-        a->d_part = arena_floats(ar, BT * D);
+        const size_t needed = attention_bits_scratch_bytes(m->max_batch, m->tokens, m->shape.num_heads,
+                                                           m->shape.hidden_size / m->shape.num_heads);
+        const size_t d_hidden_bytes = sizeof(float) * (size_t)m->max_batch * m->tokens * m->shape.mlp_hidden;
+        if (needed > d_hidden_bytes) { /* else in the graph's d_hidden (dit_backend_cpu_plan) */
+            m->cpu_state->attention_memory = arena_floats(ar, (needed + sizeof(float) - 1) / sizeof(float));
+            attention_bytes = needed;
+        }
     }
-    m->activation_bytes = dit_graph_layout(m->graph, ar);
+    m->activation_bytes = dit_graph_layout(m->graph, ar) + attention_bytes;
 }
 
 void dit_create(dit_model *m, const dit_shape *shape, int max_batch) {

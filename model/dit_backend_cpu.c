@@ -271,6 +271,9 @@ void dit_backend_cpu_plan(const dit_graph *g) {
     if (g->ops != &dit_backend_cpu_bf16_bits) return;
     const dit_shape *s = &g->shape;
     const int B = g->max_batch, BT = B * g->tokens, D = s->hidden_size, F = s->mlp_hidden;
+    dit_cpu_state *cpu = g->backend_state;
+    cpu->attention = attention_bits_scratch_place(cpu->attention_memory ? cpu->attention_memory : (void *)g->d_hidden,
+                                                  B, g->tokens, s->num_heads, D / s->num_heads);
     const int E = DIT_FREQUENCY_EMBEDDING_SIZE, PPC = s->patch_size * s->patch_size * s->in_channels;
     linear_plan_bf16_bits(BT, PPC, D, 1, 0.0f, 1); /* patch embedding (d_x when asked for) */
     for (int embedder = 0; embedder < (s->guidance_input ? 2 : 1); embedder++) {

@@ -107,7 +107,7 @@ typedef struct dit_graph {
     float *d_residual, *d_a, *d_b; /* (B*T, D) */
     float *d_qkv;           /* (B*T, 3D) */
     float *d_scores;        /* (B, H, T, T) */
-    float *d_hidden;        /* (B*T, F) */
+    float *d_hidden;        /* (B*T, F); also the CPU bf16-bits backend's attention scratch (dit_cpu_state) */
     float *d_ada;           /* (B, 6D) */
     float *d_cond_act, *d_cond, *d_t_hidden; /* (B, D) */
     float *d_tokens, *d_patches; /* (B*T, PPC) */
@@ -213,7 +213,11 @@ struct dit_backend {
 typedef struct dit_cpu_state {
     float *compute_params; /* (trainable_numel) params in fp32, else the copy rounded at every forward */
     uint16_t *weight_bits; /* (trainable_numel) bf16: its bits, which oneDNN's GEMMs read; else NULL */
-    attention_bits_scratch attention; /* bf16 with oneDNN: attention's scratch at max_batch; else NULLs */
+    /* bf16 with oneDNN: attention's scratch at max_batch, in attention_memory where
+     * the graph's d_hidden is too small for it, else in d_hidden (free in forward and
+     * in the attention branch of backward); else NULLs */
+    attention_bits_scratch attention;
+    void *attention_memory;
 } dit_cpu_state;
 
 /* The CPU's ops (dit_backend_cpu.c). dit_backend_cpu: GEMMs read fp32 buffers

@@ -111,13 +111,18 @@ void attention_backward_precision(float *d_qkv, float *d_scores, const float *d_
 
 /* The same in bf16 with oneDNN (gemm_onednn.h): every product of all (sample, head)
  * pairs as one batched matmul on bf16 bits. qkv and d_out hold bf16 values; probs
- * (batch, heads, tokens, tokens) is written rounded to bf16, d_scores is scratch.
- * The scratch is the caller's, sized for the largest batch. */
+ * (batch, heads, tokens, tokens) is written rounded to bf16; d_scores (the same
+ * shape, fp32) is scratch. The scratch below is the caller's, for the largest batch. */
 typedef struct {
     uint16_t *q, *k, *v, *d_out; /* (batch, heads, tokens, head_dim) head-major copies */
-    uint16_t *probs, *d_scores;  /* (batch, heads, tokens, tokens) */
-    float *d_part;               /* (batch * tokens, heads * head_dim) one part of d_qkv */
+    uint16_t *probs;             /* (batch, heads, tokens, tokens) p's bits, in backward then d_scores' */
+    float *d_part;               /* (batch * tokens, heads * head_dim) one part of d_qkv; NULL: d_scores */
 } attention_bits_scratch;
+/* Bytes of the scratch at this batch (64-byte aligned parts); with its d_part in
+ * d_scores where that is as large (tokens >= head_dim), else in the scratch. */
+size_t attention_bits_scratch_bytes(int batch, int tokens, int heads, int head_dim);
+/* The scratch carved from memory (attention_bits_scratch_bytes of it, 64-byte aligned). */
+attention_bits_scratch attention_bits_scratch_place(void *memory, int batch, int tokens, int heads, int head_dim);
 void attention_forward_bf16_bits(float *out, float *probs, const float *qkv, const attention_bits_scratch *scratch,
                                  int batch, int tokens, int heads, int head_dim);
 void attention_backward_bf16_bits(float *d_qkv, float *d_scores, const float *d_out, const float *qkv,

@@ -154,6 +154,35 @@ void attention_plan_bf16_bits(int batch, int tokens, int heads, int head_dim) {
     }
 }
 
+/* The parts of the scratch, each rounded up to 64 bytes: q, k, v, d_out, probs, d_part. */
+static void scratch_part_bytes(size_t bytes[6], int batch, int tokens, int heads, int head_dim) {
+    const size_t n_heads = (size_t)batch * tokens * heads * head_dim, n_scores = (size_t)batch * heads * tokens * tokens;
+    for (int i = 0; i < 4; i++) bytes[i] = n_heads * sizeof(uint16_t);
+    bytes[4] = n_scores * sizeof(uint16_t);
+    bytes[5] = n_scores >= n_heads ? 0 : n_heads * sizeof(float); /* else d_part is d_scores */
+    for (int i = 0; i < 6; i++) bytes[i] = (bytes[i] + 63) / 64 * 64;
+}
+
+size_t attention_bits_scratch_bytes(int batch, int tokens, int heads, int head_dim) {
+    size_t bytes[6], total = 0;
+    scratch_part_bytes(bytes, batch, tokens, heads, head_dim);
+    for (int i = 0; i < 6; i++) total += bytes[i];
+    return total;
+}
+
+attention_bits_scratch attention_bits_scratch_place(void *memory, int batch, int tokens, int heads, int head_dim) {
+    size_t bytes[6];
+    scratch_part_bytes(bytes, batch, tokens, heads, head_dim);
+    char *at = memory;
+    void *parts[6];
+    for (int i = 0; i < 6; i++) {
+        parts[i] = bytes[i] ? at : NULL;
+        at += bytes[i];
+    }
+    attention_bits_scratch s = {parts[0], parts[1], parts[2], parts[3], parts[4], parts[5]};
+    return s;
+}
+
 /* heads (B, H, T, E) = the bf16 bits of part `part` (0 q, 1 k, 2 v) of rows whose
  * parts are laid out (T, 3 or 1, H, E) per sample (row length `row` values); the
  * values hold bf16 values already, so this is exact. */
@@ -214,6 +243,8 @@ void attention_backward_bf16_bits(float *d_qkv, float *d_scores, const float *d_
     const int dim = heads * head_dim, rows_bt = batch * tokens;
     const float scale = 1.0f / sqrtf((float)head_dim);
     const size_t score_rows = (size_t)batch * heads * tokens;
+    float *d_part = s->d_part ? s->d_part : d_scores; /* d_scores is free but between d_probs and d_scores' bits */
+    uint16_t *d_score_bits = s->probs;                /* p's bits are last read by dv */
     for (int part = 0; part < 3; part++)
         to_heads(part == 0 ? s->q : part == 1 ? s->k : s->v, qkv, 3 * dim, part, batch, tokens, heads, head_dim);
     to_heads(s->d_out, d_out, dim, 0, batch, tokens, heads, head_dim);
@@ -221,8 +252,8 @@ void attention_backward_bf16_bits(float *d_qkv, float *d_scores, const float *d_
     for (size_t i = 0; i < score_rows * tokens; i++) s->probs[i] = bf16_from_float(probs[i]);
     /* dv = p^T d_out */
     batched_product p = attention_product(DV, batch, tokens, heads, head_dim);
-    batched_gemm_onednn(&p, s->probs, s->d_out, 1.0f, s->d_part);
-    into_qkv(d_qkv, s->d_part, 2, rows_bt, dim);
+    batched_gemm_onednn(&p, s->probs, s->d_out, 1.0f, d_part);
+    into_qkv(d_qkv, d_part, 2, rows_bt, dim);
     /* d_probs = d_out v^T, then the softmax backward with the scale folded in */
     p = attention_product(DP, batch, tokens, heads, head_dim);
     batched_gemm_onednn(&p, s->d_out, s->v, 1.0f, d_scores);
@@ -230,16 +261,16 @@ void attention_backward_bf16_bits(float *d_qkv, float *d_scores, const float *d_
     for (size_t r = 0; r < score_rows; r++) {
         const float *prow = probs + r * tokens;
         float *srow = d_scores + r * tokens;
-        uint16_t *bits = s->d_scores + r * tokens;
+        uint16_t *bits = d_score_bits + r * tokens;
         float weighted = 0.0f;
         for (int j = 0; j < tokens; j++) weighted += prow[j] * srow[j];
         for (int j = 0; j < tokens; j++) bits[j] = bf16_from_float(scale * prow[j] * (srow[j] - weighted));
     }
     /* dq = d_scores k; dk = d_scores^T q */
     p = attention_product(DQ, batch, tokens, heads, head_dim);
-    batched_gemm_onednn(&p, s->d_scores, s->k, 1.0f, s->d_part);
-    into_qkv(d_qkv, s->d_part, 0, rows_bt, dim);
+    batched_gemm_onednn(&p, d_score_bits, s->k, 1.0f, d_part);
+    into_qkv(d_qkv, d_part, 0, rows_bt, dim);
     p = attention_product(DK, batch, tokens, heads, head_dim);
-    batched_gemm_onednn(&p, s->d_scores, s->q, 1.0f, s->d_part);
-    into_qkv(d_qkv, s->d_part, 1, rows_bt, dim);
+    batched_gemm_onednn(&p, d_score_bits, s->q, 1.0f, d_part);
+    into_qkv(d_qkv, d_part, 1, rows_bt, dim);
 }

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "dit.h"
+#include "dit_graph.h"
 #include "gemm_onednn.h"
 #include "precision.h"
 #include "rng.h"
@@ -185,9 +186,9 @@ enum { DIT_BATCH = 3, DIT_SAMPLE = 4 * 8 * 8 };
 
 /* A bf16 DiT of random weights, made under `threads` threads (its primitives with
  * it), and its inputs. */
-static void make_dit(dit_model *m, int threads, float *x, float *t, int *y, float *d_out) {
+static void make_dit(dit_model *m, int mlp_hidden, int threads, float *x, float *t, int *y, float *d_out) {
     const dit_shape shape = {.input_size = 8, .in_channels = 4, .patch_size = 1, .hidden_size = 64, .depth = 2,
-                             .num_heads = 4, .mlp_hidden = 256, .num_classes = 10};
+                             .num_heads = 4, .mlp_hidden = mlp_hidden, .num_classes = 10};
     gemm_onednn_release_all();
     omp_set_num_threads(threads);
     long before = gemm_onednn_primitives_made();
@@ -203,8 +204,10 @@ static void make_dit(dit_model *m, int threads, float *x, float *t, int *y, floa
 
 /* A bf16 DiT: a training pass makes no primitive; its outputs and gradients are
  * the same bits under 1 and 4 threads; a sample is the same bits drawn in a batch
- * of 3 and alone. */
-static void test_dit(void) {
+ * of 3 and alone. mlp_hidden 256: attention's scratch fits in the graph's d_hidden;
+ * 64: it has memory of its own. */
+static void test_dit(int mlp_hidden) {
+    printf("DiT with mlp hidden %d\n", mlp_hidden);
     enum { BATCH = DIT_BATCH, SAMPLE = DIT_SAMPLE };
     static float x[BATCH * SAMPLE], out[BATCH * SAMPLE], d_out[BATCH * SAMPLE], d_x[BATCH * SAMPLE];
     static float out_4[BATCH * SAMPLE], d_x_4[BATCH * SAMPLE], alone[SAMPLE];
@@ -212,7 +215,8 @@ static void test_dit(void) {
     int y[BATCH];
     const int threads = omp_get_max_threads();
     dit_model m;
-    make_dit(&m, 4, x, t, y, d_out);
+    make_dit(&m, mlp_hidden, 4, x, t, y, d_out);
+    CHECK((m.cpu_state->attention_memory != NULL) == (mlp_hidden < 256));
     dit_zero_grad(&m);
     dit_forward(&m, x, t, y, BATCH, out_4);
     dit_backward(&m, d_out, d_x_4, BATCH);
@@ -220,7 +224,7 @@ static void test_dit(void) {
     memcpy(grads_4, m.grads, sizeof(float) * m.table.trainable_numel);
     dit_destroy(&m);
 
-    make_dit(&m, 1, x, t, y, d_out);
+    make_dit(&m, mlp_hidden, 1, x, t, y, d_out);
     const long planned = gemm_onednn_primitives_made();
     dit_zero_grad(&m);
     dit_forward(&m, x, t, y, BATCH, out);
@@ -254,6 +258,7 @@ int main(void) {
     test_rows_independent();
     test_thread_count();
     test_plan_makes_once();
-    test_dit();
+    test_dit(256);
+    test_dit(64);
     return test_finish("test_gemm_onednn");
 }

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Compare ldm's CPU DiT-S training step with PyTorch's, on 2 threads, in fp32 and in bf16
-# (ldm's train.precision=bf16 against torch.autocast(bfloat16)).
+# Compare ldm's CPU DiT-S training step with PyTorch's, on the same threads (2 unless told),
+# in fp32 and in bf16 (ldm's train.precision=bf16 against torch.autocast(bfloat16)).
 #
 #   tests/bench_vs_pytorch.sh [--steps N] [--warmup W] [--torch both|pypi|debian]
-#                             [--precision both|fp32|bf16]
+#                             [--precision both|fp32|bf16] [--threads T (default 2)]
 #
 # Run from the repository root. Builds build/ldm if it is missing, runs for each precision P
 #   build/ldm bench --config configs/dit-s.json --set train.batch_size=32 --set train.precision=P
@@ -26,18 +26,19 @@ which_precision=both
 threads=2
 batch=32
 
-usage() { echo "usage: $0 [--steps N] [--warmup W] [--torch both|pypi|debian] [--precision both|fp32|bf16]" >&2; exit 2; }
+usage() { echo "usage: $0 [--steps N] [--warmup W] [--torch both|pypi|debian] [--precision both|fp32|bf16] [--threads T]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --steps)  [ $# -ge 2 ] || usage; steps=$2; shift 2 ;;
         --warmup) [ $# -ge 2 ] || usage; warmup=$2; shift 2 ;;
         --torch)  [ $# -ge 2 ] || usage; which_torch=$2; shift 2 ;;
         --precision) [ $# -ge 2 ] || usage; which_precision=$2; shift 2 ;;
+        --threads) [ $# -ge 2 ] || usage; threads=$2; shift 2 ;;
         -h|--help) usage ;;
         *) echo "$0: unknown argument '$1'" >&2; usage ;;
     esac
 done
-case "$steps$warmup" in *[!0-9]*|'') echo "$0: --steps and --warmup take integers" >&2; exit 2 ;; esac
+case "$steps$warmup$threads" in *[!0-9]*|'') echo "$0: --steps, --warmup and --threads take integers" >&2; exit 2 ;; esac
 case "$which_torch" in both|pypi|debian) ;; *) echo "$0: --torch takes both, pypi or debian" >&2; exit 2 ;; esac
 case "$which_precision" in both|fp32|bf16) ;; *) echo "$0: --precision takes both, fp32 or bf16" >&2; exit 2 ;; esac
 
@@ -46,7 +47,7 @@ if [ ! -f CMakeLists.txt ] || [ ! -f tests/bench_dit_pytorch.py ]; then
     exit 2
 fi
 
-# Both sides on the same 2 threads. The test guide pins OPENBLAS_CORETYPE (for
+# Both sides on the same threads. The test guide pins OPENBLAS_CORETYPE (for
 # reproducible numerics across machines) but allows benchmarks to unset it, so that
 # OpenBLAS (ldm's, and Debian torch's) picks the kernels of the real CPU; a timing taken
 # with a pinned older core type would understate the machine.

@@ -4,6 +4,7 @@
  * once; a call sets their data handles and executes on the one CPU stream. */
 #include "gemm_onednn.h"
 
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -179,6 +180,9 @@ static matmul_entry *find_or_make(const matmul_key *key) {
 }
 
 static void run(matmul_entry *e, const uint16_t *a, const uint16_t *b, const float *bias, float *c) {
+    /* inside a parallel region oneDNN would run on the calling thread alone, and the one
+     * scratchpad would be shared between threads */
+    if (omp_in_parallel()) fatal_internal("gemm_onednn: called inside an OpenMP parallel region");
     check(dnnl_memory_set_data_handle(e->a, (void *)a), "set_data_handle");
     check(dnnl_memory_set_data_handle(e->b, (void *)b), "set_data_handle");
     check(dnnl_memory_set_data_handle(e->c, c), "set_data_handle");

@@ -11,8 +11,9 @@
  * copied); in bf16/fp16 kept is a 16-bit buffer that keep() fills, rounding work
  * in place (precision_store), and work is one of a block's fp32 buffers shared by
  * all blocks. A GEMM reads the operand the backend hands it: the CPU's GEMMs read
- * fp32 buffers holding rounded values (work), the GPU's read the 16-bit bits
- * (kept). The same holds for activation gradients through grad_operand().
+ * fp32 buffers holding rounded values (work), the GPU's and the CPU's bf16 GEMMs on
+ * oneDNN read the 16-bit bits (kept). The same holds for activation gradients
+ * through grad_operand().
  *
  * Every pointer in a graph (parameters, gradients, activations) is in the memory
  * of its backend's device; the graph only passes them to the backend. Internal to

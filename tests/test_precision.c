@@ -346,7 +346,7 @@ static void test_dit_16bit(int guided) {
 
 static void test_gemm_bf16(void) {
     if (!gemm_bf16_available()) {
-        printf("gemm_bf16: this CPU has no AVX-512 BF16 (or LDM_NO_BF16_GEMM is set): not tested\n");
+        printf("gemm_bf16: this CPU has no AVX-512 BF16 (or LDM_CPU_GEMM=openblas, LDM_NO_BF16_GEMM is set): not tested\n");
         return;
     }
     const int shapes[][3] = {{1, 1, 1}, {7, 5, 3}, {37, 70, 129}, {100, 33, 600}, {13, 600, 17}, {64, 1100, 300}};

@@ -10,7 +10,7 @@ set -eu
 
 packages="build-essential cmake pkg-config git
   libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
-  libcjson-dev libopenblas-dev libpng-dev zlib1g-dev libomp-dev
+  libcjson-dev libopenblas-dev libdnnl-dev libpng-dev zlib1g-dev libomp-dev
   dataset-fashion-mnist python3 python3-numpy python3-h5py iproute2 util-linux"
 if [ "${LDM_WITH_TORCH:-0}" = 1 ]; then
   packages="$packages python3-torch"

@@ -82,7 +82,21 @@ static void layout(dit_model *m, arena *ar) {
     m->grads = arena_floats(ar, m->table.trainable_numel);
     m->fixed = arena_floats(ar, m->table.fixed_numel);
     m->compute_params = m->precision != PRECISION_FP32 ? arena_floats(ar, m->table.trainable_numel) : m->params;
-    m->activation_bytes = dit_graph_layout(m->graph, ar);
+    m->cpu_state->compute_params = m->compute_params;
+    m->cpu_state->weight_bits = NULL;
+    m->cpu_state->attention_memory = NULL;
+    size_t attention_bytes = 0; /* scratch for max_batch: counted with the activations */
+    if (m->graph->ops->gemm_reads_bits) { /* dit_backend_cpu_bf16_bits */
+        m->cpu_state->weight_bits = arena_halves(ar, m->table.trainable_numel);
+        const size_t needed = attention_bits_scratch_bytes(m->max_batch, m->tokens, m->shape.num_heads,
+                                                           m->shape.hidden_size / m->shape.num_heads);
+        const size_t d_hidden_bytes = sizeof(float) * (size_t)m->max_batch * m->tokens * m->shape.mlp_hidden;
+        if (needed > d_hidden_bytes) { /* else in the graph's d_hidden (dit_backend_cpu_plan) */
+            m->cpu_state->attention_memory = arena_floats(ar, (needed + sizeof(float) - 1) / sizeof(float));
+            attention_bytes = needed;
+        }
+    }
+    m->activation_bytes = dit_graph_layout(m->graph, ar) + attention_bytes;
 }
 
 void dit_create(dit_model *m, const dit_shape *shape, int max_batch) {
@@ -100,7 +114,8 @@ void dit_create_precision(dit_model *m, const dit_shape *shape, int max_batch, l
     param_table_init(&m->table);
     build_table(m);
     m->graph = xcalloc(1, sizeof(*m->graph));
-    dit_graph_init(m->graph, shape, max_batch, precision, &m->table, &dit_backend_cpu);
+    m->cpu_state = xcalloc(1, sizeof(*m->cpu_state));
+    dit_graph_init(m->graph, shape, max_batch, precision, &m->table, dit_backend_cpu_for(precision));
 
     arena ar;
     arena_begin_measure(&ar);
@@ -110,7 +125,8 @@ void dit_create_precision(dit_model *m, const dit_shape *shape, int max_batch, l
     m->memory = ar.base;
     m->memory_bytes = ar.capacity;
     param_table_bind(&m->table, m->params, m->grads, m->fixed);
-    dit_graph_bind(m->graph, m->params, m->grads, m->fixed, m->compute_params);
+    dit_graph_bind(m->graph, m->params, m->grads, m->fixed, m->cpu_state);
+    dit_backend_cpu_plan(m->graph);
     pos_embed_2d_sincos(m->table.entries[m->graph->pos_embed].data, shape->hidden_size, grid);
 }
 
@@ -120,6 +136,7 @@ void dit_destroy(dit_model *m) {
         free(m->graph);
     }
     param_table_free(&m->table);
+    free(m->cpu_state);
     free(m->memory);
     memset(m, 0, sizeof(*m));
 }

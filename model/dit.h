@@ -47,6 +47,7 @@ typedef struct {
 } dit_shape;
 
 typedef struct dit_graph dit_graph;
+typedef struct dit_cpu_state dit_cpu_state;
 
 typedef struct {
     dit_shape shape;
@@ -62,6 +63,7 @@ typedef struct {
     float *compute_params;
     size_t activation_bytes; /* of memory_bytes: activations kept for backward and all scratch, for max_batch */
     dit_graph *graph; /* the compute graph, its parameter indices and activations (dit_graph.h) */
+    dit_cpu_state *cpu_state; /* what the CPU backend's GEMMs read (dit_graph.h) */
     void *memory;  /* the one allocation behind everything above */
     size_t memory_bytes;
 } dit_model;

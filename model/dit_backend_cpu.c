@@ -1,16 +1,25 @@
-/* The DiT graph's CPU backend (dit_graph.h): the ops of ops.h, and the storage
- * of bf16/fp16 as the CPU emulates it (precision.h). GEMMs read fp32 buffers
- * holding values rounded to the format: an activation's work buffer, rounded in
- * place when it is kept; the weights and biases from the model's compute_params,
- * a rounded copy of the master parameters made at every forward pass (the
- * graph's backend_state). */
+/* The DiT graph's CPU backends (dit_graph.h): the ops of ops.h, and the storage
+ * of bf16/fp16 as the CPU emulates it (precision.h).
+ *
+ * dit_backend_cpu: GEMMs read fp32 buffers holding values rounded to the format:
+ * an activation's work buffer, rounded in place when it is kept; the weights and
+ * biases from compute_params, a rounded copy of the master parameters made at
+ * every forward pass.
+ *
+ * dit_backend_cpu_bf16_bits (bf16 with oneDNN): the same except that GEMMs read
+ * bf16 bits: the kept activations (kept_tensor.kept), the activation gradients'
+ * bits written once by grad_operand, and weight_bits, written with compute_params
+ * at every forward pass. Biases stay fp32 (rounded values). Attention runs its
+ * products batched over (sample, head) (ops_attention.c). */
 #include <string.h>
 
 #include "dit_graph.h"
+#include "gemm_onednn.h"
 #include "ops.h"
 
+static const dit_cpu_state *state(const dit_graph *g) { return g->backend_state; }
 /* (trainable_numel) the parameters the GEMMs read: params itself in fp32, else a rounded copy */
-static float *compute_params(const dit_graph *g) { return g->backend_state; }
+static float *compute_params(const dit_graph *g) { return state(g)->compute_params; }
 
 static void cpu_prepare_weights(const dit_graph *g) {
     if (g->precision == PRECISION_FP32) return; /* compute_params is params */
@@ -189,3 +198,104 @@ static void cpu_embedding_backward(const dit_graph *g, float *d_table, const flo
 }
 
 const dit_backend dit_backend_cpu = {.gemm_reads_bits = 0, DIT_BACKEND_FUNCTIONS(cpu_)};
+
+/* ---- dit_backend_cpu_bf16_bits: what differs from dit_backend_cpu ---- */
+
+/* compute_params and weight_bits from the master parameters in one pass (what a copy
+ * then precision_store gives, reading and writing the parameters once less). */
+static void bits_prepare_weights(const dit_graph *g) {
+    const float *params = g->params;
+    float *rounded = compute_params(g);
+    uint16_t *bits = state(g)->weight_bits;
+    const size_t n = g->trainable_numel;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        const uint16_t h = bf16_from_float(params[i]);
+        bits[i] = h;
+        rounded[i] = bf16_to_float(h);
+    }
+}
+
+static const void *bits_weight(const dit_graph *g, int index) { return state(g)->weight_bits + g->entries[index].offset; }
+
+static const void *bits_keep(const dit_graph *g, kept_tensor k, size_t n) {
+    (void)g;
+    precision_store(PRECISION_BF16, k.kept, k.work, n);
+    return k.kept;
+}
+
+static const void *bits_kept_operand(const dit_graph *g, kept_tensor k, size_t n) {
+    (void)g, (void)n;
+    return k.kept;
+}
+
+static const void *bits_grad_operand(const dit_graph *g, float *grad, uint16_t *bits, size_t n) {
+    (void)g;
+    precision_store(PRECISION_BF16, bits, grad, n);
+    return bits;
+}
+
+static void bits_linear(const dit_graph *g, float *out, const void *in, const void *w, const float *b, int rows,
+                        int sample_rows, int in_features, int out_features) {
+    (void)g, (void)sample_rows; /* a row's result does not depend on the others (ops.h) */
+    linear_forward_bf16_bits(out, in, w, b, rows, in_features, out_features);
+}
+
+static void bits_linear_backward(const dit_graph *g, float *d_in, float d_in_beta, float *d_weight, float *d_bias,
+                                 const void *d_out, const void *in, const void *w, int rows, int in_features,
+                                 int out_features) {
+    (void)g;
+    linear_backward_bf16_bits(d_in, d_in_beta, d_weight, d_bias, d_out, in, w, rows, in_features, out_features);
+}
+
+static void bits_attention_forward(const dit_graph *g, float *out, float *probs, const float *qkv, int batch,
+                                   int tokens, int heads, int head_dim) {
+    attention_forward_bf16_bits(out, probs, qkv, &state(g)->attention, batch, tokens, heads, head_dim);
+}
+
+static void bits_attention_backward(const dit_graph *g, float *d_qkv, float *d_scores, const float *d_out,
+                                    const float *qkv, const float *probs, int batch, int tokens, int heads,
+                                    int head_dim) {
+    attention_backward_bf16_bits(d_qkv, d_scores, d_out, qkv, probs, &state(g)->attention, batch, tokens, heads,
+                                 head_dim);
+}
+
+/* The table of dit_backend_cpu with the functions above in their fields: later
+ * designators replace earlier ones (C11 6.7.9), which -Woverride-init reports. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Woverride-init"
+const dit_backend dit_backend_cpu_bf16_bits = {
+    .gemm_reads_bits = 1, DIT_BACKEND_FUNCTIONS(cpu_), .prepare_weights = bits_prepare_weights,
+    .weight = bits_weight, .keep = bits_keep, .kept_operand = bits_kept_operand,
+    .grad_operand = bits_grad_operand, .linear = bits_linear, .linear_backward = bits_linear_backward,
+    .attention_forward = bits_attention_forward, .attention_backward = bits_attention_backward};
+#pragma GCC diagnostic pop
+
+const dit_backend *dit_backend_cpu_for(ldm_precision precision) {
+    return precision == PRECISION_BF16 && cpu_gemm_bf16_kind() == CPU_GEMM_ONEDNN ? &dit_backend_cpu_bf16_bits
+                                                                                  : &dit_backend_cpu;
+}
+
+/* Every linear of dit_graph.c at max_batch: (rows, in, out, d_in's beta, whether d_in is computed). */
+void dit_backend_cpu_plan(const dit_graph *g) {
+    if (g->ops != &dit_backend_cpu_bf16_bits) return;
+    const dit_shape *s = &g->shape;
+    const int B = g->max_batch, BT = B * g->tokens, D = s->hidden_size, F = s->mlp_hidden;
+    dit_cpu_state *cpu = g->backend_state;
+    cpu->attention = attention_bits_scratch_place(cpu->attention_memory ? cpu->attention_memory : (void *)g->d_hidden,
+                                                  B, g->tokens, s->num_heads, D / s->num_heads);
+    const int E = DIT_FREQUENCY_EMBEDDING_SIZE, PPC = s->patch_size * s->patch_size * s->in_channels;
+    linear_plan_bf16_bits(BT, PPC, D, 1, 0.0f, 1); /* patch embedding (d_x when asked for) */
+    for (int embedder = 0; embedder < (s->guidance_input ? 2 : 1); embedder++) {
+        linear_plan_bf16_bits(B, E, D, 1, 0.0f, 0); /* mlp.0: no input gradient */
+        linear_plan_bf16_bits(B, D, D, 1, 0.0f, 1); /* mlp.2 */
+    }
+    linear_plan_bf16_bits(B, D, 6 * D, 1, 1.0f, 1); /* every block's adaLN: d_cond_act accumulates */
+    linear_plan_bf16_bits(BT, D, 3 * D, 1, 0.0f, 1); /* qkv */
+    linear_plan_bf16_bits(BT, D, D, 1, 0.0f, 1);     /* proj */
+    linear_plan_bf16_bits(BT, D, F, 1, 0.0f, 1);     /* fc1 */
+    linear_plan_bf16_bits(BT, F, D, 1, 0.0f, 1);     /* fc2 */
+    linear_plan_bf16_bits(B, D, 2 * D, 1, 0.0f, 1);  /* final adaLN */
+    linear_plan_bf16_bits(BT, D, PPC, 1, 0.0f, 1);   /* final linear */
+    attention_plan_bf16_bits(B, g->tokens, s->num_heads, D / s->num_heads);
+}

@@ -11,8 +11,9 @@
  * copied); in bf16/fp16 kept is a 16-bit buffer that keep() fills, rounding work
  * in place (precision_store), and work is one of a block's fp32 buffers shared by
  * all blocks. A GEMM reads the operand the backend hands it: the CPU's GEMMs read
- * fp32 buffers holding rounded values (work), the GPU's read the 16-bit bits
- * (kept). The same holds for activation gradients through grad_operand().
+ * fp32 buffers holding rounded values (work), the GPU's and the CPU's bf16 GEMMs on
+ * oneDNN read the 16-bit bits (kept). The same holds for activation gradients
+ * through grad_operand().
  *
  * Every pointer in a graph (parameters, gradients, activations) is in the memory
  * of its backend's device; the graph only passes them to the backend. Internal to
@@ -25,6 +26,7 @@
 
 #include "arena.h"
 #include "dit.h"
+#include "ops.h"
 #include "params.h"
 #include "precision.h"
 
@@ -106,7 +108,7 @@ typedef struct dit_graph {
     float *d_residual, *d_a, *d_b; /* (B*T, D) */
     float *d_qkv;           /* (B*T, 3D) */
     float *d_scores;        /* (B, H, T, T); with fused attention (B, H, T) */
-    float *d_hidden;        /* (B*T, F) */
+    float *d_hidden;        /* (B*T, F); also the CPU bf16-bits backend's attention scratch (dit_cpu_state) */
     float *d_ada;           /* (B, 6D) */
     float *d_cond_act, *d_cond, *d_t_hidden; /* (B, D) */
     float *d_tokens, *d_patches; /* (B*T, PPC) */
@@ -221,8 +223,29 @@ struct dit_backend {
     .timestep_embedding_forward = prefix##timestep_embedding_forward, \
     .embedding_forward = prefix##embedding_forward, .embedding_backward = prefix##embedding_backward
 
-/* The CPU's ops (dit_backend_cpu.c); its backend_state is the model's compute_params. */
+/* The CPU backends' backend_state: what their GEMMs read of the parameters. */
+typedef struct dit_cpu_state {
+    float *compute_params; /* (trainable_numel) params in fp32, else the copy rounded at every forward */
+    uint16_t *weight_bits; /* (trainable_numel) bf16: its bits, which oneDNN's GEMMs read; else NULL */
+    /* bf16 with oneDNN: attention's scratch at max_batch, in attention_memory where
+     * the graph's d_hidden is too small for it, else in d_hidden (free in forward and
+     * in the attention branch of backward); else NULLs */
+    attention_bits_scratch attention;
+    void *attention_memory;
+} dit_cpu_state;
+
+/* The CPU's ops (dit_backend_cpu.c). dit_backend_cpu: GEMMs read fp32 buffers
+ * holding rounded values (OpenBLAS, or in bf16 the own bf16 GEMM). In bf16 where
+ * oneDNN is the CPU's bf16 GEMM (gemm_onednn.h) dit_backend_cpu_bf16_bits: GEMMs
+ * read the bf16 bits themselves, the kept activations, the gradients' bits
+ * (d_bits) and weight_bits, so nothing is converted again for a GEMM. */
 extern const dit_backend dit_backend_cpu;
+extern const dit_backend dit_backend_cpu_bf16_bits;
+/* The CPU backend of a model in this precision. */
+const dit_backend *dit_backend_cpu_for(ldm_precision precision);
+/* Makes the oneDNN primitives of every GEMM of a training step at max_batch
+ * (nothing on dit_backend_cpu), once the graph is laid out. */
+void dit_backend_cpu_plan(const dit_graph *g);
 
 /* Sets up g for a model of `shape` on `ops`: finds the parameter indices in table
  * (dit.c's, by name) and allocates the host arrays of per-block structs. The

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gemm_onednn.h"
 #include "precision.h"
 
 #define MR 6   /* rows of a strip */
@@ -27,9 +28,9 @@ static uint16_t packed_b[KC * NC] __attribute__((aligned(64)));
 int gemm_bf16_available(void) {
     static int available = -1;
     if (available < 0) {
-        const char *off = getenv("LDM_NO_BF16_GEMM");
         __builtin_cpu_init();
-        available = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512f") && !(off && *off);
+        available = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512f") &&
+                    cpu_gemm_bf16_kind() != CPU_GEMM_OPENBLAS;
     }
     return available;
 }

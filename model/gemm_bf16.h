@@ -14,7 +14,8 @@
 
 #include <stddef.h>
 
-/* True when this CPU and build can run gemm_bf16 (and LDM_NO_BF16_GEMM is not set). */
+/* True when this CPU and build can run gemm_bf16 (and LDM_CPU_GEMM=openblas or
+ * LDM_NO_BF16_GEMM does not turn it off: gemm_onednn.h). */
 int gemm_bf16_available(void);
 
 /* C (m, n) = beta * C + A' B' with beta 0 or 1, every matrix row-major:

@@ -14,6 +14,7 @@
 #define LDM_OPS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "precision.h"
 
@@ -37,6 +38,19 @@ void linear_forward_precision(float *out, const float *in, const float *weight, 
 void linear_backward_precision(float *d_in, float d_in_beta, float *d_weight, float *d_bias, const float *d_out,
                                const float *in, const float *weight, int rows, int in_features, int out_features,
                                ldm_precision precision);
+
+/* The same in bf16 with operands that are bf16 bits (in, weight, d_out; bias fp32),
+ * through oneDNN (gemm_onednn.h: only where cpu_gemm_bf16_kind() is CPU_GEMM_ONEDNN).
+ * A row's outputs do not depend on the other rows, so no sample_rows is needed. */
+void linear_forward_bf16_bits(float *out, const uint16_t *in, const uint16_t *weight, const float *bias, int rows,
+                              int in_features, int out_features);
+void linear_backward_bf16_bits(float *d_in, float d_in_beta, float *d_weight, float *d_bias, const uint16_t *d_out,
+                               const uint16_t *in, const uint16_t *weight, int rows, int in_features,
+                               int out_features);
+/* Makes the oneDNN primitives of a layer's forward and backward (d_in with its beta
+ * when with_d_in), so that the training step makes none. */
+void linear_plan_bf16_bits(int rows, int in_features, int out_features, int with_bias, float d_in_beta,
+                           int with_d_in);
 
 /* ---- LayerNorm without affine parameters, eps given (DiT uses 1e-6) ---- */
 /* out, in (rows, dim); mean, rstd (rows) saved for backward. */
@@ -94,6 +108,28 @@ void attention_forward_precision(float *out, float *probs, const float *qkv, int
 void attention_backward_precision(float *d_qkv, float *d_scores, const float *d_out, const float *qkv,
                                   const float *probs, int batch, int tokens, int heads, int head_dim,
                                   ldm_precision precision);
+
+/* The same in bf16 with oneDNN (gemm_onednn.h): every product of all (sample, head)
+ * pairs as one batched matmul on bf16 bits. qkv and d_out hold bf16 values; probs
+ * (batch, heads, tokens, tokens) is written rounded to bf16; d_scores (the same
+ * shape, fp32) is scratch. The scratch below is the caller's, for the largest batch. */
+typedef struct {
+    uint16_t *q, *k, *v, *d_out; /* (batch, heads, tokens, head_dim) head-major copies */
+    uint16_t *probs;             /* (batch, heads, tokens, tokens) p's bits, in backward then d_scores' */
+    float *d_part;               /* (batch * tokens, heads * head_dim) one part of d_qkv; NULL: d_scores */
+} attention_bits_scratch;
+/* Bytes of the scratch at this batch (64-byte aligned parts); with its d_part in
+ * d_scores where that is as large (tokens >= head_dim), else in the scratch. */
+size_t attention_bits_scratch_bytes(int batch, int tokens, int heads, int head_dim);
+/* The scratch carved from memory (attention_bits_scratch_bytes of it, 64-byte aligned). */
+attention_bits_scratch attention_bits_scratch_place(void *memory, int batch, int tokens, int heads, int head_dim);
+void attention_forward_bf16_bits(float *out, float *probs, const float *qkv, const attention_bits_scratch *scratch,
+                                 int batch, int tokens, int heads, int head_dim);
+void attention_backward_bf16_bits(float *d_qkv, float *d_scores, const float *d_out, const float *qkv,
+                                  const float *probs, const attention_bits_scratch *scratch, int batch, int tokens,
+                                  int heads, int head_dim);
+/* Makes the oneDNN primitives of both at this batch. */
+void attention_plan_bf16_bits(int batch, int tokens, int heads, int head_dim);
 
 /* ---- patchify / unpatchify (a conv with stride = kernel = patch is patchify + linear) ----
  * image (batch, channels, size, size); patches (batch, grid*grid, channels*patch*patch)

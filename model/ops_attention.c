@@ -2,11 +2,19 @@
  * the fused qkv layout of timm's Attention: (batch, tokens, 3, heads, head_dim).
  * One (sample, head) pair is handled by one thread from start to end, with
  * single-threaded sgemm calls on strided views of qkv (leading dimension 3 * dim),
- * so results do not depend on the thread count. */
+ * so results do not depend on the thread count.
+ *
+ * The bf16-bits variant (bf16 with oneDNN) computes q k^T, p v and the four
+ * backward products of all (sample, head) pairs as one batched oneDNN matmul each,
+ * on head-major bf16 copies of q, k, v (oneDNN's brgemm kernels take plain
+ * layouts, not qkv's interleaved one), with the scale fused into q k^T. Softmax
+ * and its backward stay fp32, one row per iteration. */
 #include <cblas.h>
 #include <math.h>
+#include <string.h>
 
 #include "fast_math.h"
+#include "gemm_onednn.h"
 #include "ops.h"
 
 /* Short names for the sgemm arguments, so each call fits on one line. */
@@ -91,4 +99,178 @@ void attention_backward_precision(float *d_qkv, float *d_scores, const float *d_
             cblas_sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, tokens, head_dim, tokens, 1.0f, ds, tokens, k, ld, 0.0f, dq, ld);
             cblas_sgemm(ROW_MAJOR, TRANS, NO_TRANS, tokens, head_dim, tokens, 1.0f, ds, tokens, q, ld, 0.0f, dk, ld);
         }
+}
+
+/* ---- the bf16-bits attention (ops.h) ---- */
+
+/* The batched product of a (batch, heads) grid with the given operand strides. */
+static batched_product grid_product(int batch, int heads, int m, int n, int k, const int64_t a[4], const int64_t b[4],
+                                    const int64_t c[4]) {
+    batched_product p = {{batch, heads}, m, n, k, {a[0], a[1], a[2], a[3]}, {b[0], b[1], b[2], b[3]},
+                         {c[0], c[1], c[2], c[3]}};
+    return p;
+}
+
+/* Strides of the operands, for (batch, heads, tokens T, head_dim E): */
+typedef struct {
+    int64_t heads_te[4];    /* a head-major (B, H, T, E) buffer */
+    int64_t heads_te_t[4];  /* its transpose (B, H, E, T) */
+    int64_t scores[4];      /* (B, H, T, T) */
+    int64_t scores_t[4];    /* its transpose */
+    int64_t token_major[4]; /* (B, H, T, E) in a (B, T, H, E) = (B * T, dim) buffer */
+} attention_strides;
+
+static attention_strides strides_of(int tokens, int heads, int head_dim) {
+    const int64_t T = tokens, H = heads, E = head_dim;
+    attention_strides s = {{H * T * E, T * E, E, 1},
+                           {H * T * E, T * E, 1, E},
+                           {H * T * T, T * T, T, 1},
+                           {H * T * T, T * T, 1, T},
+                           {T * H * E, E, H * E, 1}};
+    return s;
+}
+
+/* The six products: q k^T, p v (forward); p^T d_out, d_out v^T, d_scores k, d_scores^T q. */
+enum { QK, PV, DV, DP, DQ, DK, PRODUCTS };
+
+static batched_product attention_product(int which, int batch, int tokens, int heads, int head_dim) {
+    const attention_strides s = strides_of(tokens, heads, head_dim);
+    const int T = tokens, E = head_dim;
+    switch (which) {
+    case QK: return grid_product(batch, heads, T, T, E, s.heads_te, s.heads_te_t, s.scores);
+    case PV: return grid_product(batch, heads, T, E, T, s.scores, s.heads_te, s.token_major);
+    case DV: return grid_product(batch, heads, T, E, T, s.scores_t, s.heads_te, s.token_major);
+    case DP: return grid_product(batch, heads, T, T, E, s.heads_te, s.heads_te_t, s.scores);
+    case DQ: return grid_product(batch, heads, T, E, T, s.scores, s.heads_te, s.token_major);
+    default: return grid_product(batch, heads, T, E, T, s.scores_t, s.heads_te, s.token_major);
+    }
+}
+
+void attention_plan_bf16_bits(int batch, int tokens, int heads, int head_dim) {
+    const float scale = 1.0f / sqrtf((float)head_dim);
+    for (int which = 0; which < PRODUCTS; which++) {
+        const batched_product p = attention_product(which, batch, tokens, heads, head_dim);
+        batched_gemm_onednn_plan(&p, which == QK ? scale : 1.0f);
+    }
+}
+
+/* The parts of the scratch, each rounded up to 64 bytes: q, k, v, d_out, probs, d_part. */
+static void scratch_part_bytes(size_t bytes[6], int batch, int tokens, int heads, int head_dim) {
+    const size_t n_heads = (size_t)batch * tokens * heads * head_dim, n_scores = (size_t)batch * heads * tokens * tokens;
+    for (int i = 0; i < 4; i++) bytes[i] = n_heads * sizeof(uint16_t);
+    bytes[4] = n_scores * sizeof(uint16_t);
+    bytes[5] = n_scores >= n_heads ? 0 : n_heads * sizeof(float); /* else d_part is d_scores */
+    for (int i = 0; i < 6; i++) bytes[i] = (bytes[i] + 63) / 64 * 64;
+}
+
+size_t attention_bits_scratch_bytes(int batch, int tokens, int heads, int head_dim) {
+    size_t bytes[6], total = 0;
+    scratch_part_bytes(bytes, batch, tokens, heads, head_dim);
+    for (int i = 0; i < 6; i++) total += bytes[i];
+    return total;
+}
+
+attention_bits_scratch attention_bits_scratch_place(void *memory, int batch, int tokens, int heads, int head_dim) {
+    size_t bytes[6];
+    scratch_part_bytes(bytes, batch, tokens, heads, head_dim);
+    char *at = memory;
+    void *parts[6];
+    for (int i = 0; i < 6; i++) {
+        parts[i] = bytes[i] ? at : NULL;
+        at += bytes[i];
+    }
+    attention_bits_scratch s = {parts[0], parts[1], parts[2], parts[3], parts[4], parts[5]};
+    return s;
+}
+
+/* heads (B, H, T, E) = the bf16 bits of part `part` (0 q, 1 k, 2 v) of rows whose
+ * parts are laid out (T, 3 or 1, H, E) per sample (row length `row` values); the
+ * values hold bf16 values already, so this is exact. */
+static void to_heads(uint16_t *heads_out, const float *rows, int row, int part, int batch, int tokens, int heads,
+                     int head_dim) {
+    const int dim = heads * head_dim;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < batch; b++)
+        for (int t = 0; t < tokens; t++) {
+            const float *from = rows + ((size_t)b * tokens + t) * row + (size_t)part * dim;
+            for (int h = 0; h < heads; h++) {
+                uint16_t *to = heads_out + (((size_t)b * heads + h) * tokens + t) * head_dim;
+                for (int e = 0; e < head_dim; e++) to[e] = bf16_from_float(from[h * head_dim + e]);
+            }
+        }
+}
+
+/* part `part` of d_qkv (B * T, 3 * dim) = from (B * T, dim). */
+static void into_qkv(float *d_qkv, const float *from, int part, int rows, int dim) {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++)
+        memcpy(d_qkv + (size_t)r * 3 * dim + (size_t)part * dim, from + (size_t)r * dim, sizeof(float) * dim);
+}
+
+void attention_forward_bf16_bits(float *out, float *probs, const float *qkv, const attention_bits_scratch *s,
+                                 int batch, int tokens, int heads, int head_dim) {
+    const int dim = heads * head_dim;
+    const float scale = 1.0f / sqrtf((float)head_dim);
+    for (int part = 0; part < 3; part++)
+        to_heads(part == 0 ? s->q : part == 1 ? s->k : s->v, qkv, 3 * dim, part, batch, tokens, heads, head_dim);
+    batched_product p = attention_product(QK, batch, tokens, heads, head_dim);
+    batched_gemm_onednn(&p, s->q, s->k, scale, probs);
+    const size_t rows = (size_t)batch * heads * tokens;
+#pragma omp parallel for schedule(static)
+    for (size_t r = 0; r < rows; r++) {
+        float *row = probs + r * tokens;
+        uint16_t *bits = s->probs + r * tokens;
+        float max = -INFINITY;
+        for (int j = 0; j < tokens; j++) max = row[j] > max ? row[j] : max;
+        float sum = 0.0f;
+        for (int j = 0; j < tokens; j++) {
+            row[j] = fast_expf(row[j] - max);
+            sum += row[j];
+        }
+        float inv = 1.0f / sum;
+        for (int j = 0; j < tokens; j++) {
+            bits[j] = bf16_from_float(row[j] * inv);
+            row[j] = bf16_to_float(bits[j]);
+        }
+    }
+    p = attention_product(PV, batch, tokens, heads, head_dim);
+    batched_gemm_onednn(&p, s->probs, s->v, 1.0f, out);
+}
+
+void attention_backward_bf16_bits(float *d_qkv, float *d_scores, const float *d_out, const float *qkv,
+                                  const float *probs, const attention_bits_scratch *s, int batch, int tokens,
+                                  int heads, int head_dim) {
+    const int dim = heads * head_dim, rows_bt = batch * tokens;
+    const float scale = 1.0f / sqrtf((float)head_dim);
+    const size_t score_rows = (size_t)batch * heads * tokens;
+    float *d_part = s->d_part ? s->d_part : d_scores; /* d_scores is free but between d_probs and d_scores' bits */
+    uint16_t *d_score_bits = s->probs;                /* p's bits are last read by dv */
+    for (int part = 0; part < 3; part++)
+        to_heads(part == 0 ? s->q : part == 1 ? s->k : s->v, qkv, 3 * dim, part, batch, tokens, heads, head_dim);
+    to_heads(s->d_out, d_out, dim, 0, batch, tokens, heads, head_dim);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < score_rows * tokens; i++) s->probs[i] = bf16_from_float(probs[i]);
+    /* dv = p^T d_out */
+    batched_product p = attention_product(DV, batch, tokens, heads, head_dim);
+    batched_gemm_onednn(&p, s->probs, s->d_out, 1.0f, d_part);
+    into_qkv(d_qkv, d_part, 2, rows_bt, dim);
+    /* d_probs = d_out v^T, then the softmax backward with the scale folded in */
+    p = attention_product(DP, batch, tokens, heads, head_dim);
+    batched_gemm_onednn(&p, s->d_out, s->v, 1.0f, d_scores);
+#pragma omp parallel for schedule(static)
+    for (size_t r = 0; r < score_rows; r++) {
+        const float *prow = probs + r * tokens;
+        float *srow = d_scores + r * tokens;
+        uint16_t *bits = d_score_bits + r * tokens;
+        float weighted = 0.0f;
+        for (int j = 0; j < tokens; j++) weighted += prow[j] * srow[j];
+        for (int j = 0; j < tokens; j++) bits[j] = bf16_from_float(scale * prow[j] * (srow[j] - weighted));
+    }
+    /* dq = d_scores k; dk = d_scores^T q */
+    p = attention_product(DQ, batch, tokens, heads, head_dim);
+    batched_gemm_onednn(&p, d_score_bits, s->k, 1.0f, d_part);
+    into_qkv(d_qkv, d_part, 0, rows_bt, dim);
+    p = attention_product(DK, batch, tokens, heads, head_dim);
+    batched_gemm_onednn(&p, d_score_bits, s->q, 1.0f, d_part);
+    into_qkv(d_qkv, d_part, 1, rows_bt, dim);
 }

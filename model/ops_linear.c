@@ -13,12 +13,18 @@
  * sample's outputs come from sgemm calls whose shape and row positions do not
  * depend on the other samples of the batch. OpenBLAS's Haswell and Zen kernels
  * round a row differently with its position and the call's row count; without
- * this a sample drawn in a batch differed from the same sample drawn alone. */
+ * this a sample drawn in a batch differed from the same sample drawn alone.
+ *
+ * The bf16-bits variants run oneDNN's matmul on operands that are bf16 bits
+ * already (gemm_onednn.h), in one call per product: a row of oneDNN's result
+ * does not depend on the number of rows (tests/test_gemm_onednn.c), so they need
+ * no cut at sample boundaries. */
 #include <cblas.h>
 #include <omp.h>
 #include <string.h>
 
 #include "gemm_bf16.h"
+#include "gemm_onednn.h"
 #include "ops.h"
 
 /* From OpenBLAS (declared in its cblas.h as well in recent versions). */
@@ -168,4 +174,50 @@ void linear_backward(float *d_in, float d_in_beta, float *d_weight, float *d_bia
         gemm_threaded(1, 0, out_features, in_features, rows, d_out, out_features, in, in_features, 1.0f, d_weight,
                       in_features, 0);
     if (d_bias) column_sum_accumulate(d_bias, d_out, rows, out_features);
+}
+
+/* The bf16-bits linear (ops.h): GEMMs through oneDNN. */
+
+void linear_forward_bf16_bits(float *out, const uint16_t *in, const uint16_t *weight, const float *bias, int rows,
+                              int in_features, int out_features) {
+    gemm_onednn(0, 1, rows, out_features, in_features, in, in_features, weight, in_features, bias, 0.0f, out,
+                out_features);
+}
+
+/* column_sum_accumulate of bf16 bits: the same sums of the same values. */
+static void column_sum_accumulate_bits(float *d_bias, const uint16_t *d_out, int rows, int cols) {
+    enum { BLOCK = 64 };
+    int blocks = (cols + BLOCK - 1) / BLOCK;
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < blocks; blk++) {
+        int j0 = blk * BLOCK;
+        int j1 = j0 + BLOCK < cols ? j0 + BLOCK : cols;
+        float acc[BLOCK];
+        for (int j = j0; j < j1; j++) acc[j - j0] = 0.0f;
+        for (int r = 0; r < rows; r++) {
+            const uint16_t *row = d_out + (size_t)r * cols;
+            for (int j = j0; j < j1; j++) acc[j - j0] += bf16_to_float(row[j]);
+        }
+        for (int j = j0; j < j1; j++) d_bias[j] += acc[j - j0];
+    }
+}
+
+void linear_backward_bf16_bits(float *d_in, float d_in_beta, float *d_weight, float *d_bias, const uint16_t *d_out,
+                               const uint16_t *in, const uint16_t *weight, int rows, int in_features,
+                               int out_features) {
+    if (d_in)
+        gemm_onednn(0, 0, rows, in_features, out_features, d_out, out_features, weight, in_features, NULL, d_in_beta,
+                    d_in, in_features);
+    if (d_weight)
+        gemm_onednn(1, 0, out_features, in_features, rows, d_out, out_features, in, in_features, NULL, 1.0f, d_weight,
+                    in_features);
+    if (d_bias) column_sum_accumulate_bits(d_bias, d_out, rows, out_features);
+}
+
+void linear_plan_bf16_bits(int rows, int in_features, int out_features, int with_bias, float d_in_beta,
+                           int with_d_in) {
+    gemm_onednn_plan(0, 1, rows, out_features, in_features, in_features, in_features, with_bias, 0.0f, out_features);
+    if (with_d_in)
+        gemm_onednn_plan(0, 0, rows, in_features, out_features, out_features, in_features, 0, d_in_beta, in_features);
+    gemm_onednn_plan(1, 0, out_features, in_features, rows, out_features, in_features, 0, 1.0f, in_features);
 }

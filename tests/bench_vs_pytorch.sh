@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Compare ldm's CPU fp32 DiT-S training step with PyTorch's, on 2 threads.
+# Compare ldm's CPU DiT-S training step with PyTorch's, on the same threads (2 unless told),
+# in fp32 and in bf16 (ldm's train.precision=bf16 against torch.autocast(bfloat16)).
 #
 #   tests/bench_vs_pytorch.sh [--steps N] [--warmup W] [--torch both|pypi|debian]
+#                             [--precision both|fp32|bf16] [--threads T (default 2)]
 #
-# Run from the repository root. Builds build/ldm if it is missing, runs
-#   build/ldm bench --config configs/dit-s.json --set train.batch_size=32 --steps N --warmup W
-# and tests/bench_dit_pytorch.py (same model, batch 32, forward + weighted MSE + backward +
-# AdamW), then prints the result lines and "ratio (ldm / pytorch T): R" of images/s for each
-# PyTorch T measured.
+# Run from the repository root. Builds build/ldm if it is missing, runs for each precision P
+#   build/ldm bench --config configs/dit-s.json --set train.batch_size=32 --set train.precision=P
+#             --steps N --warmup W
+# and tests/bench_dit_pytorch.py --precision P (same model, batch 32, forward + weighted MSE +
+# backward + AdamW), then prints the result lines and "ratio P (ldm / pytorch T): R" of
+# images/s for each precision and PyTorch T measured.
 #
 # PyTorch: by default both PyPI's current torch, in the virtual environment .venv-bench
 # (created here on first use; PyPI's torch is a large CUDA build, several GB, only its
@@ -19,28 +22,32 @@ set -euo pipefail
 steps=10
 warmup=2
 which_torch=both
+which_precision=both
 threads=2
 batch=32
 
-usage() { echo "usage: $0 [--steps N] [--warmup W] [--torch both|pypi|debian]" >&2; exit 2; }
+usage() { echo "usage: $0 [--steps N] [--warmup W] [--torch both|pypi|debian] [--precision both|fp32|bf16] [--threads T]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --steps)  [ $# -ge 2 ] || usage; steps=$2; shift 2 ;;
         --warmup) [ $# -ge 2 ] || usage; warmup=$2; shift 2 ;;
         --torch)  [ $# -ge 2 ] || usage; which_torch=$2; shift 2 ;;
+        --precision) [ $# -ge 2 ] || usage; which_precision=$2; shift 2 ;;
+        --threads) [ $# -ge 2 ] || usage; threads=$2; shift 2 ;;
         -h|--help) usage ;;
         *) echo "$0: unknown argument '$1'" >&2; usage ;;
     esac
 done
-case "$steps$warmup" in *[!0-9]*|'') echo "$0: --steps and --warmup take integers" >&2; exit 2 ;; esac
+case "$steps$warmup$threads" in *[!0-9]*|'') echo "$0: --steps, --warmup and --threads take integers" >&2; exit 2 ;; esac
 case "$which_torch" in both|pypi|debian) ;; *) echo "$0: --torch takes both, pypi or debian" >&2; exit 2 ;; esac
+case "$which_precision" in both|fp32|bf16) ;; *) echo "$0: --precision takes both, fp32 or bf16" >&2; exit 2 ;; esac
 
 if [ ! -f CMakeLists.txt ] || [ ! -f tests/bench_dit_pytorch.py ]; then
     echo "$0: run from the repository root" >&2
     exit 2
 fi
 
-# Both sides on the same 2 threads. The test guide pins OPENBLAS_CORETYPE (for
+# Both sides on the same threads. The test guide pins OPENBLAS_CORETYPE (for
 # reproducible numerics across machines) but allows benchmarks to unset it, so that
 # OpenBLAS (ldm's, and Debian torch's) picks the kernels of the real CPU; a timing taken
 # with a pinned older core type would understate the machine.
@@ -73,34 +80,38 @@ python_for() {
     fi
 }
 
-echo "== ldm bench (steps=$steps warmup=$warmup batch=$batch threads=$threads)"
-ldm_out=$(build/ldm bench --config configs/dit-s.json --set train.batch_size=$batch \
-          --steps "$steps" --warmup "$warmup")
-ldm_line=$(printf '%s\n' "$ldm_out" | grep '^bench:' | tail -n 1 || true)
-if [ -z "$ldm_line" ]; then
-    printf '%s\n' "$ldm_out" >&2
-    echo "$0: no 'bench:' line from ldm" >&2
-    exit 1
-fi
-
 ips() { printf '%s\n' "$1" | sed -n 's/.*images_per_s=\([0-9.eE+-]*\).*/\1/p'; }
-ldm_ips=$(ips "$ldm_line")
 case "$which_torch" in both) torches="pypi debian" ;; *) torches=$which_torch ;; esac
+case "$which_precision" in both) precisions="fp32 bf16" ;; *) precisions=$which_precision ;; esac
 results=""
-for torch in $torches; do
-    py=$(python_for "$torch")
-    echo "== pytorch ($torch)"
-    pt_line=$("$py" tests/bench_dit_pytorch.py --steps "$steps" --warmup "$warmup" \
-              --batch "$batch" --threads "$threads" | grep '^pytorch:' | tail -n 1)
-    pt_ips=$(ips "$pt_line")
-    if [ -z "$ldm_ips" ] || [ -z "$pt_ips" ]; then
-        echo "$0: could not parse images_per_s from:" >&2
-        printf '  %s\n  %s\n' "$ldm_line" "$pt_line" >&2
+for precision in $precisions; do
+    echo "== ldm bench ($precision, steps=$steps warmup=$warmup batch=$batch threads=$threads)"
+    ldm_out=$(build/ldm bench --config configs/dit-s.json --set train.batch_size=$batch \
+              --set train.precision=$precision --steps "$steps" --warmup "$warmup")
+    ldm_line=$(printf '%s\n' "$ldm_out" | grep '^bench: images_per_s' | tail -n 1 || true)
+    if [ -z "$ldm_line" ]; then
+        printf '%s\n' "$ldm_out" >&2
+        echo "$0: no 'bench: images_per_s' line from ldm" >&2
         exit 1
     fi
-    results="$results$pt_line
-$(awk -v a="$ldm_ips" -v b="$pt_ips" -v t="$torch" 'BEGIN { printf "ratio (ldm / pytorch %s): %.2f", t, a / b }')
+    ldm_ips=$(ips "$ldm_line")
+    results="$results$ldm_line
 "
+    for torch in $torches; do
+        py=$(python_for "$torch")
+        echo "== pytorch ($torch, $precision)"
+        pt_line=$("$py" tests/bench_dit_pytorch.py --steps "$steps" --warmup "$warmup" \
+                  --batch "$batch" --threads "$threads" --precision "$precision" | grep '^pytorch:' | tail -n 1)
+        pt_ips=$(ips "$pt_line")
+        if [ -z "$ldm_ips" ] || [ -z "$pt_ips" ]; then
+            echo "$0: could not parse images_per_s from:" >&2
+            printf '  %s\n  %s\n' "$ldm_line" "$pt_line" >&2
+            exit 1
+        fi
+        results="$results$pt_line
+$(awk -v a="$ldm_ips" -v b="$pt_ips" -v t="$torch" -v p="$precision" \
+    'BEGIN { printf "ratio %s (ldm / pytorch %s): %.2f", p, t, a / b }')
+"
+    done
 done
-echo "$ldm_line"
 printf '%s' "$results"

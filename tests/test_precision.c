@@ -23,6 +23,7 @@
 #include "allocation_counter.h"
 #include "dit.h"
 #include "gemm_bf16.h"
+#include "gemm_onednn.h"
 #include "ops.h"
 #include "precision.h"
 #include "rng.h"
@@ -278,10 +279,12 @@ static void test_dit_16bit(int guided) {
         make_model(&m, (ldm_precision)k, guided);
         make_inputs(&in, guided);
         dit_pass(&m, &in, 1.0f); /* warm-up (lazy library set-up) */
+        const long primitives = gemm_onednn_primitives_made();
         allocation_counting = 1;
         float loss = dit_pass(&m, &in, 1.0f);
         allocation_counting = 0;
         CHECK_MSG(allocation_count == 0, "%s: %ld allocations in a training pass", name, allocation_count);
+        CHECK_MSG(gemm_onednn_primitives_made() == primitives, "%s: a training pass made oneDNN primitives", name);
         double out_error = test_relative_l2(in.out, ref_in.out, DIT_BATCH * DIT_SAMPLE);
         double grad_error = test_relative_l2(m.grads, ref.grads, m.table.trainable_numel);
         double dx_error = test_relative_l2(in.d_x, ref_in.d_x, DIT_BATCH * DIT_SAMPLE);
@@ -343,7 +346,7 @@ static void test_dit_16bit(int guided) {
 
 static void test_gemm_bf16(void) {
     if (!gemm_bf16_available()) {
-        printf("gemm_bf16: this CPU has no AVX-512 BF16 (or LDM_NO_BF16_GEMM is set): not tested\n");
+        printf("gemm_bf16: this CPU has no AVX-512 BF16 (or LDM_CPU_GEMM=openblas, LDM_NO_BF16_GEMM is set): not tested\n");
         return;
     }
     const int shapes[][3] = {{1, 1, 1}, {7, 5, 3}, {37, 70, 129}, {100, 33, 600}, {13, 600, 17}, {64, 1100, 300}};

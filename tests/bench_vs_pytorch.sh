@@ -4,6 +4,7 @@
 #
 #   tests/bench_vs_pytorch.sh [--steps N] [--warmup W] [--torch both|pypi|debian]
 #                             [--precision both|fp32|bf16] [--threads T (default 2)]
+#                             [--openblas-coretype NAME]
 #
 # Run from the repository root. Builds build/ldm if it is missing, runs for each precision P
 #   build/ldm bench --config configs/dit-s.json --set train.batch_size=32 --set train.precision=P
@@ -16,6 +17,9 @@
 # (created here on first use; PyPI's torch is a large CUDA build, several GB, only its
 # CPU side is used), and Debian's python3-torch (1.13) in /usr/bin/python3; --torch pypi or
 # --torch debian measures one.
+# --openblas-coretype NAME runs ldm with OPENBLAS_CORETYPE=NAME (e.g. SkylakeX): on a
+# virtual CPU that OpenBLAS does not recognise (one reporting "Intel(R) Xeon(R) Processor")
+# it falls back to generic kernels about 5x slower in fp32, whatever AVX-512 the CPU has.
 # Not part of ctest: it takes minutes and its result depends on the machine.
 set -euo pipefail
 
@@ -25,8 +29,9 @@ which_torch=both
 which_precision=both
 threads=2
 batch=32
+ldm_coretype=
 
-usage() { echo "usage: $0 [--steps N] [--warmup W] [--torch both|pypi|debian] [--precision both|fp32|bf16] [--threads T]" >&2; exit 2; }
+usage() { echo "usage: $0 [--steps N] [--warmup W] [--torch both|pypi|debian] [--precision both|fp32|bf16] [--threads T] [--openblas-coretype NAME]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --steps)  [ $# -ge 2 ] || usage; steps=$2; shift 2 ;;
@@ -34,6 +39,7 @@ while [ $# -gt 0 ]; do
         --torch)  [ $# -ge 2 ] || usage; which_torch=$2; shift 2 ;;
         --precision) [ $# -ge 2 ] || usage; which_precision=$2; shift 2 ;;
         --threads) [ $# -ge 2 ] || usage; threads=$2; shift 2 ;;
+        --openblas-coretype) [ $# -ge 2 ] || usage; ldm_coretype=$2; shift 2 ;;
         -h|--help) usage ;;
         *) echo "$0: unknown argument '$1'" >&2; usage ;;
     esac
@@ -86,7 +92,7 @@ case "$which_precision" in both) precisions="fp32 bf16" ;; *) precisions=$which_
 results=""
 for precision in $precisions; do
     echo "== ldm bench ($precision, steps=$steps warmup=$warmup batch=$batch threads=$threads)"
-    ldm_out=$(build/ldm bench --config configs/dit-s.json --set train.batch_size=$batch \
+    ldm_out=$(env ${ldm_coretype:+OPENBLAS_CORETYPE=$ldm_coretype} build/ldm bench --config configs/dit-s.json --set train.batch_size=$batch \
               --set train.precision=$precision --steps "$steps" --warmup "$warmup")
     ldm_line=$(printf '%s\n' "$ldm_out" | grep '^bench: images_per_s' | tail -n 1 || true)
     if [ -z "$ldm_line" ]; then

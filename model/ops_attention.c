@@ -38,6 +38,19 @@ static void round_block(float *block, int tokens, ldm_precision precision) {
     if (precision != PRECISION_FP32) precision_round_serial(precision, block, (size_t)tokens * tokens);
 }
 
+/* The unnormalised softmax of row (n) in place: exp(x - max), the max subtracted
+ * for range. Returns 1 / the row's sum, which the caller applies as it stores. */
+static float exp_row(float *row, int n) {
+    float max = -INFINITY;
+    for (int j = 0; j < n; j++) max = row[j] > max ? row[j] : max;
+    float sum = 0.0f;
+    for (int j = 0; j < n; j++) {
+        row[j] = fast_expf(row[j] - max);
+        sum += row[j];
+    }
+    return 1.0f / sum;
+}
+
 void attention_forward_precision(float *out, float *probs, const float *qkv, int batch, int tokens, int heads,
                                  int head_dim, ldm_precision precision) {
     const int dim = heads * head_dim, ld = 3 * dim;
@@ -53,14 +66,7 @@ void attention_forward_precision(float *out, float *probs, const float *qkv, int
             cblas_sgemm(ROW_MAJOR, NO_TRANS, TRANS, tokens, tokens, head_dim, scale, q, ld, k, ld, 0.0f, p, tokens);
             for (int i = 0; i < tokens; i++) {
                 float *row = p + (size_t)i * tokens;
-                float max = -INFINITY;
-                for (int j = 0; j < tokens; j++) max = row[j] > max ? row[j] : max;
-                float sum = 0.0f;
-                for (int j = 0; j < tokens; j++) {
-                    row[j] = fast_expf(row[j] - max);
-                    sum += row[j];
-                }
-                float inv = 1.0f / sum;
+                const float inv = exp_row(row, tokens);
                 for (int j = 0; j < tokens; j++) row[j] *= inv;
             }
             round_block(p, tokens, precision);
@@ -220,14 +226,7 @@ void attention_forward_bf16_bits(float *out, float *probs, const float *qkv, con
     for (size_t r = 0; r < rows; r++) {
         float *row = probs + r * tokens;
         uint16_t *bits = s->probs + r * tokens;
-        float max = -INFINITY;
-        for (int j = 0; j < tokens; j++) max = row[j] > max ? row[j] : max;
-        float sum = 0.0f;
-        for (int j = 0; j < tokens; j++) {
-            row[j] = fast_expf(row[j] - max);
-            sum += row[j];
-        }
-        float inv = 1.0f / sum;
+        const float inv = exp_row(row, tokens);
         for (int j = 0; j < tokens; j++) {
             bits[j] = bf16_from_float(row[j] * inv);
             row[j] = bf16_to_float(bits[j]);

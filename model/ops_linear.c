@@ -129,13 +129,13 @@ void linear_forward_precision(float *out, const float *in, const float *weight, 
 
 void linear_forward(float *out, const float *in, const float *weight, const float *bias, int rows, int sample_rows,
                     int in_features, int out_features) {
-    const float beta = bias_rows(out, bias, rows, out_features);
-    gemm_threaded(0, 1, rows, out_features, in_features, in, in_features, weight, in_features, beta, out,
-                  out_features, sample_rows);
+    linear_forward_precision(out, in, weight, bias, rows, sample_rows, in_features, out_features, PRECISION_FP32);
 }
 
-/* d_bias[j] += sum_r d_out[r, j], column blocks of 64 per thread. */
-static void column_sum_accumulate(float *d_bias, const float *d_out, int rows, int cols) {
+/* d_bias[j] += sum_r d_out[r, j], column blocks of 64 per thread; d_out (rows, cols)
+ * as fp32 values or, with d_out NULL, as bf16 bits (the same sums of the same values). */
+static void column_sum_accumulate_any(float *d_bias, const float *d_out, const uint16_t *d_out_bits, int rows,
+                                      int cols) {
     enum { BLOCK = 64 };
     int blocks = (cols + BLOCK - 1) / BLOCK;
 #pragma omp parallel for schedule(static)
@@ -145,11 +145,18 @@ static void column_sum_accumulate(float *d_bias, const float *d_out, int rows, i
         float acc[BLOCK];
         for (int j = j0; j < j1; j++) acc[j - j0] = 0.0f;
         for (int r = 0; r < rows; r++) {
-            const float *row = d_out + (size_t)r * cols;
-            for (int j = j0; j < j1; j++) acc[j - j0] += row[j];
+            const size_t row = (size_t)r * cols;
+            if (d_out)
+                for (int j = j0; j < j1; j++) acc[j - j0] += d_out[row + j];
+            else
+                for (int j = j0; j < j1; j++) acc[j - j0] += bf16_to_float(d_out_bits[row + j]);
         }
         for (int j = j0; j < j1; j++) d_bias[j] += acc[j - j0];
     }
+}
+
+static void column_sum_accumulate(float *d_bias, const float *d_out, int rows, int cols) {
+    column_sum_accumulate_any(d_bias, d_out, NULL, rows, cols);
 }
 
 void linear_backward_precision(float *d_in, float d_in_beta, float *d_weight, float *d_bias, const float *d_out,
@@ -167,13 +174,8 @@ void linear_backward_precision(float *d_in, float d_in_beta, float *d_weight, fl
 void linear_backward(float *d_in, float d_in_beta, float *d_weight, float *d_bias,
                      const float *d_out, const float *in, const float *weight,
                      int rows, int in_features, int out_features) {
-    if (d_in)
-        gemm_threaded(0, 0, rows, in_features, out_features, d_out, out_features, weight, in_features, d_in_beta,
-                      d_in, in_features, 0);
-    if (d_weight)
-        gemm_threaded(1, 0, out_features, in_features, rows, d_out, out_features, in, in_features, 1.0f, d_weight,
-                      in_features, 0);
-    if (d_bias) column_sum_accumulate(d_bias, d_out, rows, out_features);
+    linear_backward_precision(d_in, d_in_beta, d_weight, d_bias, d_out, in, weight, rows, in_features, out_features,
+                              PRECISION_FP32);
 }
 
 /* The bf16-bits linear (ops.h): GEMMs through oneDNN. */
@@ -184,22 +186,8 @@ void linear_forward_bf16_bits(float *out, const uint16_t *in, const uint16_t *we
                 out_features);
 }
 
-/* column_sum_accumulate of bf16 bits: the same sums of the same values. */
 static void column_sum_accumulate_bits(float *d_bias, const uint16_t *d_out, int rows, int cols) {
-    enum { BLOCK = 64 };
-    int blocks = (cols + BLOCK - 1) / BLOCK;
-#pragma omp parallel for schedule(static)
-    for (int blk = 0; blk < blocks; blk++) {
-        int j0 = blk * BLOCK;
-        int j1 = j0 + BLOCK < cols ? j0 + BLOCK : cols;
-        float acc[BLOCK];
-        for (int j = j0; j < j1; j++) acc[j - j0] = 0.0f;
-        for (int r = 0; r < rows; r++) {
-            const uint16_t *row = d_out + (size_t)r * cols;
-            for (int j = j0; j < j1; j++) acc[j - j0] += bf16_to_float(row[j]);
-        }
-        for (int j = j0; j < j1; j++) d_bias[j] += acc[j - j0];
-    }
+    column_sum_accumulate_any(d_bias, NULL, d_out, rows, cols);
 }
 
 void linear_backward_bf16_bits(float *d_in, float d_in_beta, float *d_weight, float *d_bias, const uint16_t *d_out,

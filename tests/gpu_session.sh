@@ -5,7 +5,7 @@
 # build. The machine has CUDA and PyTorch but maybe not MPI, HDF5 or cJSON:
 # fetch their Debian packages here first (docs/gpu.md),
 #
-#   ../shared/tools/offline-deps.sh download .deps
+#   (.deps: MPI, HDF5 and cJSON as Debian packages, gathered beforehand; docs/gpu.md)
 #
 # and make the device call (carry [".deps"], timeout_s 540) with exactly:
 #

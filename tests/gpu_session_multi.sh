@@ -2,7 +2,7 @@
 # The GPU tests that need two or more GPUs, in ONE device call of at most 540 s
 # on a machine with several (tests/gpu_session.sh is the one-GPU session; this
 # uses its steps, limits and logs). Prepared here as for that one
-# (../shared/tools/offline-deps.sh download .deps), then the device call
+# (.deps: MPI, HDF5 and cJSON as Debian packages, gathered beforehand; docs/gpu.md), then the device call
 # (carry [".deps"], timeout_s 540):
 #
 #   .deps/offline-deps.sh unpack >/dev/null && . .deps/env.sh && sh tests/gpu_session_multi.sh "$OUT"

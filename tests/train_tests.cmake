@@ -80,3 +80,13 @@ LDM_TESTS=${CMAKE_CURRENT_SOURCE_DIR};LDM_CONFIGS=${CMAKE_SOURCE_DIR}/configs")
   set_tests_properties(cli_train_batch_split cli_train_micro_batch_split cli_train_missing_data
     cli_train_missing_run PROPERTIES TIMEOUT 60)
 endif()
+
+# The kill loop (tests/kill_loop.sh): a few cycles of SIGKILL and --resume auto
+# on 2 ranks end byte-identical to an uninterrupted run; the long run is in
+# docs/testing.md.
+if(TARGET ldm)
+  add_test(NAME kill_loop_cycles
+    COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/kill_loop.sh 4 7 ${CMAKE_CURRENT_BINARY_DIR}/kill-loop)
+  set_tests_properties(kill_loop_cycles PROPERTIES TIMEOUT 300
+    ENVIRONMENT "LDM=$<TARGET_FILE:ldm>;LDM_MPIRUN=${ldm_train_mpirun};LDM_CONFIGS=${CMAKE_SOURCE_DIR}/configs")
+endif()

@@ -1,13 +1,13 @@
 /* The sharded, prefetching data loader (see loader.h). This file owns checking
- * a data set file against what the model expects, reading this rank's shard
- * (collectively into memory, or streamed window by window on the loader
- * thread), the order of the samples in each epoch, and assembling float batches
- * ahead of training on a background thread. Everything is allocated in
- * loader_open; the thread allocates nothing. */
+ * a data set file against what the model expects, dealing the file's blocks to
+ * virtual shards and the virtual shards to ranks, the global sample order,
+ * reading this rank's blocks (into memory, or streamed block by block on the
+ * loader thread), and assembling float batches ahead of training on a
+ * background thread. Everything is allocated in loader_open; the thread
+ * allocates nothing. */
 #include "loader.h"
 
 #include <hdf5.h>
-#include <mpi.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,74 +22,86 @@
 #error "the loader's float16 memory type assumes a little-endian host"
 #endif
 
-/* Purpose keys mixed into the seed, so that the data order and the flips never
- * share a random stream with each other or with anything else in ldm. */
-#define LOADER_PURPOSE_ORDER 0x6c6f616465726f72ULL  /* "loaderor" */
-#define LOADER_PURPOSE_WINDOW 0x6c6f616465727769ULL /* "loaderwi" */
-#define LOADER_PURPOSE_FLIP 0x6c6f61646572666cULL   /* "loaderfl" */
-
-/* Reads of the shard are split into pieces of at most this many bytes: MPI-IO
- * counts bytes in an int, so a single read of 2 GiB or more fails. */
-#define LOADER_MAX_READ_BYTES ((int64_t)1 << 30)
+/* Purpose keys mixed into the seed, so that the dealing of blocks, the orders
+ * and the flips never share a random stream with each other or with anything
+ * else in ldm. */
+#define LOADER_PURPOSE_DEAL 0x6c6f616465726465ULL  /* "loaderde" */
+#define LOADER_PURPOSE_ORDER 0x6c6f616465726f72ULL /* "loaderor" */
+#define LOADER_PURPOSE_BLOCK 0x6c6f616465726277ULL /* "loaderbw" */
+#define LOADER_PURPOSE_FLIP 0x6c6f61646572666cULL  /* "loaderfl" */
 
 typedef struct {
     float *samples;     /* (batch_size, C, H, W) */
     int32_t *labels;    /* (batch_size) */
     int64_t *indices;   /* (batch_size) the samples' rows in the file */
-    loader_state after; /* the loader's state once this batch has been handed out */
+    int64_t after;      /* this rank's count of samples handed out once this batch has been */
 } prefetch_slot;
 
-typedef enum { SHARD_IN_MEMORY, SHARD_STREAMED } shard_residence;
+typedef enum { BLOCKS_IN_MEMORY, BLOCKS_STREAMED } block_residence;
+
+/* One virtual shard this rank serves, and what is cached of its current epoch. */
+typedef struct {
+    int virtual_index;      /* v */
+    int64_t first_block;    /* its blocks are shard_blocks[first_block .. first_block + block_count) */
+    int64_t block_count;
+    int64_t rows;           /* samples in its blocks */
+    int64_t order_epoch;    /* the shard epoch visit_blocks is drawn for; -1 none */
+    int64_t within_block;   /* the block within_order is drawn for (in within_epoch); -1 none */
+    int64_t within_epoch;
+    int64_t loaded_block;   /* streamed: the block in the shard's buffer; -1 none */
+} virtual_shard;
 
 struct loader {
     loader_options options; /* options.path is not kept: info.path is the file */
     dataset_info info;
-    int rank;
-    int64_t shard_start, shard_count; /* rows [shard_start, shard_start + shard_count) of the file */
-    size_t sample_bytes;              /* one sample as stored */
-    int32_t *labels;                  /* (shard_count), or NULL when the file has none */
+    int rank, world_size;
+    size_t sample_bytes; /* one sample as stored */
+    int32_t *labels;     /* (N), or NULL when the file has none */
 
     /* Conversion to the model's floats. */
     float image_values[256]; /* stored byte -> [-1, 1] */
     float *channel_shift;    /* (C) latents: mean of channel c */
     float *channel_scale;    /* (C) latents: sigma_data / std of channel c */
 
-    shard_residence residence;
-    int64_t order_epoch; /* the epoch shard_order or window_order is drawn for; -1 none */
-    /* In memory. */
-    unsigned char *shard; /* (shard_count, sample_bytes), as stored */
-    int64_t *shard_order; /* (shard_count) shard-relative rows in the order of order_epoch */
-    /* Streamed: the windows are the shard cut at the file rows that are multiples
-     * of window_rows (a multiple of the chunk size), so each window reads whole
-     * chunks; the first and the last may be shorter. Window w (in file order)
-     * starts at file row max(shard_start, window_base + w * window_rows). */
-    hid_t file, samples_dataset, memory_type;
-    int64_t window_rows, window_base, window_count;
-    int64_t *window_order;        /* (window_count) the file-order window read k-th in order_epoch */
-    int64_t *window_begin;        /* (window_count + 1) the epoch position where the k-th window begins */
-    unsigned char *window;        /* (min(window_rows, shard_count), sample_bytes) the loaded window */
-    int64_t *window_sample_order; /* (min(window_rows, shard_count)) rows of the loaded window, in order */
-    int64_t loaded_window;        /* k (in order_epoch's window order) of the loaded window; -1 none */
+    /* The blocks: file rows [b * block_rows, min(N, (b + 1) * block_rows)). */
+    int64_t block_rows, block_count;
+    int virtual_count;        /* V in use */
+    int shard_count;          /* virtual shards this rank serves: V / W */
+    virtual_shard *shards;    /* (shard_count) shard s is virtual shard rank + s * W */
+    int64_t *shard_blocks;    /* (this rank's blocks) each shard's blocks, in dealing order */
+    int64_t *visit_blocks;    /* (this rank's blocks) each shard's blocks in its order_epoch's order */
+    int64_t *visit_begin;     /* (this rank's blocks + shard_count) per shard: the shard position where each
+                                 visited block begins, and the shard's rows at the end */
+    int64_t *within_order;    /* (shard_count, block_rows) rows of within_block, in order */
+    int64_t rank_rows;        /* samples this rank serves */
 
-    /* Where the loader thread is (only the thread touches it). */
-    loader_state cursor;
+    block_residence residence;
+    /* In memory: the rank's blocks, one after another in the order of shard_blocks. */
+    unsigned char *rows_data;  /* (rank_rows, sample_bytes) */
+    int64_t *block_offset;     /* (block_count) the block's first row in rows_data; -1 for other ranks' */
+    /* Streamed: one block per shard. */
+    hid_t file, samples_dataset, memory_type;
+    unsigned char *block_buffers; /* (shard_count, block_rows, sample_bytes) */
+
+    /* Where the loader thread is: this rank's count of samples assembled (only the thread touches it). */
+    int64_t cursor;
 
     /* The prefetch ring and the requests to the thread, guarded by mutex. */
     pthread_mutex_t mutex;
     pthread_cond_t batch_ready, slot_free;
     prefetch_slot *slots; /* (prefetch_batches) */
     int slot_count, first_full, full_count;
-    uint64_t generation;  /* bumped by loader_set_state: batches of an older one are dropped */
-    loader_state restart; /* where the thread continues from after a new generation */
+    uint64_t generation; /* bumped by loader_set_state: batches of an older one are dropped */
+    int64_t restart;     /* where the thread continues from after a new generation */
     int stopping;
     int failed;
     char failure[sizeof(((dataset_info *)0)->path) + 256]; /* the thread's error, for loader_next to report */
     pthread_t thread;
 
-    loader_state consumed; /* main thread: the state after the last batch handed out */
+    int64_t consumed; /* main thread: this rank's count of samples handed out */
 };
 
-/* ---- randomness: pure functions of (seed, epoch, rank, ...) ---- */
+/* ---- randomness: pure functions of the seed and global quantities ---- */
 
 /* Uniform in [0, n) without modulo bias (Lemire's multiply-and-reject). */
 static uint64_t uniform_below(rng_stream *stream, uint64_t n) {
@@ -116,9 +128,8 @@ static void draw_permutation(int64_t *items, int64_t n, rng_stream stream) {
     }
 }
 
-static int flip_drawn(const loader *l, loader_state at) {
-    rng_stream stream = rng_stream_for(rng_hash(l->options.seed ^ LOADER_PURPOSE_FLIP, (uint64_t)l->rank),
-                                       (uint64_t)at.epoch, (uint64_t)at.position);
+static int flip_drawn(const loader *l, int64_t position) {
+    rng_stream stream = rng_stream_for(l->options.seed ^ LOADER_PURPOSE_FLIP, (uint64_t)position, 0);
     return (int)(rng_next_u64(&stream) >> 63);
 }
 
@@ -171,49 +182,161 @@ static int read_rows(hid_t dataset, hid_t memory_type, hid_t transfer, int64_t f
     return ok ? 0 : -1;
 }
 
-/* Collective over every rank: the shard into memory with parallel HDF5 (every
- * rank reads its own hyperslab in the same number of collective calls). */
-static void read_shard_into_memory(loader *l, int world_size) {
-    const char *path = l->info.path, *name = dataset_samples_name(&l->info);
-    int mpi_up = 0;
-    MPI_Initialized(&mpi_up);
-    hdf5_library_lock();
-    hid_t access = H5Pcreate(H5P_FILE_ACCESS), transfer = H5Pcreate(H5P_DATASET_XFER);
-    if (mpi_up) {
-        H5Pset_fapl_mpio(access, MPI_COMM_WORLD, MPI_INFO_NULL);
-        H5Pset_dxpl_mpio(transfer, H5FD_MPIO_COLLECTIVE);
-    }
-    hid_t file = H5Fopen(path, H5F_ACC_RDONLY, access);
-    if (file < 0) fatal_input("%s: cannot open the file for a parallel read", path);
-    hid_t dataset = H5Dopen2(file, name, H5P_DEFAULT);
-    if (dataset < 0) fatal_input("%s: cannot open %s", path, name);
-    hid_t memory_type = stored_memory_type(&l->info);
+/* ---- blocks, virtual shards and ranks ---- */
 
-    int64_t largest_shard = (l->info.count + world_size - 1) / world_size;
-    int64_t rows_per_read = LOADER_MAX_READ_BYTES / (int64_t)l->sample_bytes;
-    if (rows_per_read < 1) rows_per_read = 1;
-    int64_t reads = (largest_shard + rows_per_read - 1) / rows_per_read;
-    for (int64_t r = 0; r < reads; r++) {
-        int64_t first = r * rows_per_read;
-        int64_t rows = l->shard_count - first;
-        if (rows > rows_per_read) rows = rows_per_read;
-        if (rows < 0) rows = 0;
-        if (read_rows(dataset, memory_type, transfer, l->shard_start + first, rows,
-                      l->shard + (size_t)first * l->sample_bytes) < 0)
-            fatal_input("%s: cannot read %s rows %lld to %lld (damaged file?)", path, name,
-                        (long long)(l->shard_start + first), (long long)(l->shard_start + first + rows));
-    }
-    H5Tclose(memory_type);
-    H5Dclose(dataset);
-    H5Fclose(file);
-    H5Pclose(transfer);
-    H5Pclose(access);
-    hdf5_library_unlock();
+static int64_t rows_of_block(const loader *l, int64_t block) {
+    int64_t first = block * l->block_rows, end = first + l->block_rows;
+    return (end > l->info.count ? l->info.count : end) - first;
 }
 
-/* Streaming: the file is opened with the serial driver and read with
- * independent reads, because the loader thread must make no MPI calls. */
-static void open_for_streaming(loader *l) {
+/* Rows per block: the largest divisor of the chunk size (so that blocks tile
+ * the chunks and a block read touches one chunk) that leaves every virtual
+ * shard at least one block. A function of the file and V only. */
+static int64_t choose_block_rows(int64_t chunk_rows, int64_t count, int virtual_count) {
+    int64_t most = count / virtual_count;
+    if (most < 1) most = 1;
+    if (chunk_rows < 1) chunk_rows = 1;
+    for (int64_t parts = 1; parts <= chunk_rows; parts++)
+        if (chunk_rows % parts == 0 && chunk_rows / parts <= most) return chunk_rows / parts;
+    return 1;
+}
+
+/* "1, 2, 4 or 8": the world sizes that divide V. */
+static void format_divisors(char *out, size_t size, int virtual_count) {
+    size_t used = 0;
+    int listed = 0, total = 0;
+    for (int d = 1; d <= virtual_count; d++) total += virtual_count % d == 0;
+    out[0] = 0;
+    for (int d = 1; d <= virtual_count && used + 16 < size; d++) {
+        if (virtual_count % d != 0) continue;
+        listed++;
+        const char *separator = listed == 1 ? "" : listed == total ? " or " : ", ";
+        used += (size_t)snprintf(out + used, size - used, "%s%d", separator, d);
+    }
+}
+
+/* Deals the blocks to the virtual shards (a permutation drawn from the seed,
+ * dealt round-robin) and lays out the shards this rank serves. Returns the
+ * largest count of samples any rank serves. */
+static int64_t lay_out_shards(loader *l) {
+    const int world = l->world_size, virtual_count = l->virtual_count;
+    int64_t *dealt = xmalloc(sizeof(int64_t) * (size_t)l->block_count); /* (block_count) dealt[j] -> shard j mod V */
+    draw_permutation(dealt, l->block_count,
+                     rng_stream_for(l->options.seed ^ LOADER_PURPOSE_DEAL, (uint64_t)l->block_count,
+                                    (uint64_t)virtual_count));
+    int64_t *rank_rows = xcalloc((size_t)world, sizeof(int64_t)); /* (W) */
+    l->shard_count = virtual_count / world;
+    l->shards = xcalloc((size_t)l->shard_count, sizeof(virtual_shard));
+    int64_t mine = 0;
+    for (int64_t j = 0; j < l->block_count; j++) {
+        int v = (int)(j % virtual_count);
+        rank_rows[v % world] += rows_of_block(l, dealt[j]);
+        if (v % world == l->rank) {
+            l->shards[(v - l->rank) / world].block_count++;
+            mine++;
+        }
+    }
+    int64_t first = 0;
+    for (int s = 0; s < l->shard_count; s++) {
+        virtual_shard *shard = &l->shards[s];
+        shard->virtual_index = l->rank + s * world;
+        shard->first_block = first;
+        first += shard->block_count;
+        shard->block_count = 0; /* counted again while filling */
+        shard->order_epoch = shard->within_block = shard->within_epoch = shard->loaded_block = -1;
+    }
+    l->shard_blocks = xmalloc(sizeof(int64_t) * (size_t)(mine > 0 ? mine : 1));
+    l->visit_blocks = xmalloc(sizeof(int64_t) * (size_t)(mine > 0 ? mine : 1));
+    l->visit_begin = xmalloc(sizeof(int64_t) * (size_t)(mine + l->shard_count));
+    for (int64_t j = 0; j < l->block_count; j++) {
+        int v = (int)(j % virtual_count);
+        if (v % world != l->rank) continue;
+        virtual_shard *shard = &l->shards[(v - l->rank) / world];
+        l->shard_blocks[shard->first_block + shard->block_count++] = dealt[j];
+        shard->rows += rows_of_block(l, dealt[j]);
+    }
+    l->rank_rows = rank_rows[l->rank];
+    int64_t largest = 0;
+    for (int r = 0; r < world; r++) largest = rank_rows[r] > largest ? rank_rows[r] : largest;
+    free(rank_rows);
+    free(dealt);
+    return largest;
+}
+
+/* ---- the global order ---- */
+
+/* The shard's blocks in the order of its epoch `epoch`. */
+static void draw_shard_order(loader *l, virtual_shard *shard, int64_t epoch) {
+    int64_t *visit = l->visit_blocks + shard->first_block;
+    int64_t *begin = l->visit_begin + shard->first_block + (shard - l->shards);
+    draw_permutation(visit, shard->block_count,
+                     rng_stream_for(rng_hash(l->options.seed ^ LOADER_PURPOSE_ORDER, (uint64_t)shard->virtual_index),
+                                    (uint64_t)epoch, 0));
+    begin[0] = 0;
+    for (int64_t k = 0; k < shard->block_count; k++) {
+        visit[k] = l->shard_blocks[shard->first_block + visit[k]];
+        begin[k + 1] = begin[k] + rows_of_block(l, visit[k]);
+    }
+    shard->order_epoch = epoch;
+}
+
+/* Streamed: makes `block` the one in shard s's buffer. Returns 0, or -1 with l->failure set. */
+static int load_block(loader *l, int s, int64_t block) {
+    virtual_shard *shard = &l->shards[s];
+    if (shard->loaded_block == block) return 0;
+    int64_t first = block * l->block_rows, rows = rows_of_block(l, block);
+    unsigned char *buffer = l->block_buffers + (size_t)s * (size_t)l->block_rows * l->sample_bytes;
+    hdf5_library_lock();
+    int read = read_rows(l->samples_dataset, l->memory_type, H5P_DEFAULT, first, rows, buffer);
+    hdf5_library_unlock();
+    if (read < 0) {
+        snprintf(l->failure, sizeof(l->failure), "%s: cannot read %s rows %lld to %lld (damaged file?)",
+                 l->info.path, dataset_samples_name(&l->info), (long long)first, (long long)(first + rows));
+        shard->loaded_block = -1;
+        return -1;
+    }
+    shard->loaded_block = block;
+    return 0;
+}
+
+/* The stored sample at global position `position` (one of this rank's) and its
+ * file row; NULL on a read failure (l->failure says why). */
+static const unsigned char *sample_at(loader *l, int64_t position, int64_t *row) {
+    const int v = (int)(position % l->virtual_count);
+    const int s = (v - l->rank) / l->world_size;
+    virtual_shard *shard = &l->shards[s];
+    const int64_t draw = position / l->virtual_count; /* the shard's draw, over its epochs */
+    const int64_t epoch = draw / shard->rows, at = draw % shard->rows;
+    if (shard->order_epoch != epoch) draw_shard_order(l, shard, epoch);
+    const int64_t *visit = l->visit_blocks + shard->first_block;
+    const int64_t *begin = l->visit_begin + shard->first_block + s;
+    int64_t low = 0, high = shard->block_count - 1; /* the last k with begin[k] <= at */
+    while (low < high) {
+        int64_t mid = (low + high + 1) / 2;
+        if (begin[mid] <= at) low = mid;
+        else high = mid - 1;
+    }
+    const int64_t block = visit[low];
+    int64_t *within = l->within_order + (size_t)s * (size_t)l->block_rows;
+    if (shard->within_block != block || shard->within_epoch != epoch) {
+        draw_permutation(within, rows_of_block(l, block),
+                         rng_stream_for(rng_hash(l->options.seed ^ LOADER_PURPOSE_BLOCK, (uint64_t)block),
+                                        (uint64_t)epoch, 0));
+        shard->within_block = block;
+        shard->within_epoch = epoch;
+    }
+    const int64_t in_block = within[at - begin[low]];
+    *row = block * l->block_rows + in_block;
+    if (l->residence == BLOCKS_IN_MEMORY) return l->rows_data + (size_t)(l->block_offset[block] + in_block) * l->sample_bytes;
+    if (load_block(l, s, block) < 0) return NULL;
+    return l->block_buffers + ((size_t)s * (size_t)l->block_rows + (size_t)in_block) * l->sample_bytes;
+}
+
+/* ---- reading the rank's blocks ---- */
+
+/* The file opened with the serial driver for independent reads: the loader
+ * thread must make no MPI calls, and the blocks of a rank lie all over the file. */
+static void open_samples(loader *l) {
     const char *path = l->info.path, *name = dataset_samples_name(&l->info);
     hdf5_library_lock();
     hid_t access = H5Pcreate(H5P_FILE_ACCESS);
@@ -227,93 +350,37 @@ static void open_for_streaming(loader *l) {
     hdf5_library_unlock();
 }
 
-/* File-order window w: its first file row and its row count. */
-static void window_rows_of(const loader *l, int64_t w, int64_t *first, int64_t *rows) {
-    int64_t begin = l->window_base + w * l->window_rows, end = begin + l->window_rows;
-    int64_t shard_end = l->shard_start + l->shard_count;
-    if (begin < l->shard_start) begin = l->shard_start;
-    if (end > shard_end) end = shard_end;
-    *first = begin;
-    *rows = end - begin;
-}
-
-/* ---- the order of an epoch ---- */
-
-static void draw_epoch_order(loader *l, int64_t epoch) {
-    rng_stream stream = rng_stream_for(l->options.seed ^ LOADER_PURPOSE_ORDER, (uint64_t)epoch, (uint64_t)l->rank);
-    if (l->residence == SHARD_IN_MEMORY) {
-        draw_permutation(l->shard_order, l->shard_count, stream);
-    } else {
-        draw_permutation(l->window_order, l->window_count, stream);
-        l->window_begin[0] = 0;
-        for (int64_t k = 0; k < l->window_count; k++) {
-            int64_t first, rows;
-            window_rows_of(l, l->window_order[k], &first, &rows);
-            l->window_begin[k + 1] = l->window_begin[k] + rows;
-        }
-        l->loaded_window = -1;
-    }
-    l->order_epoch = epoch;
-}
-
-/* Makes the window holding epoch position `position` the loaded one: reads it
- * and draws the order of its samples. Returns 0, or -1 with l->failure set. */
-static int load_window_for(loader *l, int64_t position) {
-    int64_t k = l->loaded_window;
-    if (k >= 0 && position >= l->window_begin[k] && position < l->window_begin[k + 1]) return 0;
-    if (k >= 0 && k + 1 < l->window_count && position >= l->window_begin[k + 1] &&
-        position < l->window_begin[k + 2]) {
-        k = k + 1; /* the common case: the next window */
-    } else {
-        int64_t low = 0, high = l->window_count - 1; /* the last k with window_begin[k] <= position */
-        while (low < high) {
-            int64_t mid = (low + high + 1) / 2;
-            if (l->window_begin[mid] <= position) low = mid;
-            else high = mid - 1;
-        }
-        k = low;
-    }
-    int64_t w = l->window_order[k], first, rows;
-    window_rows_of(l, w, &first, &rows);
+static void close_samples(loader *l) {
     hdf5_library_lock();
-    int read = read_rows(l->samples_dataset, l->memory_type, H5P_DEFAULT, first, rows, l->window);
+    if (l->memory_type >= 0) H5Tclose(l->memory_type);
+    if (l->samples_dataset >= 0) H5Dclose(l->samples_dataset);
+    if (l->file >= 0) H5Fclose(l->file);
     hdf5_library_unlock();
-    if (read < 0) {
-        snprintf(l->failure, sizeof(l->failure), "%s: cannot read %s rows %lld to %lld (damaged file?)",
-                 l->info.path, dataset_samples_name(&l->info), (long long)first, (long long)(first + rows));
-        l->loaded_window = -1;
-        return -1;
-    }
-    rng_stream stream = rng_stream_for(rng_hash(l->options.seed ^ LOADER_PURPOSE_WINDOW, (uint64_t)w),
-                                       (uint64_t)l->order_epoch, (uint64_t)l->rank);
-    draw_permutation(l->window_sample_order, rows, stream);
-    l->loaded_window = k;
-    return 0;
+    l->memory_type = l->samples_dataset = l->file = -1;
 }
 
-/* The stored sample at the cursor and its shard-relative row; NULL on a read
- * failure (l->failure says why). Does not move the cursor. */
-static const unsigned char *sample_at_cursor(loader *l, int64_t *row) {
-    if (l->order_epoch != l->cursor.epoch) draw_epoch_order(l, l->cursor.epoch);
-    int64_t position = l->cursor.position;
-    if (l->residence == SHARD_IN_MEMORY) {
-        *row = l->shard_order[position];
-        return l->shard + (size_t)*row * l->sample_bytes;
-    }
-    if (load_window_for(l, position) < 0) return NULL;
-    int64_t first, rows;
-    window_rows_of(l, l->window_order[l->loaded_window], &first, &rows);
-    int64_t in_window = l->window_sample_order[position - l->window_begin[l->loaded_window]];
-    *row = first - l->shard_start + in_window;
-    return l->window + (size_t)in_window * l->sample_bytes;
-}
-
-static loader_state state_after(loader_state state, int64_t shard_count) {
-    if (++state.position == shard_count) {
-        state.epoch++;
-        state.position = 0;
-    }
-    return state;
+/* In memory: every block of the rank's shards, one read each. */
+static void read_blocks_into_memory(loader *l) {
+    l->rows_data = xmalloc((size_t)(l->rank_rows > 0 ? l->rank_rows : 1) * l->sample_bytes);
+    l->block_offset = xmalloc(sizeof(int64_t) * (size_t)l->block_count);
+    for (int64_t b = 0; b < l->block_count; b++) l->block_offset[b] = -1;
+    open_samples(l);
+    int64_t offset = 0;
+    for (int s = 0; s < l->shard_count; s++)
+        for (int64_t k = 0; k < l->shards[s].block_count; k++) {
+            int64_t block = l->shard_blocks[l->shards[s].first_block + k];
+            int64_t first = block * l->block_rows, rows = rows_of_block(l, block);
+            hdf5_library_lock();
+            int read = read_rows(l->samples_dataset, l->memory_type, H5P_DEFAULT, first, rows,
+                                 l->rows_data + (size_t)offset * l->sample_bytes);
+            hdf5_library_unlock();
+            if (read < 0)
+                fatal_input("%s: cannot read %s rows %lld to %lld (damaged file?)", l->info.path,
+                            dataset_samples_name(&l->info), (long long)first, (long long)(first + rows));
+            l->block_offset[block] = offset;
+            offset += rows;
+        }
+    close_samples(l);
 }
 
 /* ---- conversion to the model's floats ---- */
@@ -376,19 +443,20 @@ static void convert_sample(const loader *l, const unsigned char *stored, int fli
 
 /* ---- the loader thread ---- */
 
-/* Fills slot with the batch_size samples from the cursor on, moving the cursor.
+/* Fills slot with this rank's next batch_size samples, moving the cursor.
  * Returns 0, or -1 with l->failure set. */
 static int assemble_batch(loader *l, prefetch_slot *slot) {
     const size_t sample_elements = (size_t)l->info.sample_elements;
     for (int b = 0; b < l->options.batch_size; b++) {
+        const int64_t position = l->cursor * l->world_size + l->rank;
         int64_t row;
-        const unsigned char *stored = sample_at_cursor(l, &row);
+        const unsigned char *stored = sample_at(l, position, &row);
         if (!stored) return -1;
-        int flip = l->options.flip && flip_drawn(l, l->cursor);
+        int flip = l->options.flip && flip_drawn(l, position);
         convert_sample(l, stored, flip, slot->samples + b * sample_elements);
         slot->labels[b] = l->labels ? l->labels[row] : -1;
-        slot->indices[b] = l->shard_start + row;
-        l->cursor = state_after(l->cursor, l->shard_count);
+        slot->indices[b] = row;
+        l->cursor++;
     }
     return 0;
 }
@@ -426,7 +494,7 @@ static void *loader_thread(void *argument) {
     return NULL;
 }
 
-/* ---- opening: what the model expects, then the shard ---- */
+/* ---- opening: what the model expects, then the blocks ---- */
 
 static void format_expected(char *out, size_t size, const loader_options *o) {
     char parts[3][16];
@@ -439,8 +507,7 @@ static void format_expected(char *out, size_t size, const loader_options *o) {
 }
 
 /* What dataset_info_open cannot know: the model's shape, and the world size.
- * Every rank sees the same file and options, so every rank fails here alike,
- * before any collective call. */
+ * Every rank sees the same file and options, so every rank fails here alike. */
 static void check_expectations(const loader *l, int world_size) {
     const dataset_info *info = &l->info;
     const loader_options *o = &l->options;
@@ -458,9 +525,9 @@ static void check_expectations(const loader *l, int world_size) {
                     world_size, (long long)info->count);
 }
 
-/* The labels of this rank's shard; all N are checked against the model's
- * classes so that every rank refuses a bad file alike. */
-static void read_shard_labels(loader *l) {
+/* The labels of the whole set (any rank may serve any row); all N are checked
+ * against the model's classes so that every rank refuses a bad file alike. */
+static void read_labels(loader *l) {
     hdf5_library_lock();
     int32_t *all = dataset_read_labels(&l->info);
     hdf5_library_unlock();
@@ -472,9 +539,7 @@ static void read_shard_labels(loader *l) {
                 fatal_input("%s: /labels: expected labels below the model's %d classes, found %d at sample %lld "
                             "(the file has %d classes)", l->info.path, classes, all[i], (long long)i,
                             l->info.num_classes);
-    l->labels = xmalloc(sizeof(int32_t) * (size_t)l->shard_count);
-    memcpy(l->labels, all + l->shard_start, sizeof(int32_t) * (size_t)l->shard_count);
-    free(all);
+    l->labels = all;
 }
 
 static void set_up_conversion(loader *l) {
@@ -496,43 +561,45 @@ loader *loader_open(const loader_options *options) {
     l->options = *options;
     l->options.path = NULL;
     l->rank = comm_rank();
-    int world_size = comm_world_size();
+    l->world_size = comm_world_size();
     l->file = l->samples_dataset = l->memory_type = -1;
-    l->order_epoch = -1;
-    l->loaded_window = -1;
 
     hdf5_library_lock();
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     dataset_info_open(options->path, &l->info);
     hdf5_library_unlock();
-    check_expectations(l, world_size);
-    dataset_shard_range(l->info.count, l->rank, world_size, &l->shard_start, &l->shard_count);
-    read_shard_labels(l);
+    check_expectations(l, l->world_size);
+    int requested = options->virtual_shards > 0 ? options->virtual_shards : LOADER_DEFAULT_VIRTUAL_SHARDS;
+    l->virtual_count = (int64_t)requested > l->info.count ? (int)l->info.count : requested;
+    if (l->virtual_count % l->world_size != 0) {
+        char divisors[256];
+        format_divisors(divisors, sizeof(divisors), l->virtual_count);
+        char capped[160] = "";
+        if (l->virtual_count != requested)
+            snprintf(capped, sizeof(capped), " (data.virtual_shards is %d, capped at the file's %lld samples)",
+                     requested, (long long)l->info.count);
+        fatal_input("%s: data.virtual_shards: %d ranks do not divide the %d virtual shards%s; run on %s ranks, "
+                    "or set data.virtual_shards to a multiple of %d (the same for every run that resumes this one)",
+                    l->info.path, l->world_size, l->virtual_count, capped, divisors, l->world_size);
+    }
+    read_labels(l);
     set_up_conversion(l);
 
-    /* Every rank decides alike (from the largest shard), since the in-memory
-     * read is collective. */
     l->sample_bytes = (size_t)l->info.sample_elements * element_bytes(l->info.element);
-    int64_t largest_shard = (l->info.count + world_size - 1) / world_size;
+    l->block_rows = choose_block_rows(l->info.chunk_rows, l->info.count, l->virtual_count);
+    l->block_count = (l->info.count + l->block_rows - 1) / l->block_rows;
+    int64_t largest_rank_rows = lay_out_shards(l);
+    l->within_order = xmalloc(sizeof(int64_t) * (size_t)l->shard_count * (size_t)l->block_rows);
+
+    /* Every rank decides alike (from the rank with the most samples). */
     int64_t budget = options->memory_budget_bytes;
-    if (budget >= 0 && largest_shard <= budget / (int64_t)l->sample_bytes) {
-        l->residence = SHARD_IN_MEMORY;
-        l->shard = xmalloc((size_t)l->shard_count * l->sample_bytes);
-        l->shard_order = xmalloc(sizeof(int64_t) * (size_t)l->shard_count);
-        read_shard_into_memory(l, world_size);
+    if (budget > 0 && largest_rank_rows <= budget / (int64_t)l->sample_bytes) {
+        l->residence = BLOCKS_IN_MEMORY;
+        read_blocks_into_memory(l);
     } else {
-        l->residence = SHARD_STREAMED;
-        int64_t chunk_rows = l->info.chunk_rows > 0 ? l->info.chunk_rows : 1;
-        int64_t chunks = budget > 0 ? budget / (chunk_rows * (int64_t)l->sample_bytes) : 0;
-        l->window_rows = (chunks > 1 ? chunks : 1) * chunk_rows;
-        l->window_base = l->shard_start / l->window_rows * l->window_rows;
-        l->window_count = (l->shard_start + l->shard_count - l->window_base + l->window_rows - 1) / l->window_rows;
-        int64_t buffer_rows = l->window_rows < l->shard_count ? l->window_rows : l->shard_count;
-        l->window = xmalloc((size_t)buffer_rows * l->sample_bytes);
-        l->window_sample_order = xmalloc(sizeof(int64_t) * (size_t)buffer_rows);
-        l->window_order = xmalloc(sizeof(int64_t) * (size_t)l->window_count);
-        l->window_begin = xmalloc(sizeof(int64_t) * (size_t)(l->window_count + 1));
-        open_for_streaming(l);
+        l->residence = BLOCKS_STREAMED;
+        l->block_buffers = xmalloc((size_t)l->shard_count * (size_t)l->block_rows * l->sample_bytes);
+        open_samples(l);
     }
 
     l->slot_count = options->prefetch_batches;
@@ -552,12 +619,11 @@ loader *loader_open(const loader_options *options) {
 
 const dataset_info *loader_info(const loader *l) { return &l->info; }
 
-void loader_shard(const loader *l, int64_t *start, int64_t *count) {
-    *start = l->shard_start;
-    *count = l->shard_count;
-}
+int loader_virtual_shards(const loader *l) { return l->virtual_count; }
 
-int loader_streams(const loader *l) { return l->residence == SHARD_STREAMED; }
+int64_t loader_rank_samples(const loader *l) { return l->rank_rows; }
+
+int loader_streams(const loader *l) { return l->residence == BLOCKS_STREAMED; }
 
 void loader_next(loader *l, float *samples, int32_t *labels, int64_t *indices) {
     pthread_mutex_lock(&l->mutex);
@@ -584,24 +650,22 @@ void loader_next(loader *l, float *samples, int32_t *labels, int64_t *indices) {
     pthread_mutex_unlock(&l->mutex);
 }
 
-loader_state loader_get_state(const loader *l) { return l->consumed; }
+loader_state loader_get_state(const loader *l) {
+    int64_t position = l->consumed * l->world_size;
+    return (loader_state){.epoch = position / l->info.count, .position = position};
+}
 
 void loader_set_state(loader *l, loader_state state) {
-    if (state.epoch < 0 || state.position < 0 || state.position > l->shard_count)
-        fatal_input("%s: data position (epoch %lld, sample %lld) does not fit this rank's shard of %lld samples "
-                    "(saved with another world size or data set?)", l->info.path, (long long)state.epoch,
-                    (long long)state.position, (long long)l->shard_count);
-    if (state.position == l->shard_count) {
-        state.epoch++;
-        state.position = 0;
-    }
+    if (state.position < 0 || state.position % l->world_size != 0)
+        fatal_input("%s: data position %lld: expected a position >= 0 that is a multiple of the world size (%d ranks)",
+                    l->info.path, (long long)state.position, l->world_size);
     pthread_mutex_lock(&l->mutex);
     l->generation++;
-    l->restart = state;
+    l->restart = state.position / l->world_size;
     l->full_count = 0;
     pthread_cond_signal(&l->slot_free);
     pthread_mutex_unlock(&l->mutex);
-    l->consumed = state;
+    l->consumed = state.position / l->world_size;
 }
 
 int loader_read_first(const loader_options *options, int max_count, float *samples, int32_t *labels) {
@@ -651,25 +715,21 @@ void loader_close(loader *l) {
     pthread_cond_destroy(&l->batch_ready);
     pthread_cond_destroy(&l->slot_free);
     pthread_mutex_destroy(&l->mutex);
-    if (l->residence == SHARD_STREAMED) {
-        hdf5_library_lock();
-        if (l->memory_type >= 0) H5Tclose(l->memory_type);
-        if (l->samples_dataset >= 0) H5Dclose(l->samples_dataset);
-        if (l->file >= 0) H5Fclose(l->file);
-        hdf5_library_unlock();
-    }
+    if (l->residence == BLOCKS_STREAMED) close_samples(l);
     for (int s = 0; s < l->slot_count; s++) {
         free(l->slots[s].samples);
         free(l->slots[s].labels);
         free(l->slots[s].indices);
     }
     free(l->slots);
-    free(l->shard);
-    free(l->shard_order);
-    free(l->window);
-    free(l->window_sample_order);
-    free(l->window_order);
-    free(l->window_begin);
+    free(l->shards);
+    free(l->shard_blocks);
+    free(l->visit_blocks);
+    free(l->visit_begin);
+    free(l->within_order);
+    free(l->rows_data);
+    free(l->block_offset);
+    free(l->block_buffers);
     free(l->labels);
     free(l->channel_shift);
     free(l->channel_scale);

@@ -1,10 +1,18 @@
-/* The sharded, prefetching data loader. Rank r of W owns the contiguous shard
- * dataset_shard_range(N, r, W) of the file's samples. The shard is read into
- * memory with parallel HDF5 when it fits the memory budget, otherwise streamed
- * in chunk-aligned windows. The order of the samples in each epoch is a pure
- * function of (seed, epoch, rank) (and, when streaming, the window size), and
- * the loader's whole state is (epoch, position): restoring it continues exactly.
- * Batches are assembled on a background thread, prefetch_batches ahead. */
+/* The sharded, prefetching data loader, with one global sample order for every
+ * world size. The file's rows are cut into blocks (at most one HDF5 chunk each);
+ * a permutation of the blocks drawn from the seed deals them round-robin to V
+ * virtual shards (V = data.virtual_shards, at most N). Rank r of W serves the
+ * virtual shards v with v mod W = r, so W must divide V. Global position p of
+ * the run's sample sequence is the (p div V)-th draw of virtual shard p mod V;
+ * each virtual shard walks through its own epochs: its blocks in an order drawn
+ * from (seed, shard, epoch), and the rows of each block in an order drawn from
+ * (seed, block, epoch). Rank r hands out positions r, r + W, r + 2W, ..., so
+ * the first k x B positions (k global batches of B) are the same samples with
+ * the same flips whatever W is, and a run saved on W ranks continues exactly
+ * on any W' dividing V. A rank's blocks are read into memory when they fit the
+ * memory budget, otherwise streamed block by block (one block per shard held);
+ * the order is the same either way. Batches are assembled on a background
+ * thread, prefetch_batches ahead. */
 #ifndef LDM_LOADER_H
 #define LDM_LOADER_H
 
@@ -12,21 +20,27 @@
 
 #include "dataset_file.h"
 
+/* Where the global sample sequence stands. Between training steps every rank
+ * has handed out the same number of samples, so the state is the same on every
+ * rank and means the same on any world size. */
 typedef struct {
-    int64_t epoch;    /* epochs completed on this rank's shard */
-    int64_t position; /* samples of the current epoch already handed out */
+    int64_t epoch;    /* position / N: passes over the data set, for messages */
+    int64_t position; /* samples of the global sequence handed out, over all ranks (W x this rank's count) */
 } loader_state;
+
+#define LOADER_DEFAULT_VIRTUAL_SHARDS 64
 
 typedef struct {
     const char *path;
     int batch_size;          /* samples per loader_next (the rank's micro-batch) */
     uint64_t seed;
     int flip;                /* random horizontal flips */
-    /* The shard is held in memory when the largest shard fits (every rank decides
-     * alike); otherwise streamed in windows of whole chunks that fit (at least
-     * one chunk). <= 0: always stream, one chunk at a time. */
+    /* A rank's blocks are held in memory when the largest rank's fit (every rank
+     * decides alike); otherwise streamed, one block per virtual shard held.
+     * <= 0: always stream. */
     int64_t memory_budget_bytes;
     int prefetch_batches;    /* >= 1 */
+    int virtual_shards;      /* V (capped at N); <= 0: LOADER_DEFAULT_VIRTUAL_SHARDS */
     /* What the model expects (0 = accept anything): a file of another sample
      * shape is refused with fatal_input naming both shapes. */
     int expect_channels, expect_height, expect_width;
@@ -37,19 +51,21 @@ typedef struct {
 
 typedef struct loader loader;
 
-/* Collective over every rank: validates the file against the expectations
- * (fatal_input on every rank for any problem, including N smaller than the
- * world size, before any collective call), reads the shard with a collective
- * parallel read or opens it for streaming, starts the prefetch thread at state
- * (0, 0). Works without MPI initialised too (one rank, serial reads). */
+/* Validates the file against the expectations (fatal_input on every rank alike
+ * for any problem, including a world size that does not divide the virtual
+ * shards), reads this rank's blocks or opens the file for streaming (serial
+ * reads: no collective call), starts the prefetch thread at position 0. Works
+ * without MPI initialised too (one rank). */
 loader *loader_open(const loader_options *options);
 
 /* The file's description (shape, classes, ...), valid until loader_close. */
 const dataset_info *loader_info(const loader *l);
-/* This rank's shard: first sample index and count. */
-void loader_shard(const loader *l, int64_t *start, int64_t *count);
-/* 1 when the shard is streamed in windows (it did not fit the memory budget),
- * 0 when it is held in memory. */
+/* The virtual shards in use (V capped at N), and the samples this rank serves
+ * (the rows of its virtual shards). */
+int loader_virtual_shards(const loader *l);
+int64_t loader_rank_samples(const loader *l);
+/* 1 when the rank's blocks are streamed (they did not fit the memory budget),
+ * 0 when they are held in memory. */
 int loader_streams(const loader *l);
 
 /* loader_next, loader_get_state and loader_set_state are called from one
@@ -59,18 +75,17 @@ int loader_streams(const loader *l);
  * samples (batch_size, C, H, W) float32 (images x / 127.5 - 1, in [-1, 1];
  * latents (x - mean_c) / std_c * sigma_data); labels (batch_size) int32, or -1
  * each when the file has none (the trainer's null class). With flip, a sample
- * is mirrored left-right by a draw that is a pure function of (seed, epoch,
- * rank, position in the epoch). indices (batch_size) int64, or NULL: each
- * sample's row in the file (0 .. N-1), a key for per-sample randomness.
- * An epoch that ends mid-batch continues into the next epoch's order. */
+ * is mirrored left-right by a draw that is a pure function of (seed, global
+ * position). indices (batch_size) int64, or NULL: each sample's row in the file
+ * (0 .. N-1), a key for per-sample randomness. */
 void loader_next(loader *l, float *samples, int32_t *labels, int64_t *indices);
 
 /* The state after the last batch loader_next returned (the state the next batch
  * starts from). */
 loader_state loader_get_state(const loader *l);
-/* Drops whatever was prefetched and continues from state; a position equal to
- * the shard size means the start of the next epoch. A state that does not fit
- * this rank's shard is a fatal_input. */
+/* Drops whatever was prefetched and continues from state.position (epoch is
+ * not read). A negative position, or one that is not a multiple of the world
+ * size, is a fatal_input. */
 void loader_set_state(loader *l, loader_state state);
 
 /* Not collective, no thread: reads the file's first min(N, max_count) samples

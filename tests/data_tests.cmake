@@ -2,19 +2,27 @@
 # errors through `ldm bench --data`. Included from tests/CMakeLists.txt, which
 # defines ldm_c_test and LDM_MPIRUN. Test files are written into the build tree.
 
-# tests/test_loader.c: one rank without mpirun, and three ranks (uneven shards).
+# tests/test_loader.c: one rank without mpirun, two and four ranks; then the
+# global sequences the three wrote must be the same bytes (one order for every
+# world size that divides the virtual shards).
 ldm_c_test(test_loader ${CMAKE_CURRENT_BINARY_DIR}/loader-np1)
-set_tests_properties(test_loader PROPERTIES TIMEOUT 60)
-add_test(NAME test_loader_np3
-  COMMAND ${LDM_MPIRUN} -np 3 $<TARGET_FILE:test_loader> ${CMAKE_CURRENT_BINARY_DIR}/loader-np3
-  WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-set_tests_properties(test_loader_np3 PROPERTIES TIMEOUT 120)
+set_tests_properties(test_loader PROPERTIES TIMEOUT 60 FIXTURES_SETUP loader_orders)
+foreach(ranks 2 4)
+  add_test(NAME test_loader_np${ranks}
+    COMMAND ${LDM_MPIRUN} -np ${ranks} $<TARGET_FILE:test_loader> ${CMAKE_CURRENT_BINARY_DIR}/loader-np${ranks}
+    WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(test_loader_np${ranks} PROPERTIES TIMEOUT 120 FIXTURES_SETUP loader_orders)
+endforeach()
+add_test(NAME test_loader_same_order
+  COMMAND sh -c "cmp \"$1-np1-order.txt\" \"$1-np2-order.txt\" && cmp \"$1-np1-order.txt\" \"$1-np4-order.txt\" && \
+    test \"$(grep -c '^[0-9]' \"$1-np1-order.txt\")\" -eq 384" sh ${CMAKE_CURRENT_BINARY_DIR}/loader)
+set_tests_properties(test_loader_same_order PROPERTIES FIXTURES_REQUIRED loader_orders)
 
 # test_loader initialises and finalises MPI, whose plug-ins keep memory past
 # MPI_Finalize: as for test_comm (tests/comm_tests.cmake), whole stacks and
 # plug-ins kept loaded, so that tests/lsan.supp matches them while leak checks
 # stay on for our own code.
-set_property(TEST test_loader test_loader_np3 APPEND PROPERTY ENVIRONMENT
+set_property(TEST test_loader test_loader_np2 test_loader_np4 APPEND PROPERTY ENVIRONMENT
   "ASAN_OPTIONS=fast_unwind_on_malloc=0" "OMPI_MCA_mca_base_component_disable_dlclose=1")
 
 if(TARGET ldm)

@@ -1,15 +1,19 @@
-/* The sharded, prefetching loader (data/loader.c), on one rank or under mpirun.
+/* The loader (data/loader.c), on one rank or under mpirun (1, 2 or 4 ranks).
  * Rank 0 writes small data set files whose sample i carries label i and
  * pixels/latents that are a known function of (i, position), with small chunks
- * so that the streamed mode reads many windows. Checked: over one epoch the
- * ranks' samples are disjoint and together the whole set, in memory and
- * streamed (window by window); epochs differ; the order is a pure function of
+ * so that the streamed mode reads many blocks. Checked: with virtual shards of
+ * equal size, each stretch of N global positions (the ranks' samples put
+ * together, rank r at positions r, r + W, ...) is the whole set once, and the
+ * stretches come in different orders; in memory and streamed give the same
+ * sequence; the ranks serve disjoint samples; the order is a pure function of
  * the seed; saving and restoring the state (mid-epoch, across an epoch
  * boundary) continues identically; images map to [-1, 1] in NCHW; latents
  * (float32, and float16 over every finite half) are normalised with the stored
  * statistics; flips are deterministic, do flip, and mirror exactly; each
- * sample comes with its index in the file.
- * Usage: test_loader OUTPUT_PREFIX (files OUTPUT_PREFIX-*.h5 are written). */
+ * sample comes with its index in the file. Rank 0 writes the global sequences
+ * (rows, labels, a hash of the values) to OUTPUT_PREFIX-order.txt: the ctest
+ * test_loader_same_order compares the files of 1, 2 and 4 ranks byte for byte.
+ * Usage: test_loader OUTPUT_PREFIX (files OUTPUT_PREFIX-* are written). */
 #include <hdf5.h>
 #include <math.h>
 #include <mpi.h>
@@ -236,9 +240,11 @@ static int sequences_equal(const sequence *a, int64_t a_from, const sequence *b,
                   sizeof(float) * (size_t)(samples * a->sample_elements)) == 0;
 }
 
+/* Virtual shards: 8 unless the check says otherwise (1, 2 and 4 ranks divide it). */
 static loader_options options_for(const char *path, int batch, uint64_t seed, int flip, int64_t budget) {
     loader_options o = {.path = path, .batch_size = batch, .seed = seed, .flip = flip,
-                        .memory_budget_bytes = budget, .prefetch_batches = 2, .sigma_data = 0.5};
+                        .memory_budget_bytes = budget, .prefetch_batches = 2, .sigma_data = 0.5,
+                        .virtual_shards = 8};
     return o;
 }
 
@@ -298,75 +304,130 @@ static void check_values(const test_set *s, const sequence *q, int flip, int64_t
 
 /* ---- the checks ---- */
 
-/* Over epochs 0 and 1: each rank's epoch is its shard exactly once, the ranks'
- * shards are disjoint and cover the set, the epochs come in different orders,
- * and the values are right. Streamed: each window is read in one run. */
-static void check_epochs(const char *path, const test_set *s, int batch, int64_t budget, int flip,
-                         int expect_streamed, int64_t window_rows) {
-    loader_options o = options_for(path, batch, 7, flip, budget);
-    loader *l = loader_open(&o);
-    CHECK(loader_streams(l) == expect_streamed);
-    int64_t start, count;
-    loader_shard(l, &start, &count);
-    int64_t expected_start, expected_count;
-    dataset_shard_range(s->count, rank, world, &expected_start, &expected_count);
-    CHECK(start == expected_start && count == expected_count);
-    int batches = (int)((2 * count + batch - 1) / batch) + 1;
-    sequence q = take(l, batch, batches);
-    loader_state state = loader_get_state(l);
-    CHECK(state.epoch == (int64_t)batches * batch / count && state.position == (int64_t)batches * batch % count);
+/* FNV-1a over a sample's float bits. */
+static uint64_t values_hash(const float *values, int64_t count) {
+    uint64_t h = 1469598103934665603ULL;
+    const unsigned char *bytes = (const unsigned char *)values;
+    for (size_t i = 0; i < (size_t)count * sizeof(float); i++) h = (h ^ bytes[i]) * 1099511628211ULL;
+    return h;
+}
 
-    int *seen = calloc((size_t)s->count, sizeof(int));
-    for (int epoch = 0; epoch < 2; epoch++) {
-        int64_t outside = 0, repeated = 0;
-        int *in_epoch = calloc((size_t)s->count, sizeof(int));
-        for (int64_t p = epoch * count; p < (epoch + 1) * count; p++) {
-            int32_t i = q.labels[p];
-            if (i < start || i >= start + count) {
-                outside++;
-                continue;
-            }
-            if (in_epoch[i]++) repeated++;
-            if (epoch == 0) seen[i]++;
-        }
-        CHECK_MSG(outside == 0 && repeated == 0, "epoch %d: %lld samples outside the shard, %lld repeated", epoch,
-                  (long long)outside, (long long)repeated);
-        free(in_epoch);
-    }
-    if (count >= 4)
-        CHECK_MSG(memcmp(q.labels, q.labels + count, sizeof(int32_t) * (size_t)count) != 0,
-                  "epochs 0 and 1 come in the same order");
-    MPI_Allreduce(MPI_IN_PLACE, seen, (int)s->count, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-    int64_t not_once = 0;
-    for (int64_t i = 0; i < s->count; i++) not_once += seen[i] != 1;
-    CHECK_MSG(not_once == 0, "%lld samples not read exactly once by all ranks together", (long long)not_once);
-    free(seen);
+/* The global sequence of `per_rank` samples a rank (world x per_rank in all),
+ * on rank 0; NULL elsewhere. rows/labels/hashes (world x per_rank). */
+typedef struct {
+    int64_t count;
+    int64_t *rows;
+    int32_t *labels;
+    uint64_t *hashes;
+} global_sequence;
 
-    if (expect_streamed) {
-        /* Window by window: the window of consecutive samples changes exactly
-         * (windows in the shard - 1) times per epoch. */
-        int64_t first_window = start / window_rows, last_window = (start + count - 1) / window_rows;
-        for (int epoch = 0; epoch < 2; epoch++) {
-            int64_t changes = 0;
-            for (int64_t p = epoch * count + 1; p < (epoch + 1) * count; p++)
-                changes += q.labels[p] / window_rows != q.labels[p - 1] / window_rows;
-            CHECK_MSG(changes == last_window - first_window, "epoch %d: %lld window changes, expected %lld", epoch,
-                      (long long)changes, (long long)(last_window - first_window));
+static global_sequence gather_global(const sequence *q) {
+    global_sequence g = {.count = q->samples * world};
+    uint64_t *hashes = malloc(sizeof(uint64_t) * (size_t)q->samples);
+    for (int64_t i = 0; i < q->samples; i++) hashes[i] = values_hash(q->values + i * q->sample_elements, q->sample_elements);
+    int64_t *all_rows = rank == 0 ? malloc(sizeof(int64_t) * (size_t)g.count) : NULL;
+    int32_t *all_labels = rank == 0 ? malloc(sizeof(int32_t) * (size_t)g.count) : NULL;
+    uint64_t *all_hashes = rank == 0 ? malloc(sizeof(uint64_t) * (size_t)g.count) : NULL;
+    MPI_Gather(q->indices, (int)q->samples, MPI_INT64_T, all_rows, (int)q->samples, MPI_INT64_T, 0, MPI_COMM_WORLD);
+    MPI_Gather(q->labels, (int)q->samples, MPI_INT32_T, all_labels, (int)q->samples, MPI_INT32_T, 0, MPI_COMM_WORLD);
+    MPI_Gather(hashes, (int)q->samples, MPI_UINT64_T, all_hashes, (int)q->samples, MPI_UINT64_T, 0, MPI_COMM_WORLD);
+    free(hashes);
+    if (rank != 0) return g;
+    /* rank r's i-th sample is global position i * world + r */
+    g.rows = malloc(sizeof(int64_t) * (size_t)g.count);
+    g.labels = malloc(sizeof(int32_t) * (size_t)g.count);
+    g.hashes = malloc(sizeof(uint64_t) * (size_t)g.count);
+    for (int r = 0; r < world; r++)
+        for (int64_t i = 0; i < q->samples; i++) {
+            int64_t from = r * q->samples + i, to = i * world + r;
+            g.rows[to] = all_rows[from];
+            g.labels[to] = all_labels[from];
+            g.hashes[to] = all_hashes[from];
         }
-        /* and shuffled within the windows: not every window read in file order */
-        int64_t descents = 0;
-        for (int64_t p = 1; p < 2 * count; p++)
-            descents += p % count != 0 && q.labels[p] / window_rows == q.labels[p - 1] / window_rows &&
-                        q.labels[p] < q.labels[p - 1];
-        CHECK_MSG(descents > 0, "the samples of every window came in file order");
-    }
+    free(all_rows);
+    free(all_labels);
+    free(all_hashes);
+    return g;
+}
+
+static void global_free(global_sequence *g) {
+    free(g->rows);
+    free(g->labels);
+    free(g->hashes);
+}
+
+static FILE *order_file;
+
+/* `epochs` x N global positions with virtual shards of equal size (the set's
+ * blocks split evenly): each stretch of N is the whole set once, the stretches
+ * differ, the ranks' rows are disjoint within a stretch, the values are right;
+ * in memory and streamed (budget 1 byte) give the same sequence; the sequence
+ * goes to the order file. */
+static void check_order(const char *name, const char *path, const test_set *s, int batch, int flip) {
+    const int epochs = 2;
+    int64_t per_rank = epochs * s->count / world;
+    int batches = (int)(per_rank / batch);
+    CHECK_MSG(batches * batch == per_rank, "%s: the check needs a batch that divides %lld", name, (long long)per_rank);
+    loader_options o = options_for(path, batch, 7, flip, 1 << 30);
+    loader *memory = loader_open(&o);
+    o.memory_budget_bytes = 1;
+    loader *streamed = loader_open(&o);
+    CHECK(!loader_streams(memory) && loader_streams(streamed));
+    CHECK(loader_virtual_shards(memory) == 8 && loader_rank_samples(memory) == s->count / world);
+    sequence qm = take(memory, batch, batches), qs = take(streamed, batch, batches);
+    CHECK_MSG(sequences_equal(&qm, 0, &qs, 0, qm.samples), "%s: in memory and streamed give different batches", name);
+    loader_state state = loader_get_state(memory);
+    CHECK(state.position == epochs * s->count && state.epoch == epochs);
     int64_t flipped = 0;
-    check_values(s, &q, flip, &flipped);
-    if (flip) CHECK_MSG(flipped > 0 && flipped < q.samples, "%lld of %lld samples flipped", (long long)flipped,
-                        (long long)q.samples);
-    else CHECK(flipped == 0);
-    sequence_free(&q);
-    loader_close(l);
+    check_values(s, &qm, flip, &flipped);
+    if (flip) {
+        int64_t total = flipped;
+        MPI_Allreduce(MPI_IN_PLACE, &total, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+        CHECK_MSG(total > 0 && total < qm.samples * world, "%s: %lld of %lld samples flipped", name, (long long)total,
+                  (long long)(qm.samples * world));
+    } else {
+        CHECK(flipped == 0);
+    }
+    global_sequence g = gather_global(&qm);
+    if (rank == 0) {
+        for (int e = 0; e < epochs; e++) {
+            int *seen = calloc((size_t)s->count, sizeof(int));
+            int64_t not_once = 0, wrong = 0;
+            for (int64_t p = e * s->count; p < (e + 1) * s->count; p++) {
+                wrong += g.rows[p] < 0 || g.rows[p] >= s->count;
+                if (g.rows[p] >= 0 && g.rows[p] < s->count) seen[g.rows[p]]++;
+            }
+            for (int64_t i = 0; i < s->count; i++) not_once += seen[i] != 1;
+            CHECK_MSG(wrong == 0 && not_once == 0, "%s: epoch %d: %lld rows outside the set, %lld not seen once",
+                      name, e, (long long)wrong, (long long)not_once);
+            free(seen);
+        }
+        CHECK_MSG(memcmp(g.rows, g.rows + s->count, sizeof(int64_t) * (size_t)s->count) != 0,
+                  "%s: epochs 0 and 1 come in the same order", name);
+        /* Not the file order, nor one virtual shard after another. */
+        int64_t ascending = 0;
+        for (int64_t p = 1; p < s->count; p++) ascending += g.rows[p] > g.rows[p - 1];
+        CHECK_MSG(ascending < s->count - 1 && ascending > 0, "%s: the first epoch is in file order", name);
+        fprintf(order_file, "# %s batch %d flip %d\n", name, batch, flip);
+        for (int64_t p = 0; p < g.count; p++)
+            fprintf(order_file, "%lld %lld %d %016llx\n", (long long)p, (long long)g.rows[p], g.labels[p],
+                    (unsigned long long)g.hashes[p]);
+    }
+    /* The ranks serve disjoint rows. */
+    int *mine = calloc((size_t)s->count, sizeof(int));
+    for (int64_t i = 0; i < qm.samples; i++) mine[qm.indices[i]] = 1;
+    int *owners = calloc((size_t)s->count, sizeof(int));
+    MPI_Allreduce(mine, owners, (int)s->count, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    int64_t shared = 0;
+    for (int64_t i = 0; i < s->count; i++) shared += owners[i] != 1;
+    CHECK_MSG(shared == 0, "%s: %lld rows served by no rank or by several", name, (long long)shared);
+    free(mine);
+    free(owners);
+    global_free(&g);
+    sequence_free(&qm);
+    sequence_free(&qs);
+    loader_close(memory);
+    loader_close(streamed);
 }
 
 /* The order is a pure function of the seed: same seed, same batches (values
@@ -391,96 +452,82 @@ static void check_seeds(const char *path, int batch, int64_t budget) {
 
 /* Saving the state after `before` batches and restoring it (on the same loader,
  * after reading on; and on a fresh one) continues with the same batches. */
-static void check_restore(const char *path, int batch, int64_t budget, int before, int after) {
+static void check_restore(const char *path, int batch, int64_t budget, int before, int after, int virtual_shards) {
     loader_options o = options_for(path, batch, 5, 1, budget);
     o.prefetch_batches = 1;
+    o.virtual_shards = virtual_shards;
     loader *l = loader_open(&o);
-    int64_t start, count;
-    loader_shard(l, &start, &count);
     sequence head = take(l, batch, before);
     loader_state saved = loader_get_state(l);
-    CHECK(saved.epoch * count + saved.position == (int64_t)before * batch);
+    CHECK(saved.position == (int64_t)before * batch * world);
     sequence reference = take(l, batch, after);
 
     loader_set_state(l, saved); /* batches were prefetched past it: they are dropped */
-    CHECK(loader_get_state(l).epoch == saved.epoch && loader_get_state(l).position == saved.position);
+    CHECK(loader_get_state(l).position == saved.position);
     sequence again = take(l, batch, after);
     CHECK_MSG(sequences_equal(&reference, 0, &again, 0, reference.samples),
-              "restoring (epoch %lld, position %lld) on the same loader continued differently",
-              (long long)saved.epoch, (long long)saved.position);
+              "restoring position %lld on the same loader continued differently", (long long)saved.position);
 
     loader *fresh = loader_open(&o);
     loader_set_state(fresh, saved);
     sequence resumed = take(fresh, batch, after);
     CHECK_MSG(sequences_equal(&reference, 0, &resumed, 0, reference.samples),
-              "restoring (epoch %lld, position %lld) on a new loader continued differently", (long long)saved.epoch,
-              (long long)saved.position);
-
-    /* A position at the end of the shard is the start of the next epoch. */
-    loader_set_state(fresh, (loader_state){0, count});
-    CHECK(loader_get_state(fresh).epoch == 1 && loader_get_state(fresh).position == 0);
-    sequence at_end = take(fresh, batch, 1);
-    loader_set_state(fresh, (loader_state){1, 0});
-    sequence next_epoch = take(fresh, batch, 1);
-    CHECK(sequences_equal(&at_end, 0, &next_epoch, 0, batch));
-    /* and matches the run read from the start (head, reference: positions 0 ..) */
-    int64_t from = count - (int64_t)before * batch; /* where epoch 1 starts within reference */
-    if (from >= 0 && from + batch <= reference.samples)
-        CHECK_MSG(sequences_equal(&reference, from, &next_epoch, 0, batch), "epoch 1 read two ways differs");
+              "restoring position %lld on a new loader continued differently", (long long)saved.position);
 
     sequence_free(&head);
     sequence_free(&reference);
     sequence_free(&again);
     sequence_free(&resumed);
-    sequence_free(&at_end);
-    sequence_free(&next_epoch);
     loader_close(fresh);
     loader_close(l);
 }
 
 /* Float16: every finite half converts exactly (mean 0, std 1, sigma_data 1),
- * and a file without labels gives -1 labels. */
+ * and a file without labels gives -1 labels. 64 virtual shards of one
+ * 16-row block each: a rank's first rank_samples samples are its rows once. */
 static void check_every_half(const char *path, const test_set *s) {
     loader_options o = options_for(path, 16, 3, 0, 1 << 30);
     o.sigma_data = 1.0;
+    o.virtual_shards = 64;
     loader *l = loader_open(&o);
-    int64_t start, count;
-    loader_shard(l, &start, &count);
+    int64_t count = loader_rank_samples(l);
+    CHECK(count == s->count / world);
     sequence q = take(l, 16, (int)((count + 15) / 16));
-    /* Without labels the sample is found from its values: element 0 of sample
-     * i is half pattern i * sample_elements (or 0 when that is not finite). */
-    int64_t wrong = 0, labelled = 0;
+    int64_t wrong = 0, labelled = 0, not_once = 0;
     int *seen = calloc((size_t)s->count, sizeof(int));
     for (int64_t p = 0; p < count; p++) {
         labelled += q.labels[p] != -1;
         const float *out = q.values + p * q.sample_elements;
-        int64_t i = -1;
-        for (int64_t candidate = start; candidate < start + count && i < 0; candidate++) {
-            int all = 1;
-            for (int64_t e = 0; e < q.sample_elements && all; e++)
-                all = (double)out[e] == half_value(exhaustive_half(candidate * q.sample_elements + e));
-            if (all) i = candidate;
+        int64_t i = q.indices[p];
+        if (i < 0 || i >= s->count) {
+            wrong++;
+            continue;
         }
-        if (i < 0 || q.indices[p] != i) wrong++;
-        else seen[i - start]++;
+        seen[i]++;
+        for (int64_t e = 0; e < q.sample_elements; e++)
+            if ((double)out[e] != half_value(exhaustive_half(i * q.sample_elements + e))) {
+                wrong++;
+                break;
+            }
     }
-    int64_t missing = 0;
-    for (int64_t i = 0; i < count; i++) missing += seen[i] != 1;
+    int *all = calloc((size_t)s->count, sizeof(int));
+    MPI_Allreduce(seen, all, (int)s->count, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    for (int64_t i = 0; i < s->count; i++) not_once += all[i] != 1;
     CHECK_MSG(labelled == 0, "%lld labels are not -1 in a file without labels", (long long)labelled);
-    CHECK_MSG(wrong == 0 && missing == 0, "%lld samples are no exact float16 conversion, %lld not seen once",
-              (long long)wrong, (long long)missing);
+    CHECK_MSG(wrong == 0 && not_once == 0, "%lld samples are no exact float16 conversion of their row, %lld rows not "
+              "seen once by all ranks together", (long long)wrong, (long long)not_once);
     free(seen);
+    free(all);
     sequence_free(&q);
     loader_close(l);
 }
 
 /* Images: 0 -> -1 and 255 -> 1 exactly, everything within [-1, 1]. */
 static void check_image_range(const char *path, const test_set *s) {
-    loader_options o = options_for(path, 5, 1, 0, 1 << 30);
+    loader_options o = options_for(path, 4, 1, 0, 1 << 30);
     loader *l = loader_open(&o);
-    int64_t start, count;
-    loader_shard(l, &start, &count);
-    sequence q = take(l, 5, (int)((count + 4) / 5));
+    int64_t count = loader_rank_samples(l);
+    sequence q = take(l, 4, (int)((count + 3) / 4));
     int low = 0, high = 0, outside = 0;
     for (int64_t p = 0; p < count; p++)
         for (int c = 0; c < s->channels; c++)
@@ -502,7 +549,7 @@ static void check_image_range(const char *path, const test_set *s) {
 }
 
 /* A file from the data set writer loads with the same values and order as the
- * same set written by hand (in memory: the order depends on N and the seed only). */
+ * same set written by hand with the same chunk size. */
 static void check_writer_file(const char *written, const char *by_hand, int batch) {
     loader_options o = options_for(written, batch, 9, 1, 1 << 30);
     loader *a = loader_open(&o);
@@ -526,61 +573,59 @@ int main(int argc, char **argv) {
     }
     snprintf(prefix, sizeof(prefix), "%s", argv[1]);
 
-    const test_set images = {.kind = DATASET_IMAGES, .element = DATASET_UINT8, .count = 41, .channels = 2,
+    /* 64 and 32 samples in chunks of 4: 16 and 8 blocks, dealt evenly to 8 virtual shards. */
+    const test_set images = {.kind = DATASET_IMAGES, .element = DATASET_UINT8, .count = 64, .channels = 2,
                              .height = 3, .width = 5, .chunk_rows = 4, .with_labels = 1};
-    test_set latents32 = {.kind = DATASET_LATENTS, .element = DATASET_FLOAT32, .count = 29, .channels = 3,
-                          .height = 4, .width = 6, .chunk_rows = 3, .with_labels = 1,
+    test_set latents32 = {.kind = DATASET_LATENTS, .element = DATASET_FLOAT32, .count = 32, .channels = 3,
+                          .height = 4, .width = 6, .chunk_rows = 4, .with_labels = 1,
                           .mean = {0.5, -1.0, 2.0}, .std = {2.0, 0.25, 1.0}};
     test_set latents16 = latents32;
     latents16.element = DATASET_FLOAT16;
+    /* 41 samples in chunks of 3: uneven virtual shards (only 1 rank divides 41 if capped; 8 do not) */
+    const test_set uneven = {.kind = DATASET_IMAGES, .element = DATASET_UINT8, .count = 41, .channels = 2,
+                             .height = 3, .width = 5, .chunk_rows = 3, .with_labels = 1};
     const test_set halves = {.kind = DATASET_LATENTS, .element = DATASET_FLOAT16, .count = 1024, .channels = 4,
                              .height = 4, .width = 4, .chunk_rows = 64, .with_labels = 0,
                              .mean = {0, 0, 0, 0}, .std = {1, 1, 1, 1}};
-    char images_path[1100], latents32_path[1100], latents16_path[1100], halves_path[1100], writer_path[1100];
+    char images_path[1100], latents32_path[1100], latents16_path[1100], halves_path[1100], writer_path[1100],
+        uneven_path[1100], order_path[1100];
     set_path(images_path, sizeof(images_path), "images");
     set_path(latents32_path, sizeof(latents32_path), "latents32");
     set_path(latents16_path, sizeof(latents16_path), "latents16");
     set_path(halves_path, sizeof(halves_path), "halves");
     set_path(writer_path, sizeof(writer_path), "writer");
+    set_path(uneven_path, sizeof(uneven_path), "uneven");
+    snprintf(order_path, sizeof(order_path), "%s-order.txt", prefix);
     if (rank == 0) {
         H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
         write_set(images_path, &images, 0);
         write_set(latents32_path, &latents32, 0);
         write_set(latents16_path, &latents16, 0);
         write_set(halves_path, &halves, 1);
+        write_set(uneven_path, &uneven, 0);
+        order_file = fopen(order_path, "w");
+        CHECK_MSG(order_file != NULL, "cannot write %s", order_path);
     }
     MPI_Barrier(MPI_COMM_WORLD);
     write_set_with_writer(writer_path, &latents32);
 
-    const int64_t plenty = 1 << 30;
-    const int64_t image_bytes = 2 * 3 * 5, latent32_bytes = 3 * 4 * 6 * 4;
-    /* In memory; streamed one chunk at a time (budget 1 byte); streamed two chunks
-     * at a time; batches that do and do not divide the shard, and one larger
-     * than the shard (every batch crosses an epoch). */
-    check_epochs(images_path, &images, 5, plenty, 0, 0, 0);
-    check_epochs(images_path, &images, 4, 1, 1, 1, images.chunk_rows);
-    check_epochs(images_path, &images, 3, 2 * images.chunk_rows * image_bytes + 7, 0, 1, 2 * images.chunk_rows);
-    /* A budget that 13 samples fit but not 14: under 3 ranks the shards are 14,
-     * 14 and 13, and every rank must stream (the in-memory read is collective). */
-    check_epochs(images_path, &images, 4, 13 * image_bytes, 0, 1, 3 * images.chunk_rows);
-    check_epochs(images_path, &images, 50, plenty, 1, 0, 0);
-    check_epochs(images_path, &images, 50, 1, 0, 1, images.chunk_rows);
-    check_epochs(latents32_path, &latents32, 4, plenty, 1, 0, 0);
-    check_epochs(latents32_path, &latents32, 4, 1, 1, 1, latents32.chunk_rows);
-    check_epochs(latents16_path, &latents16, 7, plenty, 1, 0, 0);
-    check_epochs(latents16_path, &latents16, 7, 2 * latents32.chunk_rows * latent32_bytes / 2, 0, 1,
-                 2 * latents16.chunk_rows);
+    /* Batches of 1, 2, 4 and 8 (a rank's batch: 4 ranks read 32 of the 128
+     * positions of two image epochs each). */
+    check_order("images", images_path, &images, 4, 0);
+    check_order("images flipped", images_path, &images, 8, 1);
+    check_order("latents32", latents32_path, &latents32, 2, 1);
+    check_order("latents16", latents16_path, &latents16, 1, 1);
 
-    check_seeds(images_path, 4, plenty);
+    check_seeds(images_path, 4, 1 << 30);
     check_seeds(images_path, 4, 1);
 
-    /* Mid-epoch (2 batches of 3 in), and across an epoch boundary (the 8
-     * batches of 3 after 3 in go past the end of every rank's shard). */
-    check_restore(images_path, 3, plenty, 2, 3);
-    check_restore(images_path, 3, plenty, 3, 8);
-    check_restore(images_path, 3, 1, 2, 3);
-    check_restore(images_path, 3, 1, 3, 8);
-    check_restore(latents16_path, 4, 2 * latents16.chunk_rows * latent32_bytes / 2, 1, 6);
+    /* Mid-epoch (2 batches of 2 in), and across epoch boundaries; uneven
+     * virtual shards (41 samples: 4 shards of 3 or 4 blocks of up to 3 rows). */
+    check_restore(images_path, 2, 1 << 30, 2, 3, 8);
+    check_restore(images_path, 2, 1, 3, 40, 8);
+    check_restore(uneven_path, 3, 1 << 30, 2, 30, 4);
+    check_restore(uneven_path, 3, 1, 5, 30, 4);
+    check_restore(latents16_path, 4, 4 * 3 * 4 * 6 * 2, 1, 6, 8);
 
     check_every_half(halves_path, &halves);
     check_image_range(images_path, &images);
@@ -588,11 +633,13 @@ int main(int argc, char **argv) {
 
     MPI_Barrier(MPI_COMM_WORLD);
     if (rank == 0) {
+        fclose(order_file);
         unlink(images_path);
         unlink(latents32_path);
         unlink(latents16_path);
         unlink(halves_path);
         unlink(writer_path);
+        unlink(uneven_path);
     }
     int failures = test_failures;
     MPI_Allreduce(MPI_IN_PLACE, &failures, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);

@@ -124,6 +124,7 @@ static const key_spec keys[] = {
     BOOL_KEY(data, flip, false),
     INT_KEY(data, memory_budget_mb, 4096, 0, NONE_ABOVE),
     INT_KEY(data, prefetch_batches, 2, 1, 64),
+    INT_KEY(data, virtual_shards, 64, 1, 65536),
     INT_KEY(data, validation_samples, 256, 1, 1000000),
 
     INT_KEY(autoencoder, in_channels, 3, 1, NONE_ABOVE),

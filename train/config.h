@@ -57,8 +57,9 @@ typedef struct {
 
 typedef struct {
     bool flip;            /* random horizontal flips, default false */
-    int memory_budget_mb; /* a rank's shard is held in memory when it fits, else streamed; default 4096 */
+    int memory_budget_mb; /* a rank's samples are held in memory when they fit, else streamed; default 4096 */
     int prefetch_batches; /* batches assembled ahead of training, default 2, in [1, 64] */
+    int virtual_shards;   /* V: the data order is the same on every world size dividing V; default 64 */
     int validation_samples; /* held-out samples (the first of --val-data) validated on, default 256 */
 } data_config;
 

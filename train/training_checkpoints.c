@@ -130,8 +130,10 @@ int training_resume(trainer *t) {
     if (t->rank == 0) {
         printf("train: resuming from %s at step %lld (saved by %d rank%s%s)\n", found, (long long)saved.step,
                saved.world_size, saved.world_size == 1 ? "" : "s",
-               saved.world_size == t->world ? "" : "; another world size: each rank starts its new shard at the "
-                                                   "saved point of the epoch");
+               saved.world_size == t->world ? ""
+               : saved.version < 2 ? "; another world size, from a checkpoint of the older loader: the data "
+                                     "order starts anew after the samples already read"
+                                   : "; another world size: the same data order continues");
         fflush(stdout);
         checkpoint_loaded_free(&loaded);
         free(found);

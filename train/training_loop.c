@@ -254,6 +254,7 @@ loader_options training_loader_options(const ldm_config *config, const trainable
         .flip = config->data.flip,
         .memory_budget_bytes = (int64_t)config->data.memory_budget_mb << 20,
         .prefetch_batches = config->data.prefetch_batches,
+        .virtual_shards = config->data.virtual_shards,
         .expect_channels = model->expect_channels,
         .expect_height = model->expect_size,
         .expect_width = model->expect_size,

@@ -84,14 +84,16 @@ static cJSON *parse_state(const char *json, const char *source) {
     const cJSON *format = cJSON_GetObjectItemCaseSensitive(root, "format");
     if (!cJSON_IsString(format) || strcmp(format->valuestring, TRAINING_STATE_FORMAT) != 0)
         fatal_input("%s: format: expected \"%s\"", source, TRAINING_STATE_FORMAT);
-    if (integer_field(root, "version", source, "") != TRAINING_STATE_VERSION)
-        fatal_input("%s: version: expected %d", source, TRAINING_STATE_VERSION);
+    int64_t version = integer_field(root, "version", source, "");
+    if (version != TRAINING_STATE_VERSION && version != 1)
+        fatal_input("%s: version: expected 1 or %d", source, TRAINING_STATE_VERSION);
     return root;
 }
 
 void training_state_parse(const char *json, const char *source, training_state *state) {
     memset(state, 0, sizeof *state);
     cJSON *root = parse_state(json, source);
+    state->version = (int)integer_field(root, "version", source, "");
     state->step = integer_field(root, "step", source, "");
     state->images_seen = integer_field(root, "images_seen", source, "");
     state->skipped_total = integer_field(root, "skipped_total", source, "");
@@ -181,13 +183,16 @@ void training_state_check_compatible(const char *json, const char *source, const
 
 loader_state training_state_loader_for_rank(const training_state *state, int64_t data_count, int rank,
                                             int world_size) {
-    if (world_size == state->world_size) return state->loader[rank];
-    int64_t saved_start, saved_rows, start, rows;
-    dataset_shard_range(data_count, 0, state->world_size, &saved_start, &saved_rows);
-    dataset_shard_range(data_count, rank, world_size, &start, &rows);
-    loader_state mapped = {.epoch = state->loader[0].epoch, .position = 0};
-    if (saved_rows > 0)
-        mapped.position = (int64_t)((double)state->loader[0].position / (double)saved_rows * (double)rows);
-    if (mapped.position > rows) mapped.position = rows;
-    return mapped;
+    (void)rank;
+    int64_t position = state->loader[0].position;
+    if (state->version < 2) {
+        position = 0;
+        for (int r = 0; r < state->world_size; r++) {
+            int64_t start, rows;
+            dataset_shard_range(data_count, r, state->world_size, &start, &rows);
+            position += state->loader[r].epoch * rows + state->loader[r].position;
+        }
+    }
+    position -= position % world_size;
+    return (loader_state){.epoch = position / data_count, .position = position};
 }

@@ -15,7 +15,9 @@
 #include "trainable.h"
 
 #define TRAINING_STATE_FORMAT "ldm-train-state"
-#define TRAINING_STATE_VERSION 1
+/* 2: the loader states are global positions (the same on every rank); 1 (read
+ * only): each rank's (epoch, position) in its own contiguous shard. */
+#define TRAINING_STATE_VERSION 2
 
 typedef struct {
     int64_t step;          /* steps completed */
@@ -25,6 +27,7 @@ typedef struct {
     double loss_scale;     /* 1 in fp32 and bf16 */
     int64_t loss_scale_good_steps;
     int world_size;
+    int version;           /* of state.json: TRAINING_STATE_VERSION, or 1 */
     loader_state *loader;  /* (world_size) one per rank, in rank order */
 } training_state;
 
@@ -48,10 +51,9 @@ void training_state_free(training_state *state);
 void training_state_check_compatible(const char *json, const char *source, const trainable *model,
                                      const ldm_config *config, const dataset_info *data);
 
-/* This rank's loader state on resume. The same world size: its own saved state.
- * Another world size: the shards are different, so every rank starts its new
- * shard in rank 0's saved epoch at the same fraction of the epoch that rank 0
- * had reached. */
+/* The loader state to resume from, on any world size: the saved global position
+ * (rounded down to a multiple of world_size). From a version 1 checkpoint,
+ * whose loader had another order, the count of samples all ranks had read. */
 loader_state training_state_loader_for_rank(const training_state *state, int64_t data_count, int rank,
                                             int world_size);
 

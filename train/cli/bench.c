@@ -74,16 +74,16 @@ static double bench_loader(const char *path, const ldm_config *config, int batch
         elapsed = now_seconds() - t0;
     } while (elapsed < LOADER_BENCH_SECONDS);
     double samples_per_s = (double)batches * batch / elapsed;
-    int64_t shard_start, shard_count;
-    loader_shard(l, &shard_start, &shard_count);
+    int64_t rank_samples = loader_rank_samples(l);
     loader_state state = loader_get_state(l);
     if (print) {
-        printf("bench: data %s: %s %lld x %dx%dx%d, shard of %lld samples %s; open %.3f s, first batch %.3f s\n",
+        printf("bench: data %s: %s %lld x %dx%dx%d, %d virtual shards, %lld samples on this rank %s; open %.3f s, "
+               "first batch %.3f s\n",
                info->path, info->kind == DATASET_IMAGES ? "images" : "latents", (long long)info->count,
-               info->channels, info->height, info->width, (long long)shard_count,
+               info->channels, info->height, info->width, loader_virtual_shards(l), (long long)rank_samples,
                loader_streams(l) ? "streamed" : "in memory", open_s, first_s);
         printf("bench: loader_samples_per_s=%.0f batch=%d epochs=%.2f seconds=%.2f\n", samples_per_s, batch,
-               (double)state.epoch + (double)state.position / (double)shard_count, elapsed);
+               (double)state.position / (double)info->count, elapsed);
     }
     free(samples);
     free(labels);

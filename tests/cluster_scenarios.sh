@@ -60,9 +60,10 @@ processes_on_hosts() {
 
 case "$scenario" in
 equivalence)
-  # One global batch of 8 samples: every step of every run sees the same
-  # samples with the same noise (keyed by sample index).
-  make_data data.h5
+  # 64 samples, global batches of 8 (2.5 epochs in 20 steps): one data order for
+  # every world size, so every step of every run sees the same samples with the
+  # same noise (keyed by sample index) on 1 rank, 4 ranks and 2 hosts x 2 ranks.
+  make_data data.h5 64
   common="train --data $PWD/data.h5 $tiny --set train.steps=20 --set train.ckpt_every=10 --set train.log_every=10"
   run sh "$cluster" up 2
   # Host 1 sees the run directory read-only: a rank there that wrote to it

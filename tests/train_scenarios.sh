@@ -214,6 +214,57 @@ equivalence)
   if "$LDM_PYTHON" "$LDM_TESTS/train_compare_runs.py" one other_seed --steps 20 --loss-rtol 1e-5 \
        --weights-rtol 1e-4 >/dev/null 2>&1; then fail "a different seed gave the same run"; fi
   ;;
+elastic)
+  # One data order for every world size dividing data.virtual_shards (64): 64
+  # samples in global batches of 8, 20 steps (2.5 epochs) on 1, 2 and 4 ranks
+  # give the same losses and weights (to the all-reduce's rounding) and train on
+  # the same samples at the same global positions, each sample once per epoch
+  # (LDM_TEST_SAMPLE_LOG); saved on 4 ranks at step 10 and resumed on 2 and on
+  # 1, the run goes on as the 4-rank run did; 3 ranks are refused, naming the
+  # world sizes that work.
+  make_data data.h5 64
+  common="train --data data.h5 $tiny --set train.steps=20 --set train.ckpt_every=10"
+  for ranks in 1 2 4; do
+    LDM_TEST_SAMPLE_LOG=$PWD/w$ranks.samples run $LDM_MPIRUN -x LDM_TEST_SAMPLE_LOG -np $ranks "$LDM" $common \
+      --run w$ranks > /dev/null
+  done
+  for ranks in 2 4; do
+    run "$LDM_PYTHON" "$LDM_TESTS/train_compare_runs.py" w1 w$ranks --steps 20 --loss-rtol 1e-5 --weights-rtol 1e-4
+  done
+  for ranks in 1 2; do
+    run $LDM_MPIRUN -np 4 "$LDM" $common --set train.steps=10 --run from4to$ranks > /dev/null
+    LDM_TEST_SAMPLE_LOG=$PWD/from4to$ranks.samples run $LDM_MPIRUN -x LDM_TEST_SAMPLE_LOG -np $ranks "$LDM" \
+      train --data data.h5 --run from4to$ranks --resume auto --set train.steps=20 > out$ranks.txt
+    grep -q "saved by 4 ranks; another world size: the same data order continues" out$ranks.txt ||
+      fail "the resume on $ranks ranks does not say the data order continues"
+    run "$LDM_PYTHON" "$LDM_TESTS/train_compare_runs.py" w4 from4to$ranks --steps 20 --loss-rtol 1e-5 \
+      --weights-rtol 1e-4
+  done
+  run "$LDM_PYTHON" - <<'PY'
+import glob
+def positions(name):
+    seen = {}
+    for path in glob.glob(f"{name}.samples.*"):
+        for line in open(path):
+            step, position, row = map(int, line.split())
+            assert position not in seen, f"{name}: position {position} trained on twice"
+            seen[position] = (step, row)
+    return seen
+runs = {n: positions(n) for n in ("w1", "w2", "w4")}
+assert sorted(runs["w1"]) == list(range(160)), "w1: not every position 0..159 trained on"
+assert runs["w2"] == runs["w1"] and runs["w4"] == runs["w1"], "1, 2 and 4 ranks trained on other samples"
+for epoch in range(2):
+    rows = sorted(runs["w1"][p][1] for p in range(64 * epoch, 64 * (epoch + 1)))
+    assert rows == list(range(64)), f"epoch {epoch}: not every sample exactly once"
+for n in ("from4to1", "from4to2"):
+    resumed = positions(n)
+    assert resumed == {p: v for p, v in runs["w4"].items() if p >= 80}, f"{n}: other samples after the resume"
+print("the same 160 samples at the same positions on 1, 2 and 4 ranks and after resuming 4 -> 2 and 4 -> 1")
+PY
+  run sh "$LDM_TESTS/expect_error.sh" 2 \
+    "^ldm: error: data[.]h5: data[.]virtual_shards: 3 ranks do not divide the 64 virtual shards; run on 1, 2, 4, 8, 16, 32 or 64 ranks" -- \
+    $LDM_MPIRUN -np 3 "$LDM" train --data data.h5 $tiny --set train.batch_size=9 --run three
+  ;;
 determinism)
   # The same config, seed and world size: bit-identical losses and weights.
   make_data data.h5 32

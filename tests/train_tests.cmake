@@ -22,7 +22,7 @@ if(TARGET ldm)
 
   set(LDM_TRAIN_WORK ${CMAKE_CURRENT_BINARY_DIR}/train)
   string(REPLACE ";" " " ldm_train_mpirun "${LDM_MPIRUN}")
-  foreach(scenario equivalence determinism learns nonfinite run-directory resume-1rank resume-2ranks signal
+  foreach(scenario equivalence elastic determinism learns nonfinite run-directory resume-1rank resume-2ranks signal
                   resume-world-size resume-mismatch crash export autoencoder
                   precision-curves precision-overflow precision-resume cuda ae-cuda cuda-ranks cuda-precision checkpoint-beside)
     string(REPLACE "-" "_" test_name "cli_train_${scenario}")

@@ -6,6 +6,7 @@
 #define LDM_TRAINER_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "checkpoint_writer.h"
 #include "loader.h"
@@ -29,6 +30,9 @@ typedef struct {
     loss_scaler scaler;
     training_state progress;    /* step, images seen, skipped counts, loss scale; loader filled in when saving */
     int64_t saved_step;         /* the step of the newest checkpoint saved or resumed from; -1: none */
+    /* Test hook: with LDM_TEST_SAMPLE_LOG=PREFIX each rank appends "step position
+     * row" for every sample it trains on to PREFIX.RANK (the elastic-order tests). */
+    FILE *sample_log;
 } trainer;
 
 #endif

@@ -145,6 +145,7 @@ static void start_run(trainer *t, int resumed) {
 }
 
 static void trainer_close(trainer *t) {
+    if (t->sample_log) fclose(t->sample_log);
     free(t->ema);
     free(t->progress.loader);
     checkpoint_writer_destroy(t->writer);
@@ -161,7 +162,12 @@ static double accumulate_gradient(trainer *t, micro_batch_buffers *b, int64_t st
     model->zero_grad(model);
     const float loss_weight = loss_scaler_weight(&t->scaler, &t->progress, t->accumulation);
     for (int a = 0; a < t->accumulation; a++) {
+        const int64_t position = loader_get_state(t->data).position;
         loader_next(t->data, b->x, b->labels, b->index);
+        if (t->sample_log)
+            for (int i = 0; i < t->micro_batch; i++)
+                fprintf(t->sample_log, "%lld %lld %lld\n", (long long)step,
+                        (long long)(position + (int64_t)i * t->world + t->rank), (long long)b->index[i]);
         const gradient_handover *handover = a == t->accumulation - 1 ? t->store->handover : NULL;
         statistics[STAT_LOSS] += model->micro_batch(model, b->x, b->labels, b->index, t->micro_batch, step,
                                                     loss_weight, handover, statistics + STAT_MODEL);
@@ -185,6 +191,13 @@ static void update_weights(trainer *t, const ema_schedule *ema_rule, int64_t ste
 int training_run(const training_job *job) {
     trainer t = {.job = job, .rank = comm_rank(), .world = comm_world_size()};
     open_model_and_data(&t);
+    const char *sample_log = getenv("LDM_TEST_SAMPLE_LOG");
+    if (sample_log && *sample_log) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s.%d", sample_log, t.rank);
+        t.sample_log = fopen(path, "a");
+        if (!t.sample_log) fatal_input("%s: LDM_TEST_SAMPLE_LOG: cannot append to the file", path);
+    }
     const dataset_info *info = loader_info(t.data);
     training_validation validation; /* reads its held-out data before anything is written */
     training_validation_open(&validation, job, t.model, info, t.rank);

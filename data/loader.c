@@ -30,6 +30,9 @@
 #define LOADER_PURPOSE_BLOCK 0x6c6f616465726277ULL /* "loaderbw" */
 #define LOADER_PURPOSE_FLIP 0x6c6f61646572666cULL  /* "loaderfl" */
 
+/* Rows a virtual shard should at least hold (see choose_virtual_count). */
+#define LOADER_MIN_SHARD_ROWS 8
+
 typedef struct {
     float *samples;     /* (batch_size, C, H, W) */
     int32_t *labels;    /* (batch_size) */
@@ -199,6 +202,22 @@ static int64_t choose_block_rows(int64_t chunk_rows, int64_t count, int virtual_
     for (int64_t parts = 1; parts <= chunk_rows; parts++)
         if (chunk_rows % parts == 0 && chunk_rows / parts <= most) return chunk_rows / parts;
     return 1;
+}
+
+/* The virtual shards in use: the largest divisor of the requested V that leaves
+ * every shard LOADER_MIN_SHARD_ROWS rows, since global batches draw from fixed
+ * runs of consecutive shards and a shard of one or two rows would make every
+ * epoch's batches the same groups of samples. A function of V and N alone,
+ * except on a set too small for the world size (fewer than MIN x W samples):
+ * then the smallest divisor of V that W divides, and the order depends on W. */
+static int choose_virtual_count(int requested, int64_t count, int world_size) {
+    int chosen = 1;
+    for (int d = 1; d <= requested; d++)
+        if (requested % d == 0 && (int64_t)d * LOADER_MIN_SHARD_ROWS <= count) chosen = d;
+    if (chosen % world_size == 0) return chosen;
+    for (int d = chosen; d <= requested; d++)
+        if (requested % d == 0 && d % world_size == 0) return d;
+    return requested; /* not reached: world_size divides requested */
 }
 
 /* "1, 2, 4 or 8": the world sizes that divide V. */
@@ -570,18 +589,14 @@ loader *loader_open(const loader_options *options) {
     hdf5_library_unlock();
     check_expectations(l, l->world_size);
     int requested = options->virtual_shards > 0 ? options->virtual_shards : LOADER_DEFAULT_VIRTUAL_SHARDS;
-    l->virtual_count = (int64_t)requested > l->info.count ? (int)l->info.count : requested;
-    if (l->virtual_count % l->world_size != 0) {
+    if (requested % l->world_size != 0) {
         char divisors[256];
-        format_divisors(divisors, sizeof(divisors), l->virtual_count);
-        char capped[160] = "";
-        if (l->virtual_count != requested)
-            snprintf(capped, sizeof(capped), " (data.virtual_shards is %d, capped at the file's %lld samples)",
-                     requested, (long long)l->info.count);
-        fatal_input("%s: data.virtual_shards: %d ranks do not divide the %d virtual shards%s; run on %s ranks, "
+        format_divisors(divisors, sizeof(divisors), requested);
+        fatal_input("%s: data.virtual_shards: %d ranks do not divide the %d virtual shards; run on %s ranks, "
                     "or set data.virtual_shards to a multiple of %d (the same for every run that resumes this one)",
-                    l->info.path, l->world_size, l->virtual_count, capped, divisors, l->world_size);
+                    l->info.path, l->world_size, requested, divisors, l->world_size);
     }
+    l->virtual_count = choose_virtual_count(requested, l->info.count, l->world_size);
     read_labels(l);
     set_up_conversion(l);
 

@@ -1,7 +1,8 @@
 /* The sharded, prefetching data loader, with one global sample order for every
  * world size. The file's rows are cut into blocks (at most one HDF5 chunk each);
  * a permutation of the blocks drawn from the seed deals them round-robin to V
- * virtual shards (V = data.virtual_shards, at most N). Rank r of W serves the
+ * virtual shards (V = data.virtual_shards, fewer on a small set: at least 8
+ * rows a shard, see loader.c). Rank r of W serves the
  * virtual shards v with v mod W = r, so W must divide V. Global position p of
  * the run's sample sequence is the (p div V)-th draw of virtual shard p mod V;
  * each virtual shard walks through its own epochs: its blocks in an order drawn
@@ -40,7 +41,7 @@ typedef struct {
      * <= 0: always stream. */
     int64_t memory_budget_bytes;
     int prefetch_batches;    /* >= 1 */
-    int virtual_shards;      /* V (capped at N); <= 0: LOADER_DEFAULT_VIRTUAL_SHARDS */
+    int virtual_shards;      /* V requested; <= 0: LOADER_DEFAULT_VIRTUAL_SHARDS */
     /* What the model expects (0 = accept anything): a file of another sample
      * shape is refused with fatal_input naming both shapes. */
     int expect_channels, expect_height, expect_width;
@@ -60,7 +61,7 @@ loader *loader_open(const loader_options *options);
 
 /* The file's description (shape, classes, ...), valid until loader_close. */
 const dataset_info *loader_info(const loader *l);
-/* The virtual shards in use (V capped at N), and the samples this rank serves
+/* The virtual shards in use (V, or a divisor of it on a small set), and the samples this rank serves
  * (the rows of its virtual shards). */
 int loader_virtual_shards(const loader *l);
 int64_t loader_rank_samples(const loader *l);

@@ -31,6 +31,8 @@ fi
 case $LDM in /*) ;; *) LDM=$PWD/$LDM ;; esac
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
+# Whatever way the script ends, no rank of it is left running.
+trap 'pkill -9 -f "^$LDM train --data $work/data.h5" 2> /dev/null' EXIT
 run() { "$@" || fail "exit status $? from: $*"; }
 rm -rf "$work" && mkdir -p "$work" && cd "$work" || exit 1
 
@@ -65,13 +67,19 @@ while read -r kind delay_ms; do
   LDM_TEST_SLOW_CHECKPOINT_MS=$slow $LDM_MPIRUN -x LDM_TEST_SLOW_CHECKPOINT_MS -np 2 \
     "$LDM" train --data "$work/data.h5" --run run $start > "cycle-$cycle.txt" 2>&1 &
   launcher=$!
+  # The delay counts from when both ranks run (mpirun's start varies with the load).
+  for _ in $(seq 600); do [ "$(ranks | wc -l)" = 2 ] && break; sleep 0.1; done
+  [ "$(ranks | wc -l)" = 2 ] || { cat "cycle-$cycle.txt" >&2; fail "cycle $cycle: the ranks did not start within 60 s"; }
+  stale=$(ls -d run/checkpoints/.partial-* 2> /dev/null)
   sleep "$(awk -v ms="$delay_ms" 'BEGIN { printf "%.3f", ms / 1000 }')"
   case $kind in
   one) victims=$(ranks | awk -v pick="$delay_ms" '{ p[NR] = $1 } END { if (NR) print p[1 + pick % NR] }') ;;
   all) victims=$(ranks) ;;
   write)
-    for _ in $(seq 200); do ls -d run/checkpoints/.partial-* > /dev/null 2>&1 && break; sleep 0.05; done
-    partial=$(ls -d run/checkpoints/.partial-* 2> /dev/null | head -1)
+    # A partial directory of this cycle (one left by a killed cycle does not count).
+    fresh_partial() { ls -d run/checkpoints/.partial-* 2> /dev/null | grep -vxF "${stale:-none}" | head -1; }
+    for _ in $(seq 200); do [ -n "$(fresh_partial)" ] && break; sleep 0.05; done
+    partial=$(fresh_partial)
     [ -n "$partial" ] || fail "cycle $cycle: no checkpoint was being written within 10 s"
     kind="write (of $partial)"
     victims=""
@@ -102,5 +110,6 @@ awk -v final=$final -F'"step": *' 'NF > 1 { split($2, a, /[,}]/); seen[a[1] + 0]
   END { for (s = 1; s <= final; s++) if (seen[s] != 1) { printf "step %d logged %d times\n", s, seen[s]; bad = 1 }
         exit bad }' run/metrics.jsonl || fail "metrics.jsonl does not hold every step once"
 inspect_all final
+ls -d run/checkpoints/.partial-* 2> /dev/null && fail "partial checkpoint directories left at the end"
 ranks > /dev/null && fail "ldm processes left at the end"
 echo "kill loop: $cycles cycles (seed $seed) passed; step $final equals the uninterrupted run byte for byte"

@@ -32,7 +32,7 @@ if(TARGET ldm)
       ENVIRONMENT "LDM=$<TARGET_FILE:ldm>;LDM_MPIRUN=${mpirun};LDM_PYTHON=${LDM_SYSTEM_PYTHON};\
 LDM_TESTS=${CMAKE_CURRENT_SOURCE_DIR};LDM_FMNIST_DIR=/usr/share/datasets/fashion-mnist")
   endfunction()
-  foreach(scenario fmnist-test synthetic-determinism synthetic-latents images-ranks existing-output
+  foreach(scenario fmnist-test synthetic-determinism synthetic-latents images-ranks images-pil images-skip-bad existing-output
                    failed-run-1rank failed-run-3ranks)
     ldm_prepare_scenario(${scenario})
   endforeach()

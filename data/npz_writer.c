@@ -38,6 +38,7 @@ struct npz_writer {
     int open;                  /* an entry is being written */
     uint64_t data_left;        /* bytes of the open entry's array still to come */
     uint64_t crc_field_offset; /* where the open entry's local header keeps its CRC */
+    uint64_t zip32_limit;      /* sizes and offsets from here on go to zip64 fields */
 };
 
 /* Little-endian fields into a byte buffer. */
@@ -71,8 +72,11 @@ static uint32_t crc_update(uint32_t crc, const void *data, size_t size) {
     return crc;
 }
 
-npz_writer *npz_writer_create(const char *path) {
+npz_writer *npz_writer_create(const char *path) { return npz_writer_create_with_zip32_limit(path, ZIP32_LIMIT); }
+
+npz_writer *npz_writer_create_with_zip32_limit(const char *path, uint64_t zip32_limit) {
     npz_writer *w = xcalloc(1, sizeof(*w));
+    w->zip32_limit = zip32_limit < ZIP32_LIMIT ? zip32_limit : ZIP32_LIMIT;
     w->path = xstrdup(path);
     size_t n = strlen(path) + sizeof(".partial");
     w->partial_path = xmalloc(n);
@@ -178,7 +182,7 @@ void npz_writer_finish(npz_writer *w) {
     const uint64_t directory_offset = position(w);
     for (int i = 0; i < w->count; i++) {
         const npz_entry *e = &w->entries[i];
-        const int large_size = e->size >= ZIP32_LIMIT, large_offset = e->offset >= ZIP32_LIMIT;
+        const int large_size = e->size >= w->zip32_limit, large_offset = e->offset >= w->zip32_limit;
         const size_t name_length = strlen(e->name);
         field_buffer b = {.size = 0};
         put(&b, ZIP_CENTRAL_SIGNATURE, 4);
@@ -211,7 +215,7 @@ void npz_writer_finish(npz_writer *w) {
         }
     }
     const uint64_t directory_end = position(w), directory_size = directory_end - directory_offset;
-    const int zip64_end = directory_offset >= ZIP32_LIMIT || directory_size >= ZIP32_LIMIT;
+    const int zip64_end = directory_offset >= w->zip32_limit || directory_size >= w->zip32_limit;
     field_buffer b = {.size = 0};
     if (zip64_end) {
         put(&b, ZIP64_END_SIGNATURE, 4);

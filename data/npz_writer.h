@@ -23,6 +23,10 @@ typedef struct npz_writer npz_writer;
 /* Opens PATH.partial (fatal_input naming it when it cannot be created). */
 npz_writer *npz_writer_create(const char *path);
 
+/* The same, with sizes and offsets from zip32_limit on (at most 2^32 - 1, the
+ * default) written in zip64 fields: a test writes every one so with 0. */
+npz_writer *npz_writer_create_with_zip32_limit(const char *path, uint64_t zip32_limit);
+
 /* Starts entry NAME.npy of an array with numpy dtype string `descr` ("|u1",
  * "<i8", "<f4", ...) of `element_bytes` bytes and the given shape. */
 void npz_writer_begin_array(npz_writer *writer, const char *name, const char *descr, int element_bytes,

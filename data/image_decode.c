@@ -60,13 +60,40 @@ static uint8_t cmyk_channel(int c, int k) {
     return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
 }
 
+/* After a TurboJPEG call failed: whether the file ended early (libjpeg's
+ * JWRN_JPEG_EOF, the one warning PIL does not pass over: it finds the end of
+ * the data itself). */
+static int jpeg_truncated(tjhandle handle) {
+    return strncmp(tjGetErrorStr2(handle), "Premature end of JPEG file", 26) == 0;
+}
+
+/* After a TurboJPEG call failed: whether it met only warnings, libjpeg's
+ * reports of recoverable damage after which it decodes on (PIL passes over
+ * them all). TurboJPEG's error code stays "warning" once one was met, even if
+ * a fatal error followed, so the last message must be one of libjpeg's
+ * warnings (JWRN_* in jerror.h) too. */
+static int jpeg_warning_only(tjhandle handle) {
+    static const char *const warnings[] = {
+        "Corrupt JPEG data", "Warning: unknown JFIF revision", "Inconsistent progression sequence",
+        "Unknown Adobe color transform", "Invalid SOS parameters for sequential JPEG",
+        "Application transferred too many scanlines",
+    };
+    if (tjGetErrorCode(handle) != TJERR_WARNING || jpeg_truncated(handle)) return 0;
+    const char *message = tjGetErrorStr2(handle);
+    for (size_t i = 0; i < sizeof(warnings) / sizeof(warnings[0]); i++)
+        if (strncmp(message, warnings[i], strlen(warnings[i])) == 0) return 1;
+    return 0;
+}
+
 static int decode_jpeg(const uint8_t *bytes, size_t size, int channels, decoded_image *image, char *reason,
                        size_t reason_size) {
     tjhandle handle = tjInitDecompress();
     if (!handle) fatal_internal("cannot start the JPEG decoder: %s", tjGetErrorStr2(NULL));
     int width = 0, height = 0, subsampling = 0, colorspace = 0;
-    if (tjDecompressHeader3(handle, bytes, (unsigned long)size, &width, &height, &subsampling, &colorspace) != 0) {
-        fail(reason, reason_size, "damaged JPEG: %s", tjGetErrorStr2(handle));
+    if (tjDecompressHeader3(handle, bytes, (unsigned long)size, &width, &height, &subsampling, &colorspace) != 0 &&
+        !jpeg_warning_only(handle)) {
+        fail(reason, reason_size, "%s JPEG: %s", jpeg_truncated(handle) ? "truncated" : "damaged",
+             tjGetErrorStr2(handle));
         tjDestroy(handle);
         return -1;
     }
@@ -82,17 +109,13 @@ static int decode_jpeg(const uint8_t *bytes, size_t size, int channels, decoded_
     uint8_t *decoded = xmalloc((size_t)count * decoded_channels);
     /* The accurate IDCT and fancy upsampling: TurboJPEG's defaults for decoding,
      * and libjpeg's, which PIL uses. */
-    if (tjDecompress2(handle, bytes, (unsigned long)size, decoded, width, 0, height, format, 0) != 0) {
-        /* libjpeg reports recoverable damage as warnings and decodes on; PIL
-         * accepts such files (extraneous bytes, say), but not one that ends early. */
-        const char *message = tjGetErrorStr2(handle);
-        int truncated = strstr(message, "Premature end") || strstr(message, "premature end");
-        if (tjGetErrorCode(handle) != TJERR_WARNING || truncated) {
-            fail(reason, reason_size, "%s JPEG: %s", truncated ? "truncated" : "damaged", message);
-            free(decoded);
-            tjDestroy(handle);
-            return -1;
-        }
+    if (tjDecompress2(handle, bytes, (unsigned long)size, decoded, width, 0, height, format, 0) != 0 &&
+        !jpeg_warning_only(handle)) {
+        fail(reason, reason_size, "%s JPEG: %s", jpeg_truncated(handle) ? "truncated" : "damaged",
+             tjGetErrorStr2(handle));
+        free(decoded);
+        tjDestroy(handle);
+        return -1;
     }
     tjDestroy(handle);
     image->height = height, image->width = width, image->channels = channels;

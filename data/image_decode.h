@@ -20,7 +20,7 @@
 
 /* Larger images are refused rather than risking a huge allocation from a
  * damaged header. */
-#define IMAGE_DECODE_MAX_SIDE 32768
+#define IMAGE_DECODE_MAX_SIDE 65535
 #define IMAGE_DECODE_MAX_PIXELS (1LL << 28)
 
 typedef struct {

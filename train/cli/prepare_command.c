@@ -297,14 +297,15 @@ static int64_t write_image_folder_rows(const dataset_writer_options *options, co
         int64_t kept = 0;
         for (int64_t i = first; i < first + per_rank && i < files; i++) {
             char reason[512];
-            if (image_folder_row(f, i, pixels + (size_t)kept * sample_bytes, reason, sizeof(reason)) != 0) {
-                if (!f->skip_bad) fatal_input("%s: %s (--skip-bad skips such files)", f->listing.paths[i], reason);
+            if (image_folder_row(f, i, pixels + (size_t)kept * sample_bytes, reason, sizeof(reason)) == 0) {
+                if (f->listing.labels) labels[kept] = f->listing.labels[i];
+                kept++;
+            } else if (f->skip_bad) {
                 fprintf(stderr, "prepare images: skipped %s: %s\n", f->listing.paths[i], reason);
                 skipped++;
-                continue;
+            } else {
+                fatal_input("%s: %s (--skip-bad skips such files)", f->listing.paths[i], reason);
             }
-            if (f->listing.labels) labels[kept] = f->listing.labels[i];
-            kept++;
             /* Rank 0's share scaled to everyone's: the ranks go at about the same pace. */
             int64_t done = step * step_files + (i - first + 1) * world;
             progress_bar_update(&bar, done < files ? done : files);

@@ -101,6 +101,10 @@ images-skip-bad)
   run "$LDM_PYTHON" "$LDM_TESTS/prepare_check_center_crop.py" check images-bad one.h5 16 3
   mpirun3 "$LDM" prepare images images-bad --size 16 --skip-bad --out three.h5
   cmp one.h5 three.h5 || fail "one.h5 and three.h5 differ"
+  # 156 damaged copies (cut short, bytes overwritten): ldm keeps what PIL decodes.
+  run "$LDM_PYTHON" "$LDM_TESTS/prepare_check_center_crop.py" make-damaged images damaged
+  "$LDM" prepare images damaged --size 16 --skip-bad --out damaged.h5 2>damaged.err || fail "exit status $? on damaged/"
+  run "$LDM_PYTHON" "$LDM_TESTS/prepare_check_center_crop.py" check-damaged damaged damaged.h5 damaged.err
   ;;
 existing-output)
   # Refused without --force, the file untouched; replaced with --force.

@@ -35,6 +35,12 @@ def check(path, all_zip64):
         assert data[central + 20: central + 28] == b"\xff" * 8, "central sizes not in zip64 fields"
     else:
         assert data[end - 20: end - 16] != b"PK\x06\x07", "a zip64 end record in a small archive"
+    # As the ADM evaluation suite streams arr_0: the entry's .npy v1.0 header read in place.
+    with zipfile.ZipFile(path) as z, z.open("arr_0.npy") as entry:
+        assert np.lib.format.read_magic(entry) == (1, 0), "not a .npy v1.0 header"
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(entry)
+        assert (shape, fortran_order, dtype) == ((3, 4, 5, 3), False, np.uint8), (shape, fortran_order, dtype)
+        assert (entry.tell() if entry.seekable() else 64) % 64 == 0, "the data does not start at a multiple of 64"
     npz = np.load(path)
     want = ((7 * np.arange(3 * 4 * 5 * 3) + 1) % 256).astype(np.uint8).reshape(3, 4, 5, 3)
     assert npz["arr_0"].dtype == np.uint8 and np.array_equal(npz["arr_0"], want), npz["arr_0"]

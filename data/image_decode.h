@@ -5,11 +5,12 @@
  *   gray           repeated to R = G = B (RGB); as it is (gray)
  *   RGB            as it is; gray = (19595 R + 38470 G + 7471 B + 2^15) >> 16 (ITU-R 601-2, PIL's rounding)
  *   CMYK, YCCK     JPEG: taken in Adobe's inverted convention (as Photoshop and libjpeg write it and PIL
- *                  reads it), then R = 255 - K' - (C' (255 - K') / 255) as PIL's cmyk2rgb rounds it
+ *                  reads it), then R = (255 - K) - C (255 - K) / 255 (G, B from M, Y alike), rounded as
+ *                  PIL's cmyk2rgb rounds it
  *   palette        expanded to its colours
  *   alpha, tRNS    dropped (the stored colour is kept, as PIL's convert does)
  *   16-bit PNG     the high byte of each sample (PIL's reading of 16-bit RGB; PIL clips 16-bit gray)
- *   1, 2, 4 bits   scaled to 0..255 (x 255, 85, 17)
+ *   1, 2, 4 bits   gray PNG: scaled to 0..255 (x 255, 85, 17)
  * Colour profiles, gAMA and EXIF orientation are ignored, as PIL's convert ignores them.
  * Errors are returned, not fatal, so that a caller can skip bad files. */
 #ifndef LDM_IMAGE_DECODE_H

@@ -101,6 +101,11 @@ images-skip-bad)
   run "$LDM_PYTHON" "$LDM_TESTS/prepare_check_center_crop.py" check images-bad one.h5 16 3
   mpirun3 "$LDM" prepare images images-bad --size 16 --skip-bad --out three.h5
   cmp one.h5 three.h5 || fail "one.h5 and three.h5 differ"
+  # Nothing readable: refused even with --skip-bad, nothing left behind.
+  mkdir -p allbad/x && echo "not an image" > allbad/x/a.jpg && : > allbad/x/b.png
+  run "$LDM_TESTS/expect_error.sh" 2 "^ldm: error: allbad: none of the 2 image files could be read" -- \
+    "$LDM" prepare images allbad --size 16 --skip-bad --out never.h5
+  [ ! -e never.h5 ] && [ ! -e never.h5.partial ] || fail "a failed run left never.h5 or its partial file"
   # 156 damaged copies (cut short, bytes overwritten): ldm keeps what PIL decodes.
   run "$LDM_PYTHON" "$LDM_TESTS/prepare_check_center_crop.py" make-damaged images damaged
   "$LDM" prepare images damaged --size 16 --skip-bad --out damaged.h5 2>damaged.err || fail "exit status $? on damaged/"

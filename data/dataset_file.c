@@ -552,6 +552,24 @@ void dataset_writer_set_latent_stats(dataset_writer *w, const double *mean, cons
     w->stats_written = 1;
 }
 
+void dataset_writer_shrink(dataset_writer *w, int64_t count) {
+    if (count < 1 || count > w->options.count)
+        fatal_internal("dataset_writer_shrink: %lld rows, expected [1, %lld]", (long long)count,
+                       (long long)w->options.count);
+    if (count == w->options.count) return;
+    hid_t sets[2] = {w->samples, w->labels};
+    for (int i = 0; i < 2; i++) {
+        if (sets[i] < 0) continue;
+        hsize_t dims[4];
+        hid_t space = H5Dget_space(sets[i]);
+        H5Sget_simple_extent_dims(space, dims, NULL);
+        H5Sclose(space);
+        dims[0] = (hsize_t)count;
+        if (H5Dset_extent(sets[i], dims) < 0) fatal_internal("%s: cannot shrink to %lld rows", w->partial_path, (long long)count);
+    }
+    w->options.count = count;
+}
+
 static void fsync_path(const char *path, int directory) {
     int fd = open(path, directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
     if (fd < 0) fatal_internal("%s: cannot open to sync: %s", path, strerror(errno));

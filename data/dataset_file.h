@@ -85,6 +85,11 @@ void dataset_writer_write_labels(dataset_writer *writer, int64_t start, int64_t 
 /* Collective; the same values on every rank. */
 void dataset_writer_set_latent_stats(dataset_writer *writer, const double *mean, const double *std);
 
+/* Collective; the same count on every rank: ends the data sets after row
+ * `count` (at most the count given at create), for writers that learn the
+ * number of rows only while writing (prepare images --skip-bad). */
+void dataset_writer_shrink(dataset_writer *writer, int64_t count);
+
 /* Collective: closes, fsyncs, renames PATH.partial to PATH (rank 0) and waits
  * for it; the writer is freed. */
 void dataset_writer_finish(dataset_writer *writer);

@@ -1,9 +1,8 @@
-/* Listing ImageFolder-style trees and square crop + resize (see image_folder.h). */
+/* Listing ImageFolder-style trees (see image_folder.h). */
 #include "image_folder.h"
 
 #include <dirent.h>
 #include <errno.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,17 +47,22 @@ static int compare_labelled_paths(const void *a, const void *b) {
     return strcmp(((const labelled_path *)a)->path, ((const labelled_path *)b)->path);
 }
 
-static int has_png_extension(const char *name) {
+static int has_image_extension(const char *name) {
+    static const char *const extensions[] = {".png", ".jpg", ".jpeg"};
     size_t n = strlen(name);
-    return n > 4 && strcasecmp(name + n - 4, ".png") == 0;
+    for (int i = 0; i < 3; i++) {
+        size_t e = strlen(extensions[i]);
+        if (n > e && strcasecmp(name + n - e, extensions[i]) == 0) return 1;
+    }
+    return 0;
 }
 
 static void join_path(char *out, size_t size, const char *dir, const char *name) {
     if ((size_t)snprintf(out, size, "%s/%s", dir, name) >= size) fatal_input("%s/%s: path too long", dir, name);
 }
 
-/* Adds every PNG below `dir` (recursively) to `files`. */
-static void collect_pngs(const char *dir, int depth, string_list *files) {
+/* Adds every image file below `dir` (recursively) to `files`. */
+static void collect_images(const char *dir, int depth, string_list *files) {
     if (depth > IMAGE_FOLDER_MAX_DEPTH)
         fatal_input("%s: folders nested more than %d deep (a symbolic-link loop?)", dir, IMAGE_FOLDER_MAX_DEPTH);
     DIR *d = opendir(dir);
@@ -71,8 +75,8 @@ static void collect_pngs(const char *dir, int depth, string_list *files) {
         struct stat st;
         if (stat(path, &st) != 0) continue; /* a dangling link is no image */
         if (S_ISDIR(st.st_mode))
-            collect_pngs(path, depth + 1, files);
-        else if (S_ISREG(st.st_mode) && has_png_extension(entry->d_name))
+            collect_images(path, depth + 1, files);
+        else if (S_ISREG(st.st_mode) && has_image_extension(entry->d_name))
             string_list_add(files, path);
     }
     closedir(d);
@@ -97,20 +101,20 @@ void image_folder_list(const char *dir_argument, image_folder_listing *listing) 
         if (stat(path, &st) != 0) continue;
         if (S_ISDIR(st.st_mode))
             string_list_add(&subfolders, entry->d_name);
-        else if (S_ISREG(st.st_mode) && has_png_extension(entry->d_name))
+        else if (S_ISREG(st.st_mode) && has_image_extension(entry->d_name))
             string_list_add(&top_files, path);
     }
     closedir(d);
     string_list_sort(&subfolders);
 
-    /* Each subfolder's PNGs; the subfolders holding any are the classes. */
+    /* Each subfolder's images; the subfolders holding any are the classes. */
     string_list files = {0}, class_names = {0};
     int32_t *labels = NULL;
     for (int64_t i = 0; i < subfolders.count; i++) {
         char path[4096];
         join_path(path, sizeof(path), dir, subfolders.items[i]);
         int64_t before = files.count;
-        collect_pngs(path, 1, &files);
+        collect_images(path, 1, &files);
         if (files.count == before) continue;
         labels = realloc(labels, sizeof(int32_t) * (size_t)files.count);
         if (!labels) fatal_internal("out of memory listing image files");
@@ -119,11 +123,13 @@ void image_folder_list(const char *dir_argument, image_folder_listing *listing) 
     }
 
     if (class_names.count > 0 && top_files.count > 0)
-        fatal_input("%s: a PNG directly in %s, which also has class subfolders (%s, ...); expected every image "
+        fatal_input("%s: an image directly in %s, which also has class subfolders (%s, ...); expected every image "
                     "in a class subfolder",
                     top_files.items[0], dir, class_names.items[0]);
     if (class_names.count == 0 && top_files.count == 0)
-        fatal_input("%s: no PNG files found (expected *.png files, directly or in class subfolders)", dir);
+        fatal_input("%s: no image files found (expected *.png, *.jpg or *.jpeg files, directly or in class "
+                    "subfolders)",
+                    dir);
 
     if (class_names.count > 0) {
         /* Sorted by path (strcmp), each path keeping its label, so the order
@@ -148,92 +154,6 @@ void image_folder_list(const char *dir_argument, image_folder_listing *listing) 
     }
     for (int64_t i = 0; i < subfolders.count; i++) free(subfolders.items[i]);
     free(subfolders.items);
-}
-
-/* Per output index along one axis: the source pixels it draws from and their
- * weights (summing to 1). */
-typedef struct {
-    int first, count; /* source pixels first .. first + count - 1 */
-    double *weights;  /* count weights, into a shared pool */
-} resample_taps;
-
-/* Taps from a source axis of `source` pixels to `size` pixels. Shrinking:
- * each output pixel averages the source interval it covers, [i, i + 1) * scale,
- * weighting partly covered pixels by their overlap. Enlarging: bilinear
- * between the two nearest source centres at (i + 0.5) / scale - 0.5. */
-static double *make_taps(int source, int size, resample_taps *taps) {
-    double scale = (double)source / size;
-    int max_taps = source > size ? (int)ceil(scale) + 2 : 2;
-    double *pool = xmalloc(sizeof(double) * (size_t)size * (size_t)max_taps);
-    for (int i = 0; i < size; i++) {
-        resample_taps *t = &taps[i];
-        t->weights = pool + (size_t)i * max_taps;
-        if (source > size) {
-            double lo = i * scale, hi = (i + 1) * scale;
-            t->first = (int)floor(lo);
-            int last = (int)ceil(hi) - 1;
-            if (last > source - 1) last = source - 1;
-            t->count = last - t->first + 1;
-            for (int k = 0; k < t->count; k++) {
-                double a = t->first + k, b = a + 1;
-                double overlap = (b < hi ? b : hi) - (a > lo ? a : lo);
-                t->weights[k] = overlap / scale;
-            }
-        } else {
-            double x = (i + 0.5) * scale - 0.5;
-            if (x < 0) x = 0;
-            if (x > source - 1) x = source - 1;
-            t->first = (int)floor(x);
-            double frac = x - t->first;
-            if (t->first + 1 <= source - 1) {
-                t->count = 2;
-                t->weights[0] = 1 - frac;
-                t->weights[1] = frac;
-            } else {
-                t->count = 1;
-                t->weights[0] = 1;
-            }
-        }
-    }
-    return pool;
-}
-
-void image_square_resize(const uint8_t *image, int height, int width, int channels, int size, uint8_t *out) {
-    int side = height < width ? height : width;
-    int top = (height - side) / 2, left = (width - side) / 2;
-    const size_t row_stride = (size_t)width * channels;
-    const uint8_t *square = image + (size_t)top * row_stride + (size_t)left * channels;
-    if (side == size) {
-        for (int y = 0; y < size; y++)
-            memcpy(out + (size_t)y * size * channels, square + (size_t)y * row_stride, (size_t)size * channels);
-        return;
-    }
-    resample_taps *taps = xmalloc(sizeof(resample_taps) * (size_t)size);
-    double *pool = make_taps(side, size, taps);
-    /* Horizontal pass into side x size x channels doubles, then vertical. */
-    double *rows = xmalloc(sizeof(double) * (size_t)side * size * channels);
-    for (int y = 0; y < side; y++)
-        for (int x = 0; x < size; x++)
-            for (int c = 0; c < channels; c++) {
-                const resample_taps *t = &taps[x];
-                double sum = 0;
-                for (int k = 0; k < t->count; k++)
-                    sum += t->weights[k] * square[(size_t)y * row_stride + (size_t)(t->first + k) * channels + c];
-                rows[((size_t)y * size + x) * channels + c] = sum;
-            }
-    for (int y = 0; y < size; y++)
-        for (int x = 0; x < size; x++)
-            for (int c = 0; c < channels; c++) {
-                const resample_taps *t = &taps[y];
-                double sum = 0;
-                for (int k = 0; k < t->count; k++)
-                    sum += t->weights[k] * rows[((size_t)(t->first + k) * size + x) * channels + c];
-                long v = lround(sum);
-                out[((size_t)y * size + x) * channels + c] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
-            }
-    free(rows);
-    free(pool);
-    free(taps);
 }
 
 void image_folder_free(image_folder_listing *listing) {

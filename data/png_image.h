@@ -1,17 +1,10 @@
-/* PNG files through libpng's simplified API: reading any PNG (gray, RGB,
- * palette, with or without alpha, 8 or 16 bits) into 8-bit pixels with 1 or 3
- * channels, and writing 8-bit pixels (sample grids, test images). Pixels are
- * row-major, H x W x C, channels interleaved. */
+/* Writing PNG files through libpng's simplified API: 8-bit pixels (sample
+ * grids, pictures, test images). Pixels are row-major, H x W x C, channels
+ * interleaved. Reading is image_decode.h's. */
 #ifndef LDM_PNG_IMAGE_H
 #define LDM_PNG_IMAGE_H
 
 #include <stdint.h>
-
-/* Reads PATH and returns H x W x channels pixels (caller frees), channels 1
- * (gray) or 3 (RGB); colour is converted as libpng does (sRGB luminance for
- * gray), and alpha is composited on black. An unreadable or damaged file is
- * a fatal_input line naming it. */
-uint8_t *png_read_file(const char *path, int channels, int *height, int *width);
 
 /* Writes H x W x channels pixels to PATH as an 8-bit PNG: channels 1 (gray),
  * 2 (gray + alpha), 3 (RGB) or 4 (RGBA). fatal_input naming PATH if it cannot

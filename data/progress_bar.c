@@ -32,6 +32,12 @@ void progress_bar_start(progress_bar *bar, const char *label, int64_t total, int
     bar->enabled = enabled && total > 0;
     bar->interactive = bar->enabled && isatty(STDERR_FILENO);
     bar->start_seconds = monotonic_seconds();
+    bar->reports = 4;
+}
+
+void progress_bar_report_often(progress_bar *bar, int reports, const char *unit) {
+    bar->reports = reports > 0 ? reports : 1;
+    snprintf(bar->rate_unit, sizeof(bar->rate_unit), "%s", unit);
 }
 
 static void draw_terminal_line(progress_bar *bar, int64_t done, double elapsed) {
@@ -60,14 +66,15 @@ void progress_bar_update(progress_bar *bar, int64_t done) {
         draw_terminal_line(bar, done, elapsed);
         return;
     }
-    int quarters = (int)(4 * done / bar->total);
-    if (quarters <= bar->quarters_reported) return;
-    bar->quarters_reported = quarters;
+    int reports = (int)(bar->reports * done / bar->total);
+    if (reports <= bar->reports_done) return;
+    bar->reports_done = reports;
     if (elapsed < PROGRESS_QUIET_SECONDS) return;
-    char elapsed_text[32];
+    char elapsed_text[32], rate[48] = "";
     format_duration(elapsed, elapsed_text, sizeof(elapsed_text));
-    fprintf(stderr, "%s: %lld/%lld (%d%%) after %s\n", bar->label, (long long)done, (long long)bar->total,
-            25 * quarters, elapsed_text);
+    if (bar->rate_unit[0]) snprintf(rate, sizeof(rate), ", %.1f %s/s", (double)done / elapsed, bar->rate_unit);
+    fprintf(stderr, "%s: %lld/%lld (%d%%) after %s%s\n", bar->label, (long long)done, (long long)bar->total,
+            100 * reports / bar->reports, elapsed_text, rate);
     fflush(stderr);
 }
 

@@ -10,8 +10,8 @@ set -eu
 
 packages="build-essential cmake pkg-config git
   libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
-  libcjson-dev libopenblas-dev libdnnl-dev libpng-dev zlib1g-dev libomp-dev
-  dataset-fashion-mnist python3 python3-numpy python3-h5py iproute2 util-linux"
+  libcjson-dev libopenblas-dev libdnnl-dev libpng-dev libturbojpeg0-dev zlib1g-dev libomp-dev
+  dataset-fashion-mnist python3 python3-numpy python3-h5py python3-pil iproute2 util-linux"
 if [ "${LDM_WITH_TORCH:-0}" = 1 ]; then
   packages="$packages python3-torch"
 fi

@@ -102,3 +102,12 @@ if(TARGET ldm)
   set_tests_properties(cli_data_bench cli_data_bench_np2_streamed PROPERTIES
     FIXTURES_REQUIRED synthetic_dataset TIMEOUT 60 PASS_REGULAR_EXPRESSION "${bench_output}")
 endif()
+
+# data/npz_writer.c: tests/test_npz_writer.c writes small archives (one with
+# every field in zip64 form), tests/check_npz.py reads them with numpy.
+add_executable(test_npz_writer test_npz_writer.c)
+target_link_libraries(test_npz_writer PRIVATE ldm_core)
+add_test(NAME test_npz_writer
+  COMMAND sh -c "rm -rf \"$1\" && mkdir -p \"$1\" && \"$2\" \"$1\" && exec \"$3\" \"$4\" \"$1\"" sh
+          ${CMAKE_CURRENT_BINARY_DIR}/npz $<TARGET_FILE:test_npz_writer> ${LDM_SYSTEM_PYTHON}
+          ${CMAKE_CURRENT_SOURCE_DIR}/check_npz.py)

@@ -127,6 +127,10 @@ def main():
 
     corrupt = os.path.join(folder, "pngs-corrupt")
     write(os.path.join(corrupt, "a", "good.png"), rgb(16, 16))
+    # Eight more before the damaged file, so that under 3 ranks it is rank 1's
+    # (ldm prepare images gives each rank 8 files a step).
+    for i in range(8):
+        write(os.path.join(corrupt, "a", f"good{i}.png"), rgb(8 + i, 8))
     write(os.path.join(corrupt, "b", "good.png"), gray(16, 16))
     whole = rgb(64, 64)
     write(os.path.join(corrupt, "b", "truncated.png"), whole[: len(whole) * 2 // 3])

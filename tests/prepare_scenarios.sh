@@ -72,6 +72,45 @@ images-ranks)
   run "$LDM_PYTHON" -c "import h5py, sys; f = h5py.File('flat.h5', 'r'); \
 sys.exit(0 if 'labels' not in f and f['images'].shape == (2, 8, 8, 3) else 'flat.h5: expected 2 images, no labels')"
   ;;
+images-pil)
+  # JPEGs and PNGs of every kind (made with PIL) against PIL's own decoding and
+  # center_crop_arr, RGB and gray; 3 ranks (8 files each a step) write the same file.
+  run "$LDM_PYTHON" "$LDM_TESTS/prepare_check_center_crop.py" make images
+  run "$LDM" prepare images images --size 16 --out rgb.h5
+  run "$LDM_PYTHON" "$LDM_TESTS/prepare_check_center_crop.py" check images rgb.h5 16 3
+  mpirun3 "$LDM" prepare images images --size 16 --out rgb3.h5
+  cmp rgb.h5 rgb3.h5 || fail "rgb.h5 and rgb3.h5 differ"
+  run "$LDM" prepare images images --size 24 --channels 1 --out gray.h5
+  run "$LDM_PYTHON" "$LDM_TESTS/prepare_check_center_crop.py" check images gray.h5 24 1
+  ;;
+images-skip-bad)
+  # Unreadable files (a truncated JPEG, a truncated PNG, a damaged PNG, text
+  # named .jpg): the first ends the run with one line naming it; with
+  # --skip-bad all are skipped and counted, the rows are the good files in
+  # order, and 1 and 3 ranks write the same file.
+  run "$LDM_PYTHON" "$LDM_TESTS/prepare_check_center_crop.py" make images
+  run "$LDM_TESTS/expect_error.sh" 2 "^ldm: error: images-bad/n01_jpeg/bad_truncated[.]jpg: truncated JPEG: .*--skip-bad" -- \
+    "$LDM" prepare images images-bad --size 16 --out never.h5
+  [ ! -e never.h5 ] && [ ! -e never.h5.partial ] || fail "a failed run left never.h5 or its partial file"
+  "$LDM" prepare images images-bad --size 16 --skip-bad --out one.h5 2>stderr || fail "exit status $? with --skip-bad"
+  cat stderr >&2
+  grep -q "^prepare images: skipped 4 of 30 files that could not be read" stderr || fail "no count of 4 skipped files"
+  for bad in n01_jpeg/bad_truncated.jpg n02_png/bad_damaged.png n02_png/bad_text.jpg n02_png/bad_truncated.png; do
+    grep -q "^prepare images: skipped images-bad/$bad: " stderr || fail "$bad not reported as skipped"
+  done
+  run "$LDM_PYTHON" "$LDM_TESTS/prepare_check_center_crop.py" check images-bad one.h5 16 3
+  mpirun3 "$LDM" prepare images images-bad --size 16 --skip-bad --out three.h5
+  cmp one.h5 three.h5 || fail "one.h5 and three.h5 differ"
+  # Nothing readable: refused even with --skip-bad, nothing left behind.
+  mkdir -p allbad/x && echo "not an image" > allbad/x/a.jpg && : > allbad/x/b.png
+  run "$LDM_TESTS/expect_error.sh" 2 "^ldm: error: allbad: none of the 2 image files could be read" -- \
+    "$LDM" prepare images allbad --size 16 --skip-bad --out never.h5
+  [ ! -e never.h5 ] && [ ! -e never.h5.partial ] || fail "a failed run left never.h5 or its partial file"
+  # 156 damaged copies (cut short, bytes overwritten): ldm keeps what PIL decodes.
+  run "$LDM_PYTHON" "$LDM_TESTS/prepare_check_center_crop.py" make-damaged images damaged
+  "$LDM" prepare images damaged --size 16 --skip-bad --out damaged.h5 2>damaged.err || fail "exit status $? on damaged/"
+  run "$LDM_PYTHON" "$LDM_TESTS/prepare_check_center_crop.py" check-damaged damaged damaged.h5 damaged.err
+  ;;
 existing-output)
   # Refused without --force, the file untouched; replaced with --force.
   echo "precious, not a data set" > out.h5
@@ -84,7 +123,7 @@ existing-output)
   run "$LDM_PYTHON" -c "import h5py; assert h5py.File('out.h5', 'r')['images'].shape == (4, 8, 8, 1)"
   ;;
 failed-run-1rank|failed-run-3ranks)
-  # A corrupt PNG (row 2 of 4: rank 1's shard under 3 ranks) ends the run with
+  # A corrupt PNG (file 10 of 12: rank 1's under 3 ranks) ends the run with
   # exit status 2 and leaves neither the output nor its partial file.
   if [ "$scenario" = failed-run-1rank ]; then
     run "$LDM_TESTS/expect_error.sh" 2 "^ldm: error: .*pngs-corrupt/b/truncated[.]png: damaged PNG" -- \

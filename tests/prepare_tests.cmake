@@ -32,7 +32,7 @@ if(TARGET ldm)
       ENVIRONMENT "LDM=$<TARGET_FILE:ldm>;LDM_MPIRUN=${mpirun};LDM_PYTHON=${LDM_SYSTEM_PYTHON};\
 LDM_TESTS=${CMAKE_CURRENT_SOURCE_DIR};LDM_FMNIST_DIR=/usr/share/datasets/fashion-mnist")
   endfunction()
-  foreach(scenario fmnist-test synthetic-determinism synthetic-latents images-ranks existing-output
+  foreach(scenario fmnist-test synthetic-determinism synthetic-latents images-ranks images-pil images-skip-bad existing-output
                    failed-run-1rank failed-run-3ranks)
     ldm_prepare_scenario(${scenario})
   endforeach()
@@ -81,11 +81,11 @@ LDM_TESTS=${CMAKE_CURRENT_SOURCE_DIR};LDM_FMNIST_DIR=/usr/share/datasets/fashion
     fashion-mnist --split test --dir @IN@/fmnist-count-mismatch --out never.h5)
   ldm_prepare_error(corrupt_png "^ldm: error: .*pngs-corrupt/b/truncated[.]png: damaged PNG"
     images @IN@/pngs-corrupt --size 8 --out never.h5)
-  ldm_prepare_error(empty_dir "^ldm: error: .*empty-dir: no PNG files found"
+  ldm_prepare_error(empty_dir "^ldm: error: .*empty-dir: no image files found"
     images @IN@/empty-dir --size 8 --out never.h5)
   ldm_prepare_error(missing_image_dir "^ldm: error: .*no-such-dir: cannot read the image folder: No such file or directory$"
     images @IN@/no-such-dir --size 8 --out never.h5)
-  ldm_prepare_error(stray_png "^ldm: error: .*pngs-stray/stray[.]png: a PNG directly in .*pngs-stray, which also has class subfolders"
+  ldm_prepare_error(stray_png "^ldm: error: .*pngs-stray/stray[.]png: an image directly in .*pngs-stray, which also has class subfolders"
     images @IN@/pngs-stray --size 8 --out never.h5)
   ldm_prepare_error(images_no_dir "^ldm: error: ldm prepare images: expected the image folder first"
     images --size 8 --out never.h5)

@@ -4,6 +4,7 @@
 # LDM_PYTHON (python3 with h5py and numpy), LDM_TESTS (this folder), LDM_CONFIGS (configs/).
 # WORK is this scenario's own folder, emptied first; COMMON holds what setup made:
 # a tiny DiT trained on 4-channel pixels (pix4), one on 3-channel pixels (pix3),
+# one on gray pixels (pix1),
 # one on latents (lat), an autoencoder run (ae), the latents it makes
 # (ae_latents.h5) and a DiT trained on them (latae).
 set -u
@@ -28,17 +29,19 @@ case "$scenario" in
 setup)
   synthetic --n 32 --size 8 --channels 4 --out pix4.h5
   synthetic --n 32 --size 8 --channels 3 --out pix3.h5
+  synthetic --n 32 --size 8 --channels 1 --out pix1.h5
   synthetic --n 8 --size 8 --channels 4 --latents float32 --out lat.h5
   synthetic --n 8 --size 16 --channels 3 --out ae_images.h5
   run "$LDM" train --data pix4.h5 $tiny --run pix4 >/dev/null
   run "$LDM" train --data pix3.h5 $tiny --set model.in_channels=3 --run pix3 >/dev/null
+  run "$LDM" train --data pix1.h5 $tiny --set model.in_channels=1 --run pix1 >/dev/null
   run "$LDM" train --data lat.h5 $tiny --run lat >/dev/null
   run "$LDM" train-ae --config "$LDM_CONFIGS/ae-tiny.json" --data ae_images.h5 --run ae --set train.steps=2 \
     --set train.ckpt_every=2 >/dev/null
   # A DiT on the autoencoder's latents (2 x 8 x 8 of 3 x 16 x 16 pictures).
   run "$LDM" encode --ae ae --data ae_images.h5 --out ae_latents.h5 >/dev/null
   run "$LDM" train --data ae_latents.h5 $tiny --set model.in_channels=2 --run latae >/dev/null
-  touch existing.h5 existing.png
+  touch existing.h5 existing.png existing.npz
   ;;
 latents)
   # A latents model decoded by --ae, or by default by the autoencoder that made
@@ -132,6 +135,41 @@ def size(path):
 assert size("all.png") == (3 * 8, 10 * 8, 2), size("all.png")  # RGB
 assert size("one.png") == (5 * 8, 8, 2), size("one.png")
 assert size("four.png") == (3 * 8, 8, 2), size("four.png")  # 4 channels: the first 3 as RGB
+PY
+  ;;
+npz)
+  # The .npz of a sampling holds the .h5's images (gray repeated to RGB) and
+  # labels, as numpy reads them: stored zip entries with good CRCs, arr_0
+  # (N, H, W, 3) uint8 and arr_1 (N) int64; 3 ranks write the same bytes.
+  for model in pix3 pix1; do
+    run "$LDM" sample --model "$common/$model" --n 7 --batch 3 --out $model.h5 >/dev/null
+    run "$LDM" sample --model "$common/$model" --n 7 --batch 3 --out $model.npz >/dev/null
+  done
+  run $LDM_MPIRUN -np 3 "$LDM" sample --model "$common/pix3" --n 7 --batch 3 --out pix3_ranks3.npz >/dev/null
+  cmp pix3.npz pix3_ranks3.npz || fail "pix3.npz and pix3_ranks3.npz differ"
+  run "$LDM_PYTHON" - <<'PY'
+import zipfile
+import h5py, numpy as np
+for model in ("pix3", "pix1"):
+    with zipfile.ZipFile(f"{model}.npz") as z:
+        assert z.namelist() == ["arr_0.npy", "arr_1.npy"], z.namelist()
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist()), "compressed entries"
+        assert z.testzip() is None, "a CRC does not match"
+    with open(f"{model}.npz", "rb") as f:  # zipfile reads the central directory's CRC; the local one too
+        data = f.read()
+    for i in z.infolist():
+        local = data[i.header_offset: i.header_offset + 30]
+        assert local[:4] == b"PK\x03\x04" and local[14:18] == i.CRC.to_bytes(4, "little"), f"{i.filename}: local header"
+    npz, h5 = np.load(f"{model}.npz"), h5py.File(f"{model}.h5", "r")
+    images, labels = h5["images"][...], h5["labels"][...]
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    assert npz["arr_0"].dtype == np.uint8 and npz["arr_0"].shape == (7, 8, 8, 3), (npz["arr_0"].dtype, npz["arr_0"].shape)
+    assert npz["arr_1"].dtype == np.int64 and npz["arr_1"].shape == (7,), (npz["arr_1"].dtype, npz["arr_1"].shape)
+    assert np.array_equal(npz["arr_0"], images), f"{model}.npz: arr_0 is not the .h5's images"
+    assert np.array_equal(npz["arr_1"], labels), f"{model}.npz: arr_1 {npz['arr_1']} is not the .h5's labels {labels}"
+    assert images.std() > 1, f"{model}: the samples are flat"
+print("npz: arr_0 and arr_1 equal the .h5's images and labels")
 PY
   ;;
 *)

@@ -2,7 +2,8 @@
 # fixture trains tiny DiTs (on 4- and 3-channel pixels and on latents) and an
 # autoencoder; then 1 and 3 ranks write the same samples (guided or not, Heun
 # and Euler), the same seed gives the same file and another seed other images,
-# PNG grids have their size (one row per class with --class all), and every bad
+# PNG grids have their size (one row per class with --class all), an .npz holds
+# the .h5's samples (gray as RGB) and labels as numpy reads them, and every bad
 # input is refused with one line and exit status 2. Included from
 # tests/CMakeLists.txt (LDM_MPIRUN, LDM_SYSTEM_PYTHON and LDM_EXPECT_ERROR come
 # from there and prepare_tests.cmake).
@@ -14,7 +15,7 @@ if(TARGET ldm)
   set(ldm_sample_env "LDM=$<TARGET_FILE:ldm>;LDM_MPIRUN=${ldm_sample_mpirun};LDM_PYTHON=${LDM_SYSTEM_PYTHON};\
 LDM_TESTS=${CMAKE_CURRENT_SOURCE_DIR};LDM_CONFIGS=${CMAKE_SOURCE_DIR}/configs")
 
-  foreach(scenario setup ranks seed png latents pictures)
+  foreach(scenario setup ranks seed png npz latents pictures)
     add_test(NAME cli_sample_${scenario}
       COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/sample_scenarios.sh ${scenario} ${LDM_SAMPLE_WORK}/${scenario}
               ${LDM_SAMPLE_COMMON})
@@ -75,13 +76,18 @@ LDM_TESTS=${CMAKE_CURRENT_SOURCE_DIR};LDM_CONFIGS=${CMAKE_SOURCE_DIR}/configs")
     ${LDM_MPIRUN} -np 2 ${ldm} sample --model ${c}/pix4 --n 2 --out ${c}/existing.h5)
   ldm_sample_error(existing_png "^ldm: error: .*/existing[.]png: the output exists [(]use --force to overwrite it[)]$"
     ${LDM_MPIRUN} -np 2 ${ldm} sample --model ${c}/pix3 --n 2 --out ${c}/existing.png)
+  ldm_sample_error(existing_npz "^ldm: error: .*/existing[.]npz: the output exists [(]use --force to overwrite it[)]$"
+    ${LDM_MPIRUN} -np 2 ${ldm} sample --model ${c}/pix3 --n 2 --out ${c}/existing.npz)
+  ldm_sample_error(npz_four_channels
+    "^ldm: error: ldm sample: option --out: an [.]npz holds RGB images, but .*/pix4/checkpoints/step-00000003 makes samples of 4 channels"
+    ${LDM_MPIRUN} -np 2 ${ldm} sample --model ${c}/pix4 --n 2 --out ${LDM_SAMPLE_WORK}/never.npz)
   ldm_sample_error(bad_sampler "^ldm: error: ldm sample: option --sampler: expected heun or euler, got 'ddim'$"
     ${ldm} sample --model ${c}/pix4 --n 2 --sampler ddim --out ${never})
   ldm_sample_error(bad_cfg "^ldm: error: ldm sample: option --cfg: expected a number in [[]0, 1e[+]06[]], got '-1'$"
     ${ldm} sample --model ${c}/pix4 --n 2 --cfg -1 --out ${never})
   ldm_sample_error(bad_weights "^ldm: error: ldm sample: option --weights: expected ema or model, got 'last'$"
     ${ldm} sample --model ${c}/pix4 --n 2 --weights last --out ${never})
-  ldm_sample_error(bad_out "^ldm: error: ldm sample: option --out: expected a file name ending in [.]h5 or [.]png"
+  ldm_sample_error(bad_out "^ldm: error: ldm sample: option --out: expected a file name ending in [.]h5, [.]png or [.]npz"
     ${ldm} sample --model ${c}/pix4 --n 2 --out ${LDM_SAMPLE_WORK}/never.jpg)
   ldm_sample_error(bad_n "^ldm: error: ldm sample: option --n: expected an integer in [[]1, "
     ${ldm} sample --model ${c}/pix4 --n 0 --out ${never})

@@ -1,75 +1,50 @@
-/* Unit tests of the converters behind `ldm prepare`: square crop and resize
- * (against direct formulas), PNG write/read round trips (gray, RGB, alpha on
- * black), image folder listing order and labels, Fashion-MNIST padding, and
+/* Unit tests of the converters behind `ldm prepare`: the ADM center crop
+ * (copy at size, box halving, constants; tests/prepare_check_center_crop.py
+ * checks it against PIL), PNG decoding (gray, RGB, luma, alpha dropped, a
+ * non-image refused), image folder listing order and labels, Fashion-MNIST padding, and
  * that synthetic images are a pure function of (seed, index). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "center_crop.h"
 #include "fashion_mnist.h"
+#include "image_decode.h"
 #include "image_folder.h"
 #include "png_image.h"
 #include "synthetic_images.h"
 #include "test_util.h"
 
-static uint8_t round_pixel(double v) { return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : lround(v)); }
-
-static void test_resize_copy_and_crop(void) {
-    /* 4 rows x 6 columns, 2 channels: the square is columns 1..4, copied as is. */
-    uint8_t image[4 * 6 * 2], out[4 * 4 * 2];
-    for (int i = 0; i < 4 * 6 * 2; i++) image[i] = (uint8_t)(7 * i + 3);
-    image_square_resize(image, 4, 6, 2, 4, out);
+static void test_center_crop_copies_at_size(void) {
+    /* Short side S already: no resize, the central S columns (the odd margin
+     * column goes to the right). 4 rows x 7 columns, 2 channels, S = 4. */
+    uint8_t image[4 * 7 * 2], out[4 * 4 * 2];
+    for (int i = 0; i < 4 * 7 * 2; i++) image[i] = (uint8_t)(7 * i + 3);
+    adm_center_crop(image, 4, 7, 2, 4, out);
     for (int y = 0; y < 4; y++)
         for (int x = 0; x < 4; x++)
-            for (int c = 0; c < 2; c++) CHECK(out[(y * 4 + x) * 2 + c] == image[(y * 6 + x + 1) * 2 + c]);
-    /* 7 rows x 4 columns: rows 1..4 (the odd margin row goes to the bottom). */
-    uint8_t tall[7 * 4], square[4 * 4];
-    for (int i = 0; i < 7 * 4; i++) tall[i] = (uint8_t)(11 * i);
-    image_square_resize(tall, 7, 4, 1, 4, square);
-    for (int i = 0; i < 16; i++) CHECK(square[i] == tall[4 + i]);
+            for (int c = 0; c < 2; c++) CHECK(out[(y * 4 + x) * 2 + c] == image[(y * 7 + x + 1) * 2 + c]);
 }
 
-static void test_resize_area_average(void) {
-    /* 4x4 -> 2x2: each output is the mean of its 2x2 block. */
-    uint8_t image[16], out[4];
-    for (int i = 0; i < 16; i++) image[i] = (uint8_t)((i * 37) % 251);
-    image_square_resize(image, 4, 4, 1, 2, out);
-    for (int y = 0; y < 2; y++)
-        for (int x = 0; x < 2; x++) {
-            double sum = 0;
-            for (int dy = 0; dy < 2; dy++)
-                for (int dx = 0; dx < 2; dx++) sum += image[(2 * y + dy) * 4 + 2 * x + dx];
-            CHECK(out[y * 2 + x] == round_pixel(sum / 4));
-        }
-    /* 3x3 -> 2x2: output pixel 0 covers source [0, 1.5): weights 1 and 0.5 (/1.5) per axis. */
-    uint8_t three[9], two[4];
-    for (int i = 0; i < 9; i++) three[i] = (uint8_t)(20 * i + 5);
-    image_square_resize(three, 3, 3, 1, 2, two);
-    const double w[2][3] = {{1 / 1.5, 0.5 / 1.5, 0}, {0, 0.5 / 1.5, 1 / 1.5}};
-    for (int y = 0; y < 2; y++)
-        for (int x = 0; x < 2; x++) {
-            double v = 0;
-            for (int sy = 0; sy < 3; sy++)
-                for (int sx = 0; sx < 3; sx++) v += w[y][sy] * w[x][sx] * three[sy * 3 + sx];
-            CHECK_MSG(two[y * 2 + x] == round_pixel(v), "(%d,%d): %d vs %.3f", y, x, two[y * 2 + x], v);
-        }
+static void test_center_crop_halves_with_box(void) {
+    /* 2S x 2S of constant 2x2 blocks: halved once (short side 2S), each block
+     * to its value, and then already S. */
+    enum { S = 6 };
+    uint8_t image[2 * S * 2 * S], out[S * S];
+    for (int y = 0; y < 2 * S; y++)
+        for (int x = 0; x < 2 * S; x++) image[y * 2 * S + x] = (uint8_t)(17 * (y / 2) + 29 * (x / 2));
+    adm_center_crop(image, 2 * S, 2 * S, 1, S, out);
+    for (int y = 0; y < S; y++)
+        for (int x = 0; x < S; x++)
+            CHECK_MSG(out[y * S + x] == (uint8_t)(17 * y + 29 * x), "(%d, %d): %d", y, x, out[y * S + x]);
+    /* A box halving averages each pair, rounding halves up as PIL's fixed point does. */
+    uint8_t pair[2] = {10, 13}, half[1];
+    pil_resize(pair, 1, 2, 1, RESAMPLE_BOX, 1, 1, half);
+    CHECK_MSG(half[0] == 12, "box of 10 and 13: %d", half[0]);
 }
 
-static void test_resize_bilinear(void) {
-    /* 2x2 -> 4x4 with pixel centres aligned: source positions -0.25 (clamped
-     * to 0), 0.25, 0.75, 1.25 (clamped to 1). */
-    uint8_t image[4] = {10, 200, 60, 120}, out[16];
-    image_square_resize(image, 2, 2, 1, 4, out);
-    const double t[4] = {0, 0.25, 0.75, 1};
-    for (int y = 0; y < 4; y++)
-        for (int x = 0; x < 4; x++) {
-            double top = image[0] * (1 - t[x]) + image[1] * t[x], bottom = image[2] * (1 - t[x]) + image[3] * t[x];
-            CHECK(out[y * 4 + x] == round_pixel(top * (1 - t[y]) + bottom * t[y]));
-        }
-}
-
-static void test_resize_keeps_constants(void) {
+static void test_center_crop_keeps_constants(void) {
     const int sizes[] = {1, 5, 16, 23, 64};
     uint8_t image[37 * 23 * 3];
     for (int i = 0; i < 37 * 23; i++) {
@@ -80,47 +55,73 @@ static void test_resize_keeps_constants(void) {
     for (int s = 0; s < 5; s++) {
         int size = sizes[s];
         uint8_t *out = malloc((size_t)size * size * 3);
-        image_square_resize(image, 37, 23, 3, size, out);
+        adm_center_crop(image, 37, 23, 3, size, out);
         int ok = 1;
         for (int i = 0; i < size * size; i++) ok &= out[3 * i] == 17 && out[3 * i + 1] == 128 && out[3 * i + 2] == 255;
-        CHECK_MSG(ok, "a constant image resized to %d is not constant", size);
+        CHECK_MSG(ok, "a constant image cropped to %d is not constant", size);
         free(out);
     }
 }
 
-static void test_png_round_trip(const char *dir) {
+/* Decodes `path` with `channels`, checking the shape; the pixels (caller frees). */
+static uint8_t *decode(const char *path, int channels, int height, int width) {
+    decoded_image image;
+    char reason[256];
+    int status = image_decode_file(path, channels, &image, reason, sizeof(reason));
+    CHECK_MSG(status == 0, "%s: %s", path, reason);
+    if (status != 0) return calloc((size_t)height * width * channels, 1);
+    CHECK(image.height == height && image.width == width && image.channels == channels);
+    return image.pixels;
+}
+
+static void test_png_decode(const char *dir) {
     char path[4096];
-    /* RGB, exact round trip. */
+    /* RGB, exact round trip; as gray, PIL's luma. */
     uint8_t rgb[5 * 7 * 3];
     for (int i = 0; i < 5 * 7 * 3; i++) rgb[i] = (uint8_t)(i * 13 + 1);
     snprintf(path, sizeof(path), "%s/rgb.png", dir);
     png_write_file(path, rgb, 5, 7, 3);
-    int h = 0, w = 0;
-    uint8_t *back = png_read_file(path, 3, &h, &w);
-    CHECK(h == 5 && w == 7);
+    uint8_t *back = decode(path, 3, 5, 7);
     CHECK(memcmp(back, rgb, sizeof(rgb)) == 0);
+    free(back);
+    back = decode(path, 1, 5, 7);
+    for (int i = 0; i < 5 * 7; i++) {
+        int luma = (rgb[3 * i] * 19595 + rgb[3 * i + 1] * 38470 + rgb[3 * i + 2] * 7471 + 32768) >> 16;
+        CHECK_MSG(back[i] == luma, "pixel %d: %d, expected %d", i, back[i], luma);
+    }
     free(back);
     /* Gray read as RGB: three equal channels; as gray: exact. */
     uint8_t gray[3 * 4];
     for (int i = 0; i < 12; i++) gray[i] = (uint8_t)(i * 21);
     snprintf(path, sizeof(path), "%s/gray.png", dir);
     png_write_file(path, gray, 3, 4, 1);
-    back = png_read_file(path, 3, &h, &w);
-    CHECK(h == 3 && w == 4);
+    back = decode(path, 3, 3, 4);
     for (int i = 0; i < 12; i++)
         CHECK(back[3 * i] == gray[i] && back[3 * i + 1] == gray[i] && back[3 * i + 2] == gray[i]);
     free(back);
-    back = png_read_file(path, 1, &h, &w);
+    back = decode(path, 1, 3, 4);
     CHECK(memcmp(back, gray, sizeof(gray)) == 0);
     free(back);
-    /* RGBA read as RGB: transparent pixels become black, opaque ones keep their colour. */
+    /* RGBA read as RGB: alpha dropped, every pixel keeps its stored colour. */
     uint8_t rgba[2 * 2 * 4] = {200, 100, 50, 255, 200, 100, 50, 0, 9, 99, 199, 255, 255, 255, 255, 0};
     snprintf(path, sizeof(path), "%s/rgba.png", dir);
     png_write_file(path, rgba, 2, 2, 4);
-    back = png_read_file(path, 3, &h, &w);
-    const uint8_t expected[12] = {200, 100, 50, 0, 0, 0, 9, 99, 199, 0, 0, 0};
+    back = decode(path, 3, 2, 2);
+    const uint8_t expected[12] = {200, 100, 50, 200, 100, 50, 9, 99, 199, 255, 255, 255};
     CHECK(memcmp(back, expected, sizeof(expected)) == 0);
     free(back);
+    /* Not an image: refused with a reason. */
+    snprintf(path, sizeof(path), "%s/text.png", dir);
+    FILE *text = fopen(path, "w");
+    CHECK(text != NULL);
+    if (text) {
+        fputs("not an image\n", text);
+        fclose(text);
+    }
+    decoded_image image;
+    char reason[256] = "";
+    CHECK(image_decode_file(path, 3, &image, reason, sizeof(reason)) == -1);
+    CHECK_MSG(strstr(reason, "neither a JPEG nor a PNG") != NULL, "reason: %s", reason);
 }
 
 static void test_image_folder_listing(const char *dir) {
@@ -199,11 +200,10 @@ int main(void) {
         perror("mkdtemp");
         return 1;
     }
-    test_resize_copy_and_crop();
-    test_resize_area_average();
-    test_resize_bilinear();
-    test_resize_keeps_constants();
-    test_png_round_trip(dir);
+    test_center_crop_copies_at_size();
+    test_center_crop_halves_with_box();
+    test_center_crop_keeps_constants();
+    test_png_decode(dir);
     test_image_folder_listing(dir);
     test_fashion_mnist_pad();
     test_synthetic_is_pure();

@@ -1,6 +1,6 @@
 /* `ldm prepare KIND`: converts a source of images into one ldm data set file
- * (data/dataset_file.h): Fashion-MNIST idx files, a folder of PNGs in class
- * subfolders, or procedural synthetic images (optionally as float latents).
+ * (data/dataset_file.h): Fashion-MNIST idx files, a folder of JPEGs and PNGs
+ * in class subfolders (at training resolution with the ADM center crop), or procedural synthetic images (optionally as float latents).
  * Every rank produces the rows of its shard (dataset_shard_range) and all ranks
  * write the one file collectively; every row is a pure function of its index,
  * so the file does not depend on the number of ranks. This file owns the
@@ -17,8 +17,9 @@
 #include "dataset_file.h"
 #include "fashion_mnist.h"
 #include "fatal.h"
+#include "center_crop.h"
+#include "image_decode.h"
 #include "image_folder.h"
-#include "png_image.h"
 #include "progress_bar.h"
 #include "synthetic_images.h"
 
@@ -245,24 +246,101 @@ static int prepare_fashion_mnist(int argc, char **argv) {
 
 /* ---- images ---- */
 
+/* Files are decoded in steps: in each, rank r of W takes the B files after
+ * the step's first r B (B: IMAGES_STEP_FILES_PER_RANK, fewer for large S), and
+ * the rows it keeps go right after those kept by the earlier steps and ranks.
+ * With every file kept (or any bad one fatal) row i is file i; with
+ * --skip-bad the rows are the good files in file order. Either way the file
+ * does not depend on the number of ranks. */
+/* Small, so that ranks finish their steps at about the same time; a step's
+ * allgather and collective write cost little beside decoding a few images. */
+#define IMAGES_STEP_FILES_PER_RANK 8
+
 typedef struct {
+    const char *dir;
     image_folder_listing listing;
-    int size, channels;
+    int size, channels, skip_bad;
 } image_folder_context;
 
-static void fill_image_folder_row(void *context, int64_t index, uint8_t *image, int32_t *label) {
-    const image_folder_context *f = context;
-    int height, width;
-    uint8_t *decoded = png_read_file(f->listing.paths[index], f->channels, &height, &width);
-    image_square_resize(decoded, height, width, f->channels, f->size, image);
-    free(decoded);
-    if (f->listing.labels) *label = f->listing.labels[index];
+/* Decodes file `index` and crops it to size x size x channels in `image`: 0,
+ * or -1 with the reason in `reason`. */
+static int image_folder_row(const image_folder_context *f, int64_t index, uint8_t *image, char *reason,
+                            size_t reason_size) {
+    decoded_image decoded;
+    if (image_decode_file(f->listing.paths[index], f->channels, &decoded, reason, reason_size) != 0) return -1;
+    adm_center_crop(decoded.pixels, decoded.height, decoded.width, f->channels, f->size, image);
+    decoded_image_free(&decoded);
+    return 0;
+}
+
+/* Writes every file's row (skipping bad ones with --skip-bad); returns the
+ * number of rows written. Collective. */
+static int64_t write_image_folder_rows(const dataset_writer_options *options, const image_folder_context *f) {
+    const int rank = comm_rank(), world = comm_world_size();
+    const int64_t files = f->listing.count;
+    const size_t sample_bytes = (size_t)options->channels * options->height * options->width;
+    int64_t per_rank = (int64_t)(PREPARE_BATCH_BYTES / sample_bytes);
+    if (per_rank < 1) per_rank = 1;
+    if (per_rank > IMAGES_STEP_FILES_PER_RANK) per_rank = IMAGES_STEP_FILES_PER_RANK;
+    const int64_t step_files = per_rank * world, steps = (files + step_files - 1) / step_files;
+
+    dataset_writer *writer = dataset_writer_create(options);
+    uint8_t *pixels = xmalloc(sample_bytes * (size_t)per_rank); /* (per_rank, S, S, C) */
+    int32_t *labels = xcalloc((size_t)per_rank, sizeof(int32_t));
+    int64_t *kept_by_rank = xmalloc(sizeof(int64_t) * (size_t)world);
+    int64_t rows_before = 0, skipped = 0;
+    progress_bar bar;
+    progress_bar_start(&bar, "prepare images", files, rank == 0);
+    progress_bar_report_often(&bar, 20, "images");
+    for (int64_t step = 0; step < steps; step++) {
+        const int64_t first = step * step_files + rank * per_rank;
+        int64_t kept = 0;
+        for (int64_t i = first; i < first + per_rank && i < files; i++) {
+            char reason[512];
+            if (image_folder_row(f, i, pixels + (size_t)kept * sample_bytes, reason, sizeof(reason)) == 0) {
+                if (f->listing.labels) labels[kept] = f->listing.labels[i];
+                kept++;
+            } else if (f->skip_bad) {
+                fprintf(stderr, "prepare images: skipped %s: %s\n", f->listing.paths[i], reason);
+                skipped++;
+            } else {
+                fatal_input("%s: %s (--skip-bad skips such files)", f->listing.paths[i], reason);
+            }
+            /* Rank 0's share scaled to everyone's: the ranks go at about the same pace. */
+            int64_t done = step * step_files + (i - first + 1) * world;
+            progress_bar_update(&bar, done < files ? done : files);
+        }
+        comm_allgather(&kept, sizeof(kept), kept_by_rank);
+        int64_t start = rows_before, step_rows = 0;
+        for (int r = 0; r < world; r++) {
+            if (r < rank) start += kept_by_rank[r];
+            step_rows += kept_by_rank[r];
+        }
+        dataset_writer_write_images(writer, start, kept, pixels);
+        if (options->has_labels) dataset_writer_write_labels(writer, start, kept, labels);
+        rows_before += step_rows;
+    }
+    progress_bar_finish(&bar);
+    uint64_t skipped_total = (uint64_t)skipped;
+    allreduce_exact_u64(&skipped_total, 1);
+    if (rows_before == 0)
+        fatal_input("%s: none of the %lld image files could be read (all skipped by --skip-bad)", f->dir,
+                    (long long)files);
+    if (skipped_total > 0 && rank == 0)
+        fprintf(stderr, "prepare images: skipped %llu of %lld files that could not be read (--skip-bad)\n",
+                (unsigned long long)skipped_total, (long long)files);
+    dataset_writer_shrink(writer, rows_before);
+    dataset_writer_finish(writer);
+    free(kept_by_rank);
+    free(labels);
+    free(pixels);
+    return rows_before;
 }
 
 /* The command line of ldm prepare images, parsed. */
 typedef struct {
     const char *dir, *out;
-    int size, channels, force;
+    int size, channels, force, skip_bad;
 } image_folder_options;
 
 /* 0 when help was printed. */
@@ -273,14 +351,18 @@ static int parse_image_folder_options(const char *command, int argc, char **argv
         {.name = "--out", .text = &o->out, .required = 1, .help = "the data set file to write"},
         {.name = "--size", .text = &size, .required = 1, .help = "side S of the square SxS output images"},
         {.name = "--channels", .text = &channels, .help = "1 (gray) or 3 (RGB); default 3"},
+        {.name = "--skip-bad", .flag = &o->skip_bad,
+         .help = "skip (and count) images that cannot be decoded instead of ending the run"},
         {.name = "--force", .flag = &o->force, .help = "overwrite an existing output file"},
         {0},
     };
     const char *summary =
-        "       ldm prepare images DIR --size S --out F.h5 [--channels 1|3] [--force]\n"
-        "Converts every *.png under DIR (recursively) to an ldm data set: centre-cropped to a square, resized to\n"
-        "SxS. The class of an image is its first-level subfolder of DIR (class names: those folders, sorted);\n"
-        "without subfolders the file has no labels.";
+        "       ldm prepare images DIR --size S --out F.h5 [--channels 1|3] [--skip-bad] [--force]\n"
+        "Converts every *.png, *.jpg and *.jpeg under DIR (recursively) to an ldm data set with the ADM center\n"
+        "crop of DiT's data pipeline: halved with a box filter while the short side is at least 2S, resized\n"
+        "bicubically (as PIL) so that the short side is S, then the central SxS. The class of an image is its\n"
+        "first-level subfolder of DIR (class names: those folders, sorted); without subfolders the file has no\n"
+        "labels. Alpha is dropped, CMYK converted, 16-bit PNGs reduced to their high byte (docs/cli.md).";
     if (cli_wants_help(argc, argv)) {
         cli_print_usage(command, summary, table);
         return 0;
@@ -299,7 +381,7 @@ static int prepare_images(int argc, char **argv) {
     const char *command = "prepare images";
     image_folder_options o;
     if (!parse_image_folder_options(command, argc, argv, &o)) return 0;
-    image_folder_context context = {.size = o.size, .channels = o.channels};
+    image_folder_context context = {.dir = o.dir, .size = o.size, .channels = o.channels, .skip_bad = o.skip_bad};
     image_folder_list(o.dir, &context.listing);
     if (context.listing.num_classes > DATASET_MAX_CLASSES)
         fatal_input("%s: %d class subfolders; at most %d are supported", o.dir, context.listing.num_classes,
@@ -317,7 +399,7 @@ static int prepare_images(int argc, char **argv) {
         .num_classes = context.listing.num_classes,
         .class_names = (const char *const *)context.listing.class_names,
     };
-    write_all_rows(&out, fill_image_folder_row, &context, "prepare images");
+    out.count = write_image_folder_rows(&out, &context);
     print_result(&out);
     image_folder_free(&context.listing);
     return 0;
@@ -424,7 +506,7 @@ int command_prepare(int argc, char **argv) {
     if (!strcmp(kind, "--help") || !strcmp(kind, "-h")) {
         printf("usage: ldm prepare KIND [options]\nConverts images into an ldm data set file (HDF5).\n\nkinds:\n"
                "  fashion-mnist  --out F.h5 [--split train|test] [--dir D] [--pad P] [--force]\n"
-               "  images DIR     --size S --out F.h5 [--channels 1|3] [--force]\n"
+               "  images DIR     --size S --out F.h5 [--channels 1|3] [--skip-bad] [--force]\n"
                "  synthetic      --n N --size S --classes K --channels C --out F.h5 [--seed S]\n"
                "                 [--latents float32|float16] [--force]\n"
                "(ldm prepare KIND --help for details)\n");

@@ -3,7 +3,7 @@
  * (train/diffusion/sampler.h), decoded through the autoencoder for a model trained on
  * latents (train/diffusion/sample_pipeline.h).
  *
- *   ldm sample --model RUN_OR_CKPT --n N --out FILE.h5|FILE.png [--ae RUN_OR_CKPT]
+ *   ldm sample --model RUN_OR_CKPT --n N --out FILE.h5|FILE.png|FILE.npz [--ae RUN_OR_CKPT]
  *              [--class K|all] [--cfg W] [--steps S] [--sampler heun|euler]
  *              [--churn S] [--seed S] [--weights ema|model] [--batch B] [--force]
  *
@@ -24,7 +24,9 @@
  * clamped to [0, 255], and /labels). .png: rank 0 gathers the shards and writes
  * a grid, one row per class with --class all (sample i in row i mod classes,
  * column i / classes), else 8 per row; RGB for 3 or more channels, else the
- * first channel in gray. */
+ * first channel in gray. .npz: rank 0 gathers the shards and writes arr_0
+ * (N, H, W, 3) uint8 (gray repeated to RGB) and arr_1 (N) int64 labels, what
+ * the ADM evaluation suite and torch-fidelity read (data/npz_writer.h). */
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -45,6 +47,7 @@
 #include "dit.h"
 #include "fatal.h"
 #include "model_shapes.h"
+#include "npz_writer.h"
 #include "png_image.h"
 #include "progress_bar.h"
 #include "consistency_record.h"
@@ -55,7 +58,7 @@
 typedef struct {
     const char *model, *out, *class_text, *weights, *ae, *sigmas; /* as given (NULL: left out) */
     int64_t n;
-    int force, png;
+    int force, png, npz;              /* npz: --out ends in .npz */
     int batch;                        /* rows of every network pass */
     sampler_options sampler;          /* EDM's: the given options, else their defaults */
     int steps_given, cfg_given;
@@ -75,7 +78,8 @@ static int read_sample_command_line(int argc, char **argv, sample_options *o, sa
          .help = "the DiT: a run directory of ldm train or one of its checkpoints"},
         {.name = "--n", .text = &t->n, .required = 1, .help = "how many samples"},
         {.name = "--out", .text = &o->out, .required = 1,
-         .help = "SAMPLES.h5 (an ldm data set with /images and /labels) or GRID.png"},
+         .help = "SAMPLES.h5 (an ldm data set with /images and /labels), GRID.png, or SAMPLES.npz (arr_0 "
+                 "(N, H, W, 3) uint8 and arr_1 labels, for the ADM evaluator and torch-fidelity)"},
         {.name = "--class", .text = &o->class_text,
          .help = "the class of every sample, or all (sample i: i mod classes)"},
         {.name = "--cfg", .text = &t->cfg,
@@ -110,8 +114,9 @@ static int parse_sample_options(int argc, char **argv, sample_options *o) {
     if (!read_sample_command_line(argc, argv, o, &t)) return 0;
     o->n = cli_int("sample", "--n", t.n, 1, INT_MAX);
     o->png = cli_path_ends_with(o->out, ".png");
-    if (!o->png && !cli_path_ends_with(o->out, ".h5"))
-        fatal_input("ldm sample: option --out: expected a file name ending in .h5 or .png, got '%s'", o->out);
+    o->npz = cli_path_ends_with(o->out, ".npz");
+    if (!o->png && !o->npz && !cli_path_ends_with(o->out, ".h5"))
+        fatal_input("ldm sample: option --out: expected a file name ending in .h5, .png or .npz, got '%s'", o->out);
     /* EDM's options, when left out: their defaults. A consistency model takes none
      * of them (refused by resolve_consistency_guidance when given), and 2 steps by default. */
     o->sampler_option_given = t.sampler ? "--sampler" : t.churn ? "--churn" : NULL;
@@ -446,6 +451,56 @@ static void write_sample_grid(const sample_options *o, const sample_model *m, co
     comm_barrier();
 }
 
+/* Collective, for an .npz output: rank 0 gathers the shards (pixels and labels)
+ * and writes arr_0 (N, H, W, 3) uint8, gray repeated to RGB, and arr_1 (N) int64. */
+static void write_sample_npz(const sample_options *o, const sample_model *m, const sample_shard *s,
+                             const char *made_by, const char *description) {
+    const int rank = comm_rank(), world = comm_world_size();
+    const int64_t n = o->n, plane = (int64_t)s->size * s->size;
+    const size_t shard_bytes = (size_t)s->largest_shard * (size_t)s->image_elements;
+    const size_t shard_labels = (size_t)(s->largest_shard > 0 ? s->largest_shard : 1);
+    uint8_t *all = rank == 0 ? xmalloc(shard_bytes * (size_t)world) : NULL;
+    int32_t *all_labels = rank == 0 ? xmalloc(sizeof(int32_t) * shard_labels * (size_t)world) : NULL;
+    comm_gather(s->pixels, shard_bytes, all, 0);
+    comm_gather(s->labels32, sizeof(int32_t) * shard_labels, all_labels, 0);
+    if (rank == 0) {
+        npz_writer *npz = npz_writer_create(o->out);
+        const int64_t image_shape[4] = {n, s->size, s->size, 3}, label_shape[1] = {n};
+        uint8_t *rgb = xmalloc((size_t)plane * 3); /* (H, W, 3) one sample */
+        int64_t *labels = xmalloc(sizeof(int64_t) * (size_t)n);
+        npz_writer_begin_array(npz, "arr_0", "|u1", 1, image_shape, 4);
+        /* Rank r's rows start at r * largest_shard. */
+        for (int r = 0; r < world; r++) {
+            int64_t s0, sn;
+            dataset_shard_range(n, r, world, &s0, &sn);
+            for (int64_t i = 0; i < sn; i++) {
+                const uint8_t *pixels = all + (size_t)r * shard_bytes + (size_t)(i * s->image_elements);
+                if (s->channels == 3) {
+                    npz_writer_write(npz, pixels, (size_t)plane * 3);
+                } else {
+                    for (int64_t p = 0; p < plane; p++) rgb[3 * p] = rgb[3 * p + 1] = rgb[3 * p + 2] = pixels[p];
+                    npz_writer_write(npz, rgb, (size_t)plane * 3);
+                }
+                labels[s0 + i] = all_labels[(size_t)r * shard_labels + (size_t)i];
+            }
+        }
+        npz_writer_end_array(npz);
+        npz_writer_begin_array(npz, "arr_1", "<i8", 8, label_shape, 1);
+        npz_writer_write(npz, labels, sizeof(int64_t) * (size_t)n);
+        npz_writer_end_array(npz);
+        npz_writer_finish(npz);
+        printf("sample: wrote %s: arr_0 (%lld, %d, %d, 3) uint8%s and arr_1 (%lld) int64 labels, %s, seed %llu, "
+               "from %s\n",
+               o->out, (long long)n, s->size, s->size, s->channels == 1 ? " (gray repeated to RGB)" : "",
+               (long long)n, made_by, (unsigned long long)m->edm.seed, description);
+        free(labels);
+        free(rgb);
+    }
+    free(all_labels);
+    free(all);
+    comm_barrier();
+}
+
 /* Runs the sampler over this rank's shard and writes the output file. */
 static void sample_and_write(const sample_options *o, const sample_model *m, sample_networks *net) {
     sample_pipeline pipeline;
@@ -458,7 +513,11 @@ static void sample_and_write(const sample_options *o, const sample_model *m, sam
                                m->data.latent_mean, m->data.latent_std);
     sample_shard shard;
     sample_shard_create(&shard, o, &pipeline);
-    dataset_writer *writer = o->png ? NULL : create_sample_writer(o, m, &shard);
+    if (o->npz && shard.channels != 1 && shard.channels != 3)
+        fatal_input("ldm sample: option --out: an .npz holds RGB images, but %s makes samples of %d channels (a "
+                    "latent model needs --ae or its autoencoder)",
+                    m->checkpoint, shard.channels);
+    dataset_writer *writer = o->png || o->npz ? NULL : create_sample_writer(o, m, &shard);
     sample_shard_rows(o, m, &pipeline, &shard, writer);
 
     char made_by[256];
@@ -469,6 +528,8 @@ static void sample_and_write(const sample_options *o, const sample_model *m, sam
             printf("sample: wrote %s: %lld image%s %d x %d x %d, %s, seed %llu, from %s\n", o->out, (long long)o->n,
                    o->n == 1 ? "" : "s", shard.size, shard.size, shard.channels, made_by,
                    (unsigned long long)m->edm.seed, net->description);
+    } else if (o->npz) {
+        write_sample_npz(o, m, &shard, made_by, net->description);
     } else {
         write_sample_grid(o, m, &shard, made_by, net->description);
     }
@@ -479,8 +540,8 @@ static void sample_and_write(const sample_options *o, const sample_model *m, sam
 int command_sample(int argc, char **argv) {
     sample_options options;
     if (!parse_sample_options(argc, argv, &options)) return 0;
-    /* A PNG is written by rank 0 alone: refuse an existing one before any work. */
-    if (options.png) cli_refuse_existing_output(options.out, options.force);
+    /* A PNG or an npz is written by rank 0 alone: refuse an existing one before any work. */
+    if (options.png || options.npz) cli_refuse_existing_output(options.out, options.force);
     sample_model model;
     resolve_sample_model(&options, &model);
     sample_networks networks;

@@ -281,7 +281,8 @@ static void load_sample_autoencoder(const sample_options *o, const sample_model 
                         "them with --ae", m->checkpoint, m->data.autoencoder[0] ? m->data.autoencoder : "not recorded");
         ae_where = net->recorded_ae;
     }
-    checkpoint_autoencoder_load(&net->ae, "sample", ae_where, "ema", AE_FOR_DECODING, o->batch);
+    checkpoint_autoencoder_load_sized(&net->ae, "sample", ae_where, "ema", AE_FOR_DECODING, o->batch, 0,
+                                      m->shape.input_size);
     checkpoint_autoencoder_check_latents(&net->ae, &m->shape, m->checkpoint);
 }
 
@@ -450,12 +451,16 @@ static void write_sample_grid(const sample_options *o, const sample_model *m, co
 static void sample_and_write(const sample_options *o, const sample_model *m, sample_networks *net) {
     sample_pipeline pipeline;
     autoencoder_model *decoder = m->latents ? &net->ae.model : NULL;
+    checkpoint_data data = m->data; /* its latent statistics in the units of the autoencoder that decodes */
+    if (m->latents)
+        checkpoint_autoencoder_latent_units(&net->ae, data.latent_scaling_factor, data.latent_shift_factor,
+                                            m->shape.in_channels, data.latent_mean, data.latent_std);
     if (m->consistency)
         sample_pipeline_create_consistency(&pipeline, &net->dit, &m->co, m->config.diffusion.sigma_data, o->batch,
-                                           decoder, m->data.latent_mean, m->data.latent_std);
+                                           decoder, data.latent_mean, data.latent_std);
     else
         sample_pipeline_create(&pipeline, &net->dit, &m->edm, m->config.diffusion.sigma_data, o->batch, decoder,
-                               m->data.latent_mean, m->data.latent_std);
+                               data.latent_mean, data.latent_std);
     sample_shard shard;
     sample_shard_create(&shard, o, &pipeline);
     dataset_writer *writer = o->png ? NULL : create_sample_writer(o, m, &shard);

@@ -4,9 +4,9 @@ them, and what PyPI's diffusers computes with them, for tests/test_ae_diffusers.
 Needs PyPI's torch and diffusers (CI has neither: the small fixtures are committed):
 
     python tests/make_diffusers_vae_fixture.py                 # writes tests/fixtures/diffusers_vae_*/
-    python tests/make_diffusers_vae_fixture.py --sd-like DIR   # the SD-like check (not committed):
-        writes DIR/sd_like/ (an SD VAE shaped model with random weights) and, with
-        --check build-cpu/tests/test_ae_diffusers, runs ldm against it
+    python tests/make_diffusers_vae_fixture.py --sd-like DIR [--size 64]   # the SD-like check:
+        writes DIR/sd_like/ (an SD VAE shaped model with random weights, not committed: 335 MB)
+        and, with --check build-cpu/tests/test_ae_diffusers, runs ldm against it
 
 Each fixture is a folder with
   config.json, diffusion_pytorch_model.safetensors   AutoencoderKL(...).save_pretrained(folder)
@@ -27,7 +27,7 @@ The models (weights random: conv and linear weights normal / sqrt(fan_in), biase
   switches  1 channel 8x8, [8, 16], layers_per_block 1, 3 latent channels, 4 groups,
             use_quant_conv and use_post_quant_conv false, mid_block_add_attention false,
             scaling_factor 0.3611, shift_factor 0.1159 (the switches of SD3/Flux VAEs)
-  sd_like   3 channels 64x64, [128, 256, 512, 512], layers_per_block 2, 4 latent
+  sd_like   3 channels 64x64 (--size), [128, 256, 512, 512], layers_per_block 2, 4 latent
             channels, 32 groups, scaling_factor 0.18215 (the Stable Diffusion VAE's shape;
             84 M parameters: not committed)
 """
@@ -107,11 +107,13 @@ def make(name, folder):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sd-like", metavar="DIR", help="write the SD-like model under DIR instead of the fixtures")
+    ap.add_argument("--size", type=int, default=64, help="the SD-like check's image size (default 64)")
     ap.add_argument("--check", metavar="TEST_AE_DIFFUSERS", help="then run this test program on what was written")
     args = ap.parse_args()
     torch.set_num_threads(2)
     if args.sd_like:
         folders = [os.path.join(args.sd_like, "sd_like")]
+        MODELS["sd_like"]["size"] = args.size
         make("sd_like", folders[0])
     else:
         folders = []

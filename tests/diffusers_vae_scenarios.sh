@@ -13,12 +13,16 @@
 #                      latent_scaling_factor 0.18215 as ldm encode records it
 #   latents_raw.h5     the same latents unscaled (z / 0.18215), without the attribute
 #   small.h5           6x6 images (not a multiple of the encoder's reduction, 4)
+#   rescaled/          the small fixture with scaling_factor 0.5 and shift_factor 0.25: the
+#                      same network in other units (latents of the fixture's units must be
+#                      brought into these before decoding)
 #   bad-*/             diffusers folders that ldm must refuse (config.json edited,
 #                      the small fixture's weights)
 # Scenarios: setup, encode (latents against diffusers, 1 and 2 ranks identical, the
 # recorded factor), decode (pixels against diffusers, from scaled and unscaled files),
 # train (a DiT on those latents with --ae: the pictures during training, state.json's
-# factor, ldm sample with the recorded and a named autoencoder).
+# factor, ldm sample with the recorded and a named autoencoder; pictures and samples
+# decoded by rescaled/ are the same images).
 set -u
 scenario=$1; work=$2; common=$3
 if [ "$scenario" = setup ]; then work=$common; fi
@@ -78,6 +82,7 @@ def bad(name, **changes):
         del c[k]
     json.dump(c, open(os.path.join(name, "config.json"), "w"))
     shutil.copy(os.path.join(folder, "diffusion_pytorch_model.safetensors"), name)
+bad("rescaled", scaling_factor=0.5, shift_factor=0.25)
 bad("bad-class", _class_name="UNet2DModel")
 bad("bad-missing-tensor", layers_per_block=3)
 bad("bad-misshapen-tensor", latent_channels=2)
@@ -177,6 +182,24 @@ with h5py.File("recorded.h5", "r") as a, h5py.File("named.h5", "r") as b:
 print("samples: 4 images 16x16x3, the same through the recorded and the named autoencoder")
 PY
   [ $? = 0 ] || fail "samples"
+  # The same network in other units: the run's latents are brought into them (the
+  # pictures during training and ldm sample), so the images are the same to rounding.
+  run "$LDM" train --config "$LDM_CONFIGS/tiny.json" --data latents.h5 --run dit-rescaled --ae "$common/rescaled" \
+    --set model.input_size=4 --set model.num_classes=4 --set train.steps=2 --set train.sample_every=2 >/dev/null
+  run "$LDM" sample --model dit --n 4 --out rescaled.h5 --ae "$common/rescaled" >/dev/null
+  run "$LDM_PYTHON" - <<'PY'
+import h5py, numpy as np
+from PIL import Image
+def same(a, b, what):
+    diff = np.abs(a.astype(np.int64) - b.astype(np.int64))
+    print(f"{what}: {np.mean(diff == 0):.4f} of the pixels equal, max difference {diff.max()}")
+    assert a.shape == b.shape and diff.max() <= 1 and np.mean(diff == 0) >= 0.99, what
+with h5py.File("recorded.h5", "r") as a, h5py.File("rescaled.h5", "r") as b:
+    same(a["images"][...], b["images"][...], "ldm sample, decoded in other units")
+same(np.asarray(Image.open("dit/samples/step-00000002.png")),
+     np.asarray(Image.open("dit-rescaled/samples/step-00000002.png")), "pictures, decoded in other units")
+PY
+  [ $? = 0 ] || fail "the images decoded in other units differ"
   ;;
 *)
   fail "unknown scenario $scenario"

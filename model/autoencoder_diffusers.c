@@ -106,8 +106,8 @@ static double read_number(const config_reader *r, const char *name, double fallb
     return item->valuedouble;
 }
 
-/* Every entry of the list NAME (default: one entry `fallback`) must be `expected`;
- * it must have `count` entries. */
+/* The list NAME must have `count` entries, each `expected` (absent: diffusers'
+ * default, one such block). */
 static void check_block_types(const config_reader *r, const char *name, const char *expected, int count) {
     const cJSON *item = member(r, name);
     if (!item) {
@@ -180,7 +180,8 @@ static void read_shape(const config_reader *r, autoencoder_shape *s) {
     check_block_types(r, "down_block_types", "DownEncoderBlock2D", s->levels);
     check_block_types(r, "up_block_types", "UpDecoderBlock2D", s->levels);
     const cJSON *act = member(r, "act_fn");
-    if (act && (!cJSON_IsString(act) || (strcmp(act->valuestring, "silu") != 0 && strcmp(act->valuestring, "swish") != 0)))
+    const int silu = cJSON_IsString(act) && (!strcmp(act->valuestring, "silu") || !strcmp(act->valuestring, "swish"));
+    if (act && !silu)
         fatal_input("%s: act_fn: \"%s\", but ldm's autoencoder has only silu", r->path,
                     cJSON_IsString(act) ? act->valuestring : "(not a string)");
     s->without_mid_attention = !read_bool(r, "mid_block_add_attention", 1);
@@ -189,7 +190,8 @@ static void read_shape(const config_reader *r, autoencoder_shape *s) {
     const cJSON *size = member(r, "sample_size");
     if (cJSON_IsArray(size)) {
         const cJSON *h = cJSON_GetArrayItem(size, 0), *w = cJSON_GetArrayItem(size, 1);
-        if (cJSON_GetArraySize(size) != 2 || !cJSON_IsNumber(h) || !cJSON_IsNumber(w) || h->valuedouble != w->valuedouble)
+        if (cJSON_GetArraySize(size) != 2 || !cJSON_IsNumber(h) || !cJSON_IsNumber(w) ||
+            h->valuedouble != w->valuedouble)
             fatal_input("%s: sample_size: expected an integer or [height, width] with height = width (ldm's images "
                         "are square)", r->path);
         size = h;

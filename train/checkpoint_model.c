@@ -182,8 +182,8 @@ static void load_diffusers(checkpoint_autoencoder *ae, const char *command, cons
     if (reader) autoencoder_diffusers_load_weights(&ae->model, ae->checkpoint, &config);
     if (collective) comm_broadcast(ae->model.params, sizeof(float) * ae->model.table.trainable_numel, 0);
     char description[4400];
-    int n = snprintf(description, sizeof description, "%s (diffusers AutoencoderKL, scaling_factor %.9g", ae->checkpoint,
-                     ae->scaling_factor);
+    int n = snprintf(description, sizeof description, "%s (diffusers AutoencoderKL, scaling_factor %.9g",
+                     ae->checkpoint, ae->scaling_factor);
     if (ae->shift_factor != 0 && n > 0 && (size_t)n < sizeof description)
         n += snprintf(description + n, sizeof description - (size_t)n, ", shift_factor %.9g", ae->shift_factor);
     if (n > 0 && (size_t)n < sizeof description) snprintf(description + n, sizeof description - (size_t)n, ")");

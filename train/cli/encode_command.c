@@ -182,7 +182,7 @@ static int parse_encode_options(int argc, char **argv, encode_options *o) {
     const char *seed = "0", *batch = "64";
     cli_option table[] = {
         {.name = "--ae", .text = &o->ae, .required = 1,
-         .help = "the autoencoder: a run directory of ldm train-ae or a checkpoint"},
+         .help = "the autoencoder: a run directory of ldm train-ae, a checkpoint, or a diffusers AutoencoderKL folder"},
         {.name = "--data", .text = &o->data, .required = 1, .help = "images to encode (an ldm data set with /images)"},
         {.name = "--out", .text = &o->out, .required = 1, .help = "the latents file to write"},
         {.name = "--weights", .text = &o->weights, .help = "ema or model (default ema)"},
@@ -424,7 +424,7 @@ static int parse_decode_options(int argc, char **argv, decode_options *o) {
     const char *n = NULL, *batch = "64";
     cli_option table[] = {
         {.name = "--ae", .text = &o->ae, .required = 1,
-         .help = "the autoencoder: a run directory of ldm train-ae or a checkpoint"},
+         .help = "the autoencoder: a run directory of ldm train-ae, a checkpoint, or a diffusers AutoencoderKL folder"},
         {.name = "--data", .text = &o->data, .required = 1,
          .help = "latents to decode (an ldm data set with /latents, as stored)"},
         {.name = "--out", .text = &o->out, .required = 1,

@@ -90,8 +90,8 @@ static int read_sample_command_line(int argc, char **argv, sample_options *o, sa
         {.name = "--batch", .text = &t->batch, .help = "samples per forward pass (default: N, at most 64)"},
         {.name = "--force", .flag = &o->force, .help = "overwrite an existing output"},
         {.name = "--ae", .text = &o->ae,
-         .help = "for a model trained on latents: the autoencoder run or checkpoint that decodes them "
-                 "(default: the one that made its latents, when still there)"},
+         .help = "for a model trained on latents: the autoencoder (run, checkpoint or diffusers folder) that "
+                 "decodes them (default: the one that made its latents, when still there)"},
         {.name = "--churn", .text = &t->churn, .help = "EDM's stochastic churn S_churn (default 0: deterministic)"},
         {.name = "--sigmas", .text = &o->sigmas,
          .help = "a consistency model: its sampler's noise levels instead of the recorded ones, decreasing and "

@@ -65,6 +65,8 @@ static void check_folder(const char *folder) {
         autoencoder_cuda_upload_params(&gpu, cpu.params);
         cuda_copy_to_device(gpu.images, images->data, images->numel * sizeof(float));
         autoencoder_cuda_train_forward(&gpu, batch, 0, 0.0f, AE_LOSS_L1);
+        const autoencoder_loss loss = autoencoder_cuda_loss(&gpu); /* waits for the model's stream */
+        CHECK(isfinite(loss.total) && loss.reconstruction > 0);
         float *got_mean = malloc(mean->numel * sizeof(float)), *got_logvar = malloc(mean->numel * sizeof(float));
         float *got_rec = malloc(images->numel * sizeof(float)), *cpu_rec = malloc(images->numel * sizeof(float));
         float *cpu_mean = malloc(mean->numel * sizeof(float));

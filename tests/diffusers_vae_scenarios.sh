@@ -13,6 +13,7 @@
 #                      latent_scaling_factor 0.18215 as ldm encode records it
 #   latents_raw.h5     the same latents unscaled (z / 0.18215), without the attribute
 #   small.h5           6x6 images (not a multiple of the encoder's reduction, 4)
+#   synth8.h5          4 synthetic 8x8x3 images (not the config's sample_size, 16)
 #   rescaled/          the small fixture with scaling_factor 0.5 and shift_factor 0.25: the
 #                      same network in other units (latents of the fixture's units must be
 #                      brought into these before decoding)
@@ -37,6 +38,7 @@ case "$scenario" in
 setup)
   run "$LDM" prepare synthetic --classes 4 --n 24 --size 16 --channels 3 --out synth.h5 >/dev/null
   run "$LDM" prepare synthetic --classes 4 --n 4 --size 6 --channels 3 --out small.h5 >/dev/null
+  run "$LDM" prepare synthetic --classes 4 --n 4 --size 8 --channels 3 --out synth8.h5 >/dev/null
   run "$LDM_PYTHON" - "$small" <<'PY'
 import json, os, shutil, struct, sys
 import h5py
@@ -126,6 +128,11 @@ assert err <= 1e-5, err
 assert np.array_equal(scaling, [0.18215]) and np.array_equal(shift, [0.0]), (scaling, shift)
 assert ae.endswith("/diffusers_vae_small (diffusers AutoencoderKL, scaling_factor 0.18215); posterior means"), ae
 PY
+  # The network is laid out for the data's size, not config.json's sample_size (16).
+  run "$LDM" encode --ae "$small" --data "$common/synth8.h5" --out synth8-latents.h5 > out8.txt
+  grep -q "^encode: wrote synth8-latents.h5: 4 latents 4 x 2 x 2 float32, 4 classes," out8.txt || fail "8x8 images"
+  run "$LDM" decode --ae "$small" --data synth8-latents.h5 --out synth8-decoded.h5 > out8.txt
+  grep -q "^decode: wrote synth8-decoded.h5: 4 images 8 x 8 x 3, 4 classes," out8.txt || fail "2x2 latents"
   ;;
 decode)
   run "$LDM" decode --ae "$small" --data "$common/latents.h5" --out scaled.h5 > out.txt

@@ -266,6 +266,15 @@ void dataset_info_open(const char *path, dataset_info *info) {
             snprintf(info->autoencoder, sizeof info->autoencoder, "%s", autoencoder);
             free(autoencoder);
         }
+        info->latent_scaling_factor = 1.0;
+        if (read_double_attribute(path, file, "latent_scaling_factor", 1, &info->latent_scaling_factor) &&
+            (!(info->latent_scaling_factor > 0) || !isfinite(info->latent_scaling_factor)))
+            fatal_input("%s: attribute latent_scaling_factor: expected a finite number > 0, found %g", path,
+                        info->latent_scaling_factor);
+        if (read_double_attribute(path, file, "latent_shift_factor", 1, &info->latent_shift_factor) &&
+            !isfinite(info->latent_shift_factor))
+            fatal_input("%s: attribute latent_shift_factor: expected a finite number, found %g", path,
+                        info->latent_shift_factor);
     }
     H5Fclose(file);
 }
@@ -478,6 +487,10 @@ dataset_writer *dataset_writer_create(const dataset_writer_options *options) {
     if (o->kind == DATASET_LATENTS) {
         const char *autoencoder = o->autoencoder ? o->autoencoder : "";
         write_string_attribute(w, "autoencoder", &autoencoder, 1, 0);
+        if (o->latent_scaling_factor > 0) {
+            write_double_attribute(w, "latent_scaling_factor", &o->latent_scaling_factor, 1);
+            write_double_attribute(w, "latent_shift_factor", &o->latent_shift_factor, 1);
+        }
         if (o->latent_mean && o->latent_std) dataset_writer_set_latent_stats(w, o->latent_mean, o->latent_std);
     }
     return w;

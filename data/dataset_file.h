@@ -36,6 +36,9 @@ typedef struct {
     double *latent_mean;     /* latents: per-channel mean and std (channels entries) */
     double *latent_std;
     char autoencoder[512];   /* latents: what made them ("" when unknown) */
+    /* latents: their units, (posterior - shift) * scaling (attributes
+     * latent_scaling_factor, latent_shift_factor; 1 and 0 when absent) */
+    double latent_scaling_factor, latent_shift_factor;
 } dataset_info;
 
 /* Opens PATH (serial HDF5, on the calling rank only), checks everything about
@@ -67,6 +70,9 @@ typedef struct {
     /* latents only */
     const double *latent_mean, *latent_std; /* may be NULL at create; set by dataset_writer_set_latent_stats */
     const char *autoencoder;
+    /* > 0: written as latent_scaling_factor and latent_shift_factor (a diffusers
+     * autoencoder's); 0: neither is written (the units of ldm's own autoencoders) */
+    double latent_scaling_factor, latent_shift_factor;
 } dataset_writer_options;
 
 typedef struct dataset_writer dataset_writer;

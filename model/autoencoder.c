@@ -136,7 +136,7 @@ void autoencoder_init_weights(autoencoder_model *m, uint64_t seed) {
 }
 
 /* diffusers' deprecated attention names (AttentionBlock, before 0.14) -> today's. */
-static const char *current_attention_name(const char *file_name, char *buf, size_t buf_size) {
+const char *autoencoder_current_tensor_name(const char *file_name, char *buf, size_t buf_size) {
     static const char *const renames[][2] = {
         {"query", "to_q"}, {"key", "to_k"}, {"value", "to_v"}, {"proj_attn", "to_out.0"}};
     const char *at = strstr(file_name, "mid_block.attentions.0.");
@@ -153,7 +153,7 @@ static const char *current_attention_name(const char *file_name, char *buf, size
 }
 
 void autoencoder_load_safetensors(autoencoder_model *m, const char *path) {
-    param_table_load_safetensors_renamed(&m->table, path, current_attention_name);
+    param_table_load_safetensors_renamed(&m->table, path, autoencoder_current_tensor_name);
 }
 
 /* ---- encode, decode ---- */

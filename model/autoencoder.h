@@ -4,7 +4,8 @@
  * encoder: conv_in; per level i a down block of layers_per_block ResNet blocks
  * (GroupNorm, SiLU, 3x3 conv, twice, 1x1 conv shortcut when the width changes) and,
  * except on the last level, a stride-2 3x3 conv on the input padded (0, 1, 0, 1);
- * mid block (ResNet, one-head spatial self-attention with GroupNorm, ResNet);
+ * mid block (ResNet, one-head spatial self-attention with GroupNorm, ResNet; the
+ * attention left out when the shape says without_mid_attention);
  * GroupNorm, SiLU, conv_out to 2 x latent channels; quant_conv (1x1) gives the
  * posterior's mean and log-variance (clamped to [-30, 20]).
  * decoder: post_quant_conv (1x1), conv_in, mid block, up blocks over the reversed
@@ -49,6 +50,8 @@ typedef struct {
     int layers_per_block;
     int latent_channels;
     int norm_groups;
+    int without_mid_attention;               /* 1: mid blocks of two ResNet blocks only (diffusers'
+                                                mid_block_add_attention false); 0: with the attention */
 } autoencoder_shape;
 
 /* What the memory is laid out for. */
@@ -106,6 +109,8 @@ void autoencoder_build_table(param_table *table, const autoencoder_shape *shape)
  * before 0.14 name the mid-block attention query, key, value and proj_attn (same
  * shapes): those names are read as to_q, to_k, to_v and to_out.0. */
 void autoencoder_load_safetensors(autoencoder_model *model, const char *path);
+/* That renaming as a param_rename_fn (params.h): a file's tensor name -> the table's. */
+const char *autoencoder_current_tensor_name(const char *file_name, char *buf, size_t buf_size);
 
 /* torch's default initialisation: every conv and linear weight and bias uniform in
  * +-1/sqrt(fan_in) (kaiming_uniform with a = sqrt(5)), GroupNorm gamma 1 and beta 0.

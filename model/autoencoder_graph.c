@@ -38,12 +38,9 @@ static void table_resnet(param_table *t, int in, int out, const char *prefix) {
     if (in != out) table_conv(t, in, out, 1, prefix, ".conv_shortcut");
 }
 
-static void table_mid_block(param_table *t, int channels, const char *half) {
-    char name[PARAM_NAME_MAX];
+/* diffusers' Attention of the mid block: GroupNorm, to_q/k/v (grouped), to_out.0. */
+static void table_attention(param_table *t, int channels, const char *name) {
     const int64_t C = channels;
-    snprintf(name, sizeof name, "%s.mid_block.resnets.0", half);
-    table_resnet(t, channels, channels, name);
-    snprintf(name, sizeof name, "%s.mid_block.attentions.0", half);
     table_norm(t, channels, name, ".group_norm");
     ADD(2, (int64_t[]){C, C}, "%s.to_q.weight", name);
     ADD(2, (int64_t[]){C, C}, "%s.to_k.weight", name);
@@ -53,6 +50,16 @@ static void table_mid_block(param_table *t, int channels, const char *half) {
     ADD(1, (int64_t[]){C}, "%s.to_v.bias", name);
     ADD(2, (int64_t[]){C, C}, "%s.to_out.0.weight", name);
     ADD(1, (int64_t[]){C}, "%s.to_out.0.bias", name);
+}
+
+static void table_mid_block(param_table *t, int channels, const char *half, bool attention) {
+    char name[PARAM_NAME_MAX];
+    snprintf(name, sizeof name, "%s.mid_block.resnets.0", half);
+    table_resnet(t, channels, channels, name);
+    if (attention) {
+        snprintf(name, sizeof name, "%s.mid_block.attentions.0", half);
+        table_attention(t, channels, name);
+    }
     snprintf(name, sizeof name, "%s.mid_block.resnets.1", half);
     table_resnet(t, channels, channels, name);
 }
@@ -76,12 +83,12 @@ void ae_graph_build_table(param_table *t, const autoencoder_shape *s) {
         snprintf(name, sizeof name, "encoder.down_blocks.%d.downsamplers.0", i);
         table_conv(t, widths[i], widths[i], 3, name, ".conv");
     }
-    table_mid_block(t, widths[last], "encoder");
+    table_mid_block(t, widths[last], "encoder", !s->without_mid_attention);
     table_norm(t, widths[last], "encoder", ".conv_norm_out");
     table_conv(t, widths[last], 2 * L, 3, "encoder", ".conv_out");
 
     table_conv(t, L, widths[last], 3, "decoder", ".conv_in");
-    table_mid_block(t, widths[last], "decoder");
+    table_mid_block(t, widths[last], "decoder", !s->without_mid_attention);
     previous = widths[last];
     for (int i = 0; i < s->levels; i++) {
         const int width = widths[last - i]; /* the widths reversed */
@@ -103,15 +110,17 @@ void ae_graph_build_table(param_table *t, const autoencoder_shape *s) {
 
 /* ---- the unit list and its layout ---- */
 
-/* Units in a model of `levels` levels with `layers` ResNet blocks per down block:
- * the encoder's and the decoder's (one block more per level in the decoder). */
-static int encoder_units(int levels, int layers) { return 1 + levels * layers + (levels - 1) + 3 + 1 + 1; }
-static int decoder_units(int levels, int layers) { return 2 + 3 + levels * (layers + 1) + (levels - 1) + 1; }
+/* Units in a model of `levels` levels with `layers` ResNet blocks per down block and
+ * `mid` units in each mid block: the encoder's and the decoder's (one block more per
+ * level in the decoder). */
+static int encoder_units(int levels, int layers, int mid) { return 1 + levels * layers + (levels - 1) + mid + 1 + 1; }
+static int decoder_units(int levels, int layers, int mid) { return 2 + mid + levels * (layers + 1) + (levels - 1) + 1; }
 
 void ae_graph_init(ae_graph *g) {
     const int levels = g->shape.levels, layers = g->shape.layers_per_block;
-    g->encoder_count = g->parts.encoder ? encoder_units(levels, layers) : 0;
-    g->unit_count = g->encoder_count + (g->parts.decoder ? decoder_units(levels, layers) : 0);
+    const int mid = g->shape.without_mid_attention ? 2 : 3;
+    g->encoder_count = g->parts.encoder ? encoder_units(levels, layers, mid) : 0;
+    g->unit_count = g->encoder_count + (g->parts.decoder ? decoder_units(levels, layers, mid) : 0);
     g->units = xcalloc((size_t)g->unit_count, sizeof(ae_unit));
 }
 
@@ -270,8 +279,10 @@ static void add_mid_block(builder *b, const char *half) {
     char name[PARAM_NAME_MAX];
     snprintf(name, sizeof name, "%s.mid_block.resnets.0", half);
     add_resnet(b, name, b->channels);
-    snprintf(name, sizeof name, "%s.mid_block.attentions.0", half);
-    add_attention(b, name);
+    if (!b->g->shape.without_mid_attention) {
+        snprintf(name, sizeof name, "%s.mid_block.attentions.0", half);
+        add_attention(b, name);
+    }
     snprintf(name, sizeof name, "%s.mid_block.resnets.1", half);
     add_resnet(b, name, b->channels);
 }

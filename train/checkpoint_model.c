@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "atomic_file.h"
+#include "autoencoder_diffusers.h"
 #include "checkpoint.h"
 #include "model_shapes.h"
 #include "comm.h"
@@ -38,7 +39,16 @@ static char *read_state_text(const char *dir) {
 /* state.json's "data" object (may be missing) into *data. */
 static void read_data_record(const cJSON *d, const char *source, checkpoint_data *data) {
     memset(data, 0, sizeof *data);
+    data->latent_scaling_factor = 1.0;
     if (!cJSON_IsObject(d)) return;
+    const cJSON *scaling = cJSON_GetObjectItemCaseSensitive(d, "latent_scaling_factor");
+    const cJSON *shift = cJSON_GetObjectItemCaseSensitive(d, "latent_shift_factor");
+    if (scaling && (!cJSON_IsNumber(scaling) || !(scaling->valuedouble > 0) || !isfinite(scaling->valuedouble)))
+        fatal_input("%s: data.latent_scaling_factor: expected a finite number > 0", source);
+    if (shift && (!cJSON_IsNumber(shift) || !isfinite(shift->valuedouble)))
+        fatal_input("%s: data.latent_shift_factor: expected a finite number", source);
+    if (scaling) data->latent_scaling_factor = scaling->valuedouble;
+    if (shift) data->latent_shift_factor = shift->valuedouble;
     const cJSON *kind = cJSON_GetObjectItemCaseSensitive(d, "kind");
     if (cJSON_IsString(kind)) snprintf(data->kind, sizeof data->kind, "%s", kind->valuestring);
     const cJSON *channels = cJSON_GetObjectItemCaseSensitive(d, "channels");
@@ -141,12 +151,59 @@ char *checkpoint_model_description(const char *dir, long long step, const char *
     return description;
 }
 
+/* The input size a diffusers folder is laid out for: the caller's, or sample_size. */
+static void diffusers_input_size(autoencoder_shape *shape, const char *dir, const char *command, int image_size,
+                                 int latent_size) {
+    const int reduction = 1 << (shape->levels - 1);
+    if (latent_size > 0) image_size = latent_size * reduction;
+    if (image_size <= 0) return;
+    if (image_size % reduction)
+        fatal_input("ldm %s: images of %d x %d do not fit the autoencoder %s: its encoder halves them %d times (a "
+                    "multiple of %d)", command, image_size, image_size, dir, shape->levels - 1, reduction);
+    shape->input_size = image_size;
+}
+
+static void load_diffusers(checkpoint_autoencoder *ae, const char *command, const char *where,
+                           autoencoder_purpose purpose, int max_batch, int collective, int image_size,
+                           int latent_size) {
+    const int reader = !collective || comm_rank() == 0;
+    autoencoder_diffusers_config config;
+    if (reader) autoencoder_diffusers_read_config(where, &config);
+    if (collective) comm_broadcast(&config, sizeof config, 0); /* a plain struct */
+    char *absolute = realpath(where, NULL);
+    ae->checkpoint = xstrdup(absolute ? absolute : where);
+    free(absolute);
+    ae->diffusers = 1;
+    ae->scaling_factor = config.scaling_factor;
+    ae->shift_factor = config.shift_factor;
+    ae->shape = config.shape;
+    diffusers_input_size(&ae->shape, ae->checkpoint, command, image_size, latent_size);
+    autoencoder_create(&ae->model, &ae->shape, max_batch, purpose);
+    if (reader) autoencoder_diffusers_load_weights(&ae->model, ae->checkpoint, &config);
+    if (collective) comm_broadcast(ae->model.params, sizeof(float) * ae->model.table.trainable_numel, 0);
+    char description[4400];
+    int n = snprintf(description, sizeof description, "%s (diffusers AutoencoderKL, scaling_factor %.9g",
+                     ae->checkpoint, ae->scaling_factor);
+    if (ae->shift_factor != 0 && n > 0 && (size_t)n < sizeof description)
+        n += snprintf(description + n, sizeof description - (size_t)n, ", shift_factor %.9g", ae->shift_factor);
+    if (n > 0 && (size_t)n < sizeof description) snprintf(description + n, sizeof description - (size_t)n, ")");
+    ae->description = xstrdup(description);
+}
+
 static void load_autoencoder(checkpoint_autoencoder *ae, const char *command, const char *where, const char *weights,
-                             autoencoder_purpose purpose, int max_batch, int collective) {
+                             autoencoder_purpose purpose, int max_batch, int collective, int image_size,
+                             int latent_size) {
     memset(ae, 0, sizeof *ae);
     if (strcmp(weights, "ema") != 0 && strcmp(weights, "model") != 0)
         fatal_input("ldm %s: option --weights: expected ema or model, got '%s'", command, weights);
     const int reader = !collective || comm_rank() == 0;
+    int diffusers = reader ? autoencoder_diffusers_is_folder(where) : 0;
+    if (collective) comm_broadcast(&diffusers, sizeof diffusers, 0);
+    if (diffusers) { /* one set of weights: --weights has no choice to make */
+        load_diffusers(ae, command, where, purpose, max_batch, collective, image_size, latent_size);
+        return;
+    }
+    ae->scaling_factor = 1.0;
     char *config_text = NULL;
     long long step = 0;
     const checkpoint_model_request request = {command, "autoencoder", "autoencoder", "train-ae", NULL, NULL};
@@ -173,12 +230,24 @@ static void load_autoencoder(checkpoint_autoencoder *ae, const char *command, co
 
 void checkpoint_autoencoder_load(checkpoint_autoencoder *ae, const char *command, const char *where,
                                  const char *weights, autoencoder_purpose purpose, int max_batch) {
-    load_autoencoder(ae, command, where, weights, purpose, max_batch, 1);
+    load_autoencoder(ae, command, where, weights, purpose, max_batch, 1, 0, 0);
 }
 
 void checkpoint_autoencoder_load_here(checkpoint_autoencoder *ae, const char *command, const char *where,
                                       const char *weights, autoencoder_purpose purpose, int max_batch) {
-    load_autoencoder(ae, command, where, weights, purpose, max_batch, 0);
+    load_autoencoder(ae, command, where, weights, purpose, max_batch, 0, 0, 0);
+}
+
+void checkpoint_autoencoder_load_sized(checkpoint_autoencoder *ae, const char *command, const char *where,
+                                       const char *weights, autoencoder_purpose purpose, int max_batch,
+                                       int image_size, int latent_size) {
+    load_autoencoder(ae, command, where, weights, purpose, max_batch, 1, image_size, latent_size);
+}
+
+void checkpoint_autoencoder_load_here_sized(checkpoint_autoencoder *ae, const char *command, const char *where,
+                                            const char *weights, autoencoder_purpose purpose, int max_batch,
+                                            int image_size, int latent_size) {
+    load_autoencoder(ae, command, where, weights, purpose, max_batch, 0, image_size, latent_size);
 }
 
 void checkpoint_autoencoder_free(checkpoint_autoencoder *ae) {
@@ -186,6 +255,15 @@ void checkpoint_autoencoder_free(checkpoint_autoencoder *ae) {
     free(ae->checkpoint);
     free(ae->description);
     memset(ae, 0, sizeof *ae);
+}
+
+void checkpoint_autoencoder_latent_units(const checkpoint_autoencoder *ae, double scaling, double shift, int channels,
+                                         double *mean, double *std) {
+    if (scaling == ae->scaling_factor && shift == ae->shift_factor) return;
+    for (int c = 0; c < channels; c++) {
+        mean[c] = (mean[c] / scaling + shift - ae->shift_factor) * ae->scaling_factor;
+        std[c] = std[c] * ae->scaling_factor / scaling;
+    }
 }
 
 void checkpoint_autoencoder_check_latents(const checkpoint_autoencoder *ae, const dit_shape *shape, const char *model) {
@@ -197,6 +275,7 @@ void checkpoint_autoencoder_check_latents(const checkpoint_autoencoder *ae, cons
 
 char *checkpoint_autoencoder_recorded_path(const char *attribute) {
     const char *end = strstr(attribute, " (step ");
+    if (!end) end = strstr(attribute, " (diffusers ");
     if (!end || end == attribute) return NULL;
     size_t n = (size_t)(end - attribute);
     char *path = xmalloc(n + 1);

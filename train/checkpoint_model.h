@@ -22,6 +22,9 @@ typedef struct {
     double latent_mean[CHECKPOINT_DATA_MAX_CHANNELS]; /* (channels) the normalisation the loader applied */
     double latent_std[CHECKPOINT_DATA_MAX_CHANNELS];
     char autoencoder[512];      /* what made the latents ("" when unknown) */
+    /* the latents' units, (posterior - shift) * scaling (data/FORMAT.md): 1 and 0
+     * unless state.json says otherwise */
+    double latent_scaling_factor, latent_shift_factor;
 } checkpoint_data;
 
 typedef struct {
@@ -51,13 +54,19 @@ char *checkpoint_model_broadcast_string(char *text);
 /* "ABSOLUTE_DIR (step N, WEIGHTS weights)" (caller frees): how outputs name the model. */
 char *checkpoint_model_description(const char *dir, long long step, const char *weights);
 
-/* The autoencoder of a train-ae checkpoint, with the chosen weights. */
+/* The autoencoder of a train-ae checkpoint, with the chosen weights, or of a
+ * diffusers AutoencoderKL folder (autoencoder_diffusers.h). */
 typedef struct {
-    char *checkpoint;  /* the checkpoint directory (as found: RUN/checkpoints/step-N) */
-    char *description; /* "CKPT (step N, ema weights)": what outputs name it by */
-    ldm_config config;
+    char *checkpoint;  /* the checkpoint directory (as found: RUN/checkpoints/step-N), or the diffusers folder */
+    char *description; /* "CKPT (step N, ema weights)" or "DIR (diffusers AutoencoderKL, scaling_factor S)":
+                          what outputs name it by */
+    ldm_config config; /* an ldm run's; zero for a diffusers folder */
     autoencoder_shape shape;
     autoencoder_model model;
+    int diffusers;         /* loaded from a diffusers folder */
+    /* The units of the latents the model gives and takes: (posterior - shift_factor) *
+     * scaling_factor, folded into the model's weights; 1 and 0 for ldm's own. */
+    double scaling_factor, shift_factor;
 } checkpoint_autoencoder;
 
 /* Collective: the autoencoder of WHERE (--ae) with weights "ema" or "model",
@@ -68,14 +77,31 @@ void checkpoint_autoencoder_load(checkpoint_autoencoder *ae, const char *command
 /* The same on this rank alone (rank 0 between training steps). */
 void checkpoint_autoencoder_load_here(checkpoint_autoencoder *ae, const char *command, const char *where,
                                       const char *weights, autoencoder_purpose purpose, int max_batch);
+/* The same for inputs of a given size: a diffusers folder (a convolutional network
+ * whose config.json's sample_size is only a default) is laid out for images of
+ * image_size or latents of latent_size (whichever is > 0; both 0: sample_size). An
+ * ldm run's shape is fixed: the sizes are ignored there (callers check them). */
+void checkpoint_autoencoder_load_sized(checkpoint_autoencoder *ae, const char *command, const char *where,
+                                       const char *weights, autoencoder_purpose purpose, int max_batch,
+                                       int image_size, int latent_size);
+void checkpoint_autoencoder_load_here_sized(checkpoint_autoencoder *ae, const char *command, const char *where,
+                                            const char *weights, autoencoder_purpose purpose, int max_batch,
+                                            int image_size, int latent_size);
 void checkpoint_autoencoder_free(checkpoint_autoencoder *ae);
+/* A data set's per-channel latent mean and std (channels values each, in place),
+ * of latents in the units (scaling, shift) (its latent_scaling_factor and
+ * latent_shift_factor), as the units of ae's latents: (mean / scaling + shift -
+ * ae's shift) ae's scaling, std ae's scaling / scaling; nothing when the units agree.
+ * Undoing the loader's normalisation with them gives latents that ae decodes. */
+void checkpoint_autoencoder_latent_units(const checkpoint_autoencoder *ae, double scaling, double shift, int channels,
+                                         double *mean, double *std);
 /* fatal_input unless the autoencoder's latents have the shape of the DiT's
  * input; model names the DiT in the message. */
 void checkpoint_autoencoder_check_latents(const checkpoint_autoencoder *ae, const dit_shape *shape, const char *model);
 
 /* The checkpoint path at the start of a data set's autoencoder attribute
- * ("PATH (step N, ema weights); ...", as ldm encode writes it), or NULL when it
- * names none (caller frees). */
+ * ("PATH (step N, ema weights); ..." or "DIR (diffusers AutoencoderKL, ...); ...",
+ * as ldm encode writes it), or NULL when it names none (caller frees). */
 char *checkpoint_autoencoder_recorded_path(const char *attribute);
 
 #endif

@@ -48,6 +48,10 @@ char *training_state_to_json(const training_state *state, const char *kind, cons
         cJSON_AddItemToObject(d, "latent_mean", cJSON_CreateDoubleArray(data->latent_mean, data->channels));
         cJSON_AddItemToObject(d, "latent_std", cJSON_CreateDoubleArray(data->latent_std, data->channels));
         cJSON_AddStringToObject(d, "autoencoder", data->autoencoder);
+        if (data->latent_scaling_factor != 1.0 || data->latent_shift_factor != 0.0) { /* a diffusers autoencoder's */
+            cJSON_AddNumberToObject(d, "latent_scaling_factor", data->latent_scaling_factor);
+            cJSON_AddNumberToObject(d, "latent_shift_factor", data->latent_shift_factor);
+        }
     }
     char *config_json = config_to_json(config);
     cJSON_AddItemToObject(root, "config", cJSON_Parse(config_json));

@@ -1,5 +1,7 @@
 /* `ldm encode` and `ldm decode`: moving a data set between images and latents
- * through a trained autoencoder (a run or checkpoint of `ldm train-ae`).
+ * through a trained autoencoder (a run or checkpoint of `ldm train-ae`, or a
+ * diffusers AutoencoderKL folder, laid out for the data's size, whose latents are
+ * scaled by its scaling_factor: recorded in the file, see data/FORMAT.md).
  *
  *   ldm encode --ae RUN_OR_CKPT --data IMAGES.h5 --out LATENTS.h5
  *   ldm decode --ae RUN_OR_CKPT --data LATENTS.h5 --out IMAGES.h5|GRID.png
@@ -32,8 +34,9 @@
  * from these by much less than the rounding (7e-6 relative in the tests). A
  * constant channel (std 0) gets std 1 and a warning: the loader divides by it.
  *
- * decode: /latents rows as stored (raw autoencoder latents: no normalisation)
- * through the decoder, written as /images uint8 (N, H, W, C), pixel =
+ * decode: /latents rows as stored (raw autoencoder latents: no normalisation;
+ * brought from the file's latent_scaling_factor / latent_shift_factor into the
+ * autoencoder's where they differ) through the decoder, written as /images uint8 (N, H, W, C), pixel =
  * round((x + 1) * 127.5) clamped to [0, 255], labels copied, collectively like
  * encode; or, when OUT ends in .png, a grid of the first --n (default 64)
  * images, 8 per row, written by rank 0 (under a temporary name, renamed). */
@@ -179,7 +182,7 @@ static int parse_encode_options(int argc, char **argv, encode_options *o) {
     const char *seed = "0", *batch = "64";
     cli_option table[] = {
         {.name = "--ae", .text = &o->ae, .required = 1,
-         .help = "the autoencoder: a run directory of ldm train-ae or a checkpoint"},
+         .help = "the autoencoder: a run directory of ldm train-ae, a checkpoint, or a diffusers AutoencoderKL folder"},
         {.name = "--data", .text = &o->data, .required = 1, .help = "images to encode (an ldm data set with /images)"},
         {.name = "--out", .text = &o->out, .required = 1, .help = "the latents file to write"},
         {.name = "--weights", .text = &o->weights, .help = "ema or model (default ema)"},
@@ -223,7 +226,8 @@ static void resolve_encode_inputs(const encode_options *o, autoencoder_job *job)
     dataset_shard_range(info->count, rank, world, &job->start, &job->rows);
     job->largest_shard = (info->count + world - 1) / world;
     job->batch = (int)(o->batch < job->largest_shard ? o->batch : job->largest_shard);
-    checkpoint_autoencoder_load(&job->ae, "encode", o->ae, o->weights, AE_FOR_ENCODING, job->batch);
+    checkpoint_autoencoder_load_sized(&job->ae, "encode", o->ae, o->weights, AE_FOR_ENCODING, job->batch, info->height,
+                                      0);
     const autoencoder_shape *shape = &job->ae.shape;
     if (info->channels != shape->in_channels || info->height != shape->input_size ||
         info->width != shape->input_size)
@@ -256,6 +260,9 @@ static dataset_writer *create_latents_writer(const encode_options *o, const auto
         .num_classes = labels ? job->info.num_classes : 0,
         .class_names = labels ? (const char *const *)job->info.class_names : NULL,
         .autoencoder = description,
+        /* a diffusers autoencoder's latents are scaled (its weights apply it): say by how much */
+        .latent_scaling_factor = job->ae.diffusers ? job->ae.scaling_factor : 0,
+        .latent_shift_factor = job->ae.shift_factor,
     };
     return dataset_writer_create(&wo);
 }
@@ -377,6 +384,17 @@ int command_encode(int argc, char **argv) {
 /* ---- decode ---- */
 
 
+/* Latents (n values) from the file's units (its latent_scaling_factor and
+ * latent_shift_factor) into those of the autoencoder that decodes them:
+ * z_ae = (z / s_file + shift_file - shift_ae) s_ae; nothing when they agree. */
+static void latents_to_autoencoder_units(const dataset_info *info, const checkpoint_autoencoder *ae, float *z,
+                                         size_t n) {
+    if (info->latent_scaling_factor == ae->scaling_factor && info->latent_shift_factor == ae->shift_factor) return;
+    const double scale = ae->scaling_factor / info->latent_scaling_factor;
+    const double shift = (info->latent_shift_factor - ae->shift_factor) * ae->scaling_factor;
+    for (size_t i = 0; i < n; i++) z[i] = (float)((double)z[i] * scale + shift);
+}
+
 /* Decodes rows [start, start + rows) of the latents into pixels (rows, H, W, C). */
 static void decode_rows(checkpoint_autoencoder *ae, row_reader *reader, int64_t start, int64_t rows, int batch,
                         float *latents, float *images, uint8_t *pixels) {
@@ -385,6 +403,7 @@ static void decode_rows(checkpoint_autoencoder *ae, row_reader *reader, int64_t 
     for (int64_t first = 0; first < rows; first += batch) {
         int64_t count = rows - first < batch ? rows - first : batch;
         row_reader_read(reader, start + first, count, latents);
+        latents_to_autoencoder_units(reader->info, ae, latents, (size_t)count * (size_t)reader->info->sample_elements);
         autoencoder_decode(&ae->model, latents, (int)count, images);
         dataset_pixels_from_floats(images, count, s->in_channels, s->input_size, pixels + first * image_elements);
     }
@@ -405,7 +424,7 @@ static int parse_decode_options(int argc, char **argv, decode_options *o) {
     const char *n = NULL, *batch = "64";
     cli_option table[] = {
         {.name = "--ae", .text = &o->ae, .required = 1,
-         .help = "the autoencoder: a run directory of ldm train-ae or a checkpoint"},
+         .help = "the autoencoder: a run directory of ldm train-ae, a checkpoint, or a diffusers AutoencoderKL folder"},
         {.name = "--data", .text = &o->data, .required = 1,
          .help = "latents to decode (an ldm data set with /latents, as stored)"},
         {.name = "--out", .text = &o->out, .required = 1,
@@ -443,7 +462,8 @@ static void resolve_decode_inputs(const decode_options *o, autoencoder_job *job,
     /* A PNG is written by rank 0 alone: refuse an existing one before any work. */
     if (o->png) cli_refuse_existing_output(o->out, o->force);
 
-    checkpoint_autoencoder_load(&job->ae, "decode", o->ae, o->weights, AE_FOR_DECODING, job->batch);
+    checkpoint_autoencoder_load_sized(&job->ae, "decode", o->ae, o->weights, AE_FOR_DECODING, job->batch, 0,
+                                      info->height);
     const autoencoder_shape *shape = &job->ae.shape;
     const int latent_size = job->ae.model.latent_size;
     if (info->channels != shape->latent_channels || info->height != latent_size || info->width != latent_size)

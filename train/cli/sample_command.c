@@ -94,8 +94,8 @@ static int read_sample_command_line(int argc, char **argv, sample_options *o, sa
         {.name = "--batch", .text = &t->batch, .help = "samples per forward pass (default: N, at most 64)"},
         {.name = "--force", .flag = &o->force, .help = "overwrite an existing output"},
         {.name = "--ae", .text = &o->ae,
-         .help = "for a model trained on latents: the autoencoder run or checkpoint that decodes them "
-                 "(default: the one that made its latents, when still there)"},
+         .help = "for a model trained on latents: the autoencoder (run, checkpoint or diffusers folder) that "
+                 "decodes them (default: the one that made its latents, when still there)"},
         {.name = "--churn", .text = &t->churn, .help = "EDM's stochastic churn S_churn (default 0: deterministic)"},
         {.name = "--sigmas", .text = &o->sigmas,
          .help = "a consistency model: its sampler's noise levels instead of the recorded ones, decreasing and "
@@ -286,7 +286,8 @@ static void load_sample_autoencoder(const sample_options *o, const sample_model 
                         "them with --ae", m->checkpoint, m->data.autoencoder[0] ? m->data.autoencoder : "not recorded");
         ae_where = net->recorded_ae;
     }
-    checkpoint_autoencoder_load(&net->ae, "sample", ae_where, "ema", AE_FOR_DECODING, o->batch);
+    checkpoint_autoencoder_load_sized(&net->ae, "sample", ae_where, "ema", AE_FOR_DECODING, o->batch, 0,
+                                      m->shape.input_size);
     checkpoint_autoencoder_check_latents(&net->ae, &m->shape, m->checkpoint);
 }
 
@@ -505,12 +506,16 @@ static void write_sample_npz(const sample_options *o, const sample_model *m, con
 static void sample_and_write(const sample_options *o, const sample_model *m, sample_networks *net) {
     sample_pipeline pipeline;
     autoencoder_model *decoder = m->latents ? &net->ae.model : NULL;
+    checkpoint_data data = m->data; /* its latent statistics in the units of the autoencoder that decodes */
+    if (m->latents)
+        checkpoint_autoencoder_latent_units(&net->ae, data.latent_scaling_factor, data.latent_shift_factor,
+                                            m->shape.in_channels, data.latent_mean, data.latent_std);
     if (m->consistency)
         sample_pipeline_create_consistency(&pipeline, &net->dit, &m->co, m->config.diffusion.sigma_data, o->batch,
-                                           decoder, m->data.latent_mean, m->data.latent_std);
+                                           decoder, data.latent_mean, data.latent_std);
     else
         sample_pipeline_create(&pipeline, &net->dit, &m->edm, m->config.diffusion.sigma_data, o->batch, decoder,
-                               m->data.latent_mean, m->data.latent_std);
+                               data.latent_mean, data.latent_std);
     sample_shard shard;
     sample_shard_create(&shard, o, &pipeline);
     if (o->npz && shard.channels != 1 && shard.channels != 3)

@@ -92,8 +92,8 @@ static int parse_training_options(const training_command *spec, int argc, char *
          .absent = spec->create_model != autoencoder_trainable_create},
         /* ldm train's and ldm distill's (create_model NULL: prepare chooses the model). */
         {.name = "--ae", .text = &o->autoencoder,
-         .help = "on latents: the autoencoder (run or checkpoint) that decodes the pictures of train.sample_every "
-                 "(default: the one that made the latents)",
+         .help = "on latents: the autoencoder (run, checkpoint or diffusers folder) that decodes the pictures of "
+                 "train.sample_every (default: the one that made the latents)",
          .absent = spec->create_model == autoencoder_trainable_create},
         {.name = "--help", .flag = &o->help, .help = "this help"},
         /* ldm distill's. */

@@ -59,8 +59,8 @@ dit_pictures *dit_pictures_create(const dit_shape *shape, double sigma_data, con
     p->rows = classes > 0 ? (classes < MOST_CLASS_ROWS ? classes : MOST_CLASS_ROWS) : 0;
     p->count = classes > 0 ? p->rows * PICTURES_PER_CLASS : UNCONDITIONAL_PICTURES;
     if (autoencoder) {
-        checkpoint_autoencoder_load_here(&p->ae, command, autoencoder, "ema",
-                                         AE_FOR_DECODING, p->count);
+        checkpoint_autoencoder_load_here_sized(&p->ae, command, autoencoder, "ema", AE_FOR_DECODING, p->count, 0,
+                                               shape->input_size);
         p->has_autoencoder = 1;
         char model[4200];
         snprintf(model, sizeof model, "trained on %s", data->path);
@@ -70,21 +70,33 @@ dit_pictures *dit_pictures_create(const dit_shape *shape, double sigma_data, con
     free(recorded);
     dit_create(&p->model, shape, p->count);
     autoencoder_model *decoder = p->has_autoencoder ? &p->ae.model : NULL;
+    /* the latents' statistics in the units of the autoencoder that decodes them */
+    double *latent_mean = NULL, *latent_std = NULL;
+    if (decoder) {
+        latent_mean = xmalloc(sizeof(double) * (size_t)data->channels);
+        latent_std = xmalloc(sizeof(double) * (size_t)data->channels);
+        memcpy(latent_mean, data->latent_mean, sizeof(double) * (size_t)data->channels);
+        memcpy(latent_std, data->latent_std, sizeof(double) * (size_t)data->channels);
+        checkpoint_autoencoder_latent_units(&p->ae, data->latent_scaling_factor, data->latent_shift_factor,
+                                            data->channels, latent_mean, latent_std);
+    }
     if (consistency) {
         consistency_sampler_options options = *consistency;
         options.seed = 0;
         sample_pipeline_create_consistency(&p->pipeline, &p->model, &options, sigma_data, p->count, decoder,
-                                           data->latent_mean, data->latent_std);
+                                           latent_mean, latent_std);
         int used = snprintf(p->sampler, sizeof p->sampler, "consistency sampler %d step%s", options.steps,
                             options.steps == 1 ? "" : "s");
         if (options.guidance > 0 && used > 0 && (size_t)used < sizeof p->sampler)
             snprintf(p->sampler + used, sizeof p->sampler - (size_t)used, ", guidance input %g", options.guidance);
     } else {
         sampler_options options = {.steps = PICTURE_STEPS, .method = SAMPLER_HEUN, .guidance = 1.0, .seed = 0};
-        sample_pipeline_create(&p->pipeline, &p->model, &options, sigma_data, p->count, decoder, data->latent_mean,
-                               data->latent_std);
+        sample_pipeline_create(&p->pipeline, &p->model, &options, sigma_data, p->count, decoder, latent_mean,
+                               latent_std);
         snprintf(p->sampler, sizeof p->sampler, "Heun %d steps", PICTURE_STEPS);
     }
+    free(latent_mean);
+    free(latent_std);
     p->labels = xmalloc(sizeof(int) * (size_t)p->count);
     p->indices = xmalloc(sizeof(int64_t) * (size_t)p->count);
     for (int i = 0; i < p->count; i++) {

@@ -1,5 +1,5 @@
-/* Progress lines, metrics.jsonl and its TensorBoard copy (see metrics_log.h). Non-finite numbers are
- * written as null in JSON, which has no NaN or Infinity. */
+/* Progress lines, metrics.jsonl and its TensorBoard copy (see metrics_log.h).
+ * Non-finite numbers are written as null in JSON, which has no NaN or Infinity. */
 #include "metrics_log.h"
 
 #include <errno.h>
@@ -63,7 +63,8 @@ static void append(metrics_log *log, const char *format, ...) {
     va_start(args, format);
     const int n = vsnprintf(log->line + log->line_used, size - log->line_used, format, args);
     va_end(args);
-    if (n < 0 || (size_t)n >= size - log->line_used) fatal_internal("%s: a metrics line over %zu bytes", log->path, size);
+    if (n < 0 || (size_t)n >= size - log->line_used)
+        fatal_internal("%s: a metrics line over %zu bytes", log->path, size);
     log->line_used += (size_t)n;
 }
 

@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include "atomic_file.h"
-
 #include "fatal.h"
 #include "loader.h"
 

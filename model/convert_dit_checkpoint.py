@@ -9,6 +9,10 @@ into a safetensors file that `ldm train --init` loads.
 What it does:
   - takes the state dict: a train.py checkpoint's "ema" (as DiT's sample.py does;
     --weights model takes "model"), or the file itself when it is a state dict;
+    torch.load reads tensors only (weights_only), and train.py's "args" (an
+    argparse.Namespace) where the torch can allow that class by name (2.4 and
+    later); --trust-pickle runs the whole pickle (for a file you trust, and
+    for train.py checkpoints under an older torch such as Debian's 1.13);
     a "module." prefix (DistributedDataParallel) is removed;
   - learn_sigma: DiT's released models predict 2C output channels, the noise
     (eps) and the interpolation of the variance. ldm's DiT has C. The rule: keep
@@ -51,12 +55,19 @@ def fail(message):
     sys.exit(2)
 
 
-def load_state_dict(path, which):
+def load_state_dict(path, which, trust_pickle):
     import torch
+    # Tensors only (torch.load's weights_only), plus the argparse.Namespace that
+    # DiT's train.py stores as "args" where this torch can allow it by name;
+    # anything else in the pickle only with --trust-pickle.
+    if hasattr(torch.serialization, "add_safe_globals"):
+        torch.serialization.add_safe_globals([argparse.Namespace])
     try:
-        checkpoint = torch.load(path, map_location="cpu")
-    except Exception as e:  # a damaged or foreign file
-        fail("%s: cannot be read by torch.load: %s" % (path, str(e).splitlines()[0] if str(e) else type(e).__name__))
+        checkpoint = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except Exception as e:  # a damaged or foreign file, or objects beyond tensors
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = "" if trust_pickle else " (a checkpoint you trust that holds other objects: --trust-pickle)"
+        fail("%s: cannot be read by torch.load: %s%s" % (path, message, hint))
     if not isinstance(checkpoint, dict):
         fail("%s: expected a state dict or a DiT train.py checkpoint, found %s" % (path, type(checkpoint).__name__))
     if which in checkpoint and isinstance(checkpoint[which], dict):
@@ -129,8 +140,10 @@ def main():
     parser.add_argument("out", help="the safetensors file to write")
     parser.add_argument("--weights", choices=["ema", "model"], default="ema",
                         help="of a train.py checkpoint: the EMA weights (default, as sample.py) or the raw ones")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="let torch.load run the checkpoint's pickle in full (weights_only=False)")
     args = parser.parse_args()
-    state = load_state_dict(args.checkpoint, args.weights)
+    state = load_state_dict(args.checkpoint, args.weights, args.trust_pickle)
     state, learn_sigma, config = convert(state, args.checkpoint)
     write_safetensors(args.out, state, {
         "source": os.path.basename(args.checkpoint),

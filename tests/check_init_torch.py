@@ -14,10 +14,12 @@ PyTorch DiT checkpoint in the public DiT's layout, checked against PyTorch:
   3. `ldm forward` on those weights against the PyTorch model's output channels
      0..C-1 (its eps prediction) on random inputs;
   4. the converter on a plain state dict without learn_sigma, with the
-     "module." prefix of DistributedDataParallel: written as it is.
+     "module." prefix of DistributedDataParallel: written as it is;
+  5. a checkpoint holding train.py's argparse.Namespace, with --trust-pickle.
 
 Exits 77 (skipped) without torch.
 usage: check_init_torch.py LDM LDM_POISONED CONFIGS_DIR WORK_DIR"""
+import argparse
 import json
 import os
 import subprocess
@@ -79,7 +81,8 @@ def main():
     ema_model = public_dit(shape, True, seed=1)
     raw_model = public_dit(shape, True, seed=2)
     checkpoint = os.path.join(work, "0000100.pt")
-    torch.save({"model": raw_model.state_dict(), "ema": ema_model.state_dict(), "opt": {}, "args": None}, checkpoint)
+    torch.save({"model": raw_model.state_dict(), "ema": ema_model.state_dict(), "opt": {}, "args": None},
+               checkpoint)
 
     # 2. converted, loaded by ldm train --init, exported unchanged
     converted = os.path.join(work, "dit.safetensors")
@@ -146,6 +149,10 @@ def main():
     for name, value in plain.state_dict().items():
         if name not in tensors or not np.array_equal(tensors[name], value.numpy()):
             fail("plain.safetensors: %s is not the state dict's" % name)
+    # 5. train.py's "args" (an argparse.Namespace): read with --trust-pickle on any torch
+    with_args = os.path.join(work, "with-args.pt")
+    torch.save({"ema": plain.state_dict(), "args": argparse.Namespace(model="DiT-S/2")}, with_args)
+    run(sys.executable, CONVERTER, "--trust-pickle", with_args, os.path.join(work, "with-args.safetensors"))
     print("ok: converted, loaded and exported as the public layout says")
 
 

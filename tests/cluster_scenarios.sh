@@ -87,12 +87,15 @@ equivalence)
         fail "step $step: $f.safetensors of the 2-host run differs from the 1-host run's"
     done
   done
-  # Only what rank 0 writes: no per-rank files, nothing else.
-  (cd two_hosts && find . -type f | sed 's|/step-[0-9]*/|/step-N/|' | sort -u) > files.txt
+  # Only what rank 0 writes: no per-rank files, nothing else (the TensorBoard
+  # events are named by their time and rank 0's host).
+  (cd two_hosts && find . -type f | sed -e 's|/step-[0-9]*/|/step-N/|' -e 's|tfevents[.][0-9]*[.]|tfevents.T.|' |
+    sort -u) > files.txt
   cat files.txt
   printf '%s\n' ./checkpoints/step-N/ema.safetensors ./checkpoints/step-N/manifest.json \
     ./checkpoints/step-N/model.safetensors ./checkpoints/step-N/optimizer.safetensors \
-    ./checkpoints/step-N/state.json ./config.json ./ema.safetensors ./metrics.jsonl ./model.safetensors |
+    ./checkpoints/step-N/state.json ./config.json ./ema.safetensors ./metrics.jsonl ./model.safetensors \
+    ./tb/events.out.tfevents.T.ldm-node0 |
     sort > expected.txt
   cmp -s files.txt expected.txt || fail "the run directory holds other files than rank 0's: $(diff expected.txt files.txt)"
   run "$LDM" inspect two_hosts/checkpoints/latest > /dev/null

@@ -11,8 +11,12 @@ cd "$(dirname "$0")/.."
 # the PyTorch DiT, so that CI checks it rather than skipping it.
 LDM_WITH_TORCH=1 ./launch/install-deps.sh
 jobs=$(nproc)
+# PyPI's tensorboard, whose event reader checks the RUN/tb/ files that ldm
+# writes (cli_tensorboard_pypi_reader, registered by the option below).
+[ -x .venv-tests/bin/python3 ] || python3 -m venv --system-site-packages .venv-tests
+.venv-tests/bin/python3 -m pip install -q tensorboard==2.21.0
 
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DLDM_TEST_TENSORBOARD_PYTHON="$PWD/.venv-tests/bin/python3"
 cmake --build build -j "$jobs"
 (cd build && ctest --output-on-failure)
 

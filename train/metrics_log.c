@@ -1,9 +1,10 @@
-/* Progress lines and metrics.jsonl (see metrics_log.h). Non-finite numbers are
- * written as null in JSON, which has no NaN or Infinity. */
+/* Progress lines, metrics.jsonl and its TensorBoard copy (see metrics_log.h).
+ * Non-finite numbers are written as null in JSON, which has no NaN or Infinity. */
 #include "metrics_log.h"
 
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -48,15 +49,30 @@ void metrics_log_open(metrics_log *log, const char *run_dir, int64_t log_every, 
     if (resumed_step > 0) keep_steps_through(log->path, resumed_step);
     log->jsonl = fopen(log->path, resumed_step > 0 ? "a" : "w");
     if (!log->jsonl) fatal_internal("%s: cannot open for writing: %s", log->path, strerror(errno));
+    tensorboard_log_open(&log->tensorboard, run_dir, resumed_step);
     log->log_every = log_every;
     log->global_batch = global_batch;
 }
 
-static void write_number(FILE *f, double value) {
+/* Appends to the line being built; a line longer than its buffer is a bug
+ * (the members it can hold are bounded by step_report's). */
+static void append(metrics_log *log, const char *format, ...) __attribute__((format(printf, 2, 3)));
+static void append(metrics_log *log, const char *format, ...) {
+    const size_t size = sizeof log->line;
+    va_list args;
+    va_start(args, format);
+    const int n = vsnprintf(log->line + log->line_used, size - log->line_used, format, args);
+    va_end(args);
+    if (n < 0 || (size_t)n >= size - log->line_used)
+        fatal_internal("%s: a metrics line over %zu bytes", log->path, size);
+    log->line_used += (size_t)n;
+}
+
+static void append_number(metrics_log *log, double value) {
     if (isfinite(value))
-        fprintf(f, "%.9g", value);
+        append(log, "%.9g", value);
     else
-        fputs("null", f);
+        append(log, "null");
 }
 
 static void format_duration(char *out, size_t size, double seconds) {
@@ -66,20 +82,22 @@ static void format_duration(char *out, size_t size, double seconds) {
 }
 
 void metrics_log_step(metrics_log *log, const metrics_step *m) {
-    FILE *f = log->jsonl;
-    fprintf(f, "{\"step\": %lld, \"images_seen\": %lld, \"loss\": ", (long long)m->step, (long long)m->images_seen);
-    write_number(f, m->loss);
-    fputs(", \"grad_norm\": ", f);
-    write_number(f, m->grad_norm);
-    fputs(", \"lr\": ", f);
-    write_number(f, m->lr);
-    fputs(", \"images_per_s\": ", f);
-    write_number(f, m->step_seconds > 0 ? (double)log->global_batch / m->step_seconds : NAN);
-    fprintf(f, ", \"skipped\": %s, \"skipped_total\": %lld", m->skipped ? "true" : "false",
-            (long long)m->skipped_total);
-    if (m->extra_json && *m->extra_json) fprintf(f, ", %s", m->extra_json);
-    fputs("}\n", f);
-    if (fflush(f) != 0) fatal_internal("%s: cannot write: %s", log->path, strerror(errno));
+    log->line_used = 0;
+    append(log, "{\"step\": %lld, \"images_seen\": %lld, \"loss\": ", (long long)m->step, (long long)m->images_seen);
+    append_number(log, m->loss);
+    append(log, ", \"grad_norm\": ");
+    append_number(log, m->grad_norm);
+    append(log, ", \"lr\": ");
+    append_number(log, m->lr);
+    append(log, ", \"images_per_s\": ");
+    append_number(log, m->step_seconds > 0 ? (double)log->global_batch / m->step_seconds : NAN);
+    append(log, ", \"skipped\": %s, \"skipped_total\": %lld", m->skipped ? "true" : "false",
+           (long long)m->skipped_total);
+    if (m->extra_json && *m->extra_json) append(log, ", %s", m->extra_json);
+    append(log, "}\n");
+    if (fputs(log->line, log->jsonl) == EOF || fflush(log->jsonl) != 0)
+        fatal_internal("%s: cannot write: %s", log->path, strerror(errno));
+    tensorboard_log_step(&log->tensorboard, log->line, m->picture);
 
     log->window_seconds += m->step_seconds;
     log->window_steps++;
@@ -105,6 +123,7 @@ void metrics_log_close(metrics_log *log) {
     fflush(log->jsonl);
     fsync(fileno(log->jsonl));
     fclose(log->jsonl);
+    tensorboard_log_close(&log->tensorboard);
     free(log->path);
     log->jsonl = NULL;
 }

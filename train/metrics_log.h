@@ -1,13 +1,16 @@
 /* What a training run tells its user: rank 0's progress line every log_every
  * steps (step/total, loss, gradient norm, lr, images/s, ETA) on stdout, and one
  * JSON line per step in RUN/metrics.jsonl with the same numbers and the
- * model's own statistics (the DiT's loss binned by noise level, ...). Other
- * ranks call nothing here. */
+ * model's own statistics (the DiT's loss binned by noise level, ...), each line
+ * also as TensorBoard events in RUN/tb/ (tensorboard_log.h). Other ranks call
+ * nothing here. */
 #ifndef LDM_METRICS_LOG_H
 #define LDM_METRICS_LOG_H
 
 #include <stdint.h>
 #include <stdio.h>
+
+#include "tensorboard_log.h"
 
 typedef struct {
     int64_t step;          /* 1-based: steps completed after this one */
@@ -20,6 +23,7 @@ typedef struct {
     int skipped;           /* this step was skipped (non-finite) */
     int64_t skipped_total;
     const char *extra_json; /* more members for the JSON line ("\"name\": value, ..."), or NULL */
+    const char *picture;    /* the step's picture, a PNG relative to the run directory, or NULL */
 } metrics_step;
 
 typedef struct {
@@ -32,6 +36,9 @@ typedef struct {
     int64_t window_steps;
     double total_seconds;
     int64_t total_logged_steps;
+    tensorboard_log tensorboard;
+    char line[8192];        /* the JSON line being written (step_report's members fit 4096) */
+    size_t line_used;
 } metrics_log;
 
 /* Opens RUN/metrics.jsonl. resumed_step 0: a new run, the file starts empty.

@@ -43,6 +43,7 @@ void step_report_step(step_report *report, metrics_step m, const double *statist
     if (report->records_loss_scale) append_members(report, "\"loss_scale\": %.17g", verdict->scale);
     if (validation && validation->json[0]) append_members(report, "%s", validation->json);
     m.extra_json = report->extra_json;
+    if (validation && validation->picture[0]) m.picture = validation->picture;
     metrics_log_step(&report->log, &m);
     if (validation && validation->line[0]) printf("%s\n", validation->line);
     if (verdict->overflow)

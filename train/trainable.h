@@ -98,8 +98,8 @@ struct trainable_validator {
      * wrong --ae) is refused here, before training starts. */
     void (*prepare)(trainable_validator *self, const validation_context *context);
     /* Evaluates the model (on held-out samples, or by sampling from its EMA
-     * weights), writes what it shows under run_dir (e.g.
-     * samples/step-N.png), and returns JSON members for metrics.jsonl and a
+     * weights), writes what it shows under run_dir (a picture as
+     * samples/step-%08lld.png, which TensorBoard shows too), and returns JSON members for metrics.jsonl and a
      * line for the progress output. */
     void (*validate)(trainable_validator *self, const validation_context *context, char *json, size_t json_size,
                      char *line, size_t line_size);

@@ -21,6 +21,7 @@
 #include "ema.h"
 #include "fatal.h"
 #include "grad_clip.h"
+#include "init_weights.h"
 #include "lr_schedule.h"
 #include "run_directory.h"
 #include "step_report.h"
@@ -203,6 +204,10 @@ int training_run(const training_job *job) {
     training_validation_open(&validation, job, t.model, info, t.rank);
     lay_out_training_state(&t);
     const int resumed = job->resume ? training_resume(&t) : 0;
+    if (!resumed && job->init_weights && t.rank == 0) {
+        init_weights_load(t.model, job->init_weights);
+        printf("train: initial weights from %s (optimizer state fresh)\n", job->init_weights);
+    }
     start_run(&t, resumed);
 
     micro_batch_buffers buffers = micro_batch_buffers_create(t.model, t.micro_batch, info->sample_elements);

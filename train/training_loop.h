@@ -21,6 +21,9 @@ typedef struct {
     const char *run_dir;
     int force;               /* start over in a run directory holding another run */
     const char *resume;
+    /* A new run's starting weights (ldm train --init, init_weights.h), or NULL;
+     * a run that resumes from a checkpoint ignores it. */
+    const char *init_weights;
     /* Builds the model to train for a micro-batch size (dit_trainable_create, ...). */
     trainable *(*create_model)(const ldm_config *config, int micro_batch);
     /* Or, when set, with a context the command prepared (ldm distill: the teacher). */

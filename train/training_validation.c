@@ -1,8 +1,11 @@
 /* See training_validation.h. */
 #include "training_validation.h"
 
+#include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
+#include "atomic_file.h"
 #include "fatal.h"
 #include "loader.h"
 
@@ -34,6 +37,11 @@ const validation_report *training_validation_after_step(training_validation *v, 
     v->context.step = done;
     validation_report *r = &v->report;
     v->validator->validate(v->validator, &v->context, r->json, sizeof r->json, r->line, sizeof r->line);
+    /* Where the validators write their picture (trainable.h): TensorBoard shows it. */
+    snprintf(r->picture, sizeof r->picture, "samples/step-%08lld.png", (long long)done);
+    char *picture = path_join(v->context.run_dir, r->picture);
+    if (access(picture, R_OK) != 0) r->picture[0] = 0;
+    free(picture);
     return r;
 }
 

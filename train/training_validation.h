@@ -19,6 +19,7 @@
 typedef struct {
     char json[1024]; /* metrics.jsonl members, or "" */
     char line[1024]; /* the progress output's line, or "" */
+    char picture[64]; /* the picture it wrote, relative to the run directory, or "" */
 } validation_report;
 
 typedef struct {

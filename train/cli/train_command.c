@@ -1,6 +1,6 @@
 /* `ldm train`, `ldm train-ae` and `ldm distill`: the command line of
  * data-parallel training, the same with or without mpirun.
- *   ldm train    --config F --data D --run DIR [--ae AE] [--set k=v ...] [--force | --resume auto|PATH]
+ *   ldm train    --config F --data D --run DIR [--ae AE] [--init W] [--set k=v ...] [--force | --resume auto|PATH]
  *   ldm train-ae --config F --data D --run DIR [--val-data V] [--set ...] [--force | --resume ...]
  *   ldm distill  --teacher T --config F --data D --run DIR [--set ...] [--force | --resume ...]
  *                (see distill_command.c)
@@ -66,7 +66,7 @@ static void print_device(int on_cuda) {
 /* The command line shared by ldm train, train-ae and distill, parsed. */
 typedef struct {
     const char *config_path; /* --config, or on resume the run's config.json; NULL: the defaults */
-    const char *data, *run_dir, *resume, *validation_data, *autoencoder, *teacher;
+    const char *data, *run_dir, *resume, *validation_data, *autoencoder, *teacher, *init;
     cli_list overrides;      /* --set */
     int force, help;
     char *run_config;        /* the run's config.json when config_path is it (freed by the caller) */
@@ -95,6 +95,12 @@ static int parse_training_options(const training_command *spec, int argc, char *
          .help = "on latents: the autoencoder (run, checkpoint or diffusers folder) that decodes the pictures of "
                  "train.sample_every (default: the one that made the latents)",
          .absent = spec->create_model == autoencoder_trainable_create},
+        /* ldm train's. */
+        {.name = "--init", .text = &o->init,
+         .help = "start from these DiT weights (safetensors in the public DiT names, e.g. from "
+                 "model/convert_dit_checkpoint.py) with fresh optimizer state; with --resume auto a checkpoint of "
+                 "the run wins",
+         .absent = spec->create_model != dit_trainable_create},
         {.name = "--help", .flag = &o->help, .help = "this help"},
         /* ldm distill's. */
         {.name = "--teacher", .text = &o->teacher, .required = 1,
@@ -104,6 +110,9 @@ static int parse_training_options(const training_command *spec, int argc, char *
     };
     if (!cli_parse_unless_help(spec->command, spec->summary, argc, argv, 2, table)) return 0;
     if (o->resume && o->force) fatal_input("ldm %s: --resume and --force exclude each other", spec->command);
+    if (o->init && o->resume && strcmp(o->resume, "auto") != 0)
+        fatal_input("ldm %s: --init and --resume %s exclude each other (a checkpoint brings its own weights; "
+                    "--resume auto takes --init only when the run has no checkpoint yet)", spec->command, o->resume);
     /* A resumed run keeps its config unless told otherwise: the run's own
      * config.json, with --set on top (steps, lr, intervals may change). */
     if (o->resume && !o->config_path) {
@@ -141,7 +150,7 @@ int training_command_run(const training_command *spec, int argc, char **argv) {
 #endif
     training_job job = {.config = &config, .config_path = o.config_path, .data_path = o.data,
                         .validation_path = o.validation_data, .autoencoder_path = o.autoencoder, .run_dir = o.run_dir,
-                        .force = o.force, .resume = o.resume, .create_model = create_model};
+                        .force = o.force, .resume = o.resume, .init_weights = o.init, .create_model = create_model};
     void *prepared = spec->prepare ? spec->prepare(&job, o.teacher) : NULL;
     print_device(on_cuda);
     training_run(&job);

@@ -135,11 +135,11 @@ host-failure)
   [ -n "$ended" ] || { ps -o pid,args -p "$(processes_on_hosts | paste -sd, -)" >&2; fail "processes left 30 s after the kill"; }
   wait "$launcher" && fail "the job exited 0 after losing a host"
   echo "the job ended ${elapsed} s after the kill"
-  # Every surviving rank says which rank (of the lost host) it lost.
-  for r in 0 1; do
-    grep -Eq "^ldm: error: rank $r on ldm-node0: lost rank [23] on ldm-node1 " out.txt ||
-      fail "rank $r did not name a lost rank on ldm-node1"
-  done
+  # A surviving rank says which rank (of the lost host) it lost. Not
+  # necessarily both: when the first one aborts, mpirun tears the job down, and
+  # on a loaded machine that can reach the other before its own watch fires.
+  grep -Eq "^ldm: error: rank [01] on ldm-node0: lost rank [23] on ldm-node1 " out.txt ||
+    fail "no surviving rank named a lost rank on ldm-node1"
   # The newest checkpoint is whole, and the run continues from it on the
   # remaining host with another world size.
   newest=$(readlink run/checkpoints/latest)

@@ -214,13 +214,16 @@ static void destroy_entry(trainable *self) {
 }
 
 /* The student's and target's initial weights (the teacher's EMA weights, read
- * by rank 0 and sent to every rank; a guidance input's tensors, last in the
+ * by rank 0 and sent to every rank, or without a teacher checkpoint, for ldm
+ * bench, the initialised DiT; a guidance input's tensors, last in the
  * student's table, keep DiT's initialisation) into the host mirrors, and the
  * teacher's onto the device. */
 static void load_weights(distill_cuda_trainer *d, const dit_shape *teacher_shape, const distill_context *ctx) {
     dit_model teacher;
     dit_create(&teacher, teacher_shape, 1);
-    if (comm_rank() == 0) {
+    if (!ctx->teacher_checkpoint) {
+        dit_init_weights(&teacher, d->config->train.seed);
+    } else if (comm_rank() == 0) {
         char *file = path_join(ctx->teacher_checkpoint, "ema.safetensors");
         param_table_load_safetensors(&teacher.table, file);
         free(file);

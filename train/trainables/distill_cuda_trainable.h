@@ -12,7 +12,9 @@
 
 /* For batches of up to micro_batch samples, on GPU comm_local_rank() % the
  * number of devices (made current here); context is a distill_context
- * (trainables.h). The caller has checked that there is a GPU. */
+ * (trainables.h), whose teacher_checkpoint may be NULL (ldm bench: the
+ * teacher is then the DiT as dit_init_weights makes it). The caller has
+ * checked that there is a GPU. */
 trainable *distill_cuda_trainable_create(const ldm_config *config, int micro_batch, const void *context);
 
 #endif /* LDM_HAVE_CUDA */

@@ -134,19 +134,37 @@ cuda-precision)
   # of a guided distillation (guidance 2) follow the CPU's in the same
   # precision to 2e-2 (the GEMMs accumulate in another order, so a value next
   # to a rounding boundary may round the other way), all 4 stay finite, and
-  # fp16 records its loss scale. Skipped (77) where ldm refuses cuda.
+  # fp16 records its loss scale; and in fp16 (the scale grows every 2 good
+  # steps) 2 steps + --resume auto to 4 end with the bytes of the 4 straight
+  # (student, EMA, target network, optimizer), the same losses and the same
+  # loss scale, which the checkpoint of step 2 holds grown (2^17). Skipped
+  # (77) where ldm refuses cuda.
   gpu_teacher
   for precision in bf16 fp16; do
     common="distill --teacher teacher --data data.h5 --config $LDM_CONFIGS/tiny.json --set train.steps=4"
     common="$common --set train.log_every=1 --set train.batch_size=2 --set train.precision=$precision"
-    common="$common --set distill.guidance=2"
+    common="$common --set distill.guidance=2 --set train.ckpt_every=2 --set train.loss_scale_growth_interval=2"
     first_gpu_run probe.txt "$LDM" $common --set device.type=cuda --run gpu-$precision
     run "$LDM" $common --set device.type=cpu --run cpu-$precision >/dev/null
     compare_losses gpu-$precision cpu-$precision 3 2e-2
-    if [ $precision = fp16 ]; then
-      grep -q '"loss_scale"' gpu-fp16/metrics.jsonl || fail "fp16 on the GPU does not record its loss scale"
-    fi
   done
+  grep -q '"loss_scale"' gpu-fp16/metrics.jsonl || fail "fp16 on the GPU does not record its loss scale"
+  run "$LDM" $common --set device.type=cuda --set train.steps=2 --run stopped >/dev/null
+  run "$LDM" distill --teacher teacher --data data.h5 --run stopped --resume auto --set train.steps=4 > out.txt
+  grep -q "resuming from stopped/checkpoints/step-00000002 at step 2" out.txt || fail "did not resume at step 2"
+  grep -q "^train: device: cuda " out.txt || fail "the resumed run does not distil on cuda"
+  for f in model.safetensors ema.safetensors target.safetensors optimizer.safetensors; do
+    cmp gpu-fp16/checkpoints/step-00000004/$f stopped/checkpoints/step-00000004/$f ||
+      fail "fp16: $f differs between the straight and the resumed run"
+  done
+  run "$LDM_PYTHON" "$LDM_TESTS/train_compare_runs.py" gpu-fp16 stopped --steps 4 --exact
+  run "$LDM_PYTHON" - <<'PY'
+import json
+scale = lambda run, step: json.load(open(f"{run}/checkpoints/step-{step:08d}/state.json"))["loss_scale"]
+print("fp16 loss scale at step 2:", scale("stopped", 2), "at step 4:", scale("gpu-fp16", 4), scale("stopped", 4))
+assert scale("stopped", 2)["scale"] == 131072, scale("stopped", 2)
+assert scale("gpu-fp16", 4) == scale("stopped", 4)
+PY
   ;;
 setup)
   run "$LDM" prepare synthetic --n 64 --size 8 --classes 4 --channels 4 --out data.h5 >/dev/null

@@ -118,7 +118,7 @@ void dit_cuda_create(dit_cuda_model *m, const dit_shape *shape, int max_batch, l
 void dit_cuda_destroy(dit_cuda_model *m) {
     if (m->stream) {
         dit_cuda_stream_synchronize(m->stream);
-        dit_cuda_stream_destroy(m->stream);
+        if (!m->stream_borrowed) dit_cuda_stream_destroy(m->stream);
     }
     gemm_cuda_context_destroy(m->gemm);
     cuda_buffer_free(m->memory);
@@ -129,6 +129,14 @@ void dit_cuda_destroy(dit_cuda_model *m) {
     }
     param_table_free(&m->table);
     memset(m, 0, sizeof(*m));
+}
+
+void dit_cuda_use_stream(dit_cuda_model *m, ldm_stream stream) {
+    dit_cuda_stream_synchronize(m->stream);
+    if (!m->stream_borrowed) dit_cuda_stream_destroy(m->stream);
+    m->stream = stream;
+    m->state->stream = stream;
+    m->stream_borrowed = 1;
 }
 
 /* ---- copies, zeroing, the optimizer ---- */

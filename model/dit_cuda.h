@@ -66,6 +66,7 @@ typedef struct {
     size_t memory_bytes;
     gemm_cuda_context *gemm;
     ldm_stream stream;
+    int stream_borrowed; /* dit_cuda_use_stream: the stream is another model's, not destroyed with this one */
     /* Optional (NULL: none): called by dit_cuda_backward right after the kernels
      * that finish a stage's parameter gradients are queued, so that their
      * all-reduce can start while backward goes on: stage = depth for the final
@@ -84,6 +85,12 @@ typedef struct {
 void dit_cuda_create(dit_cuda_model *model, const dit_shape *shape, int max_batch, ldm_precision precision,
                      int with_optimizer);
 void dit_cuda_destroy(dit_cuda_model *model);
+
+/* Makes the model queue its work on `stream`, another model's (which must
+ * outlive this one), in place of its own, which is destroyed: models that feed
+ * each other's inputs and outputs (distillation's teacher, target network and
+ * student) then run in order on one stream without events. */
+void dit_cuda_use_stream(dit_cuda_model *model, ldm_stream stream);
 
 /* Host <-> device copies of the flat vectors (table.trainable_numel floats, in
  * the CPU model's layout); each waits for the model's stream. */

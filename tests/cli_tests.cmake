@@ -53,11 +53,11 @@ if(TARGET ldm)
     --config ${CMAKE_SOURCE_DIR}/configs/tiny.json --set train.loss_scale_growth_interval=0)
 endif()
 
-# device.type (where ldm train and ldm train-ae run): cuda with no GPU to run on is one line and
+# device.type (where ldm train, train-ae and distill run): cuda with no GPU to run on is one line and
 # exit 2 before anything is read or written (a CPU build says it has no CUDA, a CUDA build that
 # there is no device, or, without an NVIDIA driver at all (CI), the runtime's error, which CUDA
 # gives as 'CUDA driver version is insufficient': the regex takes the three); an unknown type is the config
-# validator's; consistency distillation trains on the CPU only so far, on any machine.
+# validator's.
 if(TARGET ldm)
   add_test(NAME cli_train_device_cuda_refused
     COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/expect_error.sh 2
@@ -78,11 +78,17 @@ if(TARGET ldm)
   set_tests_properties(cli_train_ae_device_cuda_refused PROPERTIES ENVIRONMENT "CUDA_VISIBLE_DEVICES=-1")
   add_test(NAME cli_distill_device_cuda_refused
     COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/expect_error.sh 2
-            "^ldm: error: ldm distill: device[.]type cuda: consistency distillation trains on the CPU only so far$" --
+            "^ldm: error: ldm distill: device[.]type: cuda: (this build has no CUDA [(]cmake -DLDM_CUDA=ON[)]|no CUDA device on this machine|CUDA error: .+)$" --
             $<TARGET_FILE:ldm> distill --teacher /nonexistent-run --config ${CMAKE_SOURCE_DIR}/configs/tiny.json
             --set device.type=cuda --data /nonexistent.h5 --run ${CMAKE_CURRENT_BINARY_DIR}/device-never)
+  set_tests_properties(cli_distill_device_cuda_refused PROPERTIES ENVIRONMENT "CUDA_VISIBLE_DEVICES=-1")
+  add_test(NAME cli_distill_device_bad_type
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/expect_error.sh 2
+            "^ldm: error: --set device[.]type=gpu: device[.]type: expected one of \"auto\", \"cpu\", \"cuda\", got \"gpu\"$" --
+            $<TARGET_FILE:ldm> distill --teacher /nonexistent-run --config ${CMAKE_SOURCE_DIR}/configs/tiny.json
+            --set device.type=gpu --data /nonexistent.h5 --run ${CMAKE_CURRENT_BINARY_DIR}/device-never)
   set_tests_properties(cli_train_device_cuda_refused cli_train_device_bad_type cli_train_ae_device_cuda_refused
-    cli_distill_device_cuda_refused PROPERTIES TIMEOUT 60)
+    cli_distill_device_cuda_refused cli_distill_device_bad_type PROPERTIES TIMEOUT 60)
 endif()
 
 # The program's own surface: the demo's bench run, help, and bad commands and flags.
@@ -110,10 +116,11 @@ if(TARGET ldm)
     COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/expect_error.sh 2
             "^ldm: error: ldm bench: option --device: expected cpu or cuda, got 'gpu'$" --
             $<TARGET_FILE:ldm> bench --config ${CMAKE_SOURCE_DIR}/configs/tiny.json --device gpu --steps 1)
-  # On a GPU the tiny bench runs there and says so; skipped (77) where ldm refuses --device cuda
+  # On a GPU the tiny bench runs there (a training and a distillation step) and says so; skipped
+  # (77) where ldm refuses --device cuda
   # (failed with LDM_REQUIRE_GPU=1).
   add_test(NAME cli_bench_tiny_cuda
-    COMMAND sh -c "out=$(\"$@\" 2>&1); s=$?; printf '%s\\n' \"$out\"; if [ $s = 2 ] && printf '%s' \"$out\" | grep -q 'option --device: cuda: '; then [ \"$LDM_REQUIRE_GPU\" = 1 ] && { echo 'cli_bench_tiny_cuda: FAILED: LDM_REQUIRE_GPU=1 but ldm refuses --device cuda' >&2; exit 1; }; exit 77; fi; [ $s = 0 ] && printf '%s' \"$out\" | grep -Eq 'images_per_s=[0-9.]+ .* device=cuda tflops=[0-9.]+'" sh
+    COMMAND sh -c "out=$(\"$@\" 2>&1); s=$?; printf '%s\\n' \"$out\"; if [ $s = 2 ] && printf '%s' \"$out\" | grep -q 'option --device: cuda: '; then [ \"$LDM_REQUIRE_GPU\" = 1 ] && { echo 'cli_bench_tiny_cuda: FAILED: LDM_REQUIRE_GPU=1 but ldm refuses --device cuda' >&2; exit 1; }; exit 77; fi; [ $s = 0 ] && printf '%s' \"$out\" | grep -Eq 'images_per_s=[0-9.]+ .* device=cuda tflops=[0-9.]+' && printf '%s' \"$out\" | grep -Eq '^bench: distill images_per_s=[0-9.]+ .* device=cuda$'" sh
             $<TARGET_FILE:ldm> bench --config configs/tiny.json --device cuda --steps 2 --warmup 1
     WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(cli_bench_tiny_cuda PROPERTIES SKIP_RETURN_CODE 77)

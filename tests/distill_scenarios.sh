@@ -16,7 +16,9 @@ cd "$work" || exit 1
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 run() { echo "+ $*" >&2; "$@" || fail "exit status $? from: $*"; }
-tiny="--config $LDM_CONFIGS/tiny.json"
+# The CPU path pinned (device.type auto would take a GPU where there is one);
+# the cuda* scenarios distil on the GPU.
+tiny="--config $LDM_CONFIGS/tiny.json --set device.type=cpu"
 distill() { run "$LDM" distill --teacher "$common/teacher" $tiny --data "$common/data.h5" "$@"; }
 same_h5() { run "$LDM_PYTHON" - "$1" "$2" <<'PY'
 import sys, h5py, numpy as np
@@ -26,7 +28,144 @@ for k in ("images", "labels"):
 PY
 }
 
+# first_gpu_run LOG COMMAND...: a GPU scenario's first run, which is also its
+# probe: where ldm refuses cuda (a CPU build, no GPU, fewer GPUs than ranks)
+# the scenario is skipped (77), or fails where LDM_REQUIRE_GPU=1 says this
+# machine must run it; otherwise the run must succeed and say it trains on cuda.
+first_gpu_run() {
+  log=$1; shift
+  echo "+ $*" >&2
+  "$@" > "$log" 2>&1; status=$?
+  cat "$log"
+  if [ $status != 0 ] && grep -Eq "device[.]type: cuda: |NCCL needs a GPU of its own" "$log"; then
+    [ "${LDM_REQUIRE_GPU:-0}" = 1 ] || exit 77
+    fail "LDM_REQUIRE_GPU=1 but ldm refuses to train on cuda: $(grep -m 1 'error: ' "$log")"
+  fi
+  [ $status = 0 ] || fail "exit status $status from: $*"
+  grep -q "^train: device: cuda " "$log" || fail "the run does not say it trains on cuda"
+}
+# The cuda* scenarios' own teacher (they need no setup): the tiny DiT trained
+# 4 steps on the CPU on N (default 8) samples of data.h5; its weights need not
+# be good, only open (the adaLN gates move off zero in the first steps).
+gpu_teacher() {
+  run "$LDM" prepare synthetic --n "${1:-8}" --size 8 --classes 4 --channels 4 --out data.h5 >/dev/null
+  run "$LDM" train $tiny --data data.h5 --run teacher --set train.steps=4 --set train.ckpt_every=4 >/dev/null
+}
+# compare_losses A B STEPS RTOL: the first STEPS losses of runs A and B within RTOL.
+compare_losses() {
+  run "$LDM_PYTHON" - "$@" <<'PY'
+import json, math, sys
+a_run, b_run, steps, rtol = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+a = [json.loads(l)["loss"] for l in open(f"{a_run}/metrics.jsonl")]
+b = [json.loads(l)["loss"] for l in open(f"{b_run}/metrics.jsonl")]
+print(f"{a_run} losses:", " ".join(f"{x:.9g}" for x in a))
+print(f"{b_run} losses:", " ".join(f"{x:.9g}" for x in b))
+assert len(a) >= steps and len(b) >= steps and all(math.isfinite(x) for x in a + b)
+worst = max(abs(x - y) / abs(y) for x, y in zip(a[:steps], b[:steps]))
+print(f"largest relative difference over {steps} steps: {worst:.3g} (allowed {rtol})")
+assert worst <= rtol, f"{a_run} against {b_run}: losses differ by {worst:.3g} relative"
+PY
+}
+
 case "$scenario" in
+cuda)
+  # Distillation on the GPU (device.type cuda, mpirun -np 1), with a student
+  # that takes the guidance scale as input (guidance in [1, 3]: the teacher's
+  # two passes, the w embedder): its 6 losses are the CPU's to 1e-4 relative
+  # (the same draws and noise, the same per-element arithmetic; the networks'
+  # sums run in another order: 3e-9 measured on the emulation, whose sums are
+  # the CPU's but for the attention's), its student, EMA and target network to
+  # 1e-3 of the largest weight (as the CPU's ranks scenario: AdamW turns the
+  # rounding noise of the key bias's zero gradient into steps of up to lr;
+  # 3e-8 measured on the emulation); a run stopped at step 3 and resumed (--resume auto)
+  # ends with the bytes of the straight run (student, EMA, target network,
+  # optimizer) and the same losses. Skipped (77) where ldm refuses cuda.
+  gpu_teacher
+  gpu="--teacher teacher --data data.h5 --set distill.guidance_max=3 --set train.batch_size=4"
+  gpu="$gpu --set train.ckpt_every=3 --set train.log_every=1"
+  first_gpu_run out.txt $LDM_MPIRUN -np 1 "$LDM" distill $gpu --config "$LDM_CONFIGS/tiny.json" \
+    --set device.type=cuda --set train.steps=6 --run gpu
+  run "$LDM" distill $gpu $tiny --set train.steps=6 --run cpu >/dev/null
+  compare_losses gpu cpu 6 1e-4
+  for weights in model.safetensors ema.safetensors checkpoints/step-00000006/target.safetensors; do
+    run "$LDM_PYTHON" "$LDM_TESTS/train_compare_runs.py" gpu cpu --steps 6 --loss-rtol 1e-4 --weights-rtol 1e-3 \
+      --weights $weights
+  done
+  run $LDM_MPIRUN -np 1 "$LDM" distill $gpu --config "$LDM_CONFIGS/tiny.json" --set device.type=cuda \
+    --set train.steps=3 --run stopped >/dev/null
+  run $LDM_MPIRUN -np 1 "$LDM" distill --teacher teacher --data data.h5 --run stopped --resume auto \
+    --set train.steps=6 > out.txt
+  grep -q "resuming from stopped/checkpoints/step-00000003 at step 3" out.txt || fail "did not resume at step 3"
+  grep -q "^train: device: cuda " out.txt || fail "the resumed run does not distil on cuda"
+  for f in model.safetensors ema.safetensors target.safetensors optimizer.safetensors; do
+    cmp gpu/checkpoints/step-00000006/$f stopped/checkpoints/step-00000006/$f ||
+      fail "$f differs between the straight and the resumed run"
+  done
+  cmp -s gpu/checkpoints/step-00000006/target.safetensors gpu/checkpoints/step-00000006/model.safetensors &&
+    fail "the target network equals the student"
+  run "$LDM_PYTHON" "$LDM_TESTS/train_compare_runs.py" gpu stopped --steps 6 --exact
+  ;;
+cuda-ranks)
+  # Two ranks on two GPUs (NCCL: the student's gradient all-reduced in slices
+  # handed over during its backward pass) distil as one GPU rank does on the
+  # same global batch, and so does one rank accumulating two micro-batches:
+  # losses to 1e-5, student and target network to 1e-3 of the largest weight
+  # (as the CPU's ranks scenario: AdamW turns the rounding noise of the key
+  # bias's zero gradient into steps of up to lr). Two samples, a global batch
+  # of 2: every step sees both whatever the world size. Skipped (77) where ldm
+  # refuses cuda or this host has fewer than two GPUs.
+  gpu_teacher 2
+  gpu="--teacher teacher --data data.h5 --config $LDM_CONFIGS/tiny.json --set device.type=cuda"
+  gpu="$gpu --set train.steps=4 --set train.log_every=1 --set train.batch_size=2 --set distill.guidance=2"
+  first_gpu_run two.txt $LDM_MPIRUN -np 2 "$LDM" distill $gpu --set train.micro_batch=1 --run two
+  grep -Eq "^train: gradients averaged by NCCL over 2 ranks, in [0-9]+ slices during the backward pass$" two.txt ||
+    fail "the two-rank run does not say it averages in slices during backward"
+  run $LDM_MPIRUN -np 1 "$LDM" distill $gpu --run one >/dev/null
+  run $LDM_MPIRUN -np 1 "$LDM" distill $gpu --set train.micro_batch=1 --run accumulate >/dev/null
+  for other in two accumulate; do
+    for weights in model.safetensors checkpoints/step-00000004/target.safetensors; do
+      run "$LDM_PYTHON" "$LDM_TESTS/train_compare_runs.py" one $other --steps 4 --loss-rtol 1e-5 --weights-rtol 1e-3 \
+        --weights $weights
+    done
+  done
+  ;;
+cuda-precision)
+  # bf16, and fp16 with dynamic loss scaling, on the GPU: the first 3 losses
+  # of a guided distillation (guidance 2) follow the CPU's in the same
+  # precision to 2e-2 (the GEMMs accumulate in another order, so a value next
+  # to a rounding boundary may round the other way), all 4 stay finite, and
+  # fp16 records its loss scale; and in fp16 (the scale grows every 2 good
+  # steps) 2 steps + --resume auto to 4 end with the bytes of the 4 straight
+  # (student, EMA, target network, optimizer), the same losses and the same
+  # loss scale, which the checkpoint of step 2 holds grown (2^17). Skipped
+  # (77) where ldm refuses cuda.
+  gpu_teacher
+  for precision in bf16 fp16; do
+    common="distill --teacher teacher --data data.h5 --config $LDM_CONFIGS/tiny.json --set train.steps=4"
+    common="$common --set train.log_every=1 --set train.batch_size=2 --set train.precision=$precision"
+    common="$common --set distill.guidance=2 --set train.ckpt_every=2 --set train.loss_scale_growth_interval=2"
+    first_gpu_run probe.txt "$LDM" $common --set device.type=cuda --run gpu-$precision
+    run "$LDM" $common --set device.type=cpu --run cpu-$precision >/dev/null
+    compare_losses gpu-$precision cpu-$precision 3 2e-2
+  done
+  grep -q '"loss_scale"' gpu-fp16/metrics.jsonl || fail "fp16 on the GPU does not record its loss scale"
+  run "$LDM" $common --set device.type=cuda --set train.steps=2 --run stopped >/dev/null
+  run "$LDM" distill --teacher teacher --data data.h5 --run stopped --resume auto --set train.steps=4 > out.txt
+  grep -q "resuming from stopped/checkpoints/step-00000002 at step 2" out.txt || fail "did not resume at step 2"
+  grep -q "^train: device: cuda " out.txt || fail "the resumed run does not distil on cuda"
+  for f in model.safetensors ema.safetensors target.safetensors optimizer.safetensors; do
+    cmp gpu-fp16/checkpoints/step-00000004/$f stopped/checkpoints/step-00000004/$f ||
+      fail "fp16: $f differs between the straight and the resumed run"
+  done
+  run "$LDM_PYTHON" "$LDM_TESTS/train_compare_runs.py" gpu-fp16 stopped --steps 4 --exact
+  run "$LDM_PYTHON" - <<'PY'
+import json
+scale = lambda run, step: json.load(open(f"{run}/checkpoints/step-{step:08d}/state.json"))["loss_scale"]
+print("fp16 loss scale at step 2:", scale("stopped", 2), "at step 4:", scale("gpu-fp16", 4), scale("stopped", 4))
+assert scale("stopped", 2)["scale"] == 131072, scale("stopped", 2)
+assert scale("gpu-fp16", 4) == scale("stopped", 4)
+PY
+  ;;
 setup)
   run "$LDM" prepare synthetic --n 64 --size 8 --classes 4 --channels 4 --out data.h5 >/dev/null
   run "$LDM" prepare synthetic --n 16 --size 8 --classes 4 --channels 4 --latents float32 --out lat.h5 >/dev/null

@@ -4,7 +4,9 @@
 # is bit-identical on 1 and 2 ranks (student, EMA, target network, optimizer),
 # 1 and 2 ranks agree, `ldm sample` of the student works with --steps 1, 2 and 4,
 # a student distilled over a range of guidance scales takes the scale as input
-# (guidance-range), and every bad input is refused with one line and exit status 2. Included from
+# (guidance-range), and every bad input is refused with one line and exit status 2; on a GPU
+# (device.type cuda) distillation follows the CPU's, resumes exactly, and 2 GPU ranks
+# distil as one (cuda, cuda-ranks, cuda-precision). Included from
 # tests/CMakeLists.txt (LDM_MPIRUN, LDM_SYSTEM_PYTHON and LDM_EXPECT_ERROR come
 # from there and prepare_tests.cmake).
 
@@ -27,6 +29,19 @@ LDM_TESTS=${CMAKE_CURRENT_SOURCE_DIR};LDM_CONFIGS=${CMAKE_SOURCE_DIR}/configs")
       set_tests_properties(${test_name} PROPERTIES FIXTURES_REQUIRED distill_inputs)
     endif()
   endforeach()
+
+  # On the GPU (device.type cuda): against the CPU and exact resume, 2 GPU
+  # ranks against 1 and accumulation, bf16/fp16; each makes its own small
+  # teacher (no setup). Skipped (77) where ldm refuses cuda.
+  foreach(scenario cuda cuda-ranks cuda-precision)
+    string(REPLACE "-" "_" test_name "cli_distill_${scenario}")
+    add_test(NAME ${test_name}
+      COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/distill_scenarios.sh ${scenario} ${LDM_DISTILL_WORK}/${scenario}
+              ${LDM_DISTILL_COMMON})
+    set_tests_properties(${test_name} PROPERTIES TIMEOUT 300 SKIP_RETURN_CODE 77 ENVIRONMENT "${ldm_distill_env}")
+  endforeach()
+  # Two ranks on one host need two GPUs (the CPU emulation of CUDA makes two).
+  set_property(TEST cli_distill_cuda_ranks APPEND PROPERTY ENVIRONMENT "LDM_CUDA_EMULATED_DEVICES=2")
 
   # ldm_distill_error(NAME REGEX ARGS...): ARGS (a command line, ldm or mpirun)
   # must exit 2 with one line matching REGEX.

@@ -19,9 +19,9 @@
 #   configure  60  build-gpu: Release, -DLDM_CUDA=ON, sm_90 only (CMAKE_CUDA_ARCHITECTURES=90)
 #   build     240  cmake --build -j (nproc) of only the targets the GPU tests run
 #   ops        60  test_device test_ops_cuda test_ops_cuda_conv
-#   models     90  test_dit_cuda test_dit_cuda_trainable test_autoencoder_cuda
+#   models     90  test_dit_cuda test_dit_cuda_trainable test_autoencoder_cuda test_distill_cuda
 #   nccl       45  test_comm_nccl, one rank (several: tests/gpu_session_multi.sh)
-#   cli       150  the cli_* tests labelled cuda (cli_train_cuda_ranks only with 2+ GPUs)
+#   cli       150  the cli_* tests labelled cuda (cli_train_cuda_ranks and cli_distill_cuda_ranks only with 2+ GPUs)
 #   sanitize  (left) the failed tests of the first failing group again under
 #                  compute-sanitizer (memcheck), when it is there
 #   bench     100  tests/bench_gpu_vs_pytorch.sh: ldm bench DiT-B/2 bf16 batch 256 against
@@ -143,13 +143,14 @@ echo \"compute-sanitizer: ${sanitizer:-none}\"; command -v mpirun; nproc"
     step configure 60 "$bench_reserve_s" "cmake -S . -B '$build' -DCMAKE_BUILD_TYPE=Release -DLDM_CUDA=$cuda_mode \
 -DCMAKE_CUDA_ARCHITECTURES=90 -DLDM_SYSTEM_PYTHON=$(test_python) $(nccl_hints)" &&
     step build 240 "$bench_reserve_s" "cmake --build '$build' -j $(nproc) --target ldm ldm_poisoned_gradient test_device \
-test_ops_cuda test_ops_cuda_conv test_dit_cuda test_dit_cuda_trainable test_autoencoder_cuda test_comm_nccl" && built=1
+test_ops_cuda test_ops_cuda_conv test_dit_cuda test_dit_cuda_trainable test_autoencoder_cuda test_distill_cuda \
+test_comm_nccl" && built=1
     if [ "$built" = 1 ]; then
         # the 2-rank scenario needs a GPU for each rank (else it would fail here)
         except_ranks="-E '_ranks\$'"
         [ "${gpus:-0}" -ge 2 ] && except_ranks=
         group ops 60 "-R '^(test_device|test_ops_cuda|test_ops_cuda_conv)\$'" &&
-        group models 90 "-R '^(test_dit_cuda|test_dit_cuda_trainable|test_autoencoder_cuda)\$'" &&
+        group models 90 "-R '^(test_dit_cuda|test_dit_cuda_trainable|test_autoencoder_cuda|test_distill_cuda)\$'" &&
         group nccl 45 "-R '^test_comm_nccl\$'" &&
         group cli 150 "-L cuda -R '^cli_' $except_ranks"
     fi

@@ -16,7 +16,8 @@
 #               slices behind a stalled compute stream, the same bits on every rank
 #   cli-ranks   cli_train_cuda_ranks: 2 GPU ranks with NCCL slices during the
 #               backward pass = 1 GPU rank = 1 rank accumulating; a poisoned
-#               gradient skipped by both
+#               gradient skipped by both; cli_distill_cuda_ranks: the same for
+#               ldm distill's student
 #   single      the one-GPU groups of gpu_session.sh (ops, models, nccl, cli),
 #               with what time is left
 # Exit status: 0 when every step passed, else 1.
@@ -47,14 +48,15 @@ command -v mpirun; nproc"
     step configure 60 0 "cmake -S . -B '$build' -DCMAKE_BUILD_TYPE=Release -DLDM_CUDA=$cuda_mode \
 -DCMAKE_CUDA_ARCHITECTURES=90 -DLDM_SYSTEM_PYTHON=$(test_python) $(nccl_hints)" &&
     step build 240 0 "cmake --build '$build' -j $(nproc) --target ldm ldm_poisoned_gradient test_device \
-test_ops_cuda test_ops_cuda_conv test_dit_cuda test_dit_cuda_trainable test_autoencoder_cuda test_comm_nccl" && built=1
+test_ops_cuda test_ops_cuda_conv test_dit_cuda test_dit_cuda_trainable test_autoencoder_cuda test_distill_cuda \
+test_comm_nccl" && built=1
     [ "$built" = 1 ] || return 1
     nccl="OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; export OMPI_ALLOW_RUN_AS_ROOT OMPI_ALLOW_RUN_AS_ROOT_CONFIRM; $(mpirun_np 2)"
     for n in 4 8; do [ "$gpus" -ge "$n" ] && nccl="$nccl && $(mpirun_np "$n")"; done
     if step nccl-ranks 90 0 "$nccl"; then
-        group cli-ranks 150 "-R '^cli_train_cuda_ranks\$'" &&
+        group cli-ranks 150 "-R '^cli_(train|distill)_cuda_ranks\$'" &&
         group ops 60 "-R '^(test_device|test_ops_cuda|test_ops_cuda_conv)\$'" &&
-        group models 90 "-R '^(test_dit_cuda|test_dit_cuda_trainable|test_autoencoder_cuda)\$'" &&
+        group models 90 "-R '^(test_dit_cuda|test_dit_cuda_trainable|test_autoencoder_cuda|test_distill_cuda)\$'" &&
         group nccl 45 "-R '^test_comm_nccl\$'" &&
         group cli 150 "-L cuda -R '^cli_'"
     fi

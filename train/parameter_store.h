@@ -10,8 +10,9 @@
  *   gradient norm (and what the trainable itself moves).
  *
  * The host buffers -- model->params, ema, and the moments and step count of
- * the adamw_state -- are what checkpoints save and resume fills. With the
- * vectors on the GPU they are mirrors: to_host brings them up to date (before
+ * the adamw_state, and the weights of a trainable's extra state -- are what
+ * checkpoints save and resume fills. With the vectors on the GPU they are
+ * mirrors (the extra state's when it has device_weights): to_host brings them up to date (before
  * a checkpoint, validation, the end of the run: the copy is all the step
  * waits for), from_host sends them (after resume or the initial broadcast). */
 #ifndef LDM_PARAMETER_STORE_H

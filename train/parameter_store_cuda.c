@@ -12,6 +12,10 @@
  * (comm_nccl.h). The host waits for that stream before it reads or writes
  * what the stream uses.
  *
+ * A trainable's extra state kept on the device (distillation's target
+ * network: trainable_extra_state.device_weights) travels with the other
+ * mirrors in to_host and from_host.
+ *
  * The kernels are the CPU's arithmetic (ops_cuda.h: AdamW and the EMA bit for
  * bit); the norm sums in double in a fixed order of its own, so it is
  * deterministic but not the CPU's bits. */
@@ -94,6 +98,8 @@ static void device_to_host(parameter_store *store) {
     cuda_copy_to_host(store->ema, d->ema, bytes);
     cuda_copy_to_host(store->optimizer->m, d->adam_m, bytes);
     cuda_copy_to_host(store->optimizer->v, d->adam_v, bytes);
+    const trainable_extra_state *extra = store->model->extra;
+    if (extra && extra->device_weights) cuda_copy_to_host(extra->weights, extra->device_weights, bytes);
 }
 
 static void device_from_host(parameter_store *store) {
@@ -104,6 +110,8 @@ static void device_from_host(parameter_store *store) {
     cuda_copy_to_device(d->ema, store->ema, bytes);
     cuda_copy_to_device(d->adam_m, store->optimizer->m, bytes);
     cuda_copy_to_device(d->adam_v, store->optimizer->v, bytes);
+    const trainable_extra_state *extra = store->model->extra;
+    if (extra && extra->device_weights) cuda_copy_to_device(extra->device_weights, extra->weights, bytes);
 }
 
 static void device_destroy(parameter_store *store) {

@@ -60,6 +60,11 @@ typedef struct {
      * resume stays exact. */
     float *weights;
     const char *name;
+    /* A trainable on the GPU keeps the live weights there (DEVICE (count), or
+     * NULL on the host): weights is then their host mirror, which the GPU
+     * parameter store refreshes with the other mirrors (to_host) and sends
+     * back after resume (from_host); after_step updates the device's. */
+    float *device_weights;
     /* On every rank after each optimizer step that was taken (not after a
      * skipped one): the weights follow the new params. */
     void (*after_step)(trainable *self);

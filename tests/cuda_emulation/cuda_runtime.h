@@ -76,6 +76,9 @@ static inline float __fsub_rn(float a, float b) { return a - b; }
 static inline float __fmul_rn(float a, float b) { return a * b; }
 static inline float __fdiv_rn(float a, float b) { return a / b; }
 static inline float __fsqrt_rn(float a) { return sqrtf(a); }
+static inline double __dadd_rn(double a, double b) { return a + b; }
+static inline double __dsub_rn(double a, double b) { return a - b; }
+static inline double __dmul_rn(double a, double b) { return a * b; }
 static inline float rsqrtf(float a) { return 1.0f / sqrtf(a); }
 static inline float __uint2float_rn(unsigned int a) { return (float)a; }
 static inline unsigned int __float_as_uint(float f) {

@@ -330,6 +330,16 @@ int command_bench(int argc, char **argv) {
 #endif
     if (print) print_bench_result(&o, &r, precision, flops, loader_samples_per_s);
     if (!isfinite(r.loss)) fatal_internal("bench: the loss is not finite");
+#ifdef LDM_HAVE_CUDA
+    if (o.on_cuda) { /* and a consistency distillation step (ldm distill's) of the same model and batch */
+        double distill_loss = 0;
+        const double step_s = bench_cuda_distill(config, batch, in.x, in.y, o.warmup, o.steps, &distill_loss);
+        if (print)
+            printf("bench: distill images_per_s=%.2f ms_per_step=%.2f batch=%d guidance=%g loss=%.5f device=cuda\n",
+                   batch / step_s, 1e3 * step_s, batch, config->distill.guidance, distill_loss);
+        if (!isfinite(distill_loss)) fatal_internal("bench: the distillation loss is not finite");
+    }
+#endif
     free_batch(&in);
     return 0;
 }

@@ -1,6 +1,7 @@
 /* The GPU side of `ldm bench --device cuda` (see bench_cuda.h): the model and
  * batch on the rank's GPU, the timed training steps (CUDA events around each
- * phase, read one step behind so that the host never drains the queue), and the
+ * phase, read one step behind so that the host never drains the queue), a
+ * consistency distillation step (the GPU distiller as the loop drives it), and the
  * table of dense peak TFLOP/s by GPU name that the MFU is taken against.
  * Host C over the CUDA runtime API; built only in a CUDA build. */
 #include "bench_cuda.h"
@@ -10,11 +11,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "comm.h"
 #include "device.h"
+#include "distill_cuda_trainable.h"
 #include "dit_cuda_kernels.h"
 #include "fatal.h"
+#include "parameter_store.h"
+#include "trainables.h"
 
 #define CUDA_OK(call) cuda_ok((call), #call)
 
@@ -136,6 +141,54 @@ void bench_cuda_run(bench_cuda *b, const train_config *train, int warmup, int st
         for (int i = 0; i < MARKS; i++) CUDA_OK(cudaEventDestroy(marks[set][i]));
     CUDA_OK(cudaEventDestroy(begin));
     CUDA_OK(cudaEventDestroy(end));
+}
+
+/* ---- a distillation step ---- */
+
+static double monotonic_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+double bench_cuda_distill(const ldm_config *config, int batch, const float *x, const int *y, int warmup, int steps,
+                          double *loss) {
+    if (steps < 1) fatal_internal("bench_cuda_distill: %d timed steps", steps);
+    const distill_context teacher = {.teacher_checkpoint = NULL, .record_json = "{}"};
+    trainable *t = distill_cuda_trainable_create(config, batch, &teacher);
+    const train_config *train = &config->train;
+    adamw_state adam;
+    adamw_create(&adam, t->count, (adamw_hyper){.beta1 = (float)train->adam_beta1, .beta2 = (float)train->adam_beta2,
+                                                .eps = (float)train->adam_eps,
+                                                .weight_decay = (float)train->weight_decay});
+    float *ema = xmalloc(t->count * sizeof(float));
+    memcpy(ema, t->params, t->count * sizeof(float));
+    parameter_store *store = parameter_store_create(t, &adam, ema);
+    store->from_host(store);
+    const size_t values = (size_t)batch * (size_t)t->expect_channels * t->expect_size * t->expect_size;
+    float *samples = t->device->host_buffer_alloc(values * sizeof(float)); /* page-locked, as the loop's */
+    memcpy(samples, x, values * sizeof(float));
+    int32_t *labels = xmalloc((size_t)batch * sizeof(int32_t));
+    int64_t *index = xmalloc((size_t)batch * sizeof(int64_t));
+    for (int i = 0; i < batch; i++) labels[i] = y[i], index[i] = i;
+    double start = 0;
+    for (int step = 0; step < warmup + steps; step++) {
+        if (step == warmup) start = monotonic_seconds();
+        t->zero_grad(t);
+        *loss = t->micro_batch(t, samples, labels, index, batch, step, 1.0f, NULL, NULL);
+        store->gradient_norm(store);
+        store->adamw_step(store, (float)train->lr);
+        store->ema_update(store, train->ema_decay);
+        t->extra->after_step(t);
+    }
+    cuda_stream_synchronize(t->device->stream);
+    const double per_step = (monotonic_seconds() - start) / steps;
+    t->device->host_buffer_free(samples);
+    free(labels), free(index), free(ema);
+    store->destroy(store);
+    adamw_destroy(&adam);
+    t->destroy(t);
+    return per_step;
 }
 
 /* ---- the peak the MFU is taken against ---- */

@@ -46,6 +46,15 @@ void bench_cuda_create(bench_cuda *b, const dit_shape *shape, int batch, ldm_pre
 void bench_cuda_run(bench_cuda *b, const train_config *train, int warmup, int steps, bench_cuda_times *times);
 void bench_cuda_destroy(bench_cuda *b);
 
+/* A consistency distillation step on the rank's GPU (distill_cuda_trainable.h,
+ * driven as the training loop drives it: zero_grad, the micro-batch of
+ * `batch` samples x (batch * C * H * W) with labels y (batch), the gradient
+ * norm, AdamW, the EMA and the target network's update), config's distill
+ * section, the teacher as the initialised DiT: warmup untimed steps, then the
+ * seconds per step over `steps` (>= 1) timed ones; *loss the last step's. */
+double bench_cuda_distill(const ldm_config *config, int batch, const float *x, const int *y, int warmup, int steps,
+                          double *loss);
+
 /* The dense peak TFLOP/s of the GPU named device_name for GEMMs in `precision`
  * (bf16/fp16 tensor cores, or fp32 without them: ldm's fp32 GEMMs never use
  * TF32), from LDM_PEAK_TFLOPS when set, else from a table of known GPUs; 0 when

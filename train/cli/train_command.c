@@ -6,8 +6,8 @@
  *                (see distill_command.c)
  * All load and validate the config, check the batch split, resolve
  * device.type, and hand over to the one training loop with their model: the
- * DiT under EDM or the KL autoencoder (each on the CPU or the rank's GPU), or
- * the consistency student (CPU-only so far). */
+ * DiT under EDM, the KL autoencoder or the consistency student (each on the
+ * CPU or the rank's GPU). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +18,7 @@
 #include "comm.h"
 #include "commands.h"
 #include "device.h"
+#include "distill_cuda_trainable.h"
 #include "dit_cuda_trainable.h"
 #include "fatal.h"
 #include "run_directory.h"
@@ -30,13 +31,6 @@
 static int training_on_cuda(const training_command *spec, const ldm_config *config) {
     const char *type = config->device.type;
     if (strcmp(type, "cpu") == 0) return 0;
-    if (spec->create_model != dit_trainable_create && spec->create_model != autoencoder_trainable_create) {
-        /* ldm distill (its prepare makes the model) */
-        if (strcmp(type, "cuda") == 0)
-            fatal_input("ldm %s: device.type cuda: consistency distillation trains on the CPU only so far",
-                        spec->command);
-        return 0;
-    }
     if (strcmp(type, "auto") == 0) return device_cuda_count() > 0;
     if (!device_cuda_compiled())
         fatal_input("ldm %s: device.type: cuda: this build has no CUDA (cmake -DLDM_CUDA=ON)", spec->command);
@@ -152,6 +146,11 @@ int training_command_run(const training_command *spec, int argc, char **argv) {
                         .validation_path = o.validation_data, .autoencoder_path = o.autoencoder, .run_dir = o.run_dir,
                         .force = o.force, .resume = o.resume, .init_weights = o.init, .create_model = create_model};
     void *prepared = spec->prepare ? spec->prepare(&job, o.teacher) : NULL;
+#ifdef LDM_HAVE_CUDA
+    /* ldm distill: its prepare chose the CPU distiller. */
+    if (on_cuda && job.create_model_with == distill_trainable_create)
+        job.create_model_with = distill_cuda_trainable_create;
+#endif
     print_device(on_cuda);
     training_run(&job);
     if (spec->release) spec->release(prepared);

@@ -33,15 +33,13 @@
 #include "consistency_record.h"
 #include "dit.h"
 #include "dit_validation.h"
+#include "distill_draws.h"
 #include "edm.h"
 #include "ema.h"
 #include "fatal.h"
 #include "rng.h"
 #include "trainable.h"
 #include "trainables.h"
-
-#define PURPOSE_DISTILL_NOISE 0x64697374696c6c7aull    /* "distillz" */
-#define PURPOSE_DISTILL_GUIDANCE 0x6469737467756964ull /* "distguid" */
 
 /* model.class_dropout is not used by distillation: it may change on resume. */
 static const char *const distill_settings_keys[] = {"class_dropout", NULL};
@@ -98,34 +96,24 @@ static void teacher_denoise(distiller *d, const float *x, const float *sigma, in
     }
 }
 
-/* Each sample's pair of points, label and x_{n+1} from its own stream, and its
- * guidance scale (drawn from another, so that a fixed scale leaves the rest as
- * it was). */
+/* Each sample's pair of points, label, guidance scale and x_{n+1}
+ * (distill_draws.h: its noise from the sample's own stream). */
 static void draw_step(distiller *d, const float *x, const int32_t *labels, const int64_t *index, int batch,
                       int64_t step) {
-    const ldm_config *config = d->config;
-    const uint64_t base = rng_hash(config->train.seed, PURPOSE_DISTILL_NOISE);
-    const uint64_t guidance_base = rng_hash(config->train.seed, PURPOSE_DISTILL_GUIDANCE);
-    const double guidance_low = config->distill.guidance, guidance_high = config->distill.guidance_max;
-    const int pairs = config->distill.num_points - 1, null_class = config->model.num_classes;
     const int64_t ps = d->per_sample;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < batch; i++) {
-        rng_stream rng = rng_stream_for(base, (uint64_t)step, (uint64_t)index[i]);
-        int n = (int)(rng_uniform(&rng) * (float)pairs);
-        if (n >= pairs) n = pairs - 1;
-        d->sigma_now[i] = (float)d->points[n];
-        d->sigma_next[i] = (float)d->points[n + 1];
-        d->y[i] = labels[i] < 0 ? null_class : labels[i];
+        const distill_sample_draw draw =
+            distill_draw_sample(d->config, d->points, d->guidance_input, labels[i], index[i], step);
+        d->sigma_now[i] = draw.sigma_now;
+        d->sigma_next[i] = draw.sigma_next;
+        d->y[i] = draw.y;
+        d->guidance[i] = draw.guidance;
+        rng_stream rng = {.state = draw.noise_stream};
         const double s = d->sigma_next[i];
         const float *xi = x + (size_t)i * (size_t)ps;
         float *out = d->x_next + (size_t)i * (size_t)ps;
         for (int64_t j = 0; j < ps; j++) out[j] = (float)((double)xi[j] + s * (double)rng_normal(&rng));
-        d->guidance[i] = (float)guidance_low;
-        if (d->guidance_input) {
-            rng_stream w_rng = rng_stream_for(guidance_base, (uint64_t)step, (uint64_t)index[i]);
-            d->guidance[i] = (float)(guidance_low + (guidance_high - guidance_low) * (double)rng_uniform(&w_rng));
-        }
     }
 }
 

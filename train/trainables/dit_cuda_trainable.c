@@ -62,13 +62,9 @@ typedef struct {
     edm_sample_coefficients *host_coefficients;
     double *host_sample_loss;
     trainable_device residency; /* the trainable's device capability: device's params and gradients */
-    /* The gradient slices handed to the parameter store during backward: the
-     * trainable tensors grouped by the stage of dit_cuda_backward that finishes
-     * them (contiguous tensors of one stage merged into one slice). */
+    /* The gradient slices handed to the parameter store during backward. */
     const gradient_handover *handover; /* during the final micro-batch's backward, else NULL */
-    int slice_count;
-    int *slice_stage;                 /* (slice_count) depth: final layer, l: block l, -1: the rest */
-    size_t *slice_offset, *slice_size; /* (slice_count) in floats */
+    dit_gradient_slices slices;
 } dit_cuda_trainer;
 
 /* The backward stage that finishes a tensor's gradient (dit_cuda.h's gradients_ready). */
@@ -79,34 +75,42 @@ static int stage_of(const char *name, int depth) {
     return -1;
 }
 
-static void plan_gradient_slices(dit_cuda_trainer *d) {
-    const param_table *table = &d->host.table;
-    const int depth = d->host.shape.depth;
-    d->slice_stage = xcalloc((size_t)table->count, sizeof(int));
-    d->slice_offset = xcalloc((size_t)table->count, sizeof(size_t));
-    d->slice_size = xcalloc((size_t)table->count, sizeof(size_t));
+void dit_gradient_slices_plan(dit_gradient_slices *s, const param_table *table, int depth) {
+    s->count = 0;
+    s->stage = xcalloc((size_t)table->count, sizeof(int));
+    s->offset = xcalloc((size_t)table->count, sizeof(size_t));
+    s->size = xcalloc((size_t)table->count, sizeof(size_t));
     for (int e = 0; e < table->count; e++) {
         const param_entry *entry = &table->entries[e];
         if (!entry->trainable) continue;
-        const int stage = stage_of(entry->name, depth), last = d->slice_count - 1;
-        if (last >= 0 && d->slice_stage[last] == stage && d->slice_offset[last] + d->slice_size[last] == entry->offset) {
-            d->slice_size[last] += entry->numel;
+        const int stage = stage_of(entry->name, depth), last = s->count - 1;
+        if (last >= 0 && s->stage[last] == stage && s->offset[last] + s->size[last] == entry->offset) {
+            s->size[last] += entry->numel;
         } else {
-            d->slice_stage[d->slice_count] = stage;
-            d->slice_offset[d->slice_count] = entry->offset;
-            d->slice_size[d->slice_count] = entry->numel;
-            d->slice_count++;
+            s->stage[s->count] = stage;
+            s->offset[s->count] = entry->offset;
+            s->size[s->count] = entry->numel;
+            s->count++;
         }
     }
+}
+
+void dit_gradient_slices_hand_over(const dit_gradient_slices *s, int stage, const gradient_handover *handover) {
+    if (!handover) return;
+    for (int k = 0; k < s->count; k++)
+        if (s->stage[k] == stage) handover->ready(handover->context, s->offset[k], s->size[k]);
+}
+
+void dit_gradient_slices_free(dit_gradient_slices *s) {
+    free(s->stage), free(s->offset), free(s->size);
+    s->stage = NULL, s->offset = NULL, s->size = NULL;
+    s->count = 0;
 }
 
 /* dit_cuda_backward's hook: the stage's slices to the store, on the step's final micro-batch. */
 static void stage_gradients_ready(void *context, int stage) {
     dit_cuda_trainer *d = context;
-    const gradient_handover *handover = d->handover;
-    if (!handover) return;
-    for (int k = 0; k < d->slice_count; k++)
-        if (d->slice_stage[k] == stage) handover->ready(handover->context, d->slice_offset[k], d->slice_size[k]);
+    dit_gradient_slices_hand_over(&d->slices, stage, d->handover);
 }
 
 static void zero_grad_entry(trainable *self) { dit_cuda_zero_grad(&((dit_cuda_trainer *)self->self)->device); }
@@ -169,7 +173,7 @@ static void destroy_entry(trainable *self) {
     for (size_t i = 0; i < sizeof host_buffers / sizeof host_buffers[0]; i++) cuda_pinned_free(host_buffers[i]);
     dit_batch_destroy(&d->batch);
     dit_destroy(&d->host);
-    free(d->slice_stage), free(d->slice_offset), free(d->slice_size);
+    dit_gradient_slices_free(&d->slices);
     free(d);
     free(self);
 }
@@ -221,10 +225,10 @@ trainable *dit_cuda_trainable_create(const ldm_config *config, int micro_batch) 
         .device = &d->residency,
         .validation = dit_validation_create(&shape, config->diffusion.sigma_data, NULL),
     };
-    plan_gradient_slices(d);
+    dit_gradient_slices_plan(&d->slices, &d->host.table, d->host.shape.depth);
     d->residency = (trainable_device){.params = d->device.params, .grads = d->device.grads,
                                       .host_buffer_alloc = cuda_pinned_alloc, .host_buffer_free = cuda_pinned_free,
-                                      .stream = d->device.stream, .gradient_slices = d->slice_count};
+                                      .stream = d->device.stream, .gradient_slices = d->slices.count};
     d->device.gradients_ready = stage_gradients_ready;
     d->device.gradients_ready_context = d;
     dit_batch_describe(t);

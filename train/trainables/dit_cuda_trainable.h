@@ -14,6 +14,21 @@
  * one (device_cuda_count() > 0). */
 trainable *dit_cuda_trainable_create(const ldm_config *config, int micro_batch);
 
+/* The gradient slices a GPU DiT hands to the parameter store during backward
+ * (gradient_handover): the trainable tensors of its table grouped by the stage
+ * of dit_cuda_backward that finishes them (dit_cuda.h's gradients_ready),
+ * contiguous tensors of one stage merged into one slice. Shared by the GPU
+ * trainables of a DiT (the EDM one and the distilled student). */
+typedef struct {
+    int count;
+    int *stage;             /* (count) depth: final layer, l: block l, -1: the rest */
+    size_t *offset, *size;  /* (count) in floats */
+} dit_gradient_slices;
+void dit_gradient_slices_plan(dit_gradient_slices *slices, const param_table *table, int depth);
+/* dit_cuda_backward's stage finished: its slices to handover (NULL: nothing). */
+void dit_gradient_slices_hand_over(const dit_gradient_slices *slices, int stage, const gradient_handover *handover);
+void dit_gradient_slices_free(dit_gradient_slices *slices);
+
 #endif /* LDM_HAVE_CUDA */
 
 #endif

@@ -219,7 +219,7 @@ trainable *dit_cuda_trainable_create(const ldm_config *config, int micro_batch) 
         .destroy = destroy_entry,
         .self = d,
         .device = &d->residency,
-        .validation = dit_validation_create(&shape, config->diffusion.sigma_data, NULL),
+        .validation = dit_validation_create_on(&shape, config->diffusion.sigma_data, NULL, 1),
     };
     plan_gradient_slices(d);
     d->residency = (trainable_device){.params = d->device.params, .grads = d->device.grads,

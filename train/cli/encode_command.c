@@ -254,10 +254,12 @@ static void load_job_autoencoder(autoencoder_job *job, const char *command, cons
 #endif
 }
 
+#ifdef LDM_HAVE_CUDA
 /* The padding rows [rows, network_rows) of a buffer of per_row floats a row, zeroed. */
 static void zero_padding(const autoencoder_job *job, float *buffer, int64_t rows, int64_t per_row) {
     memset(buffer + rows * per_row, 0, sizeof(float) * (size_t)((job->network_rows - rows) * per_row));
 }
+#endif
 
 /* autoencoder_encode on the job's device; images, mean and logvar (may be
  * NULL) hold network_rows rows (on the GPU the rows past `rows` are zeroed and run too). */

@@ -45,18 +45,20 @@ close() { run "$LDM_PYTHON" "$LDM_TESTS/gpu_compare_outputs.py" "$@"; }
 exact() { run "$LDM_PYTHON" "$LDM_TESTS/prepare_compare_h5.py" "$1" "$2"; }
 cpu="--set device.type=cpu"
 tiny="--config $LDM_CONFIGS/tiny.json $cpu --set train.steps=2 --set train.ckpt_every=2"
+# DiTs trained far enough (EMA decay 0.5) that their labels and guidance change the samples.
+trained="$tiny --set train.steps=30 --set train.ckpt_every=30 --set train.ema_decay=0.5"
 
 case "$scenario" in
 setup)
   run "$LDM" prepare synthetic --classes 4 --n 8 --size 8 --channels 4 --out pix4.h5 >/dev/null
   run "$LDM" prepare synthetic --classes 4 --n 6 --size 16 --channels 3 --out ae_images.h5 >/dev/null
-  run "$LDM" train --data pix4.h5 $tiny --run pix4 >/dev/null
+  run "$LDM" train --data pix4.h5 $trained --run pix4 >/dev/null
   run "$LDM" distill --teacher pix4 $tiny --data pix4.h5 --run student >/dev/null
   run "$LDM" distill --teacher pix4 $tiny --data pix4.h5 --run ranged --set distill.guidance_max=3 >/dev/null
   run "$LDM" train-ae --config "$LDM_CONFIGS/ae-tiny.json" $cpu --data ae_images.h5 --run ae --set train.steps=2 \
     --set train.ckpt_every=2 >/dev/null
   run "$LDM" encode --device cpu --ae ae --data ae_images.h5 --out ae_latents.h5 >/dev/null
-  run "$LDM" train --data ae_latents.h5 $tiny --set model.in_channels=2 --run latae >/dev/null
+  run "$LDM" train --data ae_latents.h5 $trained --set model.in_channels=2 --run latae >/dev/null
   ;;
 sample-cuda)
   # Each sampler on cuda against the CPU: Heun with guidance (a padded batch),
@@ -66,6 +68,10 @@ sample-cuda)
   first_cuda probe.out $s --device cuda --out heun-cuda.h5
   run $s --device cpu --out heun-cpu.h5 >/dev/null
   close heun-cpu.h5 heun-cuda.h5 2
+  # The comparison can see guidance: without it the CPU's samples differ beyond the tolerance.
+  run "$LDM" sample --model "$common/pix4" --n 3 --batch 2 --steps 2 --device cpu --out unguided-cpu.h5 >/dev/null
+  "$LDM_PYTHON" "$LDM_TESTS/gpu_compare_outputs.py" heun-cpu.h5 unguided-cpu.h5 2 >/dev/null 2>&1 &&
+    fail "guidance changes no sample of pix4 by more than the tolerance: the comparison could not see it"
   for case in "euler:--model $common/pix4 --sampler euler --steps 3 --churn 10" \
               "student:--model $common/student --steps 2" "ranged:--model $common/ranged --steps 1 --cfg 2" \
               "latents:--model $common/latae --ae $common/ae --steps 2 --cfg 1.5"; do

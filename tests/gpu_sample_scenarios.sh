@@ -62,7 +62,7 @@ setup)
   ;;
 sample-cuda)
   # Each sampler on cuda against the CPU: Heun with guidance (a padded batch),
-  # Euler with churn, a student's 2 steps, a guidance-range student's 1 step
+  # Euler with churn, a student's 2 steps at --sigmas 80,1.5, a guidance-range student's 1 step
   # at scale 2, a latents model decoded by the autoencoder on the device.
   s="$LDM sample --model $common/pix4 --n 3 --batch 2 --steps 2 --cfg 2"
   first_cuda probe.out $s --device cuda --out heun-cuda.h5
@@ -73,7 +73,7 @@ sample-cuda)
   "$LDM_PYTHON" "$LDM_TESTS/gpu_compare_outputs.py" heun-cpu.h5 unguided-cpu.h5 2 >/dev/null 2>&1 &&
     fail "guidance changes no sample of pix4 by more than the tolerance: the comparison could not see it"
   for case in "euler:--model $common/pix4 --sampler euler --steps 3 --churn 10" \
-              "student:--model $common/student --steps 2" "ranged:--model $common/ranged --steps 1 --cfg 2" \
+              "student:--model $common/student --sigmas 80,1.5" "ranged:--model $common/ranged --steps 1 --cfg 2" \
               "latents:--model $common/latae --ae $common/ae --steps 2 --cfg 1.5"; do
     name=${case%%:*}; args=${case#*:}
     run "$LDM" sample $args --n 2 --device cpu --out "$name-cpu.h5" >/dev/null

@@ -126,8 +126,10 @@ train-pictures-cuda)
   # 1 (one class: 8 pictures, Heun 18 steps, seed 0) against ldm sample on the
   # CPU from the same EMA weights (the run's checkpoint of step 1).
   run "$LDM" prepare synthetic --classes 1 --n 4 --size 8 --channels 4 --out one.h5 >/dev/null
+  # A DiT of one block (width 32): 35 network passes on the emulation of CUDA are the cost here.
   first_cuda train.out "$LDM" train --config "$LDM_CONFIGS/tiny.json" --data one.h5 --set device.type=cuda \
-    --set model.num_classes=1 --set train.steps=1 --set train.batch_size=2 --set train.sample_every=1 --run gpu
+    --set model.num_classes=1 --set model.depth=1 --set model.hidden_size=32 --set model.num_heads=2 \
+    --set train.steps=1 --set train.batch_size=2 --set train.sample_every=1 --run gpu
   grep -q "^samples: gpu/samples/step-00000001.png (EMA weights, Heun 18 steps, 8 per class)" train.out ||
     fail "no pictures line"
   run "$LDM" sample --model gpu --n 8 --class 0 --device cpu --out cpu.png >/dev/null

@@ -16,8 +16,9 @@
  * - the posterior's and the softmax's expf may differ from the C library's in
  *   the last bit on a GPU (the emulation uses the C library's);
  * - the attention's GEMMs are strided-batched fp32 GEMMs.
- * What the GPU model does not do: encoding and decoding alone (ldm encode,
- * sampling) and the images' gradient run on the CPU model.
+ * Encoding and decoding alone (ldm encode, ldm decode, sampling) run the same
+ * graph laid out pooled, as the CPU model's inference does; the images'
+ * gradient is not computed on the GPU.
  *
  * Notation in the shape comments: B batch, C channels, S = H * W pixels, T tokens
  * (= S in the attention), L latent channels, G GroupNorm groups. */
@@ -41,6 +42,7 @@ struct autoencoder_cuda_units {
     gemm_cuda_context *gemm;
     ldm_stream stream; /* the model's (autoencoder_cuda_model.stream) */
     double *host_sums; /* page-locked (2): the loss's sums read back */
+    float *host_moments; /* encoding layouts: (max_batch, 2L, h, w) the moments read back */
 };
 
 /* ---- the graph's ops on the device (ae_backend): work queued on the model's stream ---- */
@@ -188,12 +190,18 @@ static const ae_backend gpu_backend = {
 
 void autoencoder_cuda_create(autoencoder_cuda_model *m, const autoencoder_shape *shape, int max_batch,
                              ldm_precision precision) {
+    autoencoder_cuda_create_purpose(m, shape, max_batch, precision, AE_FOR_TRAINING);
+}
+
+void autoencoder_cuda_create_purpose(autoencoder_cuda_model *m, const autoencoder_shape *shape, int max_batch,
+                                     ldm_precision precision, autoencoder_purpose purpose) {
     memset(m, 0, sizeof(*m));
     if (precision != PRECISION_FP32 && precision != PRECISION_BF16 && precision != PRECISION_FP16)
         fatal_internal("autoencoder_cuda_create: unknown precision %d", (int)precision);
     if (max_batch < 1) fatal_internal("autoencoder_cuda_create: batch %d", max_batch);
     autoencoder_build_table(&m->table, shape); /* checks the shape (fatal_input) */
     m->shape = *shape;
+    m->purpose = purpose;
     m->precision = precision;
     m->max_batch = max_batch;
     m->latent_size = shape->input_size >> (shape->levels - 1);
@@ -206,7 +214,11 @@ void autoencoder_cuda_create(autoencoder_cuda_model *m, const autoencoder_shape 
     g->max_batch = max_batch;
     g->latent_size = m->latent_size;
     g->param_count = m->table.trainable_numel;
-    g->parts = (ae_graph_parts){.encoder = true, .decoder = true, .training = true, .pooled = false};
+    /* As autoencoder.c lays the CPU model out for each purpose. */
+    g->parts = (ae_graph_parts){.encoder = purpose != AE_FOR_DECODING,
+                                .decoder = purpose != AE_FOR_ENCODING,
+                                .training = purpose == AE_FOR_TRAINING,
+                                .pooled = purpose != AE_FOR_TRAINING};
     ae_graph_init(g);
 
     const size_t bytes = ae_graph_measure(g, &m->table);
@@ -223,6 +235,16 @@ void autoencoder_cuda_create(autoencoder_cuda_model *m, const autoencoder_shape 
     m->images = g->images;
     m->noise = g->noise;
     m->units->host_sums = cuda_pinned_alloc(2 * sizeof(double));
+    if (purpose != AE_FOR_TRAINING) {
+        /* The inputs of inference beside the graph's block: (max_batch, C, H, W) and (max_batch, L, h, w). */
+        const size_t images = (size_t)max_batch * shape->in_channels * shape->input_size * shape->input_size;
+        const size_t latents = (size_t)max_batch * shape->latent_channels * m->latent_size * m->latent_size;
+        if (g->parts.encoder) {
+            m->encode_input = cuda_buffer_alloc(sizeof(float) * images);
+            m->units->host_moments = xmalloc(sizeof(float) * 2 * latents);
+        }
+        if (g->parts.decoder) m->decode_input = cuda_buffer_alloc(sizeof(float) * latents);
+    }
     m->gemm = m->units->gemm = gemm_cuda_context_create();
     m->stream = m->units->stream = dit_cuda_stream_create();
 }
@@ -234,8 +256,11 @@ void autoencoder_cuda_destroy(autoencoder_cuda_model *m) {
     }
     if (m->gemm) gemm_cuda_context_destroy(m->gemm);
     cuda_buffer_free(m->memory);
+    cuda_buffer_free(m->encode_input);
+    cuda_buffer_free(m->decode_input);
     if (m->units) {
         cuda_pinned_free(m->units->host_sums);
+        free(m->units->host_moments);
         ae_graph_free(&m->units->graph);
         free(m->units);
     }
@@ -257,6 +282,62 @@ void autoencoder_cuda_download_grads(autoencoder_cuda_model *m, float *host_grad
 
 void autoencoder_cuda_zero_grad(autoencoder_cuda_model *m) {
     dit_cuda_zero_async(m->grads, sizeof(float) * m->table.trainable_numel, m->stream);
+}
+
+/* ---- inference ---- */
+
+static void check_inference(const autoencoder_cuda_model *m, int batch, const float *input, const char *what) {
+    if (!input) fatal_internal("%s: the model was not laid out for it", what);
+    if (batch < 1 || batch > m->max_batch) fatal_internal("%s: batch %d outside [1, %d]", what, batch, m->max_batch);
+}
+
+const float *autoencoder_cuda_encode(autoencoder_cuda_model *m, int batch) {
+    check_inference(m, batch, m->encode_input, "autoencoder_cuda_encode");
+    ae_graph *g = &m->units->graph;
+    ae_graph_refresh_weights(g);
+    ae_graph_encode(g, m->encode_input, batch);
+    return ae_graph_moments(g);
+}
+
+const float *autoencoder_cuda_decode(autoencoder_cuda_model *m, int batch) {
+    check_inference(m, batch, m->decode_input, "autoencoder_cuda_decode");
+    ae_graph *g = &m->units->graph;
+    ae_graph_refresh_weights(g);
+    ae_graph_decode(g, m->decode_input, batch);
+    return ae_graph_decoded(g);
+}
+
+static float clamp_logvar(float v) { return v < AE_LOGVAR_MIN ? AE_LOGVAR_MIN : v > AE_LOGVAR_MAX ? AE_LOGVAR_MAX : v; }
+
+void autoencoder_cuda_encode_host(autoencoder_cuda_model *m, const float *images, int batch, float *mean,
+                                  float *logvar) {
+    check_inference(m, batch, m->encode_input, "autoencoder_cuda_encode_host");
+    const size_t image = (size_t)m->shape.in_channels * m->shape.input_size * m->shape.input_size;
+    const size_t per = (size_t)m->shape.latent_channels * m->latent_size * m->latent_size;
+    dit_cuda_stream_synchronize(m->stream); /* nothing queued may still read the input */
+    cuda_copy_to_device(m->encode_input, images, sizeof(float) * (size_t)batch * image);
+    const float *moments = autoencoder_cuda_encode(m, batch);
+    dit_cuda_stream_synchronize(m->stream);
+    float *host = m->units->host_moments;
+    cuda_copy_to_host(host, moments, sizeof(float) * (size_t)batch * 2 * per);
+    /* Split as autoencoder.c does: the mean, and the log-variance clamped. */
+    for (int b = 0; b < batch; b++) {
+        const float *row = host + (size_t)b * 2 * per;
+        if (mean) memcpy(mean + (size_t)b * per, row, sizeof(float) * per);
+        if (logvar)
+            for (size_t k = 0; k < per; k++) logvar[(size_t)b * per + k] = clamp_logvar(row[per + k]);
+    }
+}
+
+void autoencoder_cuda_decode_host(autoencoder_cuda_model *m, const float *z, int batch, float *images) {
+    check_inference(m, batch, m->decode_input, "autoencoder_cuda_decode_host");
+    const size_t image = (size_t)m->shape.in_channels * m->shape.input_size * m->shape.input_size;
+    const size_t per = (size_t)m->shape.latent_channels * m->latent_size * m->latent_size;
+    dit_cuda_stream_synchronize(m->stream);
+    cuda_copy_to_device(m->decode_input, z, sizeof(float) * (size_t)batch * per);
+    const float *decoded = autoencoder_cuda_decode(m, batch);
+    dit_cuda_stream_synchronize(m->stream);
+    cuda_copy_to_host(images, decoded, sizeof(float) * (size_t)batch * image);
 }
 
 /* ---- the training step ---- */

@@ -22,8 +22,11 @@
  * parameters, softmax, the posterior and the loss stay fp32. So bf16/fp16 give
  * the CPU model's numbers, not a 16-bit GEMM's speed.
  *
- * Only the training layout (AE_FOR_TRAINING) exists on the GPU so far: encoding
- * and decoding alone (ldm encode, sampling) and d_images run on the CPU model.
+ * Laid out for inference (AE_FOR_ENCODING, AE_FOR_DECODING, AE_FOR_INFERENCE:
+ * ldm encode, ldm decode, sampling) the forward pass runs in the graph's pooled
+ * slots with no gradients, as the CPU model's does, from an input buffer of the
+ * model (encode_input, decode_input) that the caller fills. d_images (the
+ * images' gradient) is not computed on the GPU.
  *
  * All tensor pointers in the struct are DEVICE pointers. Work is queued on the
  * model's stream, a blocking stream (ordered with the legacy default stream
@@ -49,6 +52,7 @@ typedef struct autoencoder_cuda_units autoencoder_cuda_units;
 
 typedef struct {
     autoencoder_shape shape;
+    autoencoder_purpose purpose;
     ldm_precision precision;
     int max_batch;
     int latent_size;     /* input_size / 2^(levels - 1) */
@@ -67,8 +71,12 @@ typedef struct {
      * its clamped log-variance and the latent decoded (z = mean + exp(logvar / 2)
      * noise, or the mean); (batch, C, H, W) the reconstruction. */
     const float *posterior_mean, *posterior_logvar, *latent, *reconstruction;
+    /* Inference layouts only (else NULL), written by the caller before
+     * autoencoder_cuda_encode / _decode: encode_input (max_batch, C, H, W)
+     * images, decode_input (max_batch, L, h, w) latents. */
+    float *encode_input, *decode_input;
     autoencoder_cuda_units *units; /* host struct: the graph (its units, device pointers), GEMM context, stream */
-    void *memory; /* the one device allocation behind every buffer above */
+    void *memory; /* the one device allocation behind every buffer above but encode_input and decode_input */
     size_t memory_bytes;
     gemm_cuda_context *gemm;
     ldm_stream stream;
@@ -80,6 +88,9 @@ typedef struct {
  * gradients start zero. Uses the current CUDA device. */
 void autoencoder_cuda_create(autoencoder_cuda_model *model, const autoencoder_shape *shape, int max_batch,
                              ldm_precision precision);
+/* The same laid out for purpose (autoencoder_cuda_create is AE_FOR_TRAINING). */
+void autoencoder_cuda_create_purpose(autoencoder_cuda_model *model, const autoencoder_shape *shape, int max_batch,
+                                     ldm_precision precision, autoencoder_purpose purpose);
 /* Waits for the model's stream, then frees everything. */
 void autoencoder_cuda_destroy(autoencoder_cuda_model *model);
 
@@ -89,6 +100,21 @@ void autoencoder_cuda_upload_params(autoencoder_cuda_model *model, const float *
 void autoencoder_cuda_download_grads(autoencoder_cuda_model *model, float *host_grads);
 /* Queued on the model's stream. */
 void autoencoder_cuda_zero_grad(autoencoder_cuda_model *model);
+
+/* Inference (a model laid out for encoding, decoding or both), queued on the
+ * model's stream: the first batch rows of encode_input through the encoder,
+ * returning the moments (batch, 2L, h, w) (device; the log-variance not yet
+ * clamped), or of decode_input through the decoder, returning the images
+ * (batch, C, H, W) (device). The returned buffers are the graph's slots: valid
+ * until the next call. */
+const float *autoencoder_cuda_encode(autoencoder_cuda_model *model, int batch);
+const float *autoencoder_cuda_decode(autoencoder_cuda_model *model, int batch);
+/* autoencoder_encode and autoencoder_decode of autoencoder.h on the device,
+ * host buffers in and out (mean or logvar may be NULL); they wait for the
+ * stream. */
+void autoencoder_cuda_encode_host(autoencoder_cuda_model *model, const float *images, int batch, float *mean,
+                                  float *logvar);
+void autoencoder_cuda_decode_host(autoencoder_cuda_model *model, const float *z, int batch, float *images);
 
 /* autoencoder_train_forward on the device, from model->images and (when
  * sample_posterior) model->noise: encode, z = mean + exp(logvar / 2) noise or z =

@@ -21,7 +21,8 @@
 #   ops        60  test_device test_ops_cuda test_ops_cuda_conv
 #   models     90  test_dit_cuda test_dit_cuda_trainable test_autoencoder_cuda test_distill_cuda
 #   nccl       45  test_comm_nccl, one rank (several: tests/gpu_session_multi.sh)
-#   cli       150  the cli_* tests labelled cuda (cli_train_cuda_ranks and cli_distill_cuda_ranks only with 2+ GPUs)
+#   cli       150  the cli_* tests labelled cuda (cli_train_cuda_ranks and cli_distill_cuda_ranks only with 2+ GPUs), with
+#                  sample, encode, decode and the training pictures on the GPU (gpu_sample_tests.cmake)
 #   sanitize  (left) the failed tests of the first failing group again under
 #                  compute-sanitizer (memcheck), when it is there
 #   bench     100  tests/bench_gpu_vs_pytorch.sh: ldm bench DiT-B/2 bf16 batch 256 against

@@ -240,8 +240,11 @@ static bench_result bench_gpu(const ldm_config *config, const dit_shape *shape, 
     const double tflops = flops / r.step_s / 1e12;
     int used = snprintf(r.device_fields, sizeof(r.device_fields), " device=cuda tflops=%.3f", tflops);
     if (peak > 0 && used > 0 && (size_t)used < sizeof(r.device_fields))
-        snprintf(r.device_fields + used, sizeof(r.device_fields) - (size_t)used, " mfu=%.3f peak_tflops=%g",
-                 tflops / peak, peak);
+        used += snprintf(r.device_fields + used, sizeof(r.device_fields) - (size_t)used, " mfu=%.3f peak_tflops=%g",
+                         tflops / peak, peak);
+    const double sampling = bench_cuda_sampling_images_per_s(&gpu, config->diffusion.sigma_data, warmup, steps);
+    if (used > 0 && (size_t)used < sizeof(r.device_fields))
+        snprintf(r.device_fields + used, sizeof(r.device_fields) - (size_t)used, " sample_images_per_s=%.1f", sampling);
     bench_cuda_destroy(&gpu);
     return r;
 }

@@ -20,6 +20,7 @@
 #include "fatal.h"
 #include "parameter_store.h"
 #include "trainables.h"
+#include "sampler_cuda.h"
 
 #define CUDA_OK(call) cuda_ok((call), #call)
 
@@ -189,6 +190,37 @@ double bench_cuda_distill(const ldm_config *config, int batch, const float *x, c
     adamw_destroy(&adam);
     t->destroy(t);
     return per_step;
+}
+
+/* ---- a sampling step ---- */
+
+double bench_cuda_sampling_images_per_s(bench_cuda *b, double sigma_data, int warmup, int steps) {
+    if (steps < 1) fatal_internal("bench_cuda_sampling_images_per_s: %d timed steps", steps);
+    /* One Euler step from sigma_max: one network evaluation of the batch, its
+     * noise drawn on the host and uploaded, as ldm sample's steps do. */
+    const sampler_options options = {.steps = 1, .method = SAMPLER_EULER, .guidance = 1.0};
+    sampler_cuda sampler;
+    sampler_cuda_create(&sampler, &b->model, &options, sigma_data, b->batch);
+    int *labels = xmalloc(sizeof(int) * (size_t)b->batch);
+    int64_t *indices = xmalloc(sizeof(int64_t) * (size_t)b->batch);
+    for (int i = 0; i < b->batch; i++) labels[i] = i % (b->model.shape.num_classes + 1), indices[i] = i;
+    cudaEvent_t begin, end;
+    CUDA_OK(cudaEventCreate(&begin));
+    CUDA_OK(cudaEventCreate(&end));
+    for (int step = 0; step < warmup + steps; step++) {
+        /* sampler_cuda_run waits for the stream before it draws: the host's noise counts too */
+        if (step == warmup) CUDA_OK(cudaEventRecord(begin, b->model.stream));
+        sampler_cuda_run(&sampler, labels, indices, b->batch);
+    }
+    CUDA_OK(cudaEventRecord(end, b->model.stream));
+    CUDA_OK(cudaEventSynchronize(end));
+    const double seconds = seconds_between(begin, end);
+    CUDA_OK(cudaEventDestroy(begin));
+    CUDA_OK(cudaEventDestroy(end));
+    free(labels);
+    free(indices);
+    sampler_cuda_destroy(&sampler);
+    return seconds > 0 ? (double)b->batch * steps / seconds : 0.0;
 }
 
 /* ---- the peak the MFU is taken against ---- */

@@ -55,6 +55,11 @@ void bench_cuda_destroy(bench_cuda *b);
 double bench_cuda_distill(const ldm_config *config, int batch, const float *x, const int *y, int warmup, int steps,
                           double *loss);
 
+/* Images per second of sampling steps on the bench's model: one Euler step
+ * (one network evaluation of the batch, no guidance, the noise drawn on the
+ * host: sampler_cuda.h) per run, warmup untimed runs then steps timed ones. */
+double bench_cuda_sampling_images_per_s(bench_cuda *b, double sigma_data, int warmup, int steps);
+
 /* The dense peak TFLOP/s of the GPU named device_name for GEMMs in `precision`
  * (bf16/fp16 tensor cores, or fp32 without them: ldm's fp32 GEMMs never use
  * TF32), from LDM_PEAK_TFLOPS when set, else from a table of known GPUs; 0 when

@@ -39,7 +39,15 @@
  * autoencoder's where they differ) through the decoder, written as /images uint8 (N, H, W, C), pixel =
  * round((x + 1) * 127.5) clamped to [0, 255], labels copied, collectively like
  * encode; or, when OUT ends in .png, a grid of the first --n (default 64)
- * images, 8 per row, written by rank 0 (under a temporary name, renamed). */
+ * images, 8 per row, written by rank 0 (under a temporary name, renamed).
+ *
+ * --device auto|cpu|cuda (command_device.h): on cuda the autoencoder runs on
+ * each rank's GPU (autoencoder_cuda.h laid out for encoding or decoding), on
+ * a fixed number of rows, min(--batch, the rows of the whole job), zero padded:
+ * a GPU GEMM's sums may depend on its row count, and a fixed count keeps the
+ * files the same for any number of ranks. The latents' statistics are the
+ * same exact sums, made on the host. The values agree with the CPU's to the
+ * network's rounding. */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <hdf5.h>
@@ -55,9 +63,13 @@
 
 #include "atomic_file.h"
 #include "autoencoder.h"
+#ifdef LDM_HAVE_CUDA
+#include "autoencoder_cuda.h"
+#endif
 #include "checkpoint.h"
 #include "checkpoint_model.h"
 #include "cli.h"
+#include "command_device.h"
 #include "comm.h"
 #include "exact_sum.h"
 #include "commands.h"
@@ -174,6 +186,7 @@ typedef struct {
     int sample, force;  /* --sample: a draw of the posterior, not its mean */
     uint64_t seed;
     int batch;          /* --batch */
+    const char *device; /* --device auto|cpu|cuda (NULL: auto) */
 } encode_options;
 
 /* 0 when help was printed. */
@@ -191,6 +204,8 @@ static int parse_encode_options(int argc, char **argv, encode_options *o) {
         {.name = "--batch", .text = &batch, .help = "images per forward pass and per read (default 64)"},
         {.name = "--dtype", .text = &o->dtype, .help = "float32 or float16 latents (default float32)"},
         {.name = "--force", .flag = &o->force, .help = "overwrite an existing output"},
+        {.name = "--device", .text = &o->device,
+         .help = "auto (cuda where this build and machine have a GPU, else cpu), cpu or cuda (default auto)"},
         {0},
     };
     if (!cli_parse_unless_help("encode",
@@ -210,12 +225,72 @@ typedef struct {
     dataset_info info;
     int64_t start, rows, largest_shard;
     int batch; /* rows per read and per network pass: --batch, at most the largest shard */
-    checkpoint_autoencoder ae;
+    int on_cuda;
+    int network_rows; /* rows of every network pass: batch on the CPU, on the GPU min(--batch, all rows) */
+    checkpoint_autoencoder ae; /* on the GPU: the weights, for batches of 1 */
+#ifdef LDM_HAVE_CUDA
+    autoencoder_cuda_model gpu;
+#endif
 } autoencoder_job;
 
 static void autoencoder_job_free(autoencoder_job *job) {
+#ifdef LDM_HAVE_CUDA
+    if (job->on_cuda) autoencoder_cuda_destroy(&job->gpu);
+#endif
     checkpoint_autoencoder_free(&job->ae);
     dataset_info_free(&job->info);
+}
+
+/* Collective: the autoencoder of --ae for the job's purpose, on its device;
+ * all_rows: the rows of the whole job (every rank's). */
+static void load_job_autoencoder(autoencoder_job *job, const char *command, const char *where, const char *weights,
+                                 autoencoder_purpose purpose, int requested_batch, int64_t all_rows, int image_size,
+                                 int latent_size) {
+    job->network_rows = job->batch;
+    if (job->on_cuda) job->network_rows = (int)(requested_batch < all_rows ? requested_batch : all_rows);
+    checkpoint_autoencoder_load_sized(&job->ae, command, where, weights, purpose, job->on_cuda ? 1 : job->batch,
+                                      image_size, latent_size);
+#ifdef LDM_HAVE_CUDA
+    if (job->on_cuda) {
+        autoencoder_cuda_create_purpose(&job->gpu, &job->ae.shape, job->network_rows, job->ae.model.precision,
+                                        purpose);
+        autoencoder_cuda_upload_params(&job->gpu, job->ae.model.params);
+    }
+#endif
+}
+
+#ifdef LDM_HAVE_CUDA
+/* The padding rows [rows, network_rows) of a buffer of per_row floats a row, zeroed. */
+static void zero_padding(const autoencoder_job *job, float *buffer, int64_t rows, int64_t per_row) {
+    memset(buffer + rows * per_row, 0, sizeof(float) * (size_t)((job->network_rows - rows) * per_row));
+}
+#endif
+
+/* autoencoder_encode on the job's device; images, mean and logvar (may be
+ * NULL) hold network_rows rows (on the GPU the rows past `rows` are zeroed and run too). */
+static void job_encode(autoencoder_job *job, float *images, int64_t rows, float *mean, float *logvar) {
+    if (!job->on_cuda) {
+        autoencoder_encode(&job->ae.model, images, (int)rows, mean, logvar);
+        return;
+    }
+#ifdef LDM_HAVE_CUDA
+    const autoencoder_shape *s = &job->ae.shape;
+    zero_padding(job, images, rows, (int64_t)s->in_channels * s->input_size * s->input_size);
+    autoencoder_cuda_encode_host(&job->gpu, images, job->network_rows, mean, logvar);
+#endif
+}
+
+/* autoencoder_decode on the job's device; latents and images hold network_rows rows. */
+static void job_decode(autoencoder_job *job, float *latents, int64_t rows, float *images) {
+    if (!job->on_cuda) {
+        autoencoder_decode(&job->ae.model, latents, (int)rows, images);
+        return;
+    }
+#ifdef LDM_HAVE_CUDA
+    const int latent_size = job->ae.model.latent_size;
+    zero_padding(job, latents, rows, (int64_t)job->ae.shape.latent_channels * latent_size * latent_size);
+    autoencoder_cuda_decode_host(&job->gpu, latents, job->network_rows, images);
+#endif
 }
 
 /* Collective: the images of --data, this rank's shard of them, and the autoencoder that takes them. */
@@ -226,8 +301,7 @@ static void resolve_encode_inputs(const encode_options *o, autoencoder_job *job)
     dataset_shard_range(info->count, rank, world, &job->start, &job->rows);
     job->largest_shard = (info->count + world - 1) / world;
     job->batch = (int)(o->batch < job->largest_shard ? o->batch : job->largest_shard);
-    checkpoint_autoencoder_load_sized(&job->ae, "encode", o->ae, o->weights, AE_FOR_ENCODING, job->batch, info->height,
-                                      0);
+    load_job_autoencoder(job, "encode", o->ae, o->weights, AE_FOR_ENCODING, o->batch, info->count, info->height, 0);
     const autoencoder_shape *shape = &job->ae.shape;
     if (info->channels != shape->in_channels || info->height != shape->input_size ||
         info->width != shape->input_size)
@@ -270,12 +344,12 @@ static dataset_writer *create_latents_writer(const encode_options *o, const auto
 /* Rows of latents (rows, C, h, w): posterior means, or with --sample draws
  * mean + exp(logvar / 2) * noise keyed by (seed, row); first_row is the
  * file row of the first. Non-finite latents are refused. */
-static void encode_rows(const encode_options *o, autoencoder_job *job, const float *images, int64_t first_row,
+static void encode_rows(const encode_options *o, autoencoder_job *job, float *images, int64_t first_row,
                         int64_t rows, float *mean, float *logvar) {
     const int latent_size = job->ae.model.latent_size;
     const int64_t latent_elements = (int64_t)job->ae.shape.latent_channels * latent_size * latent_size;
     const uint64_t noise_seed = rng_hash(o->seed, PURPOSE_ENCODE_SAMPLE);
-    autoencoder_encode(&job->ae.model, images, (int)rows, mean, logvar);
+    job_encode(job, images, rows, mean, logvar);
     for (int64_t r = 0; r < rows; r++) {
         float *z = mean + r * latent_elements;
         if (o->sample) {
@@ -302,10 +376,11 @@ static void encode_shard(const encode_options *o, autoencoder_job *job, const in
     const int64_t count_all = job->info.count, rows = job->rows;
     row_reader reader;
     row_reader_open(&reader, &job->info, H5T_NATIVE_UINT8);
+    const size_t network_rows = (size_t)job->network_rows;                                          /* N >= B */
     uint8_t *pixels = xmalloc((size_t)batch * (size_t)image_elements);                              /* (B, H, W, C) */
-    float *images = xmalloc(sizeof(float) * (size_t)batch * (size_t)image_elements);                /* (B, C, H, W) */
-    float *mean = xmalloc(sizeof(float) * (size_t)batch * (size_t)latent_elements);                 /* (B, c, h, w) */
-    float *logvar = o->sample ? xmalloc(sizeof(float) * (size_t)batch * (size_t)latent_elements) : NULL;
+    float *images = xmalloc(sizeof(float) * network_rows * (size_t)image_elements);                 /* (N, C, H, W) */
+    float *mean = xmalloc(sizeof(float) * network_rows * (size_t)latent_elements);                  /* (N, c, h, w) */
+    float *logvar = o->sample ? xmalloc(sizeof(float) * network_rows * (size_t)latent_elements) : NULL;
     progress_bar bar;
     progress_bar_start(&bar, "encode", count_all, comm_rank() == 0 && rows > 0);
     const int64_t batches = (job->largest_shard + batch - 1) / batch;
@@ -348,8 +423,9 @@ static void write_latent_statistics(latent_statistics *stats, int64_t count, dat
 int command_encode(int argc, char **argv) {
     encode_options o;
     if (!parse_encode_options(argc, argv, &o)) return 0;
-    autoencoder_job job;
+    autoencoder_job job = {.on_cuda = command_device_on_cuda("encode", o.device)};
     resolve_encode_inputs(&o, &job);
+    command_device_print("encode", job.on_cuda);
     const int latent_channels = job.ae.shape.latent_channels, latent_size = job.ae.model.latent_size;
     int32_t *labels = dataset_read_labels(&job.info); /* all N, or NULL */
     dataset_writer *writer = create_latents_writer(&o, &job, labels);
@@ -396,15 +472,15 @@ static void latents_to_autoencoder_units(const dataset_info *info, const checkpo
 }
 
 /* Decodes rows [start, start + rows) of the latents into pixels (rows, H, W, C). */
-static void decode_rows(checkpoint_autoencoder *ae, row_reader *reader, int64_t start, int64_t rows, int batch,
+static void decode_rows(autoencoder_job *job, row_reader *reader, int64_t start, int64_t rows, int batch,
                         float *latents, float *images, uint8_t *pixels) {
-    const autoencoder_shape *s = &ae->shape;
+    const autoencoder_shape *s = &job->ae.shape;
     const int64_t image_elements = (int64_t)s->in_channels * s->input_size * s->input_size;
     for (int64_t first = 0; first < rows; first += batch) {
         int64_t count = rows - first < batch ? rows - first : batch;
         row_reader_read(reader, start + first, count, latents);
-        latents_to_autoencoder_units(reader->info, ae, latents, (size_t)count * (size_t)reader->info->sample_elements);
-        autoencoder_decode(&ae->model, latents, (int)count, images);
+        latents_to_autoencoder_units(reader->info, &job->ae, latents, (size_t)count * (size_t)reader->info->sample_elements);
+        job_decode(job, latents, count, images);
         dataset_pixels_from_floats(images, count, s->in_channels, s->input_size, pixels + first * image_elements);
     }
 }
@@ -416,6 +492,7 @@ typedef struct {
     long long n;       /* --n, or 0: the default */
     int batch;         /* --batch */
     int force;
+    const char *device; /* --device auto|cpu|cuda (NULL: auto) */
 } decode_options;
 
 /* 0 when help was printed. */
@@ -433,6 +510,8 @@ static int parse_decode_options(int argc, char **argv, decode_options *o) {
         {.name = "--n", .text = &n, .help = "decode the first N rows (default: all for .h5, 64 for .png)"},
         {.name = "--batch", .text = &batch, .help = "latents per forward pass and per read (default 64)"},
         {.name = "--force", .flag = &o->force, .help = "overwrite an existing output"},
+        {.name = "--device", .text = &o->device,
+         .help = "auto (cuda where this build and machine have a GPU, else cpu), cpu or cuda (default auto)"},
         {0},
     };
     if (!cli_parse_unless_help("decode",
@@ -462,8 +541,7 @@ static void resolve_decode_inputs(const decode_options *o, autoencoder_job *job,
     /* A PNG is written by rank 0 alone: refuse an existing one before any work. */
     if (o->png) cli_refuse_existing_output(o->out, o->force);
 
-    checkpoint_autoencoder_load_sized(&job->ae, "decode", o->ae, o->weights, AE_FOR_DECODING, job->batch, 0,
-                                      info->height);
+    load_job_autoencoder(job, "decode", o->ae, o->weights, AE_FOR_DECODING, o->batch, *n, 0, info->height);
     const autoencoder_shape *shape = &job->ae.shape;
     const int latent_size = job->ae.model.latent_size;
     if (info->channels != shape->latent_channels || info->height != latent_size || info->width != latent_size)
@@ -479,7 +557,7 @@ static void decode_to_grid(const decode_options *o, autoencoder_job *job, int64_
     const int64_t image_elements = (int64_t)shape->in_channels * shape->input_size * shape->input_size;
     if (comm_rank() == 0) {
         uint8_t *pixels = xmalloc((size_t)n * (size_t)image_elements);
-        decode_rows(&job->ae, reader, 0, n, job->batch, latents, images, pixels);
+        decode_rows(job, reader, 0, n, job->batch, latents, images, pixels);
         png_write_image_grid(o->out, pixels, n, shape->in_channels, shape->input_size, 0);
         free(pixels);
         printf("decode: wrote %s: a grid of the first %lld images (%d per row), from %s\n", o->out, (long long)n,
@@ -517,7 +595,7 @@ static void decode_to_dataset(const decode_options *o, autoencoder_job *job, int
     const int64_t batches = (job->largest_shard + batch - 1) / batch;
     for (int64_t b = 0; b < batches; b++) {
         int64_t first = job->start + b * batch, count = dataset_rows_in_batch(job->rows, batch, b);
-        if (count > 0) decode_rows(&job->ae, reader, first, count, batch, latents, images, pixels);
+        if (count > 0) decode_rows(job, reader, first, count, batch, latents, images, pixels);
         dataset_writer_write_images(writer, first, count, pixels);
         if (labels) dataset_writer_write_labels(writer, first, count, labels + first);
         progress_bar_update(&bar, (b * batch + count) * n / (job->rows > 0 ? job->rows : 1));
@@ -537,15 +615,17 @@ static void decode_to_dataset(const decode_options *o, autoencoder_job *job, int
 int command_decode(int argc, char **argv) {
     decode_options o;
     if (!parse_decode_options(argc, argv, &o)) return 0;
-    autoencoder_job job;
+    autoencoder_job job = {.on_cuda = command_device_on_cuda("decode", o.device)};
     int64_t n;
     resolve_decode_inputs(&o, &job, &n);
+    command_device_print("decode", job.on_cuda);
     const autoencoder_shape *shape = &job.ae.shape;
     const int64_t image_elements = (int64_t)shape->in_channels * shape->input_size * shape->input_size;
     row_reader reader;
     row_reader_open(&reader, &job.info, H5T_NATIVE_FLOAT);
-    float *latents = xmalloc(sizeof(float) * (size_t)job.batch * (size_t)job.info.sample_elements); /* (B, c, h, w) */
-    float *images = xmalloc(sizeof(float) * (size_t)job.batch * (size_t)image_elements);          /* (B, C, H, W) */
+    const size_t rows = (size_t)job.network_rows; /* N >= B: the network's rows */
+    float *latents = xmalloc(sizeof(float) * rows * (size_t)job.info.sample_elements); /* (N, c, h, w) */
+    float *images = xmalloc(sizeof(float) * rows * (size_t)image_elements);          /* (N, C, H, W) */
     if (o.png)
         decode_to_grid(&o, &job, n, &reader, latents, images);
     else

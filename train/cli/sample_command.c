@@ -6,6 +6,7 @@
  *   ldm sample --model RUN_OR_CKPT --n N --out FILE.h5|FILE.png|FILE.npz [--ae RUN_OR_CKPT]
  *              [--class K|all] [--cfg W] [--steps S] [--sampler heun|euler]
  *              [--churn S] [--seed S] [--weights ema|model] [--batch B] [--force]
+ *              [--device auto|cpu|cuda]
  *
  * The model: rank 0 finds the checkpoint (checkpoint_model.h), which must be of
  * kind "dit", and reads the model's config and its data record from its
@@ -26,7 +27,12 @@
  * column i / classes), else 8 per row; RGB for 3 or more channels, else the
  * first channel in gray. .npz: rank 0 gathers the shards and writes arr_0
  * (N, H, W, 3) uint8 (gray repeated to RGB) and arr_1 (N) int64 labels, what
- * the ADM evaluation suite and torch-fidelity read (data/npz_writer.h). */
+ * the ADM evaluation suite and torch-fidelity read (data/npz_writer.h).
+ *
+ * --device (command_device.h): on cuda the sampler, the DiT and the decoder run
+ * on each rank's GPU (sample_runner.h), the noise drawn on the host from the
+ * same streams: the same samples as the CPU's up to the network's rounding, and
+ * the same bytes for any number of ranks for a given --batch. */
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -41,6 +47,7 @@
 #include "checkpoint.h"
 #include "checkpoint_model.h"
 #include "cli.h"
+#include "command_device.h"
 #include "comm.h"
 #include "commands.h"
 #include "dataset_file.h"
@@ -51,12 +58,13 @@
 #include "png_image.h"
 #include "progress_bar.h"
 #include "consistency_record.h"
-#include "sample_pipeline.h"
+#include "sample_runner.h"
 #include "sampler.h"
 
 /* The command line of ldm sample, parsed and checked. */
 typedef struct {
     const char *model, *out, *class_text, *weights, *ae, *sigmas; /* as given (NULL: left out) */
+    const char *device;               /* --device auto|cpu|cuda (NULL: auto) */
     int64_t n;
     int force, png, npz;              /* npz: --out ends in .npz */
     int batch;                        /* rows of every network pass */
@@ -97,6 +105,8 @@ static int read_sample_command_line(int argc, char **argv, sample_options *o, sa
          .help = "for a model trained on latents: the autoencoder (run, checkpoint or diffusers folder) that "
                  "decodes them (default: the one that made its latents, when still there)"},
         {.name = "--churn", .text = &t->churn, .help = "EDM's stochastic churn S_churn (default 0: deterministic)"},
+        {.name = "--device", .text = &o->device,
+         .help = "auto (cuda where this build and machine have a GPU, else cpu), cpu or cuda (default auto)"},
         {.name = "--sigmas", .text = &o->sigmas,
          .help = "a consistency model: its sampler's noise levels instead of the recorded ones, decreasing and "
                  "above distill.sigma_min, e.g. 80,0.821 (one per step)"},
@@ -267,14 +277,15 @@ static void resolve_sample_model(const sample_options *o, sample_model *m) {
 
 /* The networks that make the samples, and the words that name them. */
 typedef struct {
-    dit_model dit;
+    sample_runner *runner;     /* the sampler over the DiT (and the decoder), on the CPU or the GPU */
     checkpoint_autoencoder ae; /* a latents model's decoder */
     char *recorded_ae;         /* the autoencoder its latents file named, or NULL */
     char *description;         /* "CHECKPOINT (step S, ema weights)[, decoded by AE]" */
 } sample_networks;
 
 /* Collective: the autoencoder of a latents model: --ae, or the one recorded in the data. */
-static void load_sample_autoencoder(const sample_options *o, const sample_model *m, sample_networks *net) {
+static void load_sample_autoencoder(const sample_options *o, const sample_model *m, int on_cuda,
+                                    sample_networks *net) {
     const char *ae_where = o->ae;
     net->recorded_ae = NULL;
     if (!ae_where) {
@@ -286,24 +297,38 @@ static void load_sample_autoencoder(const sample_options *o, const sample_model 
                         "them with --ae", m->checkpoint, m->data.autoencoder[0] ? m->data.autoencoder : "not recorded");
         ae_where = net->recorded_ae;
     }
-    checkpoint_autoencoder_load_sized(&net->ae, "sample", ae_where, "ema", AE_FOR_DECODING, o->batch, 0,
+    /* On the GPU the runner decodes with a device copy: the host model only holds the weights. */
+    checkpoint_autoencoder_load_sized(&net->ae, "sample", ae_where, "ema", AE_FOR_DECODING, on_cuda ? 1 : o->batch, 0,
                                       m->shape.input_size);
     checkpoint_autoencoder_check_latents(&net->ae, &m->shape, m->checkpoint);
 }
 
-/* Collective: the DiT with the --weights of its checkpoint (rank 0 reads, every
- * rank gets them), and for a latents model its autoencoder. */
-static void load_sample_networks(const sample_options *o, const sample_model *m, sample_networks *net) {
+/* Collective: the sampler over the DiT with the --weights of its checkpoint
+ * (rank 0 reads, every rank gets them), and for a latents model its
+ * autoencoder, on the device of --device. */
+static void load_sample_networks(const sample_options *o, const sample_model *m, int on_cuda,
+                                 sample_networks *net) {
     net->recorded_ae = NULL;
-    if (m->latents) load_sample_autoencoder(o, m, net);
-    const int guided = m->edm.guidance != 1.0;
-    dit_create(&net->dit, &m->shape, guided ? 2 * o->batch : o->batch);
+    checkpoint_data data = m->data; /* its latent statistics in the units of the autoencoder that decodes */
+    if (m->latents) {
+        load_sample_autoencoder(o, m, on_cuda, net);
+        checkpoint_autoencoder_latent_units(&net->ae, data.latent_scaling_factor, data.latent_shift_factor,
+                                            m->shape.in_channels, data.latent_mean, data.latent_std);
+    }
+    sample_runner_options ro = {.shape = &m->shape, .on_cuda = on_cuda, .max_batch = o->batch,
+                                .sigma_data = m->config.diffusion.sigma_data,
+                                .edm = m->consistency ? NULL : &m->edm, .consistency = m->consistency ? &m->co : NULL,
+                                .decoder = m->latents ? &net->ae.model : NULL,
+                                .latent_mean = data.latent_mean, .latent_std = data.latent_std};
+    net->runner = sample_runner_create(&ro);
+    param_table *table = sample_runner_table(net->runner);
     if (comm_rank() == 0) {
         char *file = path_join(m->checkpoint, strcmp(o->weights, "ema") == 0 ? "ema.safetensors" : "model.safetensors");
-        param_table_load_safetensors(&net->dit.table, file);
+        param_table_load_safetensors(table, file);
         free(file);
     }
-    comm_broadcast(net->dit.params, sizeof(float) * net->dit.table.trainable_numel, 0);
+    comm_broadcast(sample_runner_params(net->runner), sizeof(float) * table->trainable_numel, 0);
+    sample_runner_params_changed(net->runner);
     char *model_description = checkpoint_model_description(m->checkpoint, m->step, o->weights);
     net->description = model_description;
     if (m->latents) {
@@ -315,7 +340,7 @@ static void load_sample_networks(const sample_options *o, const sample_model *m,
 }
 
 static void free_sample_networks(const sample_model *m, sample_networks *net) {
-    dit_destroy(&net->dit);
+    sample_runner_destroy(net->runner);
     if (m->latents) checkpoint_autoencoder_free(&net->ae);
     free(net->recorded_ae);
     free(net->description);
@@ -333,13 +358,13 @@ typedef struct {
     uint8_t *pixels;          /* (largest_shard, H, W, C) the shard's samples */
 } sample_shard;
 
-static void sample_shard_create(sample_shard *s, const sample_options *o, const sample_pipeline *pipeline) {
+static void sample_shard_create(sample_shard *s, const sample_options *o, const sample_runner *runner) {
     const int rank = comm_rank(), world = comm_world_size();
     s->start = 0, s->rows = o->n;
     dataset_shard_range(o->n, rank, world, &s->start, &s->rows);
     s->largest_shard = (o->n + world - 1) / world;
-    s->image_elements = pipeline->per_image;
-    s->channels = pipeline->channels, s->size = pipeline->size;
+    s->image_elements = sample_runner_per_image(runner);
+    s->channels = sample_runner_channels(runner), s->size = sample_runner_size(runner);
     const size_t shard_rows = (size_t)(s->largest_shard > 0 ? s->largest_shard : 1);
     s->images = xmalloc(sizeof(float) * (size_t)o->batch * (size_t)s->image_elements);
     s->labels = xmalloc(sizeof(int) * (size_t)o->batch);
@@ -376,7 +401,7 @@ static dataset_writer *create_sample_writer(const sample_options *o, const sampl
 /* Samples the shard in batches of --batch (the network always runs on --batch
  * rows, so that the samples do not depend on the number of ranks: sampler.h),
  * writing each batch to writer when there is one. */
-static void sample_shard_rows(const sample_options *o, const sample_model *m, sample_pipeline *pipeline,
+static void sample_shard_rows(const sample_options *o, const sample_model *m, sample_runner *runner,
                               sample_shard *s, dataset_writer *writer) {
     const int batch = o->batch;
     progress_bar bar;
@@ -392,7 +417,7 @@ static void sample_shard_rows(const sample_options *o, const sample_model *m, sa
             s->labels32[first + r] = s->labels[r];
         }
         if (count > 0) {
-            sample_pipeline_run(pipeline, s->labels, s->indices, (int)count, s->images);
+            sample_runner_run(runner, s->labels, s->indices, (int)count, s->images);
             for (int64_t i = 0; i < count * s->image_elements; i++)
                 if (!isfinite(s->images[i]))
                     fatal_input("%s: the model gave a non-finite sample %lld (damaged or diverged weights?)",
@@ -504,26 +529,14 @@ static void write_sample_npz(const sample_options *o, const sample_model *m, con
 
 /* Runs the sampler over this rank's shard and writes the output file. */
 static void sample_and_write(const sample_options *o, const sample_model *m, sample_networks *net) {
-    sample_pipeline pipeline;
-    autoencoder_model *decoder = m->latents ? &net->ae.model : NULL;
-    checkpoint_data data = m->data; /* its latent statistics in the units of the autoencoder that decodes */
-    if (m->latents)
-        checkpoint_autoencoder_latent_units(&net->ae, data.latent_scaling_factor, data.latent_shift_factor,
-                                            m->shape.in_channels, data.latent_mean, data.latent_std);
-    if (m->consistency)
-        sample_pipeline_create_consistency(&pipeline, &net->dit, &m->co, m->config.diffusion.sigma_data, o->batch,
-                                           decoder, data.latent_mean, data.latent_std);
-    else
-        sample_pipeline_create(&pipeline, &net->dit, &m->edm, m->config.diffusion.sigma_data, o->batch, decoder,
-                               data.latent_mean, data.latent_std);
     sample_shard shard;
-    sample_shard_create(&shard, o, &pipeline);
+    sample_shard_create(&shard, o, net->runner);
     if (o->npz && shard.channels != 1 && shard.channels != 3)
         fatal_input("ldm sample: option --out: an .npz holds RGB images, but %s makes samples of %d channels (a "
                     "latent model needs --ae or its autoencoder)",
                     m->checkpoint, shard.channels);
     dataset_writer *writer = o->png || o->npz ? NULL : create_sample_writer(o, m, &shard);
-    sample_shard_rows(o, m, &pipeline, &shard, writer);
+    sample_shard_rows(o, m, net->runner, &shard, writer);
 
     char made_by[256];
     describe_sampler(m, made_by, sizeof made_by);
@@ -539,7 +552,6 @@ static void sample_and_write(const sample_options *o, const sample_model *m, sam
         write_sample_grid(o, m, &shard, made_by, net->description);
     }
     sample_shard_free(&shard);
-    sample_pipeline_destroy(&pipeline);
 }
 
 int command_sample(int argc, char **argv) {
@@ -547,10 +559,12 @@ int command_sample(int argc, char **argv) {
     if (!parse_sample_options(argc, argv, &options)) return 0;
     /* A PNG or an npz is written by rank 0 alone: refuse an existing one before any work. */
     if (options.png || options.npz) cli_refuse_existing_output(options.out, options.force);
+    const int on_cuda = command_device_on_cuda("sample", options.device);
     sample_model model;
     resolve_sample_model(&options, &model);
     sample_networks networks;
-    load_sample_networks(&options, &model, &networks);
+    load_sample_networks(&options, &model, on_cuda, &networks);
+    command_device_print("sample", on_cuda);
     sample_and_write(&options, &model, &networks);
     free_sample_networks(&model, &networks);
     free(model.checkpoint);

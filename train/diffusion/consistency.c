@@ -78,10 +78,7 @@ int consistency_default_points(int steps, double sigma_min, double sigma_max, do
 
 /* ---- the multistep sampler ---- */
 
-void consistency_sampler_create(consistency_sampler *s, dit_model *model, const consistency_sampler_options *options,
-                                double sigma_data, int max_batch) {
-    memset(s, 0, sizeof *s);
-    const consistency_sampler_options *o = options;
+void consistency_sampler_check(const consistency_sampler_options *o) {
     if (o->steps < 1 || o->steps > CONSISTENCY_MAX_STEPS)
         fatal_input("consistency sampler: steps must be in [1, %d], got %d", CONSISTENCY_MAX_STEPS, o->steps);
     for (int k = 0; k < o->steps; k++)
@@ -89,6 +86,13 @@ void consistency_sampler_create(consistency_sampler *s, dit_model *model, const 
             (k > 0 && !(o->sigmas[k] < o->sigmas[k - 1])))
             fatal_input("consistency sampler: sigma point %d (%g): expected decreasing points above sigma_min (%g)",
                         k, o->sigmas[k], o->sigma_min);
+}
+
+void consistency_sampler_create(consistency_sampler *s, dit_model *model, const consistency_sampler_options *options,
+                                double sigma_data, int max_batch) {
+    memset(s, 0, sizeof *s);
+    const consistency_sampler_options *o = options;
+    consistency_sampler_check(o);
     if (max_batch < 1 || max_batch > model->max_batch)
         fatal_internal("consistency_sampler_create: %d samples need a model for batches of %d, it holds %d",
                        max_batch, max_batch, model->max_batch);

@@ -95,6 +95,8 @@ typedef struct {
 } consistency_sampler;
 
 /* fatal_input on bad options (no steps, sigmas not decreasing or not above sigma_min). */
+void consistency_sampler_check(const consistency_sampler_options *options);
+/* Checks options as consistency_sampler_check. */
 void consistency_sampler_create(consistency_sampler *s, dit_model *model, const consistency_sampler_options *options,
                                 double sigma_data, int max_batch);
 void consistency_sampler_destroy(consistency_sampler *s);

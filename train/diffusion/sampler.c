@@ -33,9 +33,7 @@ int sampler_network_evaluations(const sampler_options *options) {
     return options->method == SAMPLER_HEUN ? 2 * options->steps - 1 : options->steps;
 }
 
-void sampler_create(sampler *s, dit_model *model, const sampler_options *options, double sigma_data,
-                    int max_batch) {
-    memset(s, 0, sizeof *s);
+sampler_options sampler_options_checked(const sampler_options *options) {
     if (options->steps < 1) fatal_input("sampler: steps must be at least 1, got %d", options->steps);
     if (!(options->guidance >= 0) || !isfinite(options->guidance))
         fatal_input("sampler: the guidance scale must be a finite number >= 0, got %g", options->guidance);
@@ -43,8 +41,14 @@ void sampler_create(sampler *s, dit_model *model, const sampler_options *options
         fatal_input("sampler: churn must be a finite number >= 0, got %g", options->churn);
     if (options->method != SAMPLER_HEUN && options->method != SAMPLER_EULER)
         fatal_input("sampler: unknown method %d", (int)options->method);
+    return with_defaults(options);
+}
+
+void sampler_create(sampler *s, dit_model *model, const sampler_options *options, double sigma_data,
+                    int max_batch) {
+    memset(s, 0, sizeof *s);
     s->model = model;
-    s->options = with_defaults(options);
+    s->options = sampler_options_checked(options);
     s->sigma_data = sigma_data;
     s->max_batch = max_batch;
     s->guided = options->guidance != 1.0;

@@ -69,6 +69,9 @@ void sampler_schedule(const sampler_options *options, double *sigmas);
  * each is 2 dit passes under guidance. */
 int sampler_network_evaluations(const sampler_options *options);
 
+/* options checked (fatal_input on bad ones) with the defaults filled in. */
+sampler_options sampler_options_checked(const sampler_options *options);
+
 /* model must hold batches of max_batch (2 max_batch when options->guidance != 1).
  * fatal_input on bad options. */
 void sampler_create(sampler *s, dit_model *model, const sampler_options *options, double sigma_data,

@@ -298,7 +298,8 @@ trainable *distill_cuda_trainable_create(const ldm_config *config, int micro_bat
                                               .record_name = "consistency", .record_json = ctx->record_json,
                                               .check_saved_record = consistency_record_check_resume};
     /* The pictures of train.sample_every: the student's EMA weights (the host
-     * mirror) with its 2-step sampler (at the lower end of a guidance range). */
+     * mirror) with its 2-step sampler (at the lower end of a guidance range),
+     * sampled on this rank's GPU (sample_runner.h). */
     consistency_sampler_options pictures = {.steps = 2, .sigma_min = dc->sigma_min,
                                             .guidance = d->guidance_input ? dc->guidance : 0};
     consistency_default_points(2, dc->sigma_min, dc->sigma_max, dc->rho, pictures.sigmas);
@@ -329,7 +330,7 @@ trainable *distill_cuda_trainable_create(const ldm_config *config, int micro_bat
         .self = d,
         .device = &d->residency,
         .extra = &d->target_state,
-        .validation = dit_validation_create(&student_shape, d->sigma_data, &pictures),
+        .validation = dit_validation_create_on(&student_shape, d->sigma_data, &pictures, 1),
     };
     return t;
 }

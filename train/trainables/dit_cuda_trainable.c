@@ -223,7 +223,7 @@ trainable *dit_cuda_trainable_create(const ldm_config *config, int micro_batch) 
         .destroy = destroy_entry,
         .self = d,
         .device = &d->residency,
-        .validation = dit_validation_create(&shape, config->diffusion.sigma_data, NULL),
+        .validation = dit_validation_create_on(&shape, config->diffusion.sigma_data, NULL, 1),
     };
     dit_gradient_slices_plan(&d->slices, &d->host.table, d->host.shape.depth);
     d->residency = (trainable_device){.params = d->device.params, .grads = d->device.grads,

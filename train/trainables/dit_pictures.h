@@ -8,7 +8,8 @@
  * --ae, or else the one the latents file names (ldm encode records it); when
  * neither is there, a line says so once and no pictures are written.
  *
- * Rank 0 only; everything is laid out by dit_pictures_create, before training. */
+ * Rank 0 only; everything is laid out by dit_pictures_create, before training,
+ * on the CPU or (dit_pictures_create_on) on the GPU, through sample_runner.h. */
 #ifndef LDM_DIT_PICTURES_H
 #define LDM_DIT_PICTURES_H
 
@@ -26,6 +27,12 @@ typedef struct dit_pictures dit_pictures;
  * consistency model's sampler options (its seed is set to 0 here). */
 dit_pictures *dit_pictures_create(const dit_shape *shape, double sigma_data, const dataset_info *data,
                                   const char *autoencoder, const consistency_sampler_options *consistency);
+/* The same sampled on the rank's GPU (on_cuda 1: a CUDA build, the device
+ * chosen; the trainables that train on cuda) or the CPU (on_cuda 0:
+ * dit_pictures_create). */
+dit_pictures *dit_pictures_create_on(const dit_shape *shape, double sigma_data, const dataset_info *data,
+                                     const char *autoencoder, const consistency_sampler_options *consistency,
+                                     int on_cuda);
 /* Samples with the weights ema (the DiT's flat parameter vector) and writes
  * RUN/samples/step-N.png; json gets a metrics member, line a progress line. */
 void dit_pictures_write(dit_pictures *p, const float *ema, int64_t step, const char *run_dir, char *json,

@@ -15,5 +15,9 @@
  * destroys it (validator->destroy). */
 trainable_validator *dit_validation_create(const dit_shape *shape, double sigma_data,
                                            const consistency_sampler_options *consistency);
+/* The same with the pictures sampled on the rank's GPU (on_cuda 1; the GPU
+ * trainables, whose rank has its device chosen) or the CPU (0). */
+trainable_validator *dit_validation_create_on(const dit_shape *shape, double sigma_data,
+                                              const consistency_sampler_options *consistency, int on_cuda);
 
 #endif

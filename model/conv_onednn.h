@@ -1,0 +1,63 @@
+/* The autoencoder's 2-D convolutions on the CPU through oneDNN's convolution
+ * primitives (forward, backward data, backward weights; fp32, and bf16 operands
+ * with fp32 accumulation and outputs), and the run-time choice between them and
+ * the own im2col + OpenBLAS convolution of ops_conv.h.
+ *
+ * Choice (cpu_conv_kind): oneDNN where this build has it (fp32) and, for bf16,
+ * where the CPU has AVX512_BF16; else the own convolution (which multiplies bf16
+ * values in fp32). LDM_CPU_CONV=onednn or own forces one (onednn where it cannot
+ * run is an error naming why).
+ *
+ * Same conventions as conv2d_forward / conv2d_backward (ops_conv.h): fp32 NCHW
+ * buffers, weights (Cout, Cin, k, k); d_weight and d_bias accumulate, d_in =
+ * d_in_beta d_in + dL/din (d_in_beta 0 or 1). In bf16 the inputs, weights and
+ * output gradients are rounded to bf16 (to nearest even: exact for the values
+ * the autoencoder's bf16 graph holds, which are rounded already) and the
+ * products accumulate in fp32.
+ *
+ * How the work is cut, so that results are bit-identical whatever the number of
+ * OpenMP threads and each sample's forward does not depend on the batch: every
+ * convolution runs one sample at a time through primitives made for one
+ * sample and one thread (oneDNN fixes its blocking and summation order when a
+ * primitive is made, from the thread count then), the samples spread over the
+ * OpenMP threads; each thread has its own stream, memory objects, scratchpad
+ * (user mode) and blocked-layout buffers. The weight gradient of each sample goes
+ * to its own buffer and the samples' gradients are summed in sample order; the
+ * bias gradient is ops_conv.h's (the same bits as the own path).
+ *
+ * Primitives are made once per shape (conv_onednn_plan, called when a model is
+ * laid out: the batch there sizes the per-sample weight gradients) and kept in a
+ * table shared by every model; a call with an unplanned shape or a larger batch
+ * makes or grows what it needs first (counted: tests check that a training step
+ * makes nothing). Call from outside parallel regions, one thread at a time. */
+#ifndef LDM_CONV_ONEDNN_H
+#define LDM_CONV_ONEDNN_H
+
+#include "ops_conv.h"
+
+typedef enum { CPU_CONV_OWN, CPU_CONV_ONEDNN } cpu_conv_kind;
+
+/* The convolution the CPU runs in fp32 (bf16 0) or bf16 (bf16 1), from the build,
+ * the CPU and LDM_CPU_CONV (read at each call; a bad value ends the program with
+ * one line). */
+cpu_conv_kind cpu_conv_kind_for(int bf16);
+const char *cpu_conv_kind_name(cpu_conv_kind kind); /* "onednn", "own" */
+
+/* Makes the primitives and buffers of this shape (shape->batch: the largest batch
+ * it will run). */
+void conv_onednn_plan(const conv2d_dims *shape, int bf16);
+/* As conv2d_forward / conv2d_backward (ops_conv.h), without caller scratch. */
+void conv_onednn_forward(float *out, const float *in, const float *weight, const float *bias,
+                         const conv2d_dims *shape, int bf16);
+void conv_onednn_backward(float *d_in, float d_in_beta, float *d_weight, float *d_bias, const float *d_out,
+                          const float *in, const float *weight, const conv2d_dims *shape, int bf16);
+
+/* How many shapes have been planned (primitives made or buffers grown), for the tests. */
+long conv_onednn_plans_made(void);
+/* Destroys every primitive and buffer (tests: to plan again under another thread count). */
+void conv_onednn_release_all(void);
+/* The oneDNN implementations chosen for a planned shape ("fwd / bwd_data /
+ * bwd_weights"), for the benchmark's log; "" when not planned. */
+const char *conv_onednn_describe(const conv2d_dims *shape, int bf16);
+
+#endif

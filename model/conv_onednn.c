@@ -31,6 +31,8 @@ static const int built_with_onednn = 1;
 static const int built_with_onednn = 0;
 #endif
 
+int conv_onednn_built(void) { return built_with_onednn; }
+
 const char *cpu_conv_kind_name(cpu_conv_kind kind) { return kind == CPU_CONV_ONEDNN ? "onednn" : "own"; }
 
 cpu_conv_kind cpu_conv_kind_for(int bf16) {

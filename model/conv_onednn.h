@@ -43,6 +43,9 @@ typedef enum { CPU_CONV_OWN, CPU_CONV_ONEDNN } cpu_conv_kind;
 cpu_conv_kind cpu_conv_kind_for(int bf16);
 const char *cpu_conv_kind_name(cpu_conv_kind kind); /* "onednn", "own" */
 
+/* 1 where this build has oneDNN (the functions below run), else 0. */
+int conv_onednn_built(void);
+
 /* Makes the primitives and buffers of this shape (shape->batch: the largest batch
  * it will run). */
 void conv_onednn_plan(const conv2d_dims *shape, int bf16);

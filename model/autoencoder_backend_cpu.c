@@ -18,17 +18,19 @@ static size_t cpu_conv_scratch_floats(const conv2d_dims *shape) {
     return conv2d_scratch_floats(shape, omp_get_max_threads());
 }
 
-/* The convolution behind the table's conv ops: oneDNN's or the own (conv_onednn.h). */
-static bool conv_on_onednn(const ae_graph *g) { return cpu_conv_kind_for(g->precision == PRECISION_BF16) == CPU_CONV_ONEDNN; }
+/* The convolution behind the table's conv ops: oneDNN's or the own (conv_onednn.h),
+ * and in bf16 oneDNN's bf16 or fp32 kernels. */
+static int bf16_kernels(const ae_graph *g) { return g->precision == PRECISION_BF16 && cpu_conv_bf16_kernels(); }
+static bool conv_on_onednn(const ae_graph *g) { return cpu_conv_kind_for(bf16_kernels(g)) == CPU_CONV_ONEDNN; }
 
 static void cpu_conv_plan(const ae_graph *g, const conv2d_dims *shape) {
-    if (conv_on_onednn(g)) conv_onednn_plan(shape, g->precision == PRECISION_BF16);
+    if (conv_on_onednn(g)) conv_onednn_plan(shape, bf16_kernels(g));
 }
 
 static void cpu_conv_forward(const ae_graph *g, float *out, const float *in, const float *weight, const float *bias,
                              const conv2d_dims *shape) {
     if (conv_on_onednn(g))
-        conv_onednn_forward(out, in, weight, bias, shape, g->precision == PRECISION_BF16);
+        conv_onednn_forward(out, in, weight, bias, shape, bf16_kernels(g));
     else
         conv2d_forward(out, in, weight, bias, shape, g->conv_scratch, g->conv_scratch_floats);
 }
@@ -36,8 +38,7 @@ static void cpu_conv_forward(const ae_graph *g, float *out, const float *in, con
 static void cpu_conv_backward(const ae_graph *g, float *d_in, float d_in_beta, float *d_weight, float *d_bias,
                               const float *d_out, const float *in, const float *weight, const conv2d_dims *shape) {
     if (conv_on_onednn(g))
-        conv_onednn_backward(d_in, d_in_beta, d_weight, d_bias, d_out, in, weight, shape,
-                             g->precision == PRECISION_BF16);
+        conv_onednn_backward(d_in, d_in_beta, d_weight, d_bias, d_out, in, weight, shape, bf16_kernels(g));
     else
         conv2d_backward(d_in, d_in_beta, d_weight, d_bias, d_out, in, weight, shape, g->conv_scratch,
                         g->conv_scratch_floats);

@@ -31,6 +31,13 @@ static const int built_with_onednn = 1;
 static const int built_with_onednn = 0;
 #endif
 
+int cpu_conv_bf16_kernels(void) {
+    const char *forced = getenv("LDM_CPU_CONV_BF16");
+    if (!forced || !*forced || strcmp(forced, "fp32") == 0) return 0;
+    if (strcmp(forced, "bf16") == 0) return 1;
+    fatal_input("LDM_CPU_CONV_BF16='%s': expected bf16 or fp32", forced);
+}
+
 int conv_onednn_built(void) { return built_with_onednn; }
 
 const char *cpu_conv_kind_name(cpu_conv_kind kind) { return kind == CPU_CONV_ONEDNN ? "onednn" : "own"; }

@@ -37,10 +37,21 @@
 
 typedef enum { CPU_CONV_OWN, CPU_CONV_ONEDNN } cpu_conv_kind;
 
-/* The convolution the CPU runs in fp32 (bf16 0) or bf16 (bf16 1), from the build,
- * the CPU and LDM_CPU_CONV (read at each call; a bad value ends the program with
- * one line). */
+/* The convolution the CPU runs with fp32 kernels (bf16 0) or oneDNN's bf16 kernels
+ * (bf16 1), from the build, the CPU and LDM_CPU_CONV (read at each call; a bad
+ * value ends the program with one line). */
 cpu_conv_kind cpu_conv_kind_for(int bf16);
+
+/* Whether the autoencoder's bf16 graph runs oneDNN's bf16 kernels (1), or its fp32
+ * kernels on the values the graph has rounded to bf16 already (0, the default):
+ * the products of bf16 values are exact in fp32, so both compute the same
+ * products and sum them in fp32 (in other orders), and 0 is what the own path
+ * computes too. 0 because it measured faster: oneDNN 2.6's bf16 direct kernels
+ * (jit_bf16:avx512_core_bf16), one sample at a time at the autoencoder's widths
+ * (32 to 64 channels), ran about 1.5x slower than its fp32 ones on Zen 4, and the
+ * bf16 operands need a conversion each. LDM_CPU_CONV_BF16=bf16 or fp32 forces
+ * one (read at each call). */
+int cpu_conv_bf16_kernels(void);
 const char *cpu_conv_kind_name(cpu_conv_kind kind); /* "onednn", "own" */
 
 /* 1 where this build has oneDNN (the functions below run), else 0. */

@@ -17,7 +17,7 @@ weight_decay). --precision bf16 wraps forward and loss in
 torch.autocast(bfloat16) (fp32 master weights and optimizer). Images are uniform
 in [-1, 1], made once outside the timing. Prints one line:
 
-    pytorch: images_per_s=X ms_per_step=Y parameters=N torch=VERSION diffusers=VERSION precision=P threads=N
+    pytorch: images_per_s=X ms_per_step=Y cpu_ms_per_step=Z parameters=N torch=VERSION diffusers=VERSION precision=P threads=N
 
 tests/bench_ae_vs_pytorch.sh runs this next to `ldm bench --model ae`.
 """
@@ -94,14 +94,16 @@ def main():
 
     for _ in range(args.warmup):
         step()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
         loss = step()
     loss.item()
     dt = (time.perf_counter() - t0) / args.steps
-    print("pytorch: images_per_s=%.2f ms_per_step=%.1f parameters=%d loss=%.5f torch=%s diffusers=%s precision=%s "
-          "threads=%d" % (args.batch / dt, dt * 1e3, sum(p.numel() for p in params), loss.item(), torch.__version__,
-                          diffusers.__version__, args.precision, args.threads), flush=True)
+    cpu = (time.process_time() - c0) / args.steps
+    print("pytorch: images_per_s=%.2f ms_per_step=%.1f cpu_ms_per_step=%.1f parameters=%d loss=%.5f torch=%s "
+          "diffusers=%s precision=%s threads=%d"
+          % (args.batch / dt, dt * 1e3, cpu * 1e3, sum(p.numel() for p in params), loss.item(), torch.__version__,
+             diffusers.__version__, args.precision, args.threads), flush=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "autoencoder.h"
+#include "conv_onednn.h"
 #include "device.h"
 #include "fatal.h"
 #include "model_shapes.h"
@@ -24,6 +25,14 @@
 static double seconds_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* CPU time of the process (all threads): on a shared machine, with one thread,
+ * a steadier measure of the work than the wall clock. */
+static double cpu_seconds_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
@@ -84,6 +93,14 @@ static double conv_flops_per_image(const autoencoder_shape *s) {
     return f;
 }
 
+/* "own", "onednn", or in bf16 "onednn-bf16" / "onednn-fp32" (which kernels) */
+static const char *conv_name(ldm_precision precision) {
+    const int bf16 = precision == PRECISION_BF16 && cpu_conv_bf16_kernels();
+    if (cpu_conv_kind_for(bf16) == CPU_CONV_OWN) return "own";
+    if (precision != PRECISION_BF16) return "onednn";
+    return bf16 ? "onednn-bf16" : "onednn-fp32";
+}
+
 double bench_autoencoder(const ldm_config *config, int batch, int warmup, int steps, int print) {
     const train_config *tc = &config->train;
     const autoencoder_shape shape = config_autoencoder_shape(config);
@@ -120,9 +137,10 @@ double bench_autoencoder(const ldm_config *config, int batch, int warmup, int st
                shape.block_out_channels[shape.levels - 1], shape.latent_channels, batch, model.table.trainable_numel,
                precision_name(precision), model.memory_bytes / 1048576.0, devices);
     }
-    double forward_s = 0, backward_s = 0, optimizer_s = 0;
+    double forward_s = 0, backward_s = 0, optimizer_s = 0, cpu_s = 0;
     autoencoder_loss loss = {0};
     for (int step = 0; step < warmup + steps; step++) {
+        if (step == warmup) cpu_s = cpu_seconds_now();
         const double t0 = seconds_now();
         autoencoder_zero_grad(&model);
         loss = autoencoder_train_forward(&model, images, step_noise, batch, kl_beta, kind);
@@ -138,16 +156,17 @@ double bench_autoencoder(const ldm_config *config, int batch, int warmup, int st
         }
     }
     const double step_s = (forward_s + backward_s + optimizer_s) / steps;
+    cpu_s = (cpu_seconds_now() - cpu_s) / steps;
     const double flops = 3.0 * conv_flops_per_image(&shape) * batch;
     if (print) {
         printf("bench: forward %.2f ms, backward %.2f ms, adamw %.2f ms per step; final loss %.5f "
                "(reconstruction %.5f, kl %.3f)\n",
                1e3 * forward_s / steps, 1e3 * backward_s / steps, 1e3 * optimizer_s / steps, loss.total,
                loss.reconstruction, loss.kl);
-        printf("bench: images_per_s=%.2f ms_per_step=%.2f conv_gflops=%.1f batch=%d threads=%d steps=%d "
-               "precision=%s model=ae\n",
-               batch / step_s, 1e3 * step_s, flops / step_s / 1e9, batch, omp_get_max_threads(), steps,
-               precision_name(precision));
+        printf("bench: images_per_s=%.2f ms_per_step=%.2f cpu_ms_per_step=%.2f conv_gflops=%.1f batch=%d threads=%d "
+               "steps=%d precision=%s model=ae conv=%s\n",
+               batch / step_s, 1e3 * step_s, 1e3 * cpu_s, flops / step_s / 1e9, batch, omp_get_max_threads(), steps,
+               precision_name(precision), conv_name(precision));
     }
     free(images);
     free(noise);

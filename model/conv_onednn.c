@@ -6,7 +6,7 @@
  * OpenMP thread ("slot") the memory objects they run with. Buffers shared by the
  * table grow only when an entry is planned: per slot three one-sample blocked
  * buffers and a scratchpad, the weights in the primitives' layouts, and the
- * per-sample weight gradients. */
+ * per-sample weight and bias gradients. */
 #include "conv_onednn.h"
 
 #include <omp.h>
@@ -109,6 +109,8 @@ static struct {
     size_t weights_fwd_bytes, weights_bwd_bytes;
     void *diff_weights; /* (batch, one sample's diff_weights) */
     size_t diff_weights_bytes;
+    double *bias_sums; /* (batch, out_channels) each sample's bias gradient */
+    size_t bias_sums_bytes;
     float *zeros; /* (zeros_count) the bias of a call without one */
     size_t zeros_count;
 } onednn;
@@ -292,7 +294,7 @@ static conv_entry *make_entry(const conv_key *k) {
     char bd_name[64];
     snprintf(bd_name, sizeof bd_name, "%s", impl_name(bd_pd));
 
-    /* backward weights (no bias: conv2d_backward_bias sums it, as the own path) */
+    /* backward weights (no bias: conv_onednn_backward sums it per sample) */
     check(dnnl_convolution_backward_weights_desc_init(&desc, dnnl_convolution_direct, &src_any, &diff_weights_any,
                                                       NULL, &diff_dst_any, strides, pad_l, pad_r),
           "convolution_backward_weights_desc_init");
@@ -372,6 +374,8 @@ static conv_entry *entry_for(const conv2d_dims *s, int bf16, const char *op) {
     if (e->batch_planned < s->batch || made) {
         if (e->batch_planned < s->batch) e->batch_planned = s->batch;
         grow(&onednn.diff_weights, &onednn.diff_weights_bytes, e->diff_weights_bytes * (size_t)e->batch_planned);
+        grow((void **)&onednn.bias_sums, &onednn.bias_sums_bytes,
+             sizeof(double) * (size_t)k.out_channels * (size_t)e->batch_planned);
         onednn.plans++;
     }
     return e;
@@ -458,13 +462,26 @@ void conv_onednn_forward(float *out, const float *in, const float *weight, const
     }
 }
 
+enum { LANES = 8 };
+
+/* The sum of x (n) in double, in LANES vectorised accumulators (value i in lane i % LANES)
+ * combined in a fixed order. */
+static double pixel_sum(const float *x, int n) {
+    double a[LANES] = {0};
+    int i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++) a[l] += x[i + l];
+    for (int l = 0; i < n; i++, l++) a[l] += x[i];
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
 void conv_onednn_backward(float *d_in, float d_in_beta, float *d_weight, float *d_bias, const float *d_out,
                           const float *in, const float *weight, const conv2d_dims *s, int bf16) {
     if (d_in && d_in_beta != 0.0f && d_in_beta != 1.0f)
         fatal_internal("conv_onednn_backward: d_in_beta %g (0 or 1)", d_in_beta);
-    if (d_bias) conv2d_backward_bias(d_bias, d_out, s);
-    if (!d_in && !d_weight) return;
+    if (!d_in && !d_weight && !d_bias) return;
     conv_entry *e = entry_for(s, bf16, "conv_onednn_backward");
+    const int pixels = conv2d_out_height(s) * conv2d_out_width(s);
     const size_t in_sample = (size_t)s->in_channels * s->height * s->width;
     const size_t out_sample = (size_t)s->out_channels * conv2d_out_height(s) * conv2d_out_width(s);
     const void *weights = weight;
@@ -481,6 +498,9 @@ void conv_onednn_backward(float *d_in, float d_in_beta, float *d_weight, float *
         void **buffer = onednn.slot_buffer[slot];
         const float *g = d_out + n * out_sample;
         dnnl_memory_t diff_dst = NULL;
+        if (d_bias)
+            for (int co = 0; co < s->out_channels; co++)
+                onednn.bias_sums[(size_t)n * s->out_channels + co] = pixel_sum(g + (size_t)co * pixels, pixels);
         if (d_in) {
             diff_dst = input(&e->bd_diff_dst_in, &e->b_diff_dst_user, &e->b_diff_dst, slot, g, buffer[0]);
             float *target = d_in + n * in_sample;
@@ -512,6 +532,12 @@ void conv_onednn_backward(float *d_in, float d_in_beta, float *d_weight, float *
             execute(&e->bwd_weights, slot, 3, args);
         }
     }
+    if (d_bias) /* the samples' sums in sample order */
+        for (int co = 0; co < s->out_channels; co++) {
+            double sum = 0;
+            for (int n = 0; n < s->batch; n++) sum += onednn.bias_sums[(size_t)n * s->out_channels + co];
+            d_bias[co] += (float)sum;
+        }
     if (!d_weight) return;
     /* the samples' gradients summed in sample order (into the first), then added to d_weight */
     const size_t count = md_bytes(&e->w_diff_weights.md) / sizeof(float);
@@ -562,6 +588,9 @@ void conv_onednn_release_all(void) {
     free(onednn.weights_bwd);
     free(onednn.diff_weights);
     free(onednn.zeros);
+    free(onednn.bias_sums);
+    onednn.bias_sums = NULL;
+    onednn.bias_sums_bytes = 0;
     onednn.weights_fwd = onednn.weights_bwd = onednn.diff_weights = NULL;
     onednn.zeros = NULL;
     onednn.weights_fwd_bytes = onednn.weights_bwd_bytes = onednn.diff_weights_bytes = onednn.zeros_count = 0;

@@ -22,8 +22,8 @@
  * primitive is made, from the thread count then), the samples spread over the
  * OpenMP threads; each thread has its own stream, memory objects, scratchpad
  * (user mode) and blocked-layout buffers. The weight gradient of each sample goes
- * to its own buffer and the samples' gradients are summed in sample order; the
- * bias gradient is ops_conv.h's (the same bits as the own path).
+ * to its own buffer and the samples' gradients are summed in sample order; so is
+ * the bias gradient (each sample's sum over the pixels in double, in 8 lanes).
  *
  * Primitives are made once per shape (conv_onednn_plan, called when a model is
  * laid out: the batch there sizes the per-sample weight gradients) and kept in a

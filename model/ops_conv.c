@@ -231,11 +231,6 @@ static void conv2d_bias_backward(float *d_bias, const float *d_out, const conv2d
     }
 }
 
-void conv2d_backward_bias(float *d_bias, const float *d_out, const conv2d_dims *s) {
-    check_shape(s, "conv2d_backward_bias");
-    conv2d_bias_backward(d_bias, d_out, s, conv2d_out_height(s) * conv2d_out_width(s));
-}
-
 static void conv2d_weight_backward(float *d_weight, const float *d_out, const float *in, const conv2d_dims *s,
                                    float *scratch, int threads) {
     const int pixels = conv2d_out_height(s) * conv2d_out_width(s);

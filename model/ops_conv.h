@@ -59,11 +59,6 @@ void conv2d_backward(float *d_in, float d_in_beta, float *d_weight, float *d_bia
                      const float *d_out, const float *in, const float *weight,
                      const conv2d_dims *shape, float *scratch, size_t scratch_floats);
 
-/* d_bias (out_channels) += the sum of d_out (batch, out_channels, Ho, Wo) over the
- * batch (in sample order) and the pixels, in double: conv2d_backward's bias
- * gradient alone, for the other convolutions of the CPU (conv_onednn.h). */
-void conv2d_backward_bias(float *d_bias, const float *d_out, const conv2d_dims *shape);
-
 /* ---- GroupNorm with affine, as torch.nn.GroupNorm(groups, channels, eps) ----
  * in, out (batch, channels, spatial) with spatial = H * W; channels % groups == 0;
  * gamma, beta (channels); mean, rstd (batch, groups) saved for backward

@@ -519,6 +519,7 @@ static void test_groupnorm(void) {
     test_groupnorm_shape(3, 6, 12, 1); /* one group */
     test_groupnorm_shape(3, 8, 20, 4); /* 2 channels per group */
     test_groupnorm_shape(2, 6, 15, 3);
+    test_groupnorm_shape(2, 66, 5, 1); /* more channels per group than the fused backward takes */
 }
 
 /* ========================================================== upsample ==== */

@@ -291,6 +291,7 @@ static int parse_bench_options(int argc, char **argv, bench_options *o) {
     if (strcmp(model, "dit") != 0 && strcmp(model, "ae") != 0)
         fatal_input("ldm bench: option --model: expected dit or ae, got '%s'", model);
     o->autoencoder = strcmp(model, "ae") == 0;
+    if (o->autoencoder && o->data) fatal_input("ldm bench: option --data: times the DiT's loader, not with --model ae");
     if (o->autoencoder && device && strcmp(device, "cpu") != 0)
         fatal_input("ldm bench: option --model ae: times the CPU only (--device cpu)");
     o->on_cuda = o->autoencoder ? 0 : bench_on_cuda(device);

@@ -544,11 +544,15 @@ void conv_onednn_backward(float *d_in, float d_in_beta, float *d_weight, float *
     float *sum = (float *)(void *)partial;
     const size_t stride = e->diff_weights_bytes / sizeof(float);
     const int batch = s->batch;
+    /* blocks of 1024 values, each adding the samples in order (vectorised over the block) */
+    const size_t blocks = (count + 1023) / 1024;
 #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < count; i++) {
-        float v = sum[i];
-        for (int n = 1; n < batch; n++) v += sum[(size_t)n * stride + i];
-        sum[i] = v;
+    for (size_t block = 0; block < blocks; block++) {
+        const size_t lo = block * 1024, hi = lo + 1024 < count ? lo + 1024 : count;
+        for (int n = 1; n < batch; n++) {
+            const float *part = sum + (size_t)n * stride;
+            for (size_t i = lo; i < hi; i++) sum[i] += part[i];
+        }
     }
     set(e->w_diff_weights.m[0], sum);
     set(e->w_diff_weights_user.m[0], d_weight);

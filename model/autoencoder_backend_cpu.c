@@ -1,5 +1,6 @@
 /* The autoencoder graph's ops on the CPU (ae_backend_cpu, see autoencoder_graph.h):
- * the ops of ops.h and ops_conv.h in fp32 host memory, bf16/fp16 rounding through
+ * the ops of ops.h and ops_conv.h in fp32 host memory (the convolutions through
+ * oneDNN or the own im2col + GEMM, chosen at each call by conv_onednn.h), bf16/fp16 rounding through
  * precision.h, and the posterior and the loss as plain loops that sum in double one
  * value after another (the order every CPU result of the autoencoder is pinned to). */
 #include <math.h>
@@ -7,6 +8,7 @@
 #include <string.h>
 
 #include "autoencoder_graph.h"
+#include "conv_onednn.h"
 #include "ops.h"
 #include "ops_conv.h"
 #include "precision.h"
@@ -16,15 +18,30 @@ static size_t cpu_conv_scratch_floats(const conv2d_dims *shape) {
     return conv2d_scratch_floats(shape, omp_get_max_threads());
 }
 
+/* The convolution behind the table's conv ops: oneDNN's or the own (conv_onednn.h),
+ * and in bf16 oneDNN's bf16 or fp32 kernels. */
+static int bf16_kernels(const ae_graph *g) { return g->precision == PRECISION_BF16 && cpu_conv_bf16_kernels(); }
+static bool conv_on_onednn(const ae_graph *g) { return cpu_conv_kind_for(bf16_kernels(g)) == CPU_CONV_ONEDNN; }
+
+static void cpu_conv_plan(const ae_graph *g, const conv2d_dims *shape) {
+    if (conv_on_onednn(g)) conv_onednn_plan(shape, bf16_kernels(g));
+}
+
 static void cpu_conv_forward(const ae_graph *g, float *out, const float *in, const float *weight, const float *bias,
                              const conv2d_dims *shape) {
-    conv2d_forward(out, in, weight, bias, shape, g->conv_scratch, g->conv_scratch_floats);
+    if (conv_on_onednn(g))
+        conv_onednn_forward(out, in, weight, bias, shape, bf16_kernels(g));
+    else
+        conv2d_forward(out, in, weight, bias, shape, g->conv_scratch, g->conv_scratch_floats);
 }
 
 static void cpu_conv_backward(const ae_graph *g, float *d_in, float d_in_beta, float *d_weight, float *d_bias,
                               const float *d_out, const float *in, const float *weight, const conv2d_dims *shape) {
-    conv2d_backward(d_in, d_in_beta, d_weight, d_bias, d_out, in, weight, shape, g->conv_scratch,
-                    g->conv_scratch_floats);
+    if (conv_on_onednn(g))
+        conv_onednn_backward(d_in, d_in_beta, d_weight, d_bias, d_out, in, weight, shape, bf16_kernels(g));
+    else
+        conv2d_backward(d_in, d_in_beta, d_weight, d_bias, d_out, in, weight, shape, g->conv_scratch,
+                        g->conv_scratch_floats);
 }
 
 static void cpu_groupnorm_forward(const ae_graph *g, float *out, float *mean, float *rstd, const float *in,
@@ -176,6 +193,7 @@ static void cpu_reconstruction_backward(const ae_graph *g, float *d_rec, const f
 
 const ae_backend ae_backend_cpu = {
     .conv_scratch_floats = cpu_conv_scratch_floats,
+    .conv_plan = cpu_conv_plan,
     .conv_forward = cpu_conv_forward,
     .conv_backward = cpu_conv_backward,
     .groupnorm_forward = cpu_groupnorm_forward,

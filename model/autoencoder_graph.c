@@ -183,6 +183,7 @@ static void set_conv(builder *b, ae_conv *c, const char *prefix, const char *lea
     c->shape = (conv2d_dims){b->g->max_batch, in_channels, out_channels, size, size, kernel, stride,
                              pad_before, pad_after, pad_before, pad_after};
     const size_t scratch = b->g->ops->conv_scratch_floats(&c->shape);
+    if (b->g->ops->conv_plan) b->g->ops->conv_plan(b->g, &c->shape);
     if (scratch > b->scratch) b->scratch = scratch;
 }
 

@@ -61,6 +61,8 @@ typedef struct ae_graph ae_graph;
 typedef struct {
     /* Floats of scratch a convolution of this shape needs (sized once, at layout). */
     size_t (*conv_scratch_floats)(const conv2d_dims *shape);
+    /* Prepares what convolutions of this shape will run (at layout; NULL: nothing to prepare). */
+    void (*conv_plan)(const ae_graph *g, const conv2d_dims *shape);
     void (*conv_forward)(const ae_graph *g, float *out, const float *in, const float *weight, const float *bias,
                          const conv2d_dims *shape);
     void (*conv_backward)(const ae_graph *g, float *d_in, float d_in_beta, float *d_weight, float *d_bias,

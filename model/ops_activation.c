@@ -42,8 +42,15 @@ static void gelu_backward_chunk(float *d_in, const float *d_out, const float *in
     }
 }
 
+/* The denominators first, then the quotients: written as one expression, GCC
+ * specialises the lanes where fast_expf clamps its argument into x / constant
+ * computed for every lane, and for ordinary x that quotient is subnormal, which
+ * costs a microcode assist per vector (about 3x the whole loop on Zen 4). The
+ * same operations in the same order: the same bits. */
 static void silu_forward_chunk(float *out, const float *in, int n) {
-    for (int i = 0; i < n; i++) out[i] = in[i] / (1.0f + fast_expf(-in[i]));
+    float denominator[ELEMENTWISE_CHUNK];
+    for (int i = 0; i < n; i++) denominator[i] = 1.0f + fast_expf(-in[i]);
+    for (int i = 0; i < n; i++) out[i] = in[i] / denominator[i];
 }
 
 static void silu_backward_chunk(float *d_in, const float *d_out, const float *in, int n) {

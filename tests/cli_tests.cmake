@@ -112,6 +112,21 @@ if(TARGET ldm)
             "^ldm: error: ldm bench: option --device: cuda: (this build has no CUDA [(]cmake -DLDM_CUDA=ON[)]|no CUDA device on this machine|CUDA error: .+)$" --
             $<TARGET_FILE:ldm> bench --config ${CMAKE_SOURCE_DIR}/configs/tiny.json --device cuda --steps 1)
   set_tests_properties(cli_bench_device_cuda_refused PROPERTIES ENVIRONMENT "CUDA_VISIBLE_DEVICES=-1")
+  # The autoencoder's step (bench_ae.c), fp32 and bf16, and its option errors.
+  foreach(precision fp32 bf16)
+    add_test(NAME cli_bench_ae_${precision} COMMAND $<TARGET_FILE:ldm> bench --model ae --config configs/ae-tiny.json
+      --set train.precision=${precision} --steps 2 --warmup 1 WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+    set_tests_properties(cli_bench_ae_${precision} PROPERTIES
+      PASS_REGULAR_EXPRESSION "images_per_s=[0-9.]+ ms_per_step=[0-9.]+ cpu_ms_per_step=[0-9.]+ .* precision=${precision} model=ae conv=")
+  endforeach()
+  add_test(NAME cli_bench_bad_model
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/expect_error.sh 2
+            "^ldm: error: ldm bench: option --model: expected dit or ae, got 'vae'$" --
+            $<TARGET_FILE:ldm> bench --config ${CMAKE_SOURCE_DIR}/configs/ae-tiny.json --model vae --steps 1)
+  add_test(NAME cli_bench_ae_data_refused
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/expect_error.sh 2
+            "^ldm: error: ldm bench: option --data: times the DiT's loader, not with --model ae$" --
+            $<TARGET_FILE:ldm> bench --config ${CMAKE_SOURCE_DIR}/configs/ae-tiny.json --model ae --data x.h5 --steps 1)
   add_test(NAME cli_bench_bad_device
     COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/expect_error.sh 2
             "^ldm: error: ldm bench: option --device: expected cpu or cuda, got 'gpu'$" --

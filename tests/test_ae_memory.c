@@ -1,5 +1,6 @@
 /* The autoencoder's training step (forward with sampling, loss, backward, AdamW) and
- * its inference encode/decode allocate nothing; the step is deterministic (two models
+ * its inference encode/decode allocate nothing (nor make oneDNN convolutions: the
+ * layout does); the step is deterministic (two models
  * with the same seed take bit-identical steps, also with fewer OpenMP threads); and it
  * learns (the loss falls over a few steps on a fixed batch).
  *
@@ -13,6 +14,7 @@
 #include <string.h>
 
 #include "autoencoder.h"
+#include "conv_onednn.h"
 #include "optimizer.h"
 #include "rng.h"
 #include "allocation_counter.h"
@@ -67,13 +69,17 @@ int main(void) {
     trainer_create(&first);
     trainer_create(&second);
 
-    /* the step allocates nothing (after one warm-up step for lazy library set-up) */
+    /* the step allocates nothing (after one warm-up step for lazy library set-up), and
+     * not even the warm-up makes oneDNN convolutions: the layout made them */
+    const long conv_plans = conv_onednn_plans_made();
     float initial = trainer_step(&first);
     allocation_counting = 1;
     float first_losses[20];
     for (int s = 0; s < 3; s++) first_losses[s] = trainer_step(&first);
     allocation_counting = 0;
     CHECK_MSG(allocation_count == 0, "%ld allocations or frees during 3 training steps", allocation_count);
+    CHECK_MSG(conv_onednn_plans_made() == conv_plans, "the training steps planned %ld oneDNN convolutions",
+              conv_onednn_plans_made() - conv_plans);
 
     /* neither do encode and decode of a model laid out for inference */
     autoencoder_model inference;

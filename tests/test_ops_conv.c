@@ -24,6 +24,7 @@
  *
  * `test_ops_conv --bench` instead times one 3x3 conv (8,128,32,32)->(8,128,32,32)
  * forward and backward and prints GFLOP/s (not part of the test). */
+#include "conv_onednn.h"
 #include "ops_conv.h"
 #include "test_util.h"
 
@@ -518,6 +519,7 @@ static void test_groupnorm(void) {
     test_groupnorm_shape(3, 6, 12, 1); /* one group */
     test_groupnorm_shape(3, 8, 20, 4); /* 2 channels per group */
     test_groupnorm_shape(2, 6, 15, 3);
+    test_groupnorm_shape(2, 66, 5, 1); /* more channels per group than the fused backward takes */
 }
 
 /* ========================================================== upsample ==== */
@@ -664,6 +666,185 @@ static void test_determinism(void) {
     set_threads(max_threads);
 }
 
+/* ============================================== the oneDNN convolution ==== */
+
+/* max |a - b| over n values, relative to max(1e-30, max |b|) */
+static double max_rel_diff(const float *a, const float *b, size_t n) {
+    double d = 0, m = 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)a[i] - (double)b[i]);
+        if (!(e <= d)) d = e; /* NaN wins */
+        if (fabs((double)b[i]) > m) m = fabs((double)b[i]);
+    }
+    return d / m;
+}
+
+static void round_bf16(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+        memcpy(&x[i], &u, 4);
+    }
+}
+
+/* One shape: conv_onednn (fp32, and bf16 when bf16) against the own conv2d and the
+ * double reference, all three passes, d_in overwritten and accumulated, the weight
+ * and bias gradients accumulated onto values already there; and bit-identical
+ * with 1 and 2 threads and with the primitives made again under 1 thread. In bf16
+ * the comparison is with the own conv2d and the reference on the bf16-rounded
+ * operands (products of bf16 values are exact in fp32: only the order of the fp32
+ * sums differs) and loosely with the fp32 reference on the unrounded ones. */
+static void test_onednn_shape(const char *name, conv2d_dims s, int bf16) {
+    const size_t nin = conv_in_count(&s), nout = conv_out_count(&s), nw = conv_weight_count(&s);
+    const size_t nb = (size_t)s.out_channels, scratch_floats = conv2d_scratch_floats(&s, omp_get_max_threads());
+    float *in = falloc(nin), *w = falloc(nw), *bias = falloc(nb), *d_out = falloc(nout);
+    float *scratch = scratch_floats ? falloc(scratch_floats) : NULL;
+    fill_normal(in, nin, 0.0, 1.0);
+    fill_normal(w, nw, 0.0, 0.2);
+    fill_normal(bias, nb, 0.0, 0.1);
+    fill_normal(d_out, nout, 0.0, 1.0);
+    /* the operands as the own path and the references see them */
+    float *rin = fdup(in, nin), *rw = fdup(w, nw), *rd_out = fdup(d_out, nout);
+    if (bf16) round_bf16(rin, nin), round_bf16(rw, nw), round_bf16(rd_out, nout);
+    double *ref_out = dalloc(nout), *ref_d_in = dalloc(nin), *ref_d_w = dalloc(nw), *ref_d_b = dalloc(nb);
+    conv_forward_ref(ref_out, rin, rw, bias, &s);
+    conv_backward_ref(ref_d_in, ref_d_w, ref_d_b, rd_out, rin, rw, &s);
+    /* own path, on the operands as rounded */
+    float *own_out = falloc(nout), *own_d_in = falloc(nin), *own_d_w = falloc(nw), *own_d_b = falloc(nb);
+    fill_const(own_d_w, nw, 0.25f);
+    fill_const(own_d_b, nb, 0.25f);
+    conv2d_forward(own_out, rin, rw, bias, &s, scratch, scratch_floats);
+    conv2d_backward(own_d_in, 0.0f, own_d_w, own_d_b, rd_out, rin, rw, &s, scratch, scratch_floats);
+
+    float *out = falloc(nout), *d_in = falloc(nin), *d_in_acc = falloc(nin), *d_w = falloc(nw), *d_b = falloc(nb);
+    fill_const(d_in, nin, 1e30f); /* overwritten whatever was there */
+    fill_const(d_in_acc, nin, 0.5f);
+    fill_const(d_w, nw, 0.25f);
+    fill_const(d_b, nb, 0.25f);
+    conv_onednn_forward(out, in, w, bias, &s, bf16);
+    conv_onednn_backward(d_in, 0.0f, d_w, d_b, d_out, in, w, &s, bf16);
+    conv_onednn_backward(d_in_acc, 1.0f, NULL, NULL, d_out, in, w, &s, bf16);
+    char label[200];
+    const double tol = 2e-6; /* fp32 sums of at most a few thousand terms, relative to the largest value */
+    snprintf(label, sizeof label, "onednn %s %s forward vs own", bf16 ? "bf16" : "fp32", name);
+    CHECK_MSG(max_rel_diff(out, own_out, nout) <= tol, "%s: %.3g", label, max_rel_diff(out, own_out, nout));
+    snprintf(label, sizeof label, "onednn %s %s forward vs reference", bf16 ? "bf16" : "fp32", name);
+    expect_close_arr(label, out, ref_out, nout, 1e-5, 1e-5);
+    snprintf(label, sizeof label, "onednn %s %s d_in vs own", bf16 ? "bf16" : "fp32", name);
+    CHECK_MSG(max_rel_diff(d_in, own_d_in, nin) <= tol, "%s: %.3g", label, max_rel_diff(d_in, own_d_in, nin));
+    snprintf(label, sizeof label, "onednn %s %s d_in vs reference", bf16 ? "bf16" : "fp32", name);
+    expect_close_arr(label, d_in, ref_d_in, nin, 1e-5, 1e-5);
+    for (size_t i = 0; i < nin; i++) ref_d_in[i] += 0.5;
+    snprintf(label, sizeof label, "onednn %s %s d_in accumulated vs reference", bf16 ? "bf16" : "fp32", name);
+    expect_close_arr(label, d_in_acc, ref_d_in, nin, 1e-5, 1e-5);
+    snprintf(label, sizeof label, "onednn %s %s d_weight vs own", bf16 ? "bf16" : "fp32", name);
+    CHECK_MSG(max_rel_diff(d_w, own_d_w, nw) <= tol, "%s: %.3g", label, max_rel_diff(d_w, own_d_w, nw));
+    for (size_t i = 0; i < nw; i++) ref_d_w[i] += 0.25;
+    snprintf(label, sizeof label, "onednn %s %s d_weight vs reference", bf16 ? "bf16" : "fp32", name);
+    expect_close_arr(label, d_w, ref_d_w, nw, 1e-4, 1e-5);
+    /* the bias gradient: sums in double of d_out as given (not rounded) */
+    {
+        double *bias_ref = dalloc(nb);
+        const size_t plane = (size_t)conv2d_out_height(&s) * conv2d_out_width(&s);
+        for (size_t c = 0; c < nb; c++) bias_ref[c] = 0.25;
+        for (size_t i = 0; i < nout; i++) bias_ref[(i / plane) % nb] += d_out[i];
+        snprintf(label, sizeof label, "onednn %s %s d_bias vs reference", bf16 ? "bf16" : "fp32", name);
+        expect_close_arr(label, d_b, bias_ref, nb, 1e-5, 1e-6);
+        free(bias_ref);
+    }
+    if (bf16) {
+        /* loosely against fp32 on the unrounded operands: bf16 keeps 8 bits */
+        double *f_out = dalloc(nout), *f_d_in = dalloc(nin), *f_d_w = dalloc(nw), *f_d_b = dalloc(nb);
+        conv_forward_ref(f_out, in, w, bias, &s);
+        conv_backward_ref(f_d_in, f_d_w, f_d_b, d_out, in, w, &s);
+        for (size_t i = 0; i < nw; i++) f_d_w[i] += 0.25;
+        double scale = 0;
+        for (size_t i = 0; i < nout; i++) scale = fmax(scale, fabs(f_out[i]));
+        snprintf(label, sizeof label, "onednn bf16 %s forward vs fp32", name);
+        expect_close_arr(label, out, f_out, nout, 2e-2 * scale, 2e-2);
+        scale = 0;
+        for (size_t i = 0; i < nin; i++) scale = fmax(scale, fabs(f_d_in[i]));
+        snprintf(label, sizeof label, "onednn bf16 %s d_in vs fp32", name);
+        expect_close_arr(label, d_in, f_d_in, nin, 2e-2 * scale, 2e-2);
+        scale = 0;
+        for (size_t i = 0; i < nw; i++) scale = fmax(scale, fabs(f_d_w[i]));
+        snprintf(label, sizeof label, "onednn bf16 %s d_weight vs fp32", name);
+        expect_close_arr(label, d_w, f_d_w, nw, 2e-2 * scale, 2e-2);
+        free(f_out), free(f_d_in), free(f_d_w), free(f_d_b);
+    }
+
+    /* threads: 1 and 2 on the same primitives, then primitives made again under 1 thread */
+    const int max_threads = omp_get_max_threads();
+    float *t_out = falloc(nout), *t_d_in = falloc(nin), *t_d_w = falloc(nw), *t_d_b = falloc(nb);
+    for (int k = 0; k < 3; k++) {
+        if (k == 2) conv_onednn_release_all();
+        set_threads(k == 0 ? 2 : 1);
+        fill_const(t_d_w, nw, 0.25f);
+        fill_const(t_d_b, nb, 0.25f);
+        conv_onednn_forward(t_out, in, w, bias, &s, bf16);
+        conv_onednn_backward(t_d_in, 0.0f, t_d_w, t_d_b, d_out, in, w, &s, bf16);
+        snprintf(label, sizeof label, "onednn %s %s, %s", bf16 ? "bf16" : "fp32", name,
+                 k == 0 ? "2 threads" : k == 1 ? "1 thread" : "made again under 1 thread");
+        expect_identical(label, t_out, out, nout);
+        expect_identical(label, t_d_in, d_in, nin);
+        expect_identical(label, t_d_w, d_w, nw);
+        expect_identical(label, t_d_b, d_b, nb);
+    }
+    set_threads(max_threads);
+    conv_onednn_release_all();
+    conv_onednn_plan(&s, bf16);
+
+    /* each sample's forward and d_in do not depend on the rest of the batch */
+    if (s.batch > 1) {
+        conv2d_dims one = s;
+        one.batch = 1;
+        const size_t in1 = nin / s.batch, out1 = nout / s.batch;
+        float *o1 = falloc(out1), *d1 = falloc(in1);
+        conv_onednn_forward(o1, in + in1 * (s.batch - 1), w, bias, &one, bf16);
+        conv_onednn_backward(d1, 0.0f, NULL, NULL, d_out + out1 * (s.batch - 1), in, w, &one, bf16);
+        snprintf(label, sizeof label, "onednn %s %s last sample alone", bf16 ? "bf16" : "fp32", name);
+        expect_identical(label, o1, out + out1 * (s.batch - 1), out1);
+        expect_identical(label, d1, d_in + in1 * (s.batch - 1), in1);
+        free(o1), free(d1);
+    }
+
+    /* planned once: calls make nothing more */
+    const long plans = conv_onednn_plans_made();
+    conv_onednn_forward(out, in, w, bias, &s, bf16);
+    conv_onednn_backward(d_in, 0.0f, d_w, d_b, d_out, in, w, &s, bf16);
+    snprintf(label, sizeof label, "onednn %s %s: a planned shape makes nothing", bf16 ? "bf16" : "fp32", name);
+    CHECK_MSG(conv_onednn_plans_made() == plans, "%s (%ld plans, then %ld)", label, plans, conv_onednn_plans_made());
+    if (verbose) printf("  onednn %s %-28s %s\n", bf16 ? "bf16" : "fp32", name, conv_onednn_describe(&s, bf16));
+
+    free(in), free(w), free(bias), free(d_out), free(scratch), free(rin), free(rw), free(rd_out);
+    free(ref_out), free(ref_d_in), free(ref_d_w), free(ref_d_b);
+    free(own_out), free(own_d_in), free(own_d_w), free(own_d_b);
+    free(out), free(d_in), free(d_in_acc), free(d_w), free(d_b);
+    free(t_out), free(t_d_in), free(t_d_w), free(t_d_b);
+}
+
+static void test_onednn(void) {
+    if (!conv_onednn_built()) {
+        printf("test_ops_conv: this build has no oneDNN: the oneDNN convolution is not tested\n");
+        return;
+    }
+    struct {
+        const char *name;
+        conv2d_dims s;
+    } shapes[] = {
+        {"3x3 (3,16,32,12,12)", conv2d_shape(3, 16, 32, 12, 12, 3, 1, 1)},
+        {"3x3 (2,8,12,9,7) odd widths", conv2d_shape(2, 8, 12, 9, 7, 3, 1, 1)},
+        {"conv_in 3x3 (2,1,32,16,16)", conv2d_shape(2, 1, 32, 16, 16, 3, 1, 1)},
+        {"conv_out 3x3 (2,32,1,16,16)", conv2d_shape(2, 32, 1, 16, 16, 3, 1, 1)},
+        {"down 3x3 s2 pad 0,1 (3,16,16,16,16)", downsample_shape(3, 16, 16, 16, 16)},
+        {"1x1 (3,32,16,8,8)", conv2d_shape(3, 32, 16, 8, 8, 1, 1, 0)},
+        {"1x1 (2,8,8,4,4)", conv2d_shape(2, 8, 8, 4, 4, 1, 1, 0)},
+    };
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        for (int bf16 = 0; bf16 < 2; bf16++) test_onednn_shape(shapes[i].name, shapes[i].s, bf16);
+}
+
 /* ========================================================= benchmark ==== */
 
 static double now_seconds(void) {
@@ -718,5 +899,6 @@ int main(int argc, char **argv) {
     test_upsample();
     test_transpose();
     test_determinism();
+    test_onednn();
     return test_finish("test_ops_conv");
 }

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_ae.h"
 #include "cli.h"
 #include "comm.h"
 #include "commands.h"
@@ -257,6 +258,7 @@ typedef struct {
     cli_list overrides;      /* --set */
     ldm_config config;
     int on_cuda, steps, warmup;
+    int autoencoder; /* --model ae: the autoencoder's step (bench_ae.c) */
     int batch, accumulation_steps; /* the rank's micro-batch, as training splits the global batch */
 } bench_options;
 
@@ -264,7 +266,7 @@ typedef struct {
 static int parse_bench_options(int argc, char **argv, bench_options *o) {
     o->config_path = o->data = NULL;
     o->overrides.count = 0;
-    const char *steps = "10", *warmup = "2", *device = NULL;
+    const char *steps = "10", *warmup = "2", *device = NULL, *model = "dit";
     int help = 0;
     cli_option table[] = {
         {.name = "--config", .text = &o->config_path, .help = "config file (defaults only when left out)"},
@@ -274,6 +276,7 @@ static int parse_bench_options(int argc, char **argv, bench_options *o) {
         {.name = "--data", .text = &o->data, .help = "an ldm data set: first time the data loader alone on it"},
         {.name = "--device", .text = &device,
          .help = "cpu or cuda (default: cuda where this build and machine have a GPU, else cpu)"},
+        {.name = "--model", .text = &model, .help = "dit (default) or ae: the autoencoder's step (CPU)"},
         {.name = "--help", .flag = &help, .help = "this help"},
         {0},
     };
@@ -288,7 +291,13 @@ static int parse_bench_options(int argc, char **argv, bench_options *o) {
                         table);
         return 0;
     }
-    o->on_cuda = bench_on_cuda(device);
+    if (strcmp(model, "dit") != 0 && strcmp(model, "ae") != 0)
+        fatal_input("ldm bench: option --model: expected dit or ae, got '%s'", model);
+    o->autoencoder = strcmp(model, "ae") == 0;
+    if (o->autoencoder && o->data) fatal_input("ldm bench: option --data: times the DiT's loader, not with --model ae");
+    if (o->autoencoder && device && strcmp(device, "cpu") != 0)
+        fatal_input("ldm bench: option --model ae: times the CPU only (--device cpu)");
+    o->on_cuda = o->autoencoder ? 0 : bench_on_cuda(device);
     cli_load_config(&o->config, o->config_path, &o->overrides);
     o->steps = (int)cli_int("bench", "--steps", steps, 1, 1000000);
     o->warmup = (int)cli_int("bench", "--warmup", warmup, 0, 1000000);
@@ -316,6 +325,11 @@ int command_bench(int argc, char **argv) {
     if (!parse_bench_options(argc, argv, &o)) return 0;
     const ldm_config *config = &o.config;
     const int batch = o.batch, print = comm_rank() == 0;
+    if (o.autoencoder) {
+        if (!isfinite(bench_autoencoder(config, batch, o.warmup, o.steps, print)))
+            fatal_internal("bench: the loss is not finite");
+        return 0;
+    }
     double loader_samples_per_s = o.data ? bench_loader(o.data, config, batch, print) : 0;
 
     dit_shape shape = config_dit_shape(config);

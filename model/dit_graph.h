@@ -241,6 +241,9 @@ typedef struct dit_cpu_state {
  * (d_bits) and weight_bits, so nothing is converted again for a GEMM. */
 extern const dit_backend dit_backend_cpu;
 extern const dit_backend dit_backend_cpu_bf16_bits;
+/* fp32 where oneDNN is the CPU's fp32 GEMM (gemm_onednn.h): dit_backend_cpu with
+ * the linear layers on oneDNN's fp32 matmul. */
+extern const dit_backend dit_backend_cpu_fp32_onednn;
 /* The CPU backend of a model in this precision. */
 const dit_backend *dit_backend_cpu_for(ldm_precision precision);
 /* Makes the oneDNN primitives of every GEMM of a training step at max_batch

@@ -32,6 +32,11 @@ typedef enum { CPU_GEMM_OPENBLAS, CPU_GEMM_OWN, CPU_GEMM_ONEDNN } cpu_gemm_kind;
 /* The bf16 GEMM this process uses (decided once, from the CPU, the build and
  * LDM_CPU_GEMM / LDM_NO_BF16_GEMM; a bad value ends the program with one line). */
 cpu_gemm_kind cpu_gemm_bf16_kind(void);
+/* The DiT's fp32 GEMM (decided once): oneDNN where this build has it, which finds
+ * the CPU's instruction set itself (OpenBLAS falls back to generic kernels on a
+ * CPU it does not recognise unless OPENBLAS_CORETYPE names one), else OpenBLAS;
+ * LDM_CPU_GEMM=openblas or own gives OpenBLAS, onednn oneDNN. */
+cpu_gemm_kind cpu_gemm_fp32_kind(void);
 /* "onednn", "own", "openblas". */
 const char *cpu_gemm_kind_name(cpu_gemm_kind kind);
 
@@ -46,6 +51,14 @@ void gemm_onednn(int transpose_a, int transpose_b, int m, int n, int k, const ui
 /* Makes the primitives gemm_onednn of these arguments will run (bias: with one or not). */
 void gemm_onednn_plan(int transpose_a, int transpose_b, int m, int n, int k, int lda, int ldb, int with_bias,
                       float beta, int ldc);
+
+/* The same with A and B fp32 (the DiT's fp32 GEMMs where cpu_gemm_fp32_kind() is
+ * CPU_GEMM_ONEDNN), with the same numerics: fixed order, k chunks with a
+ * transposed A, rows independent of m (tests/test_gemm_onednn.c). */
+void gemm_onednn_f32(int transpose_a, int transpose_b, int m, int n, int k, const float *a, int lda, const float *b,
+                     int ldb, const float *bias, float beta, float *c, int ldc);
+void gemm_onednn_f32_plan(int transpose_a, int transpose_b, int m, int n, int k, int lda, int ldb, int with_bias,
+                          float beta, int ldc);
 
 /* A batched product of strided views: for every (i, j) < batch,
  * C[i, j] (m, n) = scale * A[i, j] (m, k) B[i, j] (k, n), element (i, j, r, c) of A

@@ -51,6 +51,14 @@ void linear_backward_bf16_bits(float *d_in, float d_in_beta, float *d_weight, fl
  * when with_d_in), so that the training step makes none. */
 void linear_plan_bf16_bits(int rows, int in_features, int out_features, int with_bias, float d_in_beta,
                            int with_d_in);
+/* The same in fp32 through oneDNN's fp32 matmul (gemm_onednn_f32: only where
+ * cpu_gemm_fp32_kind() is CPU_GEMM_ONEDNN): other bits than the sgemm path, also
+ * independent of the thread count and of the other rows. */
+void linear_forward_onednn(float *out, const float *in, const float *weight, const float *bias, int rows,
+                           int in_features, int out_features);
+void linear_backward_onednn(float *d_in, float d_in_beta, float *d_weight, float *d_bias, const float *d_out,
+                            const float *in, const float *weight, int rows, int in_features, int out_features);
+void linear_plan_onednn(int rows, int in_features, int out_features, int with_bias, float d_in_beta, int with_d_in);
 
 /* ---- LayerNorm without affine parameters, eps given (DiT uses 1e-6) ---- */
 /* out, in (rows, dim); mean, rstd (rows) saved for backward. */

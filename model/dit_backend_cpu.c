@@ -12,9 +12,10 @@
  * at every forward pass. Biases stay fp32 (rounded values). Attention runs its
  * products batched over (sample, head) (ops_attention.c).
  *
- * dit_backend_cpu_fp32_onednn (fp32 where oneDNN is the fp32 GEMM,
- * cpu_gemm_fp32_kind): dit_backend_cpu with the linear layers on oneDNN's fp32
- * matmul, whose primitives dit_backend_cpu_plan makes. */
+ * dit_backend_cpu_fp32_onednn (fp32 and fp16 where oneDNN is the fp32 GEMM,
+ * cpu_gemm_fp32_kind; bf16 where the bf16 kind is onednn-f32): dit_backend_cpu
+ * with the linear layers on oneDNN's fp32 matmul, whose primitives
+ * dit_backend_cpu_plan makes; in bf16/fp16 it reads the rounded values. */
 #include <string.h>
 
 #include "dit_graph.h"
@@ -297,9 +298,13 @@ const dit_backend dit_backend_cpu_fp32_onednn = {.gemm_reads_bits = 0, DIT_BACKE
 #pragma GCC diagnostic pop
 
 const dit_backend *dit_backend_cpu_for(ldm_precision precision) {
-    if (precision == PRECISION_BF16 && cpu_gemm_bf16_kind() == CPU_GEMM_ONEDNN) return &dit_backend_cpu_bf16_bits;
-    if (precision == PRECISION_FP32 && cpu_gemm_fp32_kind() == CPU_GEMM_ONEDNN) return &dit_backend_cpu_fp32_onednn;
-    return &dit_backend_cpu;
+    if (precision == PRECISION_BF16) {
+        const cpu_gemm_kind kind = cpu_gemm_bf16_kind();
+        return kind == CPU_GEMM_ONEDNN       ? &dit_backend_cpu_bf16_bits
+               : kind == CPU_GEMM_ONEDNN_F32 ? &dit_backend_cpu_fp32_onednn
+                                             : &dit_backend_cpu;
+    }
+    return cpu_gemm_fp32_kind() == CPU_GEMM_ONEDNN ? &dit_backend_cpu_fp32_onednn : &dit_backend_cpu;
 }
 
 /* Every linear of dit_graph.c at max_batch through plan: (rows, in, out, bias, d_in's

@@ -241,8 +241,9 @@ typedef struct dit_cpu_state {
  * (d_bits) and weight_bits, so nothing is converted again for a GEMM. */
 extern const dit_backend dit_backend_cpu;
 extern const dit_backend dit_backend_cpu_bf16_bits;
-/* fp32 where oneDNN is the CPU's fp32 GEMM (gemm_onednn.h): dit_backend_cpu with
- * the linear layers on oneDNN's fp32 matmul. */
+/* fp32 and fp16 where oneDNN is the CPU's fp32 GEMM, bf16 where its bf16 kind is
+ * onednn-f32 (gemm_onednn.h): dit_backend_cpu with the linear layers on oneDNN's
+ * fp32 matmul (reading the rounded values in bf16/fp16). */
 extern const dit_backend dit_backend_cpu_fp32_onednn;
 /* The CPU backend of a model in this precision. */
 const dit_backend *dit_backend_cpu_for(ldm_precision precision);

@@ -25,8 +25,25 @@ static const int built_with_onednn = 1;
 static const int built_with_onednn = 0;
 #endif
 
+/* Whether the CPU's bf16 dot product (VDPBF16PS) does more multiply-adds per cycle
+ * than its fp32 FMAs. Intel's cores without AMX issue VDPBF16PS on one port
+ * against two for 512-bit FMAs: the same multiply-adds per cycle, so oneDNN's
+ * bf16 matmul there measured slower than its fp32 one (it also reorders B into
+ * pairs); AMD's Zen 4 does twice the multiply-adds in bf16 (docs/results.md). */
+static int cpu_bf16_dot_faster_than_fp32(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_is("amd");
+#else
+    return 0;
+#endif
+}
+
 const char *cpu_gemm_kind_name(cpu_gemm_kind kind) {
-    return kind == CPU_GEMM_ONEDNN ? "onednn" : kind == CPU_GEMM_OWN ? "own" : "openblas";
+    return kind == CPU_GEMM_ONEDNN       ? "onednn"
+           : kind == CPU_GEMM_ONEDNN_F32 ? "onednn-f32"
+           : kind == CPU_GEMM_OWN        ? "own"
+                                         : "openblas";
 }
 
 /* LDM_CPU_GEMM's value (LDM_NO_BF16_GEMM=1 is openblas), checked; -1 when unset. */
@@ -35,12 +52,13 @@ static int forced_kind(void) {
     if (forced && *forced) {
         if (strcmp(forced, "openblas") == 0) return CPU_GEMM_OPENBLAS;
         if (strcmp(forced, "own") == 0) return CPU_GEMM_OWN;
-        if (strcmp(forced, "onednn") == 0) {
+        const int onednn = strcmp(forced, "onednn") == 0, onednn_f32 = strcmp(forced, "onednn-f32") == 0;
+        if (onednn || onednn_f32) {
             if (!built_with_onednn)
-                fatal_input("LDM_CPU_GEMM=onednn: this build has no oneDNN (cmake -DLDM_ONEDNN=ON, libdnnl-dev)");
-            return CPU_GEMM_ONEDNN;
+                fatal_input("LDM_CPU_GEMM=%s: this build has no oneDNN (cmake -DLDM_ONEDNN=ON, libdnnl-dev)", forced);
+            return onednn ? CPU_GEMM_ONEDNN : CPU_GEMM_ONEDNN_F32;
         }
-        fatal_input("LDM_CPU_GEMM='%s': expected onednn, own or openblas", forced);
+        fatal_input("LDM_CPU_GEMM='%s': expected onednn, onednn-f32, own or openblas", forced);
     }
     return off && *off ? CPU_GEMM_OPENBLAS : -1;
 }
@@ -49,10 +67,13 @@ cpu_gemm_kind cpu_gemm_bf16_kind(void) {
     static int decided = -1;
     if (decided >= 0) return (cpu_gemm_kind)decided;
     const int bf16 = cpu_has_avx512_bf16(), forced = forced_kind();
-    cpu_gemm_kind kind = built_with_onednn && bf16 ? CPU_GEMM_ONEDNN : bf16 ? CPU_GEMM_OWN : CPU_GEMM_OPENBLAS;
+    cpu_gemm_kind kind = built_with_onednn ? (bf16 && cpu_bf16_dot_faster_than_fp32() ? CPU_GEMM_ONEDNN
+                                                                                      : CPU_GEMM_ONEDNN_F32)
+                         : bf16            ? CPU_GEMM_OWN
+                                           : CPU_GEMM_OPENBLAS;
     if (forced >= 0) {
         kind = (cpu_gemm_kind)forced;
-        if (kind != CPU_GEMM_OPENBLAS && !bf16)
+        if ((kind == CPU_GEMM_ONEDNN || kind == CPU_GEMM_OWN) && !bf16)
             fatal_input("LDM_CPU_GEMM=%s: this CPU has no AVX512_BF16 (use openblas)", cpu_gemm_kind_name(kind));
     }
     decided = (int)kind;
@@ -64,7 +85,8 @@ cpu_gemm_kind cpu_gemm_fp32_kind(void) {
     if (decided >= 0) return (cpu_gemm_kind)decided;
     const char *forced = getenv("LDM_CPU_GEMM");
     /* LDM_NO_BF16_GEMM is about bf16 only; own has no fp32 GEMM: OpenBLAS */
-    const int onednn = forced && *forced ? forced_kind() == CPU_GEMM_ONEDNN : built_with_onednn;
+    const int onednn = forced && *forced ? forced_kind() == CPU_GEMM_ONEDNN || forced_kind() == CPU_GEMM_ONEDNN_F32
+                                         : built_with_onednn;
     decided = onednn ? CPU_GEMM_ONEDNN : CPU_GEMM_OPENBLAS;
     return (cpu_gemm_kind)decided;
 }

@@ -1,10 +1,14 @@
 /* The CPU's bf16 GEMMs through oneDNN's matmul primitive (bf16 operands, fp32
- * accumulation and output), and the run-time choice of the CPU's bf16 GEMM.
+ * accumulation and output), its fp32 GEMMs for the DiT, and the run-time choice
+ * of the CPU's bf16 GEMM.
  *
- * Choice (cpu_gemm_bf16_kind): oneDNN where this build has it and the CPU has
- * AVX512_BF16, else the own bf16 GEMM (gemm_bf16.h) where the CPU has the
- * instruction, else OpenBLAS's sgemm on rounded values. LDM_CPU_GEMM=onednn, own
- * or openblas forces one (onednn where it cannot run is an error);
+ * Choice (cpu_gemm_bf16_kind), where this build has oneDNN: its bf16 matmul on
+ * bf16 bits (onednn) on CPUs with AVX512_BF16 whose bf16 dot product does more
+ * multiply-adds per cycle than fp32 FMAs (AMD's), else its fp32 matmul on fp32
+ * buffers holding bf16-rounded values (onednn-f32: the same products exactly, fp32
+ * sums). Without oneDNN: the own bf16 GEMM (gemm_bf16.h) where the CPU has the
+ * instruction, else OpenBLAS's sgemm on rounded values. LDM_CPU_GEMM=onednn,
+ * onednn-f32, own or openblas forces one (one that cannot run is an error);
  * LDM_NO_BF16_GEMM=1 is LDM_CPU_GEMM=openblas.
  *
  * Primitives are made once per shape (gemm_onednn_plan, called when a model is
@@ -27,7 +31,7 @@
 
 #include <stdint.h>
 
-typedef enum { CPU_GEMM_OPENBLAS, CPU_GEMM_OWN, CPU_GEMM_ONEDNN } cpu_gemm_kind;
+typedef enum { CPU_GEMM_OPENBLAS, CPU_GEMM_OWN, CPU_GEMM_ONEDNN, CPU_GEMM_ONEDNN_F32 } cpu_gemm_kind;
 
 /* The bf16 GEMM this process uses (decided once, from the CPU, the build and
  * LDM_CPU_GEMM / LDM_NO_BF16_GEMM; a bad value ends the program with one line). */
@@ -35,9 +39,9 @@ cpu_gemm_kind cpu_gemm_bf16_kind(void);
 /* The DiT's fp32 GEMM (decided once): oneDNN where this build has it, which finds
  * the CPU's instruction set itself (OpenBLAS falls back to generic kernels on a
  * CPU it does not recognise unless OPENBLAS_CORETYPE names one), else OpenBLAS;
- * LDM_CPU_GEMM=openblas or own gives OpenBLAS, onednn oneDNN. */
+ * LDM_CPU_GEMM=openblas or own gives OpenBLAS, onednn or onednn-f32 oneDNN. */
 cpu_gemm_kind cpu_gemm_fp32_kind(void);
-/* "onednn", "own", "openblas". */
+/* "onednn", "onednn-f32", "own", "openblas". */
 const char *cpu_gemm_kind_name(cpu_gemm_kind kind);
 
 #define GEMM_ONEDNN_K_CHUNK 1024

@@ -279,9 +279,15 @@ int main(void) {
         return 77;
     }
     for (f32_mode = 1; f32_mode >= 0; f32_mode--) {
-        if (!f32_mode && cpu_gemm_bf16_kind() != CPU_GEMM_ONEDNN) {
-            printf("test_gemm_onednn: no AVX512_BF16 on this CPU: bf16 skipped\n");
-            break;
+        if (!f32_mode) {
+            __builtin_cpu_init();
+            if (!__builtin_cpu_supports("avx512bf16")) {
+                printf("test_gemm_onednn: no AVX512_BF16 on this CPU: bf16 skipped\n");
+                break;
+            }
+            /* the bf16 matmul on bits, also where onednn-f32 is the default (decided at the first use, below) */
+            setenv("LDM_CPU_GEMM", "onednn", 1);
+            CHECK(cpu_gemm_bf16_kind() == CPU_GEMM_ONEDNN);
         }
         test_against_double();
         test_rows_independent();

@@ -15,7 +15,9 @@
  * dit_backend_cpu_fp32_onednn (fp32 and fp16 where oneDNN is the fp32 GEMM,
  * cpu_gemm_fp32_kind; bf16 where the bf16 kind is onednn-f32): dit_backend_cpu
  * with the linear layers on oneDNN's fp32 matmul, whose primitives
- * dit_backend_cpu_plan makes; in bf16/fp16 it reads the rounded values. */
+ * dit_backend_cpu_plan makes, and attention's products batched over (sample,
+ * head) on its fp32 matmul (scratch in d_hidden as for the bits backend); in
+ * bf16/fp16 it reads the rounded values. */
 #include <string.h>
 
 #include "dit_graph.h"
@@ -291,10 +293,24 @@ static void onednn_linear_backward(const dit_graph *g, float *d_in, float d_in_b
     linear_backward_onednn(d_in, d_in_beta, d_weight, d_bias, d_out, in, w, rows, in_features, out_features);
 }
 
+static void onednn_attention_forward(const dit_graph *g, float *out, float *probs, const float *qkv, int batch,
+                                     int tokens, int heads, int head_dim) {
+    attention_forward_onednn(out, probs, qkv, state(g)->attention_f32, batch, tokens, heads, head_dim, g->precision);
+}
+
+static void onednn_attention_backward(const dit_graph *g, float *d_qkv, float *d_scores, const float *d_out,
+                                      const float *qkv, const float *probs, int batch, int tokens, int heads,
+                                      int head_dim) {
+    attention_backward_onednn(d_qkv, d_scores, d_out, qkv, probs, state(g)->attention_f32, batch, tokens, heads,
+                              head_dim, g->precision);
+}
+
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Woverride-init"
-const dit_backend dit_backend_cpu_fp32_onednn = {.gemm_reads_bits = 0, DIT_BACKEND_FUNCTIONS(cpu_),
-                                                 .linear = onednn_linear, .linear_backward = onednn_linear_backward};
+const dit_backend dit_backend_cpu_fp32_onednn = {
+    .gemm_reads_bits = 0, DIT_BACKEND_FUNCTIONS(cpu_), .linear = onednn_linear,
+    .linear_backward = onednn_linear_backward, .attention_forward = onednn_attention_forward,
+    .attention_backward = onednn_attention_backward};
 #pragma GCC diagnostic pop
 
 const dit_backend *dit_backend_cpu_for(ldm_precision precision) {
@@ -328,11 +344,15 @@ static void plan_linears(const dit_graph *g, void (*plan)(int, int, int, int, fl
 }
 
 void dit_backend_cpu_plan(const dit_graph *g) {
-    if (g->ops == &dit_backend_cpu_fp32_onednn) plan_linears(g, linear_plan_onednn);
-    if (g->ops != &dit_backend_cpu_bf16_bits) return;
     const dit_shape *s = &g->shape;
     const int B = g->max_batch, D = s->hidden_size;
     dit_cpu_state *cpu = g->backend_state;
+    if (g->ops == &dit_backend_cpu_fp32_onednn) {
+        cpu->attention_f32 = cpu->attention_memory ? cpu->attention_memory : g->d_hidden;
+        plan_linears(g, linear_plan_onednn);
+        attention_plan_onednn(B, g->tokens, s->num_heads, D / s->num_heads);
+    }
+    if (g->ops != &dit_backend_cpu_bf16_bits) return;
     cpu->attention = attention_bits_scratch_place(cpu->attention_memory ? cpu->attention_memory : (void *)g->d_hidden,
                                                   B, g->tokens, s->num_heads, D / s->num_heads);
     plan_linears(g, linear_plan_bf16_bits);

@@ -232,6 +232,9 @@ typedef struct dit_cpu_state {
      * in the attention branch of backward); else NULLs */
     attention_bits_scratch attention;
     void *attention_memory;
+    /* fp32 GEMMs on oneDNN (dit_backend_cpu_fp32_onednn): attention's scratch
+     * (attention_onednn_scratch_bytes) at max_batch, where the above says; else NULL */
+    float *attention_f32;
 } dit_cpu_state;
 
 /* The CPU's ops (dit_backend_cpu.c). dit_backend_cpu: GEMMs read fp32 buffers

@@ -280,7 +280,7 @@ void gemm_onednn_f32_plan(int transpose_a, int transpose_b, int m, int n, int k,
     gemm_or_plan(1, transpose_a, transpose_b, m, n, k, NULL, lda, NULL, ldb, with_bias, NULL, beta, NULL, ldc);
 }
 
-static matmul_entry *batched_entry(const batched_product *p, float scale) {
+static matmul_entry *batched_entry(const batched_product *p, float scale, int f32) {
     matmul_key key;
     memset(&key, 0, sizeof(key));
     key.ndims = 4, key.batch0 = p->batch[0], key.batch1 = p->batch[1], key.m = p->m, key.n = p->n, key.k = p->k;
@@ -288,14 +288,21 @@ static matmul_entry *batched_entry(const batched_product *p, float scale) {
     memcpy(key.b_strides, p->b_strides, sizeof(key.b_strides));
     memcpy(key.c_strides, p->c_strides, sizeof(key.c_strides));
     key.scale = scale;
+    key.f32 = f32;
     return find_or_make(&key);
 }
 
 void batched_gemm_onednn(const batched_product *p, const uint16_t *a, const uint16_t *b, float scale, float *c) {
-    run(batched_entry(p, scale), a, b, NULL, c);
+    run(batched_entry(p, scale, 0), a, b, NULL, c);
 }
 
-void batched_gemm_onednn_plan(const batched_product *p, float scale) { batched_entry(p, scale); }
+void batched_gemm_onednn_plan(const batched_product *p, float scale) { batched_entry(p, scale, 0); }
+
+void batched_gemm_onednn_f32(const batched_product *p, const float *a, const float *b, float scale, float *c) {
+    run(batched_entry(p, scale, 1), a, b, NULL, c);
+}
+
+void batched_gemm_onednn_f32_plan(const batched_product *p, float scale) { batched_entry(p, scale, 1); }
 
 long gemm_onednn_primitives_made(void) { return onednn.made; }
 
@@ -350,6 +357,16 @@ void batched_gemm_onednn(const batched_product *p, const uint16_t *a, const uint
 void batched_gemm_onednn_plan(const batched_product *p, float scale) {
     (void)p, (void)scale;
     fatal_internal("batched_gemm_onednn_plan: this build has no oneDNN");
+}
+
+void batched_gemm_onednn_f32(const batched_product *p, const float *a, const float *b, float scale, float *c) {
+    (void)p, (void)a, (void)b, (void)scale, (void)c;
+    fatal_internal("batched_gemm_onednn_f32: this build has no oneDNN");
+}
+
+void batched_gemm_onednn_f32_plan(const batched_product *p, float scale) {
+    (void)p, (void)scale;
+    fatal_internal("batched_gemm_onednn_f32_plan: this build has no oneDNN");
 }
 
 long gemm_onednn_primitives_made(void) { return 0; }

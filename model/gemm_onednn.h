@@ -74,6 +74,9 @@ typedef struct {
 } batched_product;
 void batched_gemm_onednn(const batched_product *p, const uint16_t *a, const uint16_t *b, float scale, float *c);
 void batched_gemm_onednn_plan(const batched_product *p, float scale);
+/* The same with A and B fp32. */
+void batched_gemm_onednn_f32(const batched_product *p, const float *a, const float *b, float scale, float *c);
+void batched_gemm_onednn_f32_plan(const batched_product *p, float scale);
 
 /* How many primitives this process has made (for the tests). */
 long gemm_onednn_primitives_made(void);

@@ -27,6 +27,7 @@
 #include "dit.h"
 #include "dit_profile.h"
 #include "fatal.h"
+#include "gemm_onednn.h"
 #include "model_shapes.h"
 #include "loader.h"
 #include "ops.h"
@@ -182,6 +183,9 @@ static bench_result bench_cpu(const ldm_config *config, const dit_shape *shape, 
 
     char devices[512];
     device_describe(devices, sizeof(devices));
+    const size_t used = strlen(devices); /* and which GEMMs the DiT runs on (gemm_onednn.h) */
+    snprintf(devices + used, sizeof(devices) - used, "; GEMMs: %s",
+             cpu_gemm_kind_name(precision == PRECISION_BF16 ? cpu_gemm_bf16_kind() : cpu_gemm_fp32_kind()));
     if (print)
         print_layout(shape, batch, model.table.trainable_numel, precision, model.memory_bytes, model.activation_bytes,
                      devices);

@@ -28,10 +28,18 @@ static const dit_cpu_state *state(const dit_graph *g) { return g->backend_state;
 /* (trainable_numel) the parameters the GEMMs read: params itself in fp32, else a rounded copy */
 static float *compute_params(const dit_graph *g) { return state(g)->compute_params; }
 
+/* Copied and rounded a cache-sized chunk at a time: one pass over the parameters. */
+#define PREPARE_CHUNK 16384
 static void cpu_prepare_weights(const dit_graph *g) {
     if (g->precision == PRECISION_FP32) return; /* compute_params is params */
-    memcpy(compute_params(g), g->params, sizeof(float) * g->trainable_numel);
-    precision_round_array(g->precision, compute_params(g), g->trainable_numel);
+    float *rounded = compute_params(g);
+    const size_t n = g->trainable_numel, chunks = (n + PREPARE_CHUNK - 1) / PREPARE_CHUNK;
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < chunks; c++) {
+        const size_t at = c * PREPARE_CHUNK, count = n - at < PREPARE_CHUNK ? n - at : PREPARE_CHUNK;
+        memcpy(rounded + at, g->params + at, sizeof(float) * count);
+        precision_round_serial(g->precision, rounded + at, count);
+    }
 }
 
 static const void *cpu_weight(const dit_graph *g, int index) { return compute_params(g) + g->entries[index].offset; }

@@ -288,19 +288,22 @@ size_t attention_onednn_scratch_bytes(int batch, int tokens, int heads, int head
     return 4 * sizeof(float) * (size_t)batch * tokens * heads * head_dim;
 }
 
-/* heads_out (B, H, T, E) = part `part` (0 q, 1 k, 2 v) of rows laid out (T, 3 or 1, H, E)
- * per sample (row length `row` values). */
-static void to_heads_f32(float *heads_out, const float *rows, int row, int part, int batch, int tokens, int heads,
+/* heads_out[p] (B, H, T, E) = part p of rows laid out (T, parts, H, E) per sample (row
+ * length parts * H * E values), for p < parts: q, k, v of qkv (3), or d_out (1). One
+ * parallel region for all parts: a region is a barrier, costly when a thread waits
+ * for another that a busy machine has descheduled. */
+static void to_heads_f32(float *const heads_out[3], const float *rows, int parts, int batch, int tokens, int heads,
                          int head_dim) {
-    const int dim = heads * head_dim;
+    const int dim = heads * head_dim, row = parts * dim;
 #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < batch; b++)
-        for (int t = 0; t < tokens; t++) {
-            const float *from = rows + ((size_t)b * tokens + t) * row + (size_t)part * dim;
-            for (int h = 0; h < heads; h++)
-                memcpy(heads_out + (((size_t)b * heads + h) * tokens + t) * head_dim, from + h * head_dim,
-                       sizeof(float) * head_dim);
-        }
+        for (int t = 0; t < tokens; t++)
+            for (int part = 0; part < parts; part++) {
+                const float *from = rows + ((size_t)b * tokens + t) * row + (size_t)part * dim;
+                for (int h = 0; h < heads; h++)
+                    memcpy(heads_out[part] + (((size_t)b * heads + h) * tokens + t) * head_dim, from + h * head_dim,
+                           sizeof(float) * head_dim);
+            }
 }
 
 /* The four (B, H, T, E) parts of the scratch: q, k, v, d_out. */
@@ -310,14 +313,12 @@ static float *scratch_part(float *scratch, int part, int batch, int tokens, int 
 
 void attention_forward_onednn(float *out, float *probs, const float *qkv, float *scratch, int batch, int tokens,
                               int heads, int head_dim, ldm_precision precision) {
-    const int dim = heads * head_dim;
     const float scale = 1.0f / sqrtf((float)head_dim);
     float *q = scratch_part(scratch, 0, batch, tokens, heads, head_dim);
     float *k = scratch_part(scratch, 1, batch, tokens, heads, head_dim);
     float *v = scratch_part(scratch, 2, batch, tokens, heads, head_dim);
-    to_heads_f32(q, qkv, 3 * dim, 0, batch, tokens, heads, head_dim);
-    to_heads_f32(k, qkv, 3 * dim, 1, batch, tokens, heads, head_dim);
-    to_heads_f32(v, qkv, 3 * dim, 2, batch, tokens, heads, head_dim);
+    float *const qkv_heads[3] = {q, k, v};
+    to_heads_f32(qkv_heads, qkv, 3, batch, tokens, heads, head_dim);
     batched_product p = attention_product(QK, batch, tokens, heads, head_dim);
     batched_gemm_onednn_f32(&p, q, k, scale, probs);
     const size_t rows = (size_t)batch * heads * tokens;
@@ -342,10 +343,9 @@ void attention_backward_onednn(float *d_qkv, float *d_scores, const float *d_out
     float *k = scratch_part(scratch, 1, batch, tokens, heads, head_dim);
     float *v = scratch_part(scratch, 2, batch, tokens, heads, head_dim);
     float *d_o = scratch_part(scratch, 3, batch, tokens, heads, head_dim);
-    to_heads_f32(q, qkv, 3 * dim, 0, batch, tokens, heads, head_dim);
-    to_heads_f32(k, qkv, 3 * dim, 1, batch, tokens, heads, head_dim);
-    to_heads_f32(v, qkv, 3 * dim, 2, batch, tokens, heads, head_dim);
-    to_heads_f32(d_o, d_out, dim, 0, batch, tokens, heads, head_dim);
+    float *const qkv_heads[3] = {q, k, v}, *const d_out_heads[3] = {d_o, NULL, NULL};
+    to_heads_f32(qkv_heads, qkv, 3, batch, tokens, heads, head_dim);
+    to_heads_f32(d_out_heads, d_out, 1, batch, tokens, heads, head_dim);
     /* d_probs = d_out v^T, then the softmax backward with the scale folded in */
     batched_product p = attention_product(DP, batch, tokens, heads, head_dim);
     batched_gemm_onednn_f32(&p, d_o, v, 1.0f, d_scores);

@@ -86,10 +86,12 @@ static void layout(dit_model *m, arena *ar) {
     m->cpu_state->weight_bits = NULL;
     m->cpu_state->attention_memory = NULL;
     size_t attention_bytes = 0; /* scratch for max_batch: counted with the activations */
-    if (m->graph->ops->gemm_reads_bits) { /* dit_backend_cpu_bf16_bits */
-        m->cpu_state->weight_bits = arena_halves(ar, m->table.trainable_numel);
-        const size_t needed = attention_bits_scratch_bytes(m->max_batch, m->tokens, m->shape.num_heads,
-                                                           m->shape.hidden_size / m->shape.num_heads);
+    const int bits = m->graph->ops->gemm_reads_bits, onednn_f32 = m->graph->ops == &dit_backend_cpu_fp32_onednn;
+    if (bits) m->cpu_state->weight_bits = arena_halves(ar, m->table.trainable_numel); /* dit_backend_cpu_bf16_bits */
+    if (bits || onednn_f32) { /* attention's scratch on oneDNN */
+        const int heads = m->shape.num_heads, head_dim = m->shape.hidden_size / heads;
+        const size_t needed = bits ? attention_bits_scratch_bytes(m->max_batch, m->tokens, heads, head_dim)
+                                   : attention_onednn_scratch_bytes(m->max_batch, m->tokens, heads, head_dim);
         const size_t d_hidden_bytes = sizeof(float) * (size_t)m->max_batch * m->tokens * m->shape.mlp_hidden;
         if (needed > d_hidden_bytes) { /* else in the graph's d_hidden (dit_backend_cpu_plan) */
             m->cpu_state->attention_memory = arena_floats(ar, (needed + sizeof(float) - 1) / sizeof(float));

@@ -10,7 +10,14 @@
  * bf16 bits: the kept activations (kept_tensor.kept), the activation gradients'
  * bits written once by grad_operand, and weight_bits, written with compute_params
  * at every forward pass. Biases stay fp32 (rounded values). Attention runs its
- * products batched over (sample, head) (ops_attention.c). */
+ * products batched over (sample, head) (ops_attention.c).
+ *
+ * dit_backend_cpu_fp32_onednn (fp32 and fp16 where oneDNN is the fp32 GEMM,
+ * cpu_gemm_fp32_kind; bf16 where the bf16 kind is onednn-f32): dit_backend_cpu
+ * with the linear layers on oneDNN's fp32 matmul, whose primitives
+ * dit_backend_cpu_plan makes, and attention's products batched over (sample,
+ * head) on its fp32 matmul (scratch in d_hidden as for the bits backend); in
+ * bf16/fp16 it reads the rounded values. */
 #include <string.h>
 
 #include "dit_graph.h"
@@ -21,10 +28,18 @@ static const dit_cpu_state *state(const dit_graph *g) { return g->backend_state;
 /* (trainable_numel) the parameters the GEMMs read: params itself in fp32, else a rounded copy */
 static float *compute_params(const dit_graph *g) { return state(g)->compute_params; }
 
+/* Copied and rounded a cache-sized chunk at a time: one pass over the parameters. */
+#define PREPARE_CHUNK 16384
 static void cpu_prepare_weights(const dit_graph *g) {
     if (g->precision == PRECISION_FP32) return; /* compute_params is params */
-    memcpy(compute_params(g), g->params, sizeof(float) * g->trainable_numel);
-    precision_round_array(g->precision, compute_params(g), g->trainable_numel);
+    float *rounded = compute_params(g);
+    const size_t n = g->trainable_numel, chunks = (n + PREPARE_CHUNK - 1) / PREPARE_CHUNK;
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < chunks; c++) {
+        const size_t at = c * PREPARE_CHUNK, count = n - at < PREPARE_CHUNK ? n - at : PREPARE_CHUNK;
+        memcpy(rounded + at, g->params + at, sizeof(float) * count);
+        precision_round_serial(g->precision, rounded + at, count);
+    }
 }
 
 static const void *cpu_weight(const dit_graph *g, int index) { return compute_params(g) + g->entries[index].offset; }
@@ -271,31 +286,83 @@ const dit_backend dit_backend_cpu_bf16_bits = {
     .attention_forward = bits_attention_forward, .attention_backward = bits_attention_backward};
 #pragma GCC diagnostic pop
 
-const dit_backend *dit_backend_cpu_for(ldm_precision precision) {
-    return precision == PRECISION_BF16 && cpu_gemm_bf16_kind() == CPU_GEMM_ONEDNN ? &dit_backend_cpu_bf16_bits
-                                                                                  : &dit_backend_cpu;
+/* ---- dit_backend_cpu_fp32_onednn: dit_backend_cpu with the linear layers on oneDNN ---- */
+
+static void onednn_linear(const dit_graph *g, float *out, const void *in, const void *w, const float *b, int rows,
+                          int sample_rows, int in_features, int out_features) {
+    (void)g, (void)sample_rows; /* a row's result does not depend on the others (ops.h) */
+    linear_forward_onednn(out, in, w, b, rows, in_features, out_features);
 }
 
-/* Every linear of dit_graph.c at max_batch: (rows, in, out, d_in's beta, whether d_in is computed). */
-void dit_backend_cpu_plan(const dit_graph *g) {
-    if (g->ops != &dit_backend_cpu_bf16_bits) return;
+static void onednn_linear_backward(const dit_graph *g, float *d_in, float d_in_beta, float *d_weight, float *d_bias,
+                                   const void *d_out, const void *in, const void *w, int rows, int in_features,
+                                   int out_features) {
+    (void)g;
+    linear_backward_onednn(d_in, d_in_beta, d_weight, d_bias, d_out, in, w, rows, in_features, out_features);
+}
+
+static void onednn_attention_forward(const dit_graph *g, float *out, float *probs, const float *qkv, int batch,
+                                     int tokens, int heads, int head_dim) {
+    attention_forward_onednn(out, probs, qkv, state(g)->attention_f32, batch, tokens, heads, head_dim, g->precision);
+}
+
+static void onednn_attention_backward(const dit_graph *g, float *d_qkv, float *d_scores, const float *d_out,
+                                      const float *qkv, const float *probs, int batch, int tokens, int heads,
+                                      int head_dim) {
+    attention_backward_onednn(d_qkv, d_scores, d_out, qkv, probs, state(g)->attention_f32, batch, tokens, heads,
+                              head_dim, g->precision);
+}
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Woverride-init"
+const dit_backend dit_backend_cpu_fp32_onednn = {
+    .gemm_reads_bits = 0, DIT_BACKEND_FUNCTIONS(cpu_), .linear = onednn_linear,
+    .linear_backward = onednn_linear_backward, .attention_forward = onednn_attention_forward,
+    .attention_backward = onednn_attention_backward};
+#pragma GCC diagnostic pop
+
+const dit_backend *dit_backend_cpu_for(ldm_precision precision) {
+    if (precision == PRECISION_BF16) {
+        const cpu_gemm_kind kind = cpu_gemm_bf16_kind();
+        return kind == CPU_GEMM_ONEDNN       ? &dit_backend_cpu_bf16_bits
+               : kind == CPU_GEMM_ONEDNN_F32 ? &dit_backend_cpu_fp32_onednn
+                                             : &dit_backend_cpu;
+    }
+    return cpu_gemm_fp32_kind() == CPU_GEMM_ONEDNN ? &dit_backend_cpu_fp32_onednn : &dit_backend_cpu;
+}
+
+/* Every linear of dit_graph.c at max_batch through plan: (rows, in, out, bias, d_in's
+ * beta, whether d_in is computed). */
+static void plan_linears(const dit_graph *g, void (*plan)(int, int, int, int, float, int)) {
     const dit_shape *s = &g->shape;
     const int B = g->max_batch, BT = B * g->tokens, D = s->hidden_size, F = s->mlp_hidden;
+    const int E = DIT_FREQUENCY_EMBEDDING_SIZE, PPC = s->patch_size * s->patch_size * s->in_channels;
+    plan(BT, PPC, D, 1, 0.0f, 1); /* patch embedding (d_x when asked for) */
+    for (int embedder = 0; embedder < (s->guidance_input ? 2 : 1); embedder++) {
+        plan(B, E, D, 1, 0.0f, 0); /* mlp.0: no input gradient */
+        plan(B, D, D, 1, 0.0f, 1); /* mlp.2 */
+    }
+    plan(B, D, 6 * D, 1, 1.0f, 1); /* every block's adaLN: d_cond_act accumulates */
+    plan(BT, D, 3 * D, 1, 0.0f, 1); /* qkv */
+    plan(BT, D, D, 1, 0.0f, 1);     /* proj */
+    plan(BT, D, F, 1, 0.0f, 1);     /* fc1 */
+    plan(BT, F, D, 1, 0.0f, 1);     /* fc2 */
+    plan(B, D, 2 * D, 1, 0.0f, 1);  /* final adaLN */
+    plan(BT, D, PPC, 1, 0.0f, 1);   /* final linear */
+}
+
+void dit_backend_cpu_plan(const dit_graph *g) {
+    const dit_shape *s = &g->shape;
+    const int B = g->max_batch, D = s->hidden_size;
     dit_cpu_state *cpu = g->backend_state;
+    if (g->ops == &dit_backend_cpu_fp32_onednn) {
+        cpu->attention_f32 = cpu->attention_memory ? cpu->attention_memory : g->d_hidden;
+        plan_linears(g, linear_plan_onednn);
+        attention_plan_onednn(B, g->tokens, s->num_heads, D / s->num_heads);
+    }
+    if (g->ops != &dit_backend_cpu_bf16_bits) return;
     cpu->attention = attention_bits_scratch_place(cpu->attention_memory ? cpu->attention_memory : (void *)g->d_hidden,
                                                   B, g->tokens, s->num_heads, D / s->num_heads);
-    const int E = DIT_FREQUENCY_EMBEDDING_SIZE, PPC = s->patch_size * s->patch_size * s->in_channels;
-    linear_plan_bf16_bits(BT, PPC, D, 1, 0.0f, 1); /* patch embedding (d_x when asked for) */
-    for (int embedder = 0; embedder < (s->guidance_input ? 2 : 1); embedder++) {
-        linear_plan_bf16_bits(B, E, D, 1, 0.0f, 0); /* mlp.0: no input gradient */
-        linear_plan_bf16_bits(B, D, D, 1, 0.0f, 1); /* mlp.2 */
-    }
-    linear_plan_bf16_bits(B, D, 6 * D, 1, 1.0f, 1); /* every block's adaLN: d_cond_act accumulates */
-    linear_plan_bf16_bits(BT, D, 3 * D, 1, 0.0f, 1); /* qkv */
-    linear_plan_bf16_bits(BT, D, D, 1, 0.0f, 1);     /* proj */
-    linear_plan_bf16_bits(BT, D, F, 1, 0.0f, 1);     /* fc1 */
-    linear_plan_bf16_bits(BT, F, D, 1, 0.0f, 1);     /* fc2 */
-    linear_plan_bf16_bits(B, D, 2 * D, 1, 0.0f, 1);  /* final adaLN */
-    linear_plan_bf16_bits(BT, D, PPC, 1, 0.0f, 1);   /* final linear */
+    plan_linears(g, linear_plan_bf16_bits);
     attention_plan_bf16_bits(B, g->tokens, s->num_heads, D / s->num_heads);
 }

@@ -232,6 +232,9 @@ typedef struct dit_cpu_state {
      * in the attention branch of backward); else NULLs */
     attention_bits_scratch attention;
     void *attention_memory;
+    /* fp32 GEMMs on oneDNN (dit_backend_cpu_fp32_onednn): attention's scratch
+     * (attention_onednn_scratch_bytes) at max_batch, where the above says; else NULL */
+    float *attention_f32;
 } dit_cpu_state;
 
 /* The CPU's ops (dit_backend_cpu.c). dit_backend_cpu: GEMMs read fp32 buffers
@@ -241,6 +244,10 @@ typedef struct dit_cpu_state {
  * (d_bits) and weight_bits, so nothing is converted again for a GEMM. */
 extern const dit_backend dit_backend_cpu;
 extern const dit_backend dit_backend_cpu_bf16_bits;
+/* fp32 and fp16 where oneDNN is the CPU's fp32 GEMM, bf16 where its bf16 kind is
+ * onednn-f32 (gemm_onednn.h): dit_backend_cpu with the linear layers on oneDNN's
+ * fp32 matmul (reading the rounded values in bf16/fp16). */
+extern const dit_backend dit_backend_cpu_fp32_onednn;
 /* The CPU backend of a model in this precision. */
 const dit_backend *dit_backend_cpu_for(ldm_precision precision);
 /* Makes the oneDNN primitives of every GEMM of a training step at max_batch

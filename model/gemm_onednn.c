@@ -25,35 +25,70 @@ static const int built_with_onednn = 1;
 static const int built_with_onednn = 0;
 #endif
 
+/* Whether the CPU's bf16 dot product (VDPBF16PS) does more multiply-adds per cycle
+ * than its fp32 FMAs. Intel's cores without AMX issue VDPBF16PS on one port
+ * against two for 512-bit FMAs: the same multiply-adds per cycle, so oneDNN's
+ * bf16 matmul there measured slower than its fp32 one (it also reorders B into
+ * pairs); AMD's Zen 4 does twice the multiply-adds in bf16 (docs/results.md). */
+static int cpu_bf16_dot_faster_than_fp32(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_is("amd");
+#else
+    return 0;
+#endif
+}
+
 const char *cpu_gemm_kind_name(cpu_gemm_kind kind) {
-    return kind == CPU_GEMM_ONEDNN ? "onednn" : kind == CPU_GEMM_OWN ? "own" : "openblas";
+    return kind == CPU_GEMM_ONEDNN       ? "onednn"
+           : kind == CPU_GEMM_ONEDNN_F32 ? "onednn-f32"
+           : kind == CPU_GEMM_OWN        ? "own"
+                                         : "openblas";
+}
+
+/* LDM_CPU_GEMM's value (LDM_NO_BF16_GEMM=1 is openblas), checked; -1 when unset. */
+static int forced_kind(void) {
+    const char *forced = getenv("LDM_CPU_GEMM"), *off = getenv("LDM_NO_BF16_GEMM");
+    if (forced && *forced) {
+        if (strcmp(forced, "openblas") == 0) return CPU_GEMM_OPENBLAS;
+        if (strcmp(forced, "own") == 0) return CPU_GEMM_OWN;
+        const int onednn = strcmp(forced, "onednn") == 0, onednn_f32 = strcmp(forced, "onednn-f32") == 0;
+        if (onednn || onednn_f32) {
+            if (!built_with_onednn)
+                fatal_input("LDM_CPU_GEMM=%s: this build has no oneDNN (cmake -DLDM_ONEDNN=ON, libdnnl-dev)", forced);
+            return onednn ? CPU_GEMM_ONEDNN : CPU_GEMM_ONEDNN_F32;
+        }
+        fatal_input("LDM_CPU_GEMM='%s': expected onednn, onednn-f32, own or openblas", forced);
+    }
+    return off && *off ? CPU_GEMM_OPENBLAS : -1;
 }
 
 cpu_gemm_kind cpu_gemm_bf16_kind(void) {
     static int decided = -1;
     if (decided >= 0) return (cpu_gemm_kind)decided;
-    const char *forced = getenv("LDM_CPU_GEMM"), *off = getenv("LDM_NO_BF16_GEMM");
-    const int bf16 = cpu_has_avx512_bf16();
-    cpu_gemm_kind kind = built_with_onednn && bf16 ? CPU_GEMM_ONEDNN : bf16 ? CPU_GEMM_OWN : CPU_GEMM_OPENBLAS;
-    if (forced && *forced) {
-        if (strcmp(forced, "openblas") == 0) {
-            kind = CPU_GEMM_OPENBLAS;
-        } else if (strcmp(forced, "own") == 0) {
-            if (!bf16) fatal_input("LDM_CPU_GEMM=own: this CPU has no AVX512_BF16 (use openblas)");
-            kind = CPU_GEMM_OWN;
-        } else if (strcmp(forced, "onednn") == 0) {
-            if (!built_with_onednn)
-                fatal_input("LDM_CPU_GEMM=onednn: this build has no oneDNN (cmake -DLDM_ONEDNN=ON, libdnnl-dev)");
-            if (!bf16) fatal_input("LDM_CPU_GEMM=onednn: this CPU has no AVX512_BF16 (use openblas)");
-            kind = CPU_GEMM_ONEDNN;
-        } else {
-            fatal_input("LDM_CPU_GEMM='%s': expected onednn, own or openblas", forced);
-        }
-    } else if (off && *off) {
-        kind = CPU_GEMM_OPENBLAS;
+    const int bf16 = cpu_has_avx512_bf16(), forced = forced_kind();
+    cpu_gemm_kind kind = built_with_onednn ? (bf16 && cpu_bf16_dot_faster_than_fp32() ? CPU_GEMM_ONEDNN
+                                                                                      : CPU_GEMM_ONEDNN_F32)
+                         : bf16            ? CPU_GEMM_OWN
+                                           : CPU_GEMM_OPENBLAS;
+    if (forced >= 0) {
+        kind = (cpu_gemm_kind)forced;
+        if ((kind == CPU_GEMM_ONEDNN || kind == CPU_GEMM_OWN) && !bf16)
+            fatal_input("LDM_CPU_GEMM=%s: this CPU has no AVX512_BF16 (use openblas)", cpu_gemm_kind_name(kind));
     }
     decided = (int)kind;
     return kind;
+}
+
+cpu_gemm_kind cpu_gemm_fp32_kind(void) {
+    static int decided = -1;
+    if (decided >= 0) return (cpu_gemm_kind)decided;
+    const char *forced = getenv("LDM_CPU_GEMM");
+    /* LDM_NO_BF16_GEMM is about bf16 only; own has no fp32 GEMM: OpenBLAS */
+    const int onednn = forced && *forced ? forced_kind() == CPU_GEMM_ONEDNN || forced_kind() == CPU_GEMM_ONEDNN_F32
+                                         : built_with_onednn;
+    decided = onednn ? CPU_GEMM_ONEDNN : CPU_GEMM_OPENBLAS;
+    return (cpu_gemm_kind)decided;
 }
 
 #ifdef LDM_HAVE_ONEDNN
@@ -67,6 +102,7 @@ typedef struct {
     int64_t ndims, batch0, batch1, m, n, k;
     int64_t a_strides[4], b_strides[4], c_strides[4];
     int64_t with_bias, accumulate;
+    int64_t f32; /* 1: A and B fp32; 0: bf16 */
     float scale;
     int32_t unused;
 } matmul_key;
@@ -135,8 +171,9 @@ static matmul_entry *make(const matmul_key *key) {
     memset(e, 0, sizeof(*e));
     e->key = *key;
     dnnl_memory_desc_t a, b, c, bias;
-    operand_desc(&a, key, key->m, key->k, key->a_strides, dnnl_bf16);
-    operand_desc(&b, key, key->k, key->n, key->b_strides, dnnl_bf16);
+    const dnnl_data_type_t type = key->f32 ? dnnl_f32 : dnnl_bf16;
+    operand_desc(&a, key, key->m, key->k, key->a_strides, type);
+    operand_desc(&b, key, key->k, key->n, key->b_strides, type);
     operand_desc(&c, key, key->m, key->n, key->c_strides, dnnl_f32);
     const dnnl_dims_t bias_dims = {1, key->n}, bias_strides = {key->n, 1};
     check(dnnl_memory_desc_init_by_strides(&bias, 2, bias_dims, dnnl_f32, bias_strides), "memory_desc_init_by_strides");
@@ -179,7 +216,7 @@ static matmul_entry *find_or_make(const matmul_key *key) {
     return make(key);
 }
 
-static void run(matmul_entry *e, const uint16_t *a, const uint16_t *b, const float *bias, float *c) {
+static void run(matmul_entry *e, const void *a, const void *b, const float *bias, float *c) {
     /* inside a parallel region oneDNN would run on the calling thread alone, and the one
      * scratchpad would be shared between threads */
     if (omp_in_parallel()) fatal_internal("gemm_onednn: called inside an OpenMP parallel region");
@@ -196,12 +233,13 @@ static void run(matmul_entry *e, const uint16_t *a, const uint16_t *b, const flo
     check(dnnl_stream_wait(onednn.stream), "stream_wait");
 }
 
-/* gemm_onednn, or with a NULL c only the making of its primitives. */
-static void gemm_or_plan(int transpose_a, int transpose_b, int m, int n, int k, const uint16_t *a, int lda,
-                         const uint16_t *b, int ldb, int with_bias, const float *bias, float beta, float *c,
-                         int ldc) {
+/* gemm_onednn (f32 0) or gemm_onednn_f32 (f32 1), or with a NULL c only the making
+ * of its primitives. */
+static void gemm_or_plan(int f32, int transpose_a, int transpose_b, int m, int n, int k, const void *a, int lda,
+                         const void *b, int ldb, int with_bias, const float *bias, float beta, float *c, int ldc) {
     if (beta != 0.0f && beta != 1.0f) fatal_internal("gemm_onednn: beta %g (0 or 1)", beta);
     if (m < 1 || n < 1 || k < 1) fatal_internal("gemm_onednn: empty product (%d, %d, %d)", m, n, k);
+    const size_t element = f32 ? sizeof(float) : sizeof(uint16_t);
     /* k cut into chunks with a transposed A (see gemm_onednn.h); each chunk after the first accumulates */
     const int chunk = transpose_a ? GEMM_ONEDNN_K_CHUNK : k;
     for (int k0 = 0; k0 < k; k0 += chunk) {
@@ -213,25 +251,36 @@ static void gemm_or_plan(int transpose_a, int transpose_b, int m, int n, int k, 
         key.b_strides[2] = transpose_b ? 1 : ldb, key.b_strides[3] = transpose_b ? ldb : 1;
         key.c_strides[2] = ldc, key.c_strides[3] = 1;
         key.with_bias = with_bias && k0 == 0, key.accumulate = beta != 0.0f || k0 > 0, key.scale = 1.0f;
+        key.f32 = f32;
         matmul_entry *e = find_or_make(&key);
         if (!c) continue;
-        const uint16_t *a_part = a + (transpose_a ? (size_t)k0 * lda : (size_t)k0);
-        const uint16_t *b_part = b + (transpose_b ? (size_t)k0 : (size_t)k0 * ldb);
+        const char *a_part = (const char *)a + element * (transpose_a ? (size_t)k0 * lda : (size_t)k0);
+        const char *b_part = (const char *)b + element * (transpose_b ? (size_t)k0 : (size_t)k0 * ldb);
         run(e, a_part, b_part, k0 == 0 ? bias : NULL, c);
     }
 }
 
 void gemm_onednn(int transpose_a, int transpose_b, int m, int n, int k, const uint16_t *a, int lda,
                  const uint16_t *b, int ldb, const float *bias, float beta, float *c, int ldc) {
-    gemm_or_plan(transpose_a, transpose_b, m, n, k, a, lda, b, ldb, bias != NULL, bias, beta, c, ldc);
+    gemm_or_plan(0, transpose_a, transpose_b, m, n, k, a, lda, b, ldb, bias != NULL, bias, beta, c, ldc);
 }
 
 void gemm_onednn_plan(int transpose_a, int transpose_b, int m, int n, int k, int lda, int ldb, int with_bias,
                       float beta, int ldc) {
-    gemm_or_plan(transpose_a, transpose_b, m, n, k, NULL, lda, NULL, ldb, with_bias, NULL, beta, NULL, ldc);
+    gemm_or_plan(0, transpose_a, transpose_b, m, n, k, NULL, lda, NULL, ldb, with_bias, NULL, beta, NULL, ldc);
 }
 
-static matmul_entry *batched_entry(const batched_product *p, float scale) {
+void gemm_onednn_f32(int transpose_a, int transpose_b, int m, int n, int k, const float *a, int lda, const float *b,
+                     int ldb, const float *bias, float beta, float *c, int ldc) {
+    gemm_or_plan(1, transpose_a, transpose_b, m, n, k, a, lda, b, ldb, bias != NULL, bias, beta, c, ldc);
+}
+
+void gemm_onednn_f32_plan(int transpose_a, int transpose_b, int m, int n, int k, int lda, int ldb, int with_bias,
+                          float beta, int ldc) {
+    gemm_or_plan(1, transpose_a, transpose_b, m, n, k, NULL, lda, NULL, ldb, with_bias, NULL, beta, NULL, ldc);
+}
+
+static matmul_entry *batched_entry(const batched_product *p, float scale, int f32) {
     matmul_key key;
     memset(&key, 0, sizeof(key));
     key.ndims = 4, key.batch0 = p->batch[0], key.batch1 = p->batch[1], key.m = p->m, key.n = p->n, key.k = p->k;
@@ -239,14 +288,21 @@ static matmul_entry *batched_entry(const batched_product *p, float scale) {
     memcpy(key.b_strides, p->b_strides, sizeof(key.b_strides));
     memcpy(key.c_strides, p->c_strides, sizeof(key.c_strides));
     key.scale = scale;
+    key.f32 = f32;
     return find_or_make(&key);
 }
 
 void batched_gemm_onednn(const batched_product *p, const uint16_t *a, const uint16_t *b, float scale, float *c) {
-    run(batched_entry(p, scale), a, b, NULL, c);
+    run(batched_entry(p, scale, 0), a, b, NULL, c);
 }
 
-void batched_gemm_onednn_plan(const batched_product *p, float scale) { batched_entry(p, scale); }
+void batched_gemm_onednn_plan(const batched_product *p, float scale) { batched_entry(p, scale, 0); }
+
+void batched_gemm_onednn_f32(const batched_product *p, const float *a, const float *b, float scale, float *c) {
+    run(batched_entry(p, scale, 1), a, b, NULL, c);
+}
+
+void batched_gemm_onednn_f32_plan(const batched_product *p, float scale) { batched_entry(p, scale, 1); }
 
 long gemm_onednn_primitives_made(void) { return onednn.made; }
 
@@ -279,6 +335,20 @@ void gemm_onednn_plan(int transpose_a, int transpose_b, int m, int n, int k, int
     fatal_internal("gemm_onednn_plan: this build has no oneDNN");
 }
 
+void gemm_onednn_f32(int transpose_a, int transpose_b, int m, int n, int k, const float *a, int lda, const float *b,
+                     int ldb, const float *bias, float beta, float *c, int ldc) {
+    (void)transpose_a, (void)transpose_b, (void)m, (void)n, (void)k, (void)a, (void)lda, (void)b, (void)ldb;
+    (void)bias, (void)beta, (void)c, (void)ldc;
+    fatal_internal("gemm_onednn_f32: this build has no oneDNN");
+}
+
+void gemm_onednn_f32_plan(int transpose_a, int transpose_b, int m, int n, int k, int lda, int ldb, int with_bias,
+                          float beta, int ldc) {
+    (void)transpose_a, (void)transpose_b, (void)m, (void)n, (void)k, (void)lda, (void)ldb, (void)with_bias;
+    (void)beta, (void)ldc;
+    fatal_internal("gemm_onednn_f32_plan: this build has no oneDNN");
+}
+
 void batched_gemm_onednn(const batched_product *p, const uint16_t *a, const uint16_t *b, float scale, float *c) {
     (void)p, (void)a, (void)b, (void)scale, (void)c;
     fatal_internal("batched_gemm_onednn: this build has no oneDNN");
@@ -287,6 +357,16 @@ void batched_gemm_onednn(const batched_product *p, const uint16_t *a, const uint
 void batched_gemm_onednn_plan(const batched_product *p, float scale) {
     (void)p, (void)scale;
     fatal_internal("batched_gemm_onednn_plan: this build has no oneDNN");
+}
+
+void batched_gemm_onednn_f32(const batched_product *p, const float *a, const float *b, float scale, float *c) {
+    (void)p, (void)a, (void)b, (void)scale, (void)c;
+    fatal_internal("batched_gemm_onednn_f32: this build has no oneDNN");
+}
+
+void batched_gemm_onednn_f32_plan(const batched_product *p, float scale) {
+    (void)p, (void)scale;
+    fatal_internal("batched_gemm_onednn_f32_plan: this build has no oneDNN");
 }
 
 long gemm_onednn_primitives_made(void) { return 0; }

@@ -1,10 +1,14 @@
 /* The CPU's bf16 GEMMs through oneDNN's matmul primitive (bf16 operands, fp32
- * accumulation and output), and the run-time choice of the CPU's bf16 GEMM.
+ * accumulation and output), its fp32 GEMMs for the DiT, and the run-time choice
+ * of the CPU's bf16 GEMM.
  *
- * Choice (cpu_gemm_bf16_kind): oneDNN where this build has it and the CPU has
- * AVX512_BF16, else the own bf16 GEMM (gemm_bf16.h) where the CPU has the
- * instruction, else OpenBLAS's sgemm on rounded values. LDM_CPU_GEMM=onednn, own
- * or openblas forces one (onednn where it cannot run is an error);
+ * Choice (cpu_gemm_bf16_kind), where this build has oneDNN: its bf16 matmul on
+ * bf16 bits (onednn) on CPUs with AVX512_BF16 whose bf16 dot product does more
+ * multiply-adds per cycle than fp32 FMAs (AMD's), else its fp32 matmul on fp32
+ * buffers holding bf16-rounded values (onednn-f32: the same products exactly, fp32
+ * sums). Without oneDNN: the own bf16 GEMM (gemm_bf16.h) where the CPU has the
+ * instruction, else OpenBLAS's sgemm on rounded values. LDM_CPU_GEMM=onednn,
+ * onednn-f32, own or openblas forces one (one that cannot run is an error);
  * LDM_NO_BF16_GEMM=1 is LDM_CPU_GEMM=openblas.
  *
  * Primitives are made once per shape (gemm_onednn_plan, called when a model is
@@ -27,12 +31,17 @@
 
 #include <stdint.h>
 
-typedef enum { CPU_GEMM_OPENBLAS, CPU_GEMM_OWN, CPU_GEMM_ONEDNN } cpu_gemm_kind;
+typedef enum { CPU_GEMM_OPENBLAS, CPU_GEMM_OWN, CPU_GEMM_ONEDNN, CPU_GEMM_ONEDNN_F32 } cpu_gemm_kind;
 
 /* The bf16 GEMM this process uses (decided once, from the CPU, the build and
  * LDM_CPU_GEMM / LDM_NO_BF16_GEMM; a bad value ends the program with one line). */
 cpu_gemm_kind cpu_gemm_bf16_kind(void);
-/* "onednn", "own", "openblas". */
+/* The DiT's fp32 GEMM (decided once): oneDNN where this build has it, which finds
+ * the CPU's instruction set itself (OpenBLAS falls back to generic kernels on a
+ * CPU it does not recognise unless OPENBLAS_CORETYPE names one), else OpenBLAS;
+ * LDM_CPU_GEMM=openblas or own gives OpenBLAS, onednn or onednn-f32 oneDNN. */
+cpu_gemm_kind cpu_gemm_fp32_kind(void);
+/* "onednn", "onednn-f32", "own", "openblas". */
 const char *cpu_gemm_kind_name(cpu_gemm_kind kind);
 
 #define GEMM_ONEDNN_K_CHUNK 1024
@@ -47,6 +56,14 @@ void gemm_onednn(int transpose_a, int transpose_b, int m, int n, int k, const ui
 void gemm_onednn_plan(int transpose_a, int transpose_b, int m, int n, int k, int lda, int ldb, int with_bias,
                       float beta, int ldc);
 
+/* The same with A and B fp32 (the DiT's fp32 GEMMs where cpu_gemm_fp32_kind() is
+ * CPU_GEMM_ONEDNN), with the same numerics: fixed order, k chunks with a
+ * transposed A, rows independent of m (tests/test_gemm_onednn.c). */
+void gemm_onednn_f32(int transpose_a, int transpose_b, int m, int n, int k, const float *a, int lda, const float *b,
+                     int ldb, const float *bias, float beta, float *c, int ldc);
+void gemm_onednn_f32_plan(int transpose_a, int transpose_b, int m, int n, int k, int lda, int ldb, int with_bias,
+                          float beta, int ldc);
+
 /* A batched product of strided views: for every (i, j) < batch,
  * C[i, j] (m, n) = scale * A[i, j] (m, k) B[i, j] (k, n), element (i, j, r, c) of A
  * at a[i * a_strides[0] + j * a_strides[1] + r * a_strides[2] + c * a_strides[3]],
@@ -57,6 +74,9 @@ typedef struct {
 } batched_product;
 void batched_gemm_onednn(const batched_product *p, const uint16_t *a, const uint16_t *b, float scale, float *c);
 void batched_gemm_onednn_plan(const batched_product *p, float scale);
+/* The same with A and B fp32. */
+void batched_gemm_onednn_f32(const batched_product *p, const float *a, const float *b, float scale, float *c);
+void batched_gemm_onednn_f32_plan(const batched_product *p, float scale);
 
 /* How many primitives this process has made (for the tests). */
 long gemm_onednn_primitives_made(void);

@@ -51,6 +51,14 @@ void linear_backward_bf16_bits(float *d_in, float d_in_beta, float *d_weight, fl
  * when with_d_in), so that the training step makes none. */
 void linear_plan_bf16_bits(int rows, int in_features, int out_features, int with_bias, float d_in_beta,
                            int with_d_in);
+/* The same in fp32 through oneDNN's fp32 matmul (gemm_onednn_f32: only where
+ * cpu_gemm_fp32_kind() is CPU_GEMM_ONEDNN): other bits than the sgemm path, also
+ * independent of the thread count and of the other rows. */
+void linear_forward_onednn(float *out, const float *in, const float *weight, const float *bias, int rows,
+                           int in_features, int out_features);
+void linear_backward_onednn(float *d_in, float d_in_beta, float *d_weight, float *d_bias, const float *d_out,
+                            const float *in, const float *weight, int rows, int in_features, int out_features);
+void linear_plan_onednn(int rows, int in_features, int out_features, int with_bias, float d_in_beta, int with_d_in);
 
 /* ---- LayerNorm without affine parameters, eps given (DiT uses 1e-6) ---- */
 /* out, in (rows, dim); mean, rstd (rows) saved for backward. */
@@ -123,6 +131,19 @@ typedef struct {
 size_t attention_bits_scratch_bytes(int batch, int tokens, int heads, int head_dim);
 /* The scratch carved from memory (attention_bits_scratch_bytes of it, 64-byte aligned). */
 attention_bits_scratch attention_bits_scratch_place(void *memory, int batch, int tokens, int heads, int head_dim);
+
+/* The same products in fp32 through oneDNN (batched_gemm_onednn_f32: only where
+ * cpu_gemm_fp32_kind() is CPU_GEMM_ONEDNN), for fp32 and for bf16/fp16 values held
+ * in fp32 (precision: the probabilities and the score gradient rounded to it as in
+ * attention_forward_precision). Shapes as attention_forward/_backward; scratch
+ * (attention_onednn_scratch_bytes) holds head-major copies of q, k, v, d_out. */
+size_t attention_onednn_scratch_bytes(int batch, int tokens, int heads, int head_dim);
+void attention_plan_onednn(int batch, int tokens, int heads, int head_dim);
+void attention_forward_onednn(float *out, float *probs, const float *qkv, float *scratch, int batch, int tokens,
+                              int heads, int head_dim, ldm_precision precision);
+void attention_backward_onednn(float *d_qkv, float *d_scores, const float *d_out, const float *qkv,
+                               const float *probs, float *scratch, int batch, int tokens, int heads, int head_dim,
+                               ldm_precision precision);
 void attention_forward_bf16_bits(float *out, float *probs, const float *qkv, const attention_bits_scratch *scratch,
                                  int batch, int tokens, int heads, int head_dim);
 void attention_backward_bf16_bits(float *d_qkv, float *d_scores, const float *d_out, const float *qkv,

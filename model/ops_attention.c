@@ -273,3 +273,100 @@ void attention_backward_bf16_bits(float *d_qkv, float *d_scores, const float *d_
     batched_gemm_onednn(&p, d_score_bits, s->q, 1.0f, d_part);
     into_qkv(d_qkv, d_part, 1, rows_bt, dim);
 }
+
+/* ---- the oneDNN fp32 attention (ops.h) ---- */
+
+void attention_plan_onednn(int batch, int tokens, int heads, int head_dim) {
+    const float scale = 1.0f / sqrtf((float)head_dim);
+    for (int which = 0; which < PRODUCTS; which++) {
+        const batched_product p = attention_product(which, batch, tokens, heads, head_dim);
+        batched_gemm_onednn_f32_plan(&p, which == QK ? scale : 1.0f);
+    }
+}
+
+size_t attention_onednn_scratch_bytes(int batch, int tokens, int heads, int head_dim) {
+    return 4 * sizeof(float) * (size_t)batch * tokens * heads * head_dim;
+}
+
+/* heads_out[p] (B, H, T, E) = part p of rows laid out (T, parts, H, E) per sample (row
+ * length parts * H * E values), for p < parts: q, k, v of qkv (3), or d_out (1). One
+ * parallel region for all parts: a region is a barrier, costly when a thread waits
+ * for another that a busy machine has descheduled. */
+static void to_heads_f32(float *const heads_out[3], const float *rows, int parts, int batch, int tokens, int heads,
+                         int head_dim) {
+    const int dim = heads * head_dim, row = parts * dim;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < batch; b++)
+        for (int t = 0; t < tokens; t++)
+            for (int part = 0; part < parts; part++) {
+                const float *from = rows + ((size_t)b * tokens + t) * row + (size_t)part * dim;
+                for (int h = 0; h < heads; h++)
+                    memcpy(heads_out[part] + (((size_t)b * heads + h) * tokens + t) * head_dim, from + h * head_dim,
+                           sizeof(float) * head_dim);
+            }
+}
+
+/* The four (B, H, T, E) parts of the scratch: q, k, v, d_out. */
+static float *scratch_part(float *scratch, int part, int batch, int tokens, int heads, int head_dim) {
+    return scratch + (size_t)part * batch * tokens * heads * head_dim;
+}
+
+void attention_forward_onednn(float *out, float *probs, const float *qkv, float *scratch, int batch, int tokens,
+                              int heads, int head_dim, ldm_precision precision) {
+    const float scale = 1.0f / sqrtf((float)head_dim);
+    float *q = scratch_part(scratch, 0, batch, tokens, heads, head_dim);
+    float *k = scratch_part(scratch, 1, batch, tokens, heads, head_dim);
+    float *v = scratch_part(scratch, 2, batch, tokens, heads, head_dim);
+    float *const qkv_heads[3] = {q, k, v};
+    to_heads_f32(qkv_heads, qkv, 3, batch, tokens, heads, head_dim);
+    batched_product p = attention_product(QK, batch, tokens, heads, head_dim);
+    batched_gemm_onednn_f32(&p, q, k, scale, probs);
+    const size_t rows = (size_t)batch * heads * tokens;
+#pragma omp parallel for schedule(static)
+    for (size_t r = 0; r < rows; r++) {
+        float *row = probs + r * tokens;
+        const float inv = exp_row(row, tokens);
+        for (int j = 0; j < tokens; j++) row[j] *= inv;
+        if (precision != PRECISION_FP32) precision_round_serial(precision, row, (size_t)tokens);
+    }
+    p = attention_product(PV, batch, tokens, heads, head_dim);
+    batched_gemm_onednn_f32(&p, probs, v, 1.0f, out);
+}
+
+void attention_backward_onednn(float *d_qkv, float *d_scores, const float *d_out, const float *qkv,
+                               const float *probs, float *scratch, int batch, int tokens, int heads, int head_dim,
+                               ldm_precision precision) {
+    const int dim = heads * head_dim, rows_bt = batch * tokens;
+    const float scale = 1.0f / sqrtf((float)head_dim);
+    const size_t score_rows = (size_t)batch * heads * tokens;
+    float *q = scratch_part(scratch, 0, batch, tokens, heads, head_dim);
+    float *k = scratch_part(scratch, 1, batch, tokens, heads, head_dim);
+    float *v = scratch_part(scratch, 2, batch, tokens, heads, head_dim);
+    float *d_o = scratch_part(scratch, 3, batch, tokens, heads, head_dim);
+    float *const qkv_heads[3] = {q, k, v}, *const d_out_heads[3] = {d_o, NULL, NULL};
+    to_heads_f32(qkv_heads, qkv, 3, batch, tokens, heads, head_dim);
+    to_heads_f32(d_out_heads, d_out, 1, batch, tokens, heads, head_dim);
+    /* d_probs = d_out v^T, then the softmax backward with the scale folded in */
+    batched_product p = attention_product(DP, batch, tokens, heads, head_dim);
+    batched_gemm_onednn_f32(&p, d_o, v, 1.0f, d_scores);
+#pragma omp parallel for schedule(static)
+    for (size_t r = 0; r < score_rows; r++) {
+        const float *prow = probs + r * tokens;
+        float *srow = d_scores + r * tokens;
+        float weighted = 0.0f;
+        for (int j = 0; j < tokens; j++) weighted += prow[j] * srow[j];
+        for (int j = 0; j < tokens; j++) srow[j] = scale * prow[j] * (srow[j] - weighted);
+        if (precision != PRECISION_FP32) precision_round_serial(precision, srow, (size_t)tokens);
+    }
+    /* dv = p^T d_out into v's place (v is read no more), token-major, then into d_qkv */
+    p = attention_product(DV, batch, tokens, heads, head_dim);
+    batched_gemm_onednn_f32(&p, probs, d_o, 1.0f, v);
+    into_qkv(d_qkv, v, 2, rows_bt, dim);
+    /* dq = d_scores k into d_out's place; dk = d_scores^T q into v's */
+    p = attention_product(DQ, batch, tokens, heads, head_dim);
+    batched_gemm_onednn_f32(&p, d_scores, k, 1.0f, d_o);
+    into_qkv(d_qkv, d_o, 0, rows_bt, dim);
+    p = attention_product(DK, batch, tokens, heads, head_dim);
+    batched_gemm_onednn_f32(&p, d_scores, q, 1.0f, v);
+    into_qkv(d_qkv, v, 1, rows_bt, dim);
+}

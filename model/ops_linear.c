@@ -16,9 +16,10 @@
  * this a sample drawn in a batch differed from the same sample drawn alone.
  *
  * The bf16-bits variants run oneDNN's matmul on operands that are bf16 bits
- * already (gemm_onednn.h), in one call per product: a row of oneDNN's result
- * does not depend on the number of rows (tests/test_gemm_onednn.c), so they need
- * no cut at sample boundaries. */
+ * already (gemm_onednn.h), in one call per product, and the oneDNN fp32
+ * variants (the DiT's fp32 GEMMs where oneDNN is there) the same on fp32
+ * operands: a row of oneDNN's result does not depend on the number of rows
+ * (tests/test_gemm_onednn.c), so they need no cut at sample boundaries. */
 #include <cblas.h>
 #include <omp.h>
 #include <string.h>
@@ -202,10 +203,38 @@ void linear_backward_bf16_bits(float *d_in, float d_in_beta, float *d_weight, fl
     if (d_bias) column_sum_accumulate_bits(d_bias, d_out, rows, out_features);
 }
 
+/* The oneDNN fp32 linear (ops.h): the same products on fp32 operands. */
+
+void linear_forward_onednn(float *out, const float *in, const float *weight, const float *bias, int rows,
+                           int in_features, int out_features) {
+    gemm_onednn_f32(0, 1, rows, out_features, in_features, in, in_features, weight, in_features, bias, 0.0f, out,
+                    out_features);
+}
+
+void linear_backward_onednn(float *d_in, float d_in_beta, float *d_weight, float *d_bias, const float *d_out,
+                            const float *in, const float *weight, int rows, int in_features, int out_features) {
+    if (d_in)
+        gemm_onednn_f32(0, 0, rows, in_features, out_features, d_out, out_features, weight, in_features, NULL,
+                        d_in_beta, d_in, in_features);
+    if (d_weight)
+        gemm_onednn_f32(1, 0, out_features, in_features, rows, d_out, out_features, in, in_features, NULL, 1.0f,
+                        d_weight, in_features);
+    if (d_bias) column_sum_accumulate(d_bias, d_out, rows, out_features);
+}
+
+/* The primitives of a layer's three products, through plan (bf16 or fp32). */
+static void linear_plan(void (*plan)(int, int, int, int, int, int, int, int, float, int), int rows, int in_features,
+                        int out_features, int with_bias, float d_in_beta, int with_d_in) {
+    plan(0, 1, rows, out_features, in_features, in_features, in_features, with_bias, 0.0f, out_features);
+    if (with_d_in) plan(0, 0, rows, in_features, out_features, out_features, in_features, 0, d_in_beta, in_features);
+    plan(1, 0, out_features, in_features, rows, out_features, in_features, 0, 1.0f, in_features);
+}
+
 void linear_plan_bf16_bits(int rows, int in_features, int out_features, int with_bias, float d_in_beta,
                            int with_d_in) {
-    gemm_onednn_plan(0, 1, rows, out_features, in_features, in_features, in_features, with_bias, 0.0f, out_features);
-    if (with_d_in)
-        gemm_onednn_plan(0, 0, rows, in_features, out_features, out_features, in_features, 0, d_in_beta, in_features);
-    gemm_onednn_plan(1, 0, out_features, in_features, rows, out_features, in_features, 0, 1.0f, in_features);
+    linear_plan(gemm_onednn_plan, rows, in_features, out_features, with_bias, d_in_beta, with_d_in);
+}
+
+void linear_plan_onednn(int rows, int in_features, int out_features, int with_bias, float d_in_beta, int with_d_in) {
+    linear_plan(gemm_onednn_f32_plan, rows, in_features, out_features, with_bias, d_in_beta, with_d_in);
 }

@@ -97,6 +97,11 @@ if(TARGET ldm)
     WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(cli_bench_tiny PROPERTIES
     PASS_REGULAR_EXPRESSION "bench: images_per_s=[0-9.]+ ms_per_step=[0-9.]+ gflops=[0-9.]+")
+  # The time per phase: the GEMMs counted (calls and GFLOP/s) and the optimizer timed.
+  add_test(NAME cli_bench_tiny_phases COMMAND $<TARGET_FILE:ldm> bench --config configs/tiny.json --steps 1 --warmup 0
+    WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(cli_bench_tiny_phases PROPERTIES PASS_REGULAR_EXPRESSION
+    "gemm forward +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]*[1-9][0-9.]* +[1-9][0-9]*\n.*attention backward .*optimizer [(]adamw[)] +[0-9.]+")
   # Mixed precision: the step runs and the activation memory per image is reported.
   foreach(precision bf16 fp16)
     add_test(NAME cli_bench_tiny_${precision} COMMAND $<TARGET_FILE:ldm> bench --config configs/tiny.json

@@ -1,4 +1,5 @@
-/* The oneDNN bf16 GEMM (model/gemm_onednn.c) and the DiT's bf16 path on it:
+/* The oneDNN GEMMs (model/gemm_onednn.c), bf16 and fp32, and the DiT's bf16 and
+ * fp32 paths on them:
  * - every transpose, bias and beta against a double-precision product;
  * - a row of a forward or input-gradient product does not depend on the other
  *   rows (the number of rows, its position): what lets the DiT skip the
@@ -7,8 +8,10 @@
  *   with, also for weight gradients whose k oneDNN would split over threads;
  * - a planned product makes no primitive when it runs, and a bf16 DiT's training
  *   pass makes none;
- * - a bf16 DiT draws a sample in a batch as the same bits as alone.
- * Exits 77 (skipped) where this build has no oneDNN or the CPU no AVX512_BF16. */
+ * - a bf16 DiT draws a sample in a batch as the same bits as alone;
+ * - the same for fp32 (gemm_onednn_f32, the fp32 DiT on oneDNN).
+ * The bf16 parts are skipped where the CPU has no AVX512_BF16; the whole test
+ * exits 77 (skipped) where this build has no oneDNN. */
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
@@ -29,10 +32,14 @@ typedef struct {
 } product;
 
 typedef struct {
-    uint16_t *a, *b;
+    uint16_t *a, *b;       /* bf16 bits */
+    float *a_f32, *b_f32;  /* the same values as fp32 */
     float *bias, *c_start; /* c_start: C before the product (beta 1) */
     size_t a_count, b_count;
 } operands;
+
+/* 1: the products below run through gemm_onednn_f32 on a_f32, b_f32. */
+static int f32_mode;
 
 static uint16_t *random_bits(rng_stream *rng, size_t count) {
     uint16_t *bits = malloc(sizeof(uint16_t) * count);
@@ -47,6 +54,10 @@ static operands make_operands(const product *p, uint64_t seed) {
     o.b_count = (size_t)p->k * p->n;
     o.a = random_bits(&rng, o.a_count);
     o.b = random_bits(&rng, o.b_count);
+    o.a_f32 = malloc(sizeof(float) * o.a_count);
+    o.b_f32 = malloc(sizeof(float) * o.b_count);
+    for (size_t i = 0; i < o.a_count; i++) o.a_f32[i] = bf16_to_float(o.a[i]);
+    for (size_t i = 0; i < o.b_count; i++) o.b_f32[i] = bf16_to_float(o.b[i]);
     o.bias = malloc(sizeof(float) * p->n);
     for (int j = 0; j < p->n; j++) o.bias[j] = rng_normal(&rng);
     o.c_start = malloc(sizeof(float) * p->m * p->n);
@@ -57,6 +68,8 @@ static operands make_operands(const product *p, uint64_t seed) {
 static void free_operands(operands *o) {
     free(o->a);
     free(o->b);
+    free(o->a_f32);
+    free(o->b_f32);
     free(o->bias);
     free(o->c_start);
 }
@@ -64,11 +77,22 @@ static void free_operands(operands *o) {
 static int lda_of(const product *p) { return p->ta ? p->m : p->k; }
 static int ldb_of(const product *p) { return p->tb ? p->k : p->n; }
 
-/* c (m, n) = the product on o, through gemm_onednn. */
+/* c (m, n) = beta c + the product of rows [r0, r0 + m) of A (not transposed when r0 > 0)
+ * and B, through gemm_onednn or in f32_mode gemm_onednn_f32. */
+static void product_rows(const product *p, const operands *o, int r0, int m, float *c) {
+    const float *bias = p->with_bias ? o->bias : NULL;
+    const size_t a_at = (size_t)r0 * lda_of(p);
+    if (f32_mode)
+        gemm_onednn_f32(p->ta, p->tb, m, p->n, p->k, o->a_f32 + a_at, lda_of(p), o->b_f32, ldb_of(p), bias, p->beta,
+                        c, p->n);
+    else
+        gemm_onednn(p->ta, p->tb, m, p->n, p->k, o->a + a_at, lda_of(p), o->b, ldb_of(p), bias, p->beta, c, p->n);
+}
+
+/* c (m, n) = the product on o. */
 static void run(const product *p, const operands *o, float *c) {
     memcpy(c, o->c_start, sizeof(float) * p->m * p->n);
-    gemm_onednn(p->ta, p->tb, p->m, p->n, p->k, o->a, lda_of(p), o->b, ldb_of(p), p->with_bias ? o->bias : NULL,
-                p->beta, c, p->n);
+    product_rows(p, o, 0, p->m, c);
 }
 
 static void test_against_double(void) {
@@ -100,7 +124,7 @@ static void test_against_double(void) {
         free(c);
         free_operands(&o);
     }
-    printf("against double: largest error / (1 + sum |a b|): %.2e\n", worst);
+    printf("%s against double: largest error / (1 + sum |a b|): %.2e\n", f32_mode ? "fp32" : "bf16", worst);
     CHECK_MSG(worst < 1e-6, "error %.3g", worst);
 }
 
@@ -121,8 +145,7 @@ static void test_rows_independent(void) {
         for (int r0 = 0; r0 + part <= p->m; r0 += part) {
             const size_t at = (size_t)r0 * p->n;
             memcpy(alone, o.c_start + at, sizeof(float) * part * p->n);
-            gemm_onednn(0, p->tb, part, p->n, p->k, o.a + (size_t)r0 * p->k, p->k, o.b, ldb_of(p),
-                        p->with_bias ? o.bias : NULL, p->beta, alone, p->n);
+            product_rows(p, &o, r0, part, alone);
             if (memcmp(alone, whole + at, sizeof(float) * part * p->n) != 0) {
                 differing++;
                 fprintf(stderr, "product %zu (%d, %d, %d): rows from %d differ alone\n", s, p->m, p->n, p->k, r0);
@@ -172,7 +195,8 @@ static void test_plan_makes_once(void) {
     operands o = make_operands(&p, 70);
     float *c = malloc(sizeof(float) * p.m * p.n);
     long before = gemm_onednn_primitives_made();
-    gemm_onednn_plan(p.ta, p.tb, p.m, p.n, p.k, lda_of(&p), ldb_of(&p), 0, p.beta, p.n);
+    (f32_mode ? gemm_onednn_f32_plan : gemm_onednn_plan)(p.ta, p.tb, p.m, p.n, p.k, lda_of(&p), ldb_of(&p), 0, p.beta,
+                                                          p.n);
     long planned = gemm_onednn_primitives_made();
     run(&p, &o, c);
     run(&p, &o, c);
@@ -184,16 +208,16 @@ static void test_plan_makes_once(void) {
 
 enum { DIT_BATCH = 3, DIT_SAMPLE = 4 * 8 * 8 };
 
-/* A bf16 DiT of random weights, made under `threads` threads (its primitives with
- * it), and its inputs. */
+/* A DiT of random weights in the precision of f32_mode (fp32 or bf16), made under
+ * `threads` threads (its primitives with it), and its inputs. */
 static void make_dit(dit_model *m, int mlp_hidden, int threads, float *x, float *t, int *y, float *d_out) {
     const dit_shape shape = {.input_size = 8, .in_channels = 4, .patch_size = 1, .hidden_size = 64, .depth = 2,
                              .num_heads = 4, .mlp_hidden = mlp_hidden, .num_classes = 10};
     gemm_onednn_release_all();
     omp_set_num_threads(threads);
     long before = gemm_onednn_primitives_made();
-    dit_create_precision(m, &shape, DIT_BATCH, PRECISION_BF16);
-    CHECK_MSG(gemm_onednn_primitives_made() > before, "a bf16 DiT made no oneDNN primitive at creation");
+    dit_create_precision(m, &shape, DIT_BATCH, f32_mode ? PRECISION_FP32 : PRECISION_BF16);
+    CHECK_MSG(gemm_onednn_primitives_made() > before, "a DiT made no oneDNN primitive at creation");
     dit_init_weights(m, 5);
     rng_stream rng = rng_stream_for(6, 0, 0);
     /* adaLN-Zero starts with zero gates: perturb every parameter so that every layer counts */
@@ -202,12 +226,12 @@ static void make_dit(dit_model *m, int mlp_hidden, int threads, float *x, float 
     for (int b = 0; b < DIT_BATCH; b++) t[b] = 100.0f * (b + 1), y[b] = 3 * b;
 }
 
-/* A bf16 DiT: a training pass makes no primitive; its outputs and gradients are
+/* A DiT (bf16, or fp32 in f32_mode): a training pass makes no primitive; its outputs and gradients are
  * the same bits under 1 and 4 threads; a sample is the same bits drawn in a batch
- * of 3 and alone. mlp_hidden 256: attention's scratch fits in the graph's d_hidden;
+ * of 3 and alone. mlp_hidden 256: attention's scratch (bf16 or fp32) fits in the graph's d_hidden;
  * 64: it has memory of its own. */
 static void test_dit(int mlp_hidden) {
-    printf("DiT with mlp hidden %d\n", mlp_hidden);
+    printf("%s DiT with mlp hidden %d\n", f32_mode ? "fp32" : "bf16", mlp_hidden);
     enum { BATCH = DIT_BATCH, SAMPLE = DIT_SAMPLE };
     static float x[BATCH * SAMPLE], out[BATCH * SAMPLE], d_out[BATCH * SAMPLE], d_x[BATCH * SAMPLE];
     static float out_4[BATCH * SAMPLE], d_x_4[BATCH * SAMPLE], alone[SAMPLE];
@@ -250,15 +274,27 @@ static void test_dit(int mlp_hidden) {
 int main(void) {
     unsetenv("LDM_CPU_GEMM"); /* skipped only where the build or the CPU lacks it */
     unsetenv("LDM_NO_BF16_GEMM");
-    if (cpu_gemm_bf16_kind() != CPU_GEMM_ONEDNN) {
-        printf("test_gemm_onednn: no oneDNN in this build or no AVX512_BF16 on this CPU: skipped\n");
+    if (cpu_gemm_fp32_kind() != CPU_GEMM_ONEDNN) {
+        printf("test_gemm_onednn: no oneDNN in this build: skipped\n");
         return 77;
     }
-    test_against_double();
-    test_rows_independent();
-    test_thread_count();
-    test_plan_makes_once();
-    test_dit(256);
-    test_dit(64);
+    for (f32_mode = 1; f32_mode >= 0; f32_mode--) {
+        if (!f32_mode) {
+            __builtin_cpu_init();
+            if (!__builtin_cpu_supports("avx512bf16")) {
+                printf("test_gemm_onednn: no AVX512_BF16 on this CPU: bf16 skipped\n");
+                break;
+            }
+            /* the bf16 matmul on bits, also where onednn-f32 is the default (decided at the first use, below) */
+            setenv("LDM_CPU_GEMM", "onednn", 1);
+            CHECK(cpu_gemm_bf16_kind() == CPU_GEMM_ONEDNN);
+        }
+        test_against_double();
+        test_rows_independent();
+        test_thread_count();
+        test_plan_makes_once();
+        test_dit(256);
+        test_dit(64);
+    }
     return test_finish("test_gemm_onednn");
 }

@@ -26,7 +26,9 @@
 #include "commands.h"
 #include "device.h"
 #include "dit.h"
+#include "dit_profile.h"
 #include "fatal.h"
+#include "gemm_onednn.h"
 #include "model_shapes.h"
 #include "loader.h"
 #include "ops.h"
@@ -93,10 +95,16 @@ static double bench_loader(const char *path, const ldm_config *config, int batch
     return samples_per_s;
 }
 
+/* Parts of a CPU step outside the model's ops, timed by the bench itself. */
+enum { STEP_ZERO_GRAD, STEP_LOSS, STEP_OPTIMIZER, STEP_PARTS };
+
 /* What the timed steps measured, on either device. */
 typedef struct {
     double forward_s, backward_s, optimizer_s; /* summed over the timed steps */
     double step_s;                              /* per timed step */
+    int profiled;                               /* 1: the CPU's per-phase times below */
+    dit_profile phases;                         /* the model's ops, summed over the timed steps */
+    double step_parts_s[STEP_PARTS];            /* summed over the timed steps */
     double loss;                                /* the last step's */
     size_t activation_bytes;                    /* laid out for the batch */
     char device_fields[160];                    /* added to the result line ("" on the CPU) */
@@ -176,17 +184,28 @@ static bench_result bench_cpu(const ldm_config *config, const dit_shape *shape, 
 
     char devices[512];
     device_describe(devices, sizeof(devices));
+    const size_t used = strlen(devices); /* and which GEMMs the DiT runs on (gemm_onednn.h) */
+    snprintf(devices + used, sizeof(devices) - used, "; GEMMs: %s",
+             cpu_gemm_kind_name(precision == PRECISION_BF16 ? cpu_gemm_bf16_kind() : cpu_gemm_fp32_kind()));
     if (print)
         print_layout(shape, batch, model.table.trainable_numel, precision, model.memory_bytes, model.activation_bytes,
                      devices);
     double forward_s = 0, backward_s = 0, optimizer_s = 0, loss = 0;
+    double parts_s[STEP_PARTS] = {0};
+    dit_profile phases;
+    memset(&phases, 0, sizeof(phases));
     for (int step = 0; step < warmup + steps; step++) {
+        const int timed = step >= warmup;
+        if (step == warmup) dit_profile_start(&model, &phases);
         double t0 = now_seconds();
         dit_zero_grad(&model);
+        const double zeroed = now_seconds();
         dit_forward(&model, in->x, in->t, in->y, batch, out);
+        const double forward_done = now_seconds();
         loss = weighted_mse_forward(NULL, out, in->target, NULL, batch, (int)sample);
         double t1 = now_seconds();
         weighted_mse_backward(d_out, loss_scale, out, in->target, NULL, batch, (int)sample);
+        const double loss_done = now_seconds();
         dit_backward(&model, d_out, NULL, batch);
         if (loss_scale != 1.0f) {
             const float inverse = 1.0f / loss_scale;
@@ -195,15 +214,21 @@ static bench_result bench_cpu(const ldm_config *config, const dit_shape *shape, 
         double t2 = now_seconds();
         adamw_step(&optimizer, model.params, model.grads, (float)tc->lr);
         double t3 = now_seconds();
-        if (step >= warmup) {
+        if (timed) {
             forward_s += t1 - t0;
             backward_s += t2 - t1;
             optimizer_s += t3 - t2;
+            parts_s[STEP_ZERO_GRAD] += zeroed - t0;
+            parts_s[STEP_LOSS] += (t1 - forward_done) + (loss_done - t1);
+            parts_s[STEP_OPTIMIZER] += t3 - t2;
         }
     }
+    dit_profile_stop(&model);
     bench_result r = {.forward_s = forward_s, .backward_s = backward_s, .optimizer_s = optimizer_s,
                       .step_s = (forward_s + backward_s + optimizer_s) / steps, .loss = loss,
-                      .activation_bytes = model.activation_bytes, .device_fields = ""};
+                      .activation_bytes = model.activation_bytes, .device_fields = "", .profiled = 1,
+                      .phases = phases};
+    memcpy(r.step_parts_s, parts_s, sizeof(parts_s));
     free(out);
     free(d_out);
     adamw_destroy(&optimizer);
@@ -305,12 +330,41 @@ static int parse_bench_options(int argc, char **argv, bench_options *o) {
     return 1;
 }
 
+/* The CPU step's time per phase: ms per step, its share of the step and, for
+ * products, GFLOP/s; "other" is the step less everything timed (the graph's own
+ * bookkeeping, the timer itself, fp16's gradient unscaling). */
+static void print_phases(const bench_result *r, int steps) {
+    static const char *const part_names[STEP_PARTS] = {"zero grad", "loss", "optimizer (adamw)"};
+    const double step_ms = 1e3 * r->step_s;
+    double timed_ms = 0;
+    printf("bench: phase                 ms/step      %%  cpu ms/step   GFLOP/s  calls/step\n");
+    for (int p = 0; p < DIT_PHASES; p++) {
+        const double ms = 1e3 * r->phases.seconds[p] / steps;
+        timed_ms += ms;
+        printf("bench:   %-20s %9.2f %6.1f %12.2f", dit_phase_name((dit_phase)p), ms, 100.0 * ms / step_ms,
+               1e3 * r->phases.cpu_seconds[p] / steps);
+        if (r->phases.flops[p] > 0 && r->phases.seconds[p] > 0)
+            printf(" %9.1f", r->phases.flops[p] / r->phases.seconds[p] / 1e9);
+        else
+            printf(" %9s", "");
+        printf(" %11ld\n", r->phases.calls[p] / steps);
+    }
+    for (int p = 0; p < STEP_PARTS; p++) {
+        const double ms = 1e3 * r->step_parts_s[p] / steps;
+        timed_ms += ms;
+        printf("bench:   %-20s %9.2f %6.1f\n", part_names[p], ms, 100.0 * ms / step_ms);
+    }
+    printf("bench:   %-20s %9.2f %6.1f\n", "other", step_ms - timed_ms, 100.0 * (step_ms - timed_ms) / step_ms);
+    printf("bench:   data: not in this step (random inputs made once; --data times the loader alone)\n");
+}
+
 /* Rank 0's closing lines. */
 static void print_bench_result(const bench_options *o, const bench_result *r, ldm_precision precision, double flops,
                                double loader_samples_per_s) {
     const int batch = o->batch, steps = o->steps;
     printf("bench: forward %.2f ms, backward %.2f ms, adamw %.2f ms per step; final loss %.5f\n",
            1e3 * r->forward_s / steps, 1e3 * r->backward_s / steps, 1e3 * r->optimizer_s / steps, r->loss);
+    if (r->profiled) print_phases(r, steps);
     printf("bench: images_per_s=%.2f ms_per_step=%.2f gflops=%.1f batch=%d threads=%d steps=%d precision=%s "
            "bytes_per_image=%zu%s",
            batch / r->step_s, 1e3 * r->step_s, flops / r->step_s / 1e9, batch, omp_get_max_threads(), steps,

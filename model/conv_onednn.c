@@ -15,21 +15,7 @@
 #include <string.h>
 
 #include "fatal.h"
-
-static int cpu_has_avx512_bf16(void) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512f");
-#else
-    return 0;
-#endif
-}
-
-#ifdef LDM_HAVE_ONEDNN
-static const int built_with_onednn = 1;
-#else
-static const int built_with_onednn = 0;
-#endif
+#include "gemm_onednn.h"
 
 int cpu_conv_bf16_kernels(void) {
     const char *forced = getenv("LDM_CPU_CONV_BF16");
@@ -38,17 +24,17 @@ int cpu_conv_bf16_kernels(void) {
     fatal_input("LDM_CPU_CONV_BF16='%s': expected bf16 or fp32", forced);
 }
 
-int conv_onednn_built(void) { return built_with_onednn; }
+int conv_onednn_built(void) { return onednn_built(); }
 
 const char *cpu_conv_kind_name(cpu_conv_kind kind) { return kind == CPU_CONV_ONEDNN ? "onednn" : "own"; }
 
 cpu_conv_kind cpu_conv_kind_for(int bf16) {
     const char *forced = getenv("LDM_CPU_CONV");
     const int bf16_ok = !bf16 || cpu_has_avx512_bf16();
-    if (!forced || !*forced) return built_with_onednn && bf16_ok ? CPU_CONV_ONEDNN : CPU_CONV_OWN;
+    if (!forced || !*forced) return onednn_built() && bf16_ok ? CPU_CONV_ONEDNN : CPU_CONV_OWN;
     if (strcmp(forced, "own") == 0) return CPU_CONV_OWN;
     if (strcmp(forced, "onednn") != 0) fatal_input("LDM_CPU_CONV='%s': expected onednn or own", forced);
-    if (!built_with_onednn)
+    if (!onednn_built())
         fatal_input("LDM_CPU_CONV=onednn: this build has no oneDNN (cmake -DLDM_ONEDNN=ON, libdnnl-dev)");
     if (!bf16_ok) fatal_input("LDM_CPU_CONV=onednn: bf16 convolutions need AVX512_BF16, which this CPU lacks (use own)");
     return CPU_CONV_ONEDNN;

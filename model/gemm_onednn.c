@@ -10,7 +10,7 @@
 
 #include "fatal.h"
 
-static int cpu_has_avx512_bf16(void) {
+int cpu_has_avx512_bf16(void) {
 #if defined(__x86_64__) && defined(__GNUC__)
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512f");
@@ -24,6 +24,8 @@ static const int built_with_onednn = 1;
 #else
 static const int built_with_onednn = 0;
 #endif
+
+int onednn_built(void) { return built_with_onednn; }
 
 /* Whether the CPU's bf16 dot product (VDPBF16PS) does more multiply-adds per cycle
  * than its fp32 FMAs. Intel's cores without AMX issue VDPBF16PS on one port

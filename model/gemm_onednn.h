@@ -41,6 +41,10 @@ cpu_gemm_kind cpu_gemm_bf16_kind(void);
  * CPU it does not recognise unless OPENBLAS_CORETYPE names one), else OpenBLAS;
  * LDM_CPU_GEMM=openblas or own gives OpenBLAS, onednn or onednn-f32 oneDNN. */
 cpu_gemm_kind cpu_gemm_fp32_kind(void);
+/* 1 when the CPU has AVX512_BF16 (and AVX-512F). */
+int cpu_has_avx512_bf16(void);
+/* 1 when this build links oneDNN. */
+int onednn_built(void);
 /* "onednn", "onednn-f32", "own", "openblas". */
 const char *cpu_gemm_kind_name(cpu_gemm_kind kind);
 

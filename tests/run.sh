@@ -30,4 +30,7 @@ cmake --build build-emulate -j "$jobs"
 # Two at a time: the emulation is single-threaded, and the longest test (training
 # on the emulated GPU) would otherwise leave a core idle for minutes.
 (cd build-emulate && ctest -L cuda -j "$jobs" --output-on-failure)
-echo "tests: all passed (release, sanitizer and CUDA-emulation builds)"
+# The parsers of user-supplied bytes under libFuzzer (clang-14, ASan, UBSan),
+# 15 s each on their seed corpora and regression inputs (tests/fuzz/run.sh).
+tests/fuzz/run.sh 15
+echo "tests: all passed (release, sanitizer and CUDA-emulation builds, fuzz targets)"

@@ -66,18 +66,22 @@ for target in $targets; do
   fi
   echo "fuzz_$target: ${executions:-?} executions in ${seconds} s, $coverage"
   if [ "$target" = dataset ]; then
-    # Triage: the first frame of the report that is not a sanitizer's
-    # interceptor (those are in the fuzz program itself) must be HDF5's; a hang
-    # is stopped with SIGABRT, whose report (handle_abort) has the stack too.
+    # Triage: in the replay's stack, the first frame that is either HDF5's or
+    # ldm's own (a file of this repository; frames of libc and of the
+    # sanitizers come before both) must be HDF5's. A hang is stopped with
+    # SIGABRT, whose report (handle_abort) has the stack; memory beyond the
+    # limit is replayed with a malloc limit of 512 MB, whose report has the
+    # stack of the allocation.
     in_hdf5=0
-    for input in "$findings"/crash-* "$findings"/timeout-*; do
+    for input in "$findings"/crash-* "$findings"/timeout-* "$findings"/oom-*; do
+      case "$input" in *.report) continue ;; esac
       [ -f "$input" ] || continue
       LDM_FUZZ_QUIET=0 ASAN_OPTIONS="$ASAN_OPTIONS:handle_abort=1" timeout -s ABRT 30 \
-        "$build/fuzz_$target" "$input" > "$input.report" 2>&1
-      first=$(grep -E '^ +#[0-9]+ ' "$input.report" | grep -v "/fuzz_$target+0x" | grep -v -E 'libc[.]so|pthread_kill|raise|abort' | head -1)
+        "$build/fuzz_$target" -rss_limit_mb=4096 -malloc_limit_mb=512 "$input" > "$input.report" 2>&1
+      first=$(grep -E '^ +#[0-9]+ ' "$input.report" | grep -v "/fuzz_$target+0x" | grep -E "libhdf5|$repo/" | head -1)
       case "$first" in
       *libhdf5*) in_hdf5=$((in_hdf5 + 1)) ;;
-      *) code=1; echo "fuzz_$target: $input: not inside HDF5: $first" >&2 ;;
+      *) code=1; echo "fuzz_$target: $input: not inside HDF5: ${first:-no stack}" >&2 ;;
       esac
     done
     [ "$in_hdf5" = 0 ] || echo "fuzz_$target: $in_hdf5 input(s) crash or hang inside HDF5 1.10.8 itself (kept in $findings)"
@@ -87,6 +91,7 @@ for target in $targets; do
     echo "fuzz_$target: FAILED (exit status $code); the report:" >&2
     grep -v '^#[0-9]' "$log" | tail -40 >&2
     for input in "$findings"/crash-* "$findings"/oom-* "$findings"/leak-*; do
+      case "$input" in *.report) continue ;; esac
       [ -f "$input" ] || continue
       echo "fuzz_$target: the input: $input (replay: $build/fuzz_$target $input)" >&2
       LDM_FUZZ_QUIET=0 timeout 60 "$build/fuzz_$target" "$input" 2>&1 | grep -v '^INFO' | tail -20 >&2

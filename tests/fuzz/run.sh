@@ -66,25 +66,34 @@ for target in $targets; do
   fi
   echo "fuzz_$target: ${executions:-?} executions in ${seconds} s, $coverage"
   if [ "$target" = dataset ]; then
+    # In fork mode libFuzzer's own exit status is that of the last finding
+    # it went on past; what decides is the triage, once the run has ended
+    # on its time.
+    grep -q '^INFO: fuzzed for' "$log" && code=0
     # Triage: in the replay's stack, the first frame that is either HDF5's or
     # ldm's own (a file of this repository; frames of libc and of the
     # sanitizers come before both) must be HDF5's. A hang is stopped with
     # SIGABRT, whose report (handle_abort) has the stack; memory beyond the
     # limit is replayed with a malloc limit of 512 MB, whose report has the
     # stack of the allocation.
-    in_hdf5=0
+    in_hdf5=0 alone=0
     for input in "$findings"/crash-* "$findings"/timeout-* "$findings"/oom-*; do
       case "$input" in *.report) continue ;; esac
       [ -f "$input" ] || continue
       LDM_FUZZ_QUIET=0 ASAN_OPTIONS="$ASAN_OPTIONS:handle_abort=1" timeout -s ABRT 30 \
         "$build/fuzz_$target" -rss_limit_mb=4096 -malloc_limit_mb=512 "$input" > "$input.report" 2>&1
       first=$(grep -E '^ +#[0-9]+ ' "$input.report" | grep -v "/fuzz_$target+0x" | grep -E "libhdf5|$repo/" | head -1)
+      # One that does not happen again alone (no report) followed other inputs
+      # in its job: HDF5's overflows can leave its state damaged for the next
+      # file. Counted, not blamed.
+      grep -q 'ERROR' "$input.report" || { alone=$((alone + 1)); continue; }
       case "$first" in
       *libhdf5*) in_hdf5=$((in_hdf5 + 1)) ;;
       *) code=1; echo "fuzz_$target: $input: not inside HDF5: ${first:-no stack}" >&2 ;;
       esac
     done
     [ "$in_hdf5" = 0 ] || echo "fuzz_$target: $in_hdf5 input(s) crash or hang inside HDF5 1.10.8 itself (kept in $findings)"
+    [ "$alone" = 0 ] || echo "fuzz_$target: $alone finding(s) that do not happen again alone (kept in $findings)"
   fi
   if [ "$code" != 0 ]; then
     status=1

@@ -34,22 +34,27 @@ int atomic_write_file(const char *path, const void *bytes, size_t size, char *er
     size_t n = strlen(path) + 32;
     char *temporary = xmalloc(n);
     snprintf(temporary, n, "%s.tmp-%d", path, (int)getpid());
-    int status = -1;
+    int status = -1, saved_errno = 0;
     FILE *f = fopen(temporary, "wb");
     if (!f) {
-        snprintf(err, err_size, "%s: cannot create: %s", temporary, strerror(errno));
+        saved_errno = errno;
+        snprintf(err, err_size, "%s: cannot create: %s", temporary, strerror(saved_errno));
         goto done;
     }
     int ok = fwrite(bytes, 1, size, f) == size && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    int saved_errno = errno;
-    ok = (fclose(f) == 0) && ok;
+    saved_errno = errno;
+    if (fclose(f) != 0 && ok) {
+        ok = 0;
+        saved_errno = errno;
+    }
     if (!ok) {
         snprintf(err, err_size, "%s: cannot write: %s", temporary, strerror(saved_errno));
         unlink(temporary);
         goto done;
     }
     if (rename(temporary, path) != 0) {
-        snprintf(err, err_size, "%s: cannot rename into place: %s", path, strerror(errno));
+        saved_errno = errno;
+        snprintf(err, err_size, "%s: cannot rename into place: %s", path, strerror(saved_errno));
         unlink(temporary);
         goto done;
     }
@@ -57,5 +62,6 @@ int atomic_write_file(const char *path, const void *bytes, size_t size, char *er
     status = 0;
 done:
     free(temporary);
+    if (status != 0) errno = saved_errno; /* for the caller, which tells a full disk from other failures */
     return status;
 }

@@ -7,7 +7,8 @@
 
 #include <stddef.h>
 
-/* Writes bytes to path atomically. Returns 0, or -1 with one line in err. */
+/* Writes bytes to path atomically. Returns 0, or -1 with one line in err and
+ * errno that of the failed call (ENOSPC: the disk is full). */
 int atomic_write_file(const char *path, const void *bytes, size_t size, char *err, size_t err_size);
 /* fsyncs the folder holding path (or the folder itself when is_folder). Returns 0 or -1. */
 int fsync_folder_of(const char *path, int is_folder);

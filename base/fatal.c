@@ -126,6 +126,12 @@ void fatal_internal(const char *fmt, ...) {
     fatal_vexit(LDM_EXIT_INTERNAL, 0, fmt, args);
 }
 
+void fatal_input_without_teardown(const char *fmt, ...) {
+    va_list args;
+    va_start(args, fmt);
+    fatal_vexit(LDM_EXIT_BAD_INPUT, 1, fmt, args);
+}
+
 void fatal_internal_without_teardown(const char *fmt, ...) {
     va_list args;
     va_start(args, fmt);

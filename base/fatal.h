@@ -21,6 +21,10 @@ __attribute__((noreturn, format(printf, 1, 2))) void fatal_internal(const char *
  * through _exit, without exit()'s handlers, whose teardown of the CUDA runtime
  * and NCCL would wait on that work. */
 __attribute__((noreturn, format(printf, 1, 2))) void fatal_internal_without_teardown(const char *fmt, ...);
+/* fatal_input the same way, without exit()'s handlers: for a rank whose HDF5
+ * file could not be written (a full disk), which HDF5's own clean-up at exit
+ * would try to close again and crash on. */
+__attribute__((noreturn, format(printf, 1, 2))) void fatal_input_without_teardown(const char *fmt, ...);
 
 /* Called by comm once MPI is initialised, so that fatal errors abort every rank. */
 void fatal_set_abort_hook(void (*abort_all)(int exit_code));

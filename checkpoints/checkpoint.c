@@ -28,6 +28,7 @@
 
 #include "atomic_file.h"
 #include "comm.h"
+#include "disk_space.h"
 #include "fatal.h"
 
 #define STEP_PREFIX "step-"
@@ -168,22 +169,43 @@ static void slow_down_for_tests(void) {
     }
 }
 
+static char *latest_target(const char *checkpoints);
+
 /* A failed publish removes its partial directory (best effort) and ends every
- * rank; the published checkpoints were not touched. */
+ * rank; the published checkpoints were not touched. Every caller comes here
+ * straight from the failed call, with its errno: on a full disk the line says
+ * so, which checkpoint was not kept and which one `latest` still names, and the
+ * exit status is 2 (the user frees space and resumes); partial may be NULL. */
 static __attribute__((noreturn, format(printf, 2, 3))) void publish_failed(const char *partial, const char *fmt,
                                                                           ...) {
+    const int error_number = errno;
     char message[2048];
     va_list args;
     va_start(args, fmt);
     vsnprintf(message, sizeof(message), fmt, args);
     va_end(args);
+    char full[512];
+    /* Measured before the partial directory is removed and its space freed. */
+    const int disk_full = partial && disk_full_describe(partial, error_number, full, sizeof full);
     if (partial) remove_tree(partial);
+    if (disk_full) {
+        char *checkpoints = disk_folder_of(partial);
+        const char *name = strrchr(partial, '/') ? strrchr(partial, '/') + 1 : partial;
+        if (strncmp(name, PARTIAL_PREFIX, strlen(PARTIAL_PREFIX)) == 0) name += strlen(PARTIAL_PREFIX);
+        char *latest = latest_target(checkpoints);
+        char kept[256];
+        if (latest)
+            snprintf(kept, sizeof kept, "`latest` is still %s: free space, then resume with --resume auto", latest);
+        else
+            snprintf(kept, sizeof kept, "there is no earlier checkpoint: free space and run again");
+        fatal_input("%s: cannot write the checkpoint %s: %s; it was not kept, %s", checkpoints, name, full, kept);
+    }
     fatal_internal("%s", message);
 }
 
 static void make_folder(const char *path) {
-    if (mkdir(path, 0777) != 0 && errno != EEXIST)
-        fatal_internal("%s: cannot create the folder: %s", path, strerror(errno));
+    if (mkdir(path, 0777) != 0 && errno != EEXIST) publish_failed(NULL, "%s: cannot create the folder: %s", path,
+                                                                  strerror(errno));
     struct stat info;
     if (stat(path, &info) != 0 || !S_ISDIR(info.st_mode)) fatal_internal("%s: exists and is not a folder", path);
 }
@@ -451,7 +473,7 @@ char *checkpoint_publish(const char *run_dir, int64_t step, const checkpoint_con
 
     if (remove_tree(partial) != 0)
         fatal_internal("%s: cannot remove the stale partial checkpoint: %s", partial, strerror(errno));
-    if (mkdir(partial, 0777) != 0) fatal_internal("%s: cannot create: %s", partial, strerror(errno));
+    if (mkdir(partial, 0777) != 0) publish_failed(partial, "%s: cannot create: %s", partial, strerror(errno));
 
     char *path = path_join(partial, checkpoint_files[0]);
     write_weights(path, partial, table, contents->params, contents->fixed);

@@ -264,3 +264,5 @@ int comm_any(int flag) { return agree(flag, MPI_LOR); }
 int comm_all(int flag) { return agree(flag, MPI_LAND); }
 
 void comm_abort(int exit_code) { abort_all(exit_code); }
+
+void comm_set_timeout(double seconds) { peer_watch_set_timeout(seconds); }

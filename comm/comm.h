@@ -23,7 +23,12 @@
  * job, and then exits with status 1 itself. LDM_COMM_WATCH=0 turns it off
  * (then mpirun alone ends the job, naming the lost rank in its own output).
  * If the ranks cannot connect to each other for it, rank 0 warns and the job
- * runs without the watch.
+ * runs without the watch. A rank that is stopped rather than gone (SIGSTOP, a
+ * frozen VM: its connections stay open) is noticed by its silence: every
+ * rank's watch sends a heartbeat each second, and a rank silent for longer
+ * than comm_set_timeout's limit (comm.timeout_s, default 300 s) is named by
+ * its neighbours the same way:
+ *   ldm: error: rank 0 on node01: rank 2 on node02 gave no sign of life for 300 s (...); ending the job
  *
  * MPI_COMM_WORLD returns its errors (MPI_ERRORS_RETURN) rather than aborting
  * with Open MPI's banner: a failed call in comm ends in one of our lines (the
@@ -83,5 +88,7 @@ int comm_any(int flag);
 int comm_all(int flag);
 /* Ends every rank with the exit code (no message; see fatal.h for that). */
 void comm_abort(int exit_code);
+/* The time limit for a stalled rank, in seconds (comm.timeout_s; see above). */
+void comm_set_timeout(double seconds);
 
 #endif

@@ -36,6 +36,8 @@ enum {
     NOTE_ACK = 'A',   /* the answer to a goodbye, from a rank that had not said its own */
     NOTE_QUIET = 'Q', /* the job is being ended on purpose (fatal_*, comm_abort) */
     NOTE_LOST = 'L',  /* rank N is lost (the news, passed on round the ring) */
+    NOTE_ALIVE = 'H', /* a heartbeat, every heartbeat_ms until the sender says goodbye */
+    NOTE_STALLED = 'S', /* rank N gave no sign of life for the time limit (the news, passed on) */
 };
 /* A connection ends once each end has sent one of BYE / ACK and received the
  * other's: then neither will send anything more, so the close finds nothing
@@ -67,6 +69,16 @@ typedef struct {
 #define WATCH_KEEPCNT 3
 /* After its line, how long a rank waits for the launcher to end it. */
 #define WATCH_GRACE_MS 10000
+/* A rank whose process is stopped (SIGSTOP, a frozen VM, a debugger) keeps its
+ * connections, and its kernel answers keepalive: only its silence tells. Every
+ * rank's watch thread sends a heartbeat on both connections every
+ * heartbeat_ms; a neighbour silent for longer than the time limit
+ * (comm.timeout_s, peer_watch_set_timeout) is reported as stalled. The thread
+ * runs beside the rank's work, so a rank that is merely slow (a long step, a
+ * long write) still beats. */
+#define WATCH_DEFAULT_TIMEOUT_MS 300000
+#define WATCH_HEARTBEAT_MAX_MS 1000
+#define WATCH_HEARTBEAT_MIN_MS 100
 
 enum { LEFT = 0, RIGHT = 1 };
 /* How long a rank that ends waits for its neighbours' answers to its goodbye. */
@@ -82,6 +94,7 @@ static struct {
     atomic_int quiet; /* the job ends on purpose: report nothing */
     atomic_int verdict; /* set once the thread has decided a rank is lost */
     pthread_mutex_t send_lock; /* notes come from the thread and from the main thread */
+    atomic_int timeout_ms; /* silence after which a neighbour is stalled (0: the default) */
     peer_watch_world world; /* what comm told peer_watch_start */
 } watch = {.fd = {-1, -1}, .wake = {-1, -1}, .send_lock = PTHREAD_MUTEX_INITIALIZER};
 
@@ -93,7 +106,8 @@ static double monotonic_ms(void) {
 
 static void send_note(int side, char kind, int32_t rank) {
     pthread_mutex_lock(&watch.send_lock);
-    if (watch.fd[side] >= 0) {
+    /* Nothing follows a goodbye, not even a heartbeat (see the close below). */
+    if (watch.fd[side] >= 0 && !(kind == NOTE_ALIVE && watch.said_bye[side])) {
         unsigned char note[8] = {(unsigned char)kind};
         uint32_t r = htonl((uint32_t)rank);
         memcpy(note + 4, &r, 4);
@@ -138,17 +152,59 @@ static __attribute__((noreturn)) void report_lost(int lost, int from_side) {
     fatal_exit_now(LDM_EXIT_INTERNAL);
 }
 
+/* A neighbour silent for longer than the time limit: the same end as a lost
+ * rank, with a line that says what was seen. */
+static __attribute__((noreturn)) void report_stalled(int stalled, int from_side, double silent_ms) {
+    atomic_store(&watch.verdict, 1);
+    send_note(1 - from_side, NOTE_STALLED, stalled);
+    /* The stalled rank reads it first if it runs again (the launcher wakes it
+     * with SIGCONT to end it), before any connection it finds closed. */
+    send_note(from_side, NOTE_STALLED, stalled);
+    fatal_report_now("rank %d on %s gave no sign of life for %.0f s (comm.timeout_s: its process is stopped or "
+                     "frozen); ending the job", stalled, watch.world.host(stalled), silent_ms / 1000.0);
+    for (int i = 0; i < WATCH_GRACE_MS / 100; i++) usleep(100000);
+    fatal_exit_now(LDM_EXIT_INTERNAL);
+}
+
+static double timeout_ms_now(void) {
+    int ms = atomic_load(&watch.timeout_ms);
+    return ms > 0 ? ms : WATCH_DEFAULT_TIMEOUT_MS;
+}
+
 static void *watch_main(void *unused) {
     (void)unused;
     unsigned char note[2][8];
     size_t have[2] = {0, 0};
     double ending_deadline = 0; /* set when this rank ends: wait for the answers until then */
+    /* When each side was last heard from, the last heartbeat sent, the last turn of this loop. */
+    double heard[2], beat = 0, turn = monotonic_ms();
+    heard[LEFT] = heard[RIGHT] = turn;
     for (;;) {
         if (ending_deadline && watch.fd[LEFT] < 0 && watch.fd[RIGHT] < 0) return NULL;
-        int timeout = -1;
+        const double limit_ms = timeout_ms_now();
+        double heartbeat_ms = limit_ms / 5;
+        if (heartbeat_ms > WATCH_HEARTBEAT_MAX_MS) heartbeat_ms = WATCH_HEARTBEAT_MAX_MS;
+        if (heartbeat_ms < WATCH_HEARTBEAT_MIN_MS) heartbeat_ms = WATCH_HEARTBEAT_MIN_MS;
+        double now = monotonic_ms();
+        /* This thread itself did not run for a long while (this rank was the
+         * stopped one, or the machine starved it): the silence it measured is
+         * its own, so it starts counting again. */
+        if (now - turn > limit_ms / 2) heard[LEFT] = heard[RIGHT] = now;
+        turn = now;
+        int timeout = (int)heartbeat_ms;
         if (ending_deadline) {
-            timeout = (int)(ending_deadline - monotonic_ms());
+            timeout = (int)(ending_deadline - now);
             if (timeout <= 0) return NULL;
+        } else {
+            if (now - beat >= heartbeat_ms) {
+                send_note(LEFT, NOTE_ALIVE, watch.world.rank);
+                send_note(RIGHT, NOTE_ALIVE, watch.world.rank);
+                beat = now;
+            }
+            for (int side = LEFT; side <= RIGHT; side++)
+                if (watch.fd[side] >= 0 && !watch.heard_bye[side] && now - heard[side] > limit_ms &&
+                    !atomic_load(&watch.quiet))
+                    report_stalled(watch.peer[side], side, now - heard[side]);
         }
         struct pollfd p[3] = {{.fd = ending_deadline ? -1 : watch.wake[0], .events = POLLIN},
                               {.fd = watch.fd[LEFT], .events = POLLIN},
@@ -170,6 +226,7 @@ static void *watch_main(void *unused) {
                 }
                 report_lost(watch.peer[side], side);
             }
+            heard[side] = monotonic_ms();
             have[side] += (size_t)n;
             if (have[side] < sizeof note[side]) continue;
             have[side] = 0;
@@ -183,9 +240,17 @@ static void *watch_main(void *unused) {
             } else if (note[side][0] == NOTE_QUIET) {
                 if (!atomic_exchange(&watch.quiet, 1)) send_note(1 - side, NOTE_QUIET, watch.world.rank);
                 return NULL;
-            } else if (note[side][0] == NOTE_LOST) {
+            } else if (note[side][0] == NOTE_LOST || note[side][0] == NOTE_STALLED) {
                 if (atomic_load(&watch.quiet)) return NULL;
-                report_lost(rank >= 0 && rank < watch.world.world_size ? rank : watch.peer[side], side);
+                /* This rank was the stalled one and runs again (a SIGCONT): the
+                 * others have said so and are ending; it ends without a line. */
+                if (rank == watch.world.rank) {
+                    atomic_store(&watch.verdict, 1); /* a failed MPI call of the main thread waits for this */
+                    fatal_exit_now(LDM_EXIT_INTERNAL);
+                }
+                const int named = rank >= 0 && rank < watch.world.world_size ? rank : watch.peer[side];
+                if (note[side][0] == NOTE_STALLED) report_stalled(named, side, timeout_ms_now());
+                report_lost(named, side);
             }
         }
     }
@@ -400,6 +465,11 @@ void peer_watch_quiet(void) {
         send_note(RIGHT, NOTE_QUIET, watch.world.rank);
         usleep(20000);
     }
+}
+
+void peer_watch_set_timeout(double seconds) {
+    double ms = seconds * 1000.0;
+    atomic_store(&watch.timeout_ms, ms >= 1 && ms < 2e9 ? (int)ms : 0);
 }
 
 /* After a failed MPI call: if a rank was lost, the watch has printed or is

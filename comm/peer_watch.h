@@ -1,6 +1,6 @@
 /* The watch of lost ranks: ends every other rank promptly, each with one line
  * naming the lost rank and its host, when a rank's process is killed or
- * crashes or its host is gone (comm.h shows the line).
+ * crashes or its host is gone, or is stopped (comm.h shows the line).
  *
  * It exists because MPI itself names nobody to the survivors (mpirun kills them
  * or a collective fails or hangs). At init each rank opens one TCP connection
@@ -42,6 +42,11 @@ void peer_watch_stop(void);
 /* Before MPI_Abort: tells the ranks that MPI is about to end that this is on
  * purpose, so that none takes it for a lost rank. */
 void peer_watch_quiet(void);
+/* The time limit for a rank's silence (comm.timeout_s; 300 s until set): a
+ * rank whose watch thread sends no heartbeat for that long (its process is
+ * stopped or frozen) is reported by its neighbours as stalled, and the job
+ * ends as for a lost rank. Any thread, any time; every rank should set the same. */
+void peer_watch_set_timeout(double seconds);
 /* After a failed MPI call: if a rank was lost, waits for the watch to print
  * the line that names it and end this rank. */
 void peer_watch_wait_for_verdict(void);

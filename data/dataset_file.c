@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "comm.h"
+#include "disk_space.h"
 #include "fatal.h"
 
 /* ---- reading ---- */
@@ -333,6 +334,19 @@ struct dataset_writer {
     int stats_written;
 };
 
+/* A write or close of the partial file failed. This rank ends without exit()'s
+ * handlers: HDF5's clean-up at exit would close the file again, and a file
+ * whose close failed is left half torn down inside HDF5 1.10 (its shared part
+ * freed, its identifier kept), so that second close crashed (SIGSEGV). The
+ * partial file is removed on the way out (fatal_remove_on_failure). HDF5 keeps
+ * no errno, so a full disk is told by the space left. */
+static __attribute__((noreturn)) void write_failed(const dataset_writer *w, const char *what) {
+    char full[512];
+    if (disk_full_describe(w->partial_path, 0, full, sizeof full))
+        fatal_input_without_teardown("%s: cannot write %s: %s", w->path, what, full);
+    fatal_internal_without_teardown("%s: cannot write %s", w->partial_path, what);
+}
+
 /* IEEE half from float, rounding to nearest even, with overflow to infinity:
  * written out here rather than left to HDF5's soft conversion so that the
  * rounding is known. */
@@ -434,11 +448,24 @@ dataset_writer *dataset_writer_create(const dataset_writer_options *options) {
         fatal_internal("dataset_writer_create: images are uint8, latents float16 or float32");
 
     const int rank = comm_rank();
-    /* Rank 0 decides whether the output exists, so that ranks on hosts without
-     * a shared view of the path still agree. */
-    int exists = rank == 0 ? access(o->path, F_OK) == 0 : 0;
-    comm_broadcast(&exists, sizeof exists, 0);
-    if (exists && !o->force) fatal_input("%s: the output exists (use --force to overwrite it)", o->path);
+    /* Rank 0 decides whether the output exists and whether its data fits on
+     * the disk, so that ranks on hosts without a shared view of the path still
+     * agree. A file whose data alone does not fit is refused before anything
+     * is computed or written (HDF5's few KiB of metadata are not counted, nor
+     * the unwritten end of a last chunk, which HDF5 leaves as a hole: a disk
+     * that runs out on the metadata fails while writing, with the same line). */
+    const int64_t sample_bytes = (int64_t)o->height * o->width * o->channels *
+                                 (o->element == DATASET_UINT8 ? 1 : o->element == DATASET_FLOAT16 ? 2 : 4);
+    const int64_t needed = o->count * (sample_bytes + (o->has_labels ? 4 : 0));
+    int64_t place[2] = {0, -1}; /* the output exists; bytes free on its disk (-1: unknown) */
+    if (rank == 0) place[0] = access(o->path, F_OK) == 0, place[1] = disk_free_bytes(o->path);
+    comm_broadcast(place, sizeof place, 0);
+    if (place[0] && !o->force) fatal_input("%s: the output exists (use --force to overwrite it)", o->path);
+    if (place[1] >= 0 && place[1] < needed) {
+        char *folder = disk_folder_of(o->path);
+        fatal_input("%s: cannot write the output: the disk holding %s is full (%lld bytes free, its data needs %lld)",
+                    o->path, folder, (long long)place[1], (long long)needed);
+    }
 
     dataset_writer *w = xcalloc(1, sizeof *w);
     w->options = *o;
@@ -527,7 +554,7 @@ static void write_rows(dataset_writer *w, hid_t ds, hid_t memory_type, int64_t s
     H5Pclose(dxpl);
     H5Sclose(memory_space);
     H5Sclose(file_space);
-    if (status < 0) fatal_internal("%s: cannot write %s (disk full?)", w->partial_path, name);
+    if (status < 0) write_failed(w, name);
 }
 
 void dataset_writer_write_images(dataset_writer *w, int64_t start, int64_t rows, const uint8_t *images) {
@@ -586,17 +613,23 @@ void dataset_writer_shrink(dataset_writer *w, int64_t count) {
 static void fsync_path(const char *path, int directory) {
     int fd = open(path, directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
     if (fd < 0) fatal_internal("%s: cannot open to sync: %s", path, strerror(errno));
-    if (fsync(fd) != 0 && !directory) fatal_internal("%s: fsync failed: %s", path, strerror(errno));
+    if (fsync(fd) != 0 && !directory) {
+        int error_number = errno;
+        char full[512];
+        if (disk_full_describe(path, error_number, full, sizeof full)) fatal_input("%s: cannot write: %s", path, full);
+        fatal_internal("%s: fsync failed: %s", path, strerror(error_number));
+    }
     close(fd);
 }
 
 void dataset_writer_finish(dataset_writer *w) {
     if (w->options.kind == DATASET_LATENTS && !w->stats_written)
         fatal_internal("%s: latents written without their statistics", w->partial_path);
-    H5Dclose(w->samples);
-    if (w->labels >= 0) H5Dclose(w->labels);
+    int closed = H5Dclose(w->samples) >= 0;
+    if (w->labels >= 0) closed = H5Dclose(w->labels) >= 0 && closed;
     H5Tclose(w->sample_file_type);
-    if (H5Fclose(w->file) < 0) fatal_internal("%s: cannot close the output (disk full?)", w->partial_path);
+    /* The metadata (and whatever HDF5 still holds) is written here. */
+    if (!closed || H5Fclose(w->file) < 0) write_failed(w, "the file's metadata");
     if (w->is_root) {
         fsync_path(w->partial_path, 0);
         if (rename(w->partial_path, w->path) != 0)

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "disk_space.h"
 #include "fatal.h"
 
 void png_write_file(const char *path, const uint8_t *pixels, int height, int width, int channels) {
@@ -20,9 +21,16 @@ void png_write_file(const char *path, const uint8_t *pixels, int height, int wid
     image.height = (png_uint_32)height;
     image.format = formats[channels];
     if (!png_image_write_to_file(&image, path, 0, pixels, 0, NULL)) {
+        /* libpng names the failure (its message is strerror's when the close
+         * fails), and errno is still that of the failed write or close. */
+        int error_number = errno;
         char reason[256];
         snprintf(reason, sizeof(reason), "%s", image.message);
         png_image_free(&image);
+        char full[512];
+        if (disk_full_describe(path, error_number, full, sizeof full) ||
+            (strcmp(reason, strerror(ENOSPC)) == 0 && disk_full_describe(path, ENOSPC, full, sizeof full)))
+            fatal_input("%s: cannot write PNG: %s", path, full);
         fatal_input("%s: cannot write PNG: %s", path, reason);
     }
 }

@@ -7,12 +7,14 @@
 # PyTorch: the fixture generator, the export check and the sample evaluator of
 # tests/ use it (tests/run.sh sets it; the committed fixtures need no PyTorch).
 # python3-venv: tests/run.sh makes .venv-tests with PyPI's tensorboard in it.
+# clang-14 with libFuzzer builds the fuzz targets (tests/fuzz/run.sh, -DLDM_FUZZ=ON).
 set -eu
 
 packages="build-essential cmake pkg-config git
   libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
   libcjson-dev libopenblas-dev libdnnl-dev libpng-dev libturbojpeg0-dev zlib1g-dev libomp-dev
-  dataset-fashion-mnist python3 python3-numpy python3-h5py python3-pil python3-venv iproute2 util-linux"
+  dataset-fashion-mnist python3 python3-numpy python3-h5py python3-pil python3-venv iproute2 util-linux
+  clang-14 libfuzzer-14-dev libclang-rt-14-dev"
 if [ "${LDM_WITH_TORCH:-0}" = 1 ]; then
   packages="$packages python3-torch"
 fi

@@ -19,3 +19,13 @@ endforeach()
 # plug-ins still loaded at exit (else their frames have no names).
 set_property(TEST test_comm test_comm_np3 test_comm_np4 APPEND PROPERTY ENVIRONMENT
   "ASAN_OPTIONS=fast_unwind_on_malloc=0" "OMPI_MCA_mca_base_component_disable_dlclose=1")
+
+# A rank stopped with SIGSTOP mid-training (tests/stalled_rank.sh): the other
+# ranks name it within comm.timeout_s, the job ends, nothing is left running.
+if(TARGET ldm)
+  string(REPLACE ";" " " ldm_stalled_mpirun "${LDM_MPIRUN}")
+  add_test(NAME cli_comm_stalled_rank
+    COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/stalled_rank.sh ${CMAKE_CURRENT_BINARY_DIR}/stalled_rank)
+  set_tests_properties(cli_comm_stalled_rank PROPERTIES TIMEOUT 240
+    ENVIRONMENT "LDM=$<TARGET_FILE:ldm>;LDM_MPIRUN=${ldm_stalled_mpirun};LDM_CONFIGS=${CMAKE_SOURCE_DIR}/configs")
+endif()

@@ -132,6 +132,7 @@ static void test_defaults(void) {
     CHECK(c.distill.rho == 7.0 && c.distill.target_ema == 0.95 && strcmp(c.distill.loss, "pseudo_huber") == 0);
     CHECK(c.distill.huber_c == 0.0 && c.distill.guidance == 1.0 && c.distill.guidance_max == 0.0);
     CHECK(strcmp(c.device.type, "auto") == 0);
+    CHECK(c.comm.timeout_s == 300.0);
     CHECK(c.autoencoder.kl_beta == 1e-6);
     CHECK(strcmp(c.autoencoder.reconstruction_loss, "l1") == 0);
     CHECK(c.autoencoder.sample_posterior == false);
@@ -231,7 +232,7 @@ static void test_file_errors(void) {
 static void test_structure_errors(void) {
     const char *unknown_section = temp_file("unknown-section.json", "{\"modle\": {\"depth\": 2}}");
     char expected[1024];
-    snprintf(expected, sizeof expected, "%s: modle: unknown section (known sections: model, diffusion, train, data, autoencoder, distill, device)",
+    snprintf(expected, sizeof expected, "%s: modle: unknown section (known sections: model, diffusion, train, data, autoencoder, distill, device, comm)",
              unknown_section);
     EXPECT_ERR_EQ(unknown_section, NULL, 0, expected);
 
@@ -513,7 +514,7 @@ static void test_overrides(void) {
                     "--set train.lr_schedul=cosine: train.lr_schedul: unknown key (known keys in train: steps, ");
         const char *sets2[] = {"trian.steps=5"};
         EXPECT_FAIL("configs/tiny.json", sets2, 1,
-                    "--set trian.steps=5: trian: unknown section (known sections: model, diffusion, train, data, autoencoder, distill, device)");
+                    "--set trian.steps=5: trian: unknown section (known sections: model, diffusion, train, data, autoencoder, distill, device, comm)");
         const char *sets3[] = {"model.depth.x=5"};
         EXPECT_FAIL(NULL, sets3, 1, "--set model.depth.x=5: model.depth.x: unknown key");
     }
@@ -573,7 +574,8 @@ static void check_round_trip(const ldm_config *c, const char *name) {
     /* Every key of every section is present. */
     cJSON *root = cJSON_Parse(json);
     CHECK(root != NULL);
-    CHECK(count_children(root) == 7);
+    CHECK(count_children(root) == 8);
+    CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "comm")) == 1);
     CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "device")) == 1);
     CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "distill")) == 9);
     CHECK(count_children(cJSON_GetObjectItemCaseSensitive(root, "model")) == 10);

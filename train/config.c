@@ -148,6 +148,8 @@ static const key_spec keys[] = {
     DOUBLE_KEY(distill, guidance_max, 0.0, 0, false, 1e6, false),
 
     ENUM_KEY(device, type, "auto", "auto", "cpu", "cuda"),
+
+    DOUBLE_KEY(comm, timeout_s, 300.0, 0, true, 1e6, false),
 };
 
 #define KEY_COUNT (sizeof keys / sizeof keys[0])

@@ -108,6 +108,12 @@ typedef struct {
     char type[8]; /* "auto" (default: cuda in a CUDA build on a machine with a GPU, else cpu) | "cpu" | "cuda" */
 } device_config;
 
+/* Communication between ranks. A setting of the machine, like device: it may
+ * differ on resume. */
+typedef struct {
+    double timeout_s; /* a rank silent this long (stopped, frozen) ends the job, default 300, > 0 */
+} comm_config;
+
 typedef struct {
     model_config model;
     diffusion_config diffusion;
@@ -116,6 +122,7 @@ typedef struct {
     autoencoder_config autoencoder;
     distill_config distill;
     device_config device;
+    comm_config comm;
 } ldm_config;
 
 /* Fills every field with its default. */

@@ -10,7 +10,17 @@
 #include <unistd.h>
 
 #include "atomic_file.h"
+#include "disk_space.h"
 #include "fatal.h"
+
+/* A write of the metrics failed: on a full disk one line saying so (exit
+ * status 2; the run resumes from its newest checkpoint once there is space). */
+static __attribute__((noreturn)) void metrics_write_failed(const char *path, int error_number, const char *err) {
+    char full[512];
+    if (disk_full_describe(path, error_number, full, sizeof full))
+        fatal_input("%s: cannot write: %s; free space, then resume with --resume auto", path, full);
+    fatal_internal("%s", err);
+}
 
 /* Rewrites the file with only the lines of steps <= last_step. */
 static void keep_steps_through(const char *path, int64_t last_step) {
@@ -36,7 +46,7 @@ static void keep_steps_through(const char *path, int64_t last_step) {
     free(line);
     fclose(in);
     char err[512];
-    if (atomic_write_file(path, kept, used, err, sizeof err) != 0) fatal_internal("%s", err);
+    if (atomic_write_file(path, kept, used, err, sizeof err) != 0) metrics_write_failed(path, errno, err);
     free(kept);
 }
 
@@ -95,8 +105,12 @@ void metrics_log_step(metrics_log *log, const metrics_step *m) {
            (long long)m->skipped_total);
     if (m->extra_json && *m->extra_json) append(log, ", %s", m->extra_json);
     append(log, "}\n");
-    if (fputs(log->line, log->jsonl) == EOF || fflush(log->jsonl) != 0)
-        fatal_internal("%s: cannot write: %s", log->path, strerror(errno));
+    if (fputs(log->line, log->jsonl) == EOF || fflush(log->jsonl) != 0) {
+        int error_number = errno;
+        char err[512];
+        snprintf(err, sizeof err, "%s: cannot write: %s", log->path, strerror(error_number));
+        metrics_write_failed(log->path, error_number, err);
+    }
     tensorboard_log_step(&log->tensorboard, log->line, m->picture);
 
     log->window_seconds += m->step_seconds;

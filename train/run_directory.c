@@ -10,6 +10,7 @@
 
 #include "atomic_file.h"
 #include "comm.h"
+#include "disk_space.h"
 #include "fatal.h"
 
 /* What marks a folder as holding a run. */
@@ -54,8 +55,12 @@ void run_directory_prepare(const char *run_dir, int force, const char *config_js
         }
         char *config_path = run_directory_path(run_dir, "config.json");
         char err[512];
-        if (atomic_write_file(config_path, config_json, strlen(config_json), err, sizeof err) != 0)
+        if (atomic_write_file(config_path, config_json, strlen(config_json), err, sizeof err) != 0) {
+            char full[512];
+            if (disk_full_describe(config_path, errno, full, sizeof full))
+                fatal_input("%s: cannot write: %s", config_path, full);
             fatal_input("%s", err);
+        }
         free(config_path);
     }
     comm_barrier();

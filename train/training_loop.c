@@ -191,6 +191,7 @@ static void update_weights(trainer *t, const ema_schedule *ema_rule, int64_t ste
 
 int training_run(const training_job *job) {
     trainer t = {.job = job, .rank = comm_rank(), .world = comm_world_size()};
+    comm_set_timeout(job->config->comm.timeout_s); /* every rank has the same config */
     open_model_and_data(&t);
     const char *sample_log = getenv("LDM_TEST_SAMPLE_LOG");
     if (sample_log && *sample_log) {

@@ -748,7 +748,9 @@ int safetensors_write(const char *path, const safetensors_entry *entries, int co
     int rc = -1;
     FILE *fp = fopen(tmp, "wb");
     if (!fp) {
-        set_err(err, err_size, path, "cannot create %s: %s", tmp, strerror(errno));
+        int saved = errno;
+        set_err(err, err_size, path, "cannot create %s: %s", tmp, strerror(saved));
+        errno = saved;
         goto done;
     }
     bool ok = fwrite(len_bytes, 1, 8, fp) == 8 && fwrite(json, 1, json_len, fp) == json_len;
@@ -768,6 +770,7 @@ int safetensors_write(const char *path, const safetensors_entry *entries, int co
     if (!ok) {
         set_err(err, err_size, path, "cannot write %s: %s", tmp, strerror(saved));
         unlink(tmp);
+        errno = saved; /* for the caller, which tells a full disk from other failures */
         goto done;
     }
     if (rename(tmp, path) != 0) {

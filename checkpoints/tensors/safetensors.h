@@ -81,7 +81,8 @@ const char *safetensors_metadata(const safetensors_file *file, const char *key);
 void safetensors_free(safetensors_file *file);
 
 /* Writes entries (in the given order, 8-byte aligned header) and optional metadata
- * pairs to PATH via PATH.tmp-<pid>, fsync and rename. Returns 0, or -1 with err. */
+ * pairs to PATH via PATH.tmp-<pid>, fsync and rename. Returns 0, or -1 with err
+ * (after a failed create or write, errno that of the failure: ENOSPC on a full disk). */
 int safetensors_write(const char *path, const safetensors_entry *entries, int count,
                       const char *const *metadata_keys, const char *const *metadata_values,
                       int metadata_count, char *err, size_t err_size);

@@ -34,7 +34,7 @@ trap cleanup EXIT
 
 $LDM_MPIRUN -np 3 "$LDM" train --data "$work/data.h5" --config "$LDM_CONFIGS/tiny.json" --set device.type=cpu \
   --set train.batch_size=6 --set train.steps=1000000 --set train.ckpt_every=1000000 --set train.log_every=1 \
-  --set comm.timeout_s=$limit_s --run "$work/run" > out.txt 2> err.txt &
+  --set data.virtual_shards=3 --set comm.timeout_s=$limit_s --run "$work/run" > out.txt 2> err.txt &
 launcher=$!
 # Training has started: a few steps done, with the short limit and no report.
 for _ in $(seq 1200); do grep -q "^step *3/" out.txt || ! kill -0 "$launcher" 2>/dev/null && break; sleep 0.1; done

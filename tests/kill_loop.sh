@@ -15,7 +15,7 @@
 # Usage: tests/kill_loop.sh N SEED [WORK]
 # Environment (defaults for a run from the repository root): LDM (build/ldm),
 # LDM_MPIRUN (mpirun --oversubscribe, plus --allow-run-as-root as root),
-# LDM_CONFIGS (configs/). CI runs a few cycles (ctest kill_loop_cycles);
+# LDM_CONFIGS (configs/). CI runs a few cycles (ctest cli_kill_loop_cycles);
 # docs/testing.md records a long run.
 set -u
 [ $# -ge 2 ] || { echo "usage: $0 N SEED [WORK]" >&2; exit 2; }

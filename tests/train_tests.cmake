@@ -85,8 +85,8 @@ endif()
 # on 2 ranks end byte-identical to an uninterrupted run; the long run is in
 # docs/testing.md.
 if(TARGET ldm)
-  add_test(NAME kill_loop_cycles
+  add_test(NAME cli_kill_loop_cycles
     COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/kill_loop.sh 4 7 ${CMAKE_CURRENT_BINARY_DIR}/kill-loop)
-  set_tests_properties(kill_loop_cycles PROPERTIES TIMEOUT 300
+  set_tests_properties(cli_kill_loop_cycles PROPERTIES TIMEOUT 300
     ENVIRONMENT "LDM=$<TARGET_FILE:ldm>;LDM_MPIRUN=${ldm_train_mpirun};LDM_CONFIGS=${CMAKE_SOURCE_DIR}/configs")
 endif()

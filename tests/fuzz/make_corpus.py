@@ -86,7 +86,7 @@ seed("manifest", "fixed-manifest.json",
 for name in ("img.h5", "half.h5"):
     seed("dataset", name, open(os.path.join(work, name), "rb").read())
 
-# PNG: gray, gray + alpha, RGB, RGBA, palette, 16-bit gray, interlaced.
+# Images: PNG gray, gray + alpha, RGB, RGBA, palette, 16-bit gray; JPEG below.
 from PIL import Image
 def png(image, **options):
     out = io.BytesIO()
@@ -101,6 +101,14 @@ seed("png", "rgb.png", png(rgb))
 seed("png", "rgba.png", png(rgb.convert("RGBA")))
 seed("png", "palette.png", png(rgb.convert("P")))
 seed("png", "gray16.png", png(gray.convert("I;16")))
+# JPEG through the same decoder (the target reads either, by signature): RGB, gray, CMYK.
+def jpeg(image):
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=80)
+    return out.getvalue()
+seed("png", "rgb.jpg", jpeg(rgb))
+seed("png", "gray.jpg", jpeg(gray))
+seed("png", "cmyk.jpg", jpeg(rgb.convert("CMYK")))
 
 # idx: the first 3 images and labels of Debian's Fashion-MNIST test split, as
 # the fuzz target splits its input (4-byte length of the images file first),

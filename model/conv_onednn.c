@@ -105,12 +105,9 @@ static void check(dnnl_status_t status, const char *what) {
     if (status != dnnl_success) fatal_internal("oneDNN convolution: %s failed (status %d)", what, (int)status);
 }
 
+/* The process's one oneDNN engine, with gemm_onednn.c's ISA limit (the same bits on a CPU with AMX). */
 static void start(void) {
-    if (onednn.engine) return;
-    /* As gemm_onednn.c: the avx512_core_bf16 kernels also on a CPU with AMX (whichever sets it first; the second
-     * call fails harmlessly with the same value) */
-    dnnl_set_max_cpu_isa(dnnl_cpu_isa_avx512_core_bf16);
-    check(dnnl_engine_create(&onednn.engine, dnnl_cpu, 0), "engine_create");
+    if (!onednn.engine) onednn.engine = onednn_cpu_engine();
 }
 
 static void *aligned_bytes(size_t bytes) {

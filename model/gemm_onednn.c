@@ -141,6 +141,11 @@ static void start(void) {
     check(dnnl_stream_create(&onednn.stream, onednn.engine, dnnl_stream_default_flags), "stream_create");
 }
 
+dnnl_engine_t onednn_cpu_engine(void) {
+    start();
+    return onednn.engine;
+}
+
 /* The operand (rows, cols) of element strides `strides` (the last two of four
  * when the key is 2-dimensional; the batch dimensions first when 4). */
 static void operand_desc(dnnl_memory_desc_t *md, const matmul_key *key, int64_t rows, int64_t cols,

@@ -87,4 +87,12 @@ long gemm_onednn_primitives_made(void);
 /* Destroys every primitive (tests: to make them again under another thread count). */
 void gemm_onednn_release_all(void);
 
+#ifdef LDM_HAVE_ONEDNN
+#include <dnnl.h>
+/* The process's one oneDNN CPU engine (made on first use, with the ISA limited
+ * to avx512_core_bf16 so that a CPU with AMX computes the same bits); the
+ * convolutions (conv_onednn.c) make their primitives on it too. */
+dnnl_engine_t onednn_cpu_engine(void);
+#endif
+
 #endif

@@ -96,6 +96,7 @@ static struct {
     pthread_mutex_t send_lock; /* notes come from the thread and from the main thread */
     atomic_int timeout_ms; /* silence after which a neighbour is stalled (0: the default) */
     peer_watch_world world; /* what comm told peer_watch_start */
+    int bye_pause_ms; /* tests: LDM_TEST_WATCH_BYE_PAUSE_MS, a pause inside say_bye that widens its window */
 } watch = {.fd = {-1, -1}, .wake = {-1, -1}, .send_lock = PTHREAD_MUTEX_INITIALIZER};
 
 static double monotonic_ms(void) {
@@ -104,8 +105,8 @@ static double monotonic_ms(void) {
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
-static void send_note(int side, char kind, int32_t rank) {
-    pthread_mutex_lock(&watch.send_lock);
+/* Sends a note on a side; the caller holds send_lock. */
+static void send_note_locked(int side, char kind, int32_t rank) {
     /* Nothing follows a goodbye, not even a heartbeat (see the close below). */
     if (watch.fd[side] >= 0 && !(kind == NOTE_ALIVE && watch.said_bye[side])) {
         unsigned char note[8] = {(unsigned char)kind};
@@ -115,16 +116,35 @@ static void send_note(int side, char kind, int32_t rank) {
         ssize_t sent = send(watch.fd[side], note, sizeof note, MSG_NOSIGNAL | MSG_DONTWAIT);
         (void)sent;
     }
+}
+
+static void send_note(int side, char kind, int32_t rank) {
+    pthread_mutex_lock(&watch.send_lock);
+    send_note_locked(side, kind, rank);
     pthread_mutex_unlock(&watch.send_lock);
 }
 
-/* Says goodbye on a side (BYE, or ACK when answering one), once. */
+/* Says goodbye on a side (BYE, or ACK when answering one), once. Marked and
+ * sent under one hold of the lock: a side marked as said is a side whose note
+ * is on its way, so the watch thread, which closes a side once it has heard the
+ * other end's goodbye and this end's is said, never closes it before this
+ * end's goodbye was sent (the neighbour would read a close with no goodbye
+ * and report this rank lost). */
 static void say_bye(int side, char kind) {
     pthread_mutex_lock(&watch.send_lock);
-    int first = !watch.said_bye[side];
-    watch.said_bye[side] = 1;
+    if (!watch.said_bye[side]) {
+        watch.said_bye[side] = 1;
+        if (watch.bye_pause_ms > 0) usleep((useconds_t)watch.bye_pause_ms * 1000);
+        send_note_locked(side, kind, watch.world.rank);
+    }
     pthread_mutex_unlock(&watch.send_lock);
-    if (first) send_note(side, kind, watch.world.rank);
+}
+
+static int said_bye_on(int side) {
+    pthread_mutex_lock(&watch.send_lock);
+    int said = watch.said_bye[side];
+    pthread_mutex_unlock(&watch.send_lock);
+    return said;
 }
 
 /* Closes a side whose goodbyes are both done. */
@@ -219,8 +239,10 @@ static void *watch_main(void *unused) {
             if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
             if (n <= 0) { /* closed (0) or broken (reset, keepalive timeout) */
                 if (atomic_load(&watch.quiet)) return NULL;
-                /* After this rank's own goodbye a close is the expected end. */
-                if (ending_deadline || watch.heard_bye[side]) {
+                /* After either end's goodbye a close is the expected end (this
+                 * rank's goodbye may be said by the main thread before this
+                 * thread has read the byte that wakes it). */
+                if (ending_deadline || watch.heard_bye[side] || said_bye_on(side)) {
                     close_side(side);
                     continue;
                 }
@@ -428,6 +450,8 @@ void peer_watch_start(const peer_watch_world *world) {
     watch.peer[LEFT] = left;
     watch.peer[RIGHT] = right;
     watch.said_bye[LEFT] = watch.said_bye[RIGHT] = watch.heard_bye[LEFT] = watch.heard_bye[RIGHT] = 0;
+    const char *pause = getenv("LDM_TEST_WATCH_BYE_PAUSE_MS");
+    watch.bye_pause_ms = pause ? atoi(pause) : 0;
     atomic_store(&watch.quiet, 0);
     atomic_store(&watch.verdict, 0);
     if (pipe(watch.wake) != 0 || pthread_create(&watch.thread, NULL, watch_main, NULL) != 0)

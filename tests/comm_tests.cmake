@@ -29,3 +29,15 @@ if(TARGET ldm)
   set_tests_properties(cli_comm_stalled_rank PROPERTIES TIMEOUT 240
     ENVIRONMENT "LDM=$<TARGET_FILE:ldm>;LDM_MPIRUN=${ldm_stalled_mpirun};LDM_CONFIGS=${CMAKE_SOURCE_DIR}/configs")
 endif()
+
+# Ranks that end together (tests/watch_goodbye.sh): each says goodbye to its two
+# neighbours while they say theirs; no rank may take another's normal end for a
+# lost rank. LDM_TEST_WATCH_BYE_PAUSE_MS widens the window between a goodbye
+# being marked as said and being sent, where the watch once closed a connection
+# before its goodbye went out (a job that ended normally failed with "lost rank").
+if(TARGET ldm)
+  add_test(NAME cli_comm_watch_goodbye
+    COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/watch_goodbye.sh ${CMAKE_CURRENT_BINARY_DIR}/watch_goodbye)
+  set_tests_properties(cli_comm_watch_goodbye PROPERTIES TIMEOUT 120
+    ENVIRONMENT "LDM=$<TARGET_FILE:ldm>;LDM_MPIRUN=${ldm_stalled_mpirun}")
+endif()

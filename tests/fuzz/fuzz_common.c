@@ -23,24 +23,12 @@ static void jump_back(int exit_code) {
 }
 
 int fuzz_run(void (*body)(void *context), void *context) {
-    static int quiet = -1, saved_stderr = -1, null_fd = -1;
-    if (quiet < 0) {
-        const char *setting = getenv("LDM_FUZZ_QUIET");
-        quiet = setting && strcmp(setting, "1") == 0;
-        if (quiet) {
-            saved_stderr = dup(2);
-            null_fd = open("/dev/null", O_WRONLY);
-        }
-    }
     fatal_set_abort_hook(jump_back);
-    if (quiet) dup2(null_fd, 2);
     volatile int status = 0;
     if (setjmp(back) == 0)
         body(context);
     else
         status = jumped_status;
-    if (quiet) dup2(saved_stderr, 2);
-
     fatal_set_abort_hook(NULL);
     return status;
 }

@@ -9,7 +9,10 @@
  * with -detect_leaks=0, and long runs in -fork mode, whose jobs are fresh
  * processes). A crash,
  * an ASan or UBSan report, a hang or an exit anywhere else is what the fuzzer
- * finds. LDM_FUZZ_QUIET=1 sends those lines to /dev/null (long runs). */
+ * finds. Long runs silence those lines with libFuzzer's -close_fd_mask=2
+ * (tests/fuzz/run.sh), which keeps libFuzzer's own output and the sanitizers'
+ * reports: a job's closing statistics, which fork mode adds up, are printed
+ * while an input runs when the job ends in a crash or a hang. */
 #ifndef LDM_FUZZ_COMMON_H
 #define LDM_FUZZ_COMMON_H
 

@@ -34,7 +34,6 @@ cmake --build "$build" -j "${LDM_FUZZ_JOBS:-2}" --target fuzz_targets >/dev/null
 # memory actually used beyond 2 GB (-rss_limit_mb) is a finding.
 export ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:abort_on_error=1:symbolize=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-export LDM_FUZZ_QUIET=1
 status=0
 for target in $targets; do
   corpus=$work/corpus/$target
@@ -58,7 +57,12 @@ for target in $targets; do
   [ "$target" = dataset ] && mode="$mode -ignore_timeouts=1 -ignore_crashes=1"
   [ "$target" = idx ] && mode="$mode -ignore_ooms=1"
   # shellcheck disable=SC2086
-  "$build/fuzz_$target" $mode -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=1048576 \
+  # -close_fd_mask=2: the lines of ldm's refusals (one per refused input) go
+  # nowhere, libFuzzer's output and the sanitizers' reports still to the log.
+  # (Sending stderr to /dev/null around each input, as this harness once did,
+  # also swallowed the statistics a fork-mode job prints when it ends in a
+  # crash or a hang, so such a job's executions were never counted.)
+  "$build/fuzz_$target" $mode -close_fd_mask=2 -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=1048576 \
     -max_len=65536 -print_final_stats=1 -artifact_prefix="$findings/" "$corpus" > "$log" 2>&1
   code=$?
   if [ -n "$mode" ]; then
@@ -85,7 +89,7 @@ for target in $targets; do
     for input in "$findings"/crash-* "$findings"/timeout-* "$findings"/oom-*; do
       case "$input" in *.report) continue ;; esac
       [ -f "$input" ] || continue
-      LDM_FUZZ_QUIET=0 ASAN_OPTIONS="$ASAN_OPTIONS:handle_abort=1" timeout -s ABRT 30 \
+      ASAN_OPTIONS="$ASAN_OPTIONS:handle_abort=1" timeout -s ABRT 30 \
         "$build/fuzz_$target" -rss_limit_mb=4096 -malloc_limit_mb=512 "$input" > "$input.report" 2>&1
       first=$(grep -E '^ +#[0-9]+ ' "$input.report" | grep -v "/fuzz_$target+0x" | grep -E "libhdf5|$repo/" | head -1)
       # One that does not happen again alone (no report) followed other inputs
@@ -108,7 +112,7 @@ for target in $targets; do
       case "$input" in *.report) continue ;; esac
       [ -f "$input" ] || continue
       echo "fuzz_$target: the input: $input (replay: $build/fuzz_$target $input)" >&2
-      LDM_FUZZ_QUIET=0 timeout 60 "$build/fuzz_$target" "$input" 2>&1 | grep -v '^INFO' | tail -20 >&2
+      timeout 60 "$build/fuzz_$target" "$input" 2>&1 | grep -v '^INFO' | tail -20 >&2
     done
     break
   fi

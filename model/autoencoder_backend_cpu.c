@@ -1,6 +1,8 @@
 /* The autoencoder graph's ops on the CPU (ae_backend_cpu, see autoencoder_graph.h):
  * the ops of ops.h and ops_conv.h in fp32 host memory (the convolutions through
- * oneDNN or the own im2col + GEMM, chosen at each call by conv_onednn.h), bf16/fp16 rounding through
+ * oneDNN or the own im2col + GEMM, chosen at each call by conv_onednn.h; the mid
+ * block attention's linears and products on oneDNN's fp32 matmul as the DiT's, or on
+ * sgemm), bf16/fp16 rounding through
  * precision.h, and the posterior and the loss as plain loops that sum in double one
  * value after another (the order every CPU result of the autoencoder is pinned to). */
 #include <math.h>
@@ -9,6 +11,7 @@
 
 #include "autoencoder_graph.h"
 #include "conv_onednn.h"
+#include "gemm_onednn.h"
 #include "ops.h"
 #include "ops_conv.h"
 #include "precision.h"
@@ -101,26 +104,54 @@ static void cpu_tokens_to_channels(const ae_graph *g, float *out, const float *i
     transpose_channels_tokens_backward(out, in, batch, channels, tokens);
 }
 
+/* The attention unit's GEMMs: oneDNN's fp32 matmul where that is the CPU's fp32
+ * GEMM (as the DiT's, cpu_gemm_fp32_kind: it picks its kernels from the CPU itself,
+ * where OpenBLAS falls back to generic ones on a CPU it does not know), else the
+ * sgemm path. Both are independent of the thread count and of the other rows. */
+static bool gemm_on_onednn(void) { return cpu_gemm_fp32_kind() == CPU_GEMM_ONEDNN; }
+
+static size_t cpu_attention_plan(const ae_graph *g, int batch, int tokens, int width) {
+    if (!gemm_on_onednn()) return 0;
+    const int rows = batch * tokens, with_d_in = g->parts.training;
+    linear_plan_onednn(rows, width, 3 * width, 1, 0.0f, with_d_in); /* q, k, v */
+    linear_plan_onednn(rows, width, width, 1, 0.0f, with_d_in);     /* the output */
+    attention_plan_onednn(batch, tokens, 1, width);
+    return (attention_onednn_scratch_bytes(batch, tokens, 1, width) + sizeof(float) - 1) / sizeof(float);
+}
+
 static void cpu_linear_forward(const ae_graph *g, float *out, const float *in, const float *weight, const float *bias,
                                int rows, int sample_rows, int in_features, int out_features) {
     (void)g;
-    linear_forward(out, in, weight, bias, rows, sample_rows, in_features, out_features);
+    if (gemm_on_onednn())
+        linear_forward_onednn(out, in, weight, bias, rows, in_features, out_features);
+    else
+        linear_forward(out, in, weight, bias, rows, sample_rows, in_features, out_features);
 }
 
 static void cpu_linear_backward(const ae_graph *g, float *d_in, float *d_weight, float *d_bias, const float *d_out,
                                 const float *in, const float *weight, int rows, int in_features, int out_features) {
     (void)g;
-    linear_backward(d_in, 0.0f, d_weight, d_bias, d_out, in, weight, rows, in_features, out_features);
+    if (gemm_on_onednn())
+        linear_backward_onednn(d_in, 0.0f, d_weight, d_bias, d_out, in, weight, rows, in_features, out_features);
+    else
+        linear_backward(d_in, 0.0f, d_weight, d_bias, d_out, in, weight, rows, in_features, out_features);
 }
 
 static void cpu_attention_forward(const ae_graph *g, float *out, float *probs, const float *qkv, int batch, int tokens,
                                   int width) {
-    attention_forward_precision(out, probs, qkv, batch, tokens, 1, width, g->precision);
+    if (gemm_on_onednn())
+        attention_forward_onednn(out, probs, qkv, g->conv_scratch, batch, tokens, 1, width, g->precision);
+    else
+        attention_forward_precision(out, probs, qkv, batch, tokens, 1, width, g->precision);
 }
 
 static void cpu_attention_backward(const ae_graph *g, float *d_qkv, float *d_scores, const float *d_out,
                                    const float *qkv, const float *probs, int batch, int tokens, int width) {
-    attention_backward_precision(d_qkv, d_scores, d_out, qkv, probs, batch, tokens, 1, width, g->precision);
+    if (gemm_on_onednn())
+        attention_backward_onednn(d_qkv, d_scores, d_out, qkv, probs, g->conv_scratch, batch, tokens, 1, width,
+                                  g->precision);
+    else
+        attention_backward_precision(d_qkv, d_scores, d_out, qkv, probs, batch, tokens, 1, width, g->precision);
 }
 
 static void cpu_round(const ae_graph *g, float *x, size_t n) {
@@ -208,6 +239,7 @@ const ae_backend ae_backend_cpu = {
     .tokens_to_channels = cpu_tokens_to_channels,
     .linear_forward = cpu_linear_forward,
     .linear_backward = cpu_linear_backward,
+    .attention_plan = cpu_attention_plan,
     .attention_forward = cpu_attention_forward,
     .attention_backward = cpu_attention_backward,
     .round = cpu_round,

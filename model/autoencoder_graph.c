@@ -138,7 +138,7 @@ typedef struct {
     int channels, size; /* of the last unit's output (B, channels, size, size) */
     int stream;       /* the stream slot the last unit's output went to (pooled) */
     size_t largest;   /* floats of the largest feature map: a slot */
-    size_t scratch;   /* floats of convolution scratch */
+    size_t scratch;   /* floats of convolution (and attention) scratch */
     size_t attention_channels, attention_tokens;
 } builder;
 
@@ -265,6 +265,10 @@ static void add_attention(builder *b, const char *name) {
     u->out = unit_output(b, B * C * T);
     if (C > b->attention_channels) b->attention_channels = C;
     if (T > b->attention_tokens) b->attention_tokens = T;
+    if (b->g->ops->attention_plan) {
+        const size_t scratch = b->g->ops->attention_plan(b->g, (int)B, (int)T, (int)C);
+        if (scratch > b->scratch) b->scratch = scratch;
+    }
 }
 
 /* Nearest 2x, then a 3x3 convolution at the new size. */

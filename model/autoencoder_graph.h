@@ -89,6 +89,11 @@ typedef struct {
                            int rows, int sample_rows, int in_features, int out_features);
     void (*linear_backward)(const ae_graph *g, float *d_in, float *d_weight, float *d_bias, const float *d_out,
                             const float *in, const float *weight, int rows, int in_features, int out_features);
+    /* Prepares the attention unit's linears (q, k, v together; the output) and its
+     * two products at this largest shape, at layout, and returns the floats of
+     * scratch its ops need, which they find in conv_scratch (NULL: nothing to
+     * prepare, no scratch). */
+    size_t (*attention_plan)(const ae_graph *g, int batch, int tokens, int width);
     /* one head of width `width`, in the graph's precision */
     void (*attention_forward)(const ae_graph *g, float *out, float *probs, const float *qkv, int batch, int tokens,
                               int width);
@@ -188,7 +193,7 @@ struct ae_graph {
     int encoder_count;      /* units[0, encoder_count) the encoder, the rest the decoder */
     float *slot[AE_SLOT_COUNT]; /* (slot_floats) each; see the top of this file */
     size_t slot_floats;
-    float *conv_scratch; /* (conv_scratch_floats) */
+    float *conv_scratch; /* (conv_scratch_floats) the convolutions' scratch, and the attention's */
     size_t conv_scratch_floats;
     /* training only */
     float *images;                  /* (B, C, H, W) the step's input, the loss's target */

@@ -70,6 +70,17 @@ static void cpu_silu_backward(const ae_graph *g, float *d_in, const float *d_out
     silu_backward(d_in, d_out, in, n);
 }
 
+static void cpu_silu_forward_keep_slope(const ae_graph *g, float *out, float *x_then_slope, size_t n) {
+    (void)g;
+    silu_forward_keep_slope(out, x_then_slope, n);
+}
+
+static void cpu_silu_backward_from_slope(const ae_graph *g, float *d_in, const float *d_out, const float *slope,
+                                         size_t n) {
+    (void)g;
+    silu_backward_from_slope(d_in, d_out, slope, n);
+}
+
 static void cpu_add(const ae_graph *g, float *out, const float *a, const float *b, size_t n) {
     (void)g;
     add_forward(out, a, b, n);
@@ -231,6 +242,8 @@ const ae_backend ae_backend_cpu = {
     .groupnorm_backward = cpu_groupnorm_backward,
     .silu_forward = cpu_silu_forward,
     .silu_backward = cpu_silu_backward,
+    .silu_forward_keep_slope = cpu_silu_forward_keep_slope,
+    .silu_backward_from_slope = cpu_silu_backward_from_slope,
     .add = cpu_add,
     .copy = cpu_copy,
     .upsample_forward = cpu_upsample_forward,

@@ -446,7 +446,10 @@ static void norm_backward(const ae_graph *g, const ae_norm *n, float *d_in, floa
 static void stage_forward(const ae_graph *g, const ae_stage *h, const float *in, int batch) {
     const size_t n = norm_numel(&h->norm, batch);
     norm_forward(g, &h->norm, in, h->normed, batch);
-    g->ops->silu_forward(g, h->act, h->normed, n);
+    if (g->parts.training && g->ops->silu_forward_keep_slope)
+        g->ops->silu_forward_keep_slope(g, h->act, h->normed, n); /* normed now holds SiLU's slope */
+    else
+        g->ops->silu_forward(g, h->act, h->normed, n);
     round_act(g, h->act, n);
     conv_forward(g, &h->conv, h->act, h->out, batch);
 }
@@ -457,7 +460,10 @@ static void stage_backward(const ae_graph *g, const ae_stage *h, const float *in
                            float d_in_beta, float *scratch, int batch) {
     const size_t n = norm_numel(&h->norm, batch);
     conv_backward(g, &h->conv, scratch, 0.0f, d_out, h->act, batch);
-    g->ops->silu_backward(g, scratch, scratch, h->normed, n);
+    if (g->ops->silu_backward_from_slope)
+        g->ops->silu_backward_from_slope(g, scratch, scratch, h->normed, n);
+    else
+        g->ops->silu_backward(g, scratch, scratch, h->normed, n);
     round_act(g, scratch, n);
     norm_backward(g, &h->norm, d_in, d_in_beta, scratch, in, batch);
 }

@@ -75,6 +75,11 @@ typedef struct {
                                const float *gamma, int batch, int channels, int spatial);
     void (*silu_forward)(const ae_graph *g, float *out, const float *in, size_t n);
     void (*silu_backward)(const ae_graph *g, float *d_in, const float *d_out, const float *in, size_t n);
+    /* Optional, both or neither (NULL: silu_forward and silu_backward): SiLU in
+     * training with its derivative kept in place of its input (ops.h's
+     * silu_forward_keep_slope), and the backward from it. */
+    void (*silu_forward_keep_slope)(const ae_graph *g, float *out, float *x_then_slope, size_t n);
+    void (*silu_backward_from_slope)(const ae_graph *g, float *d_in, const float *d_out, const float *slope, size_t n);
     void (*add)(const ae_graph *g, float *out, const float *a, const float *b, size_t n);
     void (*copy)(const ae_graph *g, float *dst, const float *src, size_t n);
     void (*upsample_forward)(const ae_graph *g, float *out, const float *in, int batch, int channels, int height,
@@ -134,7 +139,7 @@ typedef struct {
 typedef struct {
     ae_norm norm;
     ae_conv conv;
-    float *normed, *act; /* (B, Cin, S) */
+    float *normed, *act; /* (B, Cin, S); in training with silu_forward_keep_slope, normed holds SiLU's slope after the forward */
     float *out;          /* (B, Cout, S) */
 } ae_stage;
 

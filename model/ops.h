@@ -97,6 +97,13 @@ void gelu_tanh_forward(float *out, const float *in, size_t n);
 void gelu_tanh_backward(float *d_in, const float *d_out, const float *in, size_t n);
 void silu_forward(float *out, const float *in, size_t n);
 void silu_backward(float *d_in, const float *d_out, const float *in, size_t n);
+/* SiLU for training where its input is not needed afterwards: out = silu(x) with
+ * silu_forward's bits, and x_then_slope, which holds x, overwritten with the
+ * derivative silu'(x) = s (1 + x (1 - s)), s = sigmoid(x); the backward is then
+ * d_in = d_out * slope (silu_backward_from_slope; d_in may be d_out), one multiply
+ * where silu_backward evaluates the exponential again. */
+void silu_forward_keep_slope(float *out, float *x_then_slope, size_t n);
+void silu_backward_from_slope(float *d_in, const float *d_out, const float *slope, size_t n);
 
 /* ---- multi-head self-attention core: softmax(q k^T / sqrt(head_dim)) v ----
  * qkv (batch, tokens, 3, heads, head_dim) as timm's fused qkv linear produces it;

@@ -61,6 +61,29 @@ static void silu_backward_chunk(float *d_in, const float *d_out, const float *in
     }
 }
 
+/* As silu_forward_chunk (denominators first, the same quotient), and the slope. */
+static void silu_keep_slope_chunk(float *out, float *x_then_slope, int n) {
+    float denominator[ELEMENTWISE_CHUNK];
+    for (int i = 0; i < n; i++) denominator[i] = 1.0f + fast_expf(-x_then_slope[i]);
+    for (int i = 0; i < n; i++) {
+        const float x = x_then_slope[i], s = 1.0f / denominator[i];
+        out[i] = x / denominator[i];
+        x_then_slope[i] = s * (1.0f + x * (1.0f - s));
+    }
+}
+
+static void multiply_chunk(float *out, const float *a, const float *b, int n) {
+    for (int i = 0; i < n; i++) out[i] = a[i] * b[i];
+}
+
+void silu_forward_keep_slope(float *out, float *x_then_slope, size_t n) {
+    FOR_EACH_CHUNK(n, silu_keep_slope_chunk(out + offset, x_then_slope + offset, count));
+}
+
+void silu_backward_from_slope(float *d_in, const float *d_out, const float *slope, size_t n) {
+    FOR_EACH_CHUNK(n, multiply_chunk(d_in + offset, d_out + offset, slope + offset, count));
+}
+
 void gelu_tanh_forward(float *out, const float *in, size_t n) {
     FOR_EACH_CHUNK(n, gelu_forward_chunk(out + offset, in + offset, count));
 }

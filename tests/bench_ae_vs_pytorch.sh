@@ -16,8 +16,10 @@
 #   PY tests/bench_ae_pytorch.py --config F --batch B --precision P --steps N --warmup W
 # (the same step: encode, posterior mean, decode, reconstruction + kl_beta KL, backward,
 # AdamW), prints every result line, then per precision the best images/s of each side over
-# the rounds and "ratio P (ldm / pytorch): R", and the same ratio of CPU time per step (the
-# work, steadier than the wall clock where other processes share the cores).
+# the rounds and "ratio P (ldm / pytorch): R", the same ratio of CPU time per step (the
+# work, steadier than the wall clock where other processes share the cores), and the median
+# of the rounds' own ratios (a round's two runs are next to each other in time, so a machine
+# whose speed drifts moves both alike).
 #
 # PyTorch: PY (default .venv-bench/bin/python, else /work/main/.venv-bench/bin/python) must
 # import torch and diffusers (pip install torch diffusers). Not part of ctest: it takes
@@ -94,7 +96,7 @@ fi
 
 field() { printf '%s\n' "$2" | sed -n "s/.* $1=\([0-9.eE+-]*\).*/\1/p"; }
 case "$which_precision" in both) precisions="fp32 bf16" ;; *) precisions=$which_precision ;; esac
-declare -A best_ldm best_pt cpu_ldm cpu_pt
+declare -A best_ldm best_pt cpu_ldm cpu_pt round_ratios
 for round in $(seq 1 "$repeats"); do
     for precision in $precisions; do
         echo "== round $round, $precision: ldm bench --model ae (steps=$steps warmup=$warmup batch=$batch threads=$threads)"
@@ -118,6 +120,8 @@ for round in $(seq 1 "$repeats"); do
             printf '  %s\n  %s\n' "$ldm_line" "$pt_line" >&2
             exit 1
         fi
+        ratio=$(awk -v a="$l" -v b="$p" 'BEGIN { printf "%.2f", a / b }')
+        round_ratios[$precision]="${round_ratios[$precision]:+${round_ratios[$precision]} }$ratio"
         best_ldm[$precision]=$(awk -v a="$l" -v b="${best_ldm[$precision]:-0}" 'BEGIN { print (a > b ? a : b) }')
         best_pt[$precision]=$(awk -v a="$p" -v b="${best_pt[$precision]:-0}" 'BEGIN { print (a > b ? a : b) }')
         cpu_ldm[$precision]=$(awk -v a="$lc" -v b="${cpu_ldm[$precision]:-1e30}" 'BEGIN { print (a < b ? a : b) }')
@@ -126,7 +130,8 @@ for round in $(seq 1 "$repeats"); do
 done
 echo "== best of $repeats rounds (batch $batch, $threads threads, $config)"
 for precision in $precisions; do
+    median=$(printf '%s\n' ${round_ratios[$precision]} | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }')
     awk -v a="${best_ldm[$precision]}" -v b="${best_pt[$precision]}" -v c="${cpu_ldm[$precision]}" \
-        -v d="${cpu_pt[$precision]}" -v p="$precision" \
-        'BEGIN { printf "%s: ldm %.2f images/s, pytorch %.2f images/s; ratio %s (ldm / pytorch): %.2f; cpu ms per step ldm %.1f, pytorch %.1f, ratio of cpu time (pytorch / ldm): %.2f\n", p, a, b, p, a / b, c, d, d / c }'
+        -v d="${cpu_pt[$precision]}" -v p="$precision" -v m="$median" -v r="${round_ratios[$precision]}" \
+        'BEGIN { printf "%s: ldm %.2f images/s, pytorch %.2f images/s; ratio %s (ldm / pytorch): %.2f; cpu ms per step ldm %.1f, pytorch %.1f, ratio of cpu time (pytorch / ldm): %.2f; median of the rounds'"'"' ratios %.2f (rounds: %s)\n", p, a, b, p, a / b, c, d, d / c, m, r }'
 done

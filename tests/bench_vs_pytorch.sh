@@ -2,7 +2,8 @@
 # Compare ldm's CPU DiT-S training step with PyTorch's, on the same threads (2 unless told),
 # in fp32 and in bf16 (ldm's train.precision=bf16 against torch.autocast(bfloat16)).
 #
-#   tests/bench_vs_pytorch.sh [--steps N] [--warmup W] [--torch both|pypi|debian]
+#   tests/bench_vs_pytorch.sh [--steps N] [--warmup W] [--repeats R (default 1)]
+#                             [--torch both|pypi|debian]
 #                             [--precision both|fp32|bf16] [--threads T (default 2)]
 #                             [--openblas-coretype NAME]
 #
@@ -11,7 +12,11 @@
 #             --steps N --warmup W
 # and tests/bench_dit_pytorch.py --precision P (same model, batch 32, forward + weighted MSE +
 # backward + AdamW), then prints the result lines and "ratio P (ldm / pytorch T): R" of
-# images/s for each precision and PyTorch T measured.
+# images/s for each precision and PyTorch T measured. With --repeats R it runs R such rounds
+# one after the other and ends with, per precision and PyTorch, the ratio of the best
+# images/s of each side and the median of the rounds' own ratios (each round's two runs
+# are next to each other in time, so a machine whose speed drifts, as a shared virtual
+# machine's does by 25% from one minute to the next, moves both alike).
 #
 # PyTorch: by default both PyPI's current torch, in the virtual environment .venv-bench
 # (created here on first use; PyPI's torch is a large CUDA build, several GB, only its
@@ -25,17 +30,19 @@ set -euo pipefail
 
 steps=10
 warmup=2
+repeats=1
 which_torch=both
 which_precision=both
 threads=2
 batch=32
 ldm_coretype=
 
-usage() { echo "usage: $0 [--steps N] [--warmup W] [--torch both|pypi|debian] [--precision both|fp32|bf16] [--threads T] [--openblas-coretype NAME]" >&2; exit 2; }
+usage() { echo "usage: $0 [--steps N] [--warmup W] [--repeats R] [--torch both|pypi|debian] [--precision both|fp32|bf16] [--threads T] [--openblas-coretype NAME]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --steps)  [ $# -ge 2 ] || usage; steps=$2; shift 2 ;;
         --warmup) [ $# -ge 2 ] || usage; warmup=$2; shift 2 ;;
+        --repeats) [ $# -ge 2 ] || usage; repeats=$2; shift 2 ;;
         --torch)  [ $# -ge 2 ] || usage; which_torch=$2; shift 2 ;;
         --precision) [ $# -ge 2 ] || usage; which_precision=$2; shift 2 ;;
         --threads) [ $# -ge 2 ] || usage; threads=$2; shift 2 ;;
@@ -44,7 +51,7 @@ while [ $# -gt 0 ]; do
         *) echo "$0: unknown argument '$1'" >&2; usage ;;
     esac
 done
-case "$steps$warmup$threads" in *[!0-9]*|'') echo "$0: --steps, --warmup and --threads take integers" >&2; exit 2 ;; esac
+case "$steps$warmup$threads$repeats" in *[!0-9]*|'') echo "$0: --steps, --warmup, --repeats and --threads take integers" >&2; exit 2 ;; esac
 case "$which_torch" in both|pypi|debian) ;; *) echo "$0: --torch takes both, pypi or debian" >&2; exit 2 ;; esac
 case "$which_precision" in both|fp32|bf16) ;; *) echo "$0: --precision takes both, fp32 or bf16" >&2; exit 2 ;; esac
 
@@ -90,8 +97,10 @@ ips() { printf '%s\n' "$1" | sed -n 's/.*images_per_s=\([0-9.eE+-]*\).*/\1/p'; }
 case "$which_torch" in both) torches="pypi debian" ;; *) torches=$which_torch ;; esac
 case "$which_precision" in both) precisions="fp32 bf16" ;; *) precisions=$which_precision ;; esac
 results=""
+declare -A best_ldm best_pt round_ratios
+for round in $(seq 1 "$repeats"); do
 for precision in $precisions; do
-    echo "== ldm bench ($precision, steps=$steps warmup=$warmup batch=$batch threads=$threads)"
+    echo "== round $round: ldm bench ($precision, steps=$steps warmup=$warmup batch=$batch threads=$threads)"
     ldm_out=$(env ${ldm_coretype:+OPENBLAS_CORETYPE=$ldm_coretype} build/ldm bench --config configs/dit-s.json --set train.batch_size=$batch \
               --set train.precision=$precision --steps "$steps" --warmup "$warmup")
     ldm_line=$(printf '%s\n' "$ldm_out" | grep '^bench: images_per_s' | tail -n 1 || true)
@@ -103,9 +112,10 @@ for precision in $precisions; do
     ldm_ips=$(ips "$ldm_line")
     results="$results$ldm_line
 "
+    best_ldm[$precision]=$(awk -v a="$ldm_ips" -v b="${best_ldm[$precision]:-0}" 'BEGIN { print (a > b ? a : b) }')
     for torch in $torches; do
         py=$(python_for "$torch")
-        echo "== pytorch ($torch, $precision)"
+        echo "== round $round: pytorch ($torch, $precision)"
         pt_line=$("$py" tests/bench_dit_pytorch.py --steps "$steps" --warmup "$warmup" \
                   --batch "$batch" --threads "$threads" --precision "$precision" | grep '^pytorch:' | tail -n 1)
         pt_ips=$(ips "$pt_line")
@@ -114,10 +124,26 @@ for precision in $precisions; do
             printf '  %s\n  %s\n' "$ldm_line" "$pt_line" >&2
             exit 1
         fi
+        key="$precision $torch"
+        best_pt[$key]=$(awk -v a="$pt_ips" -v b="${best_pt[$key]:-0}" 'BEGIN { print (a > b ? a : b) }')
+        ratio=$(awk -v a="$ldm_ips" -v b="$pt_ips" 'BEGIN { printf "%.2f", a / b }')
+        round_ratios[$key]="${round_ratios[$key]:+${round_ratios[$key]} }$ratio"
         results="$results$pt_line
-$(awk -v a="$ldm_ips" -v b="$pt_ips" -v t="$torch" -v p="$precision" \
-    'BEGIN { printf "ratio %s (ldm / pytorch %s): %.2f", p, t, a / b }')
+ratio $precision (ldm / pytorch $torch): $ratio
 "
     done
 done
+done
 printf '%s' "$results"
+if [ "$repeats" -gt 1 ]; then
+    echo "== $repeats rounds (batch $batch, $threads threads)"
+    for precision in $precisions; do
+        for torch in $torches; do
+            key="$precision $torch"
+            median=$(printf '%s\n' ${round_ratios[$key]} | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }')
+            awk -v a="${best_ldm[$precision]}" -v b="${best_pt[$key]}" -v p="$precision" -v t="$torch" -v m="$median" \
+                -v r="${round_ratios[$key]}" \
+                'BEGIN { printf "%s: best ldm %.2f images/s, best pytorch %s %.2f; ratio of the bests %.2f; median of the rounds'"'"' ratios %.2f (rounds: %s)\n", p, a, t, b, a / b, m, r }'
+        done
+    done
+fi

@@ -149,6 +149,16 @@ static int remove_entry(const char *path, const struct stat *info, int type, str
     return remove(path) == 0 || errno == ENOENT ? 0 : -1;
 }
 
+static void slow_down_for_tests(void);
+
+/* remove_entry with LDM_TEST_SLOW_CHECKPOINT_MS after each file: retention's
+ * deletions made slow enough for a test to kill -9 a process in the middle. */
+static int remove_entry_slowly(const char *path, const struct stat *info, int type, struct FTW *where) {
+    const int status = remove_entry(path, info, type, where);
+    if (type == FTW_F) slow_down_for_tests();
+    return status;
+}
+
 /* Removes a directory and everything under it (nothing is followed through a
  * symbolic link); a path that does not exist is already removed. Returns 0 or -1. */
 static int remove_tree(const char *path) {
@@ -159,6 +169,8 @@ static int remove_tree(const char *path) {
 
 /* ---- publishing ---- */
 
+/* LDM_TEST_SLOW_CHECKPOINT_MS: a pause after each file written (and deleted by
+ * retention), so that a test can kill -9 a process in the middle. */
 static void slow_down_for_tests(void) {
     const char *ms = getenv("LDM_TEST_SLOW_CHECKPOINT_MS");
     if (!ms || !*ms) return;
@@ -407,10 +419,31 @@ static void free_step_folders(step_folder *list, int count) {
     free(list);
 }
 
+/* A step folder leaves its name in one rename before its files go: a process
+ * killed while deleting it leaves a leftover of an interrupted publish (swept by
+ * the next retention), never a step folder with some of its files. */
 static void delete_or_warn(const char *checkpoints, const char *name) {
     char *path = path_join(checkpoints, name);
-    if (remove_tree(path) != 0)
-        fprintf(stderr, "ldm: warning: %s: cannot delete: %s\n", path, strerror(errno));
+    char *doomed = path;
+    if (!starts_with(name, PARTIAL_PREFIX)) {
+        const size_t size = strlen(PARTIAL_PREFIX "deleting-") + strlen(name) + 1;
+        char *doomed_name = xmalloc(size);
+        snprintf(doomed_name, size, PARTIAL_PREFIX "deleting-%s", name);
+        doomed = path_join(checkpoints, doomed_name);
+        free(doomed_name);
+        remove_tree(doomed); /* a leftover of the same name from an earlier kill */
+        if (rename(path, doomed) != 0) {
+            fprintf(stderr, "ldm: warning: %s: cannot delete: %s\n", path, strerror(errno));
+            free(doomed);
+            free(path);
+            return;
+        }
+    }
+    struct stat info;
+    const int status = lstat(doomed, &info) != 0 ? (errno == ENOENT ? 0 : -1)
+                                                 : nftw(doomed, remove_entry_slowly, 16, FTW_DEPTH | FTW_PHYS);
+    if (status != 0) fprintf(stderr, "ldm: warning: %s: cannot delete: %s\n", doomed, strerror(errno));
+    if (doomed != path) free(doomed);
     free(path);
 }
 

@@ -702,6 +702,64 @@ static void test_killed_mid_publish(const char *root, const param_table *table) 
     free(run);
 }
 
+/* kill -9 while retention deletes an old step folder (publishing step 30 with
+ * keep_last 2 deletes step 10, each file slowly): every step folder left must be
+ * whole (verified), never one with some of its files gone; the leftover is swept
+ * by the next publish. */
+static void test_killed_mid_retention(const char *root, const param_table *table) {
+    char *run = join(root, "killed-retention");
+    free(publish_step(run, table, 10, 2, 0));
+    free(publish_step(run, table, 20, 2, 0));
+    char *checkpoints = join(run, "checkpoints");
+    char *step10 = join(checkpoints, "step-00000010");
+    char *doomed = join(checkpoints, ".partial-deleting-step-00000010");
+    char *step30_manifest = join(checkpoints, "step-00000030/manifest.json");
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        setenv("LDM_TEST_SLOW_CHECKPOINT_MS", "300", 1);
+        free(publish_step(run, table, 30, 2, 0));
+        _exit(0);
+    }
+    /* Wait until step 30 is published and step 10's deletion has begun: its folder
+     * renamed aside (or, as it once was, deleted in place: a file of it gone). */
+    char *step10_model = join(step10, "model.safetensors"), *step10_manifest = join(step10, "manifest.json");
+    for (int i = 0; i < 5000; i++) {
+        const int published = file_size(step30_manifest) > 0;
+        const int begun = file_size(doomed) >= 0 || file_size(step10_model) < 0 || file_size(step10_manifest) < 0;
+        if (published && begun) break;
+        usleep(2000);
+    }
+    usleep(50000);
+    kill(pid, SIGKILL);
+    int status;
+    waitpid(pid, &status, 0);
+    CHECK_MSG(WIFSIGNALED(status), "the publishing child ended by itself before it was killed");
+
+    char **dirs = NULL;
+    const int n = checkpoint_list(run, &dirs);
+    for (int i = 0; i < n; i++) {
+        char err[512];
+        CHECK_MSG(checkpoint_verify(dirs[i], err, sizeof err) == 0, "%s after a kill during retention: %s", dirs[i],
+                  err);
+    }
+    checkpoint_list_free(dirs, n);
+    CHECK_MSG(file_size(step10) < 0, "step 10 still there, half deleted or not deleted at all");
+
+    free(publish_step(run, table, 40, 2, 0));
+    char *listing = folder_listing(checkpoints);
+    CHECK_MSG(strcmp(listing, "latest step-00000030 step-00000040") == 0, "listing: %s", listing);
+    free(listing);
+    free(step10_model);
+    free(step10_manifest);
+    free(step30_manifest);
+    free(doomed);
+    free(step10);
+    free(checkpoints);
+    free(run);
+}
+
 /* ---- fatal errors of loading (each in a child process) ---- */
 
 typedef struct {
@@ -879,6 +937,7 @@ int main(int argc, char **argv) {
     test_republish(root, &table);
     test_slow_hook(root, &table);
     test_killed_mid_publish(root, &table);
+    test_killed_mid_retention(root, &table);
     test_load_errors(root, &table);
 
     param_table_free(&table);

@@ -4,7 +4,8 @@
 #   one   - one rank, at a random moment;
 #   all   - every rank at once, at a random moment;
 #   write - the rank that writes checkpoints (rank 0), while a checkpoint's
-#           partial directory exists (the write is slowed to make it likely);
+#           partial directory exists (the write is slowed to make it likely),
+#           or else while retention deletes an old one (slowed alike);
 # and started again with --resume auto after each. After every cycle no ldm
 # process may be left and `ldm inspect` must pass on every checkpoint left.
 # At the end the run is taken to the step after its newest checkpoint plus 5
@@ -76,10 +77,14 @@ while read -r kind delay_ms; do
   one) victims=$(ranks | awk -v pick="$delay_ms" '{ p[NR] = $1 } END { if (NR) print p[1 + pick % NR] }') ;;
   all) victims=$(ranks) ;;
   write)
-    # A partial directory of this cycle (one left by a killed cycle does not count).
-    fresh_partial() { ls -d run/checkpoints/.partial-* 2> /dev/null | grep -vxF "${stale:-none}" | head -1; }
-    for _ in $(seq 200); do [ -n "$(fresh_partial)" ] && break; sleep 0.05; done
-    partial=$(fresh_partial)
+    # A partial directory of this cycle (one left by a killed cycle does not count):
+    # a checkpoint being written, or else an old one being deleted by retention
+    # (.partial-deleting-*, which exists right after a write and would otherwise
+    # take most of these kills).
+    fresh_partial() { ls -d run/checkpoints/.partial-$1* 2> /dev/null | grep -vxF "${stale:-none}" | head -1; }
+    for _ in $(seq 200); do [ -n "$(fresh_partial step-)" ] && break; sleep 0.05; done
+    partial=$(fresh_partial step-)
+    [ -n "$partial" ] || partial=$(fresh_partial deleting-)
     [ -n "$partial" ] || fail "cycle $cycle: no checkpoint was being written within 10 s"
     kind="write (of $partial)"
     victims=""

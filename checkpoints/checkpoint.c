@@ -161,11 +161,13 @@ static int remove_entry_slowly(const char *path, const struct stat *info, int ty
 
 /* Removes a directory and everything under it (nothing is followed through a
  * symbolic link); a path that does not exist is already removed. Returns 0 or -1. */
-static int remove_tree(const char *path) {
+static int remove_tree_by(const char *path, int (*remove_one)(const char *, const struct stat *, int, struct FTW *)) {
     struct stat info;
     if (lstat(path, &info) != 0) return errno == ENOENT ? 0 : -1;
-    return nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    return nftw(path, remove_one, 16, FTW_DEPTH | FTW_PHYS);
 }
+
+static int remove_tree(const char *path) { return remove_tree_by(path, remove_entry); }
 
 /* ---- publishing ---- */
 
@@ -439,10 +441,8 @@ static void delete_or_warn(const char *checkpoints, const char *name) {
             return;
         }
     }
-    struct stat info;
-    const int status = lstat(doomed, &info) != 0 ? (errno == ENOENT ? 0 : -1)
-                                                 : nftw(doomed, remove_entry_slowly, 16, FTW_DEPTH | FTW_PHYS);
-    if (status != 0) fprintf(stderr, "ldm: warning: %s: cannot delete: %s\n", doomed, strerror(errno));
+    if (remove_tree_by(doomed, remove_entry_slowly) != 0)
+        fprintf(stderr, "ldm: warning: %s: cannot delete: %s\n", doomed, strerror(errno));
     if (doomed != path) free(doomed);
     free(path);
 }

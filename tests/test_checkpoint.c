@@ -656,6 +656,27 @@ static void test_slow_hook(const char *root, const param_table *table) {
     free(run);
 }
 
+/* A child process that publishes step slowly (300 ms a file), to be killed. */
+static pid_t publish_slowly_in_child(const char *run, const param_table *table, int64_t step) {
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        setenv("LDM_TEST_SLOW_CHECKPOINT_MS", "300", 1);
+        free(publish_step(run, table, step, 2, 0));
+        _exit(0);
+    }
+    return pid;
+}
+
+/* kill -9 that child; it must not have ended by itself. */
+static void kill_publishing_child(pid_t pid) {
+    kill(pid, SIGKILL);
+    int status;
+    waitpid(pid, &status, 0);
+    CHECK_MSG(WIFSIGNALED(status), "the publishing child ended by itself before it was killed");
+}
+
 /* kill -9 in the middle of publishing step 20: step 10 stays the whole,
  * verified, latest checkpoint, and the next publish cleans up. */
 static void test_killed_mid_publish(const char *root, const param_table *table) {
@@ -664,22 +685,12 @@ static void test_killed_mid_publish(const char *root, const param_table *table) 
     char *checkpoints = join(run, "checkpoints");
     char *partial = join(checkpoints, ".partial-step-00000020");
     char *manifest = join(partial, "manifest.json");
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) {
-        setenv("LDM_TEST_SLOW_CHECKPOINT_MS", "300", 1);
-        free(publish_step(run, table, 20, 2, 0));
-        _exit(0);
-    }
+    pid_t pid = publish_slowly_in_child(run, table, 20);
     /* Wait until the partial folder holds files but no manifest yet. */
     char *model = join(partial, "model.safetensors");
     for (int i = 0; i < 500 && file_size(model) < 0; i++) usleep(2000);
     usleep(50000);
-    kill(pid, SIGKILL);
-    int status;
-    waitpid(pid, &status, 0);
-    CHECK_MSG(WIFSIGNALED(status), "the publishing child ended by itself before it was killed");
+    kill_publishing_child(pid);
     CHECK_MSG(file_size(model) > 0 && file_size(manifest) < 0, "the kill did not land mid-write");
 
     char *latest = join(checkpoints, "latest");
@@ -714,14 +725,7 @@ static void test_killed_mid_retention(const char *root, const param_table *table
     char *step10 = join(checkpoints, "step-00000010");
     char *doomed = join(checkpoints, ".partial-deleting-step-00000010");
     char *step30_manifest = join(checkpoints, "step-00000030/manifest.json");
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) {
-        setenv("LDM_TEST_SLOW_CHECKPOINT_MS", "300", 1);
-        free(publish_step(run, table, 30, 2, 0));
-        _exit(0);
-    }
+    pid_t pid = publish_slowly_in_child(run, table, 30);
     /* Wait until step 30 is published and step 10's deletion has begun: its folder
      * renamed aside (or, as it once was, deleted in place: a file of it gone). */
     char *step10_model = join(step10, "model.safetensors"), *step10_manifest = join(step10, "manifest.json");
@@ -732,10 +736,7 @@ static void test_killed_mid_retention(const char *root, const param_table *table
         usleep(2000);
     }
     usleep(50000);
-    kill(pid, SIGKILL);
-    int status;
-    waitpid(pid, &status, 0);
-    CHECK_MSG(WIFSIGNALED(status), "the publishing child ended by itself before it was killed");
+    kill_publishing_child(pid);
 
     char **dirs = NULL;
     const int n = checkpoint_list(run, &dirs);

@@ -143,7 +143,16 @@ void dit_destroy(dit_model *m) {
     memset(m, 0, sizeof(*m));
 }
 
-void dit_zero_grad(dit_model *m) { memset(m->grads, 0, sizeof(float) * m->table.trainable_numel); }
+/* In parallel chunks: 130 MB for DiT-S, one core's memset took 1% of a 2-thread step. */
+void dit_zero_grad(dit_model *m) {
+    const size_t n = m->table.trainable_numel, chunk = (size_t)1 << 18;
+    const size_t chunks = (n + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < chunks; c++) {
+        const size_t start = c * chunk;
+        memset(m->grads + start, 0, sizeof(float) * (n - start < chunk ? n - start : chunk));
+    }
+}
 
 void dit_init_weights(dit_model *m, uint64_t seed) {
     const dit_graph *g = m->graph;

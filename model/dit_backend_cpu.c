@@ -160,6 +160,17 @@ static void cpu_gelu_tanh_backward(const dit_graph *g, float *d_in, const float 
     gelu_tanh_backward(d_in, d_out, in, n);
 }
 
+static void cpu_gelu_tanh_forward_keep_slope(const dit_graph *g, float *out, float *x_then_slope, size_t n) {
+    (void)g;
+    gelu_tanh_forward_keep_slope(out, x_then_slope, n);
+}
+
+static void cpu_gelu_tanh_backward_from_slope(const dit_graph *g, float *d_in, const float *d_out,
+                                              const float *slope, size_t n) {
+    (void)g;
+    gelu_tanh_backward_from_slope(d_in, d_out, slope, n);
+}
+
 static void cpu_silu_forward(const dit_graph *g, float *out, const float *in, size_t n) {
     (void)g;
     silu_forward(out, in, n);
@@ -212,7 +223,12 @@ static void cpu_embedding_backward(const dit_graph *g, float *d_table, const flo
     embedding_backward(d_table, d_out, labels, batch, dim);
 }
 
-const dit_backend dit_backend_cpu = {.gemm_reads_bits = 0, DIT_BACKEND_FUNCTIONS(cpu_)};
+/* The optional ops every CPU table has (the graph uses them in fp32 only). */
+#define DIT_BACKEND_CPU_OPTIONAL                                          \
+    .gelu_tanh_forward_keep_slope = cpu_gelu_tanh_forward_keep_slope, \
+    .gelu_tanh_backward_from_slope = cpu_gelu_tanh_backward_from_slope
+
+const dit_backend dit_backend_cpu = {.gemm_reads_bits = 0, DIT_BACKEND_FUNCTIONS(cpu_), DIT_BACKEND_CPU_OPTIONAL};
 
 /* ---- dit_backend_cpu_bf16_bits: what differs from dit_backend_cpu ---- */
 
@@ -316,7 +332,7 @@ static void onednn_attention_backward(const dit_graph *g, float *d_qkv, float *d
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Woverride-init"
 const dit_backend dit_backend_cpu_fp32_onednn = {
-    .gemm_reads_bits = 0, DIT_BACKEND_FUNCTIONS(cpu_), .linear = onednn_linear,
+    .gemm_reads_bits = 0, DIT_BACKEND_FUNCTIONS(cpu_), DIT_BACKEND_CPU_OPTIONAL, .linear = onednn_linear,
     .linear_backward = onednn_linear_backward, .attention_forward = onednn_attention_forward,
     .attention_backward = onednn_attention_backward};
 #pragma GCC diagnostic pop

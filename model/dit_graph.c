@@ -268,6 +268,11 @@ static void scalar_embedder_backward(const dit_graph *g, const dit_scalar_embedd
 
 /* ---- forward and backward ---- */
 
+/* Whether the blocks' GELU keeps its slope in the fc1 buffer (dit_graph.h). */
+static int gelu_keeps_slope(const dit_graph *g) {
+    return g->precision == PRECISION_FP32 && g->ops->gelu_tanh_forward_keep_slope != NULL;
+}
+
 static void check_batch(const dit_graph *g, const char *caller, int batch) {
     if (batch < 1 || batch > g->max_batch)
         fatal_internal("%s: batch %d outside [1, %d]", caller, batch, g->max_batch);
@@ -333,7 +338,10 @@ void dit_graph_forward(dit_graph *g, const char *caller, const float *x, const f
         const void *mod2 = keep(g, k->mod2, nD);
         linear(g, k->fc1.work, mod2, bp->fc1_weight, bp->fc1_bias, BT, T, D, F);
         keep(g, k->fc1, nF);
-        ops->gelu_tanh_forward(g, k->gelu.work, k->fc1.work, nF);
+        if (gelu_keeps_slope(g))
+            ops->gelu_tanh_forward_keep_slope(g, k->gelu.work, k->fc1.work, nF); /* fc1 now holds GELU's slope */
+        else
+            ops->gelu_tanh_forward(g, k->gelu.work, k->fc1.work, nF);
         const void *gelu = keep(g, k->gelu, nF);
         linear(g, k->fc2.work, gelu, bp->fc2_weight, bp->fc2_bias, BT, T, F, D);
         keep(g, k->fc2, nD);
@@ -387,7 +395,10 @@ void dit_graph_backward(dit_graph *g, const char *caller, const float *d_out, fl
         operand = grad_operand(g, g->d_a, g->d_bits, nD);
         linear_back(g, g->d_hidden, 0.0f, bp->fc2_weight, bp->fc2_bias, operand, kept_operand(g, k->gelu, nF), BT, F,
                     D);
-        ops->gelu_tanh_backward(g, g->d_hidden, g->d_hidden, load(g, k->fc1, nF), nF);
+        if (gelu_keeps_slope(g))
+            ops->gelu_tanh_backward_from_slope(g, g->d_hidden, g->d_hidden, load(g, k->fc1, nF), nF);
+        else
+            ops->gelu_tanh_backward(g, g->d_hidden, g->d_hidden, load(g, k->fc1, nF), nF);
         operand = grad_operand(g, g->d_hidden, g->d_bits, nF);
         linear_back(g, g->d_b, 0.0f, bp->fc1_weight, bp->fc1_bias, operand, kept_operand(g, k->mod2, nD), BT, D, F);
         const float *ln2 = load(g, k->ln2, nD);

@@ -201,6 +201,16 @@ struct dit_backend {
     void (*fused_attention_backward)(const dit_graph *g, float *d_qkv, float *row_dot, const float *d_out,
                                      const void *qkv, const void *out, const float *row_lse, int batch, int tokens,
                                      int heads, int head_dim);
+
+    /* Optional (NULL: gelu_tanh_forward/backward above), used in fp32 only: GELU
+     * whose forward overwrites its input (the kept fc1 output) with its
+     * derivative, and whose backward multiplies by it (ops.h,
+     * gelu_tanh_forward_keep_slope); the same bits as the pair above. Not in
+     * 16 bits, where the kept fc1 output is rounded: rounding the derivative
+     * instead would change the numerics. */
+    void (*gelu_tanh_forward_keep_slope)(const dit_graph *g, float *out, float *x_then_slope, size_t n);
+    void (*gelu_tanh_backward_from_slope)(const dit_graph *g, float *d_in, const float *d_out, const float *slope,
+                                          size_t n);
 };
 
 /* A backend's table: the function of each field above is the static function

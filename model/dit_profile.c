@@ -152,6 +152,13 @@ static void p_gelu_tanh_forward(const dit_graph *g, float *o, const float *in, s
 static void p_gelu_tanh_backward(const dit_graph *g, float *d_in, const float *d_out, const float *in, size_t n) {
     TIMED(DIT_PHASE_ELEMENTWISE, 0, gelu_tanh_backward(g, d_in, d_out, in, n));
 }
+static void p_gelu_tanh_forward_keep_slope(const dit_graph *g, float *o, float *x_then_slope, size_t n) {
+    TIMED(DIT_PHASE_ELEMENTWISE, 0, gelu_tanh_forward_keep_slope(g, o, x_then_slope, n));
+}
+static void p_gelu_tanh_backward_from_slope(const dit_graph *g, float *d_in, const float *d_out, const float *slope,
+                                            size_t n) {
+    TIMED(DIT_PHASE_ELEMENTWISE, 0, gelu_tanh_backward_from_slope(g, d_in, d_out, slope, n));
+}
 static void p_silu_forward(const dit_graph *g, float *o, const float *in, size_t n) {
     TIMED(DIT_PHASE_ELEMENTWISE, 0, silu_forward(g, o, in, n));
 }
@@ -197,6 +204,10 @@ void dit_profile_start(dit_model *model, dit_profile *profile) {
     if (inner->fused_attention_forward) { /* the graph takes this path only where the backend has it */
         timed.fused_attention_forward = p_fused_attention_forward;
         timed.fused_attention_backward = p_fused_attention_backward;
+    }
+    if (inner->gelu_tanh_forward_keep_slope) { /* likewise (in fp32) */
+        timed.gelu_tanh_forward_keep_slope = p_gelu_tanh_forward_keep_slope;
+        timed.gelu_tanh_backward_from_slope = p_gelu_tanh_backward_from_slope;
     }
     g->ops = &timed;
 }

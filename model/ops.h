@@ -95,6 +95,14 @@ void gated_residual_backward(float *d_y, float *d_gate, const float *d_x, const 
 /* tanh-approximated GELU, as torch.nn.GELU(approximate="tanh"). */
 void gelu_tanh_forward(float *out, const float *in, size_t n);
 void gelu_tanh_backward(float *d_in, const float *d_out, const float *in, size_t n);
+/* The same for training where GELU's input is not needed afterwards (the DiT's
+ * fc1 output in fp32): out = gelu(x) with gelu_tanh_forward's bits, and
+ * x_then_slope, which holds x, overwritten with the derivative gelu'(x) as
+ * gelu_tanh_backward computes it from the same tanh; the backward is then
+ * d_in = d_out * slope (gelu_tanh_backward_from_slope, d_in may be d_out): the
+ * same bits, without evaluating tanh (an exponential and a division) again. */
+void gelu_tanh_forward_keep_slope(float *out, float *x_then_slope, size_t n);
+void gelu_tanh_backward_from_slope(float *d_in, const float *d_out, const float *slope, size_t n);
 void silu_forward(float *out, const float *in, size_t n);
 void silu_backward(float *d_in, const float *d_out, const float *in, size_t n);
 /* SiLU for training where its input is not needed afterwards: out = silu(x) with

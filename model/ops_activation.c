@@ -32,13 +32,28 @@ static void gelu_forward_chunk(float *out, const float *in, int n) {
     }
 }
 
+/* GELU's derivative at x, given th = tanh(u(x)) */
+static inline float gelu_slope(float x, float th) {
+    float du = GELU_SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_COEFF * x * x);
+    return 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du;
+}
+
 static void gelu_backward_chunk(float *d_in, const float *d_out, const float *in, int n) {
     for (int i = 0; i < n; i++) {
         float x = in[i];
         float u = GELU_SQRT_2_OVER_PI * (x + GELU_COEFF * x * x * x);
+        d_in[i] = d_out[i] * gelu_slope(x, fast_tanhf(u));
+    }
+}
+
+/* gelu_forward_chunk and the slope gelu_backward_chunk multiplies by, from one tanh. */
+static void gelu_keep_slope_chunk(float *out, float *x_then_slope, int n) {
+    for (int i = 0; i < n; i++) {
+        float x = x_then_slope[i];
+        float u = GELU_SQRT_2_OVER_PI * (x + GELU_COEFF * x * x * x);
         float th = fast_tanhf(u);
-        float du = GELU_SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_COEFF * x * x);
-        d_in[i] = d_out[i] * (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du);
+        out[i] = 0.5f * x * (1.0f + th);
+        x_then_slope[i] = gelu_slope(x, th);
     }
 }
 
@@ -90,6 +105,14 @@ void gelu_tanh_forward(float *out, const float *in, size_t n) {
 
 void gelu_tanh_backward(float *d_in, const float *d_out, const float *in, size_t n) {
     FOR_EACH_CHUNK(n, gelu_backward_chunk(d_in + offset, d_out + offset, in + offset, count));
+}
+
+void gelu_tanh_forward_keep_slope(float *out, float *x_then_slope, size_t n) {
+    FOR_EACH_CHUNK(n, gelu_keep_slope_chunk(out + offset, x_then_slope + offset, count));
+}
+
+void gelu_tanh_backward_from_slope(float *d_in, const float *d_out, const float *slope, size_t n) {
+    silu_backward_from_slope(d_in, d_out, slope, n); /* the same multiply */
 }
 
 void silu_forward(float *out, const float *in, size_t n) {

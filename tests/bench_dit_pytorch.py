@@ -2,7 +2,7 @@
 
     python tests/bench_dit_pytorch.py [--steps 10] [--warmup 2] [--batch 32] [--threads 2]
         [--config configs/dit-b2.json] [--device cpu|cuda] [--precision fp32|bf16]
-        [--peak-tflops P]
+        [--peak-tflops P] [--profile-gemm]
 
 By default DiT-S in fp32 on the CPU; --config takes the model section of an ldm
 config instead (e.g. configs/dit-b2.json: DiT-B/2 on 32x32x4 latents, 1000
@@ -21,7 +21,16 @@ once, outside the timing. Prints one line:
 
     pytorch: images_per_s=X ms_per_step=Y tflops=F [mfu=M] torch=VERSION device=D precision=P threads=N
 
-tests/bench_vs_pytorch.sh runs this next to `ldm bench`.
+With --profile-gemm (CPU) it then runs --steps more steps under torch.profiler and
+prints a second line with the time per step spent inside the matrix products (self
+time, so what the BLAS library did): the linear layers' (aten::mm, addmm) and
+attention's two products' (aten::bmm, baddbmm), forward and backward, beside the
+profiled step's wall time:
+
+    pytorch_gemm: linear_ms=L attention_products_ms=A step_ms=S
+
+tests/bench_vs_pytorch.sh runs this next to `ldm bench`; tests/bench_gemm_bound.sh
+compares both sides' GEMM time.
 """
 
 import argparse
@@ -69,6 +78,8 @@ def main():
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="dense peak of the device, for MFU")
+    ap.add_argument("--profile-gemm", action="store_true",
+                    help="then profile --steps steps and print the CPU time in matrix products")
     args = ap.parse_args()
     if args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.threads < 1:
         ap.error("--steps, --batch and --threads must be >= 1, --warmup >= 0")
@@ -123,7 +134,30 @@ def main():
     print("pytorch: images_per_s=%.2f ms_per_step=%.1f tflops=%.3f%s torch=%s device=%s precision=%s threads=%d"
           % (B / dt, dt * 1e3, tflops, mfu, torch.__version__, args.device, args.precision, args.threads),
           flush=True)
+    if args.profile_gemm:
+        profile_gemm(step, args.steps)
 
+
+LINEAR_PRODUCTS = ("aten::mm", "aten::addmm")  # nn.Linear, forward and backward
+ATTENTION_PRODUCTS = ("aten::bmm", "aten::baddbmm")  # q k^T and p v, forward and backward
+
+
+def profile_gemm(step, steps):
+    """Time per step inside the matrix products' own code (self time: the BLAS
+    call, not the ops around it), and the profiled step's wall time."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        dt = (time.perf_counter() - t0) / steps
+    events = prof.key_averages()
+    linear_ms = sum(e.self_cpu_time_total for e in events if e.key in LINEAR_PRODUCTS) / 1e3 / steps
+    attention_ms = sum(e.self_cpu_time_total for e in events if e.key in ATTENTION_PRODUCTS) / 1e3 / steps
+    if linear_ms <= 0:
+        sys.exit("bench_dit_pytorch.py: the profile shows no linear layers' products (%s)" % ", ".join(LINEAR_PRODUCTS))
+    print("pytorch_gemm: linear_ms=%.1f attention_products_ms=%.1f step_ms=%.1f" % (linear_ms, attention_ms, dt * 1e3),
+          flush=True)
 
 if __name__ == "__main__":
     main()

@@ -5,7 +5,7 @@
 #   tests/bench_vs_pytorch.sh [--steps N] [--warmup W] [--repeats R (default 1)]
 #                             [--torch both|pypi|debian]
 #                             [--precision both|fp32|bf16] [--threads T (default 2)]
-#                             [--openblas-coretype NAME]
+#                             [--openblas-coretype NAME] [--gemm-time]
 #
 # Run from the repository root. Builds build/ldm if it is missing, runs for each precision P
 #   build/ldm bench --config configs/dit-s.json --set train.batch_size=32 --set train.precision=P
@@ -25,6 +25,11 @@
 # --openblas-coretype NAME runs ldm with OPENBLAS_CORETYPE=NAME (e.g. SkylakeX): on a
 # virtual CPU that OpenBLAS does not recognise (one reporting "Intel(R) Xeon(R) Processor")
 # it falls back to generic kernels about 5x slower in fp32, whatever AVX-512 the CPU has.
+# --gemm-time also profiles each PyTorch run (tests/bench_dit_pytorch.py --profile-gemm)
+# and prints, per round and precision, the time per step inside the linear layers'
+# matrix products on both sides (ldm's "gemm forward" + "gemm backward" phases, PyTorch's
+# aten::mm/addmm self time) and PyTorch's step over ldm's GEMM time: the ratio ldm would
+# reach if nothing but its linear layers' GEMMs took time (the ceiling its GEMM library sets).
 # Not part of ctest: it takes minutes and its result depends on the machine.
 set -euo pipefail
 
@@ -36,8 +41,9 @@ which_precision=both
 threads=2
 batch=32
 ldm_coretype=
+gemm_time=0
 
-usage() { echo "usage: $0 [--steps N] [--warmup W] [--repeats R] [--torch both|pypi|debian] [--precision both|fp32|bf16] [--threads T] [--openblas-coretype NAME]" >&2; exit 2; }
+usage() { echo "usage: $0 [--steps N] [--warmup W] [--repeats R] [--torch both|pypi|debian] [--precision both|fp32|bf16] [--threads T] [--openblas-coretype NAME] [--gemm-time]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --steps)  [ $# -ge 2 ] || usage; steps=$2; shift 2 ;;
@@ -47,6 +53,7 @@ while [ $# -gt 0 ]; do
         --precision) [ $# -ge 2 ] || usage; which_precision=$2; shift 2 ;;
         --threads) [ $# -ge 2 ] || usage; threads=$2; shift 2 ;;
         --openblas-coretype) [ $# -ge 2 ] || usage; ldm_coretype=$2; shift 2 ;;
+        --gemm-time) gemm_time=1; shift ;;
         -h|--help) usage ;;
         *) echo "$0: unknown argument '$1'" >&2; usage ;;
     esac
@@ -110,14 +117,18 @@ for precision in $precisions; do
         exit 1
     fi
     ldm_ips=$(ips "$ldm_line")
+    # ms per step (wall) of the forward and backward GEMM phases of ldm's profile
+    ldm_gemm_ms=$(printf '%s\n' "$ldm_out" | awk '/^bench: +gemm (forward|backward) / { t += $4 } END { printf "%.1f", t }')
     results="$results$ldm_line
 "
     best_ldm[$precision]=$(awk -v a="$ldm_ips" -v b="${best_ldm[$precision]:-0}" 'BEGIN { print (a > b ? a : b) }')
     for torch in $torches; do
         py=$(python_for "$torch")
         echo "== round $round: pytorch ($torch, $precision)"
-        pt_line=$("$py" tests/bench_dit_pytorch.py --steps "$steps" --warmup "$warmup" \
-                  --batch "$batch" --threads "$threads" --precision "$precision" | grep '^pytorch:' | tail -n 1)
+        pt_out=$("$py" tests/bench_dit_pytorch.py --steps "$steps" --warmup "$warmup" \
+                  --batch "$batch" --threads "$threads" --precision "$precision" \
+                  $([ "$gemm_time" = 1 ] && echo --profile-gemm) 2>/dev/null)
+        pt_line=$(printf '%s\n' "$pt_out" | grep '^pytorch:' | tail -n 1 || true)
         pt_ips=$(ips "$pt_line")
         if [ -z "$ldm_ips" ] || [ -z "$pt_ips" ]; then
             echo "$0: could not parse images_per_s from:" >&2
@@ -131,6 +142,20 @@ for precision in $precisions; do
         results="$results$pt_line
 ratio $precision (ldm / pytorch $torch): $ratio
 "
+        if [ "$gemm_time" = 1 ]; then
+            pt_gemm_line=$(printf '%s\n' "$pt_out" | grep '^pytorch_gemm:' | tail -n 1 || true)
+            pt_gemm_ms=$(printf '%s\n' "$pt_gemm_line" | sed -n 's/.*linear_ms=\([0-9.]*\).*/\1/p')
+            pt_step_ms=$(printf '%s\n' "$pt_line" | sed -n 's/.*ms_per_step=\([0-9.]*\).*/\1/p')
+            ldm_step_ms=$(printf '%s\n' "$ldm_line" | sed -n 's/.*ms_per_step=\([0-9.]*\).*/\1/p')
+            if [ -z "$pt_gemm_ms" ] || [ -z "$ldm_gemm_ms" ] || [ "$ldm_gemm_ms" = 0.0 ]; then
+                echo "$0: no GEMM times from the profiles (ldm '$ldm_gemm_ms', pytorch '$pt_gemm_line')" >&2
+                exit 1
+            fi
+            results="$results$pt_gemm_line
+$(awk -v p="$precision" -v t="$torch" -v lg="$ldm_gemm_ms" -v ls="$ldm_step_ms" -v pg="$pt_gemm_ms" -v ps="$pt_step_ms" \
+    'BEGIN { printf "gemm %s (ms a step in the linear layers'"'"' products): ldm %.0f of %.0f, pytorch %s %.0f of %.0f; pytorch'"'"'s GEMMs / ldm'"'"'s %.2f; ceiling (pytorch'"'"'s step / ldm'"'"'s GEMMs) %.2f", p, lg, ls, t, pg, ps, pg / lg, ps / lg }')
+"
+        fi
     done
 done
 done

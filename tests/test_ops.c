@@ -647,37 +647,60 @@ static void test_activation(const char *name, act_fwd fwd, act_bwd bwd, double (
     expect_close_arr(label, bd, dlim, 6, 1e-3, 0.0);
 }
 
-/* SiLU with its slope kept (the autoencoder's training path) through
- * test_activation's signatures: the input copied first, as it is overwritten. */
+/* SiLU with its slope kept (the autoencoder's training path) and GELU with its
+ * slope kept (the DiT's, in fp32) through test_activation's signatures: the
+ * input copied first, as it is overwritten. */
 enum { SLOPE_TEST_MAX = 64 };
-static void silu_keep_slope_as_forward(float *out, const float *in, size_t n) {
+typedef void (*keep_slope_fn)(float *out, float *x_then_slope, size_t n);
+typedef void (*from_slope_fn)(float *d_in, const float *d_out, const float *slope, size_t n);
+
+static void keep_slope_as_forward(keep_slope_fn keep, float *out, const float *in, size_t n) {
     float x[SLOPE_TEST_MAX];
     memcpy(x, in, n * sizeof *x);
-    silu_forward_keep_slope(out, x, n);
+    keep(out, x, n);
 }
 
-static void silu_from_slope_as_backward(float *d_in, const float *d_out, const float *in, size_t n) {
+static void from_slope_as_backward(keep_slope_fn keep, from_slope_fn from_slope, float *d_in, const float *d_out,
+                                   const float *in, size_t n) {
     float slope[SLOPE_TEST_MAX], out[SLOPE_TEST_MAX];
     memcpy(slope, in, n * sizeof *slope);
-    silu_forward_keep_slope(out, slope, n);
-    silu_backward_from_slope(d_in, d_out, slope, n);
+    keep(out, slope, n);
+    from_slope(d_in, d_out, slope, n);
 }
 
-/* Its forward is silu_forward bit for bit over several chunks; its backward, in
- * place (d_in = d_out), is silu_backward to rounding. */
-static void test_silu_keep_slope(void) {
+static void silu_keep_slope_as_forward(float *out, const float *in, size_t n) {
+    keep_slope_as_forward(silu_forward_keep_slope, out, in, n);
+}
+static void silu_from_slope_as_backward(float *d_in, const float *d_out, const float *in, size_t n) {
+    from_slope_as_backward(silu_forward_keep_slope, silu_backward_from_slope, d_in, d_out, in, n);
+}
+static void gelu_keep_slope_as_forward(float *out, const float *in, size_t n) {
+    keep_slope_as_forward(gelu_tanh_forward_keep_slope, out, in, n);
+}
+static void gelu_from_slope_as_backward(float *d_in, const float *d_out, const float *in, size_t n) {
+    from_slope_as_backward(gelu_tanh_forward_keep_slope, gelu_tanh_backward_from_slope, d_in, d_out, in, n);
+}
+
+/* Its forward is the plain forward bit for bit over several chunks; its backward,
+ * in place (d_in = d_out), is the plain backward within backward_tolerance (0:
+ * bit for bit). */
+static void test_keep_slope(const char *name, act_fwd forward, act_bwd backward, keep_slope_fn keep,
+                            from_slope_fn from_slope, double backward_tolerance) {
     enum { N = 10007 };
     float *x = malloc(N * sizeof *x), *slope = malloc(N * sizeof *x), *out = malloc(N * sizeof *x),
           *want = malloc(N * sizeof *x), *g = malloc(N * sizeof *x), *d_want = malloc(N * sizeof *x);
+    char what[128];
     fill_normal(x, N, 0.0, 4.0);
     fill_normal(g, N, 0.0, 1.0);
     memcpy(slope, x, N * sizeof *x);
-    silu_forward(want, x, N);
-    silu_forward_keep_slope(out, slope, N);
-    expect_close_farr("silu keep-slope forward = silu_forward", out, want, N, 0.0, 0.0);
-    silu_backward(d_want, g, x, N);
-    silu_backward_from_slope(g, g, slope, N);
-    expect_close_farr("silu backward from slope, in place", g, d_want, N, 1e-6, 1e-6);
+    forward(want, x, N);
+    keep(out, slope, N);
+    snprintf(what, sizeof what, "%s keep-slope forward = its forward", name);
+    expect_close_farr(what, out, want, N, 0.0, 0.0);
+    backward(d_want, g, x, N);
+    from_slope(g, g, slope, N);
+    snprintf(what, sizeof what, "%s backward from slope, in place", name);
+    expect_close_farr(what, g, d_want, N, backward_tolerance, backward_tolerance);
     free(x), free(slope), free(out), free(want), free(g), free(d_want);
 }
 
@@ -1237,7 +1260,10 @@ int main(void) {
     test_activation("gelu_tanh", gelu_tanh_forward, gelu_tanh_backward, gelu_ref);
     test_activation("silu", silu_forward, silu_backward, silu_ref);
     test_activation("silu keeping its slope", silu_keep_slope_as_forward, silu_from_slope_as_backward, silu_ref);
-    test_silu_keep_slope();
+    test_activation("gelu_tanh keeping its slope", gelu_keep_slope_as_forward, gelu_from_slope_as_backward, gelu_ref);
+    test_keep_slope("silu", silu_forward, silu_backward, silu_forward_keep_slope, silu_backward_from_slope, 1e-6);
+    test_keep_slope("gelu_tanh", gelu_tanh_forward, gelu_tanh_backward, gelu_tanh_forward_keep_slope,
+                    gelu_tanh_backward_from_slope, 0.0);
     test_attention();
     test_patchify();
     test_pos_embed();

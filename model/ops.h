@@ -159,6 +159,19 @@ void attention_forward_onednn(float *out, float *probs, const float *qkv, float 
 void attention_backward_onednn(float *d_qkv, float *d_scores, const float *d_out, const float *qkv,
                                const float *probs, float *scratch, int batch, int tokens, int heads, int head_dim,
                                ldm_precision precision);
+/* The fp32 attention fused per (sample, head) for AVX-512 CPUs (the DiT's and the
+ * autoencoder's fp32 training take it where usable: attention_forward_onednn and
+ * attention_backward_onednn call it then): products, softmax and their backward
+ * of a pair on one thread, reading and writing qkv, out, d_out and d_qkv in
+ * their own layouts; scratch holds each pair's k or v transposed (batch * heads *
+ * tokens * head_dim floats, a quarter of attention_onednn_scratch_bytes). Usable
+ * where the CPU has AVX-512F and tokens and head_dim are multiples of 64; shapes
+ * as attention_forward/_backward, results independent of the thread count. */
+int attention_fused_f32_usable(int tokens, int head_dim);
+void attention_forward_fused_f32(float *out, float *probs, const float *qkv, float *scratch, int batch, int tokens,
+                                 int heads, int head_dim);
+void attention_backward_fused_f32(float *d_qkv, float *d_scores, const float *d_out, const float *qkv,
+                                  const float *probs, float *scratch, int batch, int tokens, int heads, int head_dim);
 void attention_forward_bf16_bits(float *out, float *probs, const float *qkv, const attention_bits_scratch *scratch,
                                  int batch, int tokens, int heads, int head_dim);
 void attention_backward_bf16_bits(float *d_qkv, float *d_scores, const float *d_out, const float *qkv,

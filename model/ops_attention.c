@@ -8,7 +8,13 @@
  * backward products of all (sample, head) pairs as one batched oneDNN matmul each,
  * on head-major bf16 copies of q, k, v (oneDNN's brgemm kernels take plain
  * layouts, not qkv's interleaved one), with the scale fused into q k^T. Softmax
- * and its backward stay fp32, one row per iteration. */
+ * and its backward stay fp32, one row per iteration.
+ *
+ * The fused fp32 variant (AVX-512 CPUs, fp32 training, tokens and head_dim
+ * multiples of 64) does a (sample, head) pair's products, softmax and their
+ * backward in one pass on one thread, reading q, k, v and d_out where they lie
+ * and writing out and d_qkv there: no head-major copies, and the pair's scores
+ * stay in L2 between its products. */
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
@@ -313,6 +319,10 @@ static float *scratch_part(float *scratch, int part, int batch, int tokens, int 
 
 void attention_forward_onednn(float *out, float *probs, const float *qkv, float *scratch, int batch, int tokens,
                               int heads, int head_dim, ldm_precision precision) {
+    if (precision == PRECISION_FP32 && attention_fused_f32_usable(tokens, head_dim)) {
+        attention_forward_fused_f32(out, probs, qkv, scratch, batch, tokens, heads, head_dim);
+        return;
+    }
     const float scale = 1.0f / sqrtf((float)head_dim);
     float *q = scratch_part(scratch, 0, batch, tokens, heads, head_dim);
     float *k = scratch_part(scratch, 1, batch, tokens, heads, head_dim);
@@ -336,6 +346,10 @@ void attention_forward_onednn(float *out, float *probs, const float *qkv, float 
 void attention_backward_onednn(float *d_qkv, float *d_scores, const float *d_out, const float *qkv,
                                const float *probs, float *scratch, int batch, int tokens, int heads, int head_dim,
                                ldm_precision precision) {
+    if (precision == PRECISION_FP32 && attention_fused_f32_usable(tokens, head_dim)) {
+        attention_backward_fused_f32(d_qkv, d_scores, d_out, qkv, probs, scratch, batch, tokens, heads, head_dim);
+        return;
+    }
     const int dim = heads * head_dim, rows_bt = batch * tokens;
     const float scale = 1.0f / sqrtf((float)head_dim);
     const size_t score_rows = (size_t)batch * heads * tokens;
@@ -370,3 +384,174 @@ void attention_backward_onednn(float *d_qkv, float *d_scores, const float *d_out
     batched_gemm_onednn_f32(&p, d_scores, q, 1.0f, v);
     into_qkv(d_qkv, v, 1, rows_bt, dim);
 }
+
+/* ---- the fused fp32 attention (ops.h) ---- */
+
+#define FUSED_ROWS 4          /* rows of C a micro-kernel holds */
+#define FUSED_COLUMNS 64      /* columns: four registers of 16 floats */
+
+int attention_fused_f32_usable(int tokens, int head_dim) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    static int avx512 = -1;
+    if (avx512 < 0) {
+        __builtin_cpu_init();
+        avx512 = __builtin_cpu_supports("avx512f");
+    }
+    return avx512 && tokens > 0 && head_dim > 0 && tokens % FUSED_COLUMNS == 0 && head_dim % FUSED_COLUMNS == 0;
+#else
+    (void)tokens, (void)head_dim;
+    return 0;
+#endif
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+/* C (m, n) = alpha A (m, k) B (k, n), with A's element (r, p) at
+ * a[r * a_row + p * a_column] (a transposed view when a_row is 1), B's rows ldb
+ * apart, C's rows ldc apart; m a multiple of FUSED_ROWS, n of FUSED_COLUMNS.
+ * Each element is summed over p in order. */
+__attribute__((target("avx512f"))) static void fused_product(int m, int n, int k, float alpha, const float *a,
+                                                              ptrdiff_t a_row, ptrdiff_t a_column, const float *b,
+                                                              ptrdiff_t ldb, float *c, ptrdiff_t ldc) {
+    const __m512 scale = _mm512_set1_ps(alpha);
+    for (int c0 = 0; c0 < n; c0 += FUSED_COLUMNS)
+        for (int r0 = 0; r0 < m; r0 += FUSED_ROWS) {
+            __m512 acc[FUSED_ROWS][4];
+            for (int r = 0; r < FUSED_ROWS; r++)
+                for (int v = 0; v < 4; v++) acc[r][v] = _mm512_setzero_ps();
+            const float *a0 = a + (ptrdiff_t)r0 * a_row, *a1 = a0 + a_row, *a2 = a1 + a_row, *a3 = a2 + a_row;
+            const float *bp = b + c0;
+            for (int p = 0; p < k; p++, a0 += a_column, a1 += a_column, a2 += a_column, a3 += a_column, bp += ldb) {
+                const __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16);
+                const __m512 b2 = _mm512_loadu_ps(bp + 32), b3 = _mm512_loadu_ps(bp + 48);
+                const __m512 x0 = _mm512_set1_ps(*a0), x1 = _mm512_set1_ps(*a1);
+                const __m512 x2 = _mm512_set1_ps(*a2), x3 = _mm512_set1_ps(*a3);
+                acc[0][0] = _mm512_fmadd_ps(x0, b0, acc[0][0]);
+                acc[0][1] = _mm512_fmadd_ps(x0, b1, acc[0][1]);
+                acc[0][2] = _mm512_fmadd_ps(x0, b2, acc[0][2]);
+                acc[0][3] = _mm512_fmadd_ps(x0, b3, acc[0][3]);
+                acc[1][0] = _mm512_fmadd_ps(x1, b0, acc[1][0]);
+                acc[1][1] = _mm512_fmadd_ps(x1, b1, acc[1][1]);
+                acc[1][2] = _mm512_fmadd_ps(x1, b2, acc[1][2]);
+                acc[1][3] = _mm512_fmadd_ps(x1, b3, acc[1][3]);
+                acc[2][0] = _mm512_fmadd_ps(x2, b0, acc[2][0]);
+                acc[2][1] = _mm512_fmadd_ps(x2, b1, acc[2][1]);
+                acc[2][2] = _mm512_fmadd_ps(x2, b2, acc[2][2]);
+                acc[2][3] = _mm512_fmadd_ps(x2, b3, acc[2][3]);
+                acc[3][0] = _mm512_fmadd_ps(x3, b0, acc[3][0]);
+                acc[3][1] = _mm512_fmadd_ps(x3, b1, acc[3][1]);
+                acc[3][2] = _mm512_fmadd_ps(x3, b2, acc[3][2]);
+                acc[3][3] = _mm512_fmadd_ps(x3, b3, acc[3][3]);
+            }
+            for (int r = 0; r < FUSED_ROWS; r++) {
+                float *cr = c + (ptrdiff_t)(r0 + r) * ldc + c0;
+                for (int v = 0; v < 4; v++) _mm512_storeu_ps(cr + 16 * v, _mm512_mul_ps(acc[r][v], scale));
+            }
+        }
+}
+
+/* Softmax of each of rows rows of n values (a multiple of 16) in place. The max
+ * and the sum run over 16 lanes and are then reduced, so no sum is one long
+ * chain of dependent additions (exp_row's, which the compiler may not reorder). */
+__attribute__((target("avx512f"))) static void fused_softmax_rows(float *p, int rows, int n) {
+    for (int i = 0; i < rows; i++) {
+        float *row = p + (size_t)i * n;
+        __m512 lanes = _mm512_loadu_ps(row);
+        for (int j = 16; j < n; j += 16) lanes = _mm512_max_ps(lanes, _mm512_loadu_ps(row + j));
+        const float max = _mm512_reduce_max_ps(lanes);
+        for (int j = 0; j < n; j++) row[j] = fast_expf(row[j] - max);
+        lanes = _mm512_setzero_ps();
+        for (int j = 0; j < n; j += 16) lanes = _mm512_add_ps(lanes, _mm512_loadu_ps(row + j));
+        const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(lanes));
+        for (int j = 0; j < n; j += 16) _mm512_storeu_ps(row + j, _mm512_mul_ps(_mm512_loadu_ps(row + j), inv));
+    }
+}
+
+/* The softmax backward of rows rows in place: d_s = scale p (d_s - sum_j p d_s),
+ * the sum over 16 lanes as above. */
+__attribute__((target("avx512f"))) static void fused_softmax_backward_rows(float *d_s, const float *p, int rows,
+                                                                            int n, float scale) {
+    const __m512 scale_lanes = _mm512_set1_ps(scale);
+    for (int i = 0; i < rows; i++) {
+        const float *prow = p + (size_t)i * n;
+        float *srow = d_s + (size_t)i * n;
+        __m512 lanes = _mm512_setzero_ps();
+        for (int j = 0; j < n; j += 16)
+            lanes = _mm512_fmadd_ps(_mm512_loadu_ps(prow + j), _mm512_loadu_ps(srow + j), lanes);
+        const __m512 weighted = _mm512_set1_ps(_mm512_reduce_add_ps(lanes));
+        for (int j = 0; j < n; j += 16) {
+            const __m512 scaled_p = _mm512_mul_ps(scale_lanes, _mm512_loadu_ps(prow + j));
+            _mm512_storeu_ps(srow + j, _mm512_mul_ps(scaled_p, _mm512_sub_ps(_mm512_loadu_ps(srow + j), weighted)));
+        }
+    }
+}
+
+/* to (cols, rows) = from (rows, cols)^T, from's rows ld apart. */
+static void transpose_into(float *to, const float *from, int rows, int cols, ptrdiff_t ld) {
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) to[(size_t)c * rows + r] = from[(ptrdiff_t)r * ld + c];
+}
+
+void attention_forward_fused_f32(float *out, float *probs, const float *qkv, float *scratch, int batch, int tokens,
+                                 int heads, int head_dim) {
+    const int T = tokens, E = head_dim;
+    const ptrdiff_t dim = (ptrdiff_t)heads * E, ld = 3 * dim;
+    const float scale = 1.0f / sqrtf((float)E);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < batch; b++)
+        for (int h = 0; h < heads; h++) {
+            const float *q = qkv + (ptrdiff_t)b * T * ld + (ptrdiff_t)h * E, *k = q + dim, *v = q + 2 * dim;
+            float *p = probs + ((size_t)b * heads + h) * T * T;
+            float *k_transposed = scratch + ((size_t)b * heads + h) * T * E;
+            transpose_into(k_transposed, k, T, E, ld);
+            fused_product(T, T, E, scale, q, ld, 1, k_transposed, T, p, T); /* scores */
+            fused_softmax_rows(p, T, T);
+            fused_product(T, E, T, 1.0f, p, T, 1, v, ld, out + (ptrdiff_t)b * T * dim + (ptrdiff_t)h * E, dim);
+        }
+}
+
+void attention_backward_fused_f32(float *d_qkv, float *d_scores, const float *d_out, const float *qkv,
+                                  const float *probs, float *scratch, int batch, int tokens, int heads,
+                                  int head_dim) {
+    const int T = tokens, E = head_dim;
+    const ptrdiff_t dim = (ptrdiff_t)heads * E, ld = 3 * dim;
+    const float scale = 1.0f / sqrtf((float)E);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < batch; b++)
+        for (int h = 0; h < heads; h++) {
+            const ptrdiff_t head = (ptrdiff_t)b * T * ld + (ptrdiff_t)h * E;
+            const float *q = qkv + head, *k = q + dim, *v = q + 2 * dim;
+            const float *d_o = d_out + (ptrdiff_t)b * T * dim + (ptrdiff_t)h * E;
+            float *d_q = d_qkv + head, *d_k = d_q + dim, *d_v = d_q + 2 * dim;
+            const float *p = probs + ((size_t)b * heads + h) * T * T;
+            float *d_s = d_scores + ((size_t)b * heads + h) * T * T;
+            float *v_transposed = scratch + ((size_t)b * heads + h) * T * E;
+            transpose_into(v_transposed, v, T, E, ld);
+            fused_product(T, T, E, 1.0f, d_o, dim, 1, v_transposed, T, d_s, T); /* d_probs = d_out v^T */
+            fused_softmax_backward_rows(d_s, p, T, T, scale); /* the scale folded in */
+            fused_product(T, E, T, 1.0f, d_s, T, 1, k, ld, d_q, ld);  /* dq = d_scores k */
+            fused_product(T, E, T, 1.0f, d_s, 1, T, q, ld, d_k, ld);  /* dk = d_scores^T q */
+            fused_product(T, E, T, 1.0f, p, 1, T, d_o, dim, d_v, ld); /* dv = p^T d_out */
+        }
+}
+
+#else
+
+#include "fatal.h"
+
+void attention_forward_fused_f32(float *out, float *probs, const float *qkv, float *scratch, int batch, int tokens,
+                                 int heads, int head_dim) {
+    (void)out, (void)probs, (void)qkv, (void)batch, (void)tokens, (void)heads, (void)head_dim;
+    fatal_internal("attention_forward_fused_f32: not built for this CPU");
+}
+
+void attention_backward_fused_f32(float *d_qkv, float *d_scores, const float *d_out, const float *qkv,
+                                  const float *probs, float *scratch, int batch, int tokens, int heads,
+                                  int head_dim) {
+    (void)d_qkv, (void)d_scores, (void)d_out, (void)qkv, (void)probs, (void)batch, (void)tokens, (void)heads;
+    (void)head_dim;
+    fatal_internal("attention_backward_fused_f32: not built for this CPU");
+}
+
+#endif

@@ -792,6 +792,51 @@ static void test_attention(void) {
     free(bprobs), free(scores_scratch), free(d_qkv), free(a);
 }
 
+/* The fused fp32 attention (AVX-512, tokens and head_dim multiples of 64):
+ * forward against the double reference, backward against attention_backward
+ * (whose gradients the finite differences above check), and the scratch's
+ * contents and d_qkv's old values must not matter. Where the CPU has no
+ * AVX-512F the fused path is never taken, and this says so. */
+static void test_attention_fused(void) {
+    const int B = 2, T = 64, H = 2, E = 64;
+    if (!attention_fused_f32_usable(T, E)) {
+        printf("test_ops: no AVX-512F on this CPU: the fused attention is never used, not tested\n");
+        return;
+    }
+    CHECK(!attention_fused_f32_usable(T, 48) && !attention_fused_f32_usable(32, E)); /* shapes it cannot take */
+    const size_t nq = (size_t)B * T * 3 * H * E, no = (size_t)B * T * H * E, np = (size_t)B * H * T * T;
+    float *qkv = falloc(nq), *out = falloc(no), *probs = falloc(np), *d_out = falloc(no);
+    float *d_qkv = falloc(nq), *d_want = falloc(nq), *scratch = falloc(np), *probs_want = falloc(np);
+    float *out_want = falloc(no), *transposed = falloc(no);
+    fill_const(transposed, no, NAN);
+    double *ref = malloc(no * sizeof *ref), *ref_p = malloc(np * sizeof *ref_p);
+    fill_normal(qkv, nq, 0.0, 1.0);
+    fill_normal(d_out, no, 0.0, 1.0);
+    fill_const(out, no, NAN);
+    fill_const(probs, np, NAN);
+    attention_forward_fused_f32(out, probs, qkv, transposed, B, T, H, E);
+    attention_ref(ref, ref_p, qkv, B, T, H, E);
+    expect_close_arr("fused attention out", out, ref, no, 1e-5, 1e-5);
+    expect_close_arr("fused attention probs", probs, ref_p, np, 1e-6, 1e-5);
+
+    attention_forward(out_want, probs_want, qkv, B, T, H, E);
+    attention_backward(d_want, scratch, d_out, qkv, probs_want, B, T, H, E);
+    fill_const(d_qkv, nq, NAN);
+    fill_const(scratch, np, NAN);
+    attention_backward_fused_f32(d_qkv, scratch, d_out, qkv, probs, transposed, B, T, H, E);
+    expect_close_farr("fused attention d_qkv = attention_backward's", d_qkv, d_want, nq, 1e-5, 1e-4);
+
+    /* large scores: the softmax subtracts each row's max */
+    for (size_t i = 0; i < nq; i++) qkv[i] *= 8.0f;
+    attention_forward_fused_f32(out, probs, qkv, transposed, B, T, H, E);
+    attention_ref(ref, ref_p, qkv, B, T, H, E);
+    expect_all_finite("fused attention large scores", out, no);
+    expect_close_arr("fused attention large scores probs", probs, ref_p, np, 1e-5, 1e-4);
+
+    free(qkv), free(out), free(probs), free(d_out), free(d_qkv), free(d_want), free(scratch), free(probs_want);
+    free(out_want), free(transposed), free(ref), free(ref_p);
+}
+
 /* ============================================== patchify / unpatchify ==== */
 
 struct patch_ctx {
@@ -1265,6 +1310,7 @@ int main(void) {
     test_keep_slope("gelu_tanh", gelu_tanh_forward, gelu_tanh_backward, gelu_tanh_forward_keep_slope,
                     gelu_tanh_backward_from_slope, 0.0);
     test_attention();
+    test_attention_fused();
     test_patchify();
     test_pos_embed();
     test_timestep_embedding();

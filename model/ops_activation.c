@@ -105,8 +105,13 @@ void silu_forward_keep_slope(float *out, float *x_then_slope, size_t n) {
     FOR_EACH_CHUNK(n, silu_keep_slope_chunk(out + offset, x_then_slope + offset, count));
 }
 
-void silu_backward_from_slope(float *d_in, const float *d_out, const float *slope, size_t n) {
+/* d_in = d_out * slope: the backward of any activation that kept its slope */
+static void backward_from_slope(float *d_in, const float *d_out, const float *slope, size_t n) {
     FOR_EACH_CHUNK(n, multiply_chunk(d_in + offset, d_out + offset, slope + offset, count));
+}
+
+void silu_backward_from_slope(float *d_in, const float *d_out, const float *slope, size_t n) {
+    backward_from_slope(d_in, d_out, slope, n);
 }
 
 void gelu_tanh_forward(float *out, const float *in, size_t n) {
@@ -122,7 +127,7 @@ void gelu_tanh_forward_keep_slope(float *out, float *x_then_slope, size_t n) {
 }
 
 void gelu_tanh_backward_from_slope(float *d_in, const float *d_out, const float *slope, size_t n) {
-    silu_backward_from_slope(d_in, d_out, slope, n); /* the same multiply */
+    backward_from_slope(d_in, d_out, slope, n);
 }
 
 void silu_forward(float *out, const float *in, size_t n) {

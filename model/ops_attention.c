@@ -420,29 +420,19 @@ __attribute__((target("avx512f"))) static void fused_product(int m, int n, int k
             __m512 acc[FUSED_ROWS][4];
             for (int r = 0; r < FUSED_ROWS; r++)
                 for (int v = 0; v < 4; v++) acc[r][v] = _mm512_setzero_ps();
-            const float *a0 = a + (ptrdiff_t)r0 * a_row, *a1 = a0 + a_row, *a2 = a1 + a_row, *a3 = a2 + a_row;
+            const float *a_rows[FUSED_ROWS];
+            for (int r = 0; r < FUSED_ROWS; r++) a_rows[r] = a + (ptrdiff_t)(r0 + r) * a_row;
             const float *bp = b + c0;
-            for (int p = 0; p < k; p++, a0 += a_column, a1 += a_column, a2 += a_column, a3 += a_column, bp += ldb) {
+            for (int p = 0; p < k; p++, bp += ldb) {
                 const __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16);
                 const __m512 b2 = _mm512_loadu_ps(bp + 32), b3 = _mm512_loadu_ps(bp + 48);
-                const __m512 x0 = _mm512_set1_ps(*a0), x1 = _mm512_set1_ps(*a1);
-                const __m512 x2 = _mm512_set1_ps(*a2), x3 = _mm512_set1_ps(*a3);
-                acc[0][0] = _mm512_fmadd_ps(x0, b0, acc[0][0]);
-                acc[0][1] = _mm512_fmadd_ps(x0, b1, acc[0][1]);
-                acc[0][2] = _mm512_fmadd_ps(x0, b2, acc[0][2]);
-                acc[0][3] = _mm512_fmadd_ps(x0, b3, acc[0][3]);
-                acc[1][0] = _mm512_fmadd_ps(x1, b0, acc[1][0]);
-                acc[1][1] = _mm512_fmadd_ps(x1, b1, acc[1][1]);
-                acc[1][2] = _mm512_fmadd_ps(x1, b2, acc[1][2]);
-                acc[1][3] = _mm512_fmadd_ps(x1, b3, acc[1][3]);
-                acc[2][0] = _mm512_fmadd_ps(x2, b0, acc[2][0]);
-                acc[2][1] = _mm512_fmadd_ps(x2, b1, acc[2][1]);
-                acc[2][2] = _mm512_fmadd_ps(x2, b2, acc[2][2]);
-                acc[2][3] = _mm512_fmadd_ps(x2, b3, acc[2][3]);
-                acc[3][0] = _mm512_fmadd_ps(x3, b0, acc[3][0]);
-                acc[3][1] = _mm512_fmadd_ps(x3, b1, acc[3][1]);
-                acc[3][2] = _mm512_fmadd_ps(x3, b2, acc[3][2]);
-                acc[3][3] = _mm512_fmadd_ps(x3, b3, acc[3][3]);
+                for (int r = 0; r < FUSED_ROWS; r++) {
+                    const __m512 ar = _mm512_set1_ps(a_rows[r][(ptrdiff_t)p * a_column]);
+                    acc[r][0] = _mm512_fmadd_ps(ar, b0, acc[r][0]);
+                    acc[r][1] = _mm512_fmadd_ps(ar, b1, acc[r][1]);
+                    acc[r][2] = _mm512_fmadd_ps(ar, b2, acc[r][2]);
+                    acc[r][3] = _mm512_fmadd_ps(ar, b3, acc[r][3]);
+                }
             }
             for (int r = 0; r < FUSED_ROWS; r++) {
                 float *cr = c + (ptrdiff_t)(r0 + r) * ldc + c0;

@@ -8,49 +8,13 @@
  * d_beta, summed over the samples in order) in one pass (or, for more than
  * FUSED_PER_GROUP channels per group or without d_in, d_in over (sample, group)
  * and the parameter gradients over channels), so results do not depend on the
- * thread count. Each double sum runs in LANES independent accumulators (value i
- * into lane i % LANES, which the compiler vectorises; one chain of dependent
- * double additions was the op's bottleneck), combined in a fixed order. */
+ * thread count. Each double sum runs in LANES independent accumulators
+ * (lane_sums.h), combined in a fixed order. */
 #include <math.h>
 #include <string.h>
 
+#include "lane_sums.h"
 #include "ops_conv.h"
-
-enum { LANES = 8 };
-
-/* The lanes' total, in a fixed order. */
-static double lanes_total(const double acc[LANES]) {
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-/* acc[i % LANES] += x[i], i < n. (Local accumulators: through the pointers the
- * compiler would keep them in memory and not vectorise.) */
-static void add_values(double acc[LANES], const float *x, size_t n) {
-    double a[LANES];
-    memcpy(a, acc, sizeof a);
-    size_t i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int l = 0; l < LANES; l++) a[l] += x[i + l];
-    for (int l = 0; i < n; i++, l++) a[l] += x[i];
-    memcpy(acc, a, sizeof a);
-}
-
-/* acc[i % LANES] += (x[i] - mu)^2. */
-static void add_squares(double acc[LANES], const float *x, size_t n, float mu) {
-    double a[LANES];
-    memcpy(a, acc, sizeof a);
-    size_t i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int l = 0; l < LANES; l++) {
-            double d = (double)x[i + l] - mu;
-            a[l] += d * d;
-        }
-    for (int l = 0; i < n; i++, l++) {
-        double d = (double)x[i] - mu;
-        a[l] += d * d;
-    }
-    memcpy(acc, a, sizeof a);
-}
 
 /* dy[i % LANES] += g[i] and dy_xhat[i % LANES] += g[i] ((x[i] - mu) rs). */
 static void add_gradient_sums(double dy[LANES], double dy_xhat[LANES], const float *g, const float *x, int n,

@@ -1,49 +1,13 @@
 /* LayerNorm without affine parameters (DiT's norm1, norm2, norm_final), and the
  * adaLN pieces that act on its output: modulate (x * (1 + scale) + shift) and the
  * gated residual (x += gate * y), with shift, scale and gate per sample. Row
- * statistics are accumulated in double so that rows with a large mean lose nothing.
- *
- * The forward's two row sums run in SUM_LANES interleaved partial sums, added in
- * a fixed order at the end: one chain of dependent double additions, which the
- * compiler may not reorder, took most of its time (2.5x, 2048 x 384 on one
- * thread); lanes written out vectorise, and their bits do not depend on the
- * vector width. (The same for the backward's float sums measured slower.) */
+ * statistics are accumulated in double so that rows with a large mean lose nothing,
+ * the forward's in lanes (lane_sums.h: its one chain of dependent additions was
+ * most of its time). The backward's float sums in lanes measured slower. */
 #include <math.h>
 
+#include "lane_sums.h"
 #include "ops.h"
-
-#define SUM_LANES 16
-
-/* The lanes' total, in lane order. */
-static double total_of_lanes(const double lanes[SUM_LANES]) {
-    double total = 0.0;
-    for (int l = 0; l < SUM_LANES; l++) total += lanes[l];
-    return total;
-}
-
-/* sum of x (n) and, given the mean, sum of (x - mean)^2, in double */
-static double row_sum(const float *x, int n) {
-    double lanes[SUM_LANES] = {0};
-    int j = 0;
-    for (; j + SUM_LANES <= n; j += SUM_LANES)
-        for (int l = 0; l < SUM_LANES; l++) lanes[l] += x[j + l];
-    for (int l = 0; j + l < n; l++) lanes[l] += x[j + l];
-    return total_of_lanes(lanes);
-}
-static double row_squared_deviation(const float *x, int n, float mean) {
-    double lanes[SUM_LANES] = {0};
-    int j = 0;
-    for (; j + SUM_LANES <= n; j += SUM_LANES)
-        for (int l = 0; l < SUM_LANES; l++) {
-            const float d = x[j + l] - mean;
-            lanes[l] += (double)d * d;
-        }
-    for (int l = 0; j + l < n; l++) {
-        const float d = x[j + l] - mean;
-        lanes[l] += (double)d * d;
-    }
-    return total_of_lanes(lanes);
-}
 
 void layernorm_forward(float *out, float *mean, float *rstd, const float *in,
                        int rows, int dim, float eps) {
@@ -51,8 +15,11 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *in,
     for (int r = 0; r < rows; r++) {
         const float *x = in + (size_t)r * dim;
         float *y = out + (size_t)r * dim;
-        float mu = (float)(row_sum(x, dim) / dim);
-        const double var = row_squared_deviation(x, dim, mu);
+        double sum[LANES] = {0}, squares[LANES] = {0};
+        add_values(sum, x, (size_t)dim);
+        float mu = (float)(lanes_total(sum) / dim);
+        add_squares(squares, x, (size_t)dim, mu);
+        const double var = lanes_total(squares);
         float rs = (float)(1.0 / sqrt(var / dim + eps));
         for (int j = 0; j < dim; j++) y[j] = (x[j] - mu) * rs;
         mean[r] = mu;

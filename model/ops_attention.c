@@ -17,6 +17,7 @@
  * stay in L2 between its products. */
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <string.h>
 
 #include "fast_math.h"
@@ -522,6 +523,15 @@ static void prefetch_rows(const float *rows, int tokens, int head_dim, ptrdiff_t
         for (int c = 0; c < head_dim; c += 16) _mm_prefetch((const char *)(rows + (ptrdiff_t)t * ld + c), _MM_HINT_T1);
 }
 
+/* Which of the scratch's per-pair parts a pair uses: its thread's (a thread of
+ * a static schedule over the pairs has a number below their count), so that a
+ * thread reuses one part that stays in its cache instead of walking through
+ * megabytes of scratch, each new line read from memory before it is written. */
+static int scratch_slot(int pair) {
+    const int thread = omp_get_thread_num();
+    return thread <= pair ? thread : pair;
+}
+
 /* Where pair's head starts in a (batch, tokens, ..., heads, head_dim) buffer
  * whose token rows are ld apart. */
 static ptrdiff_t pair_offset(int pair, int heads, int tokens, ptrdiff_t ld, int head_dim) {
@@ -539,7 +549,7 @@ void attention_forward_fused_f32(float *out, float *probs, const float *qkv, flo
         /* The next pair's q, k, v, asked for a third at a time between the steps. */
         const float *next = pair + 1 < pairs ? qkv + pair_offset(pair + 1, heads, T, ld, E) : NULL;
         float *p = probs + (size_t)pair * T * T;
-        float *k_transposed = scratch + (size_t)pair * T * E;
+        float *k_transposed = scratch + (size_t)scratch_slot(pair) * T * E;
         if (next) prefetch_rows(next + dim, T, E, ld);
         transpose_into(k_transposed, k, T, E, ld);
         if (next) prefetch_rows(next, T, E, ld);
@@ -563,8 +573,8 @@ void attention_backward_fused_f32(float *d_qkv, float *d_scores, const float *d_
         const float *d_o = d_out + pair_offset(pair, heads, T, dim, E);
         float *d_q = d_qkv + head, *d_k = d_q + dim, *d_v = d_q + 2 * dim;
         const float *p = probs + (size_t)pair * T * T;
-        float *d_s = d_scores + (size_t)pair * T * T;
-        float *v_transposed = scratch + (size_t)pair * T * E;
+        float *d_s = d_scores + (size_t)scratch_slot(pair) * T * T;
+        float *v_transposed = scratch + (size_t)scratch_slot(pair) * T * E;
         if (pair + 1 < pairs) { /* the next pair's inputs and the rows of d_qkv it writes */
             const ptrdiff_t next = pair_offset(pair + 1, heads, T, ld, E);
             for (int part = 0; part < 3; part++) {

@@ -317,6 +317,13 @@ static void onednn_linear_backward(const dit_graph *g, float *d_in, float d_in_b
     linear_backward_onednn(d_in, d_in_beta, d_weight, d_bias, d_out, in, w, rows, in_features, out_features);
 }
 
+static void onednn_linear_backward_times_slope(const dit_graph *g, float *d_in, const float *slope, float *d_weight,
+                                               float *d_bias, const void *d_out, const void *in, const void *w,
+                                               int rows, int in_features, int out_features) {
+    (void)g;
+    linear_backward_onednn_times(d_in, slope, d_weight, d_bias, d_out, in, w, rows, in_features, out_features);
+}
+
 static void onednn_attention_forward(const dit_graph *g, float *out, float *probs, const float *qkv, int batch,
                                      int tokens, int heads, int head_dim) {
     attention_forward_onednn(out, probs, qkv, state(g)->attention_f32, batch, tokens, heads, head_dim, g->precision);
@@ -334,7 +341,7 @@ static void onednn_attention_backward(const dit_graph *g, float *d_qkv, float *d
 const dit_backend dit_backend_cpu_fp32_onednn = {
     .gemm_reads_bits = 0, DIT_BACKEND_FUNCTIONS(cpu_), DIT_BACKEND_CPU_OPTIONAL, .linear = onednn_linear,
     .linear_backward = onednn_linear_backward, .attention_forward = onednn_attention_forward,
-    .attention_backward = onednn_attention_backward};
+    .attention_backward = onednn_attention_backward, .linear_backward_times_slope = onednn_linear_backward_times_slope};
 #pragma GCC diagnostic pop
 
 const dit_backend *dit_backend_cpu_for(ldm_precision precision) {
@@ -374,6 +381,8 @@ void dit_backend_cpu_plan(const dit_graph *g) {
     if (g->ops == &dit_backend_cpu_fp32_onednn) {
         cpu->attention_f32 = cpu->attention_memory ? cpu->attention_memory : g->d_hidden;
         plan_linears(g, linear_plan_onednn);
+        if (g->precision == PRECISION_FP32) /* fc2's backward times GELU's slope (dit_graph.c) */
+            linear_plan_onednn_times(B * g->tokens, s->mlp_hidden, D);
         attention_plan_onednn(B, g->tokens, s->num_heads, D / s->num_heads);
     }
     if (g->ops != &dit_backend_cpu_bf16_bits) return;

@@ -393,12 +393,18 @@ void dit_graph_backward(dit_graph *g, const char *caller, const float *d_out, fl
         ops->gated_residual_backward(g, g->d_a, g->d_ada + 5 * D, g->d_residual, load(g, k->fc2, nD), k->ada + 5 * D,
                                      S6, B, T, D);
         operand = grad_operand(g, g->d_a, g->d_bits, nD);
-        linear_back(g, g->d_hidden, 0.0f, bp->fc2_weight, bp->fc2_bias, operand, kept_operand(g, k->gelu, nF), BT, F,
-                    D);
-        if (gelu_keeps_slope(g))
-            ops->gelu_tanh_backward_from_slope(g, g->d_hidden, g->d_hidden, load(g, k->fc1, nF), nF);
-        else
-            ops->gelu_tanh_backward(g, g->d_hidden, g->d_hidden, load(g, k->fc1, nF), nF);
+        if (gelu_keeps_slope(g) && ops->linear_backward_times_slope) {
+            ops->linear_backward_times_slope(g, g->d_hidden, load(g, k->fc1, nF), G(g, bp->fc2_weight),
+                                             G(g, bp->fc2_bias), operand, kept_operand(g, k->gelu, nF),
+                                             ops->weight(g, bp->fc2_weight), BT, F, D);
+        } else {
+            linear_back(g, g->d_hidden, 0.0f, bp->fc2_weight, bp->fc2_bias, operand, kept_operand(g, k->gelu, nF), BT,
+                        F, D);
+            if (gelu_keeps_slope(g))
+                ops->gelu_tanh_backward_from_slope(g, g->d_hidden, g->d_hidden, load(g, k->fc1, nF), nF);
+            else
+                ops->gelu_tanh_backward(g, g->d_hidden, g->d_hidden, load(g, k->fc1, nF), nF);
+        }
         operand = grad_operand(g, g->d_hidden, g->d_bits, nF);
         linear_back(g, g->d_b, 0.0f, bp->fc1_weight, bp->fc1_bias, operand, kept_operand(g, k->mod2, nD), BT, D, F);
         const float *ln2 = load(g, k->ln2, nD);

@@ -211,6 +211,13 @@ struct dit_backend {
     void (*gelu_tanh_forward_keep_slope)(const dit_graph *g, float *out, float *x_then_slope, size_t n);
     void (*gelu_tanh_backward_from_slope)(const dit_graph *g, float *d_in, const float *d_out, const float *slope,
                                           size_t n);
+    /* Optional (NULL: linear_backward, then gelu_tanh_backward_from_slope), used
+     * where GELU keeps its slope: fc2's backward with its input gradient times
+     * the slope, d_in = (d_out @ W) * slope (beta 0), in one pass over d_in
+     * instead of two; the same bits. */
+    void (*linear_backward_times_slope)(const dit_graph *g, float *d_in, const float *slope, float *d_weight,
+                                        float *d_bias, const void *d_out, const void *in, const void *w, int rows,
+                                        int in_features, int out_features);
 };
 
 /* A backend's table: the function of each field above is the static function

@@ -96,6 +96,13 @@ static void p_linear_backward(const dit_graph *g, float *d_in, float d_in_beta, 
     TIMED(DIT_PHASE_GEMM_BACKWARD, 2.0 * products * rows * in_features * out_features,
           linear_backward(g, d_in, d_in_beta, d_weight, d_bias, d_out, in, w, rows, in_features, out_features));
 }
+static void p_linear_backward_times_slope(const dit_graph *g, float *d_in, const float *slope, float *d_weight,
+                                          float *d_bias, const void *d_out, const void *in, const void *w, int rows,
+                                          int in_features, int out_features) {
+    TIMED(DIT_PHASE_GEMM_BACKWARD, 2.0 * 2 * rows * in_features * out_features,
+          linear_backward_times_slope(g, d_in, slope, d_weight, d_bias, d_out, in, w, rows, in_features,
+                                      out_features));
+}
 static void p_layernorm_modulate(const dit_graph *g, float *o, kept_tensor ln, float *mean, float *rstd,
                                  const float *in, const float *shift, const float *scale_, int mod_stride, int batch,
                                  int tokens, int dim) {
@@ -209,6 +216,7 @@ void dit_profile_start(dit_model *model, dit_profile *profile) {
         timed.gelu_tanh_forward_keep_slope = p_gelu_tanh_forward_keep_slope;
         timed.gelu_tanh_backward_from_slope = p_gelu_tanh_backward_from_slope;
     }
+    if (inner->linear_backward_times_slope) timed.linear_backward_times_slope = p_linear_backward_times_slope;
     g->ops = &timed;
 }
 

@@ -104,7 +104,8 @@ typedef struct {
     int64_t ndims, batch0, batch1, m, n, k;
     int64_t a_strides[4], b_strides[4], c_strides[4];
     int64_t with_bias, accumulate;
-    int64_t f32; /* 1: A and B fp32; 0: bf16 */
+    int64_t times; /* 1: C = (A' B') * F elementwise, F fp32 with C's shape and strides */
+    int64_t f32;   /* 1: A and B fp32; 0: bf16 */
     float scale;
     int32_t unused;
 } matmul_key;
@@ -112,7 +113,7 @@ typedef struct {
 typedef struct {
     matmul_key key;
     dnnl_primitive_t primitive;
-    dnnl_memory_t a, b, c, bias, scratchpad;
+    dnnl_memory_t a, b, c, bias, scratchpad, factor;
 } matmul_entry;
 
 /* A DiT needs about 30 shapes per batch size; sampling adds its batch sizes. */
@@ -191,10 +192,13 @@ static matmul_entry *make(const matmul_key *key) {
     check(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "set_scratchpad_mode");
     if (key->scale != 1.0f)
         check(dnnl_primitive_attr_set_output_scales(attr, 1, 0, &key->scale), "set_output_scales");
-    if (key->accumulate) { /* C += A' B': the sum post-op */
+    if (key->accumulate || key->times) {
         dnnl_post_ops_t post_ops;
         check(dnnl_post_ops_create(&post_ops), "post_ops_create");
-        check(dnnl_post_ops_append_sum(post_ops, 1.0f), "post_ops_append_sum");
+        if (key->accumulate) /* C += A' B': the sum post-op */
+            check(dnnl_post_ops_append_sum(post_ops, 1.0f), "post_ops_append_sum");
+        else /* C = (A' B') * F: a binary post-op on the fp32 result, one rounding as a separate multiply */
+            check(dnnl_post_ops_append_binary(post_ops, dnnl_binary_mul, &c), "post_ops_append_binary");
         check(dnnl_primitive_attr_set_post_ops(attr, post_ops), "set_post_ops");
         dnnl_post_ops_destroy(post_ops);
     }
@@ -208,6 +212,7 @@ static matmul_entry *make(const matmul_key *key) {
     check(dnnl_memory_create(&e->c, &c, onednn.engine, DNNL_MEMORY_NONE), "memory_create");
     check(dnnl_memory_create(&e->bias, &bias, onednn.engine, DNNL_MEMORY_NONE), "memory_create");
     check(dnnl_memory_create(&e->scratchpad, scratchpad, onednn.engine, DNNL_MEMORY_NONE), "memory_create");
+    check(dnnl_memory_create(&e->factor, &c, onednn.engine, DNNL_MEMORY_NONE), "memory_create");
     const size_t scratchpad_bytes = dnnl_memory_desc_get_size(scratchpad);
     dnnl_primitive_desc_destroy(pd);
     onednn.count++;
@@ -223,7 +228,7 @@ static matmul_entry *find_or_make(const matmul_key *key) {
     return make(key);
 }
 
-static void run(matmul_entry *e, const void *a, const void *b, const float *bias, float *c) {
+static void run(matmul_entry *e, const void *a, const void *b, const float *bias, const float *factor, float *c) {
     /* inside a parallel region oneDNN would run on the calling thread alone, and the one
      * scratchpad would be shared between threads */
     if (omp_in_parallel()) fatal_internal("gemm_onednn: called inside an OpenMP parallel region");
@@ -235,16 +240,27 @@ static void run(matmul_entry *e, const void *a, const void *b, const float *bias
                                {DNNL_ARG_DST, e->c},
                                {DNNL_ARG_SCRATCHPAD, e->scratchpad},
                                {DNNL_ARG_BIAS, e->bias}};
-    if (bias) check(dnnl_memory_set_data_handle(e->bias, (void *)bias), "set_data_handle");
-    check(dnnl_primitive_execute(e->primitive, onednn.stream, bias ? 5 : 4, args), "matmul execute");
+    int count = 4;
+    if (bias) {
+        check(dnnl_memory_set_data_handle(e->bias, (void *)bias), "set_data_handle");
+        count++;
+    }
+    if (factor) {
+        check(dnnl_memory_set_data_handle(e->factor, (void *)factor), "set_data_handle");
+        args[count++] = (dnnl_exec_arg_t){DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, e->factor};
+    }
+    check(dnnl_primitive_execute(e->primitive, onednn.stream, count, args), "matmul execute");
     check(dnnl_stream_wait(onednn.stream), "stream_wait");
 }
 
 /* gemm_onednn (f32 0) or gemm_onednn_f32 (f32 1), or with a NULL c only the making
  * of its primitives. */
 static void gemm_or_plan(int f32, int transpose_a, int transpose_b, int m, int n, int k, const void *a, int lda,
-                         const void *b, int ldb, int with_bias, const float *bias, float beta, float *c, int ldc) {
+                         const void *b, int ldb, int with_bias, const float *bias, float beta, int times,
+                         const float *factor, float *c, int ldc) {
     if (beta != 0.0f && beta != 1.0f) fatal_internal("gemm_onednn: beta %g (0 or 1)", beta);
+    if (times && (beta != 0.0f || transpose_a || with_bias))
+        fatal_internal("gemm_onednn: a product times a factor has beta 0, no bias and A not transposed");
     if (m < 1 || n < 1 || k < 1) fatal_internal("gemm_onednn: empty product (%d, %d, %d)", m, n, k);
     const size_t element = f32 ? sizeof(float) : sizeof(uint16_t);
     /* k cut into chunks with a transposed A (see gemm_onednn.h); each chunk after the first accumulates */
@@ -258,33 +274,45 @@ static void gemm_or_plan(int f32, int transpose_a, int transpose_b, int m, int n
         key.b_strides[2] = transpose_b ? 1 : ldb, key.b_strides[3] = transpose_b ? ldb : 1;
         key.c_strides[2] = ldc, key.c_strides[3] = 1;
         key.with_bias = with_bias && k0 == 0, key.accumulate = beta != 0.0f || k0 > 0, key.scale = 1.0f;
+        key.times = times;
         key.f32 = f32;
         matmul_entry *e = find_or_make(&key);
         if (!c) continue;
         const char *a_part = (const char *)a + element * (transpose_a ? (size_t)k0 * lda : (size_t)k0);
         const char *b_part = (const char *)b + element * (transpose_b ? (size_t)k0 : (size_t)k0 * ldb);
-        run(e, a_part, b_part, k0 == 0 ? bias : NULL, c);
+        run(e, a_part, b_part, k0 == 0 ? bias : NULL, factor, c);
     }
 }
 
 void gemm_onednn(int transpose_a, int transpose_b, int m, int n, int k, const uint16_t *a, int lda,
                  const uint16_t *b, int ldb, const float *bias, float beta, float *c, int ldc) {
-    gemm_or_plan(0, transpose_a, transpose_b, m, n, k, a, lda, b, ldb, bias != NULL, bias, beta, c, ldc);
+    gemm_or_plan(0, transpose_a, transpose_b, m, n, k, a, lda, b, ldb, bias != NULL, bias, beta, 0, NULL, c, ldc);
 }
 
 void gemm_onednn_plan(int transpose_a, int transpose_b, int m, int n, int k, int lda, int ldb, int with_bias,
                       float beta, int ldc) {
-    gemm_or_plan(0, transpose_a, transpose_b, m, n, k, NULL, lda, NULL, ldb, with_bias, NULL, beta, NULL, ldc);
+    gemm_or_plan(0, transpose_a, transpose_b, m, n, k, NULL, lda, NULL, ldb, with_bias, NULL, beta, 0, NULL, NULL,
+                 ldc);
 }
 
 void gemm_onednn_f32(int transpose_a, int transpose_b, int m, int n, int k, const float *a, int lda, const float *b,
                      int ldb, const float *bias, float beta, float *c, int ldc) {
-    gemm_or_plan(1, transpose_a, transpose_b, m, n, k, a, lda, b, ldb, bias != NULL, bias, beta, c, ldc);
+    gemm_or_plan(1, transpose_a, transpose_b, m, n, k, a, lda, b, ldb, bias != NULL, bias, beta, 0, NULL, c, ldc);
 }
 
 void gemm_onednn_f32_plan(int transpose_a, int transpose_b, int m, int n, int k, int lda, int ldb, int with_bias,
                           float beta, int ldc) {
-    gemm_or_plan(1, transpose_a, transpose_b, m, n, k, NULL, lda, NULL, ldb, with_bias, NULL, beta, NULL, ldc);
+    gemm_or_plan(1, transpose_a, transpose_b, m, n, k, NULL, lda, NULL, ldb, with_bias, NULL, beta, 0, NULL, NULL,
+                 ldc);
+}
+
+void gemm_onednn_f32_times(int transpose_b, int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+                           const float *factor, float *c, int ldc) {
+    gemm_or_plan(1, 0, transpose_b, m, n, k, a, lda, b, ldb, 0, NULL, 0.0f, 1, factor, c, ldc);
+}
+
+void gemm_onednn_f32_times_plan(int transpose_b, int m, int n, int k, int lda, int ldb, int ldc) {
+    gemm_or_plan(1, 0, transpose_b, m, n, k, NULL, lda, NULL, ldb, 0, NULL, 0.0f, 1, NULL, NULL, ldc);
 }
 
 static matmul_entry *batched_entry(const batched_product *p, float scale, int f32) {
@@ -300,13 +328,13 @@ static matmul_entry *batched_entry(const batched_product *p, float scale, int f3
 }
 
 void batched_gemm_onednn(const batched_product *p, const uint16_t *a, const uint16_t *b, float scale, float *c) {
-    run(batched_entry(p, scale, 0), a, b, NULL, c);
+    run(batched_entry(p, scale, 0), a, b, NULL, NULL, c);
 }
 
 void batched_gemm_onednn_plan(const batched_product *p, float scale) { batched_entry(p, scale, 0); }
 
 void batched_gemm_onednn_f32(const batched_product *p, const float *a, const float *b, float scale, float *c) {
-    run(batched_entry(p, scale, 1), a, b, NULL, c);
+    run(batched_entry(p, scale, 1), a, b, NULL, NULL, c);
 }
 
 void batched_gemm_onednn_f32_plan(const batched_product *p, float scale) { batched_entry(p, scale, 1); }
@@ -322,6 +350,7 @@ void gemm_onednn_release_all(void) {
         dnnl_memory_destroy(e->c);
         dnnl_memory_destroy(e->bias);
         dnnl_memory_destroy(e->scratchpad);
+        dnnl_memory_destroy(e->factor);
     }
     onednn.count = 0;
 }
@@ -354,6 +383,18 @@ void gemm_onednn_f32_plan(int transpose_a, int transpose_b, int m, int n, int k,
     (void)transpose_a, (void)transpose_b, (void)m, (void)n, (void)k, (void)lda, (void)ldb, (void)with_bias;
     (void)beta, (void)ldc;
     fatal_internal("gemm_onednn_f32_plan: this build has no oneDNN");
+}
+
+void gemm_onednn_f32_times(int transpose_b, int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+                           const float *factor, float *c, int ldc) {
+    (void)transpose_b, (void)m, (void)n, (void)k, (void)a, (void)lda, (void)b, (void)ldb, (void)factor, (void)c;
+    (void)ldc;
+    fatal_internal("gemm_onednn_f32_times: this build has no oneDNN");
+}
+
+void gemm_onednn_f32_times_plan(int transpose_b, int m, int n, int k, int lda, int ldb, int ldc) {
+    (void)transpose_b, (void)m, (void)n, (void)k, (void)lda, (void)ldb, (void)ldc;
+    fatal_internal("gemm_onednn_f32_times_plan: this build has no oneDNN");
 }
 
 void batched_gemm_onednn(const batched_product *p, const uint16_t *a, const uint16_t *b, float scale, float *c) {

@@ -68,6 +68,15 @@ void gemm_onednn_f32(int transpose_a, int transpose_b, int m, int n, int k, cons
 void gemm_onednn_f32_plan(int transpose_a, int transpose_b, int m, int n, int k, int lda, int ldb, int with_bias,
                           float beta, int ldc);
 
+/* C (m, n) = (A B') * F elementwise (fp32, A not transposed, no bias, beta 0):
+ * the product and then one multiply by F (m, n; C's row stride), in the GEMM's
+ * last pass over C (a binary post-op) instead of a pass of its own; the same bits
+ * as gemm_onednn_f32 followed by that multiply. The DiT's fc2 input gradient
+ * times GELU's slope. */
+void gemm_onednn_f32_times(int transpose_b, int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+                           const float *factor, float *c, int ldc);
+void gemm_onednn_f32_times_plan(int transpose_b, int m, int n, int k, int lda, int ldb, int ldc);
+
 /* A batched product of strided views: for every (i, j) < batch,
  * C[i, j] (m, n) = scale * A[i, j] (m, k) B[i, j] (k, n), element (i, j, r, c) of A
  * at a[i * a_strides[0] + j * a_strides[1] + r * a_strides[2] + c * a_strides[3]],

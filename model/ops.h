@@ -59,6 +59,15 @@ void linear_forward_onednn(float *out, const float *in, const float *weight, con
 void linear_backward_onednn(float *d_in, float d_in_beta, float *d_weight, float *d_bias, const float *d_out,
                             const float *in, const float *weight, int rows, int in_features, int out_features);
 void linear_plan_onednn(int rows, int in_features, int out_features, int with_bias, float d_in_beta, int with_d_in);
+/* linear_backward_onednn with d_in = (d_out @ W) * factor elementwise (beta 0; factor
+ * (rows, in_features)), the multiply in the GEMM's pass over d_in
+ * (gemm_onednn_f32_times): the same bits as linear_backward_onednn and then the
+ * multiply. The DiT's fc2 backward times GELU's kept slope. Its plan makes the
+ * d_in product's primitive (linear_plan_onednn the others). */
+void linear_backward_onednn_times(float *d_in, const float *factor, float *d_weight, float *d_bias,
+                                  const float *d_out, const float *in, const float *weight, int rows,
+                                  int in_features, int out_features);
+void linear_plan_onednn_times(int rows, int in_features, int out_features);
 
 /* ---- LayerNorm without affine parameters, eps given (DiT uses 1e-6) ---- */
 /* out, in (rows, dim); mean, rstd (rows) saved for backward. */

@@ -222,6 +222,18 @@ void linear_backward_onednn(float *d_in, float d_in_beta, float *d_weight, float
     if (d_bias) column_sum_accumulate(d_bias, d_out, rows, out_features);
 }
 
+void linear_backward_onednn_times(float *d_in, const float *factor, float *d_weight, float *d_bias,
+                                  const float *d_out, const float *in, const float *weight, int rows,
+                                  int in_features, int out_features) {
+    gemm_onednn_f32_times(0, rows, in_features, out_features, d_out, out_features, weight, in_features, factor, d_in,
+                          in_features);
+    linear_backward_onednn(NULL, 0.0f, d_weight, d_bias, d_out, in, weight, rows, in_features, out_features);
+}
+
+void linear_plan_onednn_times(int rows, int in_features, int out_features) {
+    gemm_onednn_f32_times_plan(0, rows, in_features, out_features, out_features, in_features, in_features);
+}
+
 /* The primitives of a layer's three products, through plan (bf16 or fp32). */
 static void linear_plan(void (*plan)(int, int, int, int, int, int, int, int, float, int), int rows, int in_features,
                         int out_features, int with_bias, float d_in_beta, int with_d_in) {

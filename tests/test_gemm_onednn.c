@@ -9,7 +9,10 @@
  * - a planned product makes no primitive when it runs, and a bf16 DiT's training
  *   pass makes none;
  * - a bf16 DiT draws a sample in a batch as the same bits as alone;
- * - the same for fp32 (gemm_onednn_f32, the fp32 DiT on oneDNN).
+ * - the same for fp32 (gemm_onednn_f32, the fp32 DiT on oneDNN);
+ * - gemm_onednn_f32_times is the product and then the multiply, bit for bit, and
+ *   the fp32 DiT's gradients are the same bits with fc2's backward fused with
+ *   GELU's slope and without.
  * The bf16 parts are skipped where the CPU has no AVX512_BF16; the whole test
  * exits 77 (skipped) where this build has no oneDNN. */
 #include <math.h>
@@ -226,6 +229,31 @@ static void make_dit(dit_model *m, int mlp_hidden, int threads, float *x, float 
     for (int b = 0; b < DIT_BATCH; b++) t[b] = 100.0f * (b + 1), y[b] = 3 * b;
 }
 
+/* gemm_onednn_f32_times is gemm_onednn_f32 followed by the multiply, bit for bit
+ * (and the factor is applied: its product differs from the plain one). */
+static void test_times(void) {
+    const product products[] = {{0, 0, 96, 160, 48, 0, 0}, {0, 1, 33, 70, 129, 0, 0}};
+    for (size_t s = 0; s < sizeof products / sizeof products[0]; s++) {
+        const product *p = &products[s];
+        operands o = make_operands(p, 40 + s);
+        const size_t count = (size_t)p->m * p->n;
+        float *plain = malloc(sizeof(float) * count), *times = malloc(sizeof(float) * count);
+        float *factor = malloc(sizeof(float) * count);
+        rng_stream rng = rng_stream_for(50 + s, 0, 0);
+        for (size_t i = 0; i < count; i++) factor[i] = rng_normal(&rng);
+        gemm_onednn_f32(0, p->tb, p->m, p->n, p->k, o.a_f32, lda_of(p), o.b_f32, ldb_of(p), NULL, 0.0f, plain, p->n);
+        gemm_onednn_f32_times(p->tb, p->m, p->n, p->k, o.a_f32, lda_of(p), o.b_f32, ldb_of(p), factor, times, p->n);
+        CHECK_MSG(memcmp(plain, times, sizeof(float) * count) != 0, "the factor was not applied");
+        for (size_t i = 0; i < count; i++) plain[i] *= factor[i];
+        CHECK_MSG(memcmp(plain, times, sizeof(float) * count) == 0,
+                  "product times a factor differs from the product and then the multiply");
+        free(plain);
+        free(times);
+        free(factor);
+        free_operands(&o);
+    }
+}
+
 /* A DiT (bf16, or fp32 in f32_mode): a training pass makes no primitive; its outputs and gradients are
  * the same bits under 1 and 4 threads; a sample is the same bits drawn in a batch
  * of 3 and alone. mlp_hidden 256: attention's scratch (bf16 or fp32) fits in the graph's d_hidden;
@@ -259,6 +287,20 @@ static void test_dit(int mlp_hidden) {
     CHECK_MSG(memcmp(d_x, d_x_4, sizeof d_x) == 0, "input gradients differ under 1 and 4 threads");
     CHECK_MSG(memcmp(m.grads, grads_4, sizeof(float) * m.table.trainable_numel) == 0,
               "parameter gradients differ under 1 and 4 threads");
+    if (f32_mode) { /* fc2's backward times GELU's slope in one GEMM: the same bits as in two passes */
+        CHECK(m.graph->ops->linear_backward_times_slope != NULL);
+        const dit_backend *fused = m.graph->ops;
+        dit_backend unfused = *fused;
+        unfused.linear_backward_times_slope = NULL;
+        m.graph->ops = &unfused;
+        dit_zero_grad(&m);
+        dit_forward(&m, x, t, y, BATCH, out);
+        dit_backward(&m, d_out, d_x, BATCH);
+        CHECK_MSG(memcmp(d_x, d_x_4, sizeof d_x) == 0, "input gradients differ without the fused fc2 backward");
+        CHECK_MSG(memcmp(m.grads, grads_4, sizeof(float) * m.table.trainable_numel) == 0,
+                  "parameter gradients differ without the fused fc2 backward");
+        m.graph->ops = fused;
+    }
     free(grads_4);
     omp_set_num_threads(threads);
 
@@ -293,6 +335,7 @@ int main(void) {
         test_rows_independent();
         test_thread_count();
         test_plan_makes_once();
+        if (f32_mode) test_times();
         test_dit(256);
         test_dit(64);
     }

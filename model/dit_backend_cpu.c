@@ -108,9 +108,14 @@ static void cpu_linear_backward(const dit_graph *g, float *d_in, float d_in_beta
 static void cpu_layernorm_modulate(const dit_graph *g, float *out, kept_tensor ln, float *mean, float *rstd,
                                    const float *in, const float *shift, const float *scale_, int mod_stride, int batch,
                                    int tokens, int dim) {
-    const size_t n = (size_t)batch * tokens * dim;
+    if (g->precision == PRECISION_FP32) { /* one pass; keep is nothing in fp32 */
+        layernorm_modulate_forward(out, ln.work, mean, rstd, in, shift, scale_, mod_stride, batch, tokens, dim,
+                                   DIT_LAYERNORM_EPS);
+        return;
+    }
+    /* in 16 bits modulate reads the normalized values as kept (keep rounds them in place) */
     layernorm_forward(ln.work, mean, rstd, in, batch * tokens, dim, DIT_LAYERNORM_EPS);
-    cpu_keep(g, ln, n);
+    cpu_keep(g, ln, (size_t)batch * tokens * dim);
     modulate_forward(out, ln.work, shift, scale_, mod_stride, batch, tokens, dim);
 }
 
@@ -125,6 +130,15 @@ static void cpu_modulate_backward(const dit_graph *g, float *d_in, float *d_shif
                                   int dim) {
     (void)g;
     modulate_backward(d_in, d_shift, d_scale, d_out, in, scale_, mod_stride, batch, tokens, dim);
+}
+
+static void cpu_modulate_layernorm_backward(const dit_graph *g, float *d_in, float d_in_beta, float *d_shift,
+                                           float *d_scale, const float *d_out, const float *normalized,
+                                           const float *rstd, const float *scale_, int mod_stride, int batch,
+                                           int tokens, int dim, float *d_modulated) {
+    (void)g;
+    modulate_layernorm_backward(d_in, d_in_beta, d_shift, d_scale, d_out, normalized, rstd, scale_, mod_stride, batch,
+                                tokens, dim, d_modulated);
 }
 
 static void cpu_gated_residual_forward(const dit_graph *g, float *x, const float *y, const float *gate, int mod_stride,
@@ -226,7 +240,8 @@ static void cpu_embedding_backward(const dit_graph *g, float *d_table, const flo
 /* The optional ops every CPU table has (the graph uses them in fp32 only). */
 #define DIT_BACKEND_CPU_OPTIONAL                                          \
     .gelu_tanh_forward_keep_slope = cpu_gelu_tanh_forward_keep_slope, \
-    .gelu_tanh_backward_from_slope = cpu_gelu_tanh_backward_from_slope
+    .gelu_tanh_backward_from_slope = cpu_gelu_tanh_backward_from_slope, \
+    .modulate_layernorm_backward = cpu_modulate_layernorm_backward
 
 const dit_backend dit_backend_cpu = {.gemm_reads_bits = 0, DIT_BACKEND_FUNCTIONS(cpu_), DIT_BACKEND_CPU_OPTIONAL};
 

@@ -230,6 +230,22 @@ static void linear_back(const dit_graph *g, float *d_in, float d_in_beta, int we
                             in_features, out_features);
 }
 
+/* The backward of modulate (its output's gradient d_out, its input the kept
+ * LayerNorm output `normalized`) and then of that LayerNorm, into d_in with
+ * d_in_beta; d_shift, d_scale accumulate; d_modulated (rows, dim) is scratch. */
+static void modulate_layernorm_back(const dit_graph *g, float *d_in, float d_in_beta, float *d_shift, float *d_scale,
+                                    const float *d_out, const float *normalized, const float *rstd,
+                                    const float *scale, int mod_stride, int batch, float *d_modulated) {
+    const int T = g->tokens, D = g->shape.hidden_size;
+    if (g->ops->modulate_layernorm_backward) {
+        g->ops->modulate_layernorm_backward(g, d_in, d_in_beta, d_shift, d_scale, d_out, normalized, rstd, scale,
+                                            mod_stride, batch, T, D, d_modulated);
+        return;
+    }
+    g->ops->modulate_backward(g, d_modulated, d_shift, d_scale, d_out, normalized, scale, mod_stride, batch, T, D);
+    g->ops->layernorm_backward_normalized(g, d_in, d_in_beta, d_modulated, normalized, rstd, batch * T, D);
+}
+
 /* Storage in the graph's precision, through the backend. */
 static void round_in_place(const dit_graph *g, float *x, size_t n) { g->ops->round(g, x, n); }
 static const void *keep(const dit_graph *g, kept_tensor k, size_t n) { return g->ops->keep(g, k, n); }
@@ -378,8 +394,8 @@ void dit_graph_backward(dit_graph *g, const char *caller, const float *d_out, fl
                 PPC);
     ops->zero(g, g->d_ada, sizeof(float) * (size_t)B * 2 * D);
     const float *final_ln = load(g, g->final_ln, nD);
-    ops->modulate_backward(g, g->d_b, g->d_ada, g->d_ada + D, g->d_a, final_ln, g->final_ada + D, 2 * D, B, T, D);
-    ops->layernorm_backward_normalized(g, g->d_residual, 0.0f, g->d_b, final_ln, g->final_rstd, BT, D);
+    modulate_layernorm_back(g, g->d_residual, 0.0f, g->d_ada, g->d_ada + D, g->d_a, final_ln, g->final_rstd,
+                            g->final_ada + D, 2 * D, B, g->d_b);
     operand = grad_operand(g, g->d_ada, g->d_bits, (size_t)B * 2 * D);
     linear_back(g, g->d_cond_act, 0.0f, g->final_ada_weight, g->final_ada_bias, operand,
                 kept_operand(g, g->cond_act, (size_t)B * D), B, D, 2 * D);
@@ -408,9 +424,8 @@ void dit_graph_backward(dit_graph *g, const char *caller, const float *d_out, fl
         operand = grad_operand(g, g->d_hidden, g->d_bits, nF);
         linear_back(g, g->d_b, 0.0f, bp->fc1_weight, bp->fc1_bias, operand, kept_operand(g, k->mod2, nD), BT, D, F);
         const float *ln2 = load(g, k->ln2, nD);
-        ops->modulate_backward(g, g->d_a, g->d_ada + 3 * D, g->d_ada + 4 * D, g->d_b, ln2, k->ada + 4 * D, S6, B, T,
-                               D);
-        ops->layernorm_backward_normalized(g, g->d_residual, 1.0f, g->d_a, ln2, k->ln2_rstd, BT, D);
+        modulate_layernorm_back(g, g->d_residual, 1.0f, g->d_ada + 3 * D, g->d_ada + 4 * D, g->d_b, ln2, k->ln2_rstd,
+                                k->ada + 4 * D, S6, B, g->d_a);
         /* attention branch; afterwards d_residual is dL/dx_in */
         ops->gated_residual_backward(g, g->d_a, g->d_ada + 2 * D, g->d_residual, load(g, k->attn_proj, nD),
                                      k->ada + 2 * D, S6, B, T, D);
@@ -429,9 +444,8 @@ void dit_graph_backward(dit_graph *g, const char *caller, const float *d_out, fl
         linear_back(g, g->d_a, 0.0f, bp->qkv_weight, bp->qkv_bias, operand, kept_operand(g, k->mod1, nD), BT, D,
                     3 * D);
         const float *ln1 = load(g, k->ln1, nD);
-        ops->modulate_backward(g, g->d_b, g->d_ada + 0 * D, g->d_ada + 1 * D, g->d_a, ln1, k->ada + 1 * D, S6, B, T,
-                               D);
-        ops->layernorm_backward_normalized(g, g->d_residual, 1.0f, g->d_b, ln1, k->ln1_rstd, BT, D);
+        modulate_layernorm_back(g, g->d_residual, 1.0f, g->d_ada + 0 * D, g->d_ada + 1 * D, g->d_a, ln1, k->ln1_rstd,
+                                k->ada + 1 * D, S6, B, g->d_b);
         operand = grad_operand(g, g->d_ada, g->d_bits, (size_t)B * S6);
         linear_back(g, g->d_cond_act, 1.0f, bp->ada_weight, bp->ada_bias, operand,
                     kept_operand(g, g->cond_act, (size_t)B * D), B, D, S6);

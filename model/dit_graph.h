@@ -218,6 +218,14 @@ struct dit_backend {
     void (*linear_backward_times_slope)(const dit_graph *g, float *d_in, const float *slope, float *d_weight,
                                         float *d_bias, const void *d_out, const void *in, const void *w, int rows,
                                         int in_features, int out_features);
+    /* Optional (NULL: modulate_backward into d_modulated, then
+     * layernorm_backward_normalized from it): the two in one pass, the gradient
+     * between them not written out (ops.h, modulate_layernorm_backward); the
+     * same bits. d_modulated is scratch of (batch, tokens, dim). */
+    void (*modulate_layernorm_backward)(const dit_graph *g, float *d_in, float d_in_beta, float *d_shift,
+                                        float *d_scale, const float *d_out, const float *normalized,
+                                        const float *rstd, const float *scale, int mod_stride, int batch, int tokens,
+                                        int dim, float *d_modulated);
 };
 
 /* A backend's table: the function of each field above is the static function

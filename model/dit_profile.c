@@ -103,6 +103,14 @@ static void p_linear_backward_times_slope(const dit_graph *g, float *d_in, const
           linear_backward_times_slope(g, d_in, slope, d_weight, d_bias, d_out, in, w, rows, in_features,
                                       out_features));
 }
+static void p_modulate_layernorm_backward(const dit_graph *g, float *d_in, float d_in_beta, float *d_shift,
+                                          float *d_scale, const float *d_out, const float *normalized,
+                                          const float *rstd, const float *scale_, int mod_stride, int batch,
+                                          int tokens, int dim, float *d_modulated) {
+    TIMED(DIT_PHASE_NORM, 0,
+          modulate_layernorm_backward(g, d_in, d_in_beta, d_shift, d_scale, d_out, normalized, rstd, scale_,
+                                      mod_stride, batch, tokens, dim, d_modulated));
+}
 static void p_layernorm_modulate(const dit_graph *g, float *o, kept_tensor ln, float *mean, float *rstd,
                                  const float *in, const float *shift, const float *scale_, int mod_stride, int batch,
                                  int tokens, int dim) {
@@ -217,6 +225,7 @@ void dit_profile_start(dit_model *model, dit_profile *profile) {
         timed.gelu_tanh_backward_from_slope = p_gelu_tanh_backward_from_slope;
     }
     if (inner->linear_backward_times_slope) timed.linear_backward_times_slope = p_linear_backward_times_slope;
+    if (inner->modulate_layernorm_backward) timed.modulate_layernorm_backward = p_modulate_layernorm_backward;
     g->ops = &timed;
 }
 

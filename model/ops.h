@@ -90,6 +90,20 @@ void modulate_forward(float *out, const float *in, const float *shift, const flo
 void modulate_backward(float *d_in, float *d_shift, float *d_scale, const float *d_out,
                        const float *in, const float *scale, int mod_stride,
                        int batch, int tokens, int dim);
+/* LayerNorm then modulate, in one pass over the rows: layernorm_forward into
+ * normalized (kept for the backward) and modulate_forward of it into out; the
+ * same bits as the two. */
+void layernorm_modulate_forward(float *out, float *normalized, float *mean, float *rstd, const float *in,
+                                const float *shift, const float *scale, int mod_stride, int batch, int tokens,
+                                int dim, float eps);
+/* modulate_backward (d_out the gradient of the modulated output, normalized its
+ * input) and then layernorm_backward_normalized of its input gradient into d_in
+ * (with d_in_beta), in one pass over the rows of each sample, that gradient never
+ * written out; the same bits as the two. Rows wider than 2048 take the two ops,
+ * with d_modulated (batch, tokens, dim) as the gradient between them (scratch). */
+void modulate_layernorm_backward(float *d_in, float d_in_beta, float *d_shift, float *d_scale, const float *d_out,
+                                 const float *normalized, const float *rstd, const float *scale, int mod_stride,
+                                 int batch, int tokens, int dim, float *d_modulated);
 
 /* ---- gated residual: x += gate * y, gate per sample (strided like modulate) ----
  * x, y (batch, tokens, dim). */

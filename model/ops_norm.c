@@ -11,21 +11,40 @@
 #include "ops.h"
 #include "widest_vectors.h"
 
+/* One row: y = (x - mean) * rstd. */
+static void layernorm_row(float *y, float *mean, float *rstd, const float *x, int dim, float eps) {
+    double sum[LANES] = {0}, squares[LANES] = {0};
+    add_values(sum, x, (size_t)dim);
+    float mu = (float)(lanes_total(sum) / dim);
+    add_squares(squares, x, (size_t)dim, mu);
+    const double var = lanes_total(squares);
+    float rs = (float)(1.0 / sqrt(var / dim + eps));
+    for (int j = 0; j < dim; j++) y[j] = (x[j] - mu) * rs;
+    *mean = mu;
+    *rstd = rs;
+}
+
 void layernorm_forward(float *out, float *mean, float *rstd, const float *in,
                        int rows, int dim, float eps) {
 #pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++)
+        layernorm_row(out + (size_t)r * dim, mean + r, rstd + r, in + (size_t)r * dim, dim, eps);
+}
+
+/* The modulation of one row y into out. */
+static void modulate_row(float *out, const float *y, const float *shift, const float *scale, int dim) {
+    for (int j = 0; j < dim; j++) out[j] = y[j] * (1.0f + scale[j]) + shift[j];
+}
+
+void layernorm_modulate_forward(float *out, float *normalized, float *mean, float *rstd, const float *in,
+                                const float *shift, const float *scale, int mod_stride, int batch, int tokens,
+                                int dim, float eps) {
+    const int rows = batch * tokens;
+#pragma omp parallel for schedule(static)
     for (int r = 0; r < rows; r++) {
-        const float *x = in + (size_t)r * dim;
-        float *y = out + (size_t)r * dim;
-        double sum[LANES] = {0}, squares[LANES] = {0};
-        add_values(sum, x, (size_t)dim);
-        float mu = (float)(lanes_total(sum) / dim);
-        add_squares(squares, x, (size_t)dim, mu);
-        const double var = lanes_total(squares);
-        float rs = (float)(1.0 / sqrt(var / dim + eps));
-        for (int j = 0; j < dim; j++) y[j] = (x[j] - mu) * rs;
-        mean[r] = mu;
-        rstd[r] = rs;
+        const size_t at = (size_t)r * dim, b = (size_t)(r / tokens);
+        layernorm_row(normalized + at, mean + r, rstd + r, in + at, dim, eps);
+        modulate_row(out + at, normalized + at, shift + b * mod_stride, scale + b * mod_stride, dim);
     }
 }
 
@@ -109,9 +128,8 @@ void modulate_forward(float *out, const float *in, const float *shift, const flo
 #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < batch; b++)
         for (int t = 0; t < tokens; t++) {
-            const float *sh = shift + (size_t)b * mod_stride, *sc = scale + (size_t)b * mod_stride;
-            size_t base = ((size_t)b * tokens + t) * dim;
-            for (int j = 0; j < dim; j++) out[base + j] = in[base + j] * (1.0f + sc[j]) + sh[j];
+            const size_t base = ((size_t)b * tokens + t) * dim;
+            modulate_row(out + base, in + base, shift + (size_t)b * mod_stride, scale + (size_t)b * mod_stride, dim);
         }
 }
 
@@ -158,6 +176,40 @@ void modulate_backward(float *d_in, float *d_shift, float *d_scale, const float 
                        const float *in, const float *scale, int mod_stride,
                        int batch, int tokens, int dim) {
     adaln_backward_pass(d_in, scale, 1, d_shift, d_scale, in, d_out, mod_stride, batch, tokens, dim);
+}
+
+/* Up to this width the fused backward below keeps a row's sums and gradient on
+ * the stack (4 x 8 KiB); wider rows take the two ops. */
+enum { FUSED_BACKWARD_MAX_DIM = 2048 };
+
+void modulate_layernorm_backward(float *d_in, float d_in_beta, float *d_shift, float *d_scale, const float *d_out,
+                                 const float *normalized, const float *rstd, const float *scale, int mod_stride,
+                                 int batch, int tokens, int dim, float *d_modulated) {
+    if (dim > FUSED_BACKWARD_MAX_DIM) {
+        modulate_backward(d_modulated, d_shift, d_scale, d_out, normalized, scale, mod_stride, batch, tokens, dim);
+        layernorm_backward_normalized(d_in, d_in_beta, d_modulated, normalized, rstd, batch * tokens, dim);
+        return;
+    }
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < batch; b++) {
+        float plain[FUSED_BACKWARD_MAX_DIM] = {0}, weighted[FUSED_BACKWARD_MAX_DIM] = {0};
+        float f[FUSED_BACKWARD_MAX_DIM], g[FUSED_BACKWARD_MAX_DIM];
+        for (int j = 0; j < dim; j++) f[j] = 1.0f + scale[(size_t)b * mod_stride + j];
+        for (int t = 0; t < tokens; t++) {
+            const size_t at = ((size_t)b * tokens + t) * dim;
+            const float *a = d_out + at, *y = normalized + at;
+            if (d_shift)
+                for (int j = 0; j < dim; j++) plain[j] += a[j];
+            if (d_scale)
+                for (int j = 0; j < dim; j++) weighted[j] += a[j] * y[j];
+            for (int j = 0; j < dim; j++) g[j] = a[j] * f[j];
+            layernorm_backward_row(d_in + at, d_in_beta, g, y, rstd[(size_t)b * tokens + t], dim);
+        }
+        for (int j = 0; j < dim; j++) {
+            if (d_shift) d_shift[(size_t)b * mod_stride + j] += plain[j];
+            if (d_scale) d_scale[(size_t)b * mod_stride + j] += weighted[j];
+        }
+    }
 }
 
 void gated_residual_forward(float *x, const float *y, const float *gate, int mod_stride,

@@ -531,6 +531,51 @@ static double gr_loss(void *p) {
     return dot_fd(c->r, c->x, n);
 }
 
+/* layernorm_modulate_forward and modulate_layernorm_backward are the two ops
+ * they fuse, bit for bit: d_in with beta 0 and 1, d_shift and d_scale
+ * accumulating onto values already there, and rows wider than the fused
+ * backward keeps on the stack (its fallback through d_modulated). */
+static void test_layernorm_modulate_fused(void) {
+    const int shapes[][3] = {{3, 5, 40}, {2, 4, 2100}}; /* batch, tokens, dim */
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int B = shapes[s][0], T = shapes[s][1], D = shapes[s][2], stride = 3 * D;
+        const size_t n = (size_t)B * T * D, nm = (size_t)B * stride;
+        float *in = malloc(n * sizeof *in), *mod = malloc(nm * sizeof *mod), *d_out = malloc(n * sizeof *in);
+        float *out_a = malloc(n * sizeof *in), *out_b = malloc(n * sizeof *in), *ln_a = malloc(n * sizeof *in);
+        float *ln_b = malloc(n * sizeof *in), *mean_a = malloc(B * T * sizeof *in), *mean_b = malloc(B * T * sizeof *in);
+        float *rstd_a = malloc(B * T * sizeof *in), *rstd_b = malloc(B * T * sizeof *in);
+        float *d_in_a = malloc(n * sizeof *in), *d_in_b = malloc(n * sizeof *in), *scratch = malloc(n * sizeof *in);
+        float *d_mod_a = malloc(nm * sizeof *in), *d_mod_b = malloc(nm * sizeof *in);
+        fill_normal(in, n, 0.5, 2.0);
+        fill_normal(mod, nm, 0.0, 0.3);
+        fill_normal(d_out, n, 0.0, 1.0);
+        const float *shift = mod, *scale = mod + D;
+        layernorm_forward(ln_a, mean_a, rstd_a, in, B * T, D, 1e-6f);
+        modulate_forward(out_a, ln_a, shift, scale, stride, B, T, D);
+        layernorm_modulate_forward(out_b, ln_b, mean_b, rstd_b, in, shift, scale, stride, B, T, D, 1e-6f);
+        CHECK_MSG(memcmp(out_a, out_b, n * sizeof *in) == 0 && memcmp(ln_a, ln_b, n * sizeof *in) == 0 &&
+                      memcmp(rstd_a, rstd_b, B * T * sizeof *in) == 0,
+                  "layernorm_modulate_forward differs from layernorm_forward and modulate_forward (dim %d)", D);
+        for (int beta = 0; beta <= 1; beta++) {
+            fill_normal(d_in_a, n, 0.0, 1.0);
+            memcpy(d_in_b, d_in_a, n * sizeof *in);
+            fill_normal(d_mod_a, nm, 0.0, 1.0);
+            memcpy(d_mod_b, d_mod_a, nm * sizeof *in);
+            modulate_backward(scratch, d_mod_a, d_mod_a + D, d_out, ln_a, scale, stride, B, T, D);
+            layernorm_backward_normalized(d_in_a, (float)beta, scratch, ln_a, rstd_a, B * T, D);
+            modulate_layernorm_backward(d_in_b, (float)beta, d_mod_b, d_mod_b + D, d_out, ln_a, rstd_a, scale, stride,
+                                        B, T, D, scratch);
+            CHECK_MSG(memcmp(d_in_a, d_in_b, n * sizeof *in) == 0,
+                      "modulate_layernorm_backward's d_in differs (dim %d, beta %d)", D, beta);
+            CHECK_MSG(memcmp(d_mod_a, d_mod_b, nm * sizeof *in) == 0,
+                      "modulate_layernorm_backward's d_shift, d_scale differ (dim %d, beta %d)", D, beta);
+        }
+        free(in), free(mod), free(d_out), free(out_a), free(out_b), free(ln_a), free(ln_b), free(mean_a);
+        free(mean_b), free(rstd_a), free(rstd_b), free(d_in_a), free(d_in_b), free(scratch), free(d_mod_a);
+        free(d_mod_b);
+    }
+}
+
 static void test_gated_residual(void) {
     const int batch = 2, tokens = 3, dim = 5, stride = 3 * dim, goff = 2 * dim;
     const size_t n = (size_t)batch * tokens * dim, nm = (size_t)batch * stride;
@@ -1301,6 +1346,7 @@ int main(void) {
     test_linear_batch_invariance();
     test_layernorm();
     test_modulate();
+    test_layernorm_modulate_fused();
     test_gated_residual();
     test_activation("gelu_tanh", gelu_tanh_forward, gelu_tanh_backward, gelu_ref);
     test_activation("silu", silu_forward, silu_backward, silu_ref);

@@ -14,7 +14,9 @@
  * multiples of 64) does a (sample, head) pair's products, softmax and their
  * backward in one pass on one thread, reading q, k, v and d_out where they lie
  * and writing out and d_qkv there: no head-major copies, and the pair's scores
- * stay in L2 between its products. */
+ * stay in L2 between its products. Out of cache a pair is bound by its memory
+ * traffic: the next pair's rows are prefetched while one computes, and each
+ * thread reuses its own scratch. */
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>

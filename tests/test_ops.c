@@ -542,7 +542,8 @@ static void test_layernorm_modulate_fused(void) {
         const size_t n = (size_t)B * T * D, nm = (size_t)B * stride;
         float *in = malloc(n * sizeof *in), *mod = malloc(nm * sizeof *mod), *d_out = malloc(n * sizeof *in);
         float *out_a = malloc(n * sizeof *in), *out_b = malloc(n * sizeof *in), *ln_a = malloc(n * sizeof *in);
-        float *ln_b = malloc(n * sizeof *in), *mean_a = malloc(B * T * sizeof *in), *mean_b = malloc(B * T * sizeof *in);
+        float *ln_b = malloc(n * sizeof *in), *mean_a = malloc(B * T * sizeof *in);
+        float *mean_b = malloc(B * T * sizeof *in);
         float *rstd_a = malloc(B * T * sizeof *in), *rstd_b = malloc(B * T * sizeof *in);
         float *d_in_a = malloc(n * sizeof *in), *d_in_b = malloc(n * sizeof *in), *scratch = malloc(n * sizeof *in);
         float *d_mod_a = malloc(nm * sizeof *in), *d_mod_b = malloc(nm * sizeof *in);

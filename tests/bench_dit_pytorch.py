@@ -2,7 +2,7 @@
 
     python tests/bench_dit_pytorch.py [--steps 10] [--warmup 2] [--batch 32] [--threads 2]
         [--config configs/dit-b2.json] [--device cpu|cuda] [--precision fp32|bf16]
-        [--peak-tflops P] [--profile-gemm]
+        [--peak-tflops P] [--profile-gemm] [--gemm-shapes]
 
 By default DiT-S in fp32 on the CPU; --config takes the model section of an ldm
 config instead (e.g. configs/dit-b2.json: DiT-B/2 on 32x32x4 latents, 1000
@@ -29,8 +29,17 @@ profiled step's wall time:
 
     pytorch_gemm: linear_ms=L attention_products_ms=A step_ms=S
 
-tests/bench_vs_pytorch.sh runs this next to `ldm bench`; tests/bench_gemm_bound.sh
-compares both sides' GEMM time.
+With --gemm-shapes (CPU, fp32) it times no step but the products of one block's
+linear layers (qkv, proj, fc1, fc2 at batch x tokens rows) as PyTorch's linear runs
+them (forward addmm(bias, x, W^T), input gradient dy W, weight gradient dy^T x), each
+--warmup times and then 3 rounds of --steps calls, the best round's ms per call, as
+`ldm bench --model gemm` times its own:
+
+    pytorch_gemm: qkv forward rows=R in=I out=O ms=M gflops=G   (12 lines)
+    pytorch_gemm_total: ms_per_block=T gflops=G torch=VERSION threads=N
+
+tests/bench_vs_pytorch.sh runs this next to `ldm bench` (with --gemm-time both sides'
+GEMM time in the step, with --gemm-shapes the products alone, product by product).
 """
 
 import argparse
@@ -68,6 +77,35 @@ def forward_flops_per_sample(c):
     return 2.0 * macs
 
 
+def gemm_shapes(cfg, batch, warmup, steps, threads):
+    """One block's linear-layer products alone (the module docstring's --gemm-shapes)."""
+    d = cfg["hidden_size"]
+    f = int(d * cfg["mlp_ratio"])
+    rows = batch * (cfg["input_size"] // cfg["patch_size"]) ** 2
+    total_s = total_flops = 0.0
+    for name, n_in, n_out in (("qkv", d, 3 * d), ("proj", d, d), ("fc1", d, f), ("fc2", f, d)):
+        x, w, b, dy = torch.randn(rows, n_in), torch.randn(n_out, n_in), torch.randn(n_out), torch.randn(rows, n_out)
+        products = (("forward", lambda: torch.addmm(b, x, w.t())), ("d_input", lambda: dy.mm(w)),
+                    ("d_weight", lambda: dy.t().mm(x)))
+        for product, run in products:
+            for _ in range(warmup):
+                run()
+            best = None
+            for _ in range(3):
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    run()
+                s = (time.perf_counter() - t0) / steps
+                best = s if best is None or s < best else best
+            flops = 2.0 * rows * n_in * n_out
+            total_s += best
+            total_flops += flops
+            print("pytorch_gemm: %s %s rows=%d in=%d out=%d ms=%.3f gflops=%.1f"
+                  % (name, product, rows, n_in, n_out, best * 1e3, flops / best / 1e9), flush=True)
+    print("pytorch_gemm_total: ms_per_block=%.2f gflops=%.1f torch=%s threads=%d"
+          % (total_s * 1e3, total_flops / total_s / 1e9, torch.__version__, threads), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description="PyTorch DiT training-step benchmark")
     ap.add_argument("--steps", type=int, default=10, help="timed steps")
@@ -80,13 +118,20 @@ def main():
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="dense peak of the device, for MFU")
     ap.add_argument("--profile-gemm", action="store_true",
                     help="then profile --steps steps and print the CPU time in matrix products")
+    ap.add_argument("--gemm-shapes", action="store_true",
+                    help="time one block's linear-layer products alone instead of a step (CPU, fp32)")
     args = ap.parse_args()
     if args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.threads < 1:
         ap.error("--steps, --batch and --threads must be >= 1, --warmup >= 0")
+    if args.gemm_shapes and (args.device != "cpu" or args.precision != "fp32" or args.profile_gemm):
+        ap.error("--gemm-shapes times fp32 products on the CPU, without --profile-gemm")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = model_config(args.config)
+    if args.gemm_shapes:
+        gemm_shapes(cfg, args.batch, args.warmup, args.steps, args.threads)
+        return
     device = torch.device(args.device)
     model = DiT(**cfg).initialize_weights().to(device)
     model.train()

@@ -5,7 +5,7 @@
 #   tests/bench_vs_pytorch.sh [--steps N] [--warmup W] [--repeats R (default 1)]
 #                             [--torch both|pypi|debian]
 #                             [--precision both|fp32|bf16] [--threads T (default 2)]
-#                             [--openblas-coretype NAME] [--gemm-time]
+#                             [--openblas-coretype NAME] [--gemm-time] [--gemm-shapes]
 #
 # Run from the repository root. Builds build/ldm if it is missing, runs for each precision P
 #   build/ldm bench --config configs/dit-s.json --set train.batch_size=32 --set train.precision=P
@@ -30,6 +30,12 @@
 # matrix products on both sides (ldm's "gemm forward" + "gemm backward" phases, PyTorch's
 # aten::mm/addmm self time) and PyTorch's step over ldm's GEMM time: the ratio ldm would
 # reach if nothing but its linear layers' GEMMs took time (the ceiling its GEMM library sets).
+# --gemm-shapes times no step: each round runs `build/ldm bench --model gemm` and
+# tests/bench_dit_pytorch.py --gemm-shapes (one DiT-S block's twelve linear-layer
+# products alone, fp32, at batch x 64 rows, --steps calls after --warmup, best of 3
+# rounds of calls) and prints, product by product, both sides' ms and PyTorch's time
+# over ldm's (above 1: ldm's GEMM library is faster at that product), then the
+# block's totals; with --repeats R the median of the rounds' total ratios.
 # Not part of ctest: it takes minutes and its result depends on the machine.
 set -euo pipefail
 
@@ -42,8 +48,9 @@ threads=2
 batch=32
 ldm_coretype=
 gemm_time=0
+gemm_shapes=0
 
-usage() { echo "usage: $0 [--steps N] [--warmup W] [--repeats R] [--torch both|pypi|debian] [--precision both|fp32|bf16] [--threads T] [--openblas-coretype NAME] [--gemm-time]" >&2; exit 2; }
+usage() { echo "usage: $0 [--steps N] [--warmup W] [--repeats R] [--torch both|pypi|debian] [--precision both|fp32|bf16] [--threads T] [--openblas-coretype NAME] [--gemm-time] [--gemm-shapes]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --steps)  [ $# -ge 2 ] || usage; steps=$2; shift 2 ;;
@@ -54,6 +61,7 @@ while [ $# -gt 0 ]; do
         --threads) [ $# -ge 2 ] || usage; threads=$2; shift 2 ;;
         --openblas-coretype) [ $# -ge 2 ] || usage; ldm_coretype=$2; shift 2 ;;
         --gemm-time) gemm_time=1; shift ;;
+        --gemm-shapes) gemm_shapes=1; shift ;;
         -h|--help) usage ;;
         *) echo "$0: unknown argument '$1'" >&2; usage ;;
     esac
@@ -102,6 +110,51 @@ python_for() {
 
 ips() { printf '%s\n' "$1" | sed -n 's/.*images_per_s=\([0-9.eE+-]*\).*/\1/p'; }
 case "$which_torch" in both) torches="pypi debian" ;; *) torches=$which_torch ;; esac
+
+if [ "$gemm_shapes" = 1 ]; then
+    declare -A shape_ratios
+    for round in $(seq 1 "$repeats"); do
+        echo "== round $round: ldm bench --model gemm (steps=$steps warmup=$warmup batch=$batch threads=$threads)"
+        ldm_out=$(env ${ldm_coretype:+OPENBLAS_CORETYPE=$ldm_coretype} build/ldm bench --model gemm \
+                  --config configs/dit-s.json --set train.batch_size=$batch --steps "$steps" --warmup "$warmup")
+        for torch in $torches; do
+            py=$(python_for "$torch")
+            echo "== round $round: pytorch ($torch) --gemm-shapes"
+            pt_out=$("$py" tests/bench_dit_pytorch.py --gemm-shapes --steps "$steps" --warmup "$warmup" \
+                      --batch "$batch" --threads "$threads")
+            # "bench: gemm NAME PRODUCT ... ms=X" against "pytorch_gemm: NAME PRODUCT ... ms=Y", by name
+            table=$(printf '%s\n%s\n' "$ldm_out" "$pt_out" | awk -v t="$torch" '
+                /^bench: gemm [a-z0-9]+ / { split($8, m, "="); ldm[$3 " " $4] = m[2]; order[++n] = $3 " " $4 }
+                /^bench: gemm_total / { split($3, m, "="); ldm_total = m[2] }
+                /^pytorch_gemm: / { split($7, m, "="); pt[$2 " " $3] = m[2] }
+                /^pytorch_gemm_total: / { split($2, m, "="); pt_total = m[2] }
+                END {
+                    if (n != 12 || ldm_total == "" || pt_total == "") { print "incomplete"; exit }
+                    for (i = 1; i <= n; i++) {
+                        k = order[i]
+                        if (pt[k] == "") { print "incomplete"; exit }
+                        printf "gemm_shape %-14s ldm %8.3f ms, pytorch %s %8.3f ms; pytorch / ldm %.2f\n", k, ldm[k], t, pt[k], pt[k] / ldm[k]
+                    }
+                    printf "gemm_shape total (a block): ldm %.2f ms, pytorch %s %.2f ms; pytorch / ldm %.2f\n", ldm_total, t, pt_total, pt_total / ldm_total
+                }')
+            if printf '%s\n' "$table" | grep -q '^incomplete'; then
+                printf '%s\n%s\n' "$ldm_out" "$pt_out" >&2
+                echo "$0: the product lines of ldm and pytorch $torch do not match" >&2
+                exit 1
+            fi
+            printf '%s\n' "$table"
+            ratio=$(printf '%s\n' "$table" | sed -n 's/^gemm_shape total.*pytorch \/ ldm \([0-9.]*\)$/\1/p')
+            shape_ratios[$torch]="${shape_ratios[$torch]:+${shape_ratios[$torch]} }$ratio"
+        done
+    done
+    if [ "$repeats" -gt 1 ]; then
+        for torch in $torches; do
+            median=$(printf '%s\n' ${shape_ratios[$torch]} | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }')
+            echo "== $repeats rounds: a block's products, pytorch $torch's time / ldm's: median $median (rounds: ${shape_ratios[$torch]})"
+        done
+    fi
+    exit 0
+fi
 case "$which_precision" in both) precisions="fp32 bf16" ;; *) precisions=$which_precision ;; esac
 results=""
 declare -A best_ldm best_pt round_ratios

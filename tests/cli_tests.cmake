@@ -124,9 +124,21 @@ if(TARGET ldm)
     set_tests_properties(cli_bench_ae_${precision} PROPERTIES
       PASS_REGULAR_EXPRESSION "images_per_s=[0-9.]+ ms_per_step=[0-9.]+ cpu_ms_per_step=[0-9.]+ .* precision=${precision} model=ae conv=")
   endforeach()
+  # The DiT block's linear-layer products alone (bench_gemm.c): twelve lines of positive
+  # times and rates, then their total.
+  add_test(NAME cli_bench_gemm COMMAND $<TARGET_FILE:ldm> bench --model gemm --config configs/tiny.json --steps 2
+    --warmup 1 WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  string(REPEAT "bench: gemm [a-z0-9]+ [a-z_]+ rows=[1-9][0-9]* in=[1-9][0-9]* out=[1-9][0-9]* ms=[0-9.]*[1-9][0-9.]* gflops=[0-9.]*[1-9][0-9.]*\n"
+         12 gemm_lines) # (CMake's regular expressions have no {n})
+  set_tests_properties(cli_bench_gemm PROPERTIES PASS_REGULAR_EXPRESSION
+    "^${gemm_lines}bench: gemm_total ms_per_block=[0-9.]*[1-9][0-9.]* gflops=[0-9.]+ gemm=(onednn|openblas) threads=[1-9]")
+  add_test(NAME cli_bench_gemm_cuda_refused
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/expect_error.sh 2
+            "^ldm: error: ldm bench: option --model gemm: times the CPU only [(]--device cpu[)]$" --
+            $<TARGET_FILE:ldm> bench --config ${CMAKE_SOURCE_DIR}/configs/tiny.json --model gemm --device cuda --steps 1)
   add_test(NAME cli_bench_bad_model
     COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/expect_error.sh 2
-            "^ldm: error: ldm bench: option --model: expected dit or ae, got 'vae'$" --
+            "^ldm: error: ldm bench: option --model: expected dit, ae or gemm, got 'vae'$" --
             $<TARGET_FILE:ldm> bench --config ${CMAKE_SOURCE_DIR}/configs/ae-tiny.json --model vae --steps 1)
   add_test(NAME cli_bench_ae_data_refused
     COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/expect_error.sh 2

@@ -12,7 +12,9 @@
  * batch (what is kept for backward, plus working and backward scratch).
  * --device cuda (the default where this build and machine have a GPU) times the
  * same steps on the rank's GPU (bench_cuda.c) and adds the model TFLOP/s and
- * the MFU against the GPU's dense peak to the result line. */
+ * the MFU against the GPU's dense peak to the result line. --model ae times the
+ * autoencoder's step (bench_ae.c), --model gemm the DiT block's linear-layer
+ * products alone (bench_gemm.c). */
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -21,6 +23,7 @@
 #include <time.h>
 
 #include "bench_ae.h"
+#include "bench_gemm.h"
 #include "cli.h"
 #include "comm.h"
 #include "commands.h"
@@ -284,6 +287,7 @@ typedef struct {
     ldm_config config;
     int on_cuda, steps, warmup;
     int autoencoder; /* --model ae: the autoencoder's step (bench_ae.c) */
+    int gemms;       /* --model gemm: the DiT's linear-layer products alone (bench_gemm.c) */
     int batch, accumulation_steps; /* the rank's micro-batch, as training splits the global batch */
 } bench_options;
 
@@ -301,7 +305,9 @@ static int parse_bench_options(int argc, char **argv, bench_options *o) {
         {.name = "--data", .text = &o->data, .help = "an ldm data set: first time the data loader alone on it"},
         {.name = "--device", .text = &device,
          .help = "cpu or cuda (default: cuda where this build and machine have a GPU, else cpu)"},
-        {.name = "--model", .text = &model, .help = "dit (default) or ae: the autoencoder's step (CPU)"},
+        {.name = "--model", .text = &model,
+         .help = "dit (default), ae: the autoencoder's step, or gemm: the DiT block's linear-layer products alone "
+                 "(ae and gemm on the CPU)"},
         {.name = "--help", .flag = &help, .help = "this help"},
         {0},
     };
@@ -316,13 +322,15 @@ static int parse_bench_options(int argc, char **argv, bench_options *o) {
                         table);
         return 0;
     }
-    if (strcmp(model, "dit") != 0 && strcmp(model, "ae") != 0)
-        fatal_input("ldm bench: option --model: expected dit or ae, got '%s'", model);
+    if (strcmp(model, "dit") != 0 && strcmp(model, "ae") != 0 && strcmp(model, "gemm") != 0)
+        fatal_input("ldm bench: option --model: expected dit, ae or gemm, got '%s'", model);
     o->autoencoder = strcmp(model, "ae") == 0;
-    if (o->autoencoder && o->data) fatal_input("ldm bench: option --data: times the DiT's loader, not with --model ae");
-    if (o->autoencoder && device && strcmp(device, "cpu") != 0)
-        fatal_input("ldm bench: option --model ae: times the CPU only (--device cpu)");
-    o->on_cuda = o->autoencoder ? 0 : bench_on_cuda(device);
+    o->gemms = strcmp(model, "gemm") == 0;
+    if ((o->autoencoder || o->gemms) && o->data)
+        fatal_input("ldm bench: option --data: times the DiT's loader, not with --model %s", model);
+    if ((o->autoencoder || o->gemms) && device && strcmp(device, "cpu") != 0)
+        fatal_input("ldm bench: option --model %s: times the CPU only (--device cpu)", model);
+    o->on_cuda = o->autoencoder || o->gemms ? 0 : bench_on_cuda(device);
     cli_load_config(&o->config, o->config_path, &o->overrides);
     o->steps = (int)cli_int("bench", "--steps", steps, 1, 1000000);
     o->warmup = (int)cli_int("bench", "--warmup", warmup, 0, 1000000);
@@ -382,6 +390,10 @@ int command_bench(int argc, char **argv) {
     if (o.autoencoder) {
         if (!isfinite(bench_autoencoder(config, batch, o.warmup, o.steps, print)))
             fatal_internal("bench: the loss is not finite");
+        return 0;
+    }
+    if (o.gemms) {
+        bench_gemm_shapes(config, batch, o.warmup, o.steps, print);
         return 0;
     }
     double loader_samples_per_s = o.data ? bench_loader(o.data, config, batch, print) : 0;

@@ -235,7 +235,7 @@ static void run(matmul_entry *e, const void *a, const void *b, const float *bias
     check(dnnl_memory_set_data_handle(e->a, (void *)a), "set_data_handle");
     check(dnnl_memory_set_data_handle(e->b, (void *)b), "set_data_handle");
     check(dnnl_memory_set_data_handle(e->c, c), "set_data_handle");
-    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, e->a},
+    dnnl_exec_arg_t args[6] = {{DNNL_ARG_SRC, e->a},
                                {DNNL_ARG_WEIGHTS, e->b},
                                {DNNL_ARG_DST, e->c},
                                {DNNL_ARG_SCRATCHPAD, e->scratchpad},
@@ -308,6 +308,7 @@ void gemm_onednn_f32_plan(int transpose_a, int transpose_b, int m, int n, int k,
 
 void gemm_onednn_f32_times(int transpose_b, int m, int n, int k, const float *a, int lda, const float *b, int ldb,
                            const float *factor, float *c, int ldc) {
+    if (!factor) fatal_internal("gemm_onednn_f32_times: no factor");
     gemm_or_plan(1, 0, transpose_b, m, n, k, a, lda, b, ldb, 0, NULL, 0.0f, 1, factor, c, ldc);
 }
 

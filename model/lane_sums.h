@@ -1,8 +1,9 @@
-/* Double sums of float rows in LANES independent accumulators (value i into
- * lane i % LANES), combined in a fixed order: one chain of dependent double
- * additions, which the compiler may not reorder, was the bottleneck of the norms
- * that sum this way (GroupNorm, LayerNorm forward); lanes written out vectorise,
- * and their bits do not depend on the vector width or the thread count. */
+/* Sums of float rows in independent accumulators (value i into lane i % lanes),
+ * combined in a fixed order: one chain of dependent additions, which the
+ * compiler may not reorder, was the bottleneck of the norms that sum this way;
+ * lanes written out vectorise, and their bits do not depend on the vector width
+ * or the thread count. In double, LANES of them (GroupNorm, LayerNorm forward);
+ * in float, a vector of FLOAT_LANES (LayerNorm backward). */
 #ifndef LDM_LANE_SUMS_H
 #define LDM_LANE_SUMS_H
 
@@ -43,6 +44,20 @@ static inline void add_squares(double acc[LANES], const float *x, size_t n, floa
         a[l] += d * d;
     }
     memcpy(acc, a, sizeof a);
+}
+
+/* FLOAT_LANES float lanes as a GCC vector type: one AVX-512 register or two AVX2
+ * ones, the same per-lane additions either way. */
+enum { FLOAT_LANES = 16 };
+typedef float float_lanes __attribute__((vector_size(FLOAT_LANES * sizeof(float))));
+
+/* The lanes' total: halves added pairwise, a fixed order. */
+static inline float float_lanes_total(const float_lanes *v) {
+    float t[FLOAT_LANES];
+    memcpy(t, v, sizeof t);
+    for (int width = FLOAT_LANES / 2; width > 0; width /= 2)
+        for (int l = 0; l < width; l++) t[l] += t[l + width];
+    return t[0];
 }
 
 #endif

@@ -76,23 +76,10 @@ void layernorm_backward(float *d_in, float d_in_beta, const float *d_out, const 
 }
 
 /* The two sums of one row's backward, sum_j g[j] and sum_j g[j] xhat[j], in
- * FLOAT_LANES float lanes (element j into lane j % FLOAT_LANES) combined in a fixed
- * order: the same bits at any vector width (a GCC vector type: one AVX-512
- * register or two AVX2 ones). As two chains of dependent additions they bound
- * the backward (DiT-S's 24 calls a step: 11.5 -> 8.6 ms on 2 threads). Built for
+ * float lanes (lane_sums.h): as two chains of dependent additions they bound the
+ * backward (DiT-S's 24 calls a step: 11.5 -> 8.6 ms on 2 threads). Built for
  * AVX-512 beside the baseline, in a function of its own (a loop that is the body
  * of an OpenMP construct is not vectorised). */
-enum { FLOAT_LANES = 16 };
-typedef float float_lanes __attribute__((vector_size(FLOAT_LANES * sizeof(float))));
-
-static float float_lanes_total(const float_lanes *v) {
-    float t[FLOAT_LANES];
-    memcpy(t, v, sizeof t);
-    for (int width = FLOAT_LANES / 2; width > 0; width /= 2)
-        for (int l = 0; l < width; l++) t[l] += t[l + width];
-    return t[0];
-}
-
 WIDEST_VECTORS static void layernorm_backward_row(float *dx, float d_in_beta, const float *g, const float *xhat,
                                                   float rs, int dim) {
     float_lanes lanes_g = {0}, lanes_gx = {0};
@@ -135,6 +122,32 @@ void modulate_forward(float *out, const float *in, const float *shift, const flo
         }
 }
 
+/* The pieces of the adaLN backward passes below, on one sample's row of width
+ * columns: f = factor (+ 1), the per-sample multiplier of the output; one token's
+ * row a (and y): plain += a, weighted += a * y (each where not NULL), out = a * f
+ * (where out is not NULL), each element of a read before out's is written; and
+ * the token sums added into the sample's sum and product_sum. */
+static void adaln_factor(float *f, const float *factor, int plus_one, int width) {
+    for (int j = 0; j < width; j++) f[j] = plus_one ? 1.0f + factor[j] : factor[j];
+}
+
+static void adaln_backward_row(float *out, const float *f, float *plain, float *weighted, const float *a,
+                               const float *y, int width) {
+    if (plain)
+        for (int j = 0; j < width; j++) plain[j] += a[j];
+    if (weighted)
+        for (int j = 0; j < width; j++) weighted[j] += a[j] * y[j];
+    if (out)
+        for (int j = 0; j < width; j++) out[j] = a[j] * f[j];
+}
+
+static void adaln_add_sums(float *sum, float *product_sum, const float *plain, const float *weighted, int width) {
+    for (int j = 0; j < width; j++) {
+        if (sum) sum[j] += plain[j];
+        if (product_sum) product_sum[j] += weighted[j];
+    }
+}
+
 /* The adaLN backward passes: per sample b and chunk of up to 512 columns (all of
  * a row at DiT-S's 384: 30% faster than 64-column stripes, measured), over its
  * tokens in order, an optional per-element output and up to two token sums,
@@ -142,8 +155,7 @@ void modulate_forward(float *out, const float *in, const float *shift, const flo
  *   sum[b * mod_stride + j] += sum over t of a[b, t, j],
  *   product_sum[b * mod_stride + j] += sum over t of a[b, t, j] * y[b, t, j],
  * in one pass over a. One thread per (sample, column chunk) sums the tokens in
- * order, so the result does not depend on the thread count; each element of a
- * is read before out's is written. */
+ * order, so the result does not depend on the thread count. */
 static void adaln_backward_pass(float *out, const float *factor, int out_plus_one, float *sum, float *product_sum,
                                 const float *y, const float *a, int mod_stride, int batch, int tokens, int dim) {
     enum { BLOCK = 512 };
@@ -152,25 +164,16 @@ static void adaln_backward_pass(float *out, const float *factor, int out_plus_on
     for (int b = 0; b < batch; b++)
         for (int blk = 0; blk < blocks; blk++) {
             const int j0 = blk * BLOCK, width = j0 + BLOCK < dim ? BLOCK : dim - j0;
+            const size_t per_sample = (size_t)b * mod_stride + j0;
             float plain[BLOCK] = {0}, weighted[BLOCK] = {0}, f[BLOCK];
-            if (out)
-                for (int j = 0; j < width; j++)
-                    f[j] = out_plus_one ? 1.0f + factor[(size_t)b * mod_stride + j0 + j]
-                                        : factor[(size_t)b * mod_stride + j0 + j];
+            if (out) adaln_factor(f, factor + per_sample, out_plus_one, width);
             for (int t = 0; t < tokens; t++) {
                 const size_t base = ((size_t)b * tokens + t) * dim + j0;
-                const float *at = a + base;
-                if (sum)
-                    for (int j = 0; j < width; j++) plain[j] += at[j];
-                if (product_sum)
-                    for (int j = 0; j < width; j++) weighted[j] += at[j] * y[base + j];
-                if (out)
-                    for (int j = 0; j < width; j++) out[base + j] = at[j] * f[j];
+                adaln_backward_row(out ? out + base : NULL, f, sum ? plain : NULL, product_sum ? weighted : NULL,
+                                   a + base, y ? y + base : NULL, width);
             }
-            for (int j = 0; j < width; j++) {
-                if (sum) sum[(size_t)b * mod_stride + j0 + j] += plain[j];
-                if (product_sum) product_sum[(size_t)b * mod_stride + j0 + j] += weighted[j];
-            }
+            adaln_add_sums(sum ? sum + per_sample : NULL, product_sum ? product_sum + per_sample : NULL, plain,
+                           weighted, width);
         }
 }
 
@@ -194,23 +197,18 @@ void modulate_layernorm_backward(float *d_in, float d_in_beta, float *d_shift, f
     }
 #pragma omp parallel for schedule(static)
     for (int b = 0; b < batch; b++) {
+        const size_t per_sample = (size_t)b * mod_stride;
         float plain[FUSED_BACKWARD_MAX_DIM] = {0}, weighted[FUSED_BACKWARD_MAX_DIM] = {0};
-        float f[FUSED_BACKWARD_MAX_DIM], g[FUSED_BACKWARD_MAX_DIM];
-        for (int j = 0; j < dim; j++) f[j] = 1.0f + scale[(size_t)b * mod_stride + j];
+        float f[FUSED_BACKWARD_MAX_DIM], g[FUSED_BACKWARD_MAX_DIM]; /* g: modulate's input gradient, one row */
+        adaln_factor(f, scale + per_sample, 1, dim);
         for (int t = 0; t < tokens; t++) {
             const size_t at = ((size_t)b * tokens + t) * dim;
-            const float *a = d_out + at, *y = normalized + at;
-            if (d_shift)
-                for (int j = 0; j < dim; j++) plain[j] += a[j];
-            if (d_scale)
-                for (int j = 0; j < dim; j++) weighted[j] += a[j] * y[j];
-            for (int j = 0; j < dim; j++) g[j] = a[j] * f[j];
-            layernorm_backward_row(d_in + at, d_in_beta, g, y, rstd[(size_t)b * tokens + t], dim);
+            adaln_backward_row(g, f, d_shift ? plain : NULL, d_scale ? weighted : NULL, d_out + at, normalized + at,
+                               dim);
+            layernorm_backward_row(d_in + at, d_in_beta, g, normalized + at, rstd[(size_t)b * tokens + t], dim);
         }
-        for (int j = 0; j < dim; j++) {
-            if (d_shift) d_shift[(size_t)b * mod_stride + j] += plain[j];
-            if (d_scale) d_scale[(size_t)b * mod_stride + j] += weighted[j];
-        }
+        adaln_add_sums(d_shift ? d_shift + per_sample : NULL, d_scale ? d_scale + per_sample : NULL, plain, weighted,
+                       dim);
     }
 }
 

@@ -13,7 +13,6 @@
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
 #include "dit.h"
 #include "fatal.h"
@@ -24,12 +23,6 @@
 
 enum { PRODUCT_FORWARD, PRODUCT_INPUT_GRADIENT, PRODUCT_WEIGHT_GRADIENT, PRODUCTS };
 static const char *const product_names[PRODUCTS] = {"forward", "d_input", "d_weight"};
-
-static double seconds_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 typedef struct {
     float *in, *d_in;       /* (rows, in_features) */
@@ -88,9 +81,9 @@ double bench_gemm_shapes(const ldm_config *config, int batch, int warmup, int st
             for (int i = 0; i < warmup; i++) run_product(p, onednn, &o, rows, in_features, out_features);
             double best = 0;
             for (int round = 0; round < 3; round++) {
-                const double t0 = seconds_now();
+                const double t0 = omp_get_wtime();
                 for (int i = 0; i < steps; i++) run_product(p, onednn, &o, rows, in_features, out_features);
-                const double seconds = (seconds_now() - t0) / steps;
+                const double seconds = (omp_get_wtime() - t0) / steps;
                 if (round == 0 || seconds < best) best = seconds;
             }
             const double flops = 2.0 * rows * in_features * out_features;

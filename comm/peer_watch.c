@@ -21,10 +21,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "fatal.h"
+#include "monotonic_clock.h"
 
 /* Rank r holds a TCP connection to each of its ring neighbours: "right"
  * (r + 1 mod W), which r connected to, and "left" (r - 1 mod W), which connected
@@ -99,11 +99,8 @@ static struct {
     int bye_pause_ms; /* tests: LDM_TEST_WATCH_BYE_PAUSE_MS, a pause inside say_bye that widens its window */
 } watch = {.fd = {-1, -1}, .wake = {-1, -1}, .send_lock = PTHREAD_MUTEX_INITIALIZER};
 
-static double monotonic_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
+/* The watch counts in milliseconds, as poll's timeouts do. */
+static double monotonic_ms(void) { return 1e3 * monotonic_seconds(); }
 
 /* Sends a note on a side; the caller holds send_lock. */
 static void send_note_locked(int side, char kind, int32_t rank) {

@@ -3,19 +3,14 @@
 
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "monotonic_clock.h"
 
 /* A non-interactive run prints nothing before this many seconds have passed. */
 #define PROGRESS_QUIET_SECONDS 2.0
 /* A terminal bar is redrawn at most this often. */
 #define PROGRESS_REDRAW_SECONDS 0.1
-
-static double monotonic_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void format_duration(double seconds, char *out, size_t size) {
     long s = seconds > 0 ? (long)(seconds + 0.5) : 0;

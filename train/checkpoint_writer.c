@@ -7,9 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "fatal.h"
+#include "monotonic_clock.h"
 
 struct checkpoint_writer {
     size_t count, fixed_count;
@@ -26,16 +26,10 @@ struct checkpoint_writer {
     double started, seconds; /* when it started; how long it took */
 };
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void *write_checkpoint(void *argument) {
     checkpoint_writer *w = argument;
     w->published = checkpoint_publish(w->run_dir, w->step, &w->contents, w->keep_last, w->keep_every);
-    w->seconds = now_seconds() - w->started;
+    w->seconds = monotonic_seconds() - w->started;
     return NULL;
 }
 
@@ -54,11 +48,11 @@ checkpoint_writer *checkpoint_writer_create(size_t count, size_t fixed_count, in
 
 void checkpoint_writer_finish(checkpoint_writer *w) {
     if (!w->writing) return;
-    const double waited_from = now_seconds();
+    const double waited_from = monotonic_seconds();
     int status = pthread_join(w->thread, NULL);
     if (status != 0) fatal_internal("checkpoint writer: pthread_join failed (%s)", strerror(status));
     w->writing = 0;
-    const double waited = now_seconds() - waited_from;
+    const double waited = monotonic_seconds() - waited_from;
     if (waited >= 0.01)
         printf("checkpoint: %s (%.2f s, written beside training, which then waited %.2f s for it)\n",
                w->published, w->seconds, waited);
@@ -89,7 +83,7 @@ void checkpoint_writer_start(checkpoint_writer *w, const char *run_dir, int64_t 
     w->contents.fixed = w->fixed, w->contents.extra = w->extra;
     w->contents.state_json = w->state_json;
     w->step = step, w->keep_last = keep_last, w->keep_every = keep_every;
-    w->started = now_seconds();
+    w->started = monotonic_seconds();
     int status = pthread_create(&w->thread, NULL, write_checkpoint, w);
     if (status != 0) fatal_internal("checkpoint writer: pthread_create failed (%s)", strerror(status));
     w->writing = 1;

@@ -14,7 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "comm.h"
 #include "config.h"
@@ -23,6 +22,7 @@
 #include "grad_clip.h"
 #include "init_weights.h"
 #include "lr_schedule.h"
+#include "monotonic_clock.h"
 #include "run_directory.h"
 #include "step_report.h"
 #include "trainer.h"
@@ -35,12 +35,6 @@
 #define STAT_LOSS 0
 #define STAT_MODEL 1
 #define STAT_COUNT (1 + TRAINABLE_MAX_STATISTICS)
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 void training_batch_split(const ldm_config *config, const char *config_path, int world_size, int *micro_batch,
                           int *accumulation_steps) {
@@ -222,7 +216,7 @@ int training_run(const training_job *job) {
 
     int stopped = 0;
     for (int64_t step = t.progress.step; step < train->steps && !stopped; step++) {
-        const double step_start = now_seconds();
+        const double step_start = monotonic_seconds();
         double statistics[STAT_COUNT] = {0};
         const double loss = accumulate_gradient(&t, &buffers, step, statistics);
         const loss_scaler_verdict verdict = loss_scaler_check(&t.scaler, &t.progress, t.store, loss);
@@ -235,7 +229,7 @@ int training_run(const training_job *job) {
             const metrics_step m = {.step = step + 1, .total_steps = train->steps,
                                     .images_seen = t.progress.images_seen, .loss = loss,
                                     .grad_norm = verdict.grad_norm, .lr = lr,
-                                    .step_seconds = now_seconds() - step_start, .skipped = verdict.skip,
+                                    .step_seconds = monotonic_seconds() - step_start, .skipped = verdict.skip,
                                     .skipped_total = t.progress.skipped_total};
             const validation_report *shown = training_validation_after_step(&validation, t.store, t.ema, step + 1);
             step_report_step(&report, m, statistics + STAT_MODEL, &verdict, &t.progress, shown);

@@ -20,7 +20,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "bench_ae.h"
 #include "bench_gemm.h"
@@ -33,6 +32,7 @@
 #include "fatal.h"
 #include "gemm_onednn.h"
 #include "model_shapes.h"
+#include "monotonic_clock.h"
 #include "loader.h"
 #include "ops.h"
 #include "optimizer.h"
@@ -45,12 +45,6 @@
 /* How long the loader is timed: long enough for a steady rate, short enough for tests. */
 #define LOADER_BENCH_SECONDS 2.0
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* Times loader_next alone (opening, and the first batch, which waits for the
  * shard read and the first prefetch, reported apart); returns samples/s. The
  * loader is closed again so that its thread cannot disturb the training steps. */
@@ -60,24 +54,24 @@ static double bench_loader(const char *path, const ldm_config *config, int batch
                                         .expect_size = config->model.input_size,
                                         .expect_num_classes = config->model.num_classes};
     loader_options options = training_loader_options(config, &dit_expectations, path, batch);
-    double t0 = now_seconds();
+    double t0 = monotonic_seconds();
     loader *l = loader_open(&options);
-    double open_s = now_seconds() - t0;
+    double open_s = monotonic_seconds() - t0;
     const dataset_info *info = loader_info(l);
     float *samples = xmalloc(sizeof(float) * (size_t)batch * (size_t)info->sample_elements); /* (B, C, H, W) */
     int32_t *labels = xmalloc(sizeof(int32_t) * (size_t)batch);                               /* (B) */
     int64_t *indices = xmalloc(sizeof(int64_t) * (size_t)batch);                              /* (B) */
-    t0 = now_seconds();
+    t0 = monotonic_seconds();
     loader_next(l, samples, labels, indices);
-    double first_s = now_seconds() - t0;
+    double first_s = monotonic_seconds() - t0;
 
     int64_t batches = 0;
     double elapsed = 0;
-    t0 = now_seconds();
+    t0 = monotonic_seconds();
     do {
         loader_next(l, samples, labels, indices);
         batches++;
-        elapsed = now_seconds() - t0;
+        elapsed = monotonic_seconds() - t0;
     } while (elapsed < LOADER_BENCH_SECONDS);
     double samples_per_s = (double)batches * batch / elapsed;
     int64_t rank_samples = loader_rank_samples(l);
@@ -200,23 +194,23 @@ static bench_result bench_cpu(const ldm_config *config, const dit_shape *shape, 
     for (int step = 0; step < warmup + steps; step++) {
         const int timed = step >= warmup;
         if (step == warmup) dit_profile_start(&model, &phases);
-        double t0 = now_seconds();
+        double t0 = monotonic_seconds();
         dit_zero_grad(&model);
-        const double zeroed = now_seconds();
+        const double zeroed = monotonic_seconds();
         dit_forward(&model, in->x, in->t, in->y, batch, out);
-        const double forward_done = now_seconds();
+        const double forward_done = monotonic_seconds();
         loss = weighted_mse_forward(NULL, out, in->target, NULL, batch, (int)sample);
-        double t1 = now_seconds();
+        double t1 = monotonic_seconds();
         weighted_mse_backward(d_out, loss_scale, out, in->target, NULL, batch, (int)sample);
-        const double loss_done = now_seconds();
+        const double loss_done = monotonic_seconds();
         dit_backward(&model, d_out, NULL, batch);
         if (loss_scale != 1.0f) {
             const float inverse = 1.0f / loss_scale;
             for (size_t i = 0; i < model.table.trainable_numel; i++) model.grads[i] *= inverse;
         }
-        double t2 = now_seconds();
+        double t2 = monotonic_seconds();
         adamw_step(&optimizer, model.params, model.grads, (float)tc->lr);
-        double t3 = now_seconds();
+        double t3 = monotonic_seconds();
         if (timed) {
             forward_s += t1 - t0;
             backward_s += t2 - t1;

@@ -18,15 +18,10 @@
 #include "device.h"
 #include "fatal.h"
 #include "model_shapes.h"
+#include "monotonic_clock.h"
 #include "optimizer.h"
 #include "precision.h"
 #include "rng.h"
-
-static double seconds_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* CPU time of the process (all threads): on a shared machine, with one thread,
  * a steadier measure of the work than the wall clock. */
@@ -141,14 +136,14 @@ double bench_autoencoder(const ldm_config *config, int batch, int warmup, int st
     autoencoder_loss loss = {0};
     for (int step = 0; step < warmup + steps; step++) {
         if (step == warmup) cpu_s = cpu_seconds_now();
-        const double t0 = seconds_now();
+        const double t0 = monotonic_seconds();
         autoencoder_zero_grad(&model);
         loss = autoencoder_train_forward(&model, images, step_noise, batch, kl_beta, kind);
-        const double t1 = seconds_now();
+        const double t1 = monotonic_seconds();
         autoencoder_train_backward(&model, 1.0f, NULL);
-        const double t2 = seconds_now();
+        const double t2 = monotonic_seconds();
         adamw_step(&optimizer, model.params, model.grads, (float)tc->lr);
-        const double t3 = seconds_now();
+        const double t3 = monotonic_seconds();
         if (step >= warmup) {
             forward_s += t1 - t0;
             backward_s += t2 - t1;

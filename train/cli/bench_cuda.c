@@ -11,13 +11,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "comm.h"
 #include "device.h"
 #include "distill_cuda_trainable.h"
 #include "dit_cuda_kernels.h"
 #include "fatal.h"
+#include "monotonic_clock.h"
 #include "parameter_store.h"
 #include "trainables.h"
 #include "sampler_cuda.h"
@@ -145,12 +145,6 @@ void bench_cuda_run(bench_cuda *b, const train_config *train, int warmup, int st
 }
 
 /* ---- a distillation step ---- */
-
-static double monotonic_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 double bench_cuda_distill(const ldm_config *config, int batch, const float *x, const int *y, int warmup, int steps,
                           double *loss) {

@@ -11,8 +11,14 @@ void adamw_create(adamw_state *s, size_t count, adamw_hyper hyper) {
     memset(s, 0, sizeof(*s));
     s->hyper = hyper;
     s->count = count;
-    s->m = xcalloc(count, sizeof(float));
-    s->v = xcalloc(count, sizeof(float));
+    /* Zeroed by writing, not by calloc: the first step would read calloc's
+     * untouched pages (the kernel maps its one zero page) and then write them,
+     * each write a copy-on-write fault that interrupts every other CPU of the
+     * process to flush its TLB (a tenth of a short run's time, measured). */
+    s->m = xmalloc(count * sizeof(float));
+    s->v = xmalloc(count * sizeof(float));
+    memset(s->m, 0, count * sizeof(float));
+    memset(s->v, 0, count * sizeof(float));
 }
 
 void adamw_destroy(adamw_state *s) {

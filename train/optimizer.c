@@ -14,7 +14,7 @@ void adamw_create(adamw_state *s, size_t count, adamw_hyper hyper) {
     /* Zeroed by writing, not by calloc: the first step would read calloc's
      * untouched pages (the kernel maps its one zero page) and then write them,
      * each write a copy-on-write fault that interrupts every other CPU of the
-     * process to flush its TLB (a tenth of a short run's time, measured). */
+     * process to flush its TLB (DiT-S's first AdamW step: 0.8 s instead of 20 ms). */
     s->m = xmalloc(count * sizeof(float));
     s->v = xmalloc(count * sizeof(float));
     memset(s->m, 0, count * sizeof(float));

@@ -82,8 +82,29 @@ const char *comm_host(int rank) {
     return host_names + (size_t)rank * HOST_NAME_BYTES;
 }
 
+/* Whether a launcher started this process (mpirun, srun, MPICH's hydra): each
+ * sets one of these in its ranks' environment. */
+static int started_by_launcher(void) {
+    static const char *const marks[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE", "PMI_FD",
+                                        "SLURM_PROCID", "MPI_LOCALNRANKS", "HYDRA_CONTROL_FD"};
+    for (size_t i = 0; i < sizeof marks / sizeof marks[0]; i++)
+        if (getenv(marks[i])) return 1;
+    return 0;
+}
+
 void comm_init(int *argc, char ***argv) {
     if (initialised) return;
+    /* A single process started without a launcher (the demo's commands, sample,
+     * every CLI test): Open MPI's singleton start runs a helper daemon and probes
+     * its network transports, 0.4 s of every command (measured with an empty
+     * MPI program). One process needs neither: no daemon, ob1 over the self
+     * transport, 0.05 s. The user's own settings of these win (overwrite 0);
+     * other MPIs ignore the names. */
+    const int alone = !started_by_launcher();
+    if (alone) {
+        setenv("OMPI_MCA_ess_singleton_isolated", "1", 0);
+        setenv("OMPI_MCA_pml", "ob1", 0);
+    }
     int provided = 0;
     if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
         fatal_internal("MPI_Init_thread failed");
@@ -111,8 +132,8 @@ void comm_init(int *argc, char ***argv) {
 
     const char *verbose = getenv("LDM_COMM_VERBOSE");
     if (verbose && strcmp(verbose, "0") != 0 && verbose[0]) {
-        fprintf(stderr, "comm: rank %d/%d on %s: local rank %d/%d\n", world_rank, world_size, comm_host(world_rank),
-                local_rank, local_size);
+        fprintf(stderr, "comm: rank %d/%d on %s: local rank %d/%d%s\n", world_rank, world_size, comm_host(world_rank),
+                local_rank, local_size, alone ? " (started alone: no launcher, no MPI daemon)" : "");
         fflush(stderr);
     }
     peer_watch_world world = {.rank = world_rank, .world_size = world_size, .host = comm_host,

@@ -41,3 +41,18 @@ if(TARGET ldm)
   set_tests_properties(cli_comm_watch_goodbye PROPERTIES TIMEOUT 120
     ENVIRONMENT "LDM=$<TARGET_FILE:ldm>;LDM_MPIRUN=${ldm_stalled_mpirun}")
 endif()
+
+# A process started without a launcher starts MPI without Open MPI's daemon and
+# network probes (comm_init: 0.4 s of every command otherwise); one that a launcher
+# started, or whose environment says so, starts as before.
+if(TARGET ldm)
+  add_test(NAME cli_comm_started_alone COMMAND $<TARGET_FILE:ldm> version)
+  set_tests_properties(cli_comm_started_alone PROPERTIES ENVIRONMENT "LDM_COMM_VERBOSE=1"
+    PASS_REGULAR_EXPRESSION "comm: rank 0/1 on [^\n]*: local rank 0/1 \\(started alone: no launcher, no MPI daemon\\)")
+  add_test(NAME cli_comm_launcher_marked COMMAND $<TARGET_FILE:ldm> version)
+  set_tests_properties(cli_comm_launcher_marked PROPERTIES ENVIRONMENT "LDM_COMM_VERBOSE=1;MPI_LOCALNRANKS=1"
+    PASS_REGULAR_EXPRESSION "comm: rank 0/1 on [^\n]*: local rank 0/1\n" FAIL_REGULAR_EXPRESSION "started alone")
+  add_test(NAME cli_comm_mpirun_not_alone COMMAND ${LDM_MPIRUN} -np 2 -x LDM_COMM_VERBOSE=1 $<TARGET_FILE:ldm> version)
+  set_tests_properties(cli_comm_mpirun_not_alone PROPERTIES TIMEOUT 60
+    PASS_REGULAR_EXPRESSION "comm: rank 1/2 on [^\n]*: local rank 1/2\n" FAIL_REGULAR_EXPRESSION "started alone")
+endif()

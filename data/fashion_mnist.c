@@ -57,6 +57,36 @@ static void idx_read(idx_file *f, void *buffer, size_t bytes, const char *what) 
     }
 }
 
+/* Reads exactly `bytes` bytes into a buffer grown as they arrive (doubling from
+ * 1 MiB), so that a damaged header naming millions of items costs what the file
+ * holds, not what the header says; a short read frees it and is fatal as above. */
+static uint8_t *idx_read_grown(idx_file *f, size_t bytes, const char *what) {
+    uint8_t *buffer = NULL;
+    size_t got = 0, capacity = 0;
+    while (got < bytes) {
+        if (got == capacity) {
+            capacity = capacity ? 2 * capacity : (size_t)1 << 20;
+            if (capacity > bytes) capacity = bytes;
+            uint8_t *grown = realloc(buffer, capacity);
+            if (!grown) {
+                free(buffer);
+                fatal_internal("out of memory: %zu bytes for the %s of %s", capacity, what, f->path);
+            }
+            buffer = grown;
+        }
+        size_t want = capacity - got;
+        if (want > (1u << 30)) want = 1u << 30;
+        int n = gzread(f->file, buffer + got, (unsigned)want);
+        if (n <= 0) {
+            free(buffer);
+            if (n < 0) fatal_input("%s: damaged gzip data while reading the %s: %s", f->path, what, gz_reason(f));
+            fatal_input("%s: truncated: expected %zu bytes of %s, found %zu", f->path, bytes, what, got);
+        }
+        got += (size_t)n;
+    }
+    return buffer;
+}
+
 static uint32_t idx_read_u32(idx_file *f, const char *what) {
     uint8_t b[4];
     idx_read(f, b, 4, what);
@@ -107,12 +137,10 @@ void fashion_mnist_read(const char *dir, const char *split, fashion_mnist_split 
 
     size_t pixels = (size_t)image_count * FASHION_MNIST_SIDE * FASHION_MNIST_SIDE;
     out->count = image_count;
-    out->images = xmalloc(pixels);
-    idx_read(&images, out->images, pixels, "pixel data");
+    out->images = idx_read_grown(&images, pixels, "pixel data");
     idx_close_expecting_end(&images, "pixel data");
 
-    uint8_t *raw_labels = xmalloc(image_count);
-    idx_read(&labels, raw_labels, image_count, "labels");
+    uint8_t *raw_labels = idx_read_grown(&labels, image_count, "labels");
     idx_close_expecting_end(&labels, "labels");
     out->labels = xmalloc(sizeof(int32_t) * image_count);
     for (uint32_t i = 0; i < image_count; i++) {

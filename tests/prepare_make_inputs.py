@@ -88,12 +88,13 @@ def idx_gz(magic, dims, payload, level=6):
 
 
 def make_fmnist(folder, name, images_magic=2051, labels_magic=2049, image_count=100, label_count=100,
-                damage=None):
+                damage=None, claimed_count=None):
+    """claimed_count: the count both headers give, when they lie about the items that follow."""
     rng = random.Random(1)
     pixels = bytes(rng.randrange(256) for _ in range(image_count * 28 * 28))
     labels = bytes(rng.randrange(10) for _ in range(label_count))
-    images_gz = idx_gz(images_magic, (image_count, 28, 28), pixels)
-    labels_gz = idx_gz(labels_magic, (label_count,), labels)
+    images_gz = idx_gz(images_magic, (claimed_count or image_count, 28, 28), pixels)
+    labels_gz = idx_gz(labels_magic, (claimed_count or label_count,), labels)
     if damage == "truncate":
         images_gz = images_gz[: len(images_gz) // 2]
     elif damage == "corrupt":
@@ -149,6 +150,9 @@ def main():
     make_fmnist(folder, "fmnist-corrupt", damage="corrupt")
     make_fmnist(folder, "fmnist-bad-magic", images_magic=2049)
     make_fmnist(folder, "fmnist-count-mismatch", label_count=99)
+    # Headers that name 9 M images (7 GB of pixels) in front of 100: refused as
+    # truncated without asking for the 7 GB first.
+    make_fmnist(folder, "fmnist-count-lies", claimed_count=9_000_000)
 
 
 if __name__ == "__main__":

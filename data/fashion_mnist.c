@@ -4,6 +4,7 @@
 #include "fashion_mnist.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,12 +24,43 @@ typedef struct {
     gzFile file;
 } idx_file;
 
+/* What the reader holds while it reads, released before a refusal. ldm ends
+ * there anyway; the fuzz harness (tests/fuzz) returns from fatal_input and reads
+ * its next input in the same process, where zlib's ~150 KB of state for each
+ * refused input's two files added up to its memory limit. */
+static struct {
+    idx_file *files[2];
+    void *memory[3];
+} held;
+
+static void release_held(void) {
+    for (int i = 0; i < 2; i++)
+        if (held.files[i] && held.files[i]->file) {
+            gzclose(held.files[i]->file);
+            held.files[i]->file = NULL;
+        }
+    for (int i = 0; i < 3; i++) free(held.memory[i]);
+    memset(&held, 0, sizeof held);
+}
+
+/* fatal_input, once the message is written (it may quote zlib's error) and what
+ * the reader holds is released. */
+__attribute__((noreturn, format(printf, 1, 2))) static void refuse(const char *fmt, ...) {
+    char message[8192];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(message, sizeof message, fmt, args);
+    va_end(args);
+    release_held();
+    fatal_input("%s", message);
+}
+
 static void idx_open(idx_file *f, const char *path) {
     f->path = path;
     errno = 0;
     f->file = gzopen(path, "rb");
     if (!f->file)
-        fatal_input("%s: cannot open: %s (the Debian package dataset-fashion-mnist installs the files to %s; "
+        refuse("%s: cannot open: %s (the Debian package dataset-fashion-mnist installs the files to %s; "
                     "--dir names another folder)",
                     path, errno ? strerror(errno) : "out of memory", FASHION_MNIST_DEFAULT_DIR);
 }
@@ -50,9 +82,9 @@ static void idx_read(idx_file *f, void *buffer, size_t bytes, const char *what) 
         size_t want = bytes - got;
         if (want > (1u << 30)) want = 1u << 30;
         int n = gzread(f->file, (char *)buffer + got, (unsigned)want);
-        if (n < 0) fatal_input("%s: damaged gzip data while reading the %s: %s", f->path, what, gz_reason(f));
+        if (n < 0) refuse("%s: damaged gzip data while reading the %s: %s", f->path, what, gz_reason(f));
         if (n == 0)
-            fatal_input("%s: truncated: expected %zu bytes of %s, found %zu", f->path, bytes, what, got);
+            refuse("%s: truncated: expected %zu bytes of %s, found %zu", f->path, bytes, what, got);
         got += (size_t)n;
     }
 }
@@ -79,8 +111,8 @@ static uint8_t *idx_read_grown(idx_file *f, size_t bytes, const char *what) {
         int n = gzread(f->file, buffer + got, (unsigned)want);
         if (n <= 0) {
             free(buffer);
-            if (n < 0) fatal_input("%s: damaged gzip data while reading the %s: %s", f->path, what, gz_reason(f));
-            fatal_input("%s: truncated: expected %zu bytes of %s, found %zu", f->path, bytes, what, got);
+            if (n < 0) refuse("%s: damaged gzip data while reading the %s: %s", f->path, what, gz_reason(f));
+            refuse("%s: truncated: expected %zu bytes of %s, found %zu", f->path, bytes, what, got);
         }
         got += (size_t)n;
     }
@@ -97,8 +129,8 @@ static uint32_t idx_read_u32(idx_file *f, const char *what) {
 static void idx_close_expecting_end(idx_file *f, const char *what) {
     char extra;
     int n = gzread(f->file, &extra, 1);
-    if (n < 0) fatal_input("%s: damaged gzip data after the %s: %s", f->path, what, gz_reason(f));
-    if (n > 0) fatal_input("%s: unexpected bytes after the %s (the header's count is too small?)", f->path, what);
+    if (n < 0) refuse("%s: damaged gzip data after the %s: %s", f->path, what, gz_reason(f));
+    if (n > 0) refuse("%s: unexpected bytes after the %s (the header's count is too small?)", f->path, what);
     gzclose(f->file);
     f->file = NULL;
 }
@@ -106,11 +138,11 @@ static void idx_close_expecting_end(idx_file *f, const char *what) {
 static uint32_t read_magic_and_count(idx_file *f, uint32_t expected_magic) {
     uint32_t magic = idx_read_u32(f, "header");
     if (magic != expected_magic)
-        fatal_input("%s: bad magic number: expected %u (idx%u of unsigned bytes), found %u", f->path,
+        refuse("%s: bad magic number: expected %u (idx%u of unsigned bytes), found %u", f->path,
                     expected_magic, expected_magic & 0xff, magic);
     uint32_t count = idx_read_u32(f, "header");
     if (count == 0 || count > FASHION_MNIST_MAX_COUNT)
-        fatal_input("%s: header says %u items; expected between 1 and %u", f->path, count, FASHION_MNIST_MAX_COUNT);
+        refuse("%s: header says %u items; expected between 1 and %u", f->path, count, FASHION_MNIST_MAX_COUNT);
     return count;
 }
 
@@ -121,35 +153,37 @@ void fashion_mnist_read(const char *dir, const char *split, fashion_mnist_split 
     snprintf(images_path, sizeof(images_path), "%s/%s-images-idx3-ubyte.gz", dir, prefix);
     snprintf(labels_path, sizeof(labels_path), "%s/%s-labels-idx1-ubyte.gz", dir, prefix);
 
-    idx_file images, labels;
+    idx_file images = {0}, labels = {0};
+    held.files[0] = &images, held.files[1] = &labels;
     idx_open(&images, images_path);
     idx_open(&labels, labels_path);
 
     uint32_t image_count = read_magic_and_count(&images, FASHION_MNIST_IMAGES_MAGIC);
     uint32_t rows = idx_read_u32(&images, "header"), cols = idx_read_u32(&images, "header");
     if (rows != FASHION_MNIST_SIDE || cols != FASHION_MNIST_SIDE)
-        fatal_input("%s: images of %ux%u pixels; expected %dx%d", images_path, rows, cols, FASHION_MNIST_SIDE,
+        refuse("%s: images of %ux%u pixels; expected %dx%d", images_path, rows, cols, FASHION_MNIST_SIDE,
                     FASHION_MNIST_SIDE);
     uint32_t label_count = read_magic_and_count(&labels, FASHION_MNIST_LABELS_MAGIC);
     if (label_count != image_count)
-        fatal_input("%s: %u labels, but %s holds %u images; expected the same count", labels_path, label_count,
+        refuse("%s: %u labels, but %s holds %u images; expected the same count", labels_path, label_count,
                     images_path, image_count);
 
     size_t pixels = (size_t)image_count * FASHION_MNIST_SIDE * FASHION_MNIST_SIDE;
     out->count = image_count;
-    out->images = idx_read_grown(&images, pixels, "pixel data");
+    out->images = held.memory[0] = idx_read_grown(&images, pixels, "pixel data");
     idx_close_expecting_end(&images, "pixel data");
 
-    uint8_t *raw_labels = idx_read_grown(&labels, image_count, "labels");
+    uint8_t *raw_labels = held.memory[1] = idx_read_grown(&labels, image_count, "labels");
     idx_close_expecting_end(&labels, "labels");
-    out->labels = xmalloc(sizeof(int32_t) * image_count);
+    out->labels = held.memory[2] = xmalloc(sizeof(int32_t) * image_count);
     for (uint32_t i = 0; i < image_count; i++) {
         if (raw_labels[i] >= FASHION_MNIST_CLASSES)
-            fatal_input("%s: label %u is %u; expected a class in [0, %d)", labels_path, i, raw_labels[i],
+            refuse("%s: label %u is %u; expected a class in [0, %d)", labels_path, i, raw_labels[i],
                         FASHION_MNIST_CLASSES);
         out->labels[i] = raw_labels[i];
     }
     free(raw_labels);
+    memset(&held, 0, sizeof held); /* the split's buffers are the caller's now */
 }
 
 void fashion_mnist_free(fashion_mnist_split *split) {

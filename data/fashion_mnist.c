@@ -75,42 +75,29 @@ static const char *gz_reason(idx_file *f) {
     return message;
 }
 
-/* Reads exactly `bytes` bytes; a short read or a zlib error is fatal, saying what part was being read. */
-static void idx_read(idx_file *f, void *buffer, size_t bytes, const char *what) {
-    size_t got = 0;
-    while (got < bytes) {
-        size_t want = bytes - got;
-        if (want > (1u << 30)) want = 1u << 30;
-        int n = gzread(f->file, (char *)buffer + got, (unsigned)want);
-        if (n < 0) refuse("%s: damaged gzip data while reading the %s: %s", f->path, what, gz_reason(f));
-        if (n == 0)
-            refuse("%s: truncated: expected %zu bytes of %s, found %zu", f->path, bytes, what, got);
-        got += (size_t)n;
-    }
-}
-
-/* Reads exactly `bytes` bytes into a buffer grown as they arrive (doubling from
- * 1 MiB), so that a damaged header naming millions of items costs what the file
- * holds, not what the header says; a short read frees it and is fatal as above. */
-static uint8_t *idx_read_grown(idx_file *f, size_t bytes, const char *what) {
-    uint8_t *buffer = NULL;
-    size_t got = 0, capacity = 0;
+/* Reads exactly `bytes` bytes into buffer, or with buffer NULL into one grown as
+ * they arrive (doubling from 1 MiB), so that a damaged header naming millions of
+ * items costs what the file holds, not what the header says; returns the buffer.
+ * A short read or a zlib error is refused, saying what part was being read. */
+static uint8_t *idx_read(idx_file *f, uint8_t *buffer, size_t bytes, const char *what) {
+    uint8_t *grown = NULL; /* the buffer this call allocated, freed before a refusal */
+    size_t got = 0, capacity = buffer ? bytes : 0;
     while (got < bytes) {
         if (got == capacity) {
             capacity = capacity ? 2 * capacity : (size_t)1 << 20;
             if (capacity > bytes) capacity = bytes;
-            uint8_t *grown = realloc(buffer, capacity);
-            if (!grown) {
-                free(buffer);
+            uint8_t *larger = realloc(grown, capacity);
+            if (!larger) {
+                free(grown);
                 fatal_internal("out of memory: %zu bytes for the %s of %s", capacity, what, f->path);
             }
-            buffer = grown;
+            buffer = grown = larger;
         }
         size_t want = capacity - got;
         if (want > (1u << 30)) want = 1u << 30;
         int n = gzread(f->file, buffer + got, (unsigned)want);
         if (n <= 0) {
-            free(buffer);
+            free(grown);
             if (n < 0) refuse("%s: damaged gzip data while reading the %s: %s", f->path, what, gz_reason(f));
             refuse("%s: truncated: expected %zu bytes of %s, found %zu", f->path, bytes, what, got);
         }
@@ -170,10 +157,10 @@ void fashion_mnist_read(const char *dir, const char *split, fashion_mnist_split 
 
     size_t pixels = (size_t)image_count * FASHION_MNIST_SIDE * FASHION_MNIST_SIDE;
     out->count = image_count;
-    out->images = held.memory[0] = idx_read_grown(&images, pixels, "pixel data");
+    out->images = held.memory[0] = idx_read(&images, NULL, pixels, "pixel data");
     idx_close_expecting_end(&images, "pixel data");
 
-    uint8_t *raw_labels = held.memory[1] = idx_read_grown(&labels, image_count, "labels");
+    uint8_t *raw_labels = held.memory[1] = idx_read(&labels, NULL, image_count, "labels");
     idx_close_expecting_end(&labels, "labels");
     out->labels = held.memory[2] = xmalloc(sizeof(int32_t) * image_count);
     for (uint32_t i = 0; i < image_count; i++) {

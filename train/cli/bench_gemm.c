@@ -18,6 +18,7 @@
 #include "fatal.h"
 #include "gemm_onednn.h"
 #include "model_shapes.h"
+#include "monotonic_clock.h"
 #include "ops.h"
 #include "rng.h"
 
@@ -81,9 +82,9 @@ double bench_gemm_shapes(const ldm_config *config, int batch, int warmup, int st
             for (int i = 0; i < warmup; i++) run_product(p, onednn, &o, rows, in_features, out_features);
             double best = 0;
             for (int round = 0; round < 3; round++) {
-                const double t0 = omp_get_wtime();
+                const double t0 = monotonic_seconds();
                 for (int i = 0; i < steps; i++) run_product(p, onednn, &o, rows, in_features, out_features);
-                const double seconds = (omp_get_wtime() - t0) / steps;
+                const double seconds = (monotonic_seconds() - t0) / steps;
                 if (round == 0 || seconds < best) best = seconds;
             }
             const double flops = 2.0 * rows * in_features * out_features;
